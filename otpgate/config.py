@@ -1,0 +1,637 @@
+"""Configuration: one TOML file loaded into typed, validated, immutable objects.
+
+Every error is a :class:`ConfigError` whose message names the key (as
+``[section].key``) and says what is allowed; nothing else is raised for a bad
+file.  No global state: ``load_config(path)`` returns a :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from otpgate.codec import AttributeSpec, CodecError, Format, Purpose, Syntax, check_format
+from otpgate.otp.oath import (
+    DEFAULT_HOTP_LOOK_AHEAD,
+    DEFAULT_PERIOD,
+    DEFAULT_TOTP_WINDOW,
+    Algorithm,
+    check_digits,
+    check_look_ahead,
+    check_period,
+    check_totp_window,
+)
+
+T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the key and what is allowed."""
+
+
+# -- directory profiles ----------------------------------------------------------
+
+# Known attributes: syntax and the largest value the directory accepts.
+KNOWN_ATTRIBUTES: dict[str, dict[str, AttributeSpec]] = {
+    "ad": {
+        "postaladdress": AttributeSpec("postalAddress", Syntax.UNICODE, 4096),
+        "registeredaddress": AttributeSpec("registeredAddress", Syntax.OCTET, 4096),
+        "wwwhomepage": AttributeSpec("wWWHomePage", Syntax.UNICODE, 2048),
+    },
+    "openldap": {
+        "postaladdress": AttributeSpec("postalAddress", Syntax.POSTAL, None),
+        "registeredaddress": AttributeSpec("registeredAddress", Syntax.POSTAL, None),
+        "homepostaladdress": AttributeSpec("homePostalAddress", Syntax.POSTAL, None),
+        "otpgateseed": AttributeSpec("otpgateSeed", Syntax.OCTET, None),
+        "otpgatetoken": AttributeSpec("otpgateToken", Syntax.OCTET, None),
+        "otpgateused": AttributeSpec("otpgateUsed", Syntax.OCTET, None),
+        "otpgateinventorytoken": AttributeSpec("otpgateInventoryToken", Syntax.OCTET, None),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    server: str  # "ad" | "openldap"
+    seed: str
+    tokens: str
+    used: str
+    inventory: str
+    id_attribute: str
+    search_attribute: str
+    user_filter: str
+
+
+PROFILES = {
+    "ad": Profile(
+        "ad",
+        "ad",
+        "postalAddress",
+        "registeredAddress",
+        "wWWHomePage",
+        "postalAddress",
+        "objectGUID",
+        "sAMAccountName",
+        "(&(objectCategory=person)(objectClass=user))",
+    ),
+    "openldap": Profile(
+        "openldap",
+        "openldap",
+        "postalAddress",
+        "registeredAddress",
+        "homePostalAddress",
+        "postalAddress",
+        "entryUUID",
+        "uid",
+        "(objectClass=inetOrgPerson)",
+    ),
+    "openldap-schema": Profile(
+        "openldap-schema",
+        "openldap",
+        "otpgateSeed",
+        "otpgateToken",
+        "otpgateUsed",
+        "otpgateInventoryToken",
+        "entryUUID",
+        "uid",
+        "(objectClass=inetOrgPerson)",
+    ),
+}
+
+
+# -- the typed config ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MappedAttribute:
+    spec: AttributeSpec
+    format: Format
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    urls: tuple[str, ...]
+    base_dn: str
+    bind_dn: str
+    bind_password: str = field(repr=False)
+    profile: Profile
+    seed: MappedAttribute
+    tokens: MappedAttribute
+    used: MappedAttribute
+    inventory: MappedAttribute
+    write_url: str | None = None
+    """Pinned server for OTP state ("discover": AD PDC emulator); None: the first URL."""
+    start_tls: bool = False
+    ca_file: Path | None = None
+    timeout: float = 5.0
+    search_attribute: str = "uid"
+    user_filter: str = "(objectClass=inetOrgPerson)"
+    upn_attribute: str = "userPrincipalName"
+    domains: tuple[str, ...] = ()
+    inventory_dn: str | None = None
+    cas_retries: int = 5
+
+
+@dataclass(frozen=True)
+class OtpConfig:
+    totp_window: int = DEFAULT_TOTP_WINDOW
+    hotp_look_ahead: int = DEFAULT_HOTP_LOOK_AHEAD
+    digits: int = 6
+    algorithm: Algorithm = Algorithm.SHA1
+    period: int = DEFAULT_PERIOD
+    issuer: str = "otpgate"
+    scratch_low_threshold: int = 10
+    max_tokens_per_user: int = 5
+
+
+@dataclass(frozen=True)
+class LockoutConfig:
+    max_failures: int = 5
+    duration_minutes: int = 15
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    exempt_dns: tuple[str, ...] = ()
+    exempt_subtrees: tuple[str, ...] = ()
+    require_otp_groups: tuple[str, ...] = ()
+    """Empty: every non-exempt user needs an OTP."""
+    trusted_networks: tuple[Network, ...] = ()
+    admin_groups: tuple[str, ...] = ()
+    admins_always_need_otp: bool = True
+    allow_sasl_for_exempt: bool = True
+
+
+@dataclass(frozen=True)
+class LdapProxyConfig:
+    listen: tuple[str, ...] = ()
+    """Twisted endpoint strings, e.g. "tcp:389:interface=0.0.0.0" or "ssl:636:..."."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    min_tls_version: str = "1.2"
+    max_pdu_before_bind: int = 256 * 1024
+    max_pdu_after_bind: int = 16 * 1024 * 1024
+    max_connections: int = 1000
+    max_connections_per_client: int = 100
+    idle_timeout: float = 300.0
+    bind_cache_seconds: float = 0.0
+    otp_delimiter: str = ""
+
+
+@dataclass(frozen=True)
+class RadiusClient:
+    network: Network
+    secret: bytes = field(repr=False)
+    mode: str = "append"
+    name: str = ""
+    allow_chap: bool = False
+    allow_mschapv2: bool = False
+    require_message_authenticator: bool = True
+
+
+@dataclass(frozen=True)
+class RadiusConfig:
+    listen: tuple[str, ...] = ()
+    """"host:port" pairs for the authentication socket."""
+    clients: tuple[RadiusClient, ...] = ()
+    reject_delay: float = 0.0
+    challenge_timeout: float = 120.0
+    rate_limit_per_client: float = 0.0
+    max_attributes: int = 255
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    json: bool = False
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    directory: DirectoryConfig
+    keyring: Path
+    otp: OtpConfig = OtpConfig()
+    lockout: LockoutConfig = LockoutConfig()
+    policy: PolicyConfig = PolicyConfig()
+    ldap_proxy: LdapProxyConfig = LdapProxyConfig()
+    radius: RadiusConfig = RadiusConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+class _Section:
+    """One TOML table being read: tracks its path and which keys were used."""
+
+    def __init__(self, doc: Mapping[str, Any], path: str) -> None:
+        self.doc = doc
+        self.path = path
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        if not self.path:
+            return name
+        if "[" in self.path:  # an element of an array of tables: radius.clients[0].secret
+            return f"{self.path}.{name}"
+        return f"[{self.path}].{name}"
+
+    def _raw(self, name: str) -> Any:
+        self.seen.add(name)
+        return self.doc.get(name)
+
+    def get(self, name: str, kind: type[T], default: T, what: str = "") -> T:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{self.key(name)}: expected {what or kind.__name__}, got {value!r}")
+        return value
+
+    def require(self, name: str, kind: type[T], what: str = "") -> T:
+        if self._raw(name) is None:
+            raise ConfigError(f"{self.key(name)} is required ({what or kind.__name__})")
+        value: T = self.doc[name]
+        return self.get(name, kind, value, what)
+
+    def strings(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{self.key(name)}: expected a list of strings")
+        return tuple(value)
+
+    def check(self, name: str, value: T, checker: Callable[[T], object]) -> T:
+        try:
+            checker(value)
+        except ValueError as exc:
+            raise ConfigError(f"{self.key(name)}: {exc}") from exc
+        return value
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
+        value = self.get(name, str, default)
+        if value not in allowed:
+            raise ConfigError(f"{self.key(name)}: {value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def sub(self, name: str) -> _Section:
+        value = self._raw(name)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.key(name)}: expected a table")
+        return _Section(value, f"{self.path}.{name}" if self.path else name)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.doc) - self.seen)
+        if unknown:
+            allowed = ", ".join(sorted(self.seen))
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key (allowed here: {allowed})")
+
+
+def _positive(value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"must be above 0, not {value}")
+
+
+def _non_negative(value: float) -> None:
+    if value < 0:
+        raise ValueError(f"must be 0 or more, not {value}")
+
+
+def _network(sec: _Section, name: str, text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise ConfigError(f"{sec.key(name)}: {text!r} is not an IP network in CIDR form") from exc
+
+
+def _secret(sec: _Section, name: str, base: Path) -> str | None:
+    """A secret given inline as NAME or read from NAME_file."""
+    inline = sec.get(name, str, "")
+    file_name = sec.get(name + "_file", str, "")
+    if inline and file_name:
+        raise ConfigError(f"{sec.key(name)}: give {name} or {name}_file, not both")
+    if file_name:
+        path = base / file_name
+        try:
+            return path.read_text("utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"{sec.key(name + '_file')}: cannot read {path}: {exc.strerror}"
+            ) from exc
+    return inline or None
+
+
+def _ldap_url(sec: _Section, name: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
+        raise ConfigError(f"{sec.key(name)}: {url!r} is not an ldap:// or ldaps:// URL with a host")
+    return url
+
+
+def _mapped(
+    attrs: _Section, formats: _Section, role: str, default_name: str, server: str
+) -> MappedAttribute:
+    raw = attrs._raw(role)
+    syntax: Syntax | None = None
+    max_size: int | None = None
+    if raw is None:
+        name = default_name
+    elif isinstance(raw, str):
+        name = raw
+    elif isinstance(raw, dict):
+        table = _Section(raw, f"{attrs.path}.{role}")
+        name = table.require("name", str, "an attribute name")
+        syn = table.get("syntax", str, "")
+        if syn:
+            try:
+                syntax = Syntax(syn)
+            except ValueError as exc:
+                allowed = ", ".join(s.value for s in Syntax)
+                raise ConfigError(
+                    f"{table.key('syntax')}: {syn!r} is not one of {allowed}"
+                ) from exc
+        max_size = table.get("max_size", int, 0) or None
+        table.done()
+    else:
+        raise ConfigError(f"{attrs.key(role)}: expected an attribute name or a table")
+    known = KNOWN_ATTRIBUTES[server].get(name.lower())
+    if syntax is None:
+        if known is None:
+            raise ConfigError(
+                f"{attrs.key(role)}: {name!r} is not an attribute otpgate knows for {server}; "
+                f'give it as {{ name = {name!r}, syntax = "octet|unicode|postal|directory", '
+                "max_size = N }"
+            )
+        syntax = known.syntax
+    if max_size is None and known is not None:
+        max_size = known.max_size
+    default_fmt = "json-encrypted"
+    fmt_name = formats.choice(role, tuple(f.value for f in Format), default_fmt)
+    fmt = Format(fmt_name)
+    spec = AttributeSpec(name, syntax, max_size)
+    try:
+        check_format(spec, fmt, ROLE_PURPOSE[role])
+    except CodecError as exc:
+        raise ConfigError(f"{formats.key(role)}: {exc}") from exc
+    return MappedAttribute(spec, fmt)
+
+
+def _directory(sec: _Section, base: Path) -> DirectoryConfig:
+    profile_name = sec.choice("profile", tuple(PROFILES), "ad")
+    profile = PROFILES[profile_name]
+    urls = sec.strings("urls")
+    if not urls:
+        raise ConfigError(f"{sec.key('urls')} is required: a list of ldap:// or ldaps:// URLs")
+    urls = tuple(_ldap_url(sec, "urls", u) for u in urls)
+    write_url = sec.get("write_url", str, "") or None
+    if write_url is not None and write_url != "discover":
+        _ldap_url(sec, "write_url", write_url)
+    if write_url == "discover" and profile.server != "ad":
+        raise ConfigError(f"{sec.key('write_url')}: 'discover' (the PDC emulator) is for AD only")
+    start_tls = sec.get("start_tls", bool, False)
+    if start_tls and any(u.startswith("ldaps:") for u in urls):
+        raise ConfigError(f"{sec.key('start_tls')}: StartTLS is for ldap:// URLs, not ldaps://")
+    ca = sec.get("ca_file", str, "")
+    ca_file = (base / ca) if ca else None
+    if ca_file is not None and not ca_file.is_file():
+        raise ConfigError(f"{sec.key('ca_file')}: {ca_file} is not a readable file")
+    password = _secret(sec, "bind_password", base)
+    bind_dn = sec.require("bind_dn", str, "the service account's DN")
+    if not password:
+        raise ConfigError(
+            f"{sec.key('bind_password')} (or bind_password_file) is required: "
+            "otpgate never binds anonymously"
+        )
+    attrs = sec.sub("attributes")
+    formats = sec.sub("formats")
+    mapped = {
+        role: _mapped(attrs, formats, role, getattr(profile, role), profile.server)
+        for role in ("seed", "tokens", "used", "inventory")
+    }
+    attrs.done()
+    formats.done()
+    names = [m.spec.name.lower() for r, m in mapped.items() if r != "inventory"]
+    if len(set(names)) != len(names):
+        raise ConfigError(
+            f"[{attrs.path}]: seed, tokens and used must be three different attributes"
+        )
+    timeout = sec.check("timeout", sec.get("timeout", float, 5.0), _positive)
+    retries = sec.get("cas_retries", int, 5)
+    if not 1 <= retries <= 50:
+        raise ConfigError(f"{sec.key('cas_retries')}: must be 1 to 50, not {retries}")
+    result = DirectoryConfig(
+        urls=urls,
+        base_dn=sec.require("base_dn", str, "the search base DN"),
+        bind_dn=bind_dn,
+        bind_password=password,
+        profile=profile,
+        seed=mapped["seed"],
+        tokens=mapped["tokens"],
+        used=mapped["used"],
+        inventory=mapped["inventory"],
+        write_url=write_url,
+        start_tls=start_tls,
+        ca_file=ca_file,
+        timeout=timeout,
+        search_attribute=sec.get("search_attribute", str, profile.search_attribute),
+        user_filter=sec.get("user_filter", str, profile.user_filter),
+        upn_attribute=sec.get("upn_attribute", str, "userPrincipalName"),
+        domains=tuple(d.upper() for d in sec.strings("domains")),
+        inventory_dn=sec.get("inventory_dn", str, "") or None,
+        cas_retries=retries,
+    )
+    sec.done()
+    return result
+
+
+def _otp(sec: _Section) -> OtpConfig:
+    alg = sec.choice("algorithm", tuple(a.value for a in Algorithm), "sha1")
+    result = OtpConfig(
+        totp_window=sec.check("totp_window", sec.get("totp_window", int, 1), check_totp_window),
+        hotp_look_ahead=sec.check(
+            "hotp_look_ahead", sec.get("hotp_look_ahead", int, 10), check_look_ahead
+        ),
+        digits=sec.check("digits", sec.get("digits", int, 6), check_digits),
+        algorithm=Algorithm(alg),
+        period=sec.check("period", sec.get("period", int, 30), check_period),
+        issuer=sec.get("issuer", str, "otpgate"),
+        scratch_low_threshold=sec.check(
+            "scratch_low_threshold", sec.get("scratch_low_threshold", int, 10), _non_negative
+        ),
+        max_tokens_per_user=sec.check(
+            "max_tokens_per_user", sec.get("max_tokens_per_user", int, 5), _positive
+        ),
+    )
+    sec.done()
+    return result
+
+
+def _lockout(sec: _Section) -> LockoutConfig:
+    result = LockoutConfig(
+        max_failures=sec.check("max_failures", sec.get("max_failures", int, 5), _positive),
+        duration_minutes=sec.check(
+            "duration_minutes", sec.get("duration_minutes", int, 15), _positive
+        ),
+    )
+    sec.done()
+    return result
+
+
+def _policy(sec: _Section) -> PolicyConfig:
+    result = PolicyConfig(
+        exempt_dns=sec.strings("exempt_dns"),
+        exempt_subtrees=sec.strings("exempt_subtrees"),
+        require_otp_groups=sec.strings("require_otp_groups"),
+        trusted_networks=tuple(
+            _network(sec, "trusted_networks", n) for n in sec.strings("trusted_networks")
+        ),
+        admin_groups=sec.strings("admin_groups"),
+        admins_always_need_otp=sec.get("admins_always_need_otp", bool, True),
+        allow_sasl_for_exempt=sec.get("allow_sasl_for_exempt", bool, True),
+    )
+    sec.done()
+    return result
+
+
+def _ldap_proxy(sec: _Section, base: Path) -> LdapProxyConfig:
+    cert = sec.get("cert_file", str, "")
+    key = sec.get("key_file", str, "")
+    listen = sec.strings("listen")
+    if any(e.startswith("ssl:") for e in listen) and not (cert and key):
+        raise ConfigError(f"{sec.key('listen')}: an ssl: listener needs cert_file and key_file")
+    delim = sec.get("otp_delimiter", str, "")
+    if len(delim) > 1:
+        raise ConfigError(f"{sec.key('otp_delimiter')}: one character or empty, not {delim!r}")
+    result = LdapProxyConfig(
+        listen=listen,
+        cert_file=base / cert if cert else None,
+        key_file=base / key if key else None,
+        min_tls_version=sec.choice("min_tls_version", ("1.2", "1.3"), "1.2"),
+        max_pdu_before_bind=sec.check(
+            "max_pdu_before_bind", sec.get("max_pdu_before_bind", int, 256 * 1024), _positive
+        ),
+        max_pdu_after_bind=sec.check(
+            "max_pdu_after_bind", sec.get("max_pdu_after_bind", int, 16 * 1024 * 1024), _positive
+        ),
+        max_connections=sec.check(
+            "max_connections", sec.get("max_connections", int, 1000), _positive
+        ),
+        max_connections_per_client=sec.check(
+            "max_connections_per_client", sec.get("max_connections_per_client", int, 100), _positive
+        ),
+        idle_timeout=sec.check("idle_timeout", sec.get("idle_timeout", float, 300.0), _positive),
+        bind_cache_seconds=sec.check(
+            "bind_cache_seconds", sec.get("bind_cache_seconds", float, 0.0), _non_negative
+        ),
+        otp_delimiter=delim,
+    )
+    sec.done()
+    return result
+
+
+ROLE_PURPOSE = {
+    "seed": Purpose.SEED,
+    "tokens": Purpose.TOKEN,
+    "used": Purpose.USED,
+    "inventory": Purpose.INVENTORY,
+}
+
+RADIUS_MODES = ("append", "challenge", "otp-only")
+
+
+def _radius(sec: _Section, base: Path) -> RadiusConfig:
+    clients_raw = sec._raw("clients") or []
+    if not isinstance(clients_raw, list):
+        raise ConfigError(f"{sec.key('clients')}: expected [[radius.clients]] tables")
+    clients = []
+    for i, raw in enumerate(clients_raw):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{sec.key('clients')}[{i}]: expected a table")
+        csec = _Section(raw, f"{sec.path}.clients[{i}]")
+        secret = _secret(csec, "secret", base)
+        if not secret:
+            raise ConfigError(f"{csec.key('secret')} (or secret_file) is required")
+        if len(secret) < 16:
+            raise ConfigError(
+                f"{csec.key('secret')}: use a shared secret of at least 16 characters"
+            )
+        clients.append(
+            RadiusClient(
+                network=_network(csec, "address", csec.require("address", str, "an IP or CIDR")),
+                secret=secret.encode(),
+                mode=csec.choice("mode", RADIUS_MODES, "append"),
+                name=csec.get("name", str, ""),
+                allow_chap=csec.get("allow_chap", bool, False),
+                allow_mschapv2=csec.get("allow_mschapv2", bool, False),
+                require_message_authenticator=csec.get("require_message_authenticator", bool, True),
+            )
+        )
+        csec.done()
+    result = RadiusConfig(
+        listen=sec.strings("listen"),
+        clients=tuple(clients),
+        reject_delay=sec.check("reject_delay", sec.get("reject_delay", float, 0.0), _non_negative),
+        challenge_timeout=sec.check(
+            "challenge_timeout", sec.get("challenge_timeout", float, 120.0), _positive
+        ),
+        rate_limit_per_client=sec.check(
+            "rate_limit_per_client", sec.get("rate_limit_per_client", float, 0.0), _non_negative
+        ),
+        max_attributes=sec.check("max_attributes", sec.get("max_attributes", int, 255), _positive),
+    )
+    sec.done()
+    return result
+
+
+def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
+    """Build a Config from a parsed TOML document; relative paths are relative to ``base``."""
+    top = _Section(doc, "")
+    directory = _directory(top.sub("directory"), base)
+    vault = top.sub("vault")
+    keyring = base / vault.require("keyring", str, "the path of the keyring file (otpgate keygen)")
+    vault.done()
+    log = top.sub("logging")
+    log_file = log.get("file", str, "")
+    logging = LoggingConfig(
+        json=log.get("json", bool, False), file=base / log_file if log_file else None
+    )
+    log.done()
+    config = Config(
+        directory=directory,
+        keyring=keyring,
+        otp=_otp(top.sub("otp")),
+        lockout=_lockout(top.sub("lockout")),
+        policy=_policy(top.sub("policy")),
+        ldap_proxy=_ldap_proxy(top.sub("ldap_proxy"), base),
+        radius=_radius(top.sub("radius"), base),
+        logging=logging,
+    )
+    top.done()
+    return config
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return parse_config(doc, path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

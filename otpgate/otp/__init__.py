@@ -1,0 +1,1 @@
+"""Pure one-time-password math: no I/O, no clocks, no global state."""

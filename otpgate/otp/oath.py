@@ -1,0 +1,229 @@
+"""HOTP (RFC 4226) and TOTP (RFC 6238) generation and verification.
+
+Pure functions: the caller supplies the key, the time and the last accepted
+counter/step, and stores what comes back.  Verification is monotonic: a code
+is accepted only for a counter (HOTP) or time step (TOTP) strictly greater
+than the last one accepted, so no code is accepted twice or after a later one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+MIN_DIGITS = 6
+MAX_DIGITS = 8
+MIN_PERIOD = 1
+MAX_PERIOD = 360
+DEFAULT_PERIOD = 30
+DEFAULT_TOTP_WINDOW = 1
+MAX_TOTP_WINDOW = 64
+DEFAULT_HOTP_LOOK_AHEAD = 10
+MAX_HOTP_LOOK_AHEAD = 100
+RESYNC_WINDOW = 100_000
+# A drift larger than this many steps is not learned (a wildly wrong clock is
+# an enrollment problem, not drift).
+MAX_DRIFT_STEPS = 64
+
+
+class Algorithm(StrEnum):
+    SHA1 = "sha1"
+    SHA256 = "sha256"
+    SHA512 = "sha512"
+
+    @property
+    def digest(self) -> str:
+        return self.value
+
+    @property
+    def otpauth_name(self) -> str:
+        """The spelling used in otpauth:// key URIs (Google Authenticator)."""
+        return self.value.upper()
+
+
+def check_digits(digits: int) -> int:
+    if not MIN_DIGITS <= digits <= MAX_DIGITS:
+        raise ValueError(f"digits must be {MIN_DIGITS} to {MAX_DIGITS}, not {digits}")
+    return digits
+
+
+def check_period(period: int) -> int:
+    if not MIN_PERIOD <= period <= MAX_PERIOD:
+        raise ValueError(f"TOTP period must be {MIN_PERIOD} to {MAX_PERIOD} seconds, not {period}")
+    return period
+
+
+def check_totp_window(window: int) -> int:
+    if not 0 <= window <= MAX_TOTP_WINDOW:
+        raise ValueError(f"TOTP window must be 0 to {MAX_TOTP_WINDOW} periods, not {window}")
+    return window
+
+
+def check_look_ahead(look_ahead: int) -> int:
+    if look_ahead > MAX_HOTP_LOOK_AHEAD:
+        raise ValueError(
+            f"HOTP look-ahead {look_ahead} is above {MAX_HOTP_LOOK_AHEAD}: every extra counter is "
+            "one more code an attacker may guess per try; resynchronise the token instead "
+            "(otpgate resync USER CODE1 CODE2 CODE3)"
+        )
+    if look_ahead < 0:
+        raise ValueError(f"HOTP look-ahead must be 0 to {MAX_HOTP_LOOK_AHEAD}, not {look_ahead}")
+    return look_ahead
+
+
+def hotp(key: bytes, counter: int, digits: int = 6, algorithm: Algorithm = Algorithm.SHA1) -> str:
+    """The RFC 4226 code for ``counter``, zero-padded to ``digits``."""
+    if counter < 0 or counter >= 1 << 64:
+        raise ValueError("HOTP counter must fit in 64 bits")
+    mac = hmac.new(key, struct.pack(">Q", counter), algorithm.digest).digest()
+    offset = mac[-1] & 0x0F
+    binary = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
+    return str(binary % 10**digits).zfill(digits)
+
+
+def time_step(unix_time: float, period: int = DEFAULT_PERIOD, t0: int = 0) -> int:
+    """RFC 6238 T: the number of whole periods since ``t0``."""
+    return int((unix_time - t0) // period)
+
+
+def totp(
+    key: bytes,
+    unix_time: float,
+    digits: int = 6,
+    algorithm: Algorithm = Algorithm.SHA1,
+    period: int = DEFAULT_PERIOD,
+) -> str:
+    return hotp(key, time_step(unix_time, period), digits, algorithm)
+
+
+def _find(
+    key: bytes, code: str, counters: Iterable[int], digits: int, algorithm: Algorithm
+) -> int | None:
+    """The first counter whose code equals ``code``.
+
+    Every candidate is computed and compared in constant time, with no early
+    exit, so timing tells nothing about where (or whether) a match lies.
+    """
+    wanted = code.encode("ascii", "replace")
+    found: int | None = None
+    for counter in counters:
+        if hmac.compare_digest(hotp(key, counter, digits, algorithm).encode(), wanted) and (
+            found is None
+        ):
+            found = counter
+    return found
+
+
+def _well_formed(code: str, digits: int) -> bool:
+    return len(code) == digits and code.isascii() and code.isdigit()
+
+
+@dataclass(frozen=True)
+class HotpMatch:
+    counter: int
+    """The counter the code was generated from; store it as the last accepted."""
+
+    skipped: int
+    """How many codes before it were never used and are now retired."""
+
+
+def verify_hotp(
+    key: bytes,
+    code: str,
+    last_counter: int,
+    *,
+    digits: int = 6,
+    algorithm: Algorithm = Algorithm.SHA1,
+    look_ahead: int = DEFAULT_HOTP_LOOK_AHEAD,
+) -> HotpMatch | None:
+    """Accept ``code`` for a counter in (last_counter, last_counter + 1 + look_ahead].
+
+    ``last_counter`` is the last accepted counter, -1 for a token never used.
+    Codes skipped over are retired with the match (the new last counter is
+    the matched one).
+    """
+    check_look_ahead(look_ahead)
+    if not _well_formed(code, digits):
+        return None
+    first = last_counter + 1
+    counter = _find(key, code, range(first, first + look_ahead + 1), digits, algorithm)
+    if counter is None:
+        return None
+    return HotpMatch(counter=counter, skipped=counter - first)
+
+
+@dataclass(frozen=True)
+class TotpMatch:
+    step: int
+    """The time step matched; store it as the last accepted step."""
+
+    drift: int
+    """Steps between the token's clock and ours (matched step - current step)."""
+
+
+def verify_totp(
+    key: bytes,
+    code: str,
+    unix_time: float,
+    last_step: int,
+    *,
+    digits: int = 6,
+    algorithm: Algorithm = Algorithm.SHA1,
+    period: int = DEFAULT_PERIOD,
+    window: int = DEFAULT_TOTP_WINDOW,
+    drift: int = 0,
+) -> TotpMatch | None:
+    """Accept ``code`` for a step within ``window`` steps of now (+ the token's drift).
+
+    Only steps strictly after ``last_step`` (-1 for never used) are tried, so
+    a code cannot be replayed, nor an older one used after a newer one.
+    """
+    check_period(period)
+    check_totp_window(window)
+    if not _well_formed(code, digits):
+        return None
+    now = time_step(unix_time, period)
+    centre = now + max(-MAX_DRIFT_STEPS, min(MAX_DRIFT_STEPS, drift))
+    low = max(centre - window, last_step + 1, 0)
+    step = _find(key, code, range(low, centre + window + 1), digits, algorithm)
+    if step is None:
+        return None
+    return TotpMatch(step=step, drift=max(-MAX_DRIFT_STEPS, min(MAX_DRIFT_STEPS, step - now)))
+
+
+def resync_hotp(
+    key: bytes,
+    codes: tuple[str, str, str],
+    last_counter: int,
+    *,
+    digits: int = 6,
+    algorithm: Algorithm = Algorithm.SHA1,
+    window: int = RESYNC_WINDOW,
+) -> int | None:
+    """Find three consecutive codes within ``window`` counters after ``last_counter``.
+
+    Returns the counter of the third code (to store as the last accepted), or
+    None.  Three in a row make a chance match across 100,000 counters
+    negligible (about 1e5 / 1e18 for 6 digits).
+    """
+    if not all(_well_formed(c, digits) for c in codes):
+        return None
+    first, second, third = (c.encode() for c in codes)
+    start = last_counter + 1
+    # Compute each counter's code once; compare the triple in constant time.
+    window_codes = [
+        hotp(key, c, digits, algorithm).encode() for c in range(start, start + window + 2)
+    ]
+    found: int | None = None
+    for i in range(window):
+        hit = (
+            hmac.compare_digest(window_codes[i], first)
+            & hmac.compare_digest(window_codes[i + 1], second)
+            & hmac.compare_digest(window_codes[i + 2], third)
+        )
+        if hit and found is None:
+            found = start + i + 2
+    return found

@@ -1,0 +1,125 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from otpgate.cli import main
+from otpgate.codec import Format, Syntax
+from otpgate.config import ConfigError, parse_config
+
+EXAMPLE = Path(__file__).parents[2] / "deploy" / "otpgate.example.toml"
+
+MINIMAL = {
+    "directory": {
+        "profile": "openldap",
+        "urls": ["ldap://127.0.0.1:389"],
+        "base_dn": "dc=example,dc=org",
+        "bind_dn": "cn=otpgate,dc=example,dc=org",
+        "bind_password": "pw",
+    },
+    "vault": {"keyring": "keyring.json"},
+}
+
+
+def parse(doc, base=Path("/etc/otpgate")):
+    return parse_config(doc, base)
+
+
+def with_(path, value):
+    doc = {k: dict(v) for k, v in MINIMAL.items()}
+    section, key = path.split(".", 1)
+    doc.setdefault(section, {})[key] = value
+    return doc
+
+
+def test_example_parses_apart_from_files():
+    doc = tomllib.loads(EXAMPLE.read_text())
+    doc["directory"].pop("ca_file")
+    doc["directory"].pop("bind_password_file")
+    doc["directory"]["bind_password"] = "x"
+    doc["radius"]["clients"][0].pop("secret_file")
+    doc["radius"]["clients"][0]["secret"] = "0123456789abcdef"
+    config = parse(doc)
+    assert config.directory.seed.spec.name == "postalAddress"
+    assert config.directory.tokens.spec.syntax is Syntax.OCTET
+    assert config.directory.used.spec.max_size == 2048
+    assert config.radius.clients[0].mode == "append"
+
+
+def test_minimal_defaults():
+    config = parse(MINIMAL)
+    d = config.directory
+    assert d.used.spec.name == "homePostalAddress" and d.used.spec.syntax is Syntax.POSTAL
+    assert d.seed.format is Format.JSON_ENCRYPTED
+    assert d.search_attribute == "uid"
+    assert config.keyring == Path("/etc/otpgate/keyring.json")
+    assert config.otp.hotp_look_ahead == 10 and config.lockout.max_failures == 5
+
+
+@pytest.mark.parametrize(
+    "path,value,message",
+    [
+        ("otp.hotp_look_ahead", 101, r"\[otp\]\.hotp_look_ahead: .*above 100"),
+        ("otp.totp_window", 65, r"\[otp\]\.totp_window"),
+        ("otp.period", 0, r"\[otp\]\.period"),
+        ("otp.digits", 9, r"\[otp\]\.digits: digits must be 6 to 8"),
+        ("otp.windw", 1, r"\[otp\]\.windw: unknown key"),
+        ("otp.algorithm", "md5", r"\[otp\]\.algorithm: 'md5' is not one of sha1, sha256, sha512"),
+        ("directory.urls", ["http://x"], r"\[directory\]\.urls: 'http://x' is not an ldap"),
+        ("directory.profile", "novell", r"\[directory\]\.profile"),
+        ("directory.timeout", "5", r"\[directory\]\.timeout: expected float"),
+        ("lockout.max_failures", 0, r"\[lockout\]\.max_failures: must be above 0"),
+        ("policy.trusted_networks", ["10.0.0.0/33"], r"\[policy\]\.trusted_networks: '10.0.0.0/33'"),
+        ("ldap_proxy.listen", ["ssl:636"], r"\[ldap_proxy\]\.listen: an ssl: listener needs"),
+        ("radius.clients", [{"address": "127.0.0.1", "secret": "short"}], r"clients\[0\]\.secret"),
+        ("radius.clients", [{"address": "127.0.0.1", "secret": "0123456789abcdef", "mode": "x"}],
+         r"clients\[0\]\.mode"),
+    ],
+)
+def test_errors_name_the_key(path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(with_(path, value))
+
+
+def test_attribute_mapping_rules():
+    doc = with_("directory.formats", {"seed": "json"})
+    with pytest.raises(ConfigError, match="seeds are always encrypted"):
+        parse(doc)
+    doc = with_("directory.formats", {"used": "binary"})
+    with pytest.raises(ConfigError, match="'binary' needs an octet-string"):
+        parse(doc)
+    doc = with_("directory.attributes", {"used": "description"})
+    with pytest.raises(ConfigError, match="not an attribute otpgate knows"):
+        parse(doc)
+    doc = with_("directory.attributes", {"used": {"name": "description", "syntax": "directory",
+                                                  "max_size": 1024}})
+    assert parse(doc).directory.used.spec.max_size == 1024
+    doc = with_("directory.attributes", {"used": "postalAddress"})
+    with pytest.raises(ConfigError, match="three different attributes"):
+        parse(doc)
+
+
+def test_missing_required_and_password_file(tmp_path):
+    doc = {k: dict(v) for k, v in MINIMAL.items()}
+    del doc["directory"]["bind_password"]
+    with pytest.raises(ConfigError, match=r"\[directory\]\.bind_password .*never binds anonymously"):
+        parse(doc)
+    (tmp_path / "pw").write_text("s3cret\n")
+    doc["directory"]["bind_password_file"] = "pw"
+    assert parse(doc, tmp_path).directory.bind_password == "s3cret"
+    doc["directory"]["bind_password_file"] = "missing"
+    with pytest.raises(ConfigError, match="bind_password_file: cannot read"):
+        parse(doc, tmp_path)
+    with pytest.raises(ConfigError, match=r"\[vault\]\.keyring is required"):
+        parse({"directory": MINIMAL["directory"]})
+
+
+def test_bad_file_is_one_line_from_the_cli(tmp_path, capsys):
+    cfg = tmp_path / "otpgate.toml"
+    cfg.write_text("[otp]\nhotp_look_ahead = 500\n")
+    assert main(["check-config", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "urls" in err
+    cfg.write_text("this is = = not toml")
+    assert main(["check-config", "--config", str(cfg)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
