@@ -1,0 +1,239 @@
+"""What otpgate keeps per user: token records, their secrets, and use/lockout state.
+
+Three stored things, each in one mapped attribute:
+
+* ``seed``   (single value): the secrets of all the user's tokens, by token id;
+* ``tokens`` (one value per token): type, parameters, label, serial, scratch hashes;
+* ``used``   (single value): last accepted counter/step per token, drift,
+  used scratch codes, and the lockout state.
+
+Secrets live apart from metadata so listing tokens never decrypts a seed,
+and verification writes only ``used``.  Plain dataclasses with JSON-ready
+``to_dict``/``from_dict``; validation errors name the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from otpgate.otp.oath import Algorithm, check_digits, check_period
+from otpgate.otp.scratch import ScratchList
+
+
+class TokenType(StrEnum):
+    TOTP = "totp"
+    HOTP = "hotp"
+    YUBICO = "yubico"
+    SCRATCH = "scratch"
+
+
+def b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: str, what: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValueError(f"{what}: not base64url") from exc
+
+
+def _get(doc: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{what}.{key}: expected {kind.__name__}")
+    return value
+
+
+def _opt(doc: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
+    return None if doc.get(key) is None else _get(doc, key, kind, what)
+
+
+def new_token_id() -> str:
+    return secrets.token_hex(4)
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token's public description (no secret in here)."""
+
+    id: str
+    type: TokenType
+    created: int
+    label: str = ""
+    serial: str = ""
+    digits: int = 6
+    algorithm: Algorithm = Algorithm.SHA1
+    period: int = 30
+    public_id: str = ""
+    """Yubico OTP public id (modhex)."""
+    scratch: ScratchList | None = None
+
+    def __post_init__(self) -> None:
+        if self.type in (TokenType.TOTP, TokenType.HOTP):
+            check_digits(self.digits)
+        if self.type is TokenType.TOTP:
+            check_period(self.period)
+        if self.type is TokenType.SCRATCH and self.scratch is None:
+            raise ValueError("a scratch token needs its scratch list")
+
+    @property
+    def code_length(self) -> int:
+        """How many characters its codes have (to split password+OTP)."""
+        if self.type is TokenType.YUBICO:
+            return 32 + len(self.public_id)
+        if self.type is TokenType.SCRATCH and self.scratch is not None:
+            return self.scratch.length
+        return self.digits
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"id": self.id, "type": self.type.value, "created": self.created}
+        if self.label:
+            doc["label"] = self.label
+        if self.serial:
+            doc["serial"] = self.serial
+        if self.type in (TokenType.TOTP, TokenType.HOTP):
+            doc["digits"] = self.digits
+            doc["algorithm"] = self.algorithm.value
+        if self.type is TokenType.TOTP:
+            doc["period"] = self.period
+        if self.public_id:
+            doc["public_id"] = self.public_id
+        if self.scratch is not None:
+            doc["scratch"] = self.scratch.to_dict()
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Token:
+        what = "token"
+        try:
+            ttype = TokenType(_get(doc, "type", str, what))
+            algorithm = Algorithm(doc.get("algorithm", "sha1"))
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from exc
+        scratch_doc = doc.get("scratch")
+        return cls(
+            id=_get(doc, "id", str, what),
+            type=ttype,
+            created=_get(doc, "created", int, what),
+            label=_opt(doc, "label", str, what) or "",
+            serial=_opt(doc, "serial", str, what) or "",
+            digits=_opt(doc, "digits", int, what) or 6,
+            algorithm=algorithm,
+            period=_opt(doc, "period", int, what) or 30,
+            public_id=_opt(doc, "public_id", str, what) or "",
+            scratch=None if scratch_doc is None else ScratchList.from_dict(scratch_doc),
+        )
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A token's secret material: the OATH key or the Yubico AES key and private id."""
+
+    key: bytes
+    private_id: bytes = b""
+
+    def __repr__(self) -> str:  # never print key material
+        return "Secret(<redacted>)"
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = {"k": b64e(self.key)}
+        if self.private_id:
+            doc["p"] = b64e(self.private_id)
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Secret:
+        return cls(
+            key=b64d(_get(doc, "k", str, "secret"), "secret.k"),
+            private_id=b64d(doc["p"], "secret.p") if "p" in doc else b"",
+        )
+
+
+def secrets_to_dict(secret_map: Mapping[str, Secret]) -> dict[str, Any]:
+    return {"v": 1, "s": {tid: s.to_dict() for tid, s in secret_map.items()}}
+
+
+def secrets_from_dict(doc: Mapping[str, Any]) -> dict[str, Secret]:
+    inner = _get(doc, "s", dict, "seed")
+    return {str(tid): Secret.from_dict(s) for tid, s in inner.items()}
+
+
+@dataclass(frozen=True)
+class TokenUse:
+    """Per-token one-time-use state."""
+
+    last: int = -1
+    """Last accepted HOTP counter, TOTP step, or Yubico (use << 8 | session); -1: never."""
+    drift: int = 0
+    """TOTP clock drift in steps, learned from the last accepted code."""
+    used_at: int = 0
+    """Unix time of the last accepted code (0: never)."""
+    scratch_used: frozenset[int] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"l": self.last}
+        if self.drift:
+            doc["d"] = self.drift
+        if self.used_at:
+            doc["t"] = self.used_at
+        if self.scratch_used:
+            doc["x"] = sorted(self.scratch_used)
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> TokenUse:
+        what = "used.token"
+        used = doc.get("x", [])
+        if not isinstance(used, list) or not all(isinstance(i, int) for i in used):
+            raise ValueError(f"{what}.x: expected a list of integers")
+        return cls(
+            last=_get(doc, "l", int, what),
+            drift=_opt(doc, "d", int, what) or 0,
+            used_at=_opt(doc, "t", int, what) or 0,
+            scratch_used=frozenset(used),
+        )
+
+
+@dataclass(frozen=True)
+class UsedState:
+    """The one-time-use cache and lockout state of one user."""
+
+    tokens: Mapping[str, TokenUse] = field(default_factory=dict)
+    failures: int = 0
+    locked_until: int = 0
+
+    def use_of(self, token_id: str) -> TokenUse:
+        return self.tokens.get(token_id, TokenUse())
+
+    def with_use(self, token_id: str, use: TokenUse) -> UsedState:
+        return replace(self, tokens={**self.tokens, token_id: use})
+
+    def without(self, token_ids: set[str]) -> UsedState:
+        return replace(self, tokens={k: v for k, v in self.tokens.items() if k not in token_ids})
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "v": 1,
+            "u": {k: v.to_dict() for k, v in sorted(self.tokens.items())},
+        }
+        if self.failures:
+            doc["f"] = self.failures
+        if self.locked_until:
+            doc["lk"] = self.locked_until
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> UsedState:
+        inner = _get(doc, "u", dict, "used")
+        return cls(
+            tokens={str(k): TokenUse.from_dict(v) for k, v in inner.items()},
+            failures=_opt(doc, "f", int, "used") or 0,
+            locked_until=_opt(doc, "lk", int, "used") or 0,
+        )
