@@ -1,0 +1,1 @@
+"""Administration: enrollment and token management, shared by the CLI and the demo."""

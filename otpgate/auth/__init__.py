@@ -1,0 +1,1 @@
+"""The one authentication pipeline behind every front end, and its pure rules."""

@@ -1,0 +1,197 @@
+"""The authentication pipeline every front end uses.
+
+1. resolve the name to one entry (keyed by its immutable id);
+2. ask the policy whether this request needs an OTP;
+3. check lockout, verify the OTP against the entry's tokens and record the
+   use with a compare-and-swap write, all before anything else happens;
+4. only then check the static password (a simple bind upstream).
+
+Every failure is the same ``AuthResult(ok=False)`` to the client; the real
+reason goes to the audit log.  Passwords, seeds and OTPs are never logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+
+from otpgate.auth.lockout import is_locked, record_failure, record_success
+from otpgate.auth.policy import Policy
+from otpgate.auth.verify import Match, split_candidates, verify_code
+from otpgate.codec import CodecError
+from otpgate.config import Config
+from otpgate.directory.connection import (
+    INVALID_CREDENTIALS,
+    SUCCESS,
+    DirectoryError,
+    DirectoryUnavailable,
+)
+from otpgate.directory.store import (
+    ConcurrentUpdate,
+    OtpState,
+    OtpStore,
+    StateChange,
+    UserEntry,
+    UserNotFound,
+)
+
+PasswordCheck = Callable[[str, bytes], Awaitable[tuple[int, str]]]
+"""(dn, password) -> (LDAP result code, diagnostic) of a simple bind upstream."""
+
+log = Logger(namespace="otpgate.audit")
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    name: str
+    secret: str
+    """What the user typed: password+OTP (append), password alone (exempt), or the OTP alone."""
+    client: str | None
+    front_end: str
+    otp_only: bool = False
+    """The password was already checked by the caller (RADIUS otp-only / challenge step 2)."""
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    ok: bool
+    reason: str
+    dn: str | None = None
+    token_id: str | None = None
+    unavailable: bool = False
+    """The directory could not be asked: front ends answer "unavailable", never success."""
+    scratch_remaining: int | None = None
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    match: Match | None
+    password: str
+    why: str
+
+
+class Authenticator:
+    def __init__(self, config: Config, store: OtpStore, clock: Any) -> None:
+        self.config = config
+        self.store = store
+        self.policy = Policy(config.policy)
+        self.clock = clock
+
+    async def authenticate(
+        self, request: AuthRequest, check_password: PasswordCheck | None
+    ) -> AuthResult:
+        try:
+            result = await self._authenticate(request, check_password)
+        except DirectoryUnavailable as exc:
+            result = AuthResult(False, f"directory unavailable: {exc}", unavailable=True)
+        except (UserNotFound, CodecError, ConcurrentUpdate, DirectoryError) as exc:
+            result = AuthResult(False, f"{type(exc).__name__}: {exc}")
+        self._audit(request, result)
+        return result
+
+    def _audit(self, request: AuthRequest, result: AuthResult) -> None:
+        log.info(
+            "auth {outcome} {front_end} user={user!r} dn={dn!r} client={client} "
+            "token={token} reason={reason}",
+            outcome="accept" if result.ok else "reject",
+            front_end=request.front_end,
+            user=request.name,
+            dn=result.dn,
+            client=request.client,
+            token=result.token_id,
+            reason=result.reason,
+        )
+
+    async def _authenticate(
+        self, request: AuthRequest, check_password: PasswordCheck | None
+    ) -> AuthResult:
+        user = await self.store.resolve(request.name)
+        decision = self.policy.decide(user.dn, user.groups, request.client)
+        if not decision.needs_otp:
+            if request.otp_only:
+                return AuthResult(True, f"no OTP needed: {decision.reason}", user.dn)
+            return await self._password(
+                user,
+                request.secret,
+                check_password,
+                f"no OTP needed: {decision.reason}",
+                None,
+                None,
+            )
+
+        state = self.store.decode(user)
+        if not state.tokens:
+            return AuthResult(False, "no token enrolled", user.dn)
+        if request.otp_only:
+            candidates = [("", request.secret)]
+        else:
+            candidates = [
+                (pw, code)
+                for pw, code in split_candidates(
+                    request.secret, state.tokens, self.config.ldap_proxy.otp_delimiter
+                )
+                if pw
+            ]
+            if not candidates:
+                # Nothing that looks like password + code: no OTP check, nothing forwarded.
+                return AuthResult(False, "no password+OTP in the secret", user.dn)
+
+        now = self.clock.seconds()
+        verdict, user = await self.store.update(user, lambda s: self._verify(s, candidates, now))
+        if verdict.match is None:
+            return AuthResult(False, verdict.why, user.dn)
+        token_id = verdict.match.token.id
+        if request.otp_only:
+            return AuthResult(
+                True,
+                "OTP accepted",
+                user.dn,
+                token_id,
+                scratch_remaining=verdict.match.scratch_remaining,
+            )
+        return await self._password(
+            user,
+            verdict.password,
+            check_password,
+            "password+OTP accepted",
+            token_id,
+            verdict.match.scratch_remaining,
+        )
+
+    def _verify(
+        self, state: OtpState, candidates: list[tuple[str, str]], now: float
+    ) -> StateChange[_Verdict]:
+        """Pure: decide on the freshly read state and say what to write."""
+        if is_locked(state.used, now):
+            return StateChange(_Verdict(None, "", "locked out"))
+        for password, code in candidates:
+            match = verify_code(state.tokens, state.secrets, state.used, code, now, self.config.otp)
+            if match is not None:
+                used = record_success(state.used, match.token.id, match.use)
+                return StateChange(_Verdict(match, password, "ok"), used=used)
+        used = record_failure(state.used, now, self.config.lockout)
+        why = "wrong OTP" + (" (now locked out)" if used.locked_until else "")
+        return StateChange(_Verdict(None, "", why), used=used)
+
+    async def _password(
+        self,
+        user: UserEntry,
+        password: str,
+        check_password: PasswordCheck | None,
+        why: str,
+        token_id: str | None,
+        scratch_remaining: int | None,
+    ) -> AuthResult:
+        if check_password is None:
+            return AuthResult(False, "no password check available", user.dn)
+        if not password:
+            return AuthResult(False, "empty password refused", user.dn)
+        code, message = await check_password(user.dn, password.encode("utf-8"))
+        if code == SUCCESS:
+            return AuthResult(True, why, user.dn, token_id, scratch_remaining=scratch_remaining)
+        reason = "wrong password" if code == INVALID_CREDENTIALS else f"bind refused ({code})"
+        # AD puts the real reason (data 52e, 533, 701, 775, ...) in the diagnostic message.
+        return AuthResult(False, f"{reason}: {message}".rstrip(": "), user.dn, token_id)

@@ -1,0 +1,109 @@
+"""Which token, if any, a typed code belongs to; and how a typed value splits.
+
+Pure: the caller supplies the decoded state and the time, and writes back
+the new use state returned with a match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otpgate.config import OtpConfig
+from otpgate.otp.oath import verify_hotp, verify_totp
+from otpgate.otp.scratch import remaining, verify_scratch
+from otpgate.otp.yubico import looks_like_yubico_otp, verify_yubico
+from otpgate.tokens import Secret, Token, TokenType, TokenUse, UsedState
+
+
+@dataclass(frozen=True)
+class Match:
+    token: Token
+    use: TokenUse
+    """The token's new use state, to be written before the login succeeds."""
+    scratch_remaining: int | None = None
+
+
+def split_candidates(
+    value: str, tokens: tuple[Token, ...], delimiter: str = ""
+) -> list[tuple[str, str]]:
+    """The (password, code) pairs ``value`` may be, longest code first.
+
+    With a delimiter the split is at its last occurrence; otherwise by the
+    code lengths of the user's tokens (a Yubico OTP by its modhex form).
+    """
+    if delimiter:
+        password, sep, code = value.rpartition(delimiter)
+        return [(password, code)] if sep else []
+    lengths = sorted({t.code_length for t in tokens}, reverse=True)
+    pairs = []
+    for length in lengths:
+        if len(value) < length:
+            continue
+        code = value[len(value) - length :]
+        password = value[: len(value) - length]
+        is_yubico = any(t.type is TokenType.YUBICO and t.code_length == length for t in tokens)
+        if code.isdigit() or (is_yubico and looks_like_yubico_otp(code)):
+            pairs.append((password, code))
+    return pairs
+
+
+def _pack_yubico(counters: tuple[int, int]) -> int:
+    return counters[0] << 8 | counters[1]
+
+
+def _unpack_yubico(last: int) -> tuple[int, int] | None:
+    return None if last < 0 else (last >> 8, last & 0xFF)
+
+
+def verify_code(
+    tokens: tuple[Token, ...],
+    secrets: dict[str, Secret],
+    used: UsedState,
+    code: str,
+    now: float,
+    otp: OtpConfig,
+) -> Match | None:
+    """The first token ``code`` is valid for, with its advanced use state."""
+    for token in tokens:
+        if token.code_length != len(code):
+            continue
+        secret = secrets.get(token.id)
+        use = used.use_of(token.id)
+        stamp = int(now)
+        if token.type is TokenType.HOTP and secret is not None:
+            hm = verify_hotp(
+                secret.key,
+                code,
+                use.last,
+                digits=token.digits,
+                algorithm=token.algorithm,
+                look_ahead=otp.hotp_look_ahead,
+            )
+            if hm is not None:
+                return Match(token, TokenUse(hm.counter, use.drift, stamp, use.scratch_used))
+        elif token.type is TokenType.TOTP and secret is not None:
+            tm = verify_totp(
+                secret.key,
+                code,
+                now,
+                use.last,
+                digits=token.digits,
+                algorithm=token.algorithm,
+                period=token.period,
+                window=otp.totp_window,
+                drift=use.drift,
+            )
+            if tm is not None:
+                return Match(token, TokenUse(tm.step, tm.drift, stamp, use.scratch_used))
+        elif token.type is TokenType.YUBICO and secret is not None:
+            counters = verify_yubico(
+                code, secret.key, token.public_id, secret.private_id, _unpack_yubico(use.last)
+            )
+            if counters is not None:
+                return Match(token, TokenUse(_pack_yubico(counters), 0, stamp))
+        elif token.type is TokenType.SCRATCH and token.scratch is not None:
+            index = verify_scratch(token.scratch, code, use.scratch_used)
+            if index is not None:
+                new = TokenUse(use.last, 0, stamp, use.scratch_used | {index})
+                return Match(token, new, remaining(token.scratch, new.scratch_used))
+    return None

@@ -1,0 +1,1 @@
+"""Asynchronous access to the directory: connections, identity resolution, OTP state."""

@@ -1,0 +1,85 @@
+"""Service-account connections to the directory, with failover across URLs.
+
+LDAP lets many operations be outstanding on one connection (message ids), so
+a pool of a few connections carries any number of concurrent requests.  A
+dead connection is dropped and replaced on the next request, trying the URLs
+in their configured order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.logger import Logger
+
+from otpgate.directory.connection import (
+    SUCCESS,
+    DirectoryError,
+    DirectoryUnavailable,
+    LdapConnection,
+    LdapUrl,
+    TlsSettings,
+    connect,
+)
+
+log = Logger()
+
+
+class ServerPool:
+    def __init__(
+        self,
+        reactor: Any,
+        urls: Sequence[str],
+        tls: TlsSettings,
+        bind_dn: str,
+        bind_password: str,
+        timeout: float,
+        size: int = 2,
+    ) -> None:
+        if not urls:
+            raise ValueError("a server pool needs at least one URL")
+        self.reactor = reactor
+        self.urls = [LdapUrl.parse(u) for u in urls]
+        self.tls = tls
+        self.bind_dn = bind_dn
+        self._password = bind_password.encode()
+        self.timeout = timeout
+        self.size = size
+        self._connections: list[LdapConnection] = []
+        self._next = 0
+
+    async def open_connection(self, bind: bool = True) -> LdapConnection:
+        """A new connection to the first URL that answers (bound as the service account)."""
+        errors: list[str] = []
+        for url in self.urls:
+            try:
+                conn = await connect(self.reactor, url, self.tls, self.timeout)
+            except DirectoryError as exc:
+                errors.append(str(exc))
+                continue
+            if bind:
+                code, message = await conn.simple_bind(self.bind_dn, self._password)
+                if code != SUCCESS:
+                    conn.close()
+                    raise DirectoryError(
+                        f"{url.url}: service account bind as {self.bind_dn} failed: "
+                        f"{code} {message}",
+                        code,
+                    )
+            return conn
+        raise DirectoryUnavailable("no directory server answered: " + "; ".join(errors))
+
+    async def connection(self) -> LdapConnection:
+        self._connections = [c for c in self._connections if c.connected]
+        if len(self._connections) < self.size:
+            conn = await self.open_connection()
+            self._connections.append(conn)
+            return conn
+        self._next = (self._next + 1) % len(self._connections)
+        return self._connections[self._next]
+
+    def close(self) -> None:
+        for conn in self._connections:
+            conn.close()
+        self._connections = []

@@ -1,0 +1,1 @@
+"""The LDAP bind proxy front end."""

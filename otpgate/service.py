@@ -1,0 +1,65 @@
+"""Wiring: build the store, the pipeline and the listeners from a Config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.internet import defer, protocol
+
+from otpgate.auth.pipeline import Authenticator
+from otpgate.config import Config
+from otpgate.directory.connection import TlsSettings
+from otpgate.directory.pool import ServerPool
+from otpgate.directory.store import OtpStore
+from otpgate.ldapproxy.proxy import OtpLdapProxy
+from otpgate.vault import Keyring
+
+
+class Gateway:
+    """The core objects of one running gateway."""
+
+    def __init__(self, config: Config, keyring: Keyring, reactor: Any) -> None:
+        d = config.directory
+        self.config = config
+        self.reactor = reactor
+        self.tls = TlsSettings(start_tls=d.start_tls, ca_file=d.ca_file)
+        self.read_pool = ServerPool(
+            reactor, d.urls, self.tls, d.bind_dn, d.bind_password, d.timeout
+        )
+        write_urls = (d.write_url,) if d.write_url and d.write_url != "discover" else d.urls[:1]
+        self.write_pool = ServerPool(
+            reactor, write_urls, self.tls, d.bind_dn, d.bind_password, d.timeout
+        )
+        self.store = OtpStore(d, keyring, self.read_pool, self.write_pool)
+        self.authenticator = Authenticator(config, self.store, reactor)
+
+    def upstream_connector(self) -> Any:
+        """For the proxy: a new unbound upstream connection (failover across the URLs)."""
+        d = defer.ensureDeferred(self.read_pool.open_connection(bind=False))
+        return d.addCallback(lambda conn: conn.client)
+
+    def ldap_proxy_factory(self) -> protocol.ServerFactory:
+        gateway = self
+
+        class Factory(protocol.ServerFactory):
+            def buildProtocol(self, addr: Any) -> OtpLdapProxy:
+                proto = OtpLdapProxy(gateway.authenticator, gateway.upstream_connector)
+                proto.factory = self
+                return proto
+
+        return Factory()
+
+    def close(self) -> None:
+        self.read_pool.close()
+        self.write_pool.close()
+
+
+def make_service(config: Config, reactor: Any) -> service.MultiService:
+    keyring = Keyring.load(config.keyring)
+    gateway = Gateway(config, keyring, reactor)
+    top = service.MultiService()
+    factory = gateway.ldap_proxy_factory()
+    for description in config.ldap_proxy.listen:
+        strports.service(description, factory, reactor=reactor).setServiceParent(top)
+    return top
