@@ -118,7 +118,7 @@ def print_demo_banner(uri: str, secret_b32: str, port: int) -> None:
     out.write("Add alice's token to an authenticator app (scan the QR code or open the URI):\n\n")
     segno.make(uri, error="m").terminal(out=out, compact=True)
     out.write(f"\n  {uri}\n\n")
-    out.write("Bind as alice with her password followed by the current code (app or otpgate code):\n\n")
+    out.write("Bind as alice with her password followed by the current code:\n\n")
     out.write(
         f"  ldapwhoami -x -H {url} -D {DEMO_USER_DN} "
         f"-w {DEMO_USER_PASSWORD}$(.venv/bin/otpgate code --secret {secret_b32})\n\n"

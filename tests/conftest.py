@@ -1,0 +1,63 @@
+"""Session-wide fixtures: real directory servers on loopback.
+
+- ``slapd``: OpenLDAP with the stock schemas only (the stock-attribute profile).
+- ``slapd_otpgate``: OpenLDAP with ``schema/otpgate.schema`` loaded.
+- ``samba_dc``: a Samba AD DC provisioned for this run (ports 389/636/3268/3269 on 127.0.0.1).
+
+All three run the project's ACLs / Samba defaults; see ``tests/servers/``. A server that
+cannot start makes its tests ERROR: these fixtures never skip. Tests that use them are
+marked ``slapd`` / ``samba`` automatically, so ``-m "not samba"`` deselects them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import SambaDC, Slapd
+
+_SLAPD_FIXTURES = frozenset({"slapd", "slapd_otpgate"})
+_SAMBA_FIXTURES = frozenset({"samba_dc"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & _SLAPD_FIXTURES:
+            item.add_marker(pytest.mark.slapd)
+        if names & _SAMBA_FIXTURES:
+            item.add_marker(pytest.mark.samba)
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    """OpenLDAP, stock schemas (core, cosine, inetorgperson, nis), our example ACLs."""
+    server = Slapd(tmp_path_factory.mktemp("slapd"), schema="stock")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def slapd_otpgate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    """OpenLDAP with the otpgate schema and ACLs."""
+    server = Slapd(tmp_path_factory.mktemp("slapd-otpgate"), schema="otpgate")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def samba_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
+    """Samba AD DC for OTPGATE.TEST (about 5 s to provision and start)."""
+    dc = SambaDC(tmp_path_factory.mktemp("samba"))
+    dc.start()
+    try:
+        yield dc
+    finally:
+        dc.stop()
