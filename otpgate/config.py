@@ -67,6 +67,9 @@ class Profile:
     id_attribute: str
     search_attribute: str
     user_filter: str
+    upn_attribute: str
+    aux_class: str = ""
+    """Object class a user entry needs before the attributes can be written ("" for none)."""
 
 
 PROFILES = {
@@ -80,6 +83,7 @@ PROFILES = {
         "objectGUID",
         "sAMAccountName",
         "(&(objectCategory=person)(objectClass=user))",
+        "userPrincipalName",
     ),
     "openldap": Profile(
         "openldap",
@@ -91,6 +95,7 @@ PROFILES = {
         "entryUUID",
         "uid",
         "(objectClass=inetOrgPerson)",
+        "mail",
     ),
     "openldap-schema": Profile(
         "openldap-schema",
@@ -102,6 +107,8 @@ PROFILES = {
         "entryUUID",
         "uid",
         "(objectClass=inetOrgPerson)",
+        "mail",
+        aux_class="otpgateUser",
     ),
 }
 
@@ -134,6 +141,7 @@ class DirectoryConfig:
     search_attribute: str = "uid"
     user_filter: str = "(objectClass=inetOrgPerson)"
     upn_attribute: str = "userPrincipalName"
+    """Attribute that holds user@realm names (AD: userPrincipalName; OpenLDAP: mail)."""
     domains: tuple[str, ...] = ()
     inventory_dn: str | None = None
     cas_retries: int = 5
@@ -447,7 +455,7 @@ def _directory(sec: _Section, base: Path) -> DirectoryConfig:
         timeout=timeout,
         search_attribute=sec.get("search_attribute", str, profile.search_attribute),
         user_filter=sec.get("user_filter", str, profile.user_filter),
-        upn_attribute=sec.get("upn_attribute", str, "userPrincipalName"),
+        upn_attribute=sec.get("upn_attribute", str, profile.upn_attribute),
         domains=tuple(d.upper() for d in sec.strings("domains")),
         inventory_dn=sec.get("inventory_dn", str, "") or None,
         cas_retries=retries,

@@ -39,6 +39,14 @@ class Gateway:
         d = defer.ensureDeferred(self.read_pool.open_connection(bind=False))
         return d.addCallback(lambda conn: conn.client)
 
+    async def check_password(self, dn: str, password: bytes) -> tuple[int, str]:
+        """A simple bind as the user on a fresh connection (for front ends without one)."""
+        conn = await self.read_pool.open_connection(bind=False)
+        try:
+            return await conn.simple_bind(dn, password)
+        finally:
+            conn.close()
+
     def ldap_proxy_factory(self) -> protocol.ServerFactory:
         gateway = self
 

@@ -61,3 +61,11 @@ def samba_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
         yield dc
     finally:
         dc.stop()
+
+
+@pytest.fixture(params=["slapd-stock", "slapd-schema", "samba"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """One of the three directory set-ups (see tests/integration/backends.py)."""
+    from tests.integration.backends import make_backend
+
+    return make_backend(request.param, request, tmp_path_factory.getbasetemp())

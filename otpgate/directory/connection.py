@@ -180,7 +180,9 @@ class LdapConnection:
             filter=filter_,
             attributes=[a.encode() for a in attributes],
         )
-        self.client.send_multiResponse(op, handler)
+        sent = self.client.send_multiResponse(op, handler)
+        # ldaptor fires `sent` only with a failure (the connection was lost): pass it on.
+        sent.addErrback(lambda failure: None if done.called else done.errback(failure))
         done.addTimeout(self.timeout, self.clock)
         try:
             result = await done

@@ -69,6 +69,7 @@ class UserEntry:
     tokens: tuple[bytes, ...] = ()
     used: tuple[bytes, ...] = ()
     groups: tuple[str, ...] = ()
+    object_classes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class OtpStore:
             config.tokens.spec.name,
             config.used.spec.name,
             "memberOf",
+            "objectClass",
         ]
 
     # -- identity -----------------------------------------------------------------
@@ -158,6 +160,10 @@ class OtpStore:
             used=tuple(found.attributes.get(self.config.used.spec.name.lower(), [])),
             groups=tuple(
                 v.decode("utf-8", "replace").lower() for v in found.attributes.get("memberof", [])
+            ),
+            object_classes=frozenset(
+                v.decode("utf-8", "replace").lower()
+                for v in found.attributes.get("objectclass", [])
             ),
         )
 
@@ -223,10 +229,15 @@ class OtpStore:
         changes.append(Modification(Modification.ADD, name, (new_used,)))
         return changes
 
+    def _class_changes(self, user: UserEntry) -> list[Modification]:
+        aux = self.config.profile.aux_class
+        if aux and aux.lower() not in user.object_classes:
+            return [Modification(Modification.ADD, "objectClass", (aux.encode(),))]
+        return []
+
     async def _initialise_used(self, user: UserEntry, conn: LdapConnection) -> None:
-        code, message = await conn.modify(
-            user.dn, [Modification(Modification.ADD, self.config.used.spec.name, (INITIAL_USED,))]
-        )
+        add = Modification(Modification.ADD, self.config.used.spec.name, (INITIAL_USED,))
+        code, message = await conn.modify(user.dn, [*self._class_changes(user), add])
         if code != SUCCESS and code not in CAS_CONFLICTS:
             raise DirectoryError(f"{user.dn}: cannot initialise OTP state: {code} {message}", code)
 

@@ -1,0 +1,104 @@
+"""The three directory set-ups every store test runs against, behind one small interface."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from otpgate.config import Config, parse_config
+from otpgate.vault import keygen
+from tests.servers import SambaDC, Slapd
+
+_serial = itertools.count(1)
+USER_PASSWORD = "Pa55-word!otp"
+
+
+@dataclass
+class Backend:
+    name: str
+    profile: str
+    server: Any
+    keyring: Path
+
+    @property
+    def is_ad(self) -> bool:
+        return self.profile == "ad"
+
+    def directory_section(self, **overrides: Any) -> dict[str, Any]:
+        s = self.server
+        if isinstance(s, SambaDC):
+            section = {
+                "urls": [s.ldaps_url],
+                "base_dn": s.base_dn,
+                "bind_dn": s.admin_dn,
+                "bind_password": s.admin_password,
+                "domains": [s.domain],
+            }
+        else:
+            section = {
+                "urls": [s.url],
+                "start_tls": True,
+                "base_dn": s.suffix,
+                "bind_dn": s.service_dn,
+                "bind_password": s.service_password,
+            }
+        section.update(profile=self.profile, ca_file=str(s.ca_file), timeout=5)
+        section.update(overrides)
+        return section
+
+    def config(self, directory: dict[str, Any] | None = None, **sections: Any) -> Config:
+        doc = {
+            "directory": self.directory_section(**(directory or {})),
+            "vault": {"keyring": str(self.keyring)},
+            **sections,
+        }
+        return parse_config(doc, Path("/"))
+
+    def new_user(self, prefix: str = "u", **attributes: Any) -> tuple[str, str]:
+        """A fresh user; returns (bare login name, DN)."""
+        name = f"{prefix}{next(_serial)}"
+        if isinstance(self.server, SambaDC):
+            dn = self.server.create_user(name, USER_PASSWORD, attributes=attributes or None)
+        else:
+            attrs = {"mail": f"{name}@example.org", **attributes}
+            dn = self.server.add_user(
+                name, USER_PASSWORD, otpgate_user=False, attributes=attrs
+            )
+        return name, dn
+
+    def upn(self, name: str) -> str:
+        if isinstance(self.server, SambaDC):
+            return f"{name}@{self.server.dns_domain}"
+        return f"{name}@example.org"
+
+    def admin(self) -> Any:
+        """A bound ldap3 connection with full rights (LDAPS, certificate verified)."""
+        if isinstance(self.server, SambaDC):
+            return self.server.connect()
+        s: Slapd = self.server
+        return s.connect(s.admin_dn, s.admin_password)
+
+    def raw_values(self, dn: str, attribute: str) -> list[bytes]:
+        conn = self.admin()
+        try:
+            conn.search(dn, "(objectClass=*)", search_scope="BASE", attributes=[attribute])
+            entry = conn.response[0]
+            return list(entry["raw_attributes"].get(attribute, []))
+        finally:
+            conn.unbind()
+
+
+def make_backend(name: str, request: Any, keyring_dir: Path) -> Backend:
+    keyring = keyring_dir / "keyring.json"
+    if not keyring.exists():
+        keygen(keyring, "k1")
+    if name == "slapd-stock":
+        return Backend(name, "openldap", request.getfixturevalue("slapd"), keyring)
+    if name == "slapd-schema":
+        return Backend(name, "openldap-schema", request.getfixturevalue("slapd_otpgate"), keyring)
+    return Backend(name, "ad", request.getfixturevalue("samba_dc"), keyring)
+
+
+BACKENDS = ["slapd-stock", "slapd-schema", "samba"]
