@@ -8,7 +8,7 @@ import time
 from urllib.parse import quote, urlencode
 
 from otpgate.config import OtpConfig
-from otpgate.directory.store import OtpState, StateChange
+from otpgate.directory.state import OtpState, StateChange
 from otpgate.tokens import Secret, Token, TokenType, new_token_id
 
 SOFTWARE = (TokenType.TOTP, TokenType.HOTP)

@@ -23,20 +23,20 @@ from otpgate.auth.policy import Policy
 from otpgate.auth.verify import Match, split_candidates, verify_code
 from otpgate.codec import CodecError
 from otpgate.config import Config
-from otpgate.directory.connection import (
+from otpgate.directory.ldapdata import (
     INVALID_CREDENTIALS,
     SUCCESS,
     DirectoryError,
     DirectoryUnavailable,
 )
-from otpgate.directory.store import (
+from otpgate.directory.state import (
     ConcurrentUpdate,
     OtpState,
-    OtpStore,
     StateChange,
     UserEntry,
     UserNotFound,
 )
+from otpgate.directory.store import OtpStore
 
 PasswordCheck = Callable[[str, bytes], Awaitable[tuple[int, str]]]
 """(dn, password) -> (LDAP result code, diagnostic) of a simple bind upstream."""

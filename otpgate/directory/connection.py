@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from ldaptor.protocols import pureber, pureldap
 from ldaptor.protocols.ldap import ldapclient
@@ -20,55 +19,23 @@ from twisted.internet import error as neterror
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
 
-# LDAP result codes used by otpgate (RFC 4511 §4.1.9).
-SUCCESS = 0
-PROTOCOL_ERROR = 2
-COMPARE_FALSE = 5
-COMPARE_TRUE = 6
-NO_SUCH_ATTRIBUTE = 16
-ATTRIBUTE_OR_VALUE_EXISTS = 20
-NO_SUCH_OBJECT = 32
-INVALID_CREDENTIALS = 49
-UNAVAILABLE = 52
-UNWILLING_TO_PERFORM = 53
-
-SCOPE_BASE = 0
-SCOPE_SUBTREE = 2
-
-
-class DirectoryError(Exception):
-    """The directory could not be reached or answered with an error."""
-
-    def __init__(self, message: str, result_code: int | None = None) -> None:
-        super().__init__(message)
-        self.result_code = result_code
-
-
-class DirectoryUnavailable(DirectoryError):
-    """No server answered (connection refused, lost, or timed out)."""
-
+from otpgate.directory.ldapdata import (
+    INVALID_CREDENTIALS,
+    NO_SUCH_OBJECT,
+    SCOPE_SUBTREE,
+    SUCCESS,
+    DirectoryError,
+    DirectoryUnavailable,
+    LdapUrl,
+    Modification,
+    SearchEntry,
+)
 
 _LOST = (
     neterror.ConnectionClosed,
     neterror.ConnectError,
     ldapclient.LDAPClientConnectionLostException,
 )
-
-
-@dataclass(frozen=True)
-class LdapUrl:
-    url: str
-    host: str
-    port: int
-    ldaps: bool
-
-    @classmethod
-    def parse(cls, url: str) -> LdapUrl:
-        parts = urlsplit(url)
-        if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
-            raise ValueError(f"{url!r} is not an ldap:// or ldaps:// URL")
-        ldaps = parts.scheme == "ldaps"
-        return cls(url, unquote(parts.hostname), parts.port or (636 if ldaps else 389), ldaps)
 
 
 @dataclass(frozen=True)
@@ -81,28 +48,6 @@ class TlsSettings:
             trust = ssl.Certificate.loadPEM(self.ca_file.read_bytes())
             return ssl.optionsForClientTLS(host, trustRoot=trust)
         return ssl.optionsForClientTLS(host)
-
-
-@dataclass(frozen=True)
-class SearchEntry:
-    dn: str
-    attributes: dict[str, list[bytes]]
-    """Attribute values by lower-cased attribute name."""
-
-    def first(self, name: str) -> bytes | None:
-        values = self.attributes.get(name.lower())
-        return values[0] if values else None
-
-
-@dataclass(frozen=True)
-class Modification:
-    op: int  # 0 add, 1 delete, 2 replace
-    attribute: str
-    values: tuple[bytes, ...]
-
-    ADD = 0
-    DELETE = 1
-    REPLACE = 2
 
 
 class LdapConnection:

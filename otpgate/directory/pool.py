@@ -13,15 +13,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from otpgate.directory.connection import (
-    SUCCESS,
-    DirectoryError,
-    DirectoryUnavailable,
-    LdapConnection,
-    LdapUrl,
-    TlsSettings,
-    connect,
-)
+from otpgate.directory.connection import LdapConnection, TlsSettings, connect
+from otpgate.directory.ldapdata import SUCCESS, DirectoryError, DirectoryUnavailable, LdapUrl
 
 log = Logger()
 

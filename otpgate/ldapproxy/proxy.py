@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.internet import error as neterror
 
 from otpgate.auth.pipeline import Authenticator, AuthRequest
-from otpgate.directory.connection import INVALID_CREDENTIALS, UNAVAILABLE, DirectoryUnavailable
+from otpgate.directory.ldapdata import INVALID_CREDENTIALS, UNAVAILABLE, DirectoryUnavailable
 
 INVALID = pureldap.LDAPBindResponse(
     resultCode=INVALID_CREDENTIALS, errorMessage=b"invalid credentials"

@@ -14,7 +14,7 @@ from otpgate.admin.enrollment import enroll_change, new_oath_token
 from otpgate.auth.lockout import unlock
 from otpgate.auth.pipeline import AuthRequest
 from otpgate.codec import CodecError, Syntax
-from otpgate.directory.store import AmbiguousUser, StateChange, UserNotFound
+from otpgate.directory.state import AmbiguousUser, StateChange, UserNotFound
 from otpgate.otp.oath import hotp
 from otpgate.service import Gateway
 from otpgate.tokens import TokenType
