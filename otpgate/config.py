@@ -70,6 +70,8 @@ class Profile:
     upn_attribute: str
     aux_class: str = ""
     """Object class a user entry needs before the attributes can be written ("" for none)."""
+    inventory_classes: tuple[str, ...] = ("top", "organizationalRole")
+    """Object classes of an inventory entry (cn=SERIAL under inventory_dn)."""
 
 
 PROFILES = {
@@ -109,6 +111,7 @@ PROFILES = {
         "(objectClass=inetOrgPerson)",
         "mail",
         aux_class="otpgateUser",
+        inventory_classes=("top", "device", "otpgateInventory"),
     ),
 }
 
@@ -134,7 +137,7 @@ class DirectoryConfig:
     used: MappedAttribute
     inventory: MappedAttribute
     write_url: str | None = None
-    """Pinned server for OTP state ("discover": AD PDC emulator); None: the first URL."""
+    """Pinned server for OTP state ("discover": AD PDC emulator); None: the URLs in order."""
     start_tls: bool = False
     ca_file: Path | None = None
     timeout: float = 5.0

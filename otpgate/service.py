@@ -10,6 +10,7 @@ from twisted.internet import defer, protocol
 from otpgate.auth.pipeline import Authenticator
 from otpgate.config import Config
 from otpgate.directory.connection import TlsSettings
+from otpgate.directory.discovery import pdc_emulator_host, url_for_host
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.store import OtpStore
 from otpgate.ldapproxy.proxy import OtpLdapProxy
@@ -27,9 +28,17 @@ class Gateway:
         self.read_pool = ServerPool(
             reactor, d.urls, self.tls, d.bind_dn, d.bind_password, d.timeout
         )
-        write_urls = (d.write_url,) if d.write_url and d.write_url != "discover" else d.urls[:1]
+        # With write_url (or "discover") OTP state is pinned to that one server and fails closed
+        # when it is down; without it, state follows the URLs in order like everything else.
+        write_urls = (d.write_url,) if d.write_url and d.write_url != "discover" else d.urls
         self.write_pool = ServerPool(
-            reactor, write_urls, self.tls, d.bind_dn, d.bind_password, d.timeout
+            reactor,
+            write_urls,
+            self.tls,
+            d.bind_dn,
+            d.bind_password,
+            d.timeout,
+            discover=self._discover_pdc if d.write_url == "discover" else None,
         )
         self.store = OtpStore(d, keyring, self.read_pool, self.write_pool)
         self.authenticator = Authenticator(config, self.store, reactor)
@@ -38,6 +47,11 @@ class Gateway:
         """For the proxy: a new unbound upstream connection (failover across the URLs)."""
         d = defer.ensureDeferred(self.read_pool.open_connection(bind=False))
         return d.addCallback(lambda conn: conn.client)
+
+    async def _discover_pdc(self) -> list[str]:
+        conn = await self.read_pool.connection()
+        host = await pdc_emulator_host(conn, self.config.directory.base_dn)
+        return [url_for_host(self.config.directory.urls[0], host)]
 
     async def check_password(self, dn: str, password: bytes) -> tuple[int, str]:
         """A simple bind as the user on a fresh connection (for front ends without one)."""

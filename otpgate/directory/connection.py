@@ -14,6 +14,7 @@ from typing import Any
 
 from ldaptor.protocols import pureber, pureldap
 from ldaptor.protocols.ldap import ldapclient
+from OpenSSL import SSL
 from twisted.internet import defer, protocol, ssl
 from twisted.internet import error as neterror
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -35,6 +36,7 @@ _LOST = (
     neterror.ConnectionClosed,
     neterror.ConnectError,
     ldapclient.LDAPClientConnectionLostException,
+    SSL.Error,  # certificate verification failed (surfaces on the first operation)
 )
 
 
@@ -80,7 +82,7 @@ class LdapConnection:
             self.close()
             raise DirectoryUnavailable(f"{self.url.url}: no answer in {self.timeout}s") from exc
         except _LOST as exc:
-            raise DirectoryUnavailable(f"{self.url.url}: connection lost") from exc
+            raise DirectoryUnavailable(f"{self.url.url}: connection lost ({exc})") from exc
 
     async def simple_bind(self, dn: str, password: bytes) -> tuple[int, str]:
         """Bind; returns (resultCode, diagnostic message).  Refuses an empty password."""
@@ -132,7 +134,7 @@ class LdapConnection:
         try:
             result = await done
         except _LOST as exc:
-            raise DirectoryUnavailable(f"{self.url.url}: connection lost") from exc
+            raise DirectoryUnavailable(f"{self.url.url}: connection lost ({exc})") from exc
         except defer.TimeoutError as exc:
             self.close()
             raise DirectoryUnavailable(f"{self.url.url}: no answer in {self.timeout}s") from exc
@@ -162,6 +164,21 @@ class LdapConnection:
             for change in changes
         ]
         resp = await self._send(pureldap.LDAPModifyRequest(object=dn.encode(), modification=mods))
+        return resp.resultCode, _text(resp.errorMessage)
+
+    async def add(self, dn: str, attributes: dict[str, tuple[bytes, ...]]) -> tuple[int, str]:
+        attrs = [
+            (
+                pureldap.LDAPAttributeDescription(name),
+                pureber.BERSet([pureldap.LDAPString(v) for v in values]),
+            )
+            for name, values in attributes.items()
+        ]
+        resp = await self._send(pureldap.LDAPAddRequest(entry=dn.encode(), attributes=attrs))
+        return resp.resultCode, _text(resp.errorMessage)
+
+    async def delete(self, dn: str) -> tuple[int, str]:
+        resp = await self._send(pureldap.LDAPDelRequest(entry=dn.encode()))
         return resp.resultCode, _text(resp.errorMessage)
 
 

@@ -13,6 +13,7 @@ COMPARE_TRUE = 6
 NO_SUCH_ATTRIBUTE = 16
 ATTRIBUTE_OR_VALUE_EXISTS = 20
 NO_SUCH_OBJECT = 32
+ENTRY_ALREADY_EXISTS = 68
 INVALID_CREDENTIALS = 49
 UNAVAILABLE = 52
 UNWILLING_TO_PERFORM = 53
@@ -69,3 +70,16 @@ class Modification:
     ADD = 0
     DELETE = 1
     REPLACE = 2
+
+
+def parent_dn(dn: str) -> str:
+    """The DN without its first RDN (commas escaped as \\, stay inside the RDN)."""
+    i = 0
+    while i < len(dn):
+        if dn[i] == "\\":
+            i += 2
+            continue
+        if dn[i] == ",":
+            return dn[i + 1 :].lstrip()
+        i += 1
+    return ""

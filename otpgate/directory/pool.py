@@ -8,7 +8,7 @@ in their configured order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from twisted.logger import Logger
@@ -29,7 +29,9 @@ class ServerPool:
         bind_password: str,
         timeout: float,
         size: int = 2,
+        discover: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
+        """``discover``, if given, finds the URLs on first use (e.g. AD's PDC emulator)."""
         if not urls:
             raise ValueError("a server pool needs at least one URL")
         self.reactor = reactor
@@ -41,9 +43,14 @@ class ServerPool:
         self.size = size
         self._connections: list[LdapConnection] = []
         self._next = 0
+        self._discover = discover
 
     async def open_connection(self, bind: bool = True) -> LdapConnection:
         """A new connection to the first URL that answers (bound as the service account)."""
+        if self._discover is not None:
+            # Until discovery succeeds nothing is written anywhere else: fail closed.
+            self.urls = [LdapUrl.parse(u) for u in await self._discover()]
+            self._discover = None
         errors: list[str] = []
         for url in self.urls:
             try:

@@ -13,7 +13,16 @@ from twisted.logger import Logger
 
 from otpgate.config import DirectoryConfig
 from otpgate.directory.connection import LdapConnection
-from otpgate.directory.ldapdata import SUCCESS, DirectoryError
+from otpgate.directory.inventory import InventoryError, InventoryItem, InventoryMapper
+from otpgate.directory.ldapdata import (
+    ENTRY_ALREADY_EXISTS,
+    NO_SUCH_ATTRIBUTE,
+    SCOPE_BASE,
+    SCOPE_SUBTREE,
+    SUCCESS,
+    DirectoryError,
+    Modification,
+)
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.state import (
     CAS_CONFLICTS,
@@ -24,6 +33,7 @@ from otpgate.directory.state import (
     StateMapper,
     UserEntry,
 )
+from otpgate.tokens import Secret, Token
 from otpgate.vault import Keyring
 
 log = Logger()
@@ -104,3 +114,98 @@ class OtpStore:
         raise ConcurrentUpdate(
             f"{user.dn}: OTP state changed under us {self.config.cas_retries} times; giving up"
         )
+
+
+class InventoryStore:
+    """Unassigned hardware tokens in the directory, over ldaptor."""
+
+    def __init__(self, config: DirectoryConfig, keyring: Keyring, store: OtpStore) -> None:
+        self.mapper = InventoryMapper(config, keyring)
+        self.store = store
+        self._any = ldapfilter.parseFilter("(cn=*)")
+
+    async def add(self, token: Token, secret: Secret) -> InventoryItem:
+        """Create ``cn=<serial>`` and store the token in it (bound to the new entry's id)."""
+        if not token.serial:
+            raise InventoryError("an inventory token needs a serial")
+        conn = await self.store.write_pool.connection()
+        dn = self.mapper.dn(token.serial)
+        code, message = await conn.add(dn, self.mapper.new_entry(token.serial))
+        if code == ENTRY_ALREADY_EXISTS:
+            raise InventoryError(f"serial {token.serial} is already in the inventory", code)
+        if code != SUCCESS:
+            raise InventoryError(f"cannot add {dn}: {code} {message}", code)
+        try:
+            item = await self._read(conn, token.serial, decrypt=False)
+            raw = self.mapper.encode(dn, item.entry_id, token, secret)
+            name = self.mapper.config.inventory.spec.name
+            code, message = await conn.modify(dn, [Modification(Modification.ADD, name, (raw,))])
+            if code != SUCCESS:
+                raise InventoryError(f"cannot store token {token.serial}: {code} {message}", code)
+        except BaseException:
+            await conn.delete(dn)  # leave no empty entry behind
+            raise
+        return await self._read(conn, token.serial)
+
+    async def _read(self, conn: LdapConnection, serial: str, decrypt: bool = True) -> InventoryItem:
+        found = await conn.search(
+            self.mapper.dn(serial), self._any, self.mapper.attributes, scope=SCOPE_BASE
+        )
+        if not found:
+            raise InventoryError(f"serial {serial} is not in the inventory")
+        return self.mapper.item(found[0], decrypt)
+
+    async def get(self, serial: str) -> InventoryItem:
+        return await self._read(await self.store.write_pool.connection(), serial)
+
+    async def list(self) -> list[InventoryItem]:
+        conn = await self.store.read_pool.connection()
+        found = await conn.search(
+            self.mapper.container, self._any, self.mapper.attributes, scope=SCOPE_SUBTREE
+        )
+        return sorted(
+            (self.mapper.item(f) for f in found if f.dn.lower() != self.mapper.container.lower()),
+            key=lambda item: item.serial,
+        )
+
+    async def claim(self, serial: str) -> InventoryItem:
+        """Take a token out of the inventory, exactly once.
+
+        One Modify deletes the stored value's exact bytes: of two admins
+        claiming the same serial, the second gets noSuchAttribute.  Follow
+        with :meth:`remove` once the token is stored elsewhere, or
+        :meth:`release` to put it back.
+        """
+        conn = await self.store.write_pool.connection()
+        item = await self._read(conn, serial)
+        if item.raw is None:
+            raise InventoryError(f"serial {serial} is being assigned by someone else")
+        name = self.mapper.config.inventory.spec.name
+        code, message = await conn.modify(
+            item.dn, [Modification(Modification.DELETE, name, (item.raw,))]
+        )
+        if code == NO_SUCH_ATTRIBUTE:
+            raise InventoryError(f"serial {serial} was just taken by someone else", code)
+        if code != SUCCESS:
+            raise InventoryError(f"cannot claim {serial}: {code} {message}", code)
+        return item
+
+    async def release(self, item: InventoryItem) -> None:
+        if item.raw is None:
+            return
+        conn = await self.store.write_pool.connection()
+        name = self.mapper.config.inventory.spec.name
+        code, message = await conn.modify(
+            item.dn, [Modification(Modification.ADD, name, (item.raw,))]
+        )
+        if code != SUCCESS:
+            raise InventoryError(f"cannot return {item.serial} to the inventory: {message}", code)
+
+    async def remove(self, item: InventoryItem) -> None:
+        await self.delete(item.serial)
+
+    async def delete(self, serial: str) -> None:
+        conn = await self.store.write_pool.connection()
+        code, message = await conn.delete(self.mapper.dn(serial))
+        if code != SUCCESS:
+            raise InventoryError(f"cannot delete {serial}: {code} {message}", code)

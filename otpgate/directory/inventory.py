@@ -1,0 +1,84 @@
+"""The token inventory: hardware tokens imported but not yet assigned (pure mapping).
+
+Each token is one entry ``cn=<serial>,<inventory_dn>`` (AD and stock OpenLDAP:
+organizationalRole; otpgate schema: device + otpgateInventory) whose mapped
+inventory attribute holds the token and its secret, encrypted and bound to
+that entry's own GUID/UUID.  The directory stays the one source of truth.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from otpgate.codec import AttributeCodec, Purpose
+from otpgate.config import DirectoryConfig
+from otpgate.directory.ldapdata import DirectoryError, SearchEntry
+from otpgate.tokens import Secret, Token
+from otpgate.vault import Keyring
+
+SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+class InventoryError(DirectoryError):
+    pass
+
+
+def check_serial(serial: str) -> str:
+    if not SERIAL.match(serial):
+        raise InventoryError(
+            f"serial {serial!r}: use 1-64 characters of A-Z a-z 0-9 . _ : - (starting alphanumeric)"
+        )
+    return serial
+
+
+@dataclass(frozen=True)
+class InventoryItem:
+    serial: str
+    dn: str
+    entry_id: bytes
+    raw: bytes | None
+    """The stored value; None for an entry whose token is being assigned right now."""
+    token: Token | None = None
+    secret: Secret | None = field(default=None, repr=False)
+
+
+class InventoryMapper:
+    def __init__(self, config: DirectoryConfig, keyring: Keyring) -> None:
+        if not config.inventory_dn:
+            raise InventoryError("[directory].inventory_dn is not set: there is no inventory")
+        self.config = config
+        self.container = config.inventory_dn
+        self.codec = AttributeCodec(
+            config.inventory.spec, config.inventory.format, Purpose.INVENTORY, keyring
+        )
+        self.attributes = (config.profile.id_attribute, config.inventory.spec.name, "cn")
+
+    def dn(self, serial: str) -> str:
+        return f"cn={check_serial(serial)},{self.container}"
+
+    def new_entry(self, serial: str) -> dict[str, tuple[bytes, ...]]:
+        return {
+            "objectClass": tuple(c.encode() for c in self.config.profile.inventory_classes),
+            "cn": (check_serial(serial).encode(),),
+        }
+
+    def encode(self, item_dn: str, entry_id: bytes, token: Token, secret: Secret) -> bytes:
+        return self.codec.encode(
+            {"v": 1, "token": token.to_dict(), "secret": secret.to_dict()}, entry_id, item_dn
+        )
+
+    def item(self, found: SearchEntry, decrypt: bool = True) -> InventoryItem:
+        entry_id = found.first(self.config.profile.id_attribute)
+        cn = found.first("cn")
+        if not entry_id or not cn:
+            raise InventoryError(f"{found.dn}: not an inventory entry (no id or cn)")
+        raw = found.first(self.config.inventory.spec.name)
+        item = InventoryItem(cn.decode("utf-8", "replace"), found.dn, entry_id, raw)
+        if raw is None or not decrypt:
+            return item
+        doc = self.codec.decode(raw, entry_id, found.dn)
+        token = Token.from_dict(doc["token"])
+        return InventoryItem(
+            item.serial, found.dn, entry_id, raw, token, Secret.from_dict(doc["secret"])
+        )

@@ -1,0 +1,58 @@
+"""Connections: failover across URLs, certificate verification, AD PDC emulator discovery."""
+
+from __future__ import annotations
+
+import pytest_twisted
+from twisted.internet import reactor
+
+from otpgate.directory.discovery import pdc_emulator_host, url_for_host
+from otpgate.directory.ldapdata import DirectoryUnavailable
+from otpgate.service import Gateway
+from otpgate.vault import Keyring
+from tests.netutil import free_port
+from tests.servers import make_server_tls
+
+
+@pytest_twisted.ensureDeferred
+async def test_failover_to_the_next_url(backend):
+    section = backend.directory_section()
+    dead = f"ldap://127.0.0.1:{free_port()}" if section.get("start_tls") else f"ldaps://127.0.0.1:{free_port()}"
+    config = backend.config({"urls": [dead, *section["urls"]]})
+    gw = Gateway(config, Keyring.load(backend.keyring), reactor)
+    try:
+        name, dn = backend.new_user("failover")
+        assert (await gw.store.resolve(name)).dn.lower() == dn.lower()
+    finally:
+        gw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_untrusted_certificate_fails_closed(backend, tmp_path):
+    other_ca = make_server_tls(tmp_path / "other-ca").ca_file
+    config = backend.config({"ca_file": str(other_ca)})
+    gw = Gateway(config, Keyring.load(backend.keyring), reactor)
+    try:
+        name, _dn = backend.new_user("tls")
+        try:
+            await gw.store.resolve(name)
+        except DirectoryUnavailable:
+            pass
+        else:
+            raise AssertionError("a server with an untrusted certificate was used")
+    finally:
+        gw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pdc_emulator_discovery_on_samba(request, tmp_path_factory):
+    from tests.integration.backends import make_backend
+
+    backend = make_backend("samba", request, tmp_path_factory.getbasetemp())
+    gw = Gateway(backend.config(), Keyring.load(backend.keyring), reactor)
+    try:
+        conn = await gw.read_pool.connection()
+        host = await pdc_emulator_host(conn, backend.server.base_dn)
+        assert host.lower() == backend.server.fqdn.lower()
+        assert url_for_host(backend.server.ldaps_url, host) == f"ldaps://{host}:636"
+    finally:
+        gw.close()
