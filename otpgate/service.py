@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service, strports
-from twisted.internet import defer, protocol
 
 from otpgate.auth.pipeline import Authenticator
 from otpgate.config import Config
@@ -13,7 +12,7 @@ from otpgate.directory.connection import TlsSettings
 from otpgate.directory.discovery import pdc_emulator_host, url_for_host
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.store import OtpStore
-from otpgate.ldapproxy.proxy import OtpLdapProxy
+from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.vault import Keyring
 
 
@@ -43,11 +42,6 @@ class Gateway:
         self.store = OtpStore(d, keyring, self.read_pool, self.write_pool)
         self.authenticator = Authenticator(config, self.store, reactor)
 
-    def upstream_connector(self) -> Any:
-        """For the proxy: a new unbound upstream connection (failover across the URLs)."""
-        d = defer.ensureDeferred(self.read_pool.open_connection(bind=False))
-        return d.addCallback(lambda conn: conn.client)
-
     async def _discover_pdc(self) -> list[str]:
         conn = await self.read_pool.connection()
         host = await pdc_emulator_host(conn, self.config.directory.base_dn)
@@ -61,16 +55,8 @@ class Gateway:
         finally:
             conn.close()
 
-    def ldap_proxy_factory(self) -> protocol.ServerFactory:
-        gateway = self
-
-        class Factory(protocol.ServerFactory):
-            def buildProtocol(self, addr: Any) -> OtpLdapProxy:
-                proto = OtpLdapProxy(gateway.authenticator, gateway.upstream_connector)
-                proto.factory = self
-                return proto
-
-        return Factory()
+    def ldap_proxy_factory(self, tls_listener: bool = False) -> ProxyFactory:
+        return ProxyFactory(self, tls_listener=tls_listener)
 
     def close(self) -> None:
         self.read_pool.close()
@@ -81,7 +67,7 @@ def make_service(config: Config, reactor: Any) -> service.MultiService:
     keyring = Keyring.load(config.keyring)
     gateway = Gateway(config, keyring, reactor)
     top = service.MultiService()
-    factory = gateway.ldap_proxy_factory()
     for description in config.ldap_proxy.listen:
+        factory = gateway.ldap_proxy_factory(tls_listener=description.startswith("ssl:"))
         strports.service(description, factory, reactor=reactor).setServiceParent(top)
     return top

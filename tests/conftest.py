@@ -24,6 +24,12 @@ _SAMBA_FIXTURES = frozenset({"samba_dc"})
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec is not None else None
+        if backend == "samba":
+            names.add("samba_dc")
+        elif backend in ("slapd-stock", "slapd-schema"):
+            names.add("slapd")
         if names & _SLAPD_FIXTURES:
             item.add_marker(pytest.mark.slapd)
         if names & _SAMBA_FIXTURES:

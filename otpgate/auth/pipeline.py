@@ -108,6 +108,14 @@ class Authenticator:
     async def _authenticate(
         self, request: AuthRequest, check_password: PasswordCheck | None
     ) -> AuthResult:
+        if (
+            not request.otp_only
+            and self.policy.is_exempt(request.name)
+            and not self.policy.config.admin_groups
+        ):
+            # An exempt DN (service account, possibly no user entry at all): its password
+            # bind is all there is; with admin groups configured it is looked up first.
+            return await self._password_only(request, check_password)
         user = await self.store.resolve(request.name)
         decision = self.policy.decide(user.dn, user.groups, request.client)
         if not decision.needs_otp:
@@ -175,6 +183,18 @@ class Authenticator:
         used = record_failure(state.used, now, self.config.lockout)
         why = "wrong OTP" + (" (now locked out)" if used.locked_until else "")
         return StateChange(_Verdict(None, "", why), used=used)
+
+    async def _password_only(
+        self, request: AuthRequest, check_password: PasswordCheck | None
+    ) -> AuthResult:
+        if check_password is None or not request.secret:
+            return AuthResult(False, "no password", request.name)
+        code, message = await check_password(request.name, request.secret.encode("utf-8"))
+        if code == SUCCESS:
+            return AuthResult(True, "exempt account: password accepted", request.name)
+        return AuthResult(
+            False, f"exempt account: bind refused ({code}) {message}".rstrip(), request.name
+        )
 
     async def _password(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
@@ -43,6 +44,7 @@ async def test_untrusted_certificate_fails_closed(backend, tmp_path):
         gw.close()
 
 
+@pytest.mark.samba
 @pytest_twisted.ensureDeferred
 async def test_pdc_emulator_discovery_on_samba(request, tmp_path_factory):
     from tests.integration.backends import make_backend

@@ -78,6 +78,7 @@ async def test_round_trip_every_format_and_only_ciphertext_stored(backend):
             gw.close()
 
 
+@pytest.mark.samba
 @pytest_twisted.ensureDeferred
 async def test_ad_attributes_hold_only_ciphertext_for_ldapsearch(request, tmp_path_factory):
     from tests.integration.backends import make_backend

@@ -1,0 +1,233 @@
+"""Just enough BER for the proxy: frame LDAPMessages, read their headers, codec a few PDUs.
+
+Hand-written on purpose: the proxy forwards every PDU except Bind/StartTLS
+as the raw bytes it received (controls, referrals and message ids stay
+exactly as the client and server sent them), so it only needs the framing,
+the message id and the operation tag.  ldaptor's full decoder re-buffers
+quadratically, asserts on malformed input and drops controls when proxying.
+Everything here is pure and bounds-checked: malformed input raises BerError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEQUENCE = 0x30
+INTEGER = 0x02
+OCTET_STRING = 0x04
+ENUMERATED = 0x0A
+
+# LDAP protocol operations ([APPLICATION n], RFC 4511 §4.2-4.14).
+BIND_REQUEST = 0x60
+BIND_RESPONSE = 0x61
+UNBIND_REQUEST = 0x42
+SEARCH_REQUEST = 0x63
+SEARCH_RESULT_ENTRY = 0x64
+SEARCH_RESULT_DONE = 0x65
+SEARCH_RESULT_REFERENCE = 0x73
+MODIFY_REQUEST = 0x66
+ADD_REQUEST = 0x68
+DEL_REQUEST = 0x4A
+MODDN_REQUEST = 0x6C
+COMPARE_REQUEST = 0x6E
+ABANDON_REQUEST = 0x50
+EXTENDED_REQUEST = 0x77
+EXTENDED_RESPONSE = 0x78
+INTERMEDIATE_RESPONSE = 0x79
+
+# The response that ends each request that has one (for answering when upstream is gone).
+FINAL_RESPONSE = {
+    BIND_REQUEST: BIND_RESPONSE,
+    SEARCH_REQUEST: SEARCH_RESULT_DONE,
+    MODIFY_REQUEST: 0x67,
+    ADD_REQUEST: 0x69,
+    DEL_REQUEST: 0x6B,
+    MODDN_REQUEST: 0x6D,
+    COMPARE_REQUEST: 0x6F,
+    EXTENDED_REQUEST: EXTENDED_RESPONSE,
+}
+
+START_TLS_OID = b"1.3.6.1.4.1.1466.20037"
+NOTICE_OF_DISCONNECTION_OID = b"1.3.6.1.4.1.1466.20036"
+
+
+class BerError(ValueError):
+    """Malformed BER, or a PDU larger than allowed."""
+
+
+def _length(data: bytes | bytearray, pos: int) -> tuple[int, int] | None:
+    """(length, position after the length octets), or None if more data is needed."""
+    if pos >= len(data):
+        return None
+    first = data[pos]
+    if first < 0x80:
+        return first, pos + 1
+    count = first & 0x7F
+    if count == 0 or count > 4:  # indefinite length is not allowed in LDAP (RFC 4511 §5.1)
+        raise BerError("unsupported BER length encoding")
+    if pos + 1 + count > len(data):
+        return None
+    return int.from_bytes(data[pos + 1 : pos + 1 + count], "big"), pos + 1 + count
+
+
+def next_pdu_size(data: bytes | bytearray, limit: int) -> int | None:
+    """Size of the complete LDAPMessage at the start of ``data``, None if incomplete.
+
+    Raises BerError for a PDU that is not a SEQUENCE or would exceed ``limit``.
+    """
+    if not data:
+        return None
+    if data[0] != SEQUENCE:
+        raise BerError(f"an LDAPMessage starts with 0x30, not 0x{data[0]:02x}")
+    header = _length(data, 1)
+    if header is None:
+        return None
+    length, start = header
+    size = start + length
+    if size > limit:
+        raise BerError(f"PDU of {size} bytes is above the limit of {limit}")
+    return size if size <= len(data) else None
+
+
+def _tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """(tag, value start, value end) of the element at ``pos``, which must lie within ``end``."""
+    if pos + 2 > end:
+        raise BerError("truncated element")
+    tag = data[pos]
+    if tag & 0x1F == 0x1F:
+        raise BerError("multi-byte tags are not used in LDAP")
+    header = _length(data, pos + 1)
+    if header is None:
+        raise BerError("truncated length")
+    length, start = header
+    if start + length > end:
+        raise BerError("element overruns its container")
+    return tag, start, start + length
+
+
+def _integer(data: bytes, start: int, end: int) -> int:
+    if not 0 < end - start <= 4:
+        raise BerError("integer out of range")
+    return int.from_bytes(data[start:end], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Header:
+    message_id: int
+    op_tag: int
+    op_start: int
+    op_end: int
+
+
+def parse_header(pdu: bytes) -> Header:
+    """Message id and operation of one complete LDAPMessage."""
+    tag, start, end = _tlv(pdu, 0, len(pdu))
+    if tag != SEQUENCE or end != len(pdu):
+        raise BerError("not one LDAPMessage")
+    tag, id_start, id_end = _tlv(pdu, start, end)
+    if tag != INTEGER:
+        raise BerError("messageID is not an INTEGER")
+    message_id = _integer(pdu, id_start, id_end)
+    if message_id < 0:
+        raise BerError("negative messageID")
+    op_tag, op_start, op_end = _tlv(pdu, id_end, end)
+    return Header(message_id, op_tag, op_start, op_end)
+
+
+@dataclass(frozen=True)
+class BindRequest:
+    version: int
+    name: bytes
+    simple: bytes | None
+    """The simple password; None for a SASL bind."""
+    sasl_mechanism: bytes | None = None
+
+
+def parse_bind(pdu: bytes, header: Header) -> BindRequest:
+    data, end = pdu, header.op_end
+    tag, start, stop = _tlv(data, header.op_start, end)
+    if tag != INTEGER:
+        raise BerError("bind version is not an INTEGER")
+    version = _integer(data, start, stop)
+    tag, start, name_end = _tlv(data, stop, end)
+    if tag != OCTET_STRING:
+        raise BerError("bind name is not an OCTET STRING")
+    name = bytes(data[start:name_end])
+    tag, start, stop = _tlv(data, name_end, end)
+    if tag == 0x80:  # [0] simple
+        return BindRequest(version, name, bytes(data[start:stop]))
+    if tag == 0xA3:  # [3] SaslCredentials
+        mtag, mstart, mstop = _tlv(data, start, stop)
+        if mtag != OCTET_STRING:
+            raise BerError("SASL mechanism is not an OCTET STRING")
+        return BindRequest(version, name, None, bytes(data[mstart:mstop]))
+    raise BerError(f"unknown bind authentication choice 0x{tag:02x}")
+
+
+def extended_request_name(pdu: bytes, header: Header) -> bytes:
+    tag, start, stop = _tlv(pdu, header.op_start, header.op_end)
+    if tag != 0x80:  # [0] requestName
+        raise BerError("extended request without a requestName")
+    return bytes(pdu[start:stop])
+
+
+def abandon_target(header: Header, pdu: bytes) -> int:
+    return _integer(pdu, header.op_start, header.op_end)
+
+
+def result_code(pdu: bytes, header: Header) -> int:
+    """resultCode of an LDAPResult-shaped response."""
+    tag, start, stop = _tlv(pdu, header.op_start, header.op_end)
+    if tag != ENUMERATED:
+        raise BerError("resultCode is not an ENUMERATED")
+    return _integer(pdu, start, stop)
+
+
+# -- encoding ----------------------------------------------------------------------------
+
+
+def _encode_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(raw),)) + raw
+
+
+def tlv(tag: int, value: bytes) -> bytes:
+    return bytes((tag,)) + _encode_length(len(value)) + value
+
+
+def _encode_int(tag: int, value: int) -> bytes:
+    return tlv(tag, value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=True))
+
+
+def message(message_id: int, op: bytes) -> bytes:
+    return tlv(SEQUENCE, _encode_int(INTEGER, message_id) + op)
+
+
+def ldap_result(
+    op_tag: int, code: int, diagnostic: bytes = b"", matched_dn: bytes = b"", extra: bytes = b""
+) -> bytes:
+    body = (
+        _encode_int(ENUMERATED, code)
+        + tlv(OCTET_STRING, matched_dn)
+        + tlv(OCTET_STRING, diagnostic)
+        + extra
+    )
+    return tlv(op_tag, body)
+
+
+def bind_request(message_id: int, name: bytes, password: bytes) -> bytes:
+    op = tlv(BIND_REQUEST, _encode_int(INTEGER, 3) + tlv(OCTET_STRING, name) + tlv(0x80, password))
+    return message(message_id, op)
+
+
+def start_tls_request(message_id: int) -> bytes:
+    return message(message_id, tlv(EXTENDED_REQUEST, tlv(0x80, START_TLS_OID)))
+
+
+def extended_response(
+    message_id: int, code: int, name: bytes | None, diagnostic: bytes = b""
+) -> bytes:
+    extra = tlv(0x8A, name) if name is not None else b""
+    return message(message_id, ldap_result(EXTENDED_RESPONSE, code, diagnostic, extra=extra))
