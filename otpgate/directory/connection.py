@@ -1,25 +1,29 @@
-"""One LDAP connection on ldaptor, with verified TLS, timeouts and plain results.
+"""One LDAP connection of the gateway's own (service account, password checks).
 
-ldaptor's own ``startTLS()`` verifies nothing, so TLS here is always started
-with ``optionsForClientTLS`` (certificate chain and host name checked against
-the configured CA file, or the system trust store).
+Speaks LDAP through ``otpgate.ber`` rather than ldaptor's client: the gateway
+sends a search and a modify for every OTP login, and ldaptor's object-per-
+element BER took most of the CPU time (profiled with py-spy, bench/ldap_proxy.py).
+Many operations may be outstanding on one connection (message ids).
+
+TLS is always verified: ``optionsForClientTLS`` checks the certificate chain
+and the host name against the configured CA file or the system trust store.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ldaptor.protocols import pureber, pureldap
-from ldaptor.protocols.ldap import ldapclient
 from OpenSSL import SSL
 from twisted.internet import defer, protocol, ssl
 from twisted.internet import error as neterror
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
+from otpgate import ber
 from otpgate.directory.ldapdata import (
     INVALID_CREDENTIALS,
     NO_SUCH_OBJECT,
@@ -32,12 +36,14 @@ from otpgate.directory.ldapdata import (
     SearchEntry,
 )
 
+log = Logger()
+
 _LOST = (
     neterror.ConnectionClosed,
     neterror.ConnectError,
-    ldapclient.LDAPClientConnectionLostException,
     SSL.Error,  # certificate verification failed (surfaces on the first operation)
 )
+MAX_RESPONSE_PDU = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,11 +58,85 @@ class TlsSettings:
         return ssl.optionsForClientTLS(host)
 
 
+@dataclass
+class _Operation:
+    deferred: defer.Deferred[Any]
+    entries: list[SearchEntry] | None = None
+    """Collected entries of a search; None for single-response operations."""
+    done: bool = field(default=False)
+
+
+class LdapClientProtocol(protocol.Protocol):
+    # A TCP/TLS transport; Twisted types Protocol.transport only as Optional[ITransport].
+    transport: Any
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._next_id = 0
+        self._operations: dict[int, _Operation] = {}
+        self.connected = 0
+
+    def connectionMade(self) -> None:
+        self.connected = 1
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.connected = 0
+        operations, self._operations = self._operations, {}
+        for op in operations.values():
+            op.deferred.errback(DirectoryUnavailable("connection lost"))
+
+    def request(self, build: Any, search: bool = False) -> defer.Deferred[Any]:
+        """Send ``build(message_id)``; the deferred fires with the decoded response."""
+        if not self.connected:
+            return defer.fail(DirectoryUnavailable("not connected"))
+        self._next_id = self._next_id % 0x7FFFFFFF + 1
+        mid = self._next_id
+        op = _Operation(defer.Deferred(), [] if search else None)
+        self._operations[mid] = op
+        self.transport.write(build(mid))
+        return op.deferred
+
+    def forget(self, deferred: defer.Deferred[Any]) -> None:
+        for mid, op in list(self._operations.items()):
+            if op.deferred is deferred:
+                del self._operations[mid]
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while self._buffer:
+            try:
+                size = ber.next_pdu_size(self._buffer, MAX_RESPONSE_PDU)
+                if size is None:
+                    return
+                pdu = bytes(self._buffer[:size])
+                del self._buffer[:size]
+                self._handle(pdu, ber.parse_header(pdu))
+            except ber.BerError as exc:
+                log.warn("malformed response from the directory ({err}); closing", err=exc)
+                self.transport.loseConnection()
+                return
+
+    def _handle(self, pdu: bytes, header: ber.Header) -> None:
+        op = self._operations.get(header.message_id)
+        if op is None:
+            return  # a notice of disconnection (id 0) or an answer nobody waits for any more
+        if header.op_tag == ber.SEARCH_RESULT_ENTRY and op.entries is not None:
+            name, attributes = ber.decode_search_entry(pdu, header)
+            op.entries.append(SearchEntry(name.decode("utf-8", "replace"), attributes))
+            return
+        if header.op_tag in (ber.SEARCH_RESULT_REFERENCE, ber.INTERMEDIATE_RESPONSE):
+            return  # OTP state lives on the server asked; references are not followed
+        del self._operations[header.message_id]
+        code, _matched, diagnostic = ber.decode_result(pdu, header)
+        message = diagnostic.decode("utf-8", "replace")
+        op.deferred.callback((code, message, op.entries))
+
+
 class LdapConnection:
-    """A connected ldaptor client with per-operation timeouts."""
+    """A connected client with per-operation timeouts and plain results."""
 
     def __init__(
-        self, client: ldapclient.LDAPClient, url: LdapUrl, clock: IReactorTime, timeout: float
+        self, client: LdapClientProtocol, url: LdapUrl, clock: IReactorTime, timeout: float
     ) -> None:
         self.client = client
         self.url = url
@@ -71,132 +151,79 @@ class LdapConnection:
         if self.client.connected:
             self.client.transport.loseConnection()
 
-    async def _send(self, op: Any) -> Any:
-        if not self.client.connected:
-            raise DirectoryUnavailable(f"{self.url.url}: connection lost")
-        d = self.client.send(op)
+    async def _call(self, build: Any, search: bool = False) -> tuple[int, str, Any]:
+        d = self.client.request(build, search)
         d.addTimeout(self.timeout, self.clock)
         try:
-            return await d
+            result: tuple[int, str, Any] = await d
         except defer.TimeoutError as exc:
+            self.client.forget(d)
             self.close()
             raise DirectoryUnavailable(f"{self.url.url}: no answer in {self.timeout}s") from exc
         except _LOST as exc:
             raise DirectoryUnavailable(f"{self.url.url}: connection lost ({exc})") from exc
+        except DirectoryUnavailable as exc:
+            raise DirectoryUnavailable(f"{self.url.url}: {exc}") from exc
+        return result
 
     async def simple_bind(self, dn: str, password: bytes) -> tuple[int, str]:
         """Bind; returns (resultCode, diagnostic message).  Refuses an empty password."""
         if not password:
             # An empty password is an unauthenticated bind that "succeeds" (RFC 4513 §5.1.2).
             return INVALID_CREDENTIALS, "empty password refused"
-        resp = await self._send(pureldap.LDAPBindRequest(dn=dn.encode(), auth=password))
-        return resp.resultCode, _text(resp.errorMessage)
+        code, message, _ = await self._call(
+            lambda mid: ber.bind_request(mid, dn.encode(), password)
+        )
+        return code, message
 
     async def search(
         self,
         base: str,
-        filter_: Any,
+        filter_ber: bytes,
         attributes: Sequence[str],
         scope: int = SCOPE_SUBTREE,
         size_limit: int = 0,
     ) -> list[SearchEntry]:
-        if not self.client.connected:
-            raise DirectoryUnavailable(f"{self.url.url}: connection lost")
-        entries: list[SearchEntry] = []
-        done: defer.Deferred[Any] = defer.Deferred()
-
-        def handler(msg: Any) -> bool:
-            if isinstance(msg, pureldap.LDAPSearchResultEntry):
-                attrs: dict[str, list[bytes]] = {}
-                for name, values in msg.attributes:
-                    attrs[_text(name).lower()] = [_bytes(v) for v in values]
-                entries.append(SearchEntry(_text(msg.objectName), attrs))
-                return False
-            if isinstance(msg, pureldap.LDAPSearchResultDone):
-                done.callback(msg)
-                return True
-            return False  # references are ignored: state lives on the pinned server
-
-        op = pureldap.LDAPSearchRequest(
-            baseObject=base.encode(),
-            scope=scope,
-            derefAliases=0,
-            sizeLimit=size_limit,
-            timeLimit=int(self.timeout) + 1,
-            typesOnly=0,
-            filter=filter_,
-            attributes=[a.encode() for a in attributes],
+        attrs = tuple(a.encode() for a in attributes)
+        time_limit = int(self.timeout) + 1
+        code, message, entries = await self._call(
+            lambda mid: ber.search_request(
+                mid, base.encode(), scope, filter_ber, attrs, size_limit, time_limit
+            ),
+            search=True,
         )
-        sent = self.client.send_multiResponse(op, handler)
-        # ldaptor fires `sent` only with a failure (the connection was lost): pass it on.
-        sent.addErrback(lambda failure: None if done.called else done.errback(failure))
-        done.addTimeout(self.timeout, self.clock)
-        try:
-            result = await done
-        except _LOST as exc:
-            raise DirectoryUnavailable(f"{self.url.url}: connection lost ({exc})") from exc
-        except defer.TimeoutError as exc:
-            self.close()
-            raise DirectoryUnavailable(f"{self.url.url}: no answer in {self.timeout}s") from exc
-        if result.resultCode not in (SUCCESS,):
-            if result.resultCode == NO_SUCH_OBJECT:
-                return []
-            raise DirectoryError(
-                f"search under {base} failed: {result.resultCode} {_text(result.errorMessage)}",
-                result.resultCode,
-            )
-        return entries
+        if code == NO_SUCH_OBJECT:
+            return []
+        if code != SUCCESS:
+            raise DirectoryError(f"search under {base} failed: {code} {message}", code)
+        found: list[SearchEntry] = entries
+        return found
 
     async def modify(self, dn: str, changes: Sequence[Modification]) -> tuple[int, str]:
         """One Modify operation (applied atomically by the server); returns (code, message)."""
-        mods = [
-            pureber.BERSequence(
-                [
-                    pureber.BEREnumerated(change.op),
-                    pureber.BERSequence(
-                        [
-                            pureldap.LDAPAttributeDescription(change.attribute),
-                            pureber.BERSet([pureldap.LDAPString(v) for v in change.values]),
-                        ]
-                    ),
-                ]
-            )
-            for change in changes
-        ]
-        resp = await self._send(pureldap.LDAPModifyRequest(object=dn.encode(), modification=mods))
-        return resp.resultCode, _text(resp.errorMessage)
+        wire = [(c.op, c.attribute.encode(), c.values) for c in changes]
+        code, message, _ = await self._call(lambda mid: ber.modify_request(mid, dn.encode(), wire))
+        return code, message
 
     async def add(self, dn: str, attributes: dict[str, tuple[bytes, ...]]) -> tuple[int, str]:
-        attrs = [
-            (
-                pureldap.LDAPAttributeDescription(name),
-                pureber.BERSet([pureldap.LDAPString(v) for v in values]),
-            )
-            for name, values in attributes.items()
-        ]
-        resp = await self._send(pureldap.LDAPAddRequest(entry=dn.encode(), attributes=attrs))
-        return resp.resultCode, _text(resp.errorMessage)
+        wire = [(name.encode(), values) for name, values in attributes.items()]
+        code, message, _ = await self._call(lambda mid: ber.add_request(mid, dn.encode(), wire))
+        return code, message
 
     async def delete(self, dn: str) -> tuple[int, str]:
-        resp = await self._send(pureldap.LDAPDelRequest(entry=dn.encode()))
-        return resp.resultCode, _text(resp.errorMessage)
+        code, message, _ = await self._call(lambda mid: ber.delete_request(mid, dn.encode()))
+        return code, message
 
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def _bytes(value: Any) -> bytes:
-    raw = getattr(value, "value", value)
-    return raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
+    async def start_tls(self, options: Any) -> None:
+        code, message, _ = await self._call(ber.start_tls_request)
+        if code != SUCCESS:
+            self.close()
+            raise DirectoryError(f"{self.url.url}: StartTLS refused: {code} {message}", code)
+        self.client.transport.startTLS(options)
 
 
 class _ClientFactory(protocol.Factory):
-    protocol = ldapclient.LDAPClient
+    protocol = LdapClientProtocol
 
 
 async def connect(reactor: Any, url: LdapUrl, tls: TlsSettings, timeout: float) -> LdapConnection:
@@ -210,12 +237,5 @@ async def connect(reactor: Any, url: LdapUrl, tls: TlsSettings, timeout: float) 
         raise DirectoryUnavailable(f"{url.url}: cannot connect: {exc}") from exc
     conn = LdapConnection(client, url, reactor, timeout)
     if tls.start_tls and not url.ldaps:
-        resp = await conn._send(pureldap.LDAPStartTLSRequest())
-        if resp.resultCode != SUCCESS:
-            conn.close()
-            raise DirectoryError(
-                f"{url.url}: StartTLS refused: {resp.resultCode} {_text(resp.errorMessage)}",
-                resp.resultCode,
-            )
-        client.transport.startTLS(tls.client_options(url.host))
+        await conn.start_tls(tls.client_options(url.host))
     return conn

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from ldaptor import ldapfilter
-
+from otpgate import ber
 from otpgate.directory.connection import LdapConnection
 from otpgate.directory.ldapdata import SCOPE_BASE, DirectoryError, LdapUrl, parent_dn
 
-_ANY = ldapfilter.parseFilter("(objectClass=*)")
+_ANY = ber.filter_present(b"objectClass")
 
 
 async def _value(conn: LdapConnection, dn: str, attribute: str) -> bytes | None:

@@ -91,6 +91,10 @@ class Lookup:
     base: str
     scope: int
     filter: str
+    """The whole filter as RFC 4515 text."""
+    attribute: str | None = None
+    """For a search by name: the (attribute=value) part of the filter, unescaped."""
+    value: str = ""
 
 
 _DN_LIKE = re.compile(r"^[A-Za-z][\w-]*=.+")
@@ -143,7 +147,7 @@ class StateMapper:
         if not value:
             raise UserNotFound("empty user name")
         text = f"(&{cfg.user_filter}({attr}={escape_filter_value(value)}))"
-        return Lookup(cfg.base_dn, SCOPE_SUBTREE, text)
+        return Lookup(cfg.base_dn, SCOPE_SUBTREE, text, attr, value)
 
     def reread_lookup(self, user: UserEntry) -> Lookup:
         return Lookup(user.dn, SCOPE_BASE, self.config.user_filter)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from ldaptor import ldapfilter
 from twisted.logger import Logger
 
+from otpgate import ber
 from otpgate.config import DirectoryConfig
 from otpgate.directory.connection import LdapConnection
 from otpgate.directory.inventory import InventoryError, InventoryItem, InventoryMapper
@@ -52,20 +53,21 @@ class OtpStore:
         self.mapper = StateMapper(config, keyring)
         self.read_pool = read_pool
         self.write_pool = write_pool
-        self._filters: dict[str, Any] = {}
+        self._user_filter: bytes = ldapfilter.parseFilter(config.user_filter).toWire()
 
-    def _filter(self, text: str) -> Any:
-        parsed = self._filters.get(text)
-        if parsed is None:
-            parsed = ldapfilter.parseFilter(text)
-            if len(self._filters) < 1024:  # the user filter and its reread form repeat
-                self._filters[text] = parsed
-        return parsed
+    def _filter(self, lookup: Lookup) -> bytes:
+        """BER of the lookup's filter: the configured user filter, parsed once, and the
+        (attribute=value) assertion built directly (no text escaping round trip)."""
+        if lookup.attribute is None:
+            return self._user_filter
+        return ber.filter_and(
+            self._user_filter, ber.filter_equal(lookup.attribute.encode(), lookup.value.encode())
+        )
 
     async def _search(self, conn: LdapConnection, lookup: Lookup) -> Any:
         return await conn.search(
             lookup.base,
-            self._filter(lookup.filter),
+            self._filter(lookup),
             self.mapper.attributes,
             scope=lookup.scope,
             size_limit=2,
@@ -122,7 +124,7 @@ class InventoryStore:
     def __init__(self, config: DirectoryConfig, keyring: Keyring, store: OtpStore) -> None:
         self.mapper = InventoryMapper(config, keyring)
         self.store = store
-        self._any = ldapfilter.parseFilter("(cn=*)")
+        self._any = ber.filter_present(b"cn")
 
     async def add(self, token: Token, secret: Secret) -> InventoryItem:
         """Create ``cn=<serial>`` and store the token in it (bound to the new entry's id)."""

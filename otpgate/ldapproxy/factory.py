@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import protocol, ssl
 from twisted.logger import Logger
 
@@ -23,13 +25,12 @@ def server_tls_options(config: LdapProxyConfig) -> Any:
     """CertificateOptions for LDAPS and StartTLS, or None without a certificate."""
     if config.cert_file is None or config.key_file is None:
         return None
-    cert = ssl.PrivateCertificate.loadPEM(
-        config.cert_file.read_bytes() + b"\n" + config.key_file.read_bytes()
-    )
+    key = serialization.load_pem_private_key(config.key_file.read_bytes(), password=None)
+    cert = x509.load_pem_x509_certificate(config.cert_file.read_bytes())
     minimum = ssl.TLSVersion.TLSv1_3 if config.min_tls_version == "1.3" else ssl.TLSVersion.TLSv1_2
     return ssl.CertificateOptions(
-        privateKey=cert.privateKey.original,
-        certificate=cert.original,
+        privateKey=key,
+        certificate=cert,
         raiseMinimumTo=minimum,
     )
 

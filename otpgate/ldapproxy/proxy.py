@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from otpgate import ber
 from otpgate.auth.pipeline import AuthRequest
 from otpgate.directory.ldapdata import (
     INVALID_CREDENTIALS,
@@ -22,7 +23,6 @@ from otpgate.directory.ldapdata import (
     UNAVAILABLE,
     DirectoryUnavailable,
 )
-from otpgate.ldapproxy import ber
 from otpgate.ldapproxy.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:

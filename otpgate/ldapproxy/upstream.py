@@ -15,9 +15,9 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
+from otpgate import ber
 from otpgate.directory.connection import TlsSettings
 from otpgate.directory.ldapdata import SUCCESS, DirectoryUnavailable, LdapUrl
-from otpgate.ldapproxy import ber
 
 log = Logger()
 

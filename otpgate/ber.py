@@ -231,3 +231,111 @@ def extended_response(
 ) -> bytes:
     extra = tlv(0x8A, name) if name is not None else b""
     return message(message_id, ldap_result(EXTENDED_RESPONSE, code, diagnostic, extra=extra))
+
+
+# -- client side: requests the gateway sends, responses it reads ----------------------------
+
+
+def decode_result(pdu: bytes, header: Header) -> tuple[int, bytes, bytes]:
+    """(resultCode, matchedDN, diagnosticMessage) of an LDAPResult-shaped response."""
+    data, end = pdu, header.op_end
+    tag, start, stop = _tlv(data, header.op_start, end)
+    if tag != ENUMERATED:
+        raise BerError("resultCode is not an ENUMERATED")
+    code = _integer(data, start, stop)
+    tag, start, matched_end = _tlv(data, stop, end)
+    matched = bytes(data[start:matched_end])
+    tag, start, stop = _tlv(data, matched_end, end)
+    return code, matched, bytes(data[start:stop])
+
+
+def decode_search_entry(pdu: bytes, header: Header) -> tuple[bytes, dict[str, list[bytes]]]:
+    """objectName and attributes (by lower-cased name) of a SearchResultEntry."""
+    data, end = pdu, header.op_end
+    tag, start, stop = _tlv(data, header.op_start, end)
+    if tag != OCTET_STRING:
+        raise BerError("objectName is not an OCTET STRING")
+    name = bytes(data[start:stop])
+    tag, pos, attrs_end = _tlv(data, stop, end)
+    if tag != SEQUENCE:
+        raise BerError("attributes are not a SEQUENCE")
+    attributes: dict[str, list[bytes]] = {}
+    while pos < attrs_end:
+        tag, a_start, a_end = _tlv(data, pos, attrs_end)
+        tag, t_start, t_end = _tlv(data, a_start, a_end)
+        attr = data[t_start:t_end].decode("utf-8", "replace").lower()
+        tag, v_pos, vals_end = _tlv(data, t_end, a_end)
+        values = attributes.setdefault(attr, [])
+        while v_pos < vals_end:
+            _, v_start, v_end = _tlv(data, v_pos, vals_end)
+            values.append(bytes(data[v_start:v_end]))
+            v_pos = v_end
+        pos = a_end
+    return name, attributes
+
+
+def _octets(value: bytes) -> bytes:
+    return tlv(OCTET_STRING, value)
+
+
+def filter_equal(attribute: bytes, value: bytes) -> bytes:
+    return tlv(0xA3, _octets(attribute) + _octets(value))
+
+
+def filter_and(*parts: bytes) -> bytes:
+    return tlv(0xA0, b"".join(parts))
+
+
+def filter_present(attribute: bytes) -> bytes:
+    return tlv(0x87, attribute)
+
+
+def search_request(
+    message_id: int,
+    base: bytes,
+    scope: int,
+    filter_ber: bytes,
+    attributes: tuple[bytes, ...],
+    size_limit: int = 0,
+    time_limit: int = 0,
+) -> bytes:
+    body = (
+        _octets(base)
+        + _encode_int(ENUMERATED, scope)
+        + _encode_int(ENUMERATED, 0)  # derefAliases: never
+        + _encode_int(INTEGER, size_limit)
+        + _encode_int(INTEGER, time_limit)
+        + tlv(0x01, b"\x00")  # typesOnly FALSE
+        + filter_ber
+        + tlv(SEQUENCE, b"".join(_octets(a) for a in attributes))
+    )
+    return message(message_id, tlv(SEARCH_REQUEST, body))
+
+
+def _attribute_list(attributes: list[tuple[bytes, tuple[bytes, ...]]]) -> bytes:
+    return b"".join(
+        tlv(SEQUENCE, _octets(name) + tlv(0x31, b"".join(_octets(v) for v in values)))
+        for name, values in attributes
+    )
+
+
+def modify_request(
+    message_id: int, dn: bytes, changes: list[tuple[int, bytes, tuple[bytes, ...]]]
+) -> bytes:
+    body = b"".join(
+        tlv(SEQUENCE, _encode_int(ENUMERATED, op) + _attribute_list([(name, values)]))
+        for op, name, values in changes
+    )
+    return message(message_id, tlv(MODIFY_REQUEST, _octets(dn) + tlv(SEQUENCE, body)))
+
+
+def add_request(
+    message_id: int, dn: bytes, attributes: list[tuple[bytes, tuple[bytes, ...]]]
+) -> bytes:
+    return message(
+        message_id, tlv(ADD_REQUEST, _octets(dn) + tlv(SEQUENCE, _attribute_list(attributes)))
+    )
+
+
+def delete_request(message_id: int, dn: bytes) -> bytes:
+    return message(message_id, tlv(DEL_REQUEST, dn))
