@@ -81,13 +81,23 @@ def enroll(config_path: Path, users: list[dict]) -> None:
     task.react(lambda reactor: defer.ensureDeferred(run(reactor)))  # exits the process
 
 
-def load(port: int, users: Path, mode: str, conc: int, secs: float) -> dict:
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def load(port: int, users: Path, mode: str, conc: int, secs: float, pids: dict[str, int]) -> dict:
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     out = subprocess.run(
         [sys.executable, str(SHARED / "ldapbind_load.py"), "--port", str(port), "--users", str(users),
          "--mode", mode, "--conc", str(conc), "--secs", str(secs), "--state-out", str(users)],
         check=True, capture_output=True, text=True, timeout=secs + 120,
     ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    result = json.loads(out.strip().splitlines()[-1])
+    done = max(1, result["ok"] + result["fail"])
+    for name, pid in pids.items():  # CPU time per bind, in microseconds
+        result[f"cpu_us_{name}"] = round((cpu_seconds(pid) - before[name]) / done * 1e6)
+    return result
 
 
 def main() -> None:
@@ -130,26 +140,33 @@ keyring = "keyring.json"
 exempt_subtrees = ["ou=people,{SUFFIX}"]
 [ldap_proxy]
 listen = ["{listen}"]
+processes = {args.processes}
 [logging]
 file = "otpgate.log"
 """)
         subprocess.run([sys.executable, __file__, "--enroll", str(config), str(work / "og.json")],
                        check=True)
-        for _ in range(args.processes):
+        for _ in range(1):  # the main process starts processes - 1 workers itself
             proxies.append(subprocess.Popen(
                 [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(work / "twistd.log"),
                  "otpgate", "--config", str(config)], cwd=work))
         wait_port(proxy_port)
+        pids = {"slapd": int((work / "slapd" / "slapd.pid").read_text())}
+        time.sleep(1 if args.processes > 1 else 0)  # let the workers bind
+        workers = subprocess.run(["pgrep", "-f", f"otpgate.worker {config}"], capture_output=True,
+                                 text=True).stdout.split()
+        pids.update({f"otpgate{i}": int(p) for i, p in enumerate([proxies[0].pid, *workers])})
         runs = {
-            "direct": load(slapd_port, work / "slapd" / "plain.json", "plain", args.conc, args.secs),
-            "pass": load(proxy_port, work / "slapd" / "plain.json", "plain", args.conc, args.secs),
-            "slapo-otp": load(slapd_port, work / "slapd" / "oath.json", "hotp", args.conc, args.secs),
+            "direct": load(slapd_port, work / "slapd" / "plain.json", "plain", args.conc, args.secs, pids),
+            "pass": load(proxy_port, work / "slapd" / "plain.json", "plain", args.conc, args.secs, pids),
+            "slapo-otp": load(slapd_port, work / "slapd" / "oath.json", "hotp", args.conc, args.secs, pids),
         }
         spy = None
         if args.profile:
-            spy = subprocess.Popen([str(BIN / "py-spy"), "record", "-o", args.profile, "-d",
+            fmt = ["--format", "raw"] if args.profile.endswith(".txt") else []
+            spy = subprocess.Popen([str(BIN / "py-spy"), "record", *fmt, "-o", args.profile, "-d",
                                     str(int(args.secs)), "-p", str(proxies[0].pid), "-r", "200"])
-        runs["otpgate"] = load(proxy_port, work / "og.json", "hotp", args.conc, args.secs)
+        runs["otpgate"] = load(proxy_port, work / "og.json", "hotp", args.conc, args.secs, pids)
         if spy is not None:
             spy.wait(timeout=120)
         result = {
@@ -158,9 +175,12 @@ file = "otpgate.log"
             "pass_vs_direct": round(runs["pass"]["rate"] / runs["direct"]["rate"], 3),
             "otpgate_vs_slapo_otp": round(runs["otpgate"]["rate"] / runs["slapo-otp"]["rate"], 3),
         }
-        print(f"{'target':<10} {'binds/s':>9} {'fail':>6} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'target':<10} {'binds/s':>9} {'fail':>6} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'slapd µs/bind':>14} {'otpgate µs/bind':>16}")
         for name, r in runs.items():
-            print(f"{name:<10} {r['rate']:>9.0f} {r['fail']:>6} {r['p50_ms']:>8} {r['p99_ms']:>8}")
+            ours = sum(v for k, v in r.items() if k.startswith("cpu_us_otpgate"))
+            print(f"{name:<10} {r['rate']:>9.0f} {r['fail']:>6} {r['p50_ms']:>8} {r['p99_ms']:>8} "
+                  f"{r['cpu_us_slapd']:>14} {ours:>16}")
         print(f"pass-through / direct : {result['pass_vs_direct']}")
         print(f"otpgate OTP / slapo-otp: {result['otpgate_vs_slapo_otp']}")
         out = ROOT / "bench" / "results"

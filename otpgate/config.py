@@ -194,6 +194,8 @@ class LdapProxyConfig:
     idle_timeout: float = 300.0
     bind_cache_seconds: float = 0.0
     otp_delimiter: str = ""
+    processes: int = 1
+    """Reactor processes serving the listeners (SO_REUSEPORT); more use more cores."""
 
 
 @dataclass(frozen=True)
@@ -547,9 +549,44 @@ def _ldap_proxy(sec: _Section, base: Path) -> LdapProxyConfig:
             "bind_cache_seconds", sec.get("bind_cache_seconds", float, 0.0), _non_negative
         ),
         otp_delimiter=delim,
+        processes=_processes(sec, listen),
     )
     sec.done()
     return result
+
+
+def _processes(sec: _Section, listen: tuple[str, ...]) -> int:
+    processes = sec.get("processes", int, 1)
+    if not 1 <= processes <= 64:
+        raise ConfigError(f"{sec.key('processes')}: must be 1 to 64, not {processes}")
+    if processes > 1:
+        for description in listen:
+            try:
+                parse_listen(description)
+            except ValueError as exc:
+                raise ConfigError(f"{sec.key('listen')}: with processes > 1, {exc}") from exc
+    return processes
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    tls: bool
+    port: int
+    interface: str
+
+
+def parse_listen(description: str) -> ListenAddress:
+    """The simple "tcp:PORT[:interface=ADDR]" / "ssl:PORT[:interface=ADDR]" forms."""
+    kind, _, rest = description.partition(":")
+    parts = rest.split(":")
+    options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    if kind not in ("tcp", "ssl") or not parts[0].isdigit() or set(options) - {"interface"}:
+        raise ValueError(
+            f"{description!r}: use tcp:PORT[:interface=ADDR] or ssl:PORT[:interface=ADDR]"
+        )
+    # All interfaces unless told otherwise: what Twisted's tcp:/ssl: endpoints do too.
+    everywhere = "0.0.0.0"  # noqa: S104
+    return ListenAddress(kind == "ssl", int(parts[0]), options.get("interface", everywhere))
 
 
 ROLE_PURPOSE = {

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.runner.procmon import ProcessMonitor
 
 from otpgate.auth.pipeline import Authenticator
 from otpgate.config import Config
@@ -13,6 +17,7 @@ from otpgate.directory.discovery import pdc_emulator_host, url_for_host
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.store import OtpStore
 from otpgate.ldapproxy.factory import ProxyFactory
+from otpgate.ldapproxy.listeners import proxy_listeners
 from otpgate.vault import Keyring
 
 
@@ -63,11 +68,24 @@ class Gateway:
         self.write_pool.close()
 
 
-def make_service(config: Config, reactor: Any) -> service.MultiService:
+def make_service(
+    config: Config, reactor: Any, config_path: Path | None = None
+) -> service.MultiService:
     keyring = Keyring.load(config.keyring)
     gateway = Gateway(config, keyring, reactor)
     top = service.MultiService()
-    for description in config.ldap_proxy.listen:
-        factory = gateway.ldap_proxy_factory(tls_listener=description.startswith("ssl:"))
-        strports.service(description, factory, reactor=reactor).setServiceParent(top)
+    processes = config.ldap_proxy.processes
+    for listener in proxy_listeners(gateway, reactor, shared=processes > 1):
+        listener.setServiceParent(top)
+    if processes > 1 and config.ldap_proxy.listen:
+        if config_path is None:
+            raise ValueError("several proxy processes need the config file's path")
+        monitor = ProcessMonitor(reactor=reactor)
+        for i in range(1, processes):
+            monitor.addProcess(
+                f"ldap-proxy-{i}",
+                [sys.executable, "-m", "otpgate.worker", str(config_path.resolve())],
+                env=dict(os.environ),
+            )
+        monitor.setServiceParent(top)
     return top

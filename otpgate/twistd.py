@@ -37,8 +37,8 @@ def make_service_from_options(options: Any) -> service.IService:
     if options["demo"]:
         return DemoService(reactor, int(options["port"]))
     try:
-        config = load_config(Path(options["config"]))
-        return make_service(config, reactor)
+        path = Path(options["config"])
+        return make_service(load_config(path), reactor, path)
     except (ConfigError, VaultError) as exc:
         print(f"otpgate: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

@@ -45,6 +45,8 @@ class Policy:
         return Decision(True, "policy")
 
     def _trusted(self, client_ip: str) -> bool:
+        if not self.config.trusted_networks:
+            return False
         try:
             addr = ipaddress.ip_address(client_ip)
         except ValueError:

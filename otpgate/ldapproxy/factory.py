@@ -25,8 +25,9 @@ def server_tls_options(config: LdapProxyConfig) -> Any:
     """CertificateOptions for LDAPS and StartTLS, or None without a certificate."""
     if config.cert_file is None or config.key_file is None:
         return None
-    key = serialization.load_pem_private_key(config.key_file.read_bytes(), password=None)
-    cert = x509.load_pem_x509_certificate(config.cert_file.read_bytes())
+    # cryptography objects (pyOpenSSL deprecates its own); Twisted's hints still name PKey/X509.
+    key: Any = serialization.load_pem_private_key(config.key_file.read_bytes(), password=None)
+    cert: Any = x509.load_pem_x509_certificate(config.cert_file.read_bytes())
     minimum = ssl.TLSVersion.TLSv1_3 if config.min_tls_version == "1.3" else ssl.TLSVersion.TLSv1_2
     return ssl.CertificateOptions(
         privateKey=key,

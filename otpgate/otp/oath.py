@@ -78,7 +78,7 @@ def hotp(key: bytes, counter: int, digits: int = 6, algorithm: Algorithm = Algor
     """The RFC 4226 code for ``counter``, zero-padded to ``digits``."""
     if counter < 0 or counter >= 1 << 64:
         raise ValueError("HOTP counter must fit in 64 bits")
-    mac = hmac.new(key, struct.pack(">Q", counter), algorithm.digest).digest()
+    mac = hmac.digest(key, struct.pack(">Q", counter), algorithm.digest)  # one-shot C HMAC
     offset = mac[-1] & 0x0F
     binary = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
     return str(binary % 10**digits).zfill(digits)
