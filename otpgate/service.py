@@ -18,6 +18,7 @@ from otpgate.directory.pool import ServerPool
 from otpgate.directory.store import OtpStore
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
+from otpgate.logs import close_log_file, open_log_file
 from otpgate.vault import Keyring
 
 
@@ -68,12 +69,34 @@ class Gateway:
         self.write_pool.close()
 
 
+class LoggingService(service.MultiService):
+    """The top service: owns otpgate's log file for as long as it runs."""
+
+    def __init__(self, config: Config) -> None:
+        service.MultiService.__init__(self)
+        self.logging = config.logging
+        self._log_file: Any = None
+
+    def startService(self) -> None:
+        self._log_file = open_log_file(self.logging)
+        service.MultiService.startService(self)
+
+    def stopService(self) -> Any:
+        d = service.MultiService.stopService(self)
+        d.addBoth(self._close_log)
+        return d
+
+    def _close_log(self, result: Any) -> Any:
+        close_log_file(self._log_file)
+        return result
+
+
 def make_service(
     config: Config, reactor: Any, config_path: Path | None = None
 ) -> service.MultiService:
     keyring = Keyring.load(config.keyring)
     gateway = Gateway(config, keyring, reactor)
-    top = service.MultiService()
+    top = LoggingService(config)
     processes = config.ldap_proxy.processes
     for listener in proxy_listeners(gateway, reactor, shared=processes > 1):
         listener.setServiceParent(top)

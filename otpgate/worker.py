@@ -14,6 +14,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from otpgate.config import load_config
 from otpgate.ldapproxy.listeners import proxy_listeners
+from otpgate.logs import open_log_file
 from otpgate.service import Gateway
 from otpgate.vault import Keyring
 
@@ -21,6 +22,7 @@ from otpgate.vault import Keyring
 def main() -> None:
     config = load_config(Path(sys.argv[1]))
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    open_log_file(config.logging)  # the same file as the main process: one event per line
     gateway = Gateway(config, Keyring.load(config.keyring), reactor)
     top = service.MultiService()
     for listener in proxy_listeners(gateway, reactor, shared=True):

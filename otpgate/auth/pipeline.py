@@ -13,7 +13,7 @@ reason goes to the audit log.  Passwords, seeds and OTPs are never logged.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.logger import Logger
@@ -64,6 +64,8 @@ class AuthResult:
     unavailable: bool = False
     """The directory could not be asked: front ends answer "unavailable", never success."""
     scratch_remaining: int | None = None
+    password_length: int | None = None
+    """How many leading characters of the secret were the password (append mode)."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ class Authenticator:
                 token_id,
                 scratch_remaining=verdict.match.scratch_remaining,
             )
-        return await self._password(
+        result = await self._password(
             user,
             verdict.password,
             check_password,
@@ -168,6 +170,7 @@ class Authenticator:
             token_id,
             verdict.match.scratch_remaining,
         )
+        return replace(result, password_length=len(verdict.password)) if result.ok else result
 
     def _verify(
         self, state: OtpState, candidates: list[tuple[str, str]], now: float

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from otpgate.config import LdapProxyConfig
 from otpgate.directory.ldapdata import LdapUrl
+from otpgate.ldapproxy.bindcache import BindCache
 from otpgate.ldapproxy.proxy import LdapProxyProtocol
 from otpgate.ldapproxy.upstream import UpstreamProtocol, connect_upstream
 
@@ -48,6 +49,8 @@ class ProxyFactory(protocol.Factory):
         self._connections: set[LdapProxyProtocol] = set()
         self._per_client: Counter[str | None] = Counter()
         self.counters: Counter[str] = Counter()
+        seconds = self.config.bind_cache_seconds
+        self.bind_cache: BindCache | None = BindCache(seconds) if seconds > 0 else None
 
     def buildProtocol(self, addr: Any) -> LdapProxyProtocol | None:
         host = getattr(addr, "host", None)

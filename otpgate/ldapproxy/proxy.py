@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from otpgate.ldapproxy.factory import ProxyFactory
 
 log = Logger()
+audit = Logger(namespace="otpgate.audit")
 
 OPERATIONS_ERROR = 1
 INVALID = b"invalid credentials"
@@ -241,9 +242,27 @@ class LdapProxyProtocol(protocol.Protocol):
         async def check_password(dn: str, password: bytes) -> tuple[int, str]:
             return await self._upstream_bind(mid, dn.encode(), password)
 
+        cache = self.factory.bind_cache
+        now = self.factory.clock.seconds()
+        cached = cache.lookup(name, self.peer_host, secret, now) if cache else None
+        if cached is not None:
+            code, _ = await check_password(cached.dn, secret[: cached.password_length].encode())
+            if code == SUCCESS:
+                log.info(
+                    "auth accept ldap dn={dn!r} client={client} reason=bind cache",
+                    dn=cached.dn,
+                    client=self.peer_host,
+                    log_namespace="otpgate.audit",
+                )
+                self._bound = True
+                self._answer(mid, ber.BIND_RESPONSE, SUCCESS)
+                return
+            cache.forget(name, self.peer_host)
         result = await self.factory.gateway.authenticator.authenticate(
             AuthRequest(name, secret, self.peer_host, "ldap"), check_password
         )
+        if cache and result.ok and result.dn and result.password_length is not None:
+            cache.remember(name, self.peer_host, secret, result.password_length, result.dn, now)
         if result.ok:
             self._bound = True
             self._answer(mid, ber.BIND_RESPONSE, SUCCESS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -35,6 +36,9 @@ keyring = "keyring.json"
 [ldap_proxy]
 listen = ["tcp:{port}:interface=127.0.0.1"]
 processes = 2
+[logging]
+file = "audit.json"
+json = true
 """)
     users = [slapd.add_user(f"proc{os.getpid()}x{i}", f"pw{i}") for i in range(2)]
     secret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
@@ -65,6 +69,14 @@ processes = 2
                     env={**os.environ, "LDAPCONF": "/dev/null"})
                 ok += run.returncode == 0
         assert ok == 20
+        events = [json.loads(line) for line in (tmp_path / "audit.json").read_text().splitlines()
+                  if line.strip()]
+        audit = [e for e in events if e.get("log_namespace") == "otpgate.audit"]
+        assert len(audit) >= 20 and all(e["outcome"] == "accept" for e in audit[-20:])
+        text = (tmp_path / "audit.json").read_text()
+        for i in range(2):
+            assert f"pw{i}" not in text  # no password, no code in any event
+        assert not any(hotp(key, c) in text for c in range(10))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

@@ -199,3 +199,38 @@ async def test_starttls_and_ldaps_listeners(request, tmp_path, tmp_path_factory)
     finally:
         await ldaps.stopListening()
         await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bind_cache_and_rebinds_on_one_connection(request, tmp_path, tmp_path_factory):
+    import ldap3
+    from twisted.internet import threads
+
+    from tests.integration.backends import make_backend
+
+    backend = make_backend("slapd-stock", request, tmp_path_factory.getbasetemp())
+    proxy = await start_proxy(backend, tmp_path, ldap_proxy={"bind_cache_seconds": 30})
+    try:
+        name_a, dn_a = backend.new_user("cachea")
+        name_b, dn_b = backend.new_user("cacheb")
+        key_a = await enroll(proxy, name_a)
+        key_b = await enroll(proxy, name_b)
+
+        def rebinds() -> list:
+            server = ldap3.Server("127.0.0.1", port=proxy.port, get_info=ldap3.NONE)
+            conn = ldap3.Connection(server)
+            conn.open()
+            results = [conn.rebind(dn_a, PW + hotp(key_a, 0)),
+                       conn.rebind(dn_a, PW + hotp(key_a, 0)),  # same secret again: cache
+                       conn.extend.standard.who_am_i(),
+                       conn.rebind(dn_b, PW + hotp(key_b, 0)),  # another user, same connection
+                       conn.extend.standard.who_am_i()]
+            results.append(conn.rebind(dn_a, "wrong" + hotp(key_a, 0)))  # not a cache hit
+            conn.unbind()
+            return results
+
+        first, cached, who_a, second, who_b, wrong = await threads.deferToThread(rebinds)
+        assert (first, cached, second, wrong) == (True, True, True, False)
+        assert who_a.lower() == f"dn:{dn_a}".lower() and who_b.lower() == f"dn:{dn_b}".lower()
+    finally:
+        await proxy.stop()
