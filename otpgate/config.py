@@ -148,6 +148,8 @@ class DirectoryConfig:
     domains: tuple[str, ...] = ()
     inventory_dn: str | None = None
     cas_retries: int = 5
+    state_cache_seconds: float = 10.0
+    """Reuse a user's last-seen raw entry this long instead of searching (0: always search)."""
 
 
 @dataclass(frozen=True)
@@ -464,6 +466,9 @@ def _directory(sec: _Section, base: Path) -> DirectoryConfig:
         domains=tuple(d.upper() for d in sec.strings("domains")),
         inventory_dn=sec.get("inventory_dn", str, "") or None,
         cas_retries=retries,
+        state_cache_seconds=sec.check(
+            "state_cache_seconds", sec.get("state_cache_seconds", float, 10.0), _non_negative
+        ),
     )
     sec.done()
     return result

@@ -45,7 +45,7 @@ class Gateway:
             d.timeout,
             discover=self._discover_pdc if d.write_url == "discover" else None,
         )
-        self.store = OtpStore(d, keyring, self.read_pool, self.write_pool)
+        self.store = OtpStore(d, keyring, self.read_pool, self.write_pool, reactor)
         self.authenticator = Authenticator(config, self.store, reactor)
 
     async def _discover_pdc(self) -> list[str]:

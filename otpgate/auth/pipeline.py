@@ -133,6 +133,9 @@ class Authenticator:
             )
 
         state = self.store.decode(user)
+        if not state.tokens:  # read again: a cached entry may predate an enrollment
+            user = await self.store.resolve(request.name, fresh=True)
+            state = self.store.decode(user)
         if not state.tokens:
             return AuthResult(False, "no token enrolled", user.dn)
         if request.otp_only:

@@ -15,7 +15,7 @@ never sent.  An entry without a ``used`` value first gets the fixed value
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 from otpgate.codec import AttributeCodec, Purpose
@@ -235,6 +235,33 @@ class StateMapper:
         """The Modify that gives an entry its first ``used`` value (and class, if needed)."""
         add = Modification(Modification.ADD, self.config.used.spec.name, (INITIAL_USED,))
         return [*self._class_changes(user), add]
+
+    def after(self, user: UserEntry, changes: list[Modification]) -> UserEntry:
+        """The entry as it is once ``changes`` (a plan of ours) have been applied."""
+        values = {
+            self.config.seed.spec.name.lower(): list(filter(None, [user.seed])),
+            self.config.tokens.spec.name.lower(): list(user.tokens),
+            self.config.used.spec.name.lower(): list(user.used),
+        }
+        classes = set(user.object_classes)
+        for mod in changes:
+            name = mod.attribute.lower()
+            if name == "objectclass":
+                classes.update(v.decode().lower() for v in mod.values)
+                continue
+            current = values[name]
+            if mod.op == Modification.DELETE:
+                values[name] = [v for v in current if v not in mod.values]
+            else:
+                values[name] = current + list(mod.values)
+        seed = values[self.config.seed.spec.name.lower()]
+        return replace(
+            user,
+            seed=seed[0] if seed else None,
+            tokens=tuple(values[self.config.tokens.spec.name.lower()]),
+            used=tuple(values[self.config.used.spec.name.lower()]),
+            object_classes=frozenset(classes),
+        )
 
     def plan(self, user: UserEntry, state: OtpState, change: StateChange[T]) -> list[Modification]:
         """The one Modify that writes ``change`` if ``user`` is still what we read."""

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from otpgate import ber
 from otpgate.config import DirectoryConfig
 from otpgate.directory.connection import LdapConnection
+from otpgate.directory.entrycache import EntryCache
 from otpgate.directory.inventory import InventoryError, InventoryItem, InventoryMapper
 from otpgate.directory.ldapdata import (
     ENTRY_ALREADY_EXISTS,
@@ -48,9 +49,12 @@ class OtpStore:
         keyring: Keyring,
         read_pool: ServerPool,
         write_pool: ServerPool,
+        clock: Any = None,
     ) -> None:
         self.config = config
         self.mapper = StateMapper(config, keyring)
+        self.clock = clock
+        self.cache = EntryCache(config.state_cache_seconds if clock is not None else 0)
         self.read_pool = read_pool
         self.write_pool = write_pool
         self._user_filter: bytes = ldapfilter.parseFilter(config.user_filter).toWire()
@@ -73,15 +77,31 @@ class OtpStore:
             size_limit=2,
         )
 
-    async def resolve(self, name: str, conn: LdapConnection | None = None) -> UserEntry:
-        """The one entry ``name`` (DN, UPN, DOMAIN\\user or bare name) refers to."""
+    def _now(self) -> float:
+        return float(self.clock.seconds()) if self.clock is not None else 0.0
+
+    async def resolve(
+        self, name: str, conn: LdapConnection | None = None, fresh: bool = False
+    ) -> UserEntry:
+        """The one entry ``name`` (DN, UPN, DOMAIN\\user or bare name) refers to.
+
+        Served from the entry cache unless ``fresh``; see ``entrycache.py``.
+        """
+        cached = None if fresh else self.cache.get(name, self._now())
+        if cached is not None:
+            return cached
         conn = conn or await self.write_pool.connection()
-        return self.mapper.one_entry(name, await self._search(conn, self.mapper.lookup(name)))
+        entry = self.mapper.one_entry(name, await self._search(conn, self.mapper.lookup(name)))
+        self.cache.put(name, entry, self._now())
+        return entry
 
     async def reread(self, user: UserEntry, conn: LdapConnection) -> UserEntry:
-        return self.mapper.same_entry(
+        self.cache.drop(user)
+        entry = self.mapper.same_entry(
             user, await self._search(conn, self.mapper.reread_lookup(user))
         )
+        self.cache.put(entry.dn, entry, self._now())
+        return entry
 
     def decode(self, user: UserEntry) -> OtpState:
         return self.mapper.decode(user)
@@ -95,24 +115,34 @@ class OtpStore:
         (and a result to hand back); it may be called several times.
         """
         conn = await self.write_pool.connection()
+        read_here = False  # whether ``user`` was read from the directory during this call
         for _attempt in range(self.config.cas_retries):
             if not user.used:
                 code, message = await conn.modify(user.dn, self.mapper.initialise(user))
                 if code != SUCCESS and code not in CAS_CONFLICTS:
                     raise DirectoryError(f"{user.dn}: cannot initialise OTP state: {message}", code)
-                user = await self.reread(user, conn)
+                user, read_here = await self.reread(user, conn), True
                 continue
             state = self.mapper.decode(user)
             planned = change(state)
             if not planned.writes:
-                return planned.result, user
-            code, message = await conn.modify(user.dn, self.mapper.plan(user, state, planned))
+                if read_here or self.cache.ttl <= 0:
+                    return planned.result, user
+                # A decision without a write (e.g. "locked out") is checked by no CAS:
+                # make it on a fresh read, not on a cached entry.
+                user, read_here = await self.reread(user, conn), True
+                continue
+            changes = self.mapper.plan(user, state, planned)
+            code, message = await conn.modify(user.dn, changes)
             if code == SUCCESS:
+                user = self.mapper.after(user, changes)
+                self.cache.written(user)
                 return planned.result, user
             if code not in CAS_CONFLICTS:
+                self.cache.drop(user)
                 raise DirectoryError(f"{user.dn}: write refused: {code} {message}", code)
             log.debug("CAS conflict on {dn} ({code}); re-reading", dn=user.dn, code=code)
-            user = await self.reread(user, conn)
+            user, read_here = await self.reread(user, conn), True
         raise ConcurrentUpdate(
             f"{user.dn}: OTP state changed under us {self.config.cas_retries} times; giving up"
         )

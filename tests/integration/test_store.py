@@ -216,7 +216,7 @@ async def test_ciphertext_copied_to_another_entry_is_rejected(backend):
         finally:
             admin.unbind()
         with pytest.raises(CodecError, match="copied from another entry"):
-            gw.store.decode(await gw.store.resolve(name_b))
+            gw.store.decode(await gw.store.resolve(name_b, fresh=True))
         result = await gw.authenticator.authenticate(otp_only(name_b, hotp(key, 0)), None)
         assert not result.ok and "CodecError" in result.reason
     finally:
@@ -242,7 +242,7 @@ async def test_multi_valued_used_is_merged_monotonically(request, tmp_path_facto
     from tests.integration.backends import make_backend
 
     backend = make_backend("slapd-stock", request, tmp_path_factory.getbasetemp())
-    gw = gateway(backend)
+    gw = gateway(backend, {"state_cache_seconds": 0})  # repair happens on a read
     try:
         name, dn = backend.new_user("multi")
         key = os.urandom(20)
