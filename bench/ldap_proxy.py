@@ -106,7 +106,8 @@ def main() -> None:
     ap.add_argument("--conc", type=int, default=16)
     ap.add_argument("--secs", type=float, default=10)
     ap.add_argument("--processes", type=int, default=1, help="otpgate reactor processes")
-    ap.add_argument("--profile", metavar="SVG", help="py-spy flame graph of otpgate under OTP load")
+    ap.add_argument("--profile", metavar="SVG|TXT", help="py-spy profile of otpgate (.txt: raw)")
+    ap.add_argument("--profile-target", choices=("pass", "otpgate"), default="otpgate")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="otpgate-bench-"))
     slapd_port, proxy_port = free_port(), free_port()
@@ -156,16 +157,23 @@ file = "otpgate.log"
         workers = subprocess.run(["pgrep", "-f", f"otpgate.worker {config}"], capture_output=True,
                                  text=True).stdout.split()
         pids.update({f"otpgate{i}": int(p) for i, p in enumerate([proxies[0].pid, *workers])})
-        runs = {
-            "direct": load(slapd_port, work / "slapd" / "plain.json", "plain", args.conc, args.secs, pids),
-            "pass": load(proxy_port, work / "slapd" / "plain.json", "plain", args.conc, args.secs, pids),
-            "slapo-otp": load(slapd_port, work / "slapd" / "oath.json", "hotp", args.conc, args.secs, pids),
-        }
-        spy = None
-        if args.profile:
+        def profiled(target: str) -> subprocess.Popen | None:
+            if not args.profile or args.profile_target != target:
+                return None
             fmt = ["--format", "raw"] if args.profile.endswith(".txt") else []
-            spy = subprocess.Popen([str(BIN / "py-spy"), "record", *fmt, "-o", args.profile, "-d",
-                                    str(int(args.secs)), "-p", str(proxies[0].pid), "-r", "200"])
+            return subprocess.Popen([str(BIN / "py-spy"), "record", *fmt, "-o", args.profile, "-d",
+                                     str(int(args.secs)), "-p", str(proxies[0].pid), "-r", "200"])
+
+        runs = {"direct": load(slapd_port, work / "slapd" / "plain.json", "plain", args.conc,
+                               args.secs, pids)}
+        spy = profiled("pass")
+        runs["pass"] = load(proxy_port, work / "slapd" / "plain.json", "plain", args.conc, args.secs,
+                            pids)
+        if spy is not None:
+            spy.wait(timeout=120)
+        runs["slapo-otp"] = load(slapd_port, work / "slapd" / "oath.json", "hotp", args.conc,
+                                 args.secs, pids)
+        spy = profiled("otpgate")
         runs["otpgate"] = load(proxy_port, work / "og.json", "hotp", args.conc, args.secs, pids)
         if spy is not None:
             spy.wait(timeout=120)

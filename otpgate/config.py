@@ -226,6 +226,8 @@ class RadiusConfig:
 class LoggingConfig:
     json: bool = False
     file: Path | None = None
+    flush_seconds: float = 1.0
+    """Audit events are written to ``file`` at least this often (0: every event at once)."""
 
 
 @dataclass(frozen=True)
@@ -658,7 +660,11 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
     log = top.sub("logging")
     log_file = log.get("file", str, "")
     logging = LoggingConfig(
-        json=log.get("json", bool, False), file=base / log_file if log_file else None
+        json=log.get("json", bool, False),
+        file=base / log_file if log_file else None,
+        flush_seconds=log.check(
+            "flush_seconds", log.get("flush_seconds", float, 1.0), _non_negative
+        ),
     )
     log.done()
     config = Config(

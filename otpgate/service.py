@@ -10,6 +10,7 @@ from typing import Any
 from twisted.application import service
 from twisted.runner.procmon import ProcessMonitor
 
+from otpgate.audit import AuditTrail
 from otpgate.auth.pipeline import Authenticator
 from otpgate.config import Config
 from otpgate.directory.connection import TlsSettings
@@ -46,7 +47,8 @@ class Gateway:
             discover=self._discover_pdc if d.write_url == "discover" else None,
         )
         self.store = OtpStore(d, keyring, self.read_pool, self.write_pool, reactor)
-        self.authenticator = Authenticator(config, self.store, reactor)
+        self.audit = AuditTrail(config.logging, reactor)
+        self.authenticator = Authenticator(config, self.store, reactor, self.audit)
 
     async def _discover_pdc(self) -> list[str]:
         conn = await self.read_pool.connection()
@@ -65,6 +67,7 @@ class Gateway:
         return ProxyFactory(self, tls_listener=tls_listener)
 
     def close(self) -> None:
+        self.audit.stop()
         self.read_pool.close()
         self.write_pool.close()
 
@@ -72,13 +75,16 @@ class Gateway:
 class LoggingService(service.MultiService):
     """The top service: owns otpgate's log file for as long as it runs."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, gateway: Gateway | None = None) -> None:
         service.MultiService.__init__(self)
         self.logging = config.logging
+        self.gateway = gateway
         self._log_file: Any = None
 
     def startService(self) -> None:
         self._log_file = open_log_file(self.logging)
+        if self.gateway is not None:
+            self.gateway.audit.start()
         service.MultiService.startService(self)
 
     def stopService(self) -> Any:
@@ -87,6 +93,8 @@ class LoggingService(service.MultiService):
         return d
 
     def _close_log(self, result: Any) -> Any:
+        if self.gateway is not None:
+            self.gateway.audit.stop()
         close_log_file(self._log_file)
         return result
 
@@ -96,7 +104,7 @@ def make_service(
 ) -> service.MultiService:
     keyring = Keyring.load(config.keyring)
     gateway = Gateway(config, keyring, reactor)
-    top = LoggingService(config)
+    top = LoggingService(config, gateway)
     processes = config.ldap_proxy.processes
     for listener in proxy_listeners(gateway, reactor, shared=processes > 1):
         listener.setServiceParent(top)

@@ -24,6 +24,8 @@ def main() -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     open_log_file(config.logging)  # the same file as the main process: one event per line
     gateway = Gateway(config, Keyring.load(config.keyring), reactor)
+    gateway.audit.start()
+    reactor.addSystemEventTrigger("after", "shutdown", gateway.audit.stop)
     top = service.MultiService()
     for listener in proxy_listeners(gateway, reactor, shared=True):
         listener.setServiceParent(top)

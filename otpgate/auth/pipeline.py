@@ -16,8 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from twisted.logger import Logger
-
+from otpgate.audit import AuditTrail
 from otpgate.auth.lockout import is_locked, record_failure, record_success
 from otpgate.auth.policy import Policy
 from otpgate.auth.verify import Match, split_candidates, verify_code
@@ -40,8 +39,6 @@ from otpgate.directory.store import OtpStore
 
 PasswordCheck = Callable[[str, bytes], Awaitable[tuple[int, str]]]
 """(dn, password) -> (LDAP result code, diagnostic) of a simple bind upstream."""
-
-log = Logger(namespace="otpgate.audit")
 
 
 @dataclass(frozen=True)
@@ -76,11 +73,14 @@ class _Verdict:
 
 
 class Authenticator:
-    def __init__(self, config: Config, store: OtpStore, clock: Any) -> None:
+    def __init__(
+        self, config: Config, store: OtpStore, clock: Any, audit: AuditTrail | None = None
+    ) -> None:
         self.config = config
         self.store = store
         self.policy = Policy(config.policy)
         self.clock = clock
+        self.audit = audit or AuditTrail(config.logging, clock)
 
     async def authenticate(
         self, request: AuthRequest, check_password: PasswordCheck | None
@@ -95,9 +95,7 @@ class Authenticator:
         return result
 
     def _audit(self, request: AuthRequest, result: AuthResult) -> None:
-        log.info(
-            "auth {outcome} {front_end} user={user!r} dn={dn!r} client={client} "
-            "token={token} reason={reason}",
+        self.audit.record(
             outcome="accept" if result.ok else "reject",
             front_end=request.front_end,
             user=request.name,

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from otpgate.ldapproxy.factory import ProxyFactory
 
 log = Logger()
-audit = Logger(namespace="otpgate.audit")
 
 OPERATIONS_ERROR = 1
 INVALID = b"invalid credentials"
@@ -248,11 +247,14 @@ class LdapProxyProtocol(protocol.Protocol):
         if cached is not None:
             code, _ = await check_password(cached.dn, secret[: cached.password_length].encode())
             if code == SUCCESS:
-                log.info(
-                    "auth accept ldap dn={dn!r} client={client} reason=bind cache",
+                self.factory.gateway.audit.record(
+                    outcome="accept",
+                    front_end="ldap",
+                    user=name,
                     dn=cached.dn,
                     client=self.peer_host,
-                    log_namespace="otpgate.audit",
+                    token=None,
+                    reason="bind cache",
                 )
                 self._bound = True
                 self._answer(mid, ber.BIND_RESPONSE, SUCCESS)

@@ -39,6 +39,7 @@ processes = 2
 [logging]
 file = "audit.json"
 json = true
+flush_seconds = 0
 """)
     users = [slapd.add_user(f"proc{os.getpid()}x{i}", f"pw{i}") for i in range(2)]
     secret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
@@ -71,7 +72,7 @@ json = true
         assert ok == 20
         events = [json.loads(line) for line in (tmp_path / "audit.json").read_text().splitlines()
                   if line.strip()]
-        audit = [e for e in events if e.get("log_namespace") == "otpgate.audit"]
+        audit = [e for e in events if e.get("event") == "auth"]
         assert len(audit) >= 20 and all(e["outcome"] == "accept" for e in audit[-20:])
         text = (tmp_path / "audit.json").read_text()
         for i in range(2):
