@@ -9,9 +9,13 @@ from urllib.parse import quote, urlencode
 
 from otpgate.config import OtpConfig
 from otpgate.directory.state import OtpState, StateChange
-from otpgate.tokens import Secret, Token, TokenType, new_token_id
+from otpgate.otp.oath import Algorithm, check_digits, check_period
+from otpgate.tokens import Secret, Token, TokenType, TokenUse, new_token_id
 
 SOFTWARE = (TokenType.TOTP, TokenType.HOTP)
+DEVICES = (TokenType.TOTP, TokenType.HOTP, TokenType.YUBICO)
+"""What counts towards ``max_tokens_per_user`` (a printed scratch list is not a device)."""
+KEY_BYTES = {Algorithm.SHA1: 20, Algorithm.SHA256: 32, Algorithm.SHA512: 64}
 
 
 def new_oath_token(
@@ -20,25 +24,37 @@ def new_oath_token(
     key: bytes | None = None,
     label: str = "",
     now: float | None = None,
+    *,
+    digits: int | None = None,
+    algorithm: Algorithm | None = None,
+    period: int | None = None,
 ) -> tuple[Token, Secret]:
-    """A new TOTP/HOTP token with a fresh key (as long as the hash, RFC 4226 §4 R6)."""
+    """A new TOTP/HOTP token with a fresh key (as long as the hash, RFC 4226 §4 R6).
+
+    ``digits``, ``algorithm`` and ``period`` default to the ``[otp]`` settings.
+    """
     if kind not in SOFTWARE:
         raise ValueError(f"{kind.value} is not an OATH software token")
-    key_len = {"sha1": 20, "sha256": 32, "sha512": 64}[otp.algorithm.value]
+    alg = algorithm or otp.algorithm
     token = Token(
         id=new_token_id(),
         type=kind,
         created=int(time.time() if now is None else now),
         label=label,
-        digits=otp.digits,
-        algorithm=otp.algorithm,
-        period=otp.period,
+        digits=check_digits(digits if digits is not None else otp.digits),
+        algorithm=alg,
+        period=check_period(period if period is not None else otp.period),
     )
-    return token, Secret(key if key is not None else os.urandom(key_len))
+    if key is not None and len(key) < 10:
+        raise ValueError(f"a {len(key)}-byte key is too short: give at least 80 bits (16 Base32)")
+    return token, Secret(key if key is not None else os.urandom(KEY_BYTES[alg]))
 
 
-def otpauth_uri(token: Token, secret: Secret, account: str, issuer: str) -> str:
-    """The Google Authenticator key URI (otpauth://TYPE/ISSUER:ACCOUNT?...)."""
+def otpauth_uri(token: Token, secret: Secret, account: str, issuer: str, counter: int = 0) -> str:
+    """The Google Authenticator key URI (otpauth://TYPE/ISSUER:ACCOUNT?...).
+
+    ``counter`` (HOTP) is the next counter the token will use.
+    """
     params = {
         "secret": base64.b32encode(secret.key).decode().rstrip("="),
         "issuer": issuer,
@@ -48,24 +64,47 @@ def otpauth_uri(token: Token, secret: Secret, account: str, issuer: str) -> str:
     if token.type is TokenType.TOTP:
         params["period"] = str(token.period)
     else:
-        params["counter"] = "0"
+        params["counter"] = str(counter)
     label = quote(f"{issuer}:{account}", safe="@:")
     return f"otpauth://{token.type.value}/{label}?{urlencode(params, quote_via=quote)}"
 
 
+class PolicyError(ValueError):
+    """An admin action the enrollment policy does not allow (too many devices...)."""
+
+
 def enroll_change(
-    state: OtpState, token: Token, secret: Secret, max_tokens: int, replace_software: bool = True
+    state: OtpState,
+    token: Token,
+    secret: Secret,
+    max_tokens: int,
+    replace_software: bool = True,
+    last: int = -1,
 ) -> StateChange[Token]:
-    """Add ``token``; by default it replaces the user's existing software token."""
+    """Add ``token``; by default it replaces the user's existing software token.
+
+    At most ``max_tokens`` devices (TOTP, HOTP, Yubico; scratch lists do not count) per
+    user.  ``last`` is the token's last used counter (imported hardware), -1 for new.
+    """
     replaced = {t.id for t in state.tokens if replace_software and t.type in SOFTWARE}
     kept = tuple(t for t in state.tokens if t.id not in replaced)
-    if len(kept) + 1 > max_tokens:
-        raise ValueError(f"the user already has {len(kept)} tokens (maximum {max_tokens})")
+    devices = sum(1 for t in kept if t.type in DEVICES)
+    if token.type in DEVICES and devices + 1 > max_tokens:
+        raise PolicyError(
+            f"the user already has {devices} device(s), the maximum is {max_tokens} "
+            "([otp].max_tokens_per_user): revoke one first"
+        )
     secrets_after = {k: v for k, v in state.secrets.items() if k not in replaced}
     secrets_after[token.id] = secret
-    return StateChange(
-        token,
-        used=state.used.without(replaced),
-        tokens=(*kept, token),
-        secrets=secrets_after,
-    )
+    used = state.used.without(replaced)
+    if last >= 0:
+        used = used.with_use(token.id, TokenUse(last=last))
+    return StateChange(token, used=used, tokens=(*kept, token), secrets=secrets_after)
+
+
+def replaced_tokens(state: OtpState, change: StateChange[Token]) -> tuple[Token, ...]:
+    """The tokens of ``state`` that ``change`` removes."""
+    after = {t.id for t in change.tokens} if change.tokens is not None else None
+    if after is None:
+        return ()
+    return tuple(t for t in state.tokens if t.id not in after)

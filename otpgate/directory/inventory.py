@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from otpgate.codec import AttributeCodec, Purpose
 from otpgate.config import DirectoryConfig
-from otpgate.directory.ldapdata import DirectoryError, SearchEntry
+from otpgate.directory.ldapdata import DirectoryError, Modification, SearchEntry
 from otpgate.tokens import Secret, Token
 from otpgate.vault import Keyring
 
@@ -41,6 +41,8 @@ class InventoryItem:
     """The stored value; None for an entry whose token is being assigned right now."""
     token: Token | None = None
     secret: Secret | None = field(default=None, repr=False)
+    last: int = -1
+    """Last used HOTP counter when the token was imported (-1: a fresh token)."""
 
 
 class InventoryMapper:
@@ -63,10 +65,29 @@ class InventoryMapper:
             "cn": (check_serial(serial).encode(),),
         }
 
-    def encode(self, item_dn: str, entry_id: bytes, token: Token, secret: Secret) -> bytes:
-        return self.codec.encode(
-            {"v": 1, "token": token.to_dict(), "secret": secret.to_dict()}, entry_id, item_dn
-        )
+    def encode(
+        self, item_dn: str, entry_id: bytes, token: Token, secret: Secret, last: int = -1
+    ) -> bytes:
+        doc = {"v": 1, "token": token.to_dict(), "secret": secret.to_dict()}
+        if last >= 0:
+            doc["last"] = last
+        return self.codec.encode(doc, entry_id, item_dn)
+
+    # -- planned Modify operations (the same for every driver) ---------------------------
+
+    def store_change(self, raw: bytes) -> list[Modification]:
+        """Put a value in (a new entry's first value, or a claimed one given back)."""
+        return [Modification(Modification.ADD, self.config.inventory.spec.name, (raw,))]
+
+    def claim_change(self, item: InventoryItem) -> list[Modification]:
+        """Delete the exact stored value: of two claims of one serial, one gets 16."""
+        if item.raw is None:
+            raise InventoryError(f"serial {item.serial} is being assigned by someone else")
+        return [Modification(Modification.DELETE, self.config.inventory.spec.name, (item.raw,))]
+
+    def replace_change(self, item: InventoryItem, raw: bytes) -> list[Modification]:
+        """Swap the exact stored value for ``raw`` (compare-and-swap)."""
+        return [*self.claim_change(item), *self.store_change(raw)]
 
     def item(self, found: SearchEntry, decrypt: bool = True) -> InventoryItem:
         entry_id = found.first(self.config.profile.id_attribute)
@@ -79,6 +100,13 @@ class InventoryMapper:
             return item
         doc = self.codec.decode(raw, entry_id, found.dn)
         token = Token.from_dict(doc["token"])
+        last = doc.get("last", -1)
         return InventoryItem(
-            item.serial, found.dn, entry_id, raw, token, Secret.from_dict(doc["secret"])
+            item.serial,
+            found.dn,
+            entry_id,
+            raw,
+            token,
+            Secret.from_dict(doc["secret"]),
+            last if isinstance(last, int) and not isinstance(last, bool) else -1,
         )

@@ -73,6 +73,20 @@ class Backend:
             return f"{name}@{self.server.dns_domain}"
         return f"{name}@example.org"
 
+    def inventory_dn(self) -> str:
+        """The token inventory container (created on Samba on first use)."""
+        if not isinstance(self.server, SambaDC):
+            return self.server.tokens_dn
+        dn = f"OU=OTP Tokens,{self.server.base_dn}"
+        conn = self.admin()
+        try:
+            conn.search(self.server.base_dn, "(ou=OTP Tokens)", search_scope="LEVEL")
+            if not conn.entries:
+                conn.add(dn, ["top", "organizationalUnit"])
+        finally:
+            conn.unbind()
+        return dn
+
     def admin(self) -> Any:
         """A bound ldap3 connection with full rights (LDAPS, certificate verified)."""
         if isinstance(self.server, SambaDC):

@@ -16,19 +16,10 @@ from otpgate.otp.oath import hotp
 from otpgate.service import Gateway
 from otpgate.tokens import Secret, Token, TokenType
 from otpgate.vault import Keyring
-from tests.servers import SambaDC
 
 
-def inventory_dn(backend):
-    if isinstance(backend.server, SambaDC):
-        dn = f"OU=OTP Tokens,{backend.server.base_dn}"
-        conn = backend.admin()
-        try:
-            conn.add(dn, ["top", "organizationalUnit"])  # 68 if it exists: fine
-        finally:
-            conn.unbind()
-        return dn
-    return backend.server.tokens_dn
+def inventory_dn(backend) -> str:
+    return backend.inventory_dn()
 
 
 def hardware(serial, key):

@@ -1,0 +1,165 @@
+"""What ``show`` and ``list`` print (pure): token rows without secrets, as text or JSON."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from otpgate.directory.state import OtpState
+from otpgate.otp.scratch import remaining
+from otpgate.tokens import Token, TokenType
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    user: str
+    dn: str
+    id: str
+    type: str
+    serial: str
+    label: str
+    created: int
+    last_used: int
+    """Unix time of the last accepted code; 0: never."""
+    last: int
+    """Last accepted HOTP counter / TOTP step (-1: never)."""
+    drift: int
+    scratch_remaining: int | None
+    details: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "dn": self.dn,
+            "id": self.id,
+            "type": self.type,
+            "serial": self.serial,
+            "label": self.label,
+            "created": self.created,
+            "last_used": self.last_used or None,
+            "last_counter": self.last if self.last >= 0 else None,
+            "drift": self.drift,
+            "scratch_remaining": self.scratch_remaining,
+            "details": self.details,
+        }
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    user: str
+    dn: str
+    tokens: tuple[TokenRow, ...]
+    failures: int
+    locked_until: int
+
+    def locked(self, now: float) -> bool:
+        return self.locked_until > now
+
+    def lockout(self, now: float) -> str:
+        if self.locked(now):
+            return f"locked until {when(self.locked_until)}"
+        return f"{self.failures} recent failure(s)" if self.failures else "not locked"
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "dn": self.dn,
+            "locked": self.locked(now),
+            "locked_until": self.locked_until or None,
+            "failures": self.failures,
+            "tokens": [t.to_dict() for t in self.tokens],
+        }
+
+
+def _details(token: Token) -> str:
+    if token.type is TokenType.TOTP:
+        return f"{token.digits} digits, {token.algorithm.value}, {token.period}s"
+    if token.type is TokenType.HOTP:
+        return f"{token.digits} digits, {token.algorithm.value}"
+    if token.type is TokenType.YUBICO:
+        return f"public id {token.public_id}"
+    if token.scratch is not None:
+        return f"{len(token.scratch.hashes)} codes of {token.scratch.length} digits"
+    return ""
+
+
+def summarise(user: str, dn: str, state: OtpState) -> UserSummary:
+    rows = []
+    for token in state.tokens:
+        use = state.used.use_of(token.id)
+        left = (
+            remaining(token.scratch, use.scratch_used)
+            if token.type is TokenType.SCRATCH and token.scratch is not None
+            else None
+        )
+        rows.append(
+            TokenRow(
+                user,
+                dn,
+                token.id,
+                token.type.value,
+                token.serial,
+                token.label,
+                token.created,
+                use.used_at,
+                use.last,
+                use.drift,
+                left,
+                _details(token),
+            )
+        )
+    return UserSummary(user, dn, tuple(rows), state.used.failures, state.used.locked_until)
+
+
+def when(stamp: int) -> str:
+    if not stamp:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain fixed-width table (no colours, copy-paste friendly)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.extend(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+    return "\n".join(lines)
+
+
+TOKEN_HEADERS = ("ID", "TYPE", "SERIAL", "LABEL", "CREATED", "LAST USED", "DRIFT", "SCRATCH LEFT")
+
+
+def token_cells(row: TokenRow) -> list[str]:
+    return [
+        row.id,
+        row.type,
+        row.serial or "-",
+        row.label or "-",
+        when(row.created),
+        when(row.last_used),
+        str(row.drift) if row.type == "totp" else "-",
+        "-" if row.scratch_remaining is None else str(row.scratch_remaining),
+    ]
+
+
+def show_text(summary: UserSummary, now: float) -> str:
+    head = f"{summary.user} ({summary.dn})\nlockout: {summary.lockout(now)}\n"
+    if not summary.tokens:
+        return head + "no tokens"
+    return head + table(TOKEN_HEADERS, [token_cells(r) for r in summary.tokens])
+
+
+def list_text(summaries: Sequence[UserSummary], now: float) -> str:
+    headers = ("USER", *TOKEN_HEADERS, "LOCKOUT")
+    rows = []
+    for s in summaries:
+        lock = s.lockout(now)
+        if not s.tokens:
+            rows.append([s.user, *(["-"] * len(TOKEN_HEADERS)), lock])
+        rows.extend([s.user, *token_cells(r), lock] for r in s.tokens)
+    return table(headers, rows) if rows else "no user has OTP state"

@@ -1,0 +1,111 @@
+"""Help-desk changes to a user's OTP state (pure): each returns the StateChange to write.
+
+The drivers (sync CLI, async gateway) call these inside their compare-and-swap loop, so
+each function sees the freshly read state and may be called more than once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from otpgate.admin.enrollment import PolicyError
+from otpgate.auth.lockout import unlock
+from otpgate.directory.state import OtpState, StateChange
+from otpgate.otp.oath import RESYNC_WINDOW, resync_hotp
+from otpgate.otp.scratch import ScratchList
+from otpgate.tokens import Token, TokenType, TokenUse, UsedState, new_token_id
+
+
+class NoSuchToken(PolicyError):
+    pass
+
+
+def find_token(state: OtpState, ref: str | None, kinds: tuple[TokenType, ...] = ()) -> Token:
+    """The token ``ref`` names (id, serial or label, case-insensitive); with no ``ref``,
+    the user's only token (of ``kinds``, if given)."""
+    candidates = [t for t in state.tokens if not kinds or t.type in kinds]
+    what = "/".join(k.value for k in kinds) + " " if kinds else ""
+    if ref is None:
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise NoSuchToken(f"the user has no {what}token")
+        ids = ", ".join(f"{t.id} ({t.type.value})" for t in candidates)
+        raise NoSuchToken(f"the user has {len(candidates)} {what}tokens: name one of {ids}")
+    wanted = ref.lower()
+    for field in ("id", "serial", "label"):
+        hits = [t for t in candidates if getattr(t, field).lower() == wanted]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise NoSuchToken(f"{ref!r} names {len(hits)} tokens: use the token id")
+    raise NoSuchToken(f"the user has no {what}token {ref!r}")
+
+
+def _without(
+    state: OtpState, ids: set[str], result: tuple[Token, ...]
+) -> StateChange[tuple[Token, ...]]:
+    return StateChange(
+        result,
+        used=state.used.without(ids),
+        tokens=tuple(t for t in state.tokens if t.id not in ids),
+        secrets={k: v for k, v in state.secrets.items() if k not in ids},
+    )
+
+
+def revoke_change(state: OtpState, ref: str | None) -> StateChange[tuple[Token, ...]]:
+    """Remove one token, its secret and its use state."""
+    token = find_token(state, ref)
+    return _without(state, {token.id}, (token,))
+
+
+def reset_change(state: OtpState) -> StateChange[tuple[Token, ...]]:
+    """Remove every token (lost phone, left the company); lockout state is kept."""
+    return _without(state, {t.id for t in state.tokens}, state.tokens)
+
+
+def unlock_change(state: OtpState) -> StateChange[UsedState]:
+    return StateChange(state.used, used=unlock(state.used))
+
+
+def resync_change(
+    state: OtpState,
+    ref: str | None,
+    codes: tuple[str, str, str],
+    now: float,
+    window: int = RESYNC_WINDOW,
+) -> StateChange[tuple[Token, int]]:
+    """Find three consecutive codes of an HOTP token within ``window`` counters after the
+    last accepted one; they become used (the next login needs the code after them)."""
+    token = find_token(state, ref, (TokenType.HOTP,))
+    secret = state.secrets.get(token.id)
+    if secret is None:
+        raise PolicyError(f"token {token.id} has no stored secret")
+    use = state.used.use_of(token.id)
+    counter = resync_hotp(
+        secret.key, codes, use.last, digits=token.digits, algorithm=token.algorithm, window=window
+    )
+    if counter is None:
+        raise PolicyError(
+            f"the three codes are not consecutive codes of token {token.id} within "
+            f"{window} counters after the last one used ({use.last}); type three new ones"
+        )
+    new = TokenUse(last=counter, drift=0, used_at=int(now), scratch_used=use.scratch_used)
+    used = replace(state.used.with_use(token.id, new), failures=0)
+    return StateChange((token, counter), used=used)
+
+
+def scratch_change(
+    state: OtpState, scratch: ScratchList, now: float, label: str = "scratch list"
+) -> StateChange[Token]:
+    """A new scratch list; the previous one (and its used codes) is gone."""
+    old = {t.id for t in state.tokens if t.type is TokenType.SCRATCH}
+    token = Token(
+        id=new_token_id(), type=TokenType.SCRATCH, created=int(now), label=label, scratch=scratch
+    )
+    return StateChange(
+        token,
+        used=state.used.without(old),
+        tokens=(*(t for t in state.tokens if t.id not in old), token),
+        secrets={k: v for k, v in state.secrets.items() if k not in old},
+    )

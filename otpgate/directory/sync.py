@@ -1,0 +1,529 @@
+"""The CLI's directory driver: StateMapper's and InventoryMapper's plans over ldap3, synchronously.
+
+The gateway does the same over its own async client (``store.py``); the lookups, the
+decoding and the compare-and-swap Modify are planned by the pure mappers both share, so
+this module only does I/O and the retry loop.
+
+Connections always verify TLS (``ssl.CERT_REQUIRED``, the configured CA file or the
+system store, host name checked): LDAPS, or StartTLS before the bind.  Reads use the
+configured URLs in order (failover); OTP state goes to the write server: ``write_url``,
+or AD's PDC emulator when it is ``"discover"``, or the URLs in order when it is unset.
+A pinned server that is down fails closed.  Referrals are never followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import ldap3  # type: ignore[import-untyped]
+from ldap3.core import exceptions as ldap3_errors  # type: ignore[import-untyped]
+
+from otpgate.config import DirectoryConfig
+from otpgate.directory.inventory import InventoryError, InventoryItem, InventoryMapper
+from otpgate.directory.ldapdata import (
+    ENTRY_ALREADY_EXISTS,
+    NO_SUCH_ATTRIBUTE,
+    NO_SUCH_OBJECT,
+    SCOPE_BASE,
+    SCOPE_SUBTREE,
+    SUCCESS,
+    DirectoryError,
+    DirectoryUnavailable,
+    LdapUrl,
+    Modification,
+    SearchEntry,
+    parent_dn,
+)
+from otpgate.directory.state import (
+    CAS_CONFLICTS,
+    ConcurrentUpdate,
+    Lookup,
+    OtpState,
+    StateChange,
+    StateMapper,
+    UserEntry,
+    escape_filter_value,
+)
+from otpgate.tokens import Secret, Token
+from otpgate.vault import Keyring
+
+T = TypeVar("T")
+
+SIZE_LIMIT_EXCEEDED = 4
+_SCOPES = {SCOPE_BASE: ldap3.BASE, SCOPE_SUBTREE: ldap3.SUBTREE}
+_OPS = {
+    Modification.ADD: ldap3.MODIFY_ADD,
+    Modification.DELETE: ldap3.MODIFY_DELETE,
+    Modification.REPLACE: ldap3.MODIFY_REPLACE,
+}
+# ldap3 raises these when the server cannot be reached or the connection breaks.
+_UNREACHABLE = (
+    ldap3_errors.LDAPSocketOpenError,
+    ldap3_errors.LDAPSocketReceiveError,
+    ldap3_errors.LDAPSocketSendError,
+    ldap3_errors.LDAPSessionTerminatedByServerError,
+    ldap3_errors.LDAPResponseTimeoutError,
+    ldap3_errors.LDAPCommunicationError,
+    ldap3_errors.LDAPStartTLSError,
+    ldap3_errors.LDAPSSLConfigurationError,
+)
+PAGE_SIZE = 500
+
+
+def tls_settings(config: DirectoryConfig) -> ldap3.Tls:
+    """Verified TLS: the configured CA (or the system store), host name checked."""
+    return ldap3.Tls(
+        validate=ssl.CERT_REQUIRED,
+        ca_certs_file=str(config.ca_file) if config.ca_file is not None else None,
+        version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+
+
+def _modify_dict(changes: Sequence[Modification]) -> dict[str, list[tuple[Any, list[bytes]]]]:
+    """ldap3's form of one Modify.  Changes of one attribute stay in their order; an
+    attribute may not come back after another one (ldap3 groups by attribute)."""
+    out: dict[str, list[tuple[Any, list[bytes]]]] = {}
+    last: str | None = None
+    for change in changes:
+        key = change.attribute
+        if key in out and last != key:
+            raise ValueError(f"Modify plan touches {key} twice, apart: ldap3 cannot send that")
+        out.setdefault(key, []).append((_OPS[change.op], list(change.values)))
+        last = key
+    return out
+
+
+class SyncConnection:
+    """One bound ldap3 connection with plain results: (code, message) and SearchEntry."""
+
+    def __init__(self, conn: ldap3.Connection, url: LdapUrl, tls: str) -> None:
+        self.conn = conn
+        self.url = url
+        self.tls = tls
+        """How the connection is protected: "ldaps" or "starttls"."""
+
+    def _call(self, what: str, func: Callable[[], Any]) -> dict[str, Any]:
+        try:
+            func()
+        except _UNREACHABLE as exc:
+            raise DirectoryUnavailable(f"{self.url.url}: {what}: connection lost ({exc})") from exc
+        except ldap3_errors.LDAPException as exc:  # e.g. a filter ldap3 cannot parse
+            raise DirectoryError(f"{self.url.url}: {what}: {exc}") from exc
+        result: dict[str, Any] = self.conn.result or {}
+        return result
+
+    @staticmethod
+    def _code(result: dict[str, Any]) -> tuple[int, str]:
+        return int(result.get("result", 1)), str(result.get("message") or result.get("description"))
+
+    def search(
+        self,
+        base: str,
+        filter_text: str,
+        attributes: Sequence[str],
+        scope: int = SCOPE_SUBTREE,
+        size_limit: int = 0,
+        controls: Any = None,
+    ) -> list[SearchEntry]:
+        result = self._call(
+            f"search {base}",
+            lambda: self.conn.search(
+                base,
+                filter_text,
+                search_scope=_SCOPES[scope],
+                attributes=list(attributes),
+                size_limit=size_limit,
+                controls=controls,
+            ),
+        )
+        code, message = self._code(result)
+        if code == NO_SUCH_OBJECT:
+            return []
+        if code not in (SUCCESS, SIZE_LIMIT_EXCEEDED):
+            raise DirectoryError(f"search under {base} failed: {code} {message}", code)
+        return [_entry(r) for r in self.conn.response or () if r.get("type") == "searchResEntry"]
+
+    def paged_search(
+        self, base: str, filter_text: str, attributes: Sequence[str]
+    ) -> Iterator[SearchEntry]:
+        """Every entry of a subtree search, a page at a time (AD caps results per page)."""
+        cookie: Any = None
+        while True:
+            result = self._call(
+                f"search {base}",
+                functools.partial(
+                    self.conn.search,
+                    base,
+                    filter_text,
+                    search_scope=ldap3.SUBTREE,
+                    attributes=list(attributes),
+                    paged_size=PAGE_SIZE,
+                    paged_cookie=cookie,
+                ),
+            )
+            code, message = self._code(result)
+            if code == NO_SUCH_OBJECT:
+                return
+            if code != SUCCESS:
+                raise DirectoryError(f"search under {base} failed: {code} {message}", code)
+            for r in list(self.conn.response or ()):
+                if r.get("type") == "searchResEntry":
+                    yield _entry(r)
+            controls = result.get("controls") or {}
+            paged = controls.get("1.2.840.113556.1.4.319", {}).get("value", {})
+            cookie = paged.get("cookie")
+            if not cookie:
+                return
+
+    def modify(self, dn: str, changes: Sequence[Modification]) -> tuple[int, str]:
+        """One Modify operation (applied atomically by the server)."""
+        mods = _modify_dict(changes)
+        return self._code(self._call(f"modify {dn}", lambda: self.conn.modify(dn, mods)))
+
+    def add(self, dn: str, attributes: dict[str, tuple[bytes, ...]]) -> tuple[int, str]:
+        attrs = {name: list(values) for name, values in attributes.items()}
+        return self._code(self._call(f"add {dn}", lambda: self.conn.add(dn, attributes=attrs)))
+
+    def delete(self, dn: str) -> tuple[int, str]:
+        return self._code(self._call(f"delete {dn}", lambda: self.conn.delete(dn)))
+
+    def root_dse(self, attributes: Sequence[str]) -> SearchEntry | None:
+        found = self.search("", "(objectClass=*)", attributes, scope=SCOPE_BASE)
+        return found[0] if found else None
+
+    def close(self) -> None:
+        with contextlib.suppress(*_UNREACHABLE):  # already gone: nothing to release
+            self.conn.unbind()
+
+
+def _entry(response: dict[str, Any]) -> SearchEntry:
+    raw = response.get("raw_attributes") or {}
+    attrs: dict[str, list[bytes]] = {}
+    for name, values in raw.items():
+        # ldap3 names ranged AD values "member;range=0-1499"; otpgate's attributes are small.
+        attrs[name.split(";", 1)[0].lower()] = [bytes(v) for v in values]
+    return SearchEntry(str(response.get("dn", "")), attrs)
+
+
+def connect(
+    url: LdapUrl,
+    config: DirectoryConfig,
+    bind_dn: str | None,
+    password: str | None,
+    get_info: str = ldap3.NONE,
+) -> SyncConnection:
+    """Connect to ``url`` (LDAPS, or StartTLS when configured: never a plain connection)
+    and bind; ``bind_dn=None`` binds as the service account."""
+    if not url.ldaps and not config.start_tls:
+        raise DirectoryError(
+            f"{url.url}: refusing to send credentials without TLS; "
+            "use an ldaps:// URL or set [directory].start_tls = true"
+        )
+    server = ldap3.Server(
+        url.host,
+        port=url.port,
+        use_ssl=url.ldaps,
+        tls=tls_settings(config),
+        get_info=get_info,
+        connect_timeout=config.timeout,
+    )
+    user = config.bind_dn if bind_dn is None else bind_dn
+    secret = config.bind_password if bind_dn is None else (password or "")
+    if not secret:
+        raise DirectoryError(f"no password for {user}: otpgate never binds anonymously")
+    conn = ldap3.Connection(
+        server,
+        user=user,
+        password=secret,
+        auto_bind=ldap3.AUTO_BIND_NONE,
+        auto_referrals=False,
+        raise_exceptions=False,
+        receive_timeout=math.ceil(config.timeout),  # ldap3 packs it as whole seconds
+        read_only=False,
+    )
+    wrapped = SyncConnection(conn, url, "ldaps" if url.ldaps else "starttls")
+    try:
+        conn.open(read_server_info=False)
+        if not url.ldaps and not conn.start_tls(read_server_info=False):
+            conn.unbind()
+            code, message = SyncConnection._code(conn.result or {})
+            raise DirectoryError(f"{url.url}: StartTLS refused: {code} {message}", code)
+        if not conn.bind(read_server_info=get_info != ldap3.NONE):
+            code, message = SyncConnection._code(conn.result or {})
+            conn.unbind()
+            raise DirectoryError(f"{url.url}: bind as {user} failed: {code} {message}", code)
+    except _UNREACHABLE as exc:
+        raise DirectoryUnavailable(f"{url.url}: cannot connect: {exc}") from exc
+    except ldap3_errors.LDAPException as exc:
+        raise DirectoryError(f"{url.url}: {exc}") from exc
+    return wrapped
+
+
+class SyncDirectory:
+    """Service-account connections: reads with failover, OTP state on the write server."""
+
+    def __init__(self, config: DirectoryConfig) -> None:
+        self.config = config
+        self._read: SyncConnection | None = None
+        self._write: SyncConnection | None = None
+        self.write_urls: list[str] | None = None
+        """Where OTP state goes, once known."""
+
+    def open_first(
+        self, urls: Sequence[str], bind_dn: str | None = None, password: str | None = None
+    ) -> SyncConnection:
+        errors = []
+        for text in urls:
+            try:
+                return connect(LdapUrl.parse(text), self.config, bind_dn, password)
+            except DirectoryUnavailable as exc:
+                errors.append(str(exc))
+        raise DirectoryUnavailable("no directory server answered: " + "; ".join(errors))
+
+    def read(self) -> SyncConnection:
+        if self._read is None:
+            self._read = self.open_first(self.config.urls)
+        return self._read
+
+    def resolve_write_urls(self) -> list[str]:
+        if self.write_urls is None:
+            wanted = self.config.write_url
+            if wanted == "discover":
+                self.write_urls = [discover_pdc(self.read(), self.config)]
+            elif wanted:
+                self.write_urls = [wanted]
+            else:
+                self.write_urls = list(self.config.urls)
+        return self.write_urls
+
+    def write(self) -> SyncConnection:
+        if self._write is None:
+            urls = self.resolve_write_urls()
+            if self.config.write_url is None and self._read is not None:
+                self._write = self._read  # no pinning: the read connection will do
+            else:
+                self._write = self.open_first(urls)
+        return self._write
+
+    def close(self) -> None:
+        for conn in {id(c): c for c in (self._read, self._write) if c is not None}.values():
+            conn.close()
+        self._read = self._write = None
+
+
+def discover_pdc(conn: SyncConnection, config: DirectoryConfig) -> str:
+    """The URL of AD's PDC emulator (the domain head's fSMORoleOwner), like the gateway's."""
+    from otpgate.directory.discovery import url_for_host  # pure; keeps Twisted out until needed
+
+    head = conn.search(config.base_dn, "(objectClass=*)", ["fSMORoleOwner"], scope=SCOPE_BASE)
+    owner = head[0].first("fSMORoleOwner") if head else None
+    if not owner:
+        raise DirectoryError(f"{config.base_dn} has no fSMORoleOwner: is this an AD domain head?")
+    server_dn = parent_dn(owner.decode("utf-8"))
+    found = conn.search(server_dn, "(objectClass=*)", ["dNSHostName"], scope=SCOPE_BASE)
+    host = found[0].first("dNSHostName") if found else None
+    if not host:
+        raise DirectoryError(f"{server_dn} has no dNSHostName")
+    return url_for_host(config.urls[0], host.decode("ascii"))
+
+
+class SyncStore:
+    """OTP state of users: StateMapper's plans carried out over ldap3 (cf. ``OtpStore``)."""
+
+    def __init__(self, config: DirectoryConfig, keyring: Keyring, directory: SyncDirectory):
+        self.config = config
+        self.keyring = keyring
+        self.mapper = StateMapper(config, keyring)
+        self.directory = directory
+
+    def _search(self, conn: SyncConnection, lookup: Lookup) -> list[SearchEntry]:
+        return conn.search(
+            lookup.base, lookup.filter, self.mapper.attributes, scope=lookup.scope, size_limit=2
+        )
+
+    def resolve(self, name: str) -> UserEntry:
+        """The one entry ``name`` (DN, UPN, DOMAIN\\user or bare name) refers to."""
+        conn = self.directory.write()
+        return self.mapper.one_entry(name, self._search(conn, self.mapper.lookup(name)))
+
+    def reread(self, user: UserEntry, conn: SyncConnection | None = None) -> UserEntry:
+        conn = conn or self.directory.write()
+        return self.mapper.same_entry(user, self._search(conn, self.mapper.reread_lookup(user)))
+
+    def decode(self, user: UserEntry) -> OtpState:
+        return self.mapper.decode(user)
+
+    def update(
+        self, user: UserEntry, change: Callable[[OtpState], StateChange[T]]
+    ) -> tuple[T, UserEntry]:
+        """Apply ``change`` to the user's current state with compare-and-swap, retrying races."""
+        conn = self.directory.write()
+        for _attempt in range(self.config.cas_retries):
+            if not user.used:
+                code, message = conn.modify(user.dn, self.mapper.initialise(user))
+                if code != SUCCESS and code not in CAS_CONFLICTS:
+                    raise DirectoryError(f"{user.dn}: cannot initialise OTP state: {message}", code)
+                user = self.reread(user, conn)
+                continue
+            state = self.mapper.decode(user)
+            planned = change(state)
+            if not planned.writes:
+                return planned.result, user
+            code, message = conn.modify(user.dn, self.mapper.plan(user, state, planned))
+            if code == SUCCESS:
+                return planned.result, self.reread(user, conn)
+            if code not in CAS_CONFLICTS:
+                raise DirectoryError(f"{user.dn}: write refused: {code} {message}", code)
+            user = self.reread(user, conn)
+        raise ConcurrentUpdate(
+            f"{user.dn}: OTP state changed under us {self.config.cas_retries} times; giving up"
+        )
+
+    def state_filter(self) -> str:
+        """Users that hold any otpgate value."""
+        names = (
+            self.config.seed.spec.name,
+            self.config.tokens.spec.name,
+            self.config.used.spec.name,
+        )
+        present = "".join(f"({n}=*)" for n in names)
+        return f"(&{self.config.user_filter}(|{present}))"
+
+    def users_with_state(self) -> Iterator[UserEntry | tuple[str, DirectoryError]]:
+        """Every user entry holding otpgate values (paged); unreadable ones as (dn, error)."""
+        conn = self.directory.write()
+        for found in conn.paged_search(
+            self.config.base_dn, self.state_filter(), self.mapper.attributes
+        ):
+            try:
+                yield self.mapper.entry(found)
+            except DirectoryError as exc:
+                yield found.dn, exc
+
+
+@dataclass
+class SyncInventory:
+    """Unassigned hardware tokens in the directory, over ldap3 (cf. ``InventoryStore``)."""
+
+    mapper: InventoryMapper
+    store: SyncStore
+
+    @classmethod
+    def open(cls, store: SyncStore) -> SyncInventory:
+        return cls(InventoryMapper(store.config, store.keyring), store)
+
+    @property
+    def _conn(self) -> SyncConnection:
+        return self.store.directory.write()
+
+    def add(self, token: Token, secret: Secret, last: int = -1) -> InventoryItem:
+        """Create ``cn=<serial>`` and store the token in it (bound to the new entry's id)."""
+        if not token.serial:
+            raise InventoryError("an inventory token needs a serial")
+        conn = self._conn
+        dn = self.mapper.dn(token.serial)
+        code, message = conn.add(dn, self.mapper.new_entry(token.serial))
+        if code == ENTRY_ALREADY_EXISTS:
+            raise InventoryError(f"serial {token.serial} is already in the inventory", code)
+        if code != SUCCESS:
+            raise InventoryError(f"cannot add {dn}: {code} {message}", code)
+        try:
+            item = self._read(token.serial, decrypt=False)
+            raw = self.mapper.encode(dn, item.entry_id, token, secret, last)
+            code, message = conn.modify(dn, self.mapper.store_change(raw))
+            if code != SUCCESS:
+                raise InventoryError(f"cannot store token {token.serial}: {code} {message}", code)
+        except BaseException:
+            conn.delete(dn)  # leave no empty entry behind
+            raise
+        return self._read(token.serial)
+
+    def _read(self, serial: str, decrypt: bool = True) -> InventoryItem:
+        found = self._conn.search(
+            self.mapper.dn(serial), "(cn=*)", self.mapper.attributes, scope=SCOPE_BASE
+        )
+        if not found:
+            raise InventoryError(f"serial {serial} is not in the inventory")
+        return self.mapper.item(found[0], decrypt)
+
+    def get(self, serial: str, decrypt: bool = True) -> InventoryItem:
+        return self._read(serial, decrypt)
+
+    def entries(self) -> list[SearchEntry]:
+        container = self.mapper.container.lower()
+        return sorted(
+            (
+                e
+                for e in self._conn.paged_search(
+                    self.mapper.container, "(cn=*)", self.mapper.attributes
+                )
+                if e.dn.lower() != container
+            ),
+            key=lambda e: (e.first("cn") or b"").lower(),
+        )
+
+    def list(self, decrypt: bool = True) -> list[InventoryItem]:
+        return [self.mapper.item(e, decrypt) for e in self.entries()]
+
+    def serials(self) -> set[str]:
+        return {(e.first("cn") or b"").decode("utf-8", "replace").lower() for e in self.entries()}
+
+    def claim(self, serial: str) -> InventoryItem:
+        """Take a token out of the inventory, exactly once (deletes the exact stored value)."""
+        item = self._read(serial)
+        if item.raw is None:
+            raise InventoryError(f"serial {serial} is being assigned by someone else")
+        code, message = self._conn.modify(item.dn, self.mapper.claim_change(item))
+        if code == NO_SUCH_ATTRIBUTE:
+            raise InventoryError(f"serial {serial} was just taken by someone else", code)
+        if code != SUCCESS:
+            raise InventoryError(f"cannot claim {serial}: {code} {message}", code)
+        return item
+
+    def release(self, item: InventoryItem) -> None:
+        if item.raw is None:
+            return
+        code, message = self._conn.modify(item.dn, self.mapper.store_change(item.raw))
+        if code != SUCCESS:
+            raise InventoryError(f"cannot return {item.serial} to the inventory: {message}", code)
+
+    def replace(self, item: InventoryItem, token: Token, secret: Secret, last: int) -> None:
+        """Rewrite the stored token (new label, current key) if nobody changed it meanwhile."""
+        raw = self.mapper.encode(item.dn, item.entry_id, token, secret, last)
+        code, message = self._conn.modify(item.dn, self.mapper.replace_change(item, raw))
+        if code in CAS_CONFLICTS:
+            raise InventoryError(f"serial {item.serial} changed meanwhile; try again", code)
+        if code != SUCCESS:
+            raise InventoryError(f"cannot rewrite {item.serial}: {code} {message}", code)
+
+    def remove(self, item: InventoryItem) -> None:
+        self.delete(item.serial)
+
+    def delete(self, serial: str) -> None:
+        code, message = self._conn.delete(self.mapper.dn(serial))
+        if code == NO_SUCH_OBJECT:
+            raise InventoryError(f"serial {serial} is not in the inventory", code)
+        if code != SUCCESS:
+            raise InventoryError(f"cannot delete {serial}: {code} {message}", code)
+
+
+def open_store(config: DirectoryConfig, keyring: Keyring) -> SyncStore:
+    return SyncStore(config, keyring, SyncDirectory(config))
+
+
+__all__ = [
+    "SyncConnection",
+    "SyncDirectory",
+    "SyncInventory",
+    "SyncStore",
+    "connect",
+    "discover_pdc",
+    "escape_filter_value",
+    "open_store",
+]
