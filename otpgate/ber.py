@@ -339,3 +339,28 @@ def add_request(
 
 def delete_request(message_id: int, dn: bytes) -> bytes:
     return message(message_id, tlv(DEL_REQUEST, dn))
+
+
+class PduBuffer:
+    """Bytes from a stream, handed out as whole LDAPMessages (no re-buffering per read)."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._data += data
+
+    def next(self, limit: int) -> tuple[bytes, Header] | None:
+        """The next complete PDU and its header, None until one is complete.
+
+        Raises BerError for malformed input or a PDU above ``limit``.
+        """
+        size = next_pdu_size(self._data, limit)
+        if size is None:
+            return None
+        pdu = bytes(self._data[:size])
+        del self._data[:size]
+        return pdu, parse_header(pdu)
+
+    def clear(self) -> None:
+        self._data.clear()

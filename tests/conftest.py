@@ -36,26 +36,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.samba)
 
 
-@pytest.fixture(scope="session")
-def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
-    """OpenLDAP, stock schemas (core, cosine, inetorgperson, nis), our example ACLs."""
-    server = Slapd(tmp_path_factory.mktemp("slapd"), schema="stock")
-    server.start()
+def _running(server: Slapd) -> Iterator[Slapd]:
+    server.start()  # raises (the tests ERROR) if the server cannot start: never a skip
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    """OpenLDAP, stock schemas (core, cosine, inetorgperson, nis), our example ACLs."""
+    yield from _running(Slapd(tmp_path_factory.mktemp("slapd"), schema="stock"))
 
 
 @pytest.fixture(scope="session")
 def slapd_otpgate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
     """OpenLDAP with the otpgate schema and ACLs."""
-    server = Slapd(tmp_path_factory.mktemp("slapd-otpgate"), schema="otpgate")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(Slapd(tmp_path_factory.mktemp("slapd-otpgate"), schema="otpgate"))
 
 
 @pytest.fixture(scope="session")

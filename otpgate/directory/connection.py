@@ -71,7 +71,7 @@ class LdapClientProtocol(protocol.Protocol):
     transport: Any
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._pdus = ber.PduBuffer()
         self._next_id = 0
         self._operations: dict[int, _Operation] = {}
         self.connected = 0
@@ -102,15 +102,13 @@ class LdapClientProtocol(protocol.Protocol):
                 del self._operations[mid]
 
     def dataReceived(self, data: bytes) -> None:
-        self._buffer += data
-        while self._buffer:
+        self._pdus.feed(data)
+        while True:
             try:
-                size = ber.next_pdu_size(self._buffer, MAX_RESPONSE_PDU)
-                if size is None:
+                item = self._pdus.next(MAX_RESPONSE_PDU)
+                if item is None:
                     return
-                pdu = bytes(self._buffer[:size])
-                del self._buffer[:size]
-                self._handle(pdu, ber.parse_header(pdu))
+                self._handle(*item)
             except ber.BerError as exc:
                 log.warn("malformed response from the directory ({err}); closing", err=exc)
                 self.transport.loseConnection()

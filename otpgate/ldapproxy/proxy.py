@@ -42,7 +42,7 @@ class LdapProxyProtocol(protocol.Protocol):
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
-        self._buffer = bytearray()
+        self._pdus = ber.PduBuffer()
         self._pending: deque[tuple[bytes, ber.Header]] = deque()
         self._pending_bytes = 0
         self.upstream: UpstreamProtocol | None = None
@@ -108,16 +108,13 @@ class LdapProxyProtocol(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
-        self._buffer += data
-        limit = self.factory.pdu_limit(self._bound)
-        while self._buffer:
+        self._pdus.feed(data)
+        while True:
             try:
-                size = ber.next_pdu_size(self._buffer, limit)
-                if size is None:
+                item = self._pdus.next(self.factory.pdu_limit(self._bound))
+                if item is None:
                     return
-                pdu = bytes(self._buffer[:size])
-                del self._buffer[:size]
-                header = ber.parse_header(pdu)
+                pdu, header = item
             except ber.BerError as exc:
                 self.factory.count("malformed")
                 log.warn("closing {peer}: {err}", peer=self.peer_host, err=exc)
@@ -126,7 +123,7 @@ class LdapProxyProtocol(protocol.Protocol):
             if self._is_start_tls(pdu, header):
                 # Bytes pipelined after a StartTLS request were sent in clear text:
                 # they must not be treated as protected, so they are dropped.
-                self._buffer.clear()
+                self._pdus.clear()
                 self._start_tls(header)
                 return
             self._enqueue(pdu, header)

@@ -31,7 +31,7 @@ class UpstreamProtocol(protocol.Protocol):
     transport: Any
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._pdus = ber.PduBuffer()
         self.on_pdu: Callable[[bytes, ber.Header], None] = lambda pdu, header: None
         self.on_lost: Callable[[], None] = lambda: None
         self.ready: defer.Deferred[UpstreamProtocol] = defer.Deferred()
@@ -42,15 +42,13 @@ class UpstreamProtocol(protocol.Protocol):
         self.ready.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
-        self._buffer += data
-        while self._buffer:
+        self._pdus.feed(data)
+        while True:
             try:
-                size = ber.next_pdu_size(self._buffer, MAX_RESPONSE_PDU)
-                if size is None:
+                item = self._pdus.next(MAX_RESPONSE_PDU)
+                if item is None:
                     return
-                pdu = bytes(self._buffer[:size])
-                del self._buffer[:size]
-                header = ber.parse_header(pdu)
+                pdu, header = item
             except ber.BerError as exc:
                 log.warn("malformed PDU from the directory ({err}); closing", err=exc)
                 self.transport.loseConnection()
