@@ -220,6 +220,21 @@ class RadiusConfig:
     challenge_timeout: float = 120.0
     rate_limit_per_client: float = 0.0
     max_attributes: int = 255
+    challenge_message: str = "Enter your one-time code"
+    """Reply-Message of the Access-Challenge (challenge mode)."""
+    max_challenges: int = 10000
+    """Pending challenge States kept; beyond it the oldest is forgotten."""
+    duplicate_cache_seconds: float = 30.0
+    """How long a reply is kept to answer a retransmission of its request (RFC 5080)."""
+    duplicate_cache_size: int = 100000
+    rate_limit_burst: float = 0.0
+    """Requests a NAS may send at once above rate_limit_per_client (0: the rate, at least 1)."""
+    status_server: bool = True
+    """Answer Status-Server (RFC 5997) on the authentication port."""
+    unavailable_reply: str = "none"
+    """When the directory cannot be asked: "none" (no reply: the NAS fails over) or "reject"."""
+    bind_connections: int = 8
+    """Directory connections reused for users' password binds (0: a new one per bind)."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +243,27 @@ class LoggingConfig:
     file: Path | None = None
     flush_seconds: float = 1.0
     """Audit events are written to ``file`` at least this often (0: every event at once)."""
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The web portal: self-service enrollment, help desk and /metrics."""
+
+    listen: tuple[str, ...] = ()
+    """ "ssl:PORT[:interface=ADDR]" (HTTPS, cert_file/key_file) or "tcp:PORT:interface=LOOPBACK"."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    helpdesk_groups: tuple[str, ...] = ()
+    """DNs of the directory groups whose members may use the help desk."""
+    password_only_enrollment_networks: tuple[Network, ...] = ()
+    """Users without any token may sign in with the password alone from these (first enrollment)."""
+    metrics_networks: tuple[Network, ...] = ()
+    """Who may read /metrics (empty: nobody)."""
+    session_idle_seconds: float = 900.0
+    session_max_seconds: float = 8 * 3600.0
+    sign_in_attempts_per_minute: int = 10
+    """Per client address and per user name."""
+    max_sessions: int = 10000
 
 
 @dataclass(frozen=True)
@@ -240,6 +276,7 @@ class Config:
     ldap_proxy: LdapProxyConfig = LdapProxyConfig()
     radius: RadiusConfig = RadiusConfig()
     logging: LoggingConfig = LoggingConfig()
+    web: WebConfig = WebConfig()
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -604,6 +641,21 @@ ROLE_PURPOSE = {
 }
 
 RADIUS_MODES = ("append", "challenge", "otp-only")
+RADIUS_UNAVAILABLE_REPLIES = ("none", "reject")
+
+
+def parse_radius_listen(spec: str) -> tuple[str, int]:
+    """A RADIUS listen address "host:port" (IPv6 as "[::]:1812") as (host, port)."""
+    host, sep, port_text = spec.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"{spec!r} is not host:port (IPv6 as [address]:port)")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ValueError(f"{spec!r}: {host!r} is not an IP address") from exc
+    return host, int(port_text)
 
 
 def _radius(sec: _Section, base: Path) -> RadiusConfig:
@@ -634,8 +686,14 @@ def _radius(sec: _Section, base: Path) -> RadiusConfig:
             )
         )
         csec.done()
+        for j, other in enumerate(clients[:-1]):
+            if other.network == clients[-1].network:
+                raise ConfigError(f"{csec.key('address')}: {other.network} is already clients[{j}]")
+    listen = sec.strings("listen")
+    for spec in listen:
+        sec.check("listen", spec, parse_radius_listen)
     result = RadiusConfig(
-        listen=sec.strings("listen"),
+        listen=listen,
         clients=tuple(clients),
         reject_delay=sec.check("reject_delay", sec.get("reject_delay", float, 0.0), _non_negative),
         challenge_timeout=sec.check(
@@ -645,7 +703,95 @@ def _radius(sec: _Section, base: Path) -> RadiusConfig:
             "rate_limit_per_client", sec.get("rate_limit_per_client", float, 0.0), _non_negative
         ),
         max_attributes=sec.check("max_attributes", sec.get("max_attributes", int, 255), _positive),
+        challenge_message=sec.get("challenge_message", str, "Enter your one-time code"),
+        max_challenges=sec.check(
+            "max_challenges", sec.get("max_challenges", int, 10000), _positive
+        ),
+        duplicate_cache_seconds=sec.check(
+            "duplicate_cache_seconds", sec.get("duplicate_cache_seconds", float, 30.0), _positive
+        ),
+        duplicate_cache_size=sec.check(
+            "duplicate_cache_size", sec.get("duplicate_cache_size", int, 100000), _positive
+        ),
+        rate_limit_burst=sec.check(
+            "rate_limit_burst", sec.get("rate_limit_burst", float, 0.0), _non_negative
+        ),
+        status_server=sec.get("status_server", bool, True),
+        unavailable_reply=sec.choice("unavailable_reply", RADIUS_UNAVAILABLE_REPLIES, "none"),
+        bind_connections=sec.check(
+            "bind_connections", sec.get("bind_connections", int, 8), _non_negative
+        ),
     )
+    if not 1 <= len(result.challenge_message.encode()) <= 253:
+        raise ConfigError(f"{sec.key('challenge_message')}: must be 1 to 253 octets of UTF-8")
+    if result.max_attributes > 2038:
+        raise ConfigError(
+            f"{sec.key('max_attributes')}: a 4096-octet packet holds at most 2038 attributes"
+        )
+    sec.done()
+    return result
+
+
+_LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
+
+
+def _web_listen(sec: _Section, description: str, has_tls: bool) -> str:
+    try:
+        address = parse_listen(description)
+    except ValueError as exc:
+        raise ConfigError(f"{sec.key('listen')}: {exc}") from exc
+    if address.tls and not has_tls:
+        raise ConfigError(f"{sec.key('listen')}: an ssl: listener needs cert_file and key_file")
+    if not address.tls:
+        loopback = address.interface in _LOOPBACK_NAMES
+        if not loopback:
+            try:
+                loopback = ipaddress.ip_address(address.interface).is_loopback
+            except ValueError:
+                loopback = False
+        if not loopback:
+            raise ConfigError(
+                f"{sec.key('listen')}: {description!r}: plain HTTP only on loopback "
+                "(tcp:PORT:interface=127.0.0.1); use ssl:PORT with cert_file/key_file"
+            )
+    return description
+
+
+def _web(sec: _Section, base: Path) -> WebConfig:
+    cert = sec.get("cert_file", str, "")
+    key = sec.get("key_file", str, "")
+    if bool(cert) != bool(key):
+        raise ConfigError(f"{sec.key('cert_file')}: give both cert_file and key_file, or neither")
+    listen = tuple(_web_listen(sec, d, bool(cert)) for d in sec.strings("listen"))
+    result = WebConfig(
+        listen=listen,
+        cert_file=base / cert if cert else None,
+        key_file=base / key if key else None,
+        helpdesk_groups=tuple(g.lower() for g in sec.strings("helpdesk_groups")),
+        password_only_enrollment_networks=tuple(
+            _network(sec, "password_only_enrollment_networks", n)
+            for n in sec.strings("password_only_enrollment_networks")
+        ),
+        metrics_networks=tuple(
+            _network(sec, "metrics_networks", n) for n in sec.strings("metrics_networks")
+        ),
+        session_idle_seconds=sec.check(
+            "session_idle_seconds", sec.get("session_idle_seconds", float, 900.0), _positive
+        ),
+        session_max_seconds=sec.check(
+            "session_max_seconds", sec.get("session_max_seconds", float, 8 * 3600.0), _positive
+        ),
+        sign_in_attempts_per_minute=sec.check(
+            "sign_in_attempts_per_minute",
+            sec.get("sign_in_attempts_per_minute", int, 10),
+            _positive,
+        ),
+        max_sessions=sec.check("max_sessions", sec.get("max_sessions", int, 10000), _positive),
+    )
+    if result.session_idle_seconds > result.session_max_seconds:
+        raise ConfigError(
+            f"{sec.key('session_idle_seconds')}: must not be above session_max_seconds"
+        )
     sec.done()
     return result
 
@@ -676,6 +822,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
         ldap_proxy=_ldap_proxy(top.sub("ldap_proxy"), base),
         radius=_radius(top.sub("radius"), base),
         logging=logging,
+        web=_web(top.sub("web"), base),
     )
     top.done()
     return config

@@ -21,6 +21,7 @@ from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
 from otpgate.logs import close_log_file, open_log_file
 from otpgate.vault import Keyring
+from otpgate.web import web_services
 
 
 class Gateway:
@@ -108,6 +109,8 @@ def make_service(
     processes = config.ldap_proxy.processes
     for listener in proxy_listeners(gateway, reactor, shared=processes > 1):
         listener.setServiceParent(top)
+    for web in web_services(gateway, config, reactor, keyring):  # main process only
+        web.setServiceParent(top)
     if processes > 1 and config.ldap_proxy.listen:
         if config_path is None:
             raise ValueError("several proxy processes need the config file's path")

@@ -1,0 +1,89 @@
+"""The web portal: self-service enrollment, help desk and /metrics, in the gateway's process.
+
+``web_services(gateway, config, reactor)`` returns the services to add to the top service
+(``make_service``); see docs/WEB.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.application import internet, service
+from twisted.internet import endpoints, ssl
+from twisted.web import server
+
+from otpgate.config import Config, ConfigError, parse_listen
+from otpgate.directory.store import InventoryStore
+from otpgate.vault import Keyring
+from otpgate.web.metrics import Metrics, MetricsTap
+from otpgate.web.portal import Portal
+
+__all__ = ["web_services"]
+
+
+class _TapService(service.Service):
+    """Counts metrics from the audit trail and the log while the gateway runs."""
+
+    def __init__(self, tap: MetricsTap) -> None:
+        self.tap = tap
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.tap.attach()
+
+    def stopService(self) -> Any:
+        self.tap.detach()
+        return service.Service.stopService(self)
+
+
+def _tls_options(config: Config) -> Any:
+    web = config.web
+    if web.cert_file is None or web.key_file is None:
+        raise ConfigError("[web].listen: ssl: listeners need cert_file and key_file")
+    try:
+        pem = web.cert_file.read_bytes() + b"\n" + web.key_file.read_bytes()
+        return ssl.PrivateCertificate.loadPEM(pem).options()
+    except OSError as exc:
+        raise ConfigError(f"[web].cert_file/key_file: cannot read: {exc}") from exc
+    except SSL.Error as exc:
+        raise ConfigError(
+            f"[web].cert_file/key_file: {web.cert_file}, {web.key_file}: not a PEM certificate "
+            f"and its private key ({exc})"
+        ) from exc
+
+
+def web_services(
+    gateway: Any, config: Config, reactor: Any, keyring: Keyring | None = None
+) -> list[service.IService]:
+    """One service per [web] listener (sharing one portal), plus the metrics tap."""
+    web = config.web
+    if not web.listen:
+        return []
+    metrics = Metrics()
+    inventory = None
+    if config.directory.inventory_dn:
+        inventory = InventoryStore(
+            config.directory, keyring or Keyring.load(config.keyring), gateway.store
+        )
+    services: list[service.IService] = [_TapService(MetricsTap(metrics, gateway.audit))]
+    https = any(parse_listen(d).tls for d in web.listen)
+    portal = Portal(gateway, config, reactor, metrics, https=https, inventory=inventory)
+    site = server.Site(portal)
+    site.displayTracebacks = False
+    for description in web.listen:
+        address = parse_listen(description)
+        if address.tls:
+            endpoint: Any = endpoints.SSL4ServerEndpoint(
+                reactor, address.port, _tls_options(config), interface=address.interface
+            )
+        elif ":" in address.interface:
+            endpoint = endpoints.TCP6ServerEndpoint(
+                reactor, address.port, interface=address.interface
+            )
+        else:
+            endpoint = endpoints.TCP4ServerEndpoint(
+                reactor, address.port, interface=address.interface
+            )
+        services.append(internet.StreamServerEndpointService(endpoint, site))
+    return services

@@ -1,0 +1,239 @@
+"""HTML of the portal's pages (pure): every value is escaped here, nothing else builds HTML.
+
+No inline script or style (the Content-Security-Policy forbids both); the QR code is an
+inline SVG element (not an image URL), so no ``data:`` URI is needed either.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from html import escape
+from urllib.parse import urlencode
+
+from otpgate.directory.state import OtpState
+from otpgate.tokens import Token, TokenType
+
+
+def h(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+@dataclass(frozen=True)
+class Markup:
+    """HTML already escaped (built only by this module)."""
+
+    html: str
+
+
+def when(unix: int | float) -> str:
+    if not unix:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
+
+
+def page(
+    title: str, body: str, who: str | None = None, csrf: str | None = None, helpdesk: bool = False
+) -> bytes:
+    nav = ""
+    if who is not None and csrf is not None:
+        links = '<a href="/me">My devices</a>'
+        if helpdesk:
+            links += ' | <a href="/helpdesk">Help desk</a>'
+        nav = (
+            f'<nav>{links} | signed in as <span id="who">{h(who)}</span> '
+            f'<form class="inline" method="post" action="/signout">{csrf_field(csrf)}'
+            '<button id="signout" type="submit">Sign out</button></form></nav>'
+        )
+    doc = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{h(title)} - otpgate</title>"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="stylesheet" href="/static/app.css">'
+        '<script src="/static/app.js" defer></script></head><body>'
+        f"<header><h1>otpgate: {h(title)}</h1>{nav}</header><main>{body}</main></body></html>\n"
+    )
+    return doc.encode("utf-8")
+
+
+def csrf_field(csrf: str) -> str:
+    return f'<input type="hidden" name="csrf" value="{h(csrf)}">'
+
+
+def message(text: str | None, kind: str = "error") -> str:
+    if not text:
+        return ""
+    return f'<p class="{h(kind)}" id="{h(kind)}">{h(text)}</p>'
+
+
+def sign_in(error: str | None = None, name: str = "") -> str:
+    return (
+        message(error) + '<form method="post" action="/signin" autocomplete="off">'
+        '<label for="username">User name</label>'
+        f'<input type="text" id="username" name="username" value="{h(name)}" required>'
+        '<label for="password">Password</label>'
+        '<input type="password" id="password" name="password" required>'
+        '<label for="otp">One-time code (leave empty for a first enrollment if allowed)</label>'
+        '<input type="text" id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code">'
+        '<p><button id="signin" type="submit">Sign in</button></p></form>'
+    )
+
+
+def token_kind(token: Token) -> str:
+    return {
+        TokenType.TOTP: "authenticator app (TOTP)",
+        TokenType.HOTP: "HOTP token",
+        TokenType.YUBICO: "YubiKey",
+        TokenType.SCRATCH: "scratch list",
+    }.get(token.type, token.type.value)
+
+
+def devices_table(
+    state: OtpState, csrf: str, revoke_action: str, extra: Sequence[tuple[str, str]] = ()
+) -> str:
+    if not state.tokens:
+        return '<p id="no-devices">No devices enrolled.</p>'
+    rows = []
+    hidden = "".join(f'<input type="hidden" name="{h(k)}" value="{h(v)}">' for k, v in extra)
+    for t in state.tokens:
+        use = state.used.use_of(t.id)
+        rows.append(
+            f'<tr data-token="{h(t.id)}"><td>{h(t.id)}</td><td>{h(token_kind(t))}</td>'
+            f"<td>{h(t.label)}</td><td>{h(t.serial)}</td><td>{h(when(t.created))}</td>"
+            f"<td>{h(when(use.used_at))}</td><td>{h(use.drift)}</td>"
+            f'<td><form method="post" action="{h(revoke_action)}" '
+            'data-confirm="Revoke this device?">'
+            f'{csrf_field(csrf)}{hidden}<input type="hidden" name="token" value="{h(t.id)}">'
+            f'<button type="submit" id="revoke-{h(t.id)}">Revoke</button></form></td></tr>'
+        )
+    return (
+        '<table id="devices"><tr><th>id</th><th>kind</th><th>label</th><th>serial</th>'
+        "<th>enrolled</th><th>last used</th><th>drift (steps)</th><th></th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def my_devices(
+    state: OtpState,
+    csrf: str,
+    enroll_only: bool,
+    notice: str | None = None,
+    error: str | None = None,
+) -> str:
+    parts = [message(notice, "notice"), message(error)]
+    if enroll_only:
+        parts.append(
+            '<p class="notice">You signed in with your password alone to enroll your first '
+            "device. Enroll it now; then sign in again with a code.</p>"
+        )
+    else:
+        parts.append("<h2>Your devices</h2>" + devices_table(state, csrf, "/revoke"))
+    parts.append(
+        '<h2>Add an authenticator app</h2><form method="post" action="/enroll">'
+        f'{csrf_field(csrf)}<label for="label">Name of the device</label>'
+        '<input type="text" id="label" name="label" maxlength="64" value="phone">'
+        '<p><button id="enroll" type="submit">Enroll an authenticator app</button></p></form>'
+    )
+    if not enroll_only:
+        parts.append(
+            "<h2>Scratch codes</h2><p>A printed list of one-time codes for when your phone "
+            "is not at hand. A new list replaces the old one.</p>"
+            f'<form method="post" action="/scratch">{csrf_field(csrf)}'
+            '<button id="scratch" type="submit">Print a new scratch list</button></form>'
+        )
+    return "".join(parts)
+
+
+def enroll(svg: str, secret_b32: str, csrf: str, error: str | None = None) -> str:
+    grouped = " ".join(secret_b32[i : i + 4] for i in range(0, len(secret_b32), 4))
+    return (
+        message(error) + "<p>Scan this code with your authenticator app, or type the key by hand. "
+        "It is shown only this once.</p>"
+        f'<div class="qr" id="qr">{svg}</div>'
+        f'<p>Key: <span class="secret" id="secret">{h(grouped)}</span></p>' + confirm_form(csrf)
+    )
+
+
+def confirm_form(csrf: str, error: str | None = None) -> str:
+    return (
+        message(error) + '<form method="post" action="/enroll/confirm" autocomplete="off">'
+        f'{csrf_field(csrf)}<label for="code">Code shown by the app</label>'
+        '<input type="text" id="code" name="code" inputmode="numeric" required>'
+        '<p><button id="confirm" type="submit">Activate</button></p></form>'
+        '<form method="post" action="/enroll/cancel">'
+        f'{csrf_field(csrf)}<button type="submit">Cancel</button></form>'
+    )
+
+
+def scratch_codes(codes: Iterable[str], who: str) -> str:
+    items = "".join(f"<li>{h(c)}</li>" for c in codes)
+    return (
+        f"<p>Scratch codes for {h(who)}. Print them now: they are shown only once. "
+        "Each works once, in place of a code from your app.</p>"
+        f'<ol class="codes" id="codes">{items}</ol><p><a href="/me">Done</a></p>'
+    )
+
+
+def helpdesk(
+    csrf: str, query: str, found: Markup | None, notice: str | None = None, error: str | None = None
+) -> str:
+    return (
+        message(notice, "notice")
+        + message(error)
+        + '<form method="get" action="/helpdesk"><label for="q">User (name, e-mail/UPN or DN)'
+        f'</label><input type="text" id="q" name="q" value="{h(query)}">'
+        '<button id="search" type="submit">Find</button></form>'
+        + (found.html if found is not None else "")
+    )
+
+
+def matches(found: Sequence[tuple[str, str]]) -> Markup:
+    """Users found by a search, each a link to its help-desk page (GET: no secret in it)."""
+    if not found:
+        return Markup('<p id="matches">No user matches.</p>')
+    items = "".join(
+        f'<li><a href="/helpdesk?{h(urlencode({"q": dn}))}">{h(login or dn)}</a> '
+        f"<small>{h(dn)}</small></li>"
+        for dn, login in found
+    )
+    return Markup(f'<ul id="matches">{items}</ul>')
+
+
+def helpdesk_user(dn: str, state: OtpState, csrf: str, now: float, inventory: bool) -> Markup:
+    used = state.used
+    locked = used.locked_until > now
+    lock = (
+        f'<span id="lock">locked until {h(when(used.locked_until))}</span>'
+        if locked
+        else f'<span id="lock">not locked ({h(used.failures)} recent failures)</span>'
+    )
+
+    def action(name: str, label: str, confirm: str = "", extra: str = "") -> str:
+        ask = f' data-confirm="{h(confirm)}"' if confirm else ""
+        return (
+            f'<form class="inline" method="post" action="/helpdesk/{h(name)}"{ask}>'
+            f'{csrf_field(csrf)}<input type="hidden" name="user" value="{h(dn)}">{extra}'
+            f'<button type="submit" id="hd-{h(name)}">{h(label)}</button></form> '
+        )
+
+    assign = ""
+    if inventory:
+        assign = action(
+            "assign",
+            "Assign hardware token",
+            extra='<label for="serial">Serial</label>'
+            '<input type="text" id="serial" name="serial" maxlength="64">',
+        )
+    html = (
+        f'<h2 id="user-dn">{h(dn)}</h2><p>Lockout: {lock}</p>'
+        + devices_table(state, csrf, "/helpdesk/revoke", (("user", dn),))
+        + "<p>"
+        + action("unlock", "Unlock")
+        + action("reset", "Reset all devices", "Remove every device of this user?")
+        + action("scratch", "Issue a scratch list")
+        + "</p>"
+        + assign
+    )
+    return Markup(html)

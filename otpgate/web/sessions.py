@@ -1,0 +1,128 @@
+"""Server-side portal sessions, CSRF tokens and sign-in rate limits (pure: no I/O).
+
+Sessions live only in this process's memory, keyed by a random id (the cookie).
+A pending enrollment (a secret shown but not yet confirmed) lives only here,
+never in a cookie, URL or log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from otpgate.tokens import Secret, Token
+
+
+@dataclass
+class PendingEnrollment:
+    token: Token
+    secret: Secret = field(repr=False)
+    """Rendered once (the enroll page); afterwards only used to check the confirmation code."""
+
+
+@dataclass
+class Session:
+    id: str = field(repr=False)
+    csrf: str = field(repr=False)
+    name: str
+    """What the user typed to sign in (for the audit trail)."""
+    dn: str
+    created: float
+    last_seen: float
+    helpdesk: bool = False
+    enroll_only: bool = False
+    """Signed in with the password alone (first enrollment): may only enroll."""
+    pending: PendingEnrollment | None = None
+
+
+class SessionStore:
+    def __init__(self, idle_seconds: float, max_seconds: float, max_sessions: int) -> None:
+        self.idle_seconds = idle_seconds
+        self.max_seconds = max_seconds
+        self.max_sessions = max_sessions
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _expired(self, session: Session, now: float) -> bool:
+        return (
+            now - session.last_seen > self.idle_seconds or now - session.created > self.max_seconds
+        )
+
+    def new(
+        self,
+        name: str,
+        dn: str,
+        now: float,
+        helpdesk: bool = False,
+        enroll_only: bool = False,
+    ) -> Session:
+        self.sweep(now)
+        while len(self._sessions) >= self.max_sessions:
+            self._sessions.popitem(last=False)  # the oldest goes first
+        session = Session(
+            id=secrets.token_urlsafe(32),
+            csrf=secrets.token_urlsafe(32),
+            name=name,
+            dn=dn,
+            created=now,
+            last_seen=now,
+            helpdesk=helpdesk,
+            enroll_only=enroll_only,
+        )
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str | None, now: float) -> Session | None:
+        """The live session for the cookie value; touching it resets the idle timer."""
+        if not session_id:
+            return None
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        if self._expired(session, now):
+            del self._sessions[session_id]
+            return None
+        session.last_seen = now
+        self._sessions.move_to_end(session_id)
+        return session
+
+    def drop(self, session: Session) -> None:
+        self._sessions.pop(session.id, None)
+
+    def sweep(self, now: float) -> None:
+        for sid in [s.id for s in self._sessions.values() if self._expired(s, now)]:
+            del self._sessions[sid]
+
+
+def csrf_ok(session: Session, token: str | None) -> bool:
+    """Constant-time comparison of a form's CSRF token with the session's."""
+    if not token:
+        return False
+    return hmac.compare_digest(session.csrf.encode(), token.encode())
+
+
+class RateLimiter:
+    """At most ``per_minute`` events per key in any sliding 60 s window."""
+
+    def __init__(self, per_minute: int, max_keys: int = 100000) -> None:
+        self.per_minute = per_minute
+        self.max_keys = max_keys
+        self._events: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def allow(self, key: str, now: float) -> bool:
+        events = self._events.get(key)
+        if events is None:
+            if len(self._events) >= self.max_keys:
+                self._events.popitem(last=False)
+            events = self._events[key] = deque()
+        while events and now - events[0] >= 60.0:
+            events.popleft()
+        self._events.move_to_end(key)
+        if len(events) >= self.per_minute:
+            return False
+        events.append(now)
+        return True

@@ -1,0 +1,129 @@
+"""A portal subprocess on loopback in front of a test directory, and a Playwright browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.servers import make_server_tls
+from tests.servers.slapd import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def toml_value(value: Any) -> str:
+    return json.dumps(value)  # TOML basic strings, numbers, booleans and arrays look like JSON
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    lines = []
+    for name, section in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in section.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+@dataclass
+class PortalProcess:
+    url: str
+    process: subprocess.Popen[str]
+    log: Path
+    audit: Path
+    ssl_context: ssl.SSLContext | None = None
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+@contextmanager
+def run_portal(backend: Any, tmp: Path, web: dict[str, Any] | None = None, https: bool = False,
+               twistd: bool = False, **sections: Any) -> Iterator[PortalProcess]:
+    """The portal on a free loopback port: our entry point, or ``twistd otpgate`` itself."""
+    port = free_port()
+    audit = tmp / "audit.log"
+    directory = backend.directory_section(**sections.pop("directory", {}))
+    listener: dict[str, Any] = {"listen": [f"tcp:{port}:interface=127.0.0.1"]}
+    context = None
+    if https:
+        tls = make_server_tls(tmp / "web-tls")
+        listener = {"listen": [f"ssl:{port}:interface=127.0.0.1"],
+                    "cert_file": str(tls.cert_file), "key_file": str(tls.key_file)}
+        context = ssl.create_default_context(cafile=str(tls.ca_file))
+    doc = {
+        "directory": directory,
+        "vault": {"keyring": str(backend.keyring)},
+        "logging": {"file": str(audit), "flush_seconds": 0},
+        "web": {**listener, "metrics_networks": ["127.0.0.1/32"], **(web or {})},
+        **sections,
+    }
+    config = write_config(tmp / "otpgate.toml", doc)
+    log = tmp / "portal.log"
+    with open(log, "w") as err:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", "otpgate",
+             "--config", str(config)]
+            if twistd
+            else [sys.executable, "-m", "tests.browser.run_portal", str(config)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    scheme = "https" if https else "http"
+    portal = PortalProcess(f"{scheme}://127.0.0.1:{port}", process, log, audit, context)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"portal exited {process.returncode}: {log.read_text()[-4000:]}")
+            try:
+                urllib.request.urlopen(portal.url + "/signin", timeout=2, context=context).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"portal not answering: {log.read_text()[-4000:]}") from None
+                time.sleep(0.2)
+        yield portal
+    finally:
+        portal.stop()
+
+
+@contextmanager
+def browser(tmp: Path, ignore_https_errors: bool = False) -> Iterator[Any]:
+    """A fresh headless Debian chromium (never a downloaded browser) and one page."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp / "chromium-profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+            headless=True, viewport={"width": 1100, "height": 900},
+            ignore_https_errors=ignore_https_errors,
+        )
+        try:
+            page = context.new_page()
+            page.on("dialog", lambda dialog: dialog.accept())
+            yield page
+        finally:
+            context.close()
