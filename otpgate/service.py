@@ -20,6 +20,7 @@ from otpgate.directory.store import OtpStore
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
 from otpgate.logs import close_log_file, open_log_file
+from otpgate.radius.service import radius_services
 from otpgate.vault import Keyring
 from otpgate.web import web_services
 
@@ -109,6 +110,8 @@ def make_service(
     processes = config.ldap_proxy.processes
     for listener in proxy_listeners(gateway, reactor, shared=processes > 1):
         listener.setServiceParent(top)
+    for radius in radius_services(gateway, config, reactor):  # main process only
+        radius.setServiceParent(top)
     for web in web_services(gateway, config, reactor, keyring):  # main process only
         web.setServiceParent(top)
     if processes > 1 and config.ldap_proxy.listen:

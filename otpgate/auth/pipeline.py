@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from otpgate.audit import AuditTrail
 from otpgate.auth.lockout import is_locked, record_failure, record_success
 from otpgate.auth.policy import Policy
-from otpgate.auth.verify import Match, split_candidates, verify_code
+from otpgate.auth.verify import Match, candidate_codes, split_candidates, verify_code
 from otpgate.codec import CodecError
 from otpgate.config import Config
 from otpgate.directory.ldapdata import (
@@ -219,3 +219,147 @@ class Authenticator:
         reason = "wrong password" if code == INVALID_CREDENTIALS else f"bind refused ({code})"
         # AD puts the real reason (data 52e, 533, 701, 775, ...) in the diagnostic message.
         return AuthResult(False, f"{reason}: {message}".rstrip(": "), user.dn, token_id)
+
+    # -- RADIUS: challenge mode's first factor, and OTP proofs (CHAP, MS-CHAPv2) ---------------
+
+    async def first_factor(
+        self, request: AuthRequest, check_password: PasswordCheck | None
+    ) -> FirstFactorResult:
+        """Step one of a challenge-mode login: the static password alone.
+
+        ``needs_otp`` False with ``ok`` True is a complete login (exempt, trusted
+        network, ...).  With ``needs_otp`` True the caller asks for the code and
+        finishes with ``authenticate(..., otp_only=True)``.  A locked-out user or
+        one without a token is refused before the password is tried.
+        """
+        try:
+            result = await self._first_factor(request, check_password)
+        except DirectoryUnavailable as exc:
+            result = FirstFactorResult(
+                False, False, f"directory unavailable: {exc}", unavailable=True
+            )
+        except (UserNotFound, CodecError, ConcurrentUpdate, DirectoryError) as exc:
+            result = FirstFactorResult(False, False, f"{type(exc).__name__}: {exc}")
+        outcome = "reject"
+        if result.ok:
+            outcome = "challenge" if result.needs_otp else "accept"
+        self.audit.record(
+            outcome=outcome,
+            front_end=request.front_end,
+            user=request.name,
+            dn=result.dn,
+            client=request.client,
+            token=None,
+            reason=f"password step: {result.reason}",
+        )
+        return result
+
+    async def _first_factor(
+        self, request: AuthRequest, check_password: PasswordCheck | None
+    ) -> FirstFactorResult:
+        if self.policy.is_exempt(request.name) and not self.policy.config.admin_groups:
+            done = await self._password_only(request, check_password)
+            return FirstFactorResult(done.ok, False, done.reason, done.dn)
+        user = await self.store.resolve(request.name)
+        decision = self.policy.decide(user.dn, user.groups, request.client)
+        if not decision.needs_otp:
+            done = await self._password(
+                user,
+                request.secret,
+                check_password,
+                f"no OTP needed: {decision.reason}",
+                None,
+                None,
+            )
+            return FirstFactorResult(done.ok, False, done.reason, user.dn)
+        state = self.store.decode(user)
+        if not state.tokens:
+            return FirstFactorResult(False, True, "no token enrolled", user.dn)
+        if is_locked(state.used, self.clock.seconds()):
+            return FirstFactorResult(False, True, "locked out", user.dn)
+        done = await self._password(
+            user, request.secret, check_password, "password accepted, OTP next", None, None
+        )
+        return FirstFactorResult(done.ok, True, done.reason, user.dn)
+
+    async def authenticate_proof(
+        self, request: AuthRequest, proof: ProofCheck[P]
+    ) -> tuple[AuthResult, P | None]:
+        """An OTP-only login where the client sent a proof computed from the code, not the code.
+
+        ``proof`` is called with every code currently valid for the user's HOTP and
+        TOTP tokens (all of them, no early exit) and returns a value for the code
+        the client used.  The first such code is recorded as used exactly like a
+        typed one; its value comes back with the result.  ``request.secret`` is
+        not used.  A user who needs no OTP is refused: a proof can carry nothing
+        else to check.
+        """
+        found: P | None = None
+        try:
+            result, found = await self._authenticate_proof(request, proof)
+        except DirectoryUnavailable as exc:
+            result = AuthResult(False, f"directory unavailable: {exc}", unavailable=True)
+        except (UserNotFound, CodecError, ConcurrentUpdate, DirectoryError) as exc:
+            result = AuthResult(False, f"{type(exc).__name__}: {exc}")
+        self._audit(request, result)
+        return result, (found if result.ok else None)
+
+    async def _authenticate_proof(
+        self, request: AuthRequest, proof: ProofCheck[P]
+    ) -> tuple[AuthResult, P | None]:
+        user = await self.store.resolve(request.name)
+        decision = self.policy.decide(user.dn, user.groups, request.client)
+        if not decision.needs_otp:
+            why = (
+                f"no OTP needed ({decision.reason}), and a {request.front_end} proof holds only one"
+            )
+            return AuthResult(False, why, user.dn), None
+        state = self.store.decode(user)
+        if not state.tokens:  # read again: a cached entry may predate an enrollment
+            user = await self.store.resolve(request.name, fresh=True)
+            state = self.store.decode(user)
+        if not state.tokens:
+            return AuthResult(False, "no token enrolled", user.dn), None
+        now = self.clock.seconds()
+        verdict, user = await self.store.update(user, lambda s: self._verify_proof(s, proof, now))
+        match, value, why = verdict
+        if match is None or value is None:
+            return AuthResult(False, why, user.dn), None
+        return AuthResult(True, "OTP proof accepted", user.dn, match.token.id), value
+
+    def _verify_proof(
+        self, state: OtpState, proof: ProofCheck[P], now: float
+    ) -> StateChange[tuple[Match | None, P | None, str]]:
+        """Pure apart from ``proof``: try every candidate code, record the first match."""
+        if is_locked(state.used, now):
+            return StateChange((None, None, "locked out"))
+        hit: tuple[Match, P] | None = None
+        for candidate in candidate_codes(
+            state.tokens, state.secrets, state.used, now, self.config.otp
+        ):
+            value = proof(candidate.code)
+            if value is not None and hit is None:
+                hit = (candidate.match, value)
+        if hit is not None:
+            match, value = hit
+            used = record_success(state.used, match.token.id, match.use)
+            return StateChange((match, value, "ok"), used=used)
+        used = record_failure(state.used, now, self.config.lockout)
+        why = "no valid OTP matches the proof" + (" (now locked out)" if used.locked_until else "")
+        return StateChange((None, None, why), used=used)
+
+
+P = TypeVar("P")
+
+ProofCheck = Callable[[str], P | None]
+"""Called with one candidate code; a value if the client's proof was computed from that code."""
+
+
+@dataclass(frozen=True)
+class FirstFactorResult:
+    ok: bool
+    needs_otp: bool
+    """The password was right and an OTP must follow (RADIUS challenge mode)."""
+    reason: str
+    dn: str | None = None
+    unavailable: bool = False

@@ -6,10 +6,10 @@ the new use state returned with a match.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from otpgate.config import OtpConfig
-from otpgate.otp.oath import verify_hotp, verify_totp
+from otpgate.otp.oath import MAX_DRIFT_STEPS, hotp, time_step, verify_hotp, verify_totp
 from otpgate.otp.scratch import remaining, verify_scratch
 from otpgate.otp.yubico import looks_like_yubico_otp, verify_yubico
 from otpgate.tokens import Secret, Token, TokenType, TokenUse, UsedState
@@ -107,3 +107,53 @@ def verify_code(
                 new = TokenUse(use.last, 0, stamp, use.scratch_used | {index})
                 return Match(token, new, remaining(token.scratch, new.scratch_used))
     return None
+
+
+# -- enumeration, for proofs that hide the code (RADIUS CHAP, MS-CHAPv2) ----------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A code ``verify_code`` would accept now, and the Match it would return for it."""
+
+    code: str = field(repr=False)
+    match: Match
+
+
+def candidate_codes(
+    tokens: tuple[Token, ...],
+    secrets: dict[str, Secret],
+    used: UsedState,
+    now: float,
+    otp: OtpConfig,
+) -> list[Candidate]:
+    """Every code currently valid for the user's HOTP and TOTP tokens, in ``verify_code`` order.
+
+    Accepts nothing: the caller tests each code against a proof (a CHAP or
+    MS-CHAPv2 response) and records the first match's use like a typed code's.
+    The windows are exactly ``verify_hotp``'s and ``verify_totp``'s.  Scratch codes
+    (stored as hashes) and Yubico OTPs (random per press) cannot be enumerated.
+    """
+    found: list[Candidate] = []
+    stamp = int(now)
+    for token in tokens:
+        secret = secrets.get(token.id)
+        if secret is None:
+            continue
+        use = used.use_of(token.id)
+        if token.type is TokenType.HOTP:
+            first = use.last + 1
+            for counter in range(first, first + otp.hotp_look_ahead + 1):
+                code = hotp(secret.key, counter, token.digits, token.algorithm)
+                new = TokenUse(counter, use.drift, stamp, use.scratch_used)
+                found.append(Candidate(code, Match(token, new)))
+        elif token.type is TokenType.TOTP:
+            current = time_step(now, token.period)
+            centre = current + max(-MAX_DRIFT_STEPS, min(MAX_DRIFT_STEPS, use.drift))
+            low = max(centre - otp.totp_window, use.last + 1, 0)
+            for step in range(low, centre + otp.totp_window + 1):
+                code = hotp(secret.key, step, token.digits, token.algorithm)
+                drift = max(-MAX_DRIFT_STEPS, min(MAX_DRIFT_STEPS, step - current))
+                new = TokenUse(step, drift, stamp, use.scratch_used)
+                found.append(Candidate(code, Match(token, new)))
+    return found
