@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from twisted.internet.task import LoopingCall
@@ -30,6 +31,8 @@ class AuditTrail:
         self._buffer: list[str] = []
         self._file: IO[str] | None = None
         self._flusher: LoopingCall | None = None
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
+        """Called with every event (e.g. by /metrics); they must not raise."""
 
     def start(self) -> None:
         if self.config.file is None or self._file is not None:
@@ -49,6 +52,8 @@ class AuditTrail:
             self._file = None
 
     def record(self, **event: Any) -> None:
+        for observer in self.observers:
+            observer(event)
         if self._file is None:
             log.info(
                 "auth {outcome} {front_end} user={user!r} dn={dn!r} client={client} "

@@ -21,6 +21,7 @@ from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
 from otpgate.logs import close_log_file, open_log_file
 from otpgate.radius.service import radius_services
+from otpgate.stats import DirectoryStats, RadiusCounters
 from otpgate.vault import Keyring
 from otpgate.web import web_services
 
@@ -33,8 +34,16 @@ class Gateway:
         self.config = config
         self.reactor = reactor
         self.tls = TlsSettings(start_tls=d.start_tls, ca_file=d.ca_file)
+        self.directory_stats = DirectoryStats()
+        self.radius_counters = RadiusCounters()
         self.read_pool = ServerPool(
-            reactor, d.urls, self.tls, d.bind_dn, d.bind_password, d.timeout
+            reactor,
+            d.urls,
+            self.tls,
+            d.bind_dn,
+            d.bind_password,
+            d.timeout,
+            stats=self.directory_stats,
         )
         # With write_url (or "discover") OTP state is pinned to that one server and fails closed
         # when it is down; without it, state follows the URLs in order like everything else.
@@ -47,6 +56,7 @@ class Gateway:
             d.bind_password,
             d.timeout,
             discover=self._discover_pdc if d.write_url == "discover" else None,
+            stats=self.directory_stats,
         )
         self.store = OtpStore(d, keyring, self.read_pool, self.write_pool, reactor)
         self.audit = AuditTrail(config.logging, reactor)

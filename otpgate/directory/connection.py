@@ -11,6 +11,7 @@ and the host name against the configured CA file or the system trust store.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from otpgate.directory.ldapdata import (
     Modification,
     SearchEntry,
 )
+from otpgate.stats import DirectoryStats
 
 log = Logger()
 
@@ -134,12 +136,18 @@ class LdapConnection:
     """A connected client with per-operation timeouts and plain results."""
 
     def __init__(
-        self, client: LdapClientProtocol, url: LdapUrl, clock: IReactorTime, timeout: float
+        self,
+        client: LdapClientProtocol,
+        url: LdapUrl,
+        clock: IReactorTime,
+        timeout: float,
+        stats: DirectoryStats | None = None,
     ) -> None:
         self.client = client
         self.url = url
         self.clock = clock
         self.timeout = timeout
+        self.stats = stats if stats is not None else DirectoryStats()
 
     @property
     def connected(self) -> bool:
@@ -149,19 +157,24 @@ class LdapConnection:
         if self.client.connected:
             self.client.transport.loseConnection()
 
-    async def _call(self, build: Any, search: bool = False) -> tuple[int, str, Any]:
+    async def _call(self, operation: str, build: Any, search: bool = False) -> tuple[int, str, Any]:
+        start = time.monotonic()
         d = self.client.request(build, search)
         d.addTimeout(self.timeout, self.clock)
         try:
             result: tuple[int, str, Any] = await d
         except defer.TimeoutError as exc:
+            self.stats.error("timeout")
             self.client.forget(d)
             self.close()
             raise DirectoryUnavailable(f"{self.url.url}: no answer in {self.timeout}s") from exc
         except _LOST as exc:
+            self.stats.error("connection lost")
             raise DirectoryUnavailable(f"{self.url.url}: connection lost ({exc})") from exc
         except DirectoryUnavailable as exc:
+            self.stats.error("connection lost")
             raise DirectoryUnavailable(f"{self.url.url}: {exc}") from exc
+        self.stats.observe(operation, time.monotonic() - start)
         return result
 
     async def simple_bind(self, dn: str, password: bytes) -> tuple[int, str]:
@@ -170,7 +183,7 @@ class LdapConnection:
             # An empty password is an unauthenticated bind that "succeeds" (RFC 4513 §5.1.2).
             return INVALID_CREDENTIALS, "empty password refused"
         code, message, _ = await self._call(
-            lambda mid: ber.bind_request(mid, dn.encode(), password)
+            "bind", lambda mid: ber.bind_request(mid, dn.encode(), password)
         )
         return code, message
 
@@ -185,6 +198,7 @@ class LdapConnection:
         attrs = tuple(a.encode() for a in attributes)
         time_limit = int(self.timeout) + 1
         code, message, entries = await self._call(
+            "search",
             lambda mid: ber.search_request(
                 mid, base.encode(), scope, filter_ber, attrs, size_limit, time_limit
             ),
@@ -200,20 +214,26 @@ class LdapConnection:
     async def modify(self, dn: str, changes: Sequence[Modification]) -> tuple[int, str]:
         """One Modify operation (applied atomically by the server); returns (code, message)."""
         wire = [(c.op, c.attribute.encode(), c.values) for c in changes]
-        code, message, _ = await self._call(lambda mid: ber.modify_request(mid, dn.encode(), wire))
+        code, message, _ = await self._call(
+            "modify", lambda mid: ber.modify_request(mid, dn.encode(), wire)
+        )
         return code, message
 
     async def add(self, dn: str, attributes: dict[str, tuple[bytes, ...]]) -> tuple[int, str]:
         wire = [(name.encode(), values) for name, values in attributes.items()]
-        code, message, _ = await self._call(lambda mid: ber.add_request(mid, dn.encode(), wire))
+        code, message, _ = await self._call(
+            "add", lambda mid: ber.add_request(mid, dn.encode(), wire)
+        )
         return code, message
 
     async def delete(self, dn: str) -> tuple[int, str]:
-        code, message, _ = await self._call(lambda mid: ber.delete_request(mid, dn.encode()))
+        code, message, _ = await self._call(
+            "delete", lambda mid: ber.delete_request(mid, dn.encode())
+        )
         return code, message
 
     async def start_tls(self, options: Any) -> None:
-        code, message, _ = await self._call(ber.start_tls_request)
+        code, message, _ = await self._call("starttls", ber.start_tls_request)
         if code != SUCCESS:
             self.close()
             raise DirectoryError(f"{self.url.url}: StartTLS refused: {code} {message}", code)
@@ -224,7 +244,13 @@ class _ClientFactory(protocol.Factory):
     protocol = LdapClientProtocol
 
 
-async def connect(reactor: Any, url: LdapUrl, tls: TlsSettings, timeout: float) -> LdapConnection:
+async def connect(
+    reactor: Any,
+    url: LdapUrl,
+    tls: TlsSettings,
+    timeout: float,
+    stats: DirectoryStats | None = None,
+) -> LdapConnection:
     """Open a connection (LDAPS, or LDAP with verified StartTLS when configured)."""
     endpoint: Any = HostnameEndpoint(reactor, url.host, url.port, timeout=timeout)
     if url.ldaps:
@@ -232,8 +258,10 @@ async def connect(reactor: Any, url: LdapUrl, tls: TlsSettings, timeout: float) 
     try:
         client = await endpoint.connect(_ClientFactory())
     except Exception as exc:
+        if stats is not None:
+            stats.error("connect")
         raise DirectoryUnavailable(f"{url.url}: cannot connect: {exc}") from exc
-    conn = LdapConnection(client, url, reactor, timeout)
+    conn = LdapConnection(client, url, reactor, timeout, stats)
     if tls.start_tls and not url.ldaps:
         await conn.start_tls(tls.client_options(url.host))
     return conn

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from otpgate.directory.connection import LdapConnection, TlsSettings, connect
 from otpgate.directory.ldapdata import SUCCESS, DirectoryError, DirectoryUnavailable, LdapUrl
+from otpgate.stats import DirectoryStats
 
 log = Logger()
 
@@ -30,8 +31,10 @@ class ServerPool:
         timeout: float,
         size: int = 2,
         discover: Callable[[], Awaitable[list[str]]] | None = None,
+        stats: DirectoryStats | None = None,
     ) -> None:
-        """``discover``, if given, finds the URLs on first use (e.g. AD's PDC emulator)."""
+        """``discover``, if given, finds the URLs on first use (e.g. AD's PDC emulator);
+        ``stats`` counts the traffic of every connection opened here."""
         if not urls:
             raise ValueError("a server pool needs at least one URL")
         self.reactor = reactor
@@ -44,6 +47,7 @@ class ServerPool:
         self._connections: list[LdapConnection] = []
         self._next = 0
         self._discover = discover
+        self.stats = stats if stats is not None else DirectoryStats()
 
     async def open_connection(self, bind: bool = True) -> LdapConnection:
         """A new connection to the first URL that answers (bound as the service account)."""
@@ -54,7 +58,7 @@ class ServerPool:
         errors: list[str] = []
         for url in self.urls:
             try:
-                conn = await connect(self.reactor, url, self.tls, self.timeout)
+                conn = await connect(self.reactor, url, self.tls, self.timeout, self.stats)
             except DirectoryError as exc:
                 errors.append(str(exc))
                 continue
@@ -62,6 +66,7 @@ class ServerPool:
                 code, message = await conn.simple_bind(self.bind_dn, self._password)
                 if code != SUCCESS:
                     conn.close()
+                    self.stats.error("service bind")
                     raise DirectoryError(
                         f"{url.url}: service account bind as {self.bind_dn} failed: "
                         f"{code} {message}",

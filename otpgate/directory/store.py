@@ -140,8 +140,10 @@ class OtpStore:
                 return planned.result, user
             if code not in CAS_CONFLICTS:
                 self.cache.drop(user)
+                self.write_pool.stats.error("write refused")
                 raise DirectoryError(f"{user.dn}: write refused: {code} {message}", code)
             log.debug("CAS conflict on {dn} ({code}); re-reading", dn=user.dn, code=code)
+            self.write_pool.stats.cas_conflicts += 1
             user, read_here = await self.reread(user, conn), True
         raise ConcurrentUpdate(
             f"{user.dn}: OTP state changed under us {self.config.cas_retries} times; giving up"

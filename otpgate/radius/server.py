@@ -24,7 +24,7 @@ Nothing here logs a password, OTP or secret.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -68,6 +68,7 @@ from otpgate.radius.packet import (
     verify_message_authenticator,
 )
 from otpgate.radius.ratelimit import RateLimiter
+from otpgate.stats import RadiusCounters
 
 log = Logger(namespace="otpgate.radius")
 
@@ -88,30 +89,10 @@ class GatewayLike(Protocol):
     authenticator: Authenticator
     read_pool: ServerPool
     """Where new connections for users' password binds come from."""
+    radius_counters: RadiusCounters
+    """Counted here, read by /metrics."""
 
     async def check_password(self, dn: str, password: bytes) -> tuple[int, str]: ...
-
-
-@dataclass
-class Counters:
-    received: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    challenged: int = 0
-    status_server: int = 0
-    no_reply_unavailable: int = 0
-    dropped_unknown_client: int = 0
-    dropped_malformed: int = 0
-    dropped_unsupported_code: int = 0
-    dropped_bad_authenticator: int = 0
-    dropped_missing_authenticator: int = 0
-    dropped_rate_limited: int = 0
-    duplicates_answered: int = 0
-    duplicates_in_flight: int = 0
-    errors: int = 0
-
-    def snapshot(self) -> dict[str, int]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -294,7 +275,7 @@ class RadiusServer:
         self.handler = AccessHandler(
             gateway, self.challenges, reactor, check_password or gateway.check_password
         )
-        self.counters = Counters()
+        self.counters = gateway.radius_counters
         self._noted: dict[tuple[str, str], float] = {}
         self._last_logged: dict[str, int] = {}
 

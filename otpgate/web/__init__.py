@@ -16,24 +16,25 @@ from twisted.web import server
 from otpgate.config import Config, ConfigError, parse_listen
 from otpgate.directory.store import InventoryStore
 from otpgate.vault import Keyring
-from otpgate.web.metrics import Metrics, MetricsTap
+from otpgate.web.metrics import Metrics
 from otpgate.web.portal import Portal
 
 __all__ = ["web_services"]
 
 
-class _TapService(service.Service):
-    """Counts metrics from the audit trail and the log while the gateway runs."""
+class _AuditObserverService(service.Service):
+    """Counts the audit trail's events into the metrics while the gateway runs."""
 
-    def __init__(self, tap: MetricsTap) -> None:
-        self.tap = tap
+    def __init__(self, audit: Any, metrics: Metrics) -> None:
+        self.audit = audit
+        self.metrics = metrics
 
     def startService(self) -> None:
         service.Service.startService(self)
-        self.tap.attach()
+        self.audit.observers.append(self.metrics.observe_audit)
 
     def stopService(self) -> Any:
-        self.tap.detach()
+        self.audit.observers.remove(self.metrics.observe_audit)
         return service.Service.stopService(self)
 
 
@@ -56,17 +57,18 @@ def _tls_options(config: Config) -> Any:
 def web_services(
     gateway: Any, config: Config, reactor: Any, keyring: Keyring | None = None
 ) -> list[service.IService]:
-    """One service per [web] listener (sharing one portal), plus the metrics tap."""
+    """One service per [web] listener (sharing one portal), plus the audit observer."""
     web = config.web
     if not web.listen:
         return []
-    metrics = Metrics()
+    radius = gateway.radius_counters if config.radius.listen else None
+    metrics = Metrics(gateway.directory_stats, radius)
     inventory = None
     if config.directory.inventory_dn:
         inventory = InventoryStore(
             config.directory, keyring or Keyring.load(config.keyring), gateway.store
         )
-    services: list[service.IService] = [_TapService(MetricsTap(metrics, gateway.audit))]
+    services: list[service.IService] = [_AuditObserverService(gateway.audit, metrics)]
     https = any(parse_listen(d).tls for d in web.listen)
     portal = Portal(gateway, config, reactor, metrics, https=https, inventory=inventory)
     site = server.Site(portal)

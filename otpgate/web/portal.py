@@ -222,10 +222,6 @@ class Portal(resource.Resource):
             reason=reason if user is None else f"by {actor}: {reason}",
         )
 
-    async def _timed(self, operation: str, work: Awaitable[Any]) -> Any:
-        with self.metrics.timed(operation):
-            return await work
-
     # -- routing -------------------------------------------------------------------------------
 
     async def _handle(self, request: Any) -> Reply:
@@ -334,9 +330,7 @@ class Portal(resource.Resource):
         delimiter = self.config.ldap_proxy.otp_delimiter
         secret = password + (delimiter + otp if otp and delimiter else otp)
         request = AuthRequest(name, secret, client, "web")
-        result = await self._timed(
-            "sign-in", gw.authenticator.authenticate(request, gw.check_password)
-        )
+        result = await gw.authenticator.authenticate(request, gw.check_password)
         if not result.ok or result.dn is None:
             return None
         # Help-desk rights only after an OTP was checked (never on a password alone).
@@ -353,15 +347,13 @@ class Portal(resource.Resource):
         """
         gw = self.gateway
         try:
-            user = await self._timed("resolve", gw.store.resolve(name, fresh=True))
+            user = await gw.store.resolve(name, fresh=True)
             state = gw.store.decode(user)
         except (DirectoryError, CodecError):
             return False, None
         if state.tokens:
             return False, None
-        code, _message = await self._timed(
-            "password", gw.check_password(user.dn, password.encode("utf-8"))
-        )
+        code, _message = await gw.check_password(user.dn, password.encode("utf-8"))
         ok = code == SUCCESS
         gw.audit.record(
             outcome="accept" if ok else "reject",
@@ -388,9 +380,7 @@ class Portal(resource.Resource):
             conn = await gw.read_pool.connection()
             for group in groups:  # no memberOf (OpenLDAP without the overlay): ask the group
                 member = ber.filter_equal(b"member", dn.encode())
-                found = await self._timed(
-                    "group", conn.search(group, member, ["cn"], scope=SCOPE_BASE)
-                )
+                found = await conn.search(group, member, ["cn"], scope=SCOPE_BASE)
                 if found:
                     return True
         except DirectoryError as exc:
@@ -405,7 +395,7 @@ class Portal(resource.Resource):
     # -- self-service --------------------------------------------------------------------------
 
     async def _state(self, name: str) -> tuple[UserEntry, OtpState]:
-        user = await self._timed("read", self.gateway.store.resolve(name, fresh=True))
+        user = await self.gateway.store.resolve(name, fresh=True)
         return user, self.gateway.store.decode(user)
 
     async def get_me(
@@ -496,7 +486,7 @@ class Portal(resource.Resource):
 
         try:
             user, _state = await self._state(session.dn)
-            await self._timed("write", self.gateway.store.update(user, change))
+            await self.gateway.store.update(user, change)
         except PolicyError as exc:
             session.pending = None
             return await self.get_me(None, session, client, error=str(exc))
@@ -524,8 +514,8 @@ class Portal(resource.Resource):
         token_id = form.get("token", "")
         try:
             user, _state = await self._state(session.dn)
-            removed, _u = await self._timed(
-                "write", self.gateway.store.update(user, lambda s: revoke_change(s, token_id))
+            removed, _u = await self.gateway.store.update(
+                user, lambda s: revoke_change(s, token_id)
             )
         except PolicyError as exc:
             return await self.get_me(None, session, client, error=str(exc))
@@ -538,9 +528,7 @@ class Portal(resource.Resource):
         codes, scratch = generate_scratch_list()
         now = self.now()
         user, _state = await self._state(dn)
-        token, _u = await self._timed(
-            "write", self.gateway.store.update(user, lambda s: scratch_change(s, scratch, now))
-        )
+        token, _u = await self.gateway.store.update(user, lambda s: scratch_change(s, scratch, now))
         return format_for_print(codes), token.id
 
     async def post_scratch(self, form: dict[str, str], session: Session, client: str) -> Reply:
@@ -594,9 +582,7 @@ class Portal(resource.Resource):
         )
         conn = await self.gateway.read_pool.connection()
         try:
-            found = await self._timed(
-                "search", conn.search(d.base_dn, wanted, [d.search_attribute], size_limit=MATCHES)
-            )
+            found = await conn.search(d.base_dn, wanted, [d.search_attribute], size_limit=MATCHES)
         except DirectoryError as exc:
             if exc.result_code != SIZE_LIMIT_EXCEEDED:
                 raise
@@ -620,7 +606,7 @@ class Portal(resource.Resource):
         target = form.get("user", "")
         try:
             user, _state = await self._state(target)
-            await self._timed("write", self.gateway.store.update(user, change))
+            await self.gateway.store.update(user, change)
         except (PolicyError, DirectoryError, CodecError) as exc:
             return await self.get_helpdesk(None, session, client, target, error=str(exc))
         token = form.get("token") or None
@@ -663,9 +649,8 @@ class Portal(resource.Resource):
                 None, session, client, target, error="Give the serial of an inventory token."
             )
         try:
-            token = await self._timed(
-                "write",
-                assign_token(self.inventory, serial, target, self.config.otp.max_tokens_per_user),
+            token = await assign_token(
+                self.inventory, serial, target, self.config.otp.max_tokens_per_user
             )
         except (PolicyError, InventoryError, DirectoryError, CodecError) as exc:
             return await self.get_helpdesk(None, session, client, target, error=str(exc))

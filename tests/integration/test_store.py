@@ -231,6 +231,7 @@ async def test_directory_down_fails_closed(backend):
     try:
         result = await gw.authenticator.authenticate(otp_only("anyone", "123456"), None)
         assert not result.ok and result.unavailable
+        assert gw.directory_stats.errors["connect"] >= 1
     finally:
         gw.close()
 
@@ -260,3 +261,26 @@ async def test_multi_valued_used_is_merged_monotonically(request, tmp_path_facto
         assert len(backend.raw_values(dn, used_attr)) == 1  # repaired by the CAS write
     finally:
         gw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_cached_entry_costs_one_counted_cas_retry(backend):
+    """Two gateways on one user: the one with a stale cached entry loses the compare-and-swap,
+    re-reads, and still accepts the next code; the retry shows in its stats."""
+    first, second = gateway(backend), gateway(backend)
+    try:
+        name, _dn = backend.new_user("stale")
+        key = os.urandom(20)
+        await enroll(first, name, key=key)
+        assert (await first.authenticator.authenticate(otp_only(name, hotp(key, 0)), None)).ok
+        assert (await second.authenticator.authenticate(otp_only(name, hotp(key, 1)), None)).ok
+        assert first.directory_stats.cas_conflicts == 0
+        assert (await first.authenticator.authenticate(otp_only(name, hotp(key, 2)), None)).ok
+        stats = first.directory_stats
+        assert stats.cas_conflicts == 1
+        # initialise + enroll, the first login, then the lost CAS write and its retry
+        assert stats.latency["modify"].count == 5
+        assert stats.latency["search"].count >= 2 and not stats.errors
+    finally:
+        first.close()
+        second.close()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from otpgate.otp.oath import hotp
@@ -26,14 +27,14 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-def radclient(port: int, attributes: str) -> str:
-    run = subprocess.run(["radclient", "-x", "-r", "1", "-t", "3", f"127.0.0.1:{port}", "auth", SECRET],
+def radclient(port: int, attributes: str, secret: str = SECRET) -> str:
+    run = subprocess.run(["radclient", "-x", "-r", "1", "-t", "3", f"127.0.0.1:{port}", "auth", secret],
                          input=attributes, capture_output=True, text=True, timeout=30)
     return run.stdout + run.stderr
 
 
-def test_twistd_serves_radius_append_mode(slapd, tmp_path):
-    ldap_port, radius_port = free_port(), free_udp_port()
+def test_twistd_serves_radius_append_mode_and_counts_it_in_metrics(slapd, tmp_path):
+    ldap_port, radius_port, web_port = free_port(), free_udp_port(), free_port()
     keygen(tmp_path / "keyring.json", "k1")
     config = tmp_path / "otpgate.toml"
     config.write_text(f"""
@@ -55,6 +56,9 @@ listen = ["127.0.0.1:{radius_port}"]
 address = "127.0.0.1/32"
 secret = "{SECRET}"
 mode = "append"
+[web]
+listen = ["tcp:{web_port}:interface=127.0.0.1"]
+metrics_networks = ["127.0.0.1/32"]
 """)
     uid = f"rad{os.getpid()}"
     dn = slapd.add_user(uid, "pw-radius")
@@ -77,6 +81,16 @@ mode = "append"
             time.sleep(0.3)
         assert "Access-Accept" in out, out
         assert "Access-Reject" in radclient(radius_port, request)  # the code is spent
+        radclient(radius_port, request, secret="not-the-secret")  # dropped: no reply
+        url = f"http://127.0.0.1:{web_port}/metrics"
+        metrics = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert 'otpgate_authentications_total{front_end="radius",outcome="accept"} 1.0' in metrics
+        assert 'otpgate_authentications_total{front_end="radius",outcome="reject"} 1.0' in metrics
+        assert 'otpgate_radius_dropped_total{reason="bad_authenticator"} 1.0' in metrics
+        assert 'otpgate_radius_packets_total{result="accepted"} 1.0' in metrics
+        assert 'otpgate_directory_seconds_count{operation="modify"}' in metrics
+        assert 'otpgate_directory_seconds_count{operation="bind"}' in metrics
+        assert "otpgate_cas_retries_total 0.0" in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

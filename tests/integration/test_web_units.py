@@ -11,6 +11,7 @@ import pytest
 
 from otpgate.config import ConfigError, parse_config
 from otpgate.directory.state import OtpState
+from otpgate.stats import DirectoryStats, RadiusCounters
 from otpgate.tokens import Token, TokenType
 from otpgate.web import render
 from otpgate.web.metrics import Metrics
@@ -95,20 +96,32 @@ def test_web_config_defaults_and_checks():
         web_config(password_only_enrollment_networks=["not-a-net"])
 
 
-def test_metrics_from_audit_and_log_events():
-    m = Metrics()
+def test_metrics_from_audit_events_and_gateway_counters():
+    directory, radius = DirectoryStats(), RadiusCounters()
+    m = Metrics(directory, radius)
     m.observe_audit({"outcome": "accept", "front_end": "ldap", "reason": "ok"})
     m.observe_audit({"outcome": "reject", "front_end": "radius", "reason": "wrong OTP (now locked out)"})
-    m.observe_audit({"outcome": "reject", "front_end": "ldap", "reason": "directory unavailable: x"})
     m.observe_audit({"outcome": "helpdesk-unlock", "front_end": "web", "reason": "by a: unlock"})
-    m.observe_log({"log_namespace": "otpgate.directory.store", "log_format": "CAS conflict on {dn}"})
-    m.observe_log({"log_namespace": "otpgate.radius.server",
-                   "log_format": "RADIUS packet from {client} dropped: {what}", "what": "bad authenticator"})
+    directory.observe("search", 0.0007)
+    directory.observe("search", 0.003)
+    directory.observe("modify", 12.0)
+    directory.error("timeout")
+    directory.cas_conflicts += 2
+    radius.received += 3
+    radius.dropped_bad_authenticator += 1
     text = m.text().decode()
     assert 'otpgate_authentications_total{front_end="ldap",outcome="accept"} 1.0' in text
     assert 'otpgate_authentications_total{front_end="radius",outcome="reject"} 1.0' in text
     assert "otpgate_lockouts_total 1.0" in text
-    assert 'otpgate_directory_errors_total{kind="unavailable"} 1.0' in text
     assert 'otpgate_web_actions_total{action="helpdesk-unlock"} 1.0' in text
-    assert "otpgate_cas_retries_total 1.0" in text
-    assert 'otpgate_radius_drops_noted_total{reason="bad authenticator"} 1.0' in text
+    assert 'otpgate_directory_seconds_bucket{le="0.001",operation="search"} 1.0' in text
+    assert 'otpgate_directory_seconds_bucket{le="0.005",operation="search"} 2.0' in text
+    assert 'otpgate_directory_seconds_bucket{le="5.0",operation="modify"} 0.0' in text
+    assert 'otpgate_directory_seconds_bucket{le="+Inf",operation="modify"} 1.0' in text
+    assert 'otpgate_directory_seconds_count{operation="search"} 2.0' in text
+    assert 'otpgate_directory_errors_total{kind="timeout"} 1.0' in text
+    assert "otpgate_cas_retries_total 2.0" in text
+    assert 'otpgate_radius_dropped_total{reason="bad_authenticator"} 1.0' in text
+    assert 'otpgate_radius_dropped_total{reason="malformed"} 0.0' in text
+    assert 'otpgate_radius_packets_total{result="received"} 3.0' in text
+    assert "otpgate_radius" not in Metrics(directory, None).text().decode()

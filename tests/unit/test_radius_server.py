@@ -31,6 +31,7 @@ from otpgate.radius.packet import (
     STATE,
 )
 from otpgate.radius.server import RadiusServer
+from otpgate.stats import RadiusCounters
 
 SECRET = b"0123456789abcdef-secret"
 NAS = ("192.0.2.10", 40000)
@@ -104,7 +105,10 @@ def make_server(clients=None, **radius):
     async def check_password(dn, password):
         return 0, ""
 
-    gateway = SimpleNamespace(config=config, authenticator=auth, check_password=check_password)
+    gateway = SimpleNamespace(
+        config=config, authenticator=auth, check_password=check_password,
+        radius_counters=RadiusCounters(),
+    )
     clock = Clock()
     server = RadiusServer(gateway, clock)
     sent: list[tuple[bytes, tuple[str, int]]] = []
