@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from otpgate.directory.connection import LdapConnection, TlsSettings, connect
@@ -45,6 +46,8 @@ class ServerPool:
         self.timeout = timeout
         self.size = size
         self._connections: list[LdapConnection] = []
+        self._opening = 0
+        self._waiters: list[defer.Deferred[LdapConnection]] = []
         self._next = 0
         self._discover = discover
         self.stats = stats if stats is not None else DirectoryStats()
@@ -76,11 +79,34 @@ class ServerPool:
         raise DirectoryUnavailable("no directory server answered: " + "; ".join(errors))
 
     async def connection(self) -> LdapConnection:
-        self._connections = [c for c in self._connections if c.connected]
-        if len(self._connections) < self.size:
-            conn = await self.open_connection()
+        """A service-account connection, round robin over at most ``size`` of them.
+
+        Callers that arrive while the pool is still opening its connections wait for
+        those rather than opening their own (a burst of logins on a cold pool used to
+        open one connection each); if opening fails, they fail with it (fail closed).
+        """
+        if not all(c.connected for c in self._connections):
+            self._connections = [c for c in self._connections if c.connected]
+        if len(self._connections) + self._opening < self.size:
+            self._opening += 1
+            try:
+                conn = await self.open_connection()
+            except BaseException as exc:
+                self._opening -= 1
+                waiting, self._waiters = self._waiters, []
+                for w in waiting:
+                    w.errback(exc)
+                raise
+            self._opening -= 1
             self._connections.append(conn)
+            waiting, self._waiters = self._waiters, []
+            for w in waiting:
+                w.callback(conn)
             return conn
+        if not self._connections:
+            waiter: defer.Deferred[LdapConnection] = defer.Deferred()
+            self._waiters.append(waiter)
+            return await waiter
         self._next = (self._next + 1) % len(self._connections)
         return self._connections[self._next]
 

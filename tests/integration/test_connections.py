@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 
 from otpgate.directory.discovery import pdc_emulator_host, url_for_host
 from otpgate.directory.ldapdata import DirectoryUnavailable
@@ -25,6 +27,35 @@ async def test_failover_to_the_next_url(backend):
         assert (await gw.store.resolve(name)).dn.lower() == dn.lower()
     finally:
         gw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_on_a_cold_pool_opens_only_the_pool_size(backend):
+    gw = Gateway(backend.config(), Keyring.load(backend.keyring), reactor)
+    try:
+        conns = await defer.gatherResults(
+            [defer.ensureDeferred(gw.write_pool.connection()) for _ in range(20)]
+        )
+        assert len({id(c) for c in conns}) == gw.write_pool.size == 2
+        assert all(c.connected for c in conns)
+        for c in conns:  # small PDUs are not held back for delayed ACKs (Nagle off)
+            handle = c.client.transport.socket
+            assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        gw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_on_a_dead_pool_fails_every_caller_closed():
+    from otpgate.directory.connection import TlsSettings
+    from otpgate.directory.pool import ServerPool
+
+    pool = ServerPool(reactor, [f"ldap://127.0.0.1:{free_port()}"], TlsSettings(), "cn=x", "pw", 5)
+    results = await defer.DeferredList(
+        [defer.ensureDeferred(pool.connection()) for _ in range(10)], consumeErrors=True
+    )
+    assert [ok for ok, _ in results] == [False] * 10
+    assert all(f.check(DirectoryUnavailable) for _, f in results)
 
 
 @pytest_twisted.ensureDeferred
