@@ -68,6 +68,15 @@ class _Operation:
     done: bool = field(default=False)
 
 
+def no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off: LDAP sends small PDUs and waits for their answers, so a
+    request queued behind an unacknowledged one must not wait for the peer's delayed ACK.
+    TLS transports (ProtocolWrapper) pass the call on to their TCP transport."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        set_no_delay(True)
+
+
 class LdapClientProtocol(protocol.Protocol):
     # A TCP/TLS transport; Twisted types Protocol.transport only as Optional[ITransport].
     transport: Any
@@ -80,6 +89,7 @@ class LdapClientProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         self.connected = 1
+        no_delay(self.transport)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.connected = 0

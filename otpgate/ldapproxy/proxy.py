@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from otpgate import ber
 from otpgate.auth.pipeline import AuthRequest
+from otpgate.directory.connection import no_delay
 from otpgate.directory.ldapdata import (
     INVALID_CREDENTIALS,
     PROTOCOL_ERROR,
@@ -57,6 +58,7 @@ class LdapProxyProtocol(protocol.Protocol):
     # -- connection ---------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         peer = self.transport.getPeer()
         self.peer_host = getattr(peer, "host", None)
         self._tls = self.factory.is_tls_listener

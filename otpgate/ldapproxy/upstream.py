@@ -16,7 +16,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
 from otpgate import ber
-from otpgate.directory.connection import TlsSettings
+from otpgate.directory.connection import TlsSettings, no_delay
 from otpgate.directory.ldapdata import SUCCESS, DirectoryUnavailable, LdapUrl
 
 log = Logger()
@@ -39,6 +39,7 @@ class UpstreamProtocol(protocol.Protocol):
         self.closed = False
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.ready.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
