@@ -26,6 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.anchor import start_anchor  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "bench"
 BIN = Path(sys.executable).parent
 SUFFIX = "dc=example,dc=org"
@@ -113,8 +117,7 @@ def main() -> None:
     slapd_port, proxy_port = free_port(), free_port()
     proxies: list[subprocess.Popen] = []
     try:
-        subprocess.run(["bash", str(SHARED / "anchor_slapd.sh"), str(work / "slapd"), str(slapd_port),
-                        str(args.users)], check=True, capture_output=True, text=True)
+        start_anchor(work / "slapd", slapd_port, args.users)
         og = []
         ldif = [f"dn: ou=otp,{SUFFIX}\nobjectClass: organizationalUnit\nou: otp\n"]
         for k in range(args.users):

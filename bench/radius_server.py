@@ -29,6 +29,7 @@ def main() -> None:
     globalLogBeginner.beginLoggingTo([], redirectStandardIO=False)  # no start-up buffer
     open_log_file(config.logging)  # one audit event per authentication, as in production
     gateway = Gateway(config, Keyring.load(config.keyring), reactor)
+    gateway.audit.start()  # buffered audit file, as LoggingService does under twistd
     top = service.MultiService()
     for svc in radius_services(gateway, config, reactor, shared="--shared" in sys.argv[2:]):
         svc.setServiceParent(top)
