@@ -7,6 +7,7 @@ file.  No global state: ``load_config(path)`` returns a :class:`Config`.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
@@ -257,6 +258,8 @@ class WebConfig:
     """DNs of the directory groups whose members may use the help desk."""
     password_only_enrollment_networks: tuple[Network, ...] = ()
     """Users without any token may sign in with the password alone from these (first enrollment)."""
+    password_only_enrollment_until: float | None = None
+    """Unix time: before it, users without any token may do so from anywhere (a rollout window)."""
     metrics_networks: tuple[Network, ...] = ()
     """Who may read /metrics (empty: nobody)."""
     session_idle_seconds: float = 900.0
@@ -361,6 +364,24 @@ def _positive(value: float) -> None:
 def _non_negative(value: float) -> None:
     if value < 0:
         raise ValueError(f"must be 0 or more, not {value}")
+
+
+def _instant(sec: _Section, name: str) -> float | None:
+    """An RFC 3339 date-time with its offset (TOML's own, or a string), as Unix time."""
+    value = sec.get(name, object, None)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, datetime.datetime) or value.tzinfo is None:
+        raise ConfigError(
+            f"{sec.key(name)}: expected a date-time with a time zone, "
+            "e.g. 2027-01-31T00:00:00Z"
+        )
+    return value.timestamp()
 
 
 def _network(sec: _Section, name: str, text: str) -> Network:
@@ -772,6 +793,7 @@ def _web(sec: _Section, base: Path) -> WebConfig:
             _network(sec, "password_only_enrollment_networks", n)
             for n in sec.strings("password_only_enrollment_networks")
         ),
+        password_only_enrollment_until=_instant(sec, "password_only_enrollment_until"),
         metrics_networks=tuple(
             _network(sec, "metrics_networks", n) for n in sec.strings("metrics_networks")
         ),

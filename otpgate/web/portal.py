@@ -323,7 +323,7 @@ class Portal(resource.Resource):
 
     async def _sign_in(self, name: str, password: str, otp: str, client: str) -> Session | None:
         gw = self.gateway
-        if not otp and _in(client, self.web.password_only_enrollment_networks):
+        if not otp and self._password_only_enrollment(client):
             applies, first = await self._first_enrollment(name, password, client)
             if applies:
                 return first
@@ -336,6 +336,14 @@ class Portal(resource.Resource):
         # Help-desk rights only after an OTP was checked (never on a password alone).
         helpdesk = result.token_id is not None and await self._is_helpdesk(result.dn)
         return self.sessions.new(name, result.dn, self.now(), helpdesk=helpdesk)
+
+    def _password_only_enrollment(self, client: str) -> bool:
+        """Whether a user without a token may enroll with the password alone from ``client``:
+        from the configured networks, or from anywhere until the rollout window ends."""
+        until = self.web.password_only_enrollment_until
+        if until is not None and self.now() < until:
+            return True
+        return _in(client, self.web.password_only_enrollment_networks)
 
     async def _first_enrollment(
         self, name: str, password: str, client: str

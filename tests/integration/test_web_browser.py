@@ -280,3 +280,22 @@ def test_metrics_networks_and_sign_in_rate_limit(slapd: Any, tmp_path: Path, req
         # No secret in a URL: a sign-in with the fields in the query string is not read.
         assert post(portal.url + "/signin?" + urllib.parse.urlencode(fields), {}) in (401, 429)
     assert "rate limit" in portal.audit.read_text()
+
+
+def test_password_only_enrollment_window(slapd: Any, tmp_path: Path, request: Any) -> None:
+    """Until password_only_enrollment_until a user with no token may sign in (to enroll) with
+    the password alone from anywhere; after it, not (no networks configured)."""
+    from tests.integration.backends import make_backend
+
+    backend = make_backend("slapd-stock", request, tmp_path)
+    name, _dn = backend.new_user("window")
+    fields = {"username": name, "password": USER_PASSWORD, "otp": ""}
+    for until, expected in (("2099-01-01T00:00:00Z", 200), ("2001-01-01T00:00:00+02:00", 401)):
+        run = tmp_path / until[:4]
+        run.mkdir()
+        with run_portal(backend, run, {"password_only_enrollment_until": until}) as portal:
+            # 200: signed in, redirected to /me (urllib keeps no cookie, so on to /signin)
+            assert post(portal.url + "/signin", fields) == expected
+            assert post(portal.url + "/signin", {**fields, "password": "wrong"}) == 401
+        audit = portal.audit.read_text()
+        assert ("password only, first enrollment" in audit) == (expected == 200)

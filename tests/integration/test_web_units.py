@@ -94,6 +94,19 @@ def test_web_config_defaults_and_checks():
         web_config(bogus=1)
     with pytest.raises(ConfigError, match=r"\[web\].password_only_enrollment_networks"):
         web_config(password_only_enrollment_networks=["not-a-net"])
+    import datetime
+
+    stamp = datetime.datetime(2027, 1, 31, tzinfo=datetime.timezone.utc)
+    assert web_config(password_only_enrollment_until=stamp).password_only_enrollment_until == (
+        stamp.timestamp()
+    )
+    assert web_config(
+        password_only_enrollment_until="2027-01-31T01:00:00+01:00"
+    ).password_only_enrollment_until == stamp.timestamp()
+    assert web_config().password_only_enrollment_until is None
+    for bad in ("2027-01-31T00:00:00", "next week", 5, datetime.date(2027, 1, 31)):
+        with pytest.raises(ConfigError, match=r"\[web\].password_only_enrollment_until: expected"):
+            web_config(password_only_enrollment_until=bad)
 
 
 def test_metrics_from_audit_events_and_gateway_counters():
