@@ -12,13 +12,14 @@ class _Bucket:
 
 
 class RateLimiter:
-    """``rate`` requests per second with bursts of ``burst``; rate 0 means no limit."""
+    """``rate`` requests per second with bursts of ``burst`` (0: the rate, at least 1);
+    rate 0 means no limit."""
 
     def __init__(self, rate: float, burst: float, max_sources: int = 65536) -> None:
         if rate < 0 or burst < 0:
             raise ValueError("rate and burst must be 0 or more")
         self.rate = rate
-        self.burst = max(burst, 1.0) if rate else 0.0
+        self.burst = max(burst or rate, 1.0) if rate else 0.0
         self.max_sources = max_sources
         self._buckets: dict[str, _Bucket] = {}
 

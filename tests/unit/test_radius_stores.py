@@ -75,6 +75,10 @@ def test_rate_limiter():
     assert not limiter.allow("a", 0.4)
     assert limiter.allow("a", 0.5)
     assert RateLimiter(0, 0).allow("x", 0)  # no limit
+    default = RateLimiter(rate=50, burst=0)  # burst 0: a second's worth at once
+    assert sum(default.allow("nas", 0.0) for _ in range(60)) == 50
+    slow = RateLimiter(rate=0.5, burst=0)
+    assert sum(slow.allow("nas", 0.0) for _ in range(3)) == 1
     small = RateLimiter(rate=1, burst=1, max_sources=2)
     for i, src in enumerate("xyz"):
         assert small.allow(src, i * 10)
