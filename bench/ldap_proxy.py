@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import socket
@@ -28,18 +27,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.anchor import start_anchor  # noqa: E402
-
-SHARED = ROOT.parent / "shared" / "bench"
-BIN = Path(sys.executable).parent
-SUFFIX = "dc=example,dc=org"
-ADMIN = ("cn=admin," + SUFFIX, "secret")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.fixtures import (  # noqa: E402
+    BIN,
+    SUFFIX,
+    add_otpgate_users,
+    directory_sections,
+    enroll,
+    free_tcp_port,
+    ldap_load,
+    start_anchor,
+    stop_anchor,
+)
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
@@ -53,57 +51,6 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def ldapadd(port: int, ldif: str) -> None:
-    subprocess.run(["ldapadd", "-x", "-H", f"ldap://127.0.0.1:{port}", "-D", ADMIN[0], "-w", ADMIN[1]],
-                   input=ldif, text=True, check=True, capture_output=True)
-
-
-def enroll(config_path: Path, users: list[dict]) -> None:
-    """Give each user an otpgate HOTP token with the key the load client will use."""
-    from twisted.internet import task
-
-    from otpgate.admin.enrollment import enroll_change, new_oath_token
-    from otpgate.config import load_config
-    from otpgate.service import Gateway
-    from otpgate.tokens import TokenType
-    from otpgate.vault import Keyring
-
-    async def run(reactor) -> None:
-        config = load_config(config_path)
-        gw = Gateway(config, Keyring.load(config.keyring), reactor)
-        try:
-            for u in users:
-                entry = await gw.store.resolve(u["dn"])
-                token, secret = new_oath_token(config.otp, TokenType.HOTP,
-                                               key=bytes.fromhex(u["secret_hex"]))
-                await gw.store.update(entry, lambda s, t=token, k=secret: enroll_change(s, t, k, 5))
-        finally:
-            gw.close()
-
-    from twisted.internet import defer
-
-    task.react(lambda reactor: defer.ensureDeferred(run(reactor)))  # exits the process
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def load(port: int, users: Path, mode: str, conc: int, secs: float, pids: dict[str, int]) -> dict:
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    out = subprocess.run(
-        [sys.executable, str(SHARED / "ldapbind_load.py"), "--port", str(port), "--users", str(users),
-         "--mode", mode, "--conc", str(conc), "--secs", str(secs), "--state-out", str(users)],
-        check=True, capture_output=True, text=True, timeout=secs + 120,
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    done = max(1, result["ok"] + result["fail"])
-    for name, pid in pids.items():  # CPU time per bind, in microseconds
-        result[f"cpu_us_{name}"] = round((cpu_seconds(pid) - before[name]) / done * 1e6)
-    return result
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=500)
@@ -114,32 +61,14 @@ def main() -> None:
     ap.add_argument("--profile-target", choices=("pass", "otpgate"), default="otpgate")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="otpgate-bench-"))
-    slapd_port, proxy_port = free_port(), free_port()
+    slapd_port, proxy_port = free_tcp_port(), free_tcp_port()
     proxies: list[subprocess.Popen] = []
     try:
         start_anchor(work / "slapd", slapd_port, args.users)
-        og = []
-        ldif = [f"dn: ou=otp,{SUFFIX}\nobjectClass: organizationalUnit\nou: otp\n"]
-        for k in range(args.users):
-            dn = f"uid=og{k},ou=otp,{SUFFIX}"
-            ldif.append(f"dn: {dn}\nobjectClass: inetOrgPerson\nuid: og{k}\ncn: og{k}\nsn: og\n"
-                        f"userPassword: pw{k}\n")
-            og.append({"dn": dn, "password": f"pw{k}", "secret_hex": os.urandom(20).hex(), "counter": 0})
-        ldapadd(slapd_port, "\n".join(ldif))
-        (work / "og.json").write_text(json.dumps(og))
-        subprocess.run([str(BIN / "otpgate"), "keygen", str(work / "keyring.json"), "--key-id", "bench"],
-                       check=True, capture_output=True)
+        add_otpgate_users(work, slapd_port, args.users)
         listen = f"tcp:{proxy_port}:interface=127.0.0.1"
         config = work / "otpgate.toml"
-        config.write_text(f"""
-[directory]
-profile = "openldap"
-urls = ["ldap://127.0.0.1:{slapd_port}"]
-base_dn = "{SUFFIX}"
-bind_dn = "{ADMIN[0]}"
-bind_password = "{ADMIN[1]}"
-[vault]
-keyring = "keyring.json"
+        config.write_text(directory_sections(work, slapd_port) + f"""
 [policy]
 exempt_subtrees = ["ou=people,{SUFFIX}"]
 [ldap_proxy]
@@ -148,8 +77,7 @@ processes = {args.processes}
 [logging]
 file = "otpgate.log"
 """)
-        subprocess.run([sys.executable, __file__, "--enroll", str(config), str(work / "og.json")],
-                       check=True)
+        enroll(config, work / "og.json")
         for _ in range(1):  # the main process starts processes - 1 workers itself
             proxies.append(subprocess.Popen(
                 [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(work / "twistd.log"),
@@ -167,17 +95,18 @@ file = "otpgate.log"
             return subprocess.Popen([str(BIN / "py-spy"), "record", *fmt, "-o", args.profile, "-d",
                                      str(int(args.secs)), "-p", str(proxies[0].pid), "-r", "200"])
 
-        runs = {"direct": load(slapd_port, work / "slapd" / "plain.json", "plain", args.conc,
+        runs = {"direct": ldap_load(slapd_port, work / "slapd" / "plain.json", "plain", args.conc,
                                args.secs, pids)}
         spy = profiled("pass")
-        runs["pass"] = load(proxy_port, work / "slapd" / "plain.json", "plain", args.conc, args.secs,
-                            pids)
+        plain = work / "slapd" / "plain.json"
+        runs["pass"] = ldap_load(proxy_port, plain, "plain", args.conc, args.secs, pids)
         if spy is not None:
             spy.wait(timeout=120)
-        runs["slapo-otp"] = load(slapd_port, work / "slapd" / "oath.json", "hotp", args.conc,
+        runs["slapo-otp"] = ldap_load(slapd_port, work / "slapd" / "oath.json", "hotp", args.conc,
                                  args.secs, pids)
         spy = profiled("otpgate")
-        runs["otpgate"] = load(proxy_port, work / "og.json", "hotp", args.conc, args.secs, pids)
+        og = work / "og.json"
+        runs["otpgate"] = ldap_load(proxy_port, og, "hotp", args.conc, args.secs, pids)
         if spy is not None:
             spy.wait(timeout=120)
         result = {
@@ -205,14 +134,9 @@ file = "otpgate.log"
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
-        pid = work / "slapd" / "slapd.pid"
-        if pid.exists():
-            os.kill(int(pid.read_text()), signal.SIGTERM)
-            time.sleep(0.5)
+        stop_anchor(work / "slapd")
         shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--enroll"]:
-        enroll(Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text()))
     main()

@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,13 +36,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.anchor import start_anchor  # noqa: E402
+from bench.fixtures import (  # noqa: E402
+    BIN,
+    add_otpgate_users,
+    cpu_seconds,
+    directory_sections,
+    enroll,
+    free_tcp_port,
+    ldap_load,
+    start_anchor,
+    stop_anchor,
+)
 from bench.radius_freeradius import FreeRadius, free_udp_port  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "bench"
-BIN = Path(sys.executable).parent
-SUFFIX = "dc=example,dc=org"
-ADMIN = ("cn=admin," + SUFFIX, "secret")
 SECRET = "bench-radius-secret-0123456789"
 PARALLEL = 64
 NICE = ("nice", "-n", "19")
@@ -52,18 +57,6 @@ request against otpgate, most of a core), and on two cores a client should not t
 from the server it measures.  Applied to all three targets alike."""
 SENT = re.compile(rb"^Sent Access-Request Id (\d+) from [^:]+:(\d+) ")
 RECEIVED = re.compile(rb"^Received (Access-\w+) Id (\d+) from \S+ to [^:]+:(\d+) ")
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -146,64 +139,6 @@ def radclient_run(requests: Path, port: int, timeout: float, pids: dict[str, int
     return result
 
 
-def ldap_load(port: int, users: Path, secs: float, pids: dict[str, int]) -> dict:
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    out = subprocess.run(
-        [
-            *NICE,
-            sys.executable,
-            str(SHARED / "ldapbind_load.py"),
-            "--port",
-            str(port),
-            "--users",
-            str(users),
-            "--mode",
-            "hotp",
-            "--conc",
-            str(PARALLEL),
-            "--secs",
-            str(secs),
-            "--state-out",
-            str(users),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=secs + 120,
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    done = max(1, result["ok"] + result["fail"])
-    for name, pid in pids.items():
-        result[f"cpu_us_{name}"] = round((cpu_seconds(pid) - before[name]) / done * 1e6)
-    return result
-
-
-def enroll(config_path: Path, users: list[dict]) -> None:
-    """Give each user an otpgate HOTP token with the key the request file uses."""
-    from twisted.internet import defer, task
-
-    from otpgate.admin.enrollment import enroll_change, new_oath_token
-    from otpgate.config import load_config
-    from otpgate.service import Gateway
-    from otpgate.tokens import TokenType
-    from otpgate.vault import Keyring
-
-    async def run(reactor) -> None:
-        config = load_config(config_path)
-        gw = Gateway(config, Keyring.load(config.keyring), reactor)
-        try:
-            for u in users:
-                entry = await gw.store.resolve(u["dn"])
-                token, secret = new_oath_token(
-                    config.otp, TokenType.HOTP, key=bytes.fromhex(u["secret_hex"])
-                )
-                await gw.store.update(entry, lambda s, t=token, k=secret: enroll_change(s, t, k, 5))
-        finally:
-            gw.close()
-
-    task.react(lambda reactor: defer.ensureDeferred(run(reactor)))  # exits the process
-
-
 def hotp(key: bytes, counter: int) -> str:
     from otpgate.otp.oath import hotp as _hotp
 
@@ -239,54 +174,9 @@ def main() -> None:
     fr: FreeRadius | None = None
     try:
         slapd_pid = start_anchor(work / "slapd", slapd_port, args.users)
-        og = []
-        ldif = [f"dn: ou=otp,{SUFFIX}\nobjectClass: organizationalUnit\nou: otp\n"]
-        for k in range(args.users):
-            dn = f"uid=og{k},ou=otp,{SUFFIX}"
-            ldif.append(
-                f"dn: {dn}\nobjectClass: inetOrgPerson\nuid: og{k}\ncn: og{k}\nsn: og\n"
-                f"userPassword: pw{k}\n"
-            )
-            og.append(
-                {
-                    "name": f"og{k}",
-                    "dn": dn,
-                    "password": f"pw{k}",
-                    "secret_hex": os.urandom(20).hex(),
-                }
-            )
-        subprocess.run(
-            [
-                "ldapadd",
-                "-x",
-                "-H",
-                f"ldap://127.0.0.1:{slapd_port}",
-                "-D",
-                ADMIN[0],
-                "-w",
-                ADMIN[1],
-            ],
-            input="\n".join(ldif),
-            text=True,
-            check=True,
-            capture_output=True,
-        )
-        (work / "og.json").write_text(json.dumps(og))
-        subprocess.run(
-            [str(BIN / "otpgate"), "keygen", str(work / "keyring.json"), "--key-id", "bench"],
-            check=True,
-            capture_output=True,
-        )
+        og = add_otpgate_users(work, slapd_port, args.users)
         config = work / "otpgate.toml"
-        config.write_text(f"""
-[directory]
-profile = "openldap"
-urls = ["ldap://127.0.0.1:{slapd_port}"]
-base_dn = "{SUFFIX}"
-bind_dn = "{ADMIN[0]}"
-bind_password = "{ADMIN[1]}"
-[vault]
-keyring = "keyring.json"
+        config.write_text(directory_sections(work, slapd_port) + f"""
 [radius]
 listen = ["127.0.0.1:{radius_port}"]
 bind_connections = {args.bind_connections}
@@ -297,9 +187,7 @@ mode = "append"
 [logging]
 file = "otpgate.log"
 """)
-        subprocess.run(
-            [sys.executable, __file__, "--enroll", str(config), str(work / "og.json")], check=True
-        )
+        enroll(config, work / "og.json")
         requests = work / "otpgate-requests.txt"
         requests.write_text(
             "\n".join(
@@ -332,7 +220,13 @@ file = "otpgate.log"
         runs = {
             "freeradius": radclient_run(fr_requests, fr.port, 600, {"freeradius": fr_pid}),
             "slapo-otp": ldap_load(
-                slapd_port, work / "slapd" / "oath.json", args.secs, {"slapd": slapd_pid}
+                slapd_port,
+                work / "slapd" / "oath.json",
+                "hotp",
+                PARALLEL,
+                args.secs,
+                {"slapd": slapd_pid},
+                nice=NICE,
             ),
         }
         spy = None
@@ -403,10 +297,7 @@ file = "otpgate.log"
                 proc.kill()
         if fr is not None:
             fr.stop()
-        pid = work / "slapd" / "slapd.pid"
-        if pid.exists():
-            os.kill(int(pid.read_text()), signal.SIGTERM)
-            time.sleep(0.5)
+        stop_anchor(work / "slapd")
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -426,6 +317,4 @@ def wait_radius(port: int, timeout: float = 30) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--enroll"]:
-        enroll(Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text()))
     main()
