@@ -182,7 +182,7 @@ def _summary(ctx: Admin, name: str) -> Any:
 
     user = ctx.store.resolve(name)
     # Listing never decrypts a seed: decode without it.
-    state = ctx.store.decode(dataclasses.replace(user, seed=None))
+    state = ctx.store.decode(user, with_secrets=False)
     return summarise(name, user.dn, state)
 
 
@@ -279,7 +279,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             if not has_otpgate_values(item):
                 continue
             try:
-                state = ctx.store.decode(dataclasses.replace(item, seed=None))
+                state = ctx.store.decode(item, with_secrets=False)
             except CodecError as exc:
                 problems.append({"dn": item.dn, "error": str(exc)})
                 continue
@@ -495,12 +495,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    from otpgate.admin.inventory import assign_token_sync
-
     with admin(args) as ctx:
-        token = assign_token_sync(
-            ctx.inventory, args.serial, args.user, ctx.config.otp.max_tokens_per_user
-        )
+        token = ctx.inventory.assign(args.serial, args.user, ctx.config.otp.max_tokens_per_user)
     text = f"assigned {token.type.value} token {args.serial} to {args.user} (token id {token.id})"
     emit(args, {"serial": args.serial, "user": args.user, "token": token.to_dict()}, text)
     return 0
@@ -774,7 +770,7 @@ async def _test_auth(
                 ("OTP required" if decision.needs_otp else "no OTP needed")
                 + f" ({decision.reason})",
             )
-            state = gateway.store.decode(dataclasses.replace(user, seed=None))
+            state = gateway.store.decode(user, with_secrets=False)
             kinds = ", ".join(f"{t.id} {t.type.value}" for t in state.tokens) or "none"
             step("tokens", bool(state.tokens) or not decision.needs_otp, kinds)
             locked = state.used.locked_until > reactor.seconds()

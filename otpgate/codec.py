@@ -5,13 +5,18 @@ Formats:
 * ``json-encrypted`` (default): compact JSON sealed by the vault, written as
   the ASCII envelope ``v1.<kid>.<nonce>.<ciphertext>`` (base64url);
 * ``binary``: the same AES-GCM envelope as raw bytes (about a quarter
-  smaller); only for octet-string attributes such as AD registeredAddress;
-* ``json``: plain compact ASCII JSON; never for seeds, which are always
-  encrypted because every AD user can read these attributes by default.
+  smaller); only for octet-string attributes such as AD registeredAddress.
+
+There is no plain format: every AD user may write their own postalAddress,
+registeredAddress and wWWHomePage by default, so a value otpgate did not encrypt
+and authenticate (bound to the entry, the attribute and the purpose) could have
+been written by anyone with the user's password.  Decoding refuses anything but
+an envelope; the one plain value the state layer knows, the first-writer
+placeholder of ``used``, never reaches this module.
 
 Values are made valid for the target syntax (RFC 4517 Postal Address escapes
 ``\\`` and ``$``) and checked against the attribute's size limit before
-anything is written.  Decoding recognises every format, so changing the
+anything is written.  Decoding recognises both formats, so changing the
 configured format takes effect on each value's next write.
 """
 
@@ -29,7 +34,13 @@ from otpgate.vault import Binding, Keyring, VaultError
 class Format(StrEnum):
     JSON_ENCRYPTED = "json-encrypted"
     BINARY = "binary"
-    JSON = "json"
+
+
+PLAIN_REFUSED = (
+    "plain 'json' is not allowed: seeds are always encrypted, and so are tokens, use state "
+    "and inventory, because anyone who can write the attribute (on AD by default the user, "
+    "with a phished password) could forge them; use 'json-encrypted' or 'binary'"
+)
 
 
 class Syntax(StrEnum):
@@ -104,8 +115,6 @@ def check_format(spec: AttributeSpec, fmt: Format, purpose: Purpose) -> None:
         raise CodecError(
             f"'binary' needs an octet-string attribute; {spec.name} is {spec.syntax.value}"
         )
-    if fmt is Format.JSON and purpose in (Purpose.SEED, Purpose.INVENTORY):
-        raise CodecError("seeds are always encrypted: use 'json-encrypted' or 'binary'")
 
 
 class AttributeCodec:
@@ -128,11 +137,7 @@ class AttributeCodec:
         if self.format is Format.BINARY:
             raw = self.keyring.encrypt_binary(payload, self.binding(entry_id))
         else:
-            text = (
-                payload.decode("ascii")
-                if self.format is Format.JSON
-                else self.keyring.encrypt(payload, self.binding(entry_id))
-            )
+            text = self.keyring.encrypt(payload, self.binding(entry_id))
             if self.spec.syntax is Syntax.POSTAL:
                 text = postal_escape(text)
             raw = text.encode("utf-8")
@@ -147,6 +152,7 @@ class AttributeCodec:
         return raw
 
     def decode(self, raw: bytes, entry_id: bytes, user: str) -> dict[str, Any]:
+        """The document in an authenticated envelope; CodecError for anything else."""
         try:
             if raw[:1] == b"\xa1":
                 payload = self.keyring.decrypt_binary(raw, self.binding(entry_id))
@@ -154,14 +160,12 @@ class AttributeCodec:
                 text = raw.decode("utf-8")
                 if self.spec.syntax is Syntax.POSTAL:
                     text = postal_unescape(text)
-                if text.startswith("v1."):
-                    payload = self.keyring.decrypt(text, self.binding(entry_id))
-                elif self.purpose is Purpose.SEED:
+                if not text.startswith("v1."):
                     raise CodecError(
-                        f"{user}: {self.spec.name} holds an unencrypted seed; refusing it"
+                        f"{user}: {self.spec.name} holds a value otpgate did not encrypt "
+                        f"({self.purpose.value}); refusing it"
                     )
-                else:
-                    payload = text.encode("ascii")
+                payload = self.keyring.decrypt(text, self.binding(entry_id))
             return _from_json(payload)
         except CodecError:
             raise
@@ -169,7 +173,7 @@ class AttributeCodec:
             raise CodecError(f"{user}: {self.spec.name} ({self.purpose.value}): {exc}") from exc
 
     def key_id_of(self, raw: bytes) -> str | None:
-        """The key a stored value is encrypted with; None for plain JSON."""
+        """The key a stored value is encrypted with; None for anything that is no envelope."""
         if raw[:1] == b"\xa1":
             return self.keyring.key_id_of(raw)
         text = raw.decode("utf-8", "replace")

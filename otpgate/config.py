@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from otpgate.codec import AttributeSpec, CodecError, Format, Purpose, Syntax, check_format
+from otpgate.codec import (
+    PLAIN_REFUSED,
+    AttributeSpec,
+    CodecError,
+    Format,
+    Purpose,
+    Syntax,
+    check_format,
+)
 from otpgate.otp.oath import (
     DEFAULT_HOTP_LOOK_AHEAD,
     DEFAULT_PERIOD,
@@ -73,6 +81,9 @@ class Profile:
     """Object class a user entry needs before the attributes can be written ("" for none)."""
     inventory_classes: tuple[str, ...] = ("top", "organizationalRole")
     """Object classes of an inventory entry (cn=SERIAL under inventory_dn)."""
+    state_classes: tuple[str, ...] = ("top", "organizationalRole")
+    """Object classes of a state entry (cn=USER-UUID under state_dn): they must allow the
+    seed, tokens and used attributes."""
 
 
 PROFILES = {
@@ -99,6 +110,8 @@ PROFILES = {
         "uid",
         "(objectClass=inetOrgPerson)",
         "mail",
+        # organizationalRole has postalAddress and registeredAddress, not homePostalAddress.
+        state_classes=("top", "organizationalRole", "extensibleObject"),
     ),
     "openldap-schema": Profile(
         "openldap-schema",
@@ -113,6 +126,7 @@ PROFILES = {
         "mail",
         aux_class="otpgateUser",
         inventory_classes=("top", "device", "otpgateInventory"),
+        state_classes=("top", "organizationalRole", "otpgateUser"),
     ),
 }
 
@@ -148,6 +162,12 @@ class DirectoryConfig:
     """Attribute that holds user@realm names (AD: userPrincipalName; OpenLDAP: mail)."""
     domains: tuple[str, ...] = ()
     inventory_dn: str | None = None
+    state_dn: str | None = None
+    """Where OTP state lives: None keeps it in the user's own entry; a DN keeps it in one entry
+    per user (cn=<entry UUID>) below that container, which only the service account writes."""
+    state_classes: tuple[str, ...] = ("top", "organizationalRole")
+    allow_self_writable_state: bool = False
+    """AD without state_dn: the admin asserts that users cannot write their own state."""
     cas_retries: int = 5
     state_cache_seconds: float = 10.0
     """Reuse a user's last-seen raw entry this long instead of searching (0: always search)."""
@@ -453,6 +473,8 @@ def _mapped(
     if max_size is None and known is not None:
         max_size = known.max_size
     default_fmt = "json-encrypted"
+    if formats.get(role, str, default_fmt) == "json":
+        raise ConfigError(f"{formats.key(role)}: {PLAIN_REFUSED}")
     fmt_name = formats.choice(role, tuple(f.value for f in Format), default_fmt)
     fmt = Format(fmt_name)
     spec = AttributeSpec(name, syntax, max_size)
@@ -502,6 +524,24 @@ def _directory(sec: _Section, base: Path) -> DirectoryConfig:
         raise ConfigError(
             f"[{attrs.path}]: seed, tokens and used must be three different attributes"
         )
+    state_dn = sec.get("state_dn", str, "") or None
+    inventory_dn = sec.get("inventory_dn", str, "") or None
+    allow_self_writable = sec.get("allow_self_writable_state", bool, False)
+    if state_dn is None and profile.server == "ad" and not allow_self_writable:
+        raise ConfigError(
+            f"{sec.key('state_dn')} is required on Active Directory: by default every AD user "
+            "may write their own postalAddress, registeredAddress and wWWHomePage, so whoever "
+            "has a user's password could roll the use state back and replay spent codes. Give "
+            'an OU that only the service account can write (e.g. "OU=otpgate state,DC=example,'
+            'DC=org", see schema/ad/README.md); or, only where schema/ad/apply-acl.sh removed '
+            "that right from every user (run again for each new user), set "
+            "allow_self_writable_state = true"
+        )
+    if state_dn is not None and state_dn.lower() == (inventory_dn or "").lower():
+        raise ConfigError(f"{sec.key('state_dn')}: must not be the inventory_dn container")
+    state_classes = sec.strings("state_object_classes", profile.state_classes)
+    if not state_classes:
+        raise ConfigError(f"{sec.key('state_object_classes')}: give at least one object class")
     timeout = sec.check("timeout", sec.get("timeout", float, 5.0), _positive)
     retries = sec.get("cas_retries", int, 5)
     if not 1 <= retries <= 50:
@@ -524,7 +564,10 @@ def _directory(sec: _Section, base: Path) -> DirectoryConfig:
         user_filter=sec.get("user_filter", str, profile.user_filter),
         upn_attribute=sec.get("upn_attribute", str, profile.upn_attribute),
         domains=tuple(d.upper() for d in sec.strings("domains")),
-        inventory_dn=sec.get("inventory_dn", str, "") or None,
+        inventory_dn=inventory_dn,
+        state_dn=state_dn,
+        state_classes=state_classes,
+        allow_self_writable_state=allow_self_writable,
         cas_retries=retries,
         state_cache_seconds=sec.check(
             "state_cache_seconds", sec.get("state_cache_seconds", float, 10.0), _non_negative

@@ -31,6 +31,7 @@ from otpgate.admin.doctor import (
     sid_text,
     user_access_checks,
 )
+from otpgate.admin.doctor_container import container_checks
 from otpgate.config import Config, MappedAttribute
 from otpgate.directory.ldapdata import (
     SCOPE_BASE,
@@ -234,6 +235,9 @@ class Doctor:
         return found[0] if found else SearchEntry(dn, {})
 
     def access(self, ad_schema: dict[str, AdAttributeSchema]) -> None:
+        if self.d.state_dn is not None:
+            self.container()
+            return
         try:
             entry = self._probe_entry()
         except DirectoryError as exc:
@@ -310,6 +314,27 @@ class Doctor:
                     )
         if ad_schema:
             self._ad_acl(conn, entry, probes, ad_schema)
+
+    def container(self) -> None:
+        """The state lives in a container: probe that, not the users' own attributes."""
+        self.add(
+            Check(
+                "state layout",
+                Status.OK,
+                f"OTP state in {self.d.state_dn} (users' own attributes hold none of it, so "
+                "their default right to write them does not matter)",
+            )
+        )
+        open_user = None
+        user = self.test_user
+        if user and self.test_password:
+            password = self.test_password
+
+            def open_user() -> SyncConnection:
+                dn = self.store.resolve(user).dn
+                return self.directory.open_first(self.d.urls, dn, password)
+
+        self.add(*container_checks(self.d, self.directory.write(), open_user, user))
 
     def _user_probes(self, entry: UserEntry, probes: list[Probe]) -> None:
         if not self.test_user:

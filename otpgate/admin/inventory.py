@@ -1,10 +1,9 @@
-"""Assigning inventory tokens to users: one flow, two drivers.
+"""Assigning inventory tokens to users: one flow, as a state-engine step.
 
 claim (delete the exact stored value: exactly one admin wins) -> enroll into the user's
 state (compare-and-swap) -> remove the inventory entry; if the enrollment fails the token
-goes back (release).  The decisions are the pure functions below; ``assign_token`` (the
-gateway's async store) and ``assign_token_sync`` (the CLI's ldap3 store) only sequence
-the I/O.
+goes back (release).  ``assign`` is run by either driver: ``OtpStore.run`` (the gateway's
+portal) or ``SyncStore.run`` (the CLI).
 """
 
 from __future__ import annotations
@@ -12,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from otpgate.admin.enrollment import enroll_change
-from otpgate.directory.inventory import InventoryError, InventoryItem
-from otpgate.directory.state import OtpState, StateChange
+from otpgate.directory import engine
+from otpgate.directory import inventory as inv
+from otpgate.directory.engine import Step
+from otpgate.directory.inventory import InventoryError, InventoryItem, InventoryMapper
+from otpgate.directory.state import OtpState, StateChange, StateMapper
 from otpgate.directory.store import InventoryStore
-from otpgate.directory.sync import SyncInventory
 from otpgate.tokens import Secret, Token
 
 
@@ -33,33 +34,34 @@ def assign_change(item: InventoryItem, max_tokens: int) -> Callable[[OtpState], 
     return lambda state: enroll_change(state, token, secret, max_tokens, False, item.last)
 
 
+def assign(
+    mapper: StateMapper,
+    inventory: InventoryMapper,
+    serial: str,
+    user_name: str,
+    max_tokens: int,
+    retries: int,
+) -> Step[Token]:
+    """Move the token ``serial`` from the inventory to ``user_name``'s tokens, exactly once."""
+    user = yield from engine.resolve(mapper, user_name)  # before claiming: a typo costs nothing
+    item = yield from inv.claim(inventory, serial)
+    try:
+        done = yield from engine.update(mapper, user, assign_change(item, max_tokens), retries)
+    except Exception:
+        yield from inv.release(inventory, item)
+        raise
+    yield from inv.delete(inventory, item.serial)
+    token: Token = done.result
+    return token
+
+
 async def assign_token(
     inventory: InventoryStore, serial: str, user_name: str, max_tokens: int
 ) -> Token:
-    """Move the token ``serial`` from the inventory to ``user_name``'s tokens, exactly once."""
+    """``assign`` run by the gateway's driver (the portal)."""
     store = inventory.store
-    user = await store.resolve(user_name)  # before claiming: a typo costs nothing
-    item = await inventory.claim(serial)
-    try:
-        token, _user = await store.update(user, assign_change(item, max_tokens))
-    except BaseException:
-        await inventory.release(item)
-        raise
-    await inventory.remove(item)
-    return token
-
-
-def assign_token_sync(
-    inventory: SyncInventory, serial: str, user_name: str, max_tokens: int
-) -> Token:
-    """The same flow over ldap3 (the CLI)."""
-    store = inventory.store
-    user = store.resolve(user_name)
-    item = inventory.claim(serial)
-    try:
-        token, _user = store.update(user, assign_change(item, max_tokens))
-    except BaseException:
-        inventory.release(item)
-        raise
-    inventory.remove(item)
-    return token
+    return await store.run(
+        assign(
+            store.mapper, inventory.mapper, serial, user_name, max_tokens, store.config.cas_retries
+        )
+    )

@@ -23,8 +23,6 @@ def value_is_current(codec: AttributeCodec, raw: bytes) -> bool:
     except (VaultError, ValueError):
         return False
     binary = raw[:1] == b"\xa1"
-    if codec.format is Format.JSON:
-        return kid is None
     if kid != codec.keyring.current:
         return False
     return binary == (codec.format is Format.BINARY)

@@ -6,20 +6,30 @@
    use with a compare-and-swap write, all before anything else happens;
 4. only then check the static password (a simple bind upstream).
 
-Every failure is the same ``AuthResult(ok=False)`` to the client; the real
-reason goes to the audit log.  Passwords, seeds and OTPs are never logged.
+Every entry point (``authenticate``, ``first_factor``, ``authenticate_proof``) is built
+from the same two pieces: ``_prologue`` (resolve -> policy -> a fresh read when a cached
+entry could mislead -> decode -> lockout) and ``_decided`` (errors -> result -> one audit
+event).  Every failure is the same ``AuthResult(ok=False)`` to the client; the real reason
+goes to the audit log.  Passwords, seeds and OTPs are never logged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from otpgate.audit import AuditTrail
 from otpgate.auth.lockout import is_locked, record_failure, record_success
-from otpgate.auth.policy import Policy
-from otpgate.auth.verify import Match, candidate_codes, split_candidates, verify_code
+from otpgate.auth.policy import Decision, Policy
+from otpgate.auth.verify import (
+    Match,
+    candidate_codes,
+    is_replay,
+    last_codes,
+    split_candidates,
+    verify_code,
+)
 from otpgate.codec import CodecError
 from otpgate.config import Config
 from otpgate.directory.ldapdata import (
@@ -28,28 +38,30 @@ from otpgate.directory.ldapdata import (
     DirectoryError,
     DirectoryUnavailable,
 )
-from otpgate.directory.state import (
-    ConcurrentUpdate,
-    OtpState,
-    StateChange,
-    UserEntry,
-    UserNotFound,
-)
+from otpgate.directory.state import OtpState, StateChange, UserEntry
 from otpgate.directory.store import OtpStore
 
 PasswordCheck = Callable[[str, bytes], Awaitable[tuple[int, str]]]
 """(dn, password) -> (LDAP result code, diagnostic) of a simple bind upstream."""
 
+P = TypeVar("P")
+
+ProofCheck = Callable[[str], P | None]
+"""Called with one candidate code; a value if the client's proof was computed from that code."""
+
 
 @dataclass(frozen=True)
 class AuthRequest:
     name: str
-    secret: str
+    secret: str = field(repr=False)
     """What the user typed: password+OTP (append), password alone (exempt), or the OTP alone."""
-    client: str | None
-    front_end: str
+    client: str | None = None
+    front_end: str = ""
     otp_only: bool = False
     """The password was already checked by the caller (RADIUS otp-only / challenge step 2)."""
+    require_otp: bool = False
+    """Policy exemptions (exempt account, trusted network, not in a required group) do not
+    apply: an OTP must be verified, and a user without a token is refused."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +78,34 @@ class AuthResult:
 
 
 @dataclass(frozen=True)
+class FirstFactorResult:
+    ok: bool
+    needs_otp: bool
+    """The password was right and an OTP must follow (RADIUS challenge mode)."""
+    reason: str
+    dn: str | None = None
+    unavailable: bool = False
+
+
+@dataclass(frozen=True)
 class _Verdict:
     match: Match | None
     password: str
     why: str
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """What the prologue found: the entry, the policy's decision and (if an OTP is needed)
+    the decoded state; ``refusal`` when the login cannot go on."""
+
+    user: UserEntry | None
+    decision: Decision
+    state: OtpState | None = None
+    refusal: str | None = None
+
+
+R = TypeVar("R")
 
 
 class Authenticator:
@@ -82,67 +118,109 @@ class Authenticator:
         self.clock = clock
         self.audit = audit or AuditTrail(config.logging, clock)
 
-    async def authenticate(
-        self, request: AuthRequest, check_password: PasswordCheck | None
-    ) -> AuthResult:
-        try:
-            result = await self._authenticate(request, check_password)
-        except DirectoryUnavailable as exc:
-            result = AuthResult(False, f"directory unavailable: {exc}", unavailable=True)
-        except (UserNotFound, CodecError, ConcurrentUpdate, DirectoryError) as exc:
-            result = AuthResult(False, f"{type(exc).__name__}: {exc}")
-        self._audit(request, result)
-        return result
+    # -- the two shared pieces -------------------------------------------------------------
 
-    def _audit(self, request: AuthRequest, result: AuthResult) -> None:
-        self.audit.record(
-            outcome="accept" if result.ok else "reject",
-            front_end=request.front_end,
-            user=request.name,
-            dn=result.dn,
-            client=request.client,
-            token=result.token_id,
-            reason=result.reason,
-        )
-
-    async def _authenticate(
-        self, request: AuthRequest, check_password: PasswordCheck | None
-    ) -> AuthResult:
+    async def _prologue(self, request: AuthRequest) -> _Ready:
+        """resolve -> policy -> fresh read if the cache could mislead -> decode -> lockout."""
         if (
             not request.otp_only
+            and not request.require_otp
             and self.policy.is_exempt(request.name)
             and not self.policy.config.admin_groups
         ):
             # An exempt DN (service account, possibly no user entry at all): its password
             # bind is all there is; with admin groups configured it is looked up first.
-            return await self._password_only(request, check_password)
+            return _Ready(None, Decision(False, "exempt account"))
         user = await self.store.resolve(request.name)
-        decision = self.policy.decide(user.dn, user.groups, request.client)
+        decision = self._decide(user, request)
+        if not decision.needs_otp:
+            return _Ready(user, decision)
+        state = self.store.decode(user)
+        now = self.clock.seconds()
+        if user.from_cache and (not state.tokens or is_locked(state.used, now)):
+            # A refusal is made on what the directory holds now: a cached entry may predate
+            # an enrollment or an unlock.
+            user = await self.store.resolve(request.name, fresh=True)
+            decision = self._decide(user, request)
+            if not decision.needs_otp:
+                return _Ready(user, decision)
+            state = self.store.decode(user)
+        if not state.tokens:
+            return _Ready(user, decision, state, "no token enrolled")
+        if is_locked(state.used, now):
+            return _Ready(user, decision, state, "locked out")
+        return _Ready(user, decision, state)
+
+    def _decide(self, user: UserEntry, request: AuthRequest) -> Decision:
+        if request.require_otp:
+            return Decision(True, "OTP required by the front end")
+        return self.policy.decide(user.dn, user.groups, request.client)
+
+    async def _decided(
+        self,
+        request: AuthRequest,
+        body: Awaitable[R],
+        failed: Callable[[str, bool], R],
+        audit: Callable[[R], tuple[str, str, str | None, str | None]],
+    ) -> R:
+        """Run ``body``; any directory or data error becomes ``failed(reason, unavailable)``;
+        one audit event per request: ``audit(result)`` gives (outcome, reason, dn, token)."""
+        try:
+            result = await body
+        except DirectoryUnavailable as exc:
+            result = failed(f"directory unavailable: {exc}", True)
+        except (CodecError, DirectoryError) as exc:
+            result = failed(f"{type(exc).__name__}: {exc}", False)
+        outcome, reason, dn, token = audit(result)
+        self.audit.record(
+            outcome=outcome,
+            front_end=request.front_end,
+            user=request.name,
+            dn=dn,
+            client=request.client,
+            token=token,
+            reason=reason,
+        )
+        return result
+
+    @staticmethod
+    def _audit_result(result: AuthResult) -> tuple[str, str, str | None, str | None]:
+        return ("accept" if result.ok else "reject"), result.reason, result.dn, result.token_id
+
+    # -- password + OTP, OTP alone ----------------------------------------------------------
+
+    async def authenticate(
+        self, request: AuthRequest, check_password: PasswordCheck | None
+    ) -> AuthResult:
+        return await self._decided(
+            request,
+            self._authenticate(request, check_password),
+            lambda why, down: AuthResult(False, why, unavailable=down),
+            self._audit_result,
+        )
+
+    async def _authenticate(
+        self, request: AuthRequest, check_password: PasswordCheck | None
+    ) -> AuthResult:
+        ready = await self._prologue(request)
+        user, decision = ready.user, ready.decision
+        if user is None:
+            return await self._password_only(request, check_password)
         if not decision.needs_otp:
             if request.otp_only:
                 return AuthResult(True, f"no OTP needed: {decision.reason}", user.dn)
             return await self._password(
-                user,
-                request.secret,
-                check_password,
-                f"no OTP needed: {decision.reason}",
-                None,
-                None,
+                user, request.secret, check_password, f"no OTP needed: {decision.reason}"
             )
-
-        state = self.store.decode(user)
-        if not state.tokens:  # read again: a cached entry may predate an enrollment
-            user = await self.store.resolve(request.name, fresh=True)
-            state = self.store.decode(user)
-        if not state.tokens:
-            return AuthResult(False, "no token enrolled", user.dn)
+        if ready.refusal is not None or ready.state is None:
+            return AuthResult(False, ready.refusal or "no state", user.dn)
         if request.otp_only:
             candidates = [("", request.secret)]
         else:
             candidates = [
                 (pw, code)
                 for pw, code in split_candidates(
-                    request.secret, state.tokens, self.config.ldap_proxy.otp_delimiter
+                    request.secret, ready.state.tokens, self.config.ldap_proxy.otp_delimiter
                 )
                 if pw
             ]
@@ -155,21 +233,11 @@ class Authenticator:
         if verdict.match is None:
             return AuthResult(False, verdict.why, user.dn)
         token_id = verdict.match.token.id
+        left = verdict.match.scratch_remaining
         if request.otp_only:
-            return AuthResult(
-                True,
-                "OTP accepted",
-                user.dn,
-                token_id,
-                scratch_remaining=verdict.match.scratch_remaining,
-            )
+            return AuthResult(True, "OTP accepted", user.dn, token_id, scratch_remaining=left)
         result = await self._password(
-            user,
-            verdict.password,
-            check_password,
-            "password+OTP accepted",
-            token_id,
-            verdict.match.scratch_remaining,
+            user, verdict.password, check_password, "password+OTP accepted", token_id, left
         )
         return replace(result, password_length=len(verdict.password)) if result.ok else result
 
@@ -179,11 +247,18 @@ class Authenticator:
         """Pure: decide on the freshly read state and say what to write."""
         if is_locked(state.used, now):
             return StateChange(_Verdict(None, "", "locked out"))
+        otp = self.config.otp
         for password, code in candidates:
-            match = verify_code(state.tokens, state.secrets, state.used, code, now, self.config.otp)
+            match = verify_code(state.tokens, state.secrets, state.used, code, now, otp)
             if match is not None:
                 used = record_success(state.used, match.token.id, match.use)
                 return StateChange(_Verdict(match, password, "ok"), used=used)
+        if any(
+            is_replay(state.tokens, state.secrets, state.used, code, now, otp)
+            for _pw, code in candidates
+        ):
+            # A spent code sent again (e.g. retried after an outage): refused, not a guess.
+            return StateChange(_Verdict(None, "", "OTP already used"))
         used = record_failure(state.used, now, self.config.lockout)
         why = "wrong OTP" + (" (now locked out)" if used.locked_until else "")
         return StateChange(_Verdict(None, "", why), used=used)
@@ -206,8 +281,8 @@ class Authenticator:
         password: str,
         check_password: PasswordCheck | None,
         why: str,
-        token_id: str | None,
-        scratch_remaining: int | None,
+        token_id: str | None = None,
+        scratch_remaining: int | None = None,
     ) -> AuthResult:
         if check_password is None:
             return AuthResult(False, "no password check available", user.dn)
@@ -220,7 +295,7 @@ class Authenticator:
         # AD puts the real reason (data 52e, 533, 701, 775, ...) in the diagnostic message.
         return AuthResult(False, f"{reason}: {message}".rstrip(": "), user.dn, token_id)
 
-    # -- RADIUS: challenge mode's first factor, and OTP proofs (CHAP, MS-CHAPv2) ---------------
+    # -- RADIUS challenge mode: the first factor -----------------------------------------------
 
     async def first_factor(
         self, request: AuthRequest, check_password: PasswordCheck | None
@@ -232,55 +307,39 @@ class Authenticator:
         finishes with ``authenticate(..., otp_only=True)``.  A locked-out user or
         one without a token is refused before the password is tried.
         """
-        try:
-            result = await self._first_factor(request, check_password)
-        except DirectoryUnavailable as exc:
-            result = FirstFactorResult(
-                False, False, f"directory unavailable: {exc}", unavailable=True
-            )
-        except (UserNotFound, CodecError, ConcurrentUpdate, DirectoryError) as exc:
-            result = FirstFactorResult(False, False, f"{type(exc).__name__}: {exc}")
-        outcome = "reject"
-        if result.ok:
-            outcome = "challenge" if result.needs_otp else "accept"
-        self.audit.record(
-            outcome=outcome,
-            front_end=request.front_end,
-            user=request.name,
-            dn=result.dn,
-            client=request.client,
-            token=None,
-            reason=f"password step: {result.reason}",
+
+        def audit(result: FirstFactorResult) -> tuple[str, str, str | None, str | None]:
+            outcome = "reject"
+            if result.ok:
+                outcome = "challenge" if result.needs_otp else "accept"
+            return outcome, f"password step: {result.reason}", result.dn, None
+
+        return await self._decided(
+            request,
+            self._first_factor(request, check_password),
+            lambda why, down: FirstFactorResult(False, False, why, unavailable=down),
+            audit,
         )
-        return result
 
     async def _first_factor(
         self, request: AuthRequest, check_password: PasswordCheck | None
     ) -> FirstFactorResult:
-        if self.policy.is_exempt(request.name) and not self.policy.config.admin_groups:
+        ready = await self._prologue(request)
+        user, decision = ready.user, ready.decision
+        if user is None:
             done = await self._password_only(request, check_password)
             return FirstFactorResult(done.ok, False, done.reason, done.dn)
-        user = await self.store.resolve(request.name)
-        decision = self.policy.decide(user.dn, user.groups, request.client)
         if not decision.needs_otp:
-            done = await self._password(
-                user,
-                request.secret,
-                check_password,
-                f"no OTP needed: {decision.reason}",
-                None,
-                None,
-            )
+            why = f"no OTP needed: {decision.reason}"
+            done = await self._password(user, request.secret, check_password, why)
             return FirstFactorResult(done.ok, False, done.reason, user.dn)
-        state = self.store.decode(user)
-        if not state.tokens:
-            return FirstFactorResult(False, True, "no token enrolled", user.dn)
-        if is_locked(state.used, self.clock.seconds()):
-            return FirstFactorResult(False, True, "locked out", user.dn)
-        done = await self._password(
-            user, request.secret, check_password, "password accepted, OTP next", None, None
-        )
+        if ready.refusal is not None:
+            return FirstFactorResult(False, True, ready.refusal, user.dn)
+        why = "password accepted, OTP next"
+        done = await self._password(user, request.secret, check_password, why)
         return FirstFactorResult(done.ok, True, done.reason, user.dn)
+
+    # -- OTP proofs (CHAP, MS-CHAPv2) ------------------------------------------------------------
 
     async def authenticate_proof(
         self, request: AuthRequest, proof: ProofCheck[P]
@@ -294,38 +353,34 @@ class Authenticator:
         not used.  A user who needs no OTP is refused: a proof can carry nothing
         else to check.
         """
-        found: P | None = None
-        try:
-            result, found = await self._authenticate_proof(request, proof)
-        except DirectoryUnavailable as exc:
-            result = AuthResult(False, f"directory unavailable: {exc}", unavailable=True)
-        except (UserNotFound, CodecError, ConcurrentUpdate, DirectoryError) as exc:
-            result = AuthResult(False, f"{type(exc).__name__}: {exc}")
-        self._audit(request, result)
-        return result, (found if result.ok else None)
+        found: list[P] = []
+        result = await self._decided(
+            request,
+            self._authenticate_proof(request, proof, found),
+            lambda why, down: AuthResult(False, why, unavailable=down),
+            self._audit_result,
+        )
+        return result, (found[0] if result.ok and found else None)
 
     async def _authenticate_proof(
-        self, request: AuthRequest, proof: ProofCheck[P]
-    ) -> tuple[AuthResult, P | None]:
-        user = await self.store.resolve(request.name)
-        decision = self.policy.decide(user.dn, user.groups, request.client)
-        if not decision.needs_otp:
+        self, request: AuthRequest, proof: ProofCheck[P], found: list[P]
+    ) -> AuthResult:
+        ready = await self._prologue(replace(request, otp_only=True))
+        user, decision = ready.user, ready.decision
+        if user is None or not decision.needs_otp:
             why = (
                 f"no OTP needed ({decision.reason}), and a {request.front_end} proof holds only one"
             )
-            return AuthResult(False, why, user.dn), None
-        state = self.store.decode(user)
-        if not state.tokens:  # read again: a cached entry may predate an enrollment
-            user = await self.store.resolve(request.name, fresh=True)
-            state = self.store.decode(user)
-        if not state.tokens:
-            return AuthResult(False, "no token enrolled", user.dn), None
+            return AuthResult(False, why, user.dn if user else None)
+        if ready.refusal is not None:
+            return AuthResult(False, ready.refusal, user.dn)
         now = self.clock.seconds()
         verdict, user = await self.store.update(user, lambda s: self._verify_proof(s, proof, now))
         match, value, why = verdict
         if match is None or value is None:
-            return AuthResult(False, why, user.dn), None
-        return AuthResult(True, "OTP proof accepted", user.dn, match.token.id), value
+            return AuthResult(False, why, user.dn)
+        found.append(value)
+        return AuthResult(True, "OTP proof accepted", user.dn, match.token.id)
 
     def _verify_proof(
         self, state: OtpState, proof: ProofCheck[P], now: float
@@ -344,22 +399,9 @@ class Authenticator:
             match, value = hit
             used = record_success(state.used, match.token.id, match.use)
             return StateChange((match, value, "ok"), used=used)
+        spent = last_codes(state.tokens, state.secrets, state.used, now, self.config.otp)
+        if [code for code in spent if proof(code) is not None]:
+            return StateChange((None, None, "proof of an OTP already used"))
         used = record_failure(state.used, now, self.config.lockout)
         why = "no valid OTP matches the proof" + (" (now locked out)" if used.locked_until else "")
         return StateChange((None, None, why), used=used)
-
-
-P = TypeVar("P")
-
-ProofCheck = Callable[[str], P | None]
-"""Called with one candidate code; a value if the client's proof was computed from that code."""
-
-
-@dataclass(frozen=True)
-class FirstFactorResult:
-    ok: bool
-    needs_otp: bool
-    """The password was right and an OTP must follow (RADIUS challenge mode)."""
-    reason: str
-    dn: str | None = None
-    unavailable: bool = False

@@ -6,6 +6,7 @@ the new use state returned with a match.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field
 
 from otpgate.config import OtpConfig
@@ -55,6 +56,55 @@ def _unpack_yubico(last: int) -> tuple[int, int] | None:
     return None if last < 0 else (last >> 8, last & 0xFF)
 
 
+def _verify_one(
+    token: Token, secret: Secret | None, use: TokenUse, code: str, now: float, otp: OtpConfig
+) -> Match | None:
+    stamp = int(now)
+    if token.type is TokenType.HOTP and secret is not None:
+        hm = verify_hotp(
+            secret.key,
+            code,
+            use.last,
+            digits=token.digits,
+            algorithm=token.algorithm,
+            look_ahead=otp.hotp_look_ahead,
+        )
+        if hm is not None:
+            return Match(token, TokenUse(hm.counter, use.drift, stamp, use.scratch_used))
+    elif token.type is TokenType.TOTP and secret is not None:
+        tm = verify_totp(
+            secret.key,
+            code,
+            now,
+            use.last,
+            digits=token.digits,
+            algorithm=token.algorithm,
+            period=token.period,
+            window=otp.totp_window,
+            drift=use.drift,
+        )
+        if tm is not None:
+            return Match(token, TokenUse(tm.step, tm.drift, stamp, use.scratch_used))
+    elif token.type is TokenType.YUBICO and secret is not None:
+        counters = verify_yubico(
+            code, secret.key, token.public_id, secret.private_id, _unpack_yubico(use.last)
+        )
+        if counters is not None:
+            return Match(token, TokenUse(_pack_yubico(counters), 0, stamp))
+    elif token.type is TokenType.SCRATCH and token.scratch is not None:
+        index = verify_scratch(token.scratch, code, use.scratch_used)
+        if index is not None:
+            new = TokenUse(use.last, 0, stamp, use.scratch_used | {index})
+            return Match(token, new, remaining(token.scratch, new.scratch_used))
+    return None
+
+
+# What checking a code against one token may raise on stored data otpgate itself would
+# not write (a counter beyond 2^64, a key of the wrong size): that token does not match,
+# the others are still tried, and the login is a clean rejection.
+_BAD_TOKEN_DATA = (ValueError, OverflowError)
+
+
 def verify_code(
     tokens: tuple[Token, ...],
     secrets: dict[str, Secret],
@@ -67,46 +117,83 @@ def verify_code(
     for token in tokens:
         if token.code_length != len(code):
             continue
+        try:
+            match = _verify_one(token, secrets.get(token.id), used.use_of(token.id), code, now, otp)
+        except _BAD_TOKEN_DATA:
+            continue
+        if match is not None:
+            return match
+    return None
+
+
+def last_codes(
+    tokens: tuple[Token, ...],
+    secrets: dict[str, Secret],
+    used: UsedState,
+    now: float,
+    otp: OtpConfig,
+) -> list[str]:
+    """The code each HOTP/TOTP token last had accepted, while it is recent (TOTP: within
+    the window around now)."""
+    codes = []
+    for token in tokens:
         secret = secrets.get(token.id)
         use = used.use_of(token.id)
-        stamp = int(now)
-        if token.type is TokenType.HOTP and secret is not None:
-            hm = verify_hotp(
-                secret.key,
-                code,
-                use.last,
-                digits=token.digits,
-                algorithm=token.algorithm,
-                look_ahead=otp.hotp_look_ahead,
-            )
-            if hm is not None:
-                return Match(token, TokenUse(hm.counter, use.drift, stamp, use.scratch_used))
-        elif token.type is TokenType.TOTP and secret is not None:
-            tm = verify_totp(
-                secret.key,
-                code,
-                now,
-                use.last,
-                digits=token.digits,
-                algorithm=token.algorithm,
-                period=token.period,
-                window=otp.totp_window,
-                drift=use.drift,
-            )
-            if tm is not None:
-                return Match(token, TokenUse(tm.step, tm.drift, stamp, use.scratch_used))
-        elif token.type is TokenType.YUBICO and secret is not None:
-            counters = verify_yubico(
-                code, secret.key, token.public_id, secret.private_id, _unpack_yubico(use.last)
-            )
-            if counters is not None:
-                return Match(token, TokenUse(_pack_yubico(counters), 0, stamp))
-        elif token.type is TokenType.SCRATCH and token.scratch is not None:
-            index = verify_scratch(token.scratch, code, use.scratch_used)
-            if index is not None:
-                new = TokenUse(use.last, 0, stamp, use.scratch_used | {index})
-                return Match(token, new, remaining(token.scratch, new.scratch_used))
-    return None
+        if secret is None or use.last < 0:
+            continue
+        try:
+            if token.type is TokenType.TOTP:
+                distance = abs(use.last - time_step(now, token.period))
+                if distance > otp.totp_window + min(abs(use.drift), MAX_DRIFT_STEPS):
+                    continue
+            elif token.type is not TokenType.HOTP:
+                continue
+            codes.append(hotp(secret.key, use.last, token.digits, token.algorithm))
+        except _BAD_TOKEN_DATA:
+            continue
+    return codes
+
+
+def is_replay(
+    tokens: tuple[Token, ...],
+    secrets: dict[str, Secret],
+    used: UsedState,
+    code: str,
+    now: float,
+    otp: OtpConfig,
+) -> bool:
+    """Whether ``code`` is the code a token last had accepted (or a used scratch code).
+
+    Called only after ``verify_code`` found no match.  Such a code is refused like any
+    other, but is no guess: it does not count towards lockout.  This is what a client
+    sends again after an outage cut its first attempt short (the code was spent, the
+    password never checked), e.g. a NAS retransmitting.
+    """
+    spent = False
+    for last in last_codes(tokens, secrets, used, now, otp):
+        spent |= len(last) == len(code) and hmac.compare_digest(last, code)
+    if spent:
+        return True
+    for token in tokens:
+        if token.code_length != len(code) or token.type not in (
+            TokenType.SCRATCH,
+            TokenType.YUBICO,
+        ):
+            continue
+        use = used.use_of(token.id)
+        secret = secrets.get(token.id)
+        try:
+            if token.type is TokenType.SCRATCH and token.scratch is not None:
+                index = verify_scratch(token.scratch, code, frozenset())
+                if index is not None and index in use.scratch_used:
+                    return True
+            elif secret is not None and use.last >= 0:
+                counters = verify_yubico(code, secret.key, token.public_id, secret.private_id, None)
+                if counters is not None and _pack_yubico(counters) == use.last:
+                    return True
+        except _BAD_TOKEN_DATA:
+            continue
+    return False
 
 
 # -- enumeration, for proofs that hide the code (RADIUS CHAP, MS-CHAPv2) ----------------------
@@ -135,25 +222,35 @@ def candidate_codes(
     (stored as hashes) and Yubico OTPs (random per press) cannot be enumerated.
     """
     found: list[Candidate] = []
-    stamp = int(now)
     for token in tokens:
         secret = secrets.get(token.id)
         if secret is None:
             continue
-        use = used.use_of(token.id)
-        if token.type is TokenType.HOTP:
-            first = use.last + 1
-            for counter in range(first, first + otp.hotp_look_ahead + 1):
-                code = hotp(secret.key, counter, token.digits, token.algorithm)
-                new = TokenUse(counter, use.drift, stamp, use.scratch_used)
-                found.append(Candidate(code, Match(token, new)))
-        elif token.type is TokenType.TOTP:
-            current = time_step(now, token.period)
-            centre = current + max(-MAX_DRIFT_STEPS, min(MAX_DRIFT_STEPS, use.drift))
-            low = max(centre - otp.totp_window, use.last + 1, 0)
-            for step in range(low, centre + otp.totp_window + 1):
-                code = hotp(secret.key, step, token.digits, token.algorithm)
-                drift = max(-MAX_DRIFT_STEPS, min(MAX_DRIFT_STEPS, step - current))
-                new = TokenUse(step, drift, stamp, use.scratch_used)
-                found.append(Candidate(code, Match(token, new)))
+        try:
+            found += _candidates(token, secret, used.use_of(token.id), now, otp)
+        except _BAD_TOKEN_DATA:
+            continue
+    return found
+
+
+def _candidates(
+    token: Token, secret: Secret, use: TokenUse, now: float, otp: OtpConfig
+) -> list[Candidate]:
+    found: list[Candidate] = []
+    stamp = int(now)
+    if token.type is TokenType.HOTP:
+        first = use.last + 1
+        for counter in range(first, first + otp.hotp_look_ahead + 1):
+            code = hotp(secret.key, counter, token.digits, token.algorithm)
+            new = TokenUse(counter, use.drift, stamp, use.scratch_used)
+            found.append(Candidate(code, Match(token, new)))
+    elif token.type is TokenType.TOTP:
+        current = time_step(now, token.period)
+        centre = current + max(-MAX_DRIFT_STEPS, min(MAX_DRIFT_STEPS, use.drift))
+        low = max(centre - otp.totp_window, use.last + 1, 0)
+        for step in range(low, centre + otp.totp_window + 1):
+            code = hotp(secret.key, step, token.digits, token.algorithm)
+            drift = max(-MAX_DRIFT_STEPS, min(MAX_DRIFT_STEPS, step - current))
+            new = TokenUse(step, drift, stamp, use.scratch_used)
+            found.append(Candidate(code, Match(token, new)))
     return found

@@ -13,11 +13,23 @@ from dataclasses import dataclass, field
 
 from otpgate.codec import AttributeCodec, Purpose
 from otpgate.config import DirectoryConfig
-from otpgate.directory.ldapdata import DirectoryError, Modification, SearchEntry
+from otpgate.directory.engine import Add, Delete, Modify, Search, Step
+from otpgate.directory.ldapdata import (
+    ENTRY_ALREADY_EXISTS,
+    NO_SUCH_ATTRIBUTE,
+    NO_SUCH_OBJECT,
+    SCOPE_BASE,
+    SCOPE_SUBTREE,
+    SUCCESS,
+    DirectoryError,
+    Modification,
+    SearchEntry,
+)
+from otpgate.directory.state import ANY_ENTRY, CAS_CONFLICTS, Lookup
 from otpgate.tokens import Secret, Token
 from otpgate.vault import Keyring
 
-SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+SERIAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
 class InventoryError(DirectoryError):
@@ -25,7 +37,7 @@ class InventoryError(DirectoryError):
 
 
 def check_serial(serial: str) -> str:
-    if not SERIAL.match(serial):
+    if not SERIAL.fullmatch(serial):
         raise InventoryError(
             f"serial {serial!r}: use 1-64 characters of A-Z a-z 0-9 . _ : - (starting alphanumeric)"
         )
@@ -110,3 +122,99 @@ class InventoryMapper:
             Secret.from_dict(doc["secret"]),
             last if isinstance(last, int) and not isinstance(last, bool) else -1,
         )
+
+
+# -- the inventory operations, once, as engine steps (run by store.py and sync.py) ---------
+
+
+def read_item(mapper: InventoryMapper, serial: str, decrypt: bool = True) -> Step[InventoryItem]:
+    found: list[SearchEntry] = yield Search(
+        Lookup(mapper.dn(serial), SCOPE_BASE, ANY_ENTRY, user_filter=False), mapper.attributes
+    )
+    if not found:
+        raise InventoryError(f"serial {serial} is not in the inventory")
+    return mapper.item(found[0], decrypt)
+
+
+def entries(mapper: InventoryMapper) -> Step[list[SearchEntry]]:
+    """Every inventory entry (not the container), sorted by serial."""
+    found: list[SearchEntry] = yield Search(
+        Lookup(mapper.container, SCOPE_SUBTREE, ANY_ENTRY, user_filter=False), mapper.attributes
+    )
+    container = mapper.container.lower()
+    return sorted(
+        (e for e in found if e.dn.lower() != container),
+        key=lambda e: (e.first("cn") or b"").lower(),
+    )
+
+
+def list_items(mapper: InventoryMapper, decrypt: bool = True) -> Step[list[InventoryItem]]:
+    return [mapper.item(e, decrypt) for e in (yield from entries(mapper))]
+
+
+def add_item(
+    mapper: InventoryMapper, token: Token, secret: Secret, last: int = -1
+) -> Step[InventoryItem]:
+    """Create ``cn=<serial>`` and store the token in it (bound to the new entry's id)."""
+    if not token.serial:
+        raise InventoryError("an inventory token needs a serial")
+    dn = mapper.dn(token.serial)
+    code, message = yield Add(dn, mapper.new_entry(token.serial))
+    if code == ENTRY_ALREADY_EXISTS:
+        raise InventoryError(f"serial {token.serial} is already in the inventory", code)
+    if code != SUCCESS:
+        raise InventoryError(f"cannot add {dn}: {code} {message}", code)
+    try:
+        item = yield from read_item(mapper, token.serial, decrypt=False)
+        raw = mapper.encode(dn, item.entry_id, token, secret, last)
+        code, message = yield Modify(dn, tuple(mapper.store_change(raw)))
+        if code != SUCCESS:
+            raise InventoryError(f"cannot store token {token.serial}: {code} {message}", code)
+    except Exception:
+        yield Delete(dn)  # leave no empty entry behind
+        raise
+    return (yield from read_item(mapper, token.serial))
+
+
+def claim(mapper: InventoryMapper, serial: str) -> Step[InventoryItem]:
+    """Take a token out of the inventory, exactly once.
+
+    One Modify deletes the stored value's exact bytes: of two admins claiming the same
+    serial, the second gets noSuchAttribute.  Follow with ``remove`` once the token is
+    stored elsewhere, or ``release`` to put it back.
+    """
+    item = yield from read_item(mapper, serial)
+    code, message = yield Modify(item.dn, tuple(mapper.claim_change(item)))
+    if code == NO_SUCH_ATTRIBUTE:
+        raise InventoryError(f"serial {serial} was just taken by someone else", code)
+    if code != SUCCESS:
+        raise InventoryError(f"cannot claim {serial}: {code} {message}", code)
+    return item
+
+
+def release(mapper: InventoryMapper, item: InventoryItem) -> Step[None]:
+    if item.raw is None:
+        return
+    code, message = yield Modify(item.dn, tuple(mapper.store_change(item.raw)))
+    if code != SUCCESS:
+        raise InventoryError(f"cannot return {item.serial} to the inventory: {message}", code)
+
+
+def rewrite(
+    mapper: InventoryMapper, item: InventoryItem, token: Token, secret: Secret, last: int
+) -> Step[None]:
+    """Rewrite the stored token (new label, current key) if nobody changed it meanwhile."""
+    raw = mapper.encode(item.dn, item.entry_id, token, secret, last)
+    code, message = yield Modify(item.dn, tuple(mapper.replace_change(item, raw)))
+    if code in CAS_CONFLICTS:
+        raise InventoryError(f"serial {item.serial} changed meanwhile; try again", code)
+    if code != SUCCESS:
+        raise InventoryError(f"cannot rewrite {item.serial}: {code} {message}", code)
+
+
+def delete(mapper: InventoryMapper, serial: str) -> Step[None]:
+    code, message = yield Delete(mapper.dn(serial))
+    if code == NO_SUCH_OBJECT:
+        raise InventoryError(f"serial {serial} is not in the inventory", code)
+    if code != SUCCESS:
+        raise InventoryError(f"cannot delete {serial}: {code} {message}", code)

@@ -1,24 +1,38 @@
 """Mapping between directory entries and OTP state, and planning of writes (pure).
 
-Used by the async store (ldaptor, the gateway) and the sync store (ldap3, the
-CLI): everything here is data in, data out.
+Where the state lives (``[directory] state_dn``):
 
-Concurrency rule: every write of a user's OTP state is ONE Modify that
-deletes the exact old ``used`` value(s) and adds the new one.  The ``used``
-value is the version of the user's whole state: a writer that lost a race
-gets noSuchAttribute (16) / constraintViolation (19) / attributeOrValueExists
-(20), re-reads and retries a bounded number of times.  Permissive Modify is
-never sent.  An entry without a ``used`` value first gets the fixed value
-``INITIAL_USED``, so that two first writers collide instead of both adding.
+* in the user's own entry (the default on OpenLDAP): the mapped seed, tokens and used
+  attributes of the user entry;
+* in a state entry ``cn=<user's entry UUID>,<state_dn>`` (required on AD): the same
+  attributes on an entry only the service account can write.  On a default AD every
+  user may write their own postalAddress/registeredAddress/wWWHomePage, and a genuine old
+  ciphertext written back would roll the use state back (replay); nobody but the service
+  account can write below ``state_dn``.
+
+Concurrency rule: every write of a user's OTP state is ONE Modify that deletes the exact
+old ``used`` value(s) and adds the new one.  The ``used`` value is the version of the
+user's whole state: a writer that lost a race gets noSuchAttribute (16) /
+constraintViolation (19) / attributeOrValueExists (20), re-reads and retries a bounded
+number of times.  Permissive Modify is never sent.  A state without a ``used`` value first
+gets the fixed value ``INITIAL_USED`` (a state entry is created holding it: entryAlreadyExists
+(68) is the lost race), so that two first writers collide instead of both adding.
+
+Integrity: every value is an authenticated envelope bound to the user's entry id, the
+attribute and the purpose (``codec.py``); the only plain value accepted is
+``INITIAL_USED``, read as "nothing used yet", and only while the user has no token and no
+seed.  A state whose parts do not belong together (use state or secrets of tokens that are
+not there, tokens without their secret) is refused as tampered.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
-from otpgate.codec import AttributeCodec, Purpose
+from otpgate.codec import AttributeCodec, CodecError, Purpose
 from otpgate.config import DirectoryConfig
 from otpgate.directory.ldapdata import (
     SCOPE_BASE,
@@ -27,14 +41,22 @@ from otpgate.directory.ldapdata import (
     Modification,
     SearchEntry,
 )
-from otpgate.tokens import Secret, Token, UsedState, secrets_from_dict, secrets_to_dict
+from otpgate.tokens import (
+    Secret,
+    Token,
+    TokenType,
+    UsedState,
+    secrets_from_dict,
+    secrets_to_dict,
+)
 from otpgate.vault import Keyring
 
 T = TypeVar("T")
 
 CAS_CONFLICTS = (16, 19, 20)  # noSuchAttribute, constraintViolation, attributeOrValueExists
+ENTRY_EXISTS = 68
 INITIAL_USED = b'{"u":{},"v":1}'
-"""The fixed first value of ``used``: plain JSON (decoders accept it) and deterministic."""
+"""The fixed first value of ``used``: deterministic, so two first writers collide."""
 
 
 class UserNotFound(DirectoryError):
@@ -48,10 +70,18 @@ class AmbiguousUser(DirectoryError):
 class ConcurrentUpdate(DirectoryError):
     """Lost the compare-and-swap race more often than the configured retries."""
 
+    def __init__(self, message: str, conflicts: int = 0) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts
+
+
+class TamperedState(CodecError):
+    """Stored values that otpgate cannot have written together: refused, never repaired."""
+
 
 @dataclass(frozen=True)
 class UserEntry:
-    """A user's entry as read from the directory: raw OTP values, not yet decoded."""
+    """A user's entry and its OTP values as read from the directory, not yet decoded."""
 
     dn: str
     entry_id: bytes
@@ -60,6 +90,18 @@ class UserEntry:
     used: tuple[bytes, ...] = ()
     groups: tuple[str, ...] = ()
     object_classes: frozenset[str] = frozenset()
+    state_dn: str = ""
+    """The entry that holds the values: the user's own DN, or the user's state entry."""
+    state_exists: bool = True
+    """False while a user's state entry has not been created (nothing stored yet)."""
+    state_classes: frozenset[str] = frozenset()
+    """Object classes of the entry holding the values."""
+    from_cache: bool = field(default=False, compare=False)
+    """Served by the gateway's entry cache: may be up to state_cache_seconds old."""
+
+    @property
+    def has_values(self) -> bool:
+        return self.seed is not None or bool(self.tokens) or bool(self.used)
 
 
 @dataclass(frozen=True)
@@ -95,9 +137,12 @@ class Lookup:
     attribute: str | None = None
     """For a search by name: the (attribute=value) part of the filter, unescaped."""
     value: str = ""
+    user_filter: bool = True
+    """The filter is (or contains) the configured user filter; False: (objectClass=*)."""
 
 
-_DN_LIKE = re.compile(r"^[A-Za-z][\w-]*=.+")
+_DN_LIKE = re.compile(r"[A-Za-z][\w-]*=.+")
+ANY_ENTRY = "(objectClass=*)"
 
 
 def escape_filter_value(value: str) -> str:
@@ -106,7 +151,7 @@ def escape_filter_value(value: str) -> str:
 
 
 class StateMapper:
-    """Reads user entries into OTP state and plans the Modify that writes it back."""
+    """Reads user entries into OTP state and plans the operations that write it back."""
 
     def __init__(self, config: DirectoryConfig, keyring: Keyring) -> None:
         self.config = config
@@ -119,21 +164,30 @@ class StateMapper:
         self.used_codec = AttributeCodec(
             config.used.spec, config.used.format, Purpose.USED, keyring
         )
-        self.attributes = (
-            config.profile.id_attribute,
+        self.container = config.state_dn
+        self.state_attributes = (
             config.seed.spec.name,
             config.tokens.spec.name,
             config.used.spec.name,
-            "memberOf",
             "objectClass",
         )
+        identity = (config.profile.id_attribute, "memberOf", "objectClass")
+        self.user_attributes = (
+            identity if self.container else (*identity, *self.state_attributes[:3])
+        )
+        self._ad = config.profile.server == "ad"
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """What a search for a user entry asks for."""
+        return self.user_attributes
 
     # -- identity -----------------------------------------------------------------
 
     def lookup(self, name: str) -> Lookup:
         """Where and how to search for the entry a client-supplied name means."""
         cfg = self.config
-        if _DN_LIKE.match(name) and "\\" not in name.split("=", 1)[0]:
+        if _DN_LIKE.fullmatch(name) and "\\" not in name.split("=", 1)[0]:
             return Lookup(name, SCOPE_BASE, cfg.user_filter)
         if "\\" in name:
             domain, _, user = name.partition("\\")
@@ -152,6 +206,9 @@ class StateMapper:
     def reread_lookup(self, user: UserEntry) -> Lookup:
         return Lookup(user.dn, SCOPE_BASE, self.config.user_filter)
 
+    def state_lookup(self, user: UserEntry) -> Lookup:
+        return Lookup(user.state_dn, SCOPE_BASE, ANY_ENTRY, user_filter=False)
+
     def one_entry(self, name: str, found: list[SearchEntry]) -> UserEntry:
         if not found:
             raise UserNotFound(f"no user {name!r}")
@@ -167,45 +224,134 @@ class StateMapper:
             raise UserNotFound(f"{user.dn} is now another entry")
         return entry
 
+    # -- where state entries are ----------------------------------------------------
+
+    def state_rdn(self, entry_id: bytes) -> str:
+        """The cn of a user's state entry: the entry's UUID in its usual text form."""
+        if self._ad:
+            return str(uuid.UUID(bytes_le=entry_id))
+        return entry_id.decode("ascii").lower()
+
+    def entry_id_of_rdn(self, rdn: str) -> bytes:
+        """The user's entry id back from a state entry's cn (ValueError if it is none)."""
+        if self._ad:
+            return uuid.UUID(rdn).bytes_le
+        return str(uuid.UUID(rdn)).encode("ascii")
+
+    def state_dn_of(self, entry_id: bytes) -> str:
+        if self.container is None:
+            raise ValueError("state lives in user entries ([directory].state_dn is not set)")
+        return f"cn={self.state_rdn(entry_id)},{self.container}"
+
+    # -- reading entries --------------------------------------------------------------------
+
     def entry(self, found: SearchEntry) -> UserEntry:
+        """A user entry from a search; in the container layout its state is read next."""
         cfg = self.config
         id_value = found.first(cfg.profile.id_attribute)
         if not id_value:
             raise DirectoryError(
                 f"{found.dn} has no {cfg.profile.id_attribute}: cannot key its OTP state"
             )
-        seeds = found.attributes.get(cfg.seed.spec.name.lower(), [])
+        classes = frozenset(
+            v.decode("utf-8", "replace").lower() for v in found.attributes.get("objectclass", [])
+        )
+        groups = tuple(
+            v.decode("utf-8", "replace").lower() for v in found.attributes.get("memberof", [])
+        )
+        if self.container is not None:
+            return UserEntry(
+                dn=found.dn,
+                entry_id=id_value,
+                groups=groups,
+                object_classes=classes,
+                state_dn=self.state_dn_of(id_value),
+                state_exists=False,
+            )
+        return self._with_values(
+            UserEntry(dn=found.dn, entry_id=id_value, groups=groups, object_classes=classes),
+            found,
+            found.dn,
+            classes,
+        )
+
+    def with_state(self, user: UserEntry, found: list[SearchEntry]) -> UserEntry:
+        """``user`` with the values of its state entry (container layout)."""
+        if not found:
+            return replace(user, seed=None, tokens=(), used=(), state_exists=False)
+        holder = found[0]
+        classes = frozenset(
+            v.decode("utf-8", "replace").lower() for v in holder.attributes.get("objectclass", [])
+        )
+        return self._with_values(user, holder, user.state_dn, classes)
+
+    def _with_values(
+        self, user: UserEntry, holder: SearchEntry, state_dn: str, classes: frozenset[str]
+    ) -> UserEntry:
+        cfg = self.config
+        seeds = holder.attributes.get(cfg.seed.spec.name.lower(), [])
         if len(seeds) > 1:
-            raise DirectoryError(f"{found.dn}: {cfg.seed.spec.name} has {len(seeds)} values")
-        return UserEntry(
-            dn=found.dn,
-            entry_id=id_value,
+            raise DirectoryError(f"{holder.dn}: {cfg.seed.spec.name} has {len(seeds)} values")
+        return replace(
+            user,
             seed=seeds[0] if seeds else None,
-            tokens=tuple(found.attributes.get(cfg.tokens.spec.name.lower(), [])),
-            used=tuple(found.attributes.get(cfg.used.spec.name.lower(), [])),
-            groups=tuple(
-                v.decode("utf-8", "replace").lower() for v in found.attributes.get("memberof", [])
-            ),
-            object_classes=frozenset(
-                v.decode("utf-8", "replace").lower()
-                for v in found.attributes.get("objectclass", [])
-            ),
+            tokens=tuple(holder.attributes.get(cfg.tokens.spec.name.lower(), [])),
+            used=tuple(holder.attributes.get(cfg.used.spec.name.lower(), [])),
+            state_dn=state_dn,
+            state_exists=True,
+            state_classes=classes,
+        )
+
+    def state_entry(self, found: SearchEntry) -> UserEntry:
+        """A state entry alone (the CLI's scans): its user's id from its cn, no user DN."""
+        rdn = found.first("cn")
+        try:
+            entry_id = self.entry_id_of_rdn((rdn or b"").decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise DirectoryError(f"{found.dn}: not an otpgate state entry (cn)") from exc
+        classes = frozenset(
+            v.decode("utf-8", "replace").lower() for v in found.attributes.get("objectclass", [])
+        )
+        return self._with_values(
+            UserEntry(dn=found.dn, entry_id=entry_id), found, found.dn, classes
         )
 
     # -- decoding -----------------------------------------------------------------------
 
-    def decode(self, user: UserEntry) -> OtpState:
+    def decode(self, user: UserEntry, with_secrets: bool = True) -> OtpState:
+        """The user's state; CodecError for a value otpgate did not write, TamperedState for
+        values that do not belong together.  ``with_secrets=False`` never decrypts the seed
+        (listing)."""
         eid, who = user.entry_id, user.dn
         secret_map = (
-            secrets_from_dict(self.seed_codec.decode(user.seed, eid, who)) if user.seed else {}
+            secrets_from_dict(self.seed_codec.decode(user.seed, eid, who))
+            if with_secrets and user.seed
+            else {}
         )
         tokens = tuple(Token.from_dict(self.tokens_codec.decode(v, eid, who)) for v in user.tokens)
-        return OtpState(tokens=tokens, secrets=secret_map, used=self._decode_used(user))
+        placeholder = bool(user.used) and all(v == INITIAL_USED for v in user.used)
+        used = UsedState() if placeholder else self._decode_used(user)
+        ids = {t.id for t in tokens}
+        if placeholder and (tokens or user.seed is not None):
+            raise TamperedState(
+                f"{who}: the use state was reset to its first value while tokens are stored "
+                "(written outside otpgate); refusing it (an admin can `otpgate reset` the user)"
+            )
+        if set(used.tokens) - ids:
+            raise TamperedState(f"{who}: use state of tokens that are not stored; refusing it")
+        if with_secrets:
+            needs_secret = {t.id for t in tokens if t.type is not TokenType.SCRATCH}
+            if set(secret_map) != needs_secret:
+                raise TamperedState(
+                    f"{who}: the stored secrets do not match the stored tokens; refusing them"
+                )
+        return OtpState(tokens=tokens, secrets=secret_map, used=used)
 
     def _decode_used(self, user: UserEntry) -> UsedState:
         states = [
             UsedState.from_dict(self.used_codec.decode(v, user.entry_id, user.dn))
             for v in user.used
+            if v != INITIAL_USED
         ]
         if not states:
             return UsedState()
@@ -227,12 +373,20 @@ class StateMapper:
 
     def _class_changes(self, user: UserEntry) -> list[Modification]:
         aux = self.config.profile.aux_class
-        if aux and aux.lower() not in user.object_classes:
+        if aux and aux.lower() not in user.state_classes:
             return [Modification(Modification.ADD, "objectClass", (aux.encode(),))]
         return []
 
+    def new_state_entry(self, user: UserEntry) -> dict[str, tuple[bytes, ...]]:
+        """The Add that creates a user's state entry holding the first ``used`` value."""
+        return {
+            "objectClass": tuple(c.encode() for c in self.config.state_classes),
+            "cn": (self.state_rdn(user.entry_id).encode(),),
+            self.config.used.spec.name: (INITIAL_USED,),
+        }
+
     def initialise(self, user: UserEntry) -> list[Modification]:
-        """The Modify that gives an entry its first ``used`` value (and class, if needed)."""
+        """The Modify that gives an existing holder its first ``used`` value (and class)."""
         add = Modification(Modification.ADD, self.config.used.spec.name, (INITIAL_USED,))
         return [*self._class_changes(user), add]
 
@@ -243,7 +397,7 @@ class StateMapper:
             self.config.tokens.spec.name.lower(): list(user.tokens),
             self.config.used.spec.name.lower(): list(user.used),
         }
-        classes = set(user.object_classes)
+        classes = set(user.state_classes)
         for mod in changes:
             name = mod.attribute.lower()
             if name == "objectclass":
@@ -260,7 +414,8 @@ class StateMapper:
             seed=seed[0] if seed else None,
             tokens=tuple(values[self.config.tokens.spec.name.lower()]),
             used=tuple(values[self.config.used.spec.name.lower()]),
-            object_classes=frozenset(classes),
+            state_classes=frozenset(classes),
+            from_cache=False,
         )
 
     def plan(self, user: UserEntry, state: OtpState, change: StateChange[T]) -> list[Modification]:

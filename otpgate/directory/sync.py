@@ -14,21 +14,22 @@ A pinned server that is down fails closed.  Referrals are never followed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import ssl
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import ldap3  # type: ignore[import-untyped]
 from ldap3.core import exceptions as ldap3_errors  # type: ignore[import-untyped]
 
 from otpgate.config import DirectoryConfig
-from otpgate.directory.inventory import InventoryError, InventoryItem, InventoryMapper
+from otpgate.directory import engine
+from otpgate.directory import inventory as inv
+from otpgate.directory.engine import Add, Delete, Modify, Op, Search, Step
+from otpgate.directory.inventory import InventoryItem, InventoryMapper
 from otpgate.directory.ldapdata import (
-    ENTRY_ALREADY_EXISTS,
-    NO_SUCH_ATTRIBUTE,
     NO_SUCH_OBJECT,
     SCOPE_BASE,
     SCOPE_SUBTREE,
@@ -41,9 +42,6 @@ from otpgate.directory.ldapdata import (
     parent_dn,
 )
 from otpgate.directory.state import (
-    CAS_CONFLICTS,
-    ConcurrentUpdate,
-    Lookup,
     OtpState,
     StateChange,
     StateMapper,
@@ -334,7 +332,7 @@ def discover_pdc(conn: SyncConnection, config: DirectoryConfig) -> str:
 
 
 class SyncStore:
-    """OTP state of users: StateMapper's plans carried out over ldap3 (cf. ``OtpStore``)."""
+    """The CLI's driver of the state engine (``engine.py``): its steps over ldap3."""
 
     def __init__(self, config: DirectoryConfig, keyring: Keyring, directory: SyncDirectory):
         self.config = config
@@ -342,175 +340,166 @@ class SyncStore:
         self.mapper = StateMapper(config, keyring)
         self.directory = directory
 
-    def _search(self, conn: SyncConnection, lookup: Lookup) -> list[SearchEntry]:
-        return conn.search(
-            lookup.base, lookup.filter, self.mapper.attributes, scope=lookup.scope, size_limit=2
-        )
+    @staticmethod
+    def _perform(conn: SyncConnection, op: Op) -> Any:
+        if isinstance(op, Search):
+            lookup = op.lookup
+            return conn.search(
+                lookup.base,
+                lookup.filter,
+                op.attributes,
+                scope=lookup.scope,
+                size_limit=op.size_limit,
+            )
+        if isinstance(op, Modify):
+            return conn.modify(op.dn, op.changes)
+        if isinstance(op, Add):
+            return conn.add(op.dn, op.attributes)
+        if isinstance(op, Delete):
+            return conn.delete(op.dn)
+        raise TypeError(f"not a directory operation: {op!r}")
+
+    def run(self, step: Step[T]) -> T:
+        """Run an engine step on the OTP-state server."""
+        conn = self.directory.write()
+        answer: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                op = step.send(answer) if error is None else step.throw(error)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            answer, error = None, None
+            try:
+                answer = self._perform(conn, op)
+            except Exception as exc:  # handed to the step, which re-raises or undoes
+                error = exc
 
     def resolve(self, name: str) -> UserEntry:
         """The one entry ``name`` (DN, UPN, DOMAIN\\user or bare name) refers to."""
-        conn = self.directory.write()
-        return self.mapper.one_entry(name, self._search(conn, self.mapper.lookup(name)))
+        return self.run(engine.resolve(self.mapper, name))
 
-    def reread(self, user: UserEntry, conn: SyncConnection | None = None) -> UserEntry:
-        conn = conn or self.directory.write()
-        return self.mapper.same_entry(user, self._search(conn, self.mapper.reread_lookup(user)))
-
-    def decode(self, user: UserEntry) -> OtpState:
-        return self.mapper.decode(user)
+    def decode(self, user: UserEntry, with_secrets: bool = True) -> OtpState:
+        return self.mapper.decode(user, with_secrets)
 
     def update(
-        self, user: UserEntry, change: Callable[[OtpState], StateChange[T]]
+        self,
+        user: UserEntry,
+        change: Callable[[OtpState], StateChange[T]],
+        *,
+        unreadable_as_empty: bool = False,
     ) -> tuple[T, UserEntry]:
-        """Apply ``change`` to the user's current state with compare-and-swap, retrying races."""
-        conn = self.directory.write()
-        for _attempt in range(self.config.cas_retries):
-            if not user.used:
-                code, message = conn.modify(user.dn, self.mapper.initialise(user))
-                if code != SUCCESS and code not in CAS_CONFLICTS:
-                    raise DirectoryError(f"{user.dn}: cannot initialise OTP state: {message}", code)
-                user = self.reread(user, conn)
-                continue
-            state = self.mapper.decode(user)
-            planned = change(state)
-            if not planned.writes:
-                return planned.result, user
-            code, message = conn.modify(user.dn, self.mapper.plan(user, state, planned))
-            if code == SUCCESS:
-                return planned.result, self.reread(user, conn)
-            if code not in CAS_CONFLICTS:
-                raise DirectoryError(f"{user.dn}: write refused: {code} {message}", code)
-            user = self.reread(user, conn)
-        raise ConcurrentUpdate(
-            f"{user.dn}: OTP state changed under us {self.config.cas_retries} times; giving up"
+        """Apply ``change`` with compare-and-swap (``engine.update``)."""
+        done = self.run(
+            engine.update(
+                self.mapper,
+                user,
+                change,
+                self.config.cas_retries,
+                unreadable_as_empty=unreadable_as_empty,
+            )
         )
+        result: T = done.result
+        return result, done.user
 
     def state_filter(self) -> str:
-        """Users that hold any otpgate value."""
+        """Entries that hold any otpgate value."""
         names = (
             self.config.seed.spec.name,
             self.config.tokens.spec.name,
             self.config.used.spec.name,
         )
         present = "".join(f"({n}=*)" for n in names)
+        if self.mapper.container is not None:
+            return f"(|{present})"
         return f"(&{self.config.user_filter}(|{present}))"
 
     def users_with_state(self) -> Iterator[UserEntry | tuple[str, DirectoryError]]:
-        """Every user entry holding otpgate values (paged); unreadable ones as (dn, error)."""
+        """Every user holding otpgate values (paged); unreadable ones as (dn, error).
+
+        In the container layout the state entries are read and joined with the users
+        they belong to (one paged scan of each); a state entry whose user is gone is
+        yielded under its own DN."""
         conn = self.directory.write()
+        container = self.mapper.container
+        if container is None:
+            for found in conn.paged_search(
+                self.config.base_dn, self.state_filter(), self.mapper.user_attributes
+            ):
+                try:
+                    yield self.mapper.entry(found)
+                except DirectoryError as exc:
+                    yield found.dn, exc
+            return
+        users: dict[bytes, SearchEntry] = {}
+        id_attribute = self.config.profile.id_attribute
         for found in conn.paged_search(
-            self.config.base_dn, self.state_filter(), self.mapper.attributes
+            self.config.base_dn, self.config.user_filter, self.mapper.user_attributes
+        ):
+            entry_id = found.first(id_attribute)
+            if entry_id:
+                users[entry_id] = found
+        for found in conn.paged_search(
+            container, self.state_filter(), (*self.mapper.state_attributes, "cn")
         ):
             try:
-                yield self.mapper.entry(found)
+                state = self.mapper.state_entry(found)
+                user_found = users.get(state.entry_id)
+                if user_found is None:
+                    yield state
+                    continue
+                user = self.mapper.entry(user_found)
+                yield dataclasses.replace(
+                    user,
+                    seed=state.seed,
+                    tokens=state.tokens,
+                    used=state.used,
+                    state_exists=True,
+                    state_classes=state.state_classes,
+                )
             except DirectoryError as exc:
                 yield found.dn, exc
 
 
-@dataclass
 class SyncInventory:
-    """Unassigned hardware tokens in the directory, over ldap3 (cf. ``InventoryStore``)."""
+    """Unassigned hardware tokens: ``inventory.py``'s steps over ldap3 (cf. ``InventoryStore``)."""
 
-    mapper: InventoryMapper
-    store: SyncStore
+    def __init__(self, mapper: InventoryMapper, store: SyncStore) -> None:
+        self.mapper = mapper
+        self.store = store
 
     @classmethod
     def open(cls, store: SyncStore) -> SyncInventory:
         return cls(InventoryMapper(store.config, store.keyring), store)
 
-    @property
-    def _conn(self) -> SyncConnection:
-        return self.store.directory.write()
-
     def add(self, token: Token, secret: Secret, last: int = -1) -> InventoryItem:
-        """Create ``cn=<serial>`` and store the token in it (bound to the new entry's id)."""
-        if not token.serial:
-            raise InventoryError("an inventory token needs a serial")
-        conn = self._conn
-        dn = self.mapper.dn(token.serial)
-        code, message = conn.add(dn, self.mapper.new_entry(token.serial))
-        if code == ENTRY_ALREADY_EXISTS:
-            raise InventoryError(f"serial {token.serial} is already in the inventory", code)
-        if code != SUCCESS:
-            raise InventoryError(f"cannot add {dn}: {code} {message}", code)
-        try:
-            item = self._read(token.serial, decrypt=False)
-            raw = self.mapper.encode(dn, item.entry_id, token, secret, last)
-            code, message = conn.modify(dn, self.mapper.store_change(raw))
-            if code != SUCCESS:
-                raise InventoryError(f"cannot store token {token.serial}: {code} {message}", code)
-        except BaseException:
-            conn.delete(dn)  # leave no empty entry behind
-            raise
-        return self._read(token.serial)
-
-    def _read(self, serial: str, decrypt: bool = True) -> InventoryItem:
-        found = self._conn.search(
-            self.mapper.dn(serial), "(cn=*)", self.mapper.attributes, scope=SCOPE_BASE
-        )
-        if not found:
-            raise InventoryError(f"serial {serial} is not in the inventory")
-        return self.mapper.item(found[0], decrypt)
+        return self.store.run(inv.add_item(self.mapper, token, secret, last))
 
     def get(self, serial: str, decrypt: bool = True) -> InventoryItem:
-        return self._read(serial, decrypt)
+        return self.store.run(inv.read_item(self.mapper, serial, decrypt))
 
     def entries(self) -> list[SearchEntry]:
-        container = self.mapper.container.lower()
-        return sorted(
-            (
-                e
-                for e in self._conn.paged_search(
-                    self.mapper.container, "(cn=*)", self.mapper.attributes
-                )
-                if e.dn.lower() != container
-            ),
-            key=lambda e: (e.first("cn") or b"").lower(),
-        )
-
-    def list(self, decrypt: bool = True) -> list[InventoryItem]:
-        return [self.mapper.item(e, decrypt) for e in self.entries()]
+        return self.store.run(inv.entries(self.mapper))
 
     def serials(self) -> set[str]:
         return {(e.first("cn") or b"").decode("utf-8", "replace").lower() for e in self.entries()}
 
-    def claim(self, serial: str) -> InventoryItem:
-        """Take a token out of the inventory, exactly once (deletes the exact stored value)."""
-        item = self._read(serial)
-        if item.raw is None:
-            raise InventoryError(f"serial {serial} is being assigned by someone else")
-        code, message = self._conn.modify(item.dn, self.mapper.claim_change(item))
-        if code == NO_SUCH_ATTRIBUTE:
-            raise InventoryError(f"serial {serial} was just taken by someone else", code)
-        if code != SUCCESS:
-            raise InventoryError(f"cannot claim {serial}: {code} {message}", code)
-        return item
-
-    def release(self, item: InventoryItem) -> None:
-        if item.raw is None:
-            return
-        code, message = self._conn.modify(item.dn, self.mapper.store_change(item.raw))
-        if code != SUCCESS:
-            raise InventoryError(f"cannot return {item.serial} to the inventory: {message}", code)
-
     def replace(self, item: InventoryItem, token: Token, secret: Secret, last: int) -> None:
-        """Rewrite the stored token (new label, current key) if nobody changed it meanwhile."""
-        raw = self.mapper.encode(item.dn, item.entry_id, token, secret, last)
-        code, message = self._conn.modify(item.dn, self.mapper.replace_change(item, raw))
-        if code in CAS_CONFLICTS:
-            raise InventoryError(f"serial {item.serial} changed meanwhile; try again", code)
-        if code != SUCCESS:
-            raise InventoryError(f"cannot rewrite {item.serial}: {code} {message}", code)
-
-    def remove(self, item: InventoryItem) -> None:
-        self.delete(item.serial)
+        self.store.run(inv.rewrite(self.mapper, item, token, secret, last))
 
     def delete(self, serial: str) -> None:
-        code, message = self._conn.delete(self.mapper.dn(serial))
-        if code == NO_SUCH_OBJECT:
-            raise InventoryError(f"serial {serial} is not in the inventory", code)
-        if code != SUCCESS:
-            raise InventoryError(f"cannot delete {serial}: {code} {message}", code)
+        self.store.run(inv.delete(self.mapper, serial))
+
+    def assign(self, serial: str, user_name: str, max_tokens: int) -> Token:
+        from otpgate.admin.inventory import assign  # the flow lives with the admin tasks
+
+        store = self.store
+        return store.run(
+            assign(
+                store.mapper, self.mapper, serial, user_name, max_tokens, store.config.cas_retries
+            )
+        )
 
 
 def open_store(config: DirectoryConfig, keyring: Keyring) -> SyncStore:

@@ -76,6 +76,17 @@ class ChallengeStore:
             return None
         return found
 
+    def restore(self, state: bytes, challenge: Challenge, now: float) -> None:
+        """Put back a State taken for a login the directory could not decide (an outage):
+        the NAS's retry may use it again, until it expires as it would have."""
+        if challenge.expires <= now or len(state) != STATE_BYTES:
+            return
+        key = _key(state)
+        if key not in self._pending:
+            self._pending[key] = challenge
+            self._order.append((challenge.expires, key))
+            self._order = deque(sorted(self._order))
+
     def _expire(self, now: float) -> None:
         order = self._order
         while order and order[0][0] <= now:

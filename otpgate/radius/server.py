@@ -176,6 +176,8 @@ class AccessHandler:
             result = await auth.authenticate(
                 AuthRequest(pending.dn, secret, source, FRONT_END, otp_only=True), None
             )
+            if result.unavailable:  # an outage must not cost the user the State
+                self.challenges.restore(login.state, pending, self.clock.seconds())
             return self._finish(result)
         first = await auth.first_factor(
             AuthRequest(login.name, secret, source, FRONT_END), self.check_password

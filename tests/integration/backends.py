@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ class Backend:
                 "bind_dn": s.admin_dn,
                 "bind_password": s.admin_password,
                 "domains": [s.domain],
+                # AD needs a state container (users may write their own attributes).
+                "state_dn": self.state_dn(),
             }
         else:
             section = {
@@ -77,15 +80,38 @@ class Backend:
         """The token inventory container (created on Samba on first use)."""
         if not isinstance(self.server, SambaDC):
             return self.server.tokens_dn
-        dn = f"OU=OTP Tokens,{self.server.base_dn}"
+        return self.ensure_ou("OTP Tokens")
+
+    def state_dn(self) -> str:
+        """The OTP state container of the AD backend (created on first use)."""
+        return self.ensure_ou("otpgate state")
+
+    def ensure_ou(self, name: str, parent: str | None = None) -> str:
+        """An OU on Samba, created if missing."""
+        parent = parent or self.server.base_dn
+        dn = f"OU={name},{parent}"
         conn = self.admin()
         try:
-            conn.search(self.server.base_dn, "(ou=OTP Tokens)", search_scope="LEVEL")
+            conn.search(parent, f"(ou={name})", search_scope="LEVEL")
             if not conn.entries:
                 conn.add(dn, ["top", "organizationalUnit"])
         finally:
             conn.unbind()
         return dn
+
+    def state_holder(self, dn: str, config: Config | None = None) -> str:
+        """The DN whose attributes hold the OTP state of the user ``dn``."""
+        config = config or self.config()
+        if config.directory.state_dn is None:
+            return dn
+        id_attribute = config.directory.profile.id_attribute
+        (entry_id,) = self.raw_values(dn, id_attribute)
+        rdn = str(uuid.UUID(bytes_le=entry_id)) if self.is_ad else entry_id.decode().lower()
+        return f"cn={rdn},{config.directory.state_dn}"
+
+    def state_values(self, dn: str, attribute: str, config: Config | None = None) -> list[bytes]:
+        """The raw values of one OTP state attribute of the user ``dn``, wherever they live."""
+        return self.raw_values(self.state_holder(dn, config), attribute)
 
     def admin(self) -> Any:
         """A bound ldap3 connection with full rights (LDAPS, certificate verified)."""
@@ -98,7 +124,7 @@ class Backend:
         conn = self.admin()
         try:
             conn.search(dn, "(objectClass=*)", search_scope="BASE", attributes=[attribute])
-            entry = conn.response[0]
+            entry = conn.response[0] if conn.response else {"raw_attributes": {}}
             return list(entry["raw_attributes"].get(attribute, []))
         finally:
             conn.unbind()

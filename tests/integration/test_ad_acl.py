@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ldap3
+import pytest_twisted
 from ldap3.protocol.microsoft import security_descriptor_control
 
 from tests.servers import SambaDC
@@ -354,3 +355,81 @@ def test_ou_deny_aces_alone_do_not_hide_state(samba_dc: SambaDC, tmp_path: Path)
     assert _write(alice, alice_dn, "postalAddress", "rolled back") == 0
     alice.unbind()
     bob.unbind()
+
+
+ORGANIZATIONAL_ROLE = "a8df74bf-c5ea-11d1-bbcb-0080c76670c0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_state_container_delegation_is_all_an_unprivileged_account_needs(
+    samba_dc: SambaDC, tmp_path: Path
+) -> None:
+    """README §0, exactly: an OU, the two delegation ACEs for an ordinary service account,
+    then enrollment (the gateway creates the user's state entry) and logins through the
+    pipeline; the user, bound with her own password, cannot touch her state entry."""
+    from twisted.internet import reactor
+
+    from otpgate.admin.enrollment import enroll_change, new_oath_token
+    from otpgate.auth.pipeline import AuthRequest
+    from otpgate.config import parse_config
+    from otpgate.otp.oath import hotp
+    from otpgate.service import Gateway
+    from otpgate.tokens import TokenType
+    from otpgate.vault import Keyring, keygen
+
+    dc = samba_dc
+    env = _client_env(tmp_path, dc)
+    site = _site(dc, f"deleg{secrets.token_hex(3)}")
+    state_dn = f"OU=state,{site.ou}"
+    admin = dc.connect(get_info=ldap3.NONE)
+    assert admin.add(state_dn, "organizationalUnit"), admin.result
+    admin.unbind()
+    sid = site.service_sid
+    sddl = f"(OA;CIIO;RPWP;;{ORGANIZATIONAL_ROLE};{sid})(OA;;CCDC;{ORGANIZATIONAL_ROLE};;{sid})"
+    _run(
+        [SAMBA_TOOL, "dsacl", "set", *_admin_options(dc), f"--objectdn={state_dn}", f"--sddl={sddl}"],
+        env,
+    )
+    keyring = tmp_path / "keyring.json"
+    keygen(keyring, "k1")
+    config = parse_config(
+        {
+            "directory": {
+                "profile": "ad",
+                "urls": [dc.ldaps_url],
+                "ca_file": str(dc.ca_file),
+                "base_dn": site.ou,
+                "bind_dn": site.service.dn,
+                "bind_password": site.service.password,
+                "state_dn": state_dn,
+                "state_cache_seconds": 0,
+            },
+            "vault": {"keyring": str(keyring)},
+        },
+        Path("/"),
+    )
+    gateway = Gateway(config, Keyring.load(keyring), reactor)
+    key = os.urandom(20)
+    try:
+        user = await gateway.store.resolve(site.alice.upn)
+        token, secret = new_oath_token(config.otp, TokenType.HOTP, key=key)
+        await gateway.store.update(user, lambda s: enroll_change(s, token, secret, 5))
+        outcomes = []
+        for code in (hotp(key, 0), hotp(key, 0), hotp(key, 1)):
+            result = await gateway.authenticator.authenticate(
+                AuthRequest(site.alice.upn, site.alice.password + code, "127.0.0.1", "test"),
+                gateway.check_password,
+            )
+            outcomes.append((result.ok, result.reason))
+        assert [ok for ok, _ in outcomes] == [True, False, True], outcomes
+    finally:
+        gateway.close()
+    alice = _connect(dc, site.alice)
+    try:
+        assert alice.search(state_dn, "(objectClass=organizationalRole)", attributes=["cn"])
+        (holder,) = [e.entry_dn for e in alice.entries]
+        assert _write(alice, holder, "wWWHomePage", "rolled back") == INSUFFICIENT_ACCESS_RIGHTS
+        alice.delete(holder)
+        assert alice.result["result"] == INSUFFICIENT_ACCESS_RIGHTS
+    finally:
+        alice.unbind()

@@ -137,7 +137,7 @@ def test_enroll_show_list_revoke_reset_and_test_auth(backend, tmp_path, capsys):
     shown = cli("show", name)
     assert "phone" in shown and "hotp" in shown and b32(key) not in shown and key.hex() not in shown
     # The seed is stored encrypted.
-    raw = backend.raw_values(dn, cli.store().config.seed.spec.name)
+    raw = backend.state_values(dn, cli.store().config.seed.spec.name)
     assert raw and all(key.hex().encode() not in v and b32(key).encode() not in v for v in raw)
 
     # The real pipeline: right code accepted, the same code again refused.
@@ -285,6 +285,7 @@ def _own_subtree(backend, tag: str) -> tuple[str, str, list[str]]:
         try:
             assert conn.add(ou, ["top", "organizationalUnit"])
             assert conn.add(inv, ["top", "organizationalUnit"])
+            assert conn.add(f"OU=state,{ou}", ["top", "organizationalUnit"])  # its own states
         finally:
             conn.unbind()
         for user in users:
@@ -324,13 +325,10 @@ def test_rekey_is_resumable_and_retires_old_keys(backend, tmp_path, capsys):
         keyring = tmp_path / "keyring.json"
         shutil.copy(backend.keyring, keyring)
         os.chmod(keyring, 0o600)
-        cli = Cli(
-            backend,
-            tmp_path,
-            capsys,
-            directory={"base_dn": ou, "inventory_dn": inv},
-            keyring=keyring,
-        )
+        own = {"base_dn": ou, "inventory_dn": inv}
+        if backend.is_ad:
+            own["state_dn"] = f"OU=state,{ou}"
+        cli = Cli(backend, tmp_path, capsys, directory=own, keyring=keyring)
         for user in users:
             cli("enroll", user, "--no-qr")
         csv = tmp_path / "rk.csv"
@@ -365,7 +363,7 @@ def test_rekey_is_resumable_and_retires_old_keys(backend, tmp_path, capsys):
                     if v
                 ), values
                 store.decode(entry)  # decrypts with the new key alone
-                assert backend.raw_values(entry.dn, seed_attr)
+                assert backend.state_values(entry.dn, seed_attr, load_config(cli.config))
         finally:
             store.directory.close()
         assert cli.json("inventory")["tokens"][0]["serial"] == f"{tag}-t1"
@@ -374,7 +372,11 @@ def test_rekey_is_resumable_and_retires_old_keys(backend, tmp_path, capsys):
 
 
 def test_doctor_checklist(backend, tmp_path, capsys):
-    cli = Cli(backend, tmp_path, capsys, directory={"inventory_dn": inventory_dn(backend)})
+    """The state in the users' own entries (on AD: the explicit opt-in)."""
+    own = {"inventory_dn": inventory_dn(backend)}
+    if backend.is_ad:
+        own.update(state_dn="", allow_self_writable_state=True)
+    cli = Cli(backend, tmp_path, capsys, directory=own)
     name, _dn = backend.new_user("doc")
     password = tmp_path / "user.pw"
     password.write_text(USER_PASSWORD)
@@ -409,6 +411,34 @@ def test_doctor_checklist(backend, tmp_path, capsys):
         assert entry.seed is None and entry.tokens == () and entry.used == ()
     finally:
         store.directory.close()
+
+
+def test_doctor_checks_the_state_container(backend, tmp_path, capsys):
+    """With [directory] state_dn the doctor probes the container: the service account
+    creates, swaps, reads and deletes a probe entry; the test user cannot write there."""
+    state_dn = backend.state_dn() if backend.is_ad else backend.server.state_dn
+    cli = Cli(backend, tmp_path, capsys, directory={"state_dn": state_dn})
+    name, _dn = backend.new_user("docc")
+    password = tmp_path / "user.pw"
+    password.write_text(USER_PASSWORD)
+    doc = cli.json("doctor", "--test-user", name, "--test-password-file", str(password))
+    assert doc["ok"], json.dumps(doc, indent=1)
+    statuses = {c["area"]: c["status"] for c in doc["checks"]}
+    for area in ("state container", "service account creates state entries",
+                 "service account writes state entries", "service account reads state entries",
+                 "user writes state entries", "user creates state entries"):
+        assert statuses[area] == "ok", area
+    assert not any(a.startswith("AD ACL") for a in statuses)  # users' own attributes: moot
+    conn = backend.admin()
+    try:
+        conn.search(state_dn, "(cn=otpgate-doctor-*)", attributes=["cn"])
+        assert not conn.entries  # the probe left nothing behind
+    finally:
+        conn.unbind()
+    missing = Cli(backend, tmp_path, capsys, directory={"state_dn": f"ou=nowhere,{state_dn}"})
+    failed = missing.json("doctor", code=1)
+    (check,) = [c for c in failed["checks"] if c["area"] == "state container"]
+    assert check["status"] == "fail" and "organizationalUnit" in check["fix"]
 
 
 def test_failover_pinning_and_certificates(backend, tmp_path, capsys):

@@ -305,7 +305,7 @@ olcDbDirectory: {tmp_path / "db"}
     )  # fmt: skip
     run("/usr/sbin/slaptest", "-u", "-F", str(config_dir))  # -u: the database is empty
     db_ldif = next((config_dir / "cn=config").glob("olcDatabase={1}mdb.ldif")).read_text()
-    assert db_ldif.count("olcAccess:") == 6
+    assert db_ldif.count("olcAccess:") == 7  # incl. the state container (state_dn)
 
 
 # -- Samba AD DC ---------------------------------------------------------------------------

@@ -43,8 +43,7 @@ def otp_only(name, code):
 
 def format_sets(backend):
     """Every allowed combination worth a round trip on this backend."""
-    sets = [{"seed": "json-encrypted", "tokens": "json-encrypted", "used": "json-encrypted"},
-            {"seed": "json-encrypted", "tokens": "json", "used": "json"}]
+    sets = [{"seed": "json-encrypted", "tokens": "json-encrypted", "used": "json-encrypted"}]
     config = backend.config()
     octet = {role for role in ("seed", "tokens", "used")
              if getattr(config.directory, role).spec.syntax is Syntax.OCTET}
@@ -66,14 +65,12 @@ async def test_round_trip_every_format_and_only_ciphertext_stored(backend):
             assert state.tokens == (token,)
             assert state.secrets[token.id].key == secret.key
             d = gw.config.directory
-            raw_seed = backend.raw_values(dn, d.seed.spec.name)
+            raw_seed = backend.state_values(dn, d.seed.spec.name)
             assert len(raw_seed) == 1
             b32 = base64.b32encode(secret.key).rstrip(b"=")
-            for raw in raw_seed + backend.raw_values(dn, d.tokens.spec.name):
+            for raw in raw_seed + backend.state_values(dn, d.tokens.spec.name):
                 assert secret.key not in raw and b32 not in raw and secret.key.hex().encode() not in raw
-            if formats["tokens"] == "json" and d.tokens.spec.syntax is Syntax.POSTAL:
-                (raw_token,) = backend.raw_values(dn, d.tokens.spec.name)
-                assert b"\\24phone" in raw_token and b"\\5C" in raw_token  # RFC 4517 escapes
+                assert b"phone" not in raw  # the label too: no plain value is ever stored
         finally:
             gw.close()
 
@@ -97,7 +94,8 @@ async def test_ad_attributes_hold_only_ciphertext_for_ldapsearch(request, tmp_pa
     dc = backend.server
     out = subprocess.run(
         ["ldapsearch", "-LLL", "-x", "-H", dc.ldaps_url, "-D", dc.admin_dn, "-w", dc.admin_password,
-         "-b", dn, "-s", "base", "postalAddress", "registeredAddress", "wWWHomePage"],
+         "-b", backend.state_holder(dn), "-s", "base",
+         "postalAddress", "registeredAddress", "wWWHomePage"],
         capture_output=True, text=True, check=True,
         env={**os.environ, "LDAPTLS_CACERT": str(dc.ca_file), "LDAPTLS_REQCERT": "demand"},
     ).stdout
@@ -210,9 +208,10 @@ async def test_ciphertext_copied_to_another_entry_is_rejected(backend):
         d = gw.config.directory
         admin = backend.admin()
         try:
+            holder_b = backend.state_holder(dn_b)
             for attr in (d.seed.spec.name, d.tokens.spec.name, d.used.spec.name):
-                values = backend.raw_values(dn_a, attr)
-                assert admin.modify(dn_b, {attr: [("MODIFY_REPLACE", values)]}), admin.result
+                values = backend.state_values(dn_a, attr)
+                assert admin.modify(holder_b, {attr: [("MODIFY_REPLACE", values)]}), admin.result
         finally:
             admin.unbind()
         with pytest.raises(CodecError, match="copied from another entry"):
@@ -279,7 +278,10 @@ async def test_stale_cached_entry_costs_one_counted_cas_retry(backend):
         stats = first.directory_stats
         assert stats.cas_conflicts == 1
         # initialise + enroll, the first login, then the lost CAS write and its retry
-        assert stats.latency["modify"].count == 5
+        # (a state entry, on AD, is initialised by the Add that creates it)
+        writes = stats.latency["modify"].count
+        writes += stats.latency["add"].count if "add" in stats.latency else 0
+        assert writes == 5
         assert stats.latency["search"].count >= 2 and not stats.errors
     finally:
         first.close()

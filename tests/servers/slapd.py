@@ -111,7 +111,11 @@ class Slapd:
         suffix: str = "dc=example,dc=org",
         start_timeout: float = 30.0,
         extra_config: str = "",
+        acl: Literal["shipped", "self-write"] = "shipped",
     ) -> None:
+        """``acl="self-write"``: a permissive site where every user may write their own entry
+        (only the state and token containers are kept for the service account), as many
+        sites run; the attack tests use it."""
         if schema not in ("stock", "otpgate"):
             raise ValueError(f"schema must be 'stock' or 'otpgate', not {schema!r}")
         if not re.fullmatch(r"dc=[a-z0-9-]+(,dc=[a-z0-9-]+)*", suffix):
@@ -121,6 +125,7 @@ class Slapd:
         self.suffix = suffix
         self.start_timeout = start_timeout
         self.extra_config = extra_config
+        self.acl = acl
         self.host = LOOPBACK
         self.port = free_port()
         self.ldaps_port = free_port()
@@ -130,6 +135,7 @@ class Slapd:
         self.services_dn = f"ou=services,{suffix}"
         self.groups_dn = f"ou=groups,{suffix}"
         self.tokens_dn = f"ou=tokens,{suffix}"
+        self.state_dn = f"ou=otpgate-state,{suffix}"
         self.service_dn = f"cn=otpgate,{self.services_dn}"
         self.service_password = "svc-" + secrets.token_urlsafe(12)
         self.conf_file = self.workdir / "slapd.conf"
@@ -304,6 +310,24 @@ class Slapd:
         self.conf_file.write_text(self._config())
 
     def _acl(self) -> str:
+        if self.acl == "self-write":
+            service = f'dn.exact="{self.service_dn}"'
+            return f"""access to attrs=userPassword
+\tby self write
+\tby anonymous auth
+\tby * none
+access to dn.subtree="{self.state_dn}"
+\tby {service} write
+\tby * none
+access to dn.subtree="{self.tokens_dn}"
+\tby {service} write
+\tby * none
+access to *
+\tby {service} write
+\tby self write
+\tby users read
+\tby * none
+"""
         text = (REPO_SCHEMA_DIR / "acl-openldap.conf").read_text()
         if self.schema != "otpgate":
             text, n = _OTPGATE_ACL_BLOCK.subn("", text)
@@ -354,7 +378,13 @@ index member eq
                 {"objectClass": ["dcObject", "organization"], "dc": dc, "o": "otpgate tests"},
             )
         ]
-        for ou_dn in (self.people_dn, self.services_dn, self.groups_dn, self.tokens_dn):
+        for ou_dn in (
+            self.people_dn,
+            self.services_dn,
+            self.groups_dn,
+            self.tokens_dn,
+            self.state_dn,
+        ):
             ou = ou_dn.split(",", 1)[0].split("=", 1)[1]
             records.append(ldif_entry(ou_dn, {"objectClass": "organizationalUnit", "ou": ou}))
         records.append(

@@ -85,6 +85,9 @@ def test_attribute_mapping_rules():
     doc = with_("directory.formats", {"seed": "json"})
     with pytest.raises(ConfigError, match="seeds are always encrypted"):
         parse(doc)
+    for role in ("tokens", "used", "inventory"):  # no plain value can be trusted
+        with pytest.raises(ConfigError, match=rf"\[directory\.formats\]\.{role}: plain 'json'"):
+            parse(with_("directory.formats", {role: "json"}))
     doc = with_("directory.formats", {"used": "binary"})
     with pytest.raises(ConfigError, match="'binary' needs an octet-string"):
         parse(doc)
@@ -123,3 +126,27 @@ def test_bad_file_is_one_line_from_the_cli(tmp_path, capsys):
     cfg.write_text("this is = = not toml")
     assert main(["check-config", "--config", str(cfg)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_ad_needs_a_state_container_or_an_explicit_risk():
+    """On a default AD every user may write their own state attributes (rollback -> replay):
+    the AD profile refuses to keep state there unless the admin says the right was removed."""
+    ad = {**MINIMAL, "directory": {**MINIMAL["directory"], "profile": "ad"}}
+    with pytest.raises(ConfigError, match=r"\[directory\]\.state_dn is required on Active Directory"):
+        parse(ad)
+    ad["directory"]["state_dn"] = "OU=otpgate state,DC=example,DC=org"
+    config = parse(ad).directory
+    assert config.state_dn == "OU=otpgate state,DC=example,DC=org"
+    assert config.state_classes == ("top", "organizationalRole")
+    del ad["directory"]["state_dn"]
+    ad["directory"]["allow_self_writable_state"] = True
+    assert parse(ad).directory.state_dn is None
+    ad["directory"]["state_dn"] = ad["directory"]["inventory_dn"] = "OU=x,DC=example,DC=org"
+    with pytest.raises(ConfigError, match="state_dn.*inventory_dn"):
+        parse(ad)
+
+
+def test_openldap_keeps_state_in_the_user_entry_unless_told():
+    assert parse(MINIMAL).directory.state_dn is None
+    doc = {**MINIMAL, "directory": {**MINIMAL["directory"], "state_dn": "ou=otp,dc=example,dc=org"}}
+    assert parse(doc).directory.state_classes == ("top", "organizationalRole", "extensibleObject")

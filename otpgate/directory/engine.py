@@ -1,0 +1,182 @@
+"""The one state engine: reading a user's OTP state and changing it with compare-and-swap.
+
+Written once and without I/O.  Each operation is a generator (a ``Step``) that yields
+directory requests (``Search``, ``Modify``, ``Add``, ``Delete``) and is sent their results;
+two thin drivers run them: ``store.py`` over the gateway's async client, ``sync.py`` over
+ldap3 for the CLI.  A driver delivers an I/O error into the step with ``throw`` (so a step
+can undo what it did), and returns the step's return value.
+
+The compare-and-swap loop (``update``): read, let ``change`` decide on the decoded state,
+write one Modify that deletes the exact old ``used`` value, on a conflict re-read and try
+again (bounded); a lost connection during the write propagates as DirectoryUnavailable:
+the outcome is unknown and the caller treats the code as spent.  See ``state.py`` for
+where the values live and why the write is a compare-and-swap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from otpgate.codec import CodecError
+from otpgate.directory.ldapdata import SUCCESS, DirectoryError, Modification, SearchEntry
+from otpgate.directory.state import (
+    CAS_CONFLICTS,
+    ENTRY_EXISTS,
+    ConcurrentUpdate,
+    Lookup,
+    OtpState,
+    StateChange,
+    StateMapper,
+    UserEntry,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Search:
+    """Answered with ``list[SearchEntry]`` (``[]`` for noSuchObject)."""
+
+    lookup: Lookup
+    attributes: tuple[str, ...]
+    size_limit: int = 0
+
+
+@dataclass(frozen=True)
+class Modify:
+    """One Modify, applied atomically by the server; answered with (code, message)."""
+
+    dn: str
+    changes: tuple[Modification, ...]
+
+
+@dataclass(frozen=True)
+class Add:
+    """Answered with (code, message)."""
+
+    dn: str
+    attributes: dict[str, tuple[bytes, ...]]
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Answered with (code, message)."""
+
+    dn: str
+
+
+Op = Search | Modify | Add | Delete
+Step = Generator[Op, Any, T]
+
+
+class WriteRefused(DirectoryError):
+    """The directory refused a write for another reason than a lost race."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ``update`` did: the change's result and the entry as it now is."""
+
+    result: Any
+    user: UserEntry
+    reread: bool
+    """The entry was read from the directory during the update (cache: a fresh read)."""
+    conflicts: int
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+def read_state(mapper: StateMapper, user: UserEntry) -> Step[UserEntry]:
+    """``user`` with its values: in the container layout, read from its state entry."""
+    if mapper.container is None:
+        return user
+    found: list[SearchEntry] = yield Search(mapper.state_lookup(user), mapper.state_attributes)
+    return mapper.with_state(user, found)
+
+
+def resolve(mapper: StateMapper, name: str) -> Step[UserEntry]:
+    """The one entry ``name`` (DN, UPN, DOMAIN\\user or bare name) refers to, with its state."""
+    found: list[SearchEntry] = yield Search(mapper.lookup(name), mapper.user_attributes, 2)
+    return (yield from read_state(mapper, mapper.one_entry(name, found)))
+
+
+def reread(mapper: StateMapper, user: UserEntry) -> Step[UserEntry]:
+    """The same entry (same immutable id) read again, with its state."""
+    found: list[SearchEntry] = yield Search(mapper.reread_lookup(user), mapper.user_attributes, 2)
+    return (yield from read_state(mapper, mapper.same_entry(user, found)))
+
+
+def reread_state(mapper: StateMapper, user: UserEntry) -> Step[UserEntry]:
+    """What a compare-and-swap retry needs again: only the values (the state entry, or the
+    user entry where the values live in it)."""
+    if mapper.container is None:
+        return (yield from reread(mapper, user))
+    return (yield from read_state(mapper, user))
+
+
+# -- the compare-and-swap loop ----------------------------------------------------------------
+
+
+def update(
+    mapper: StateMapper,
+    user: UserEntry,
+    change: Callable[[OtpState], StateChange[T]],
+    retries: int,
+    *,
+    unreadable_as_empty: bool = False,
+) -> Step[Outcome]:
+    """Apply ``change`` to the user's current state with compare-and-swap, retrying races.
+
+    ``change`` sees the freshly decoded state and returns what to write (and a result);
+    it may be called several times.  A decision that writes nothing is made on a fresh
+    read, never on an entry from the gateway's cache (no compare-and-swap checks it).
+    ``unreadable_as_empty``: a state that does not decode (tampered, foreign values) is
+    handed to ``change`` as empty, so that an admin's reset can overwrite it.
+    """
+    fresh = not user.from_cache
+    reread_any = False
+    conflicts = 0
+    for _attempt in range(retries):
+        if not user.used:
+            if mapper.container is not None and not user.state_exists:
+                code, message = yield Add(user.state_dn, mapper.new_state_entry(user))
+                lost_race = code == ENTRY_EXISTS
+            else:
+                code, message = yield Modify(user.state_dn, tuple(mapper.initialise(user)))
+                lost_race = code in CAS_CONFLICTS
+            if code != SUCCESS and not lost_race:
+                raise WriteRefused(
+                    f"{user.dn}: cannot initialise OTP state at {user.state_dn}: {code} {message}",
+                    code,
+                )
+            user = yield from reread_state(mapper, user)
+            fresh = reread_any = True
+            continue
+        try:
+            state = mapper.decode(user)
+        except CodecError:
+            if not unreadable_as_empty:
+                raise
+            state = OtpState()
+        planned = change(state)
+        if not planned.writes:
+            if fresh:
+                return Outcome(planned.result, user, reread_any, conflicts)
+            user = yield from reread_state(mapper, user)
+            fresh = reread_any = True
+            continue
+        changes = mapper.plan(user, state, planned)
+        code, message = yield Modify(user.state_dn, tuple(changes))
+        if code == SUCCESS:
+            return Outcome(planned.result, mapper.after(user, changes), reread_any, conflicts)
+        if code not in CAS_CONFLICTS:
+            raise WriteRefused(f"{user.dn}: write refused: {code} {message}", code)
+        conflicts += 1
+        user = yield from reread_state(mapper, user)
+        fresh = reread_any = True
+    raise ConcurrentUpdate(
+        f"{user.dn}: OTP state changed under us {retries} times; giving up", conflicts
+    )

@@ -1,0 +1,240 @@
+"""The insider with a phished password attacks the OTP state in the directory itself.
+
+On a default Active Directory every user may write their own ``postalAddress``,
+``registeredAddress`` and ``wWWHomePage`` (SELF write); on OpenLDAP many sites grant
+``by self write``. With only the user's password the attacker binds to the directory
+directly (not through otpgate) and
+
+* plants a plain-JSON scratch token whose codes they chose, or a plain use state that
+  clears lockout (forgery): refused, because otpgate decodes nothing but authenticated
+  envelopes bound to the entry, the attribute and the purpose;
+* writes an old, genuine ciphertext of the use state back after a login (rollback), to
+  replay the spent code: impossible with the state in a container only the service
+  account writes (``[directory] state_dn``, required on AD). With the state kept in the
+  user's own entry on such a directory the rollback works, which is why AD refuses that
+  layout unless the admin asserts the right was removed.
+
+Sites: the session's Samba AD DC with its default ACLs, and a slapd whose ACL lets every
+user write their own entry (``acl="self-write"``). Every bind is a real client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ldap3
+import pytest
+import pytest_twisted
+
+from otpgate.auth.pipeline import AuthRequest
+from otpgate.directory.state import INITIAL_USED
+from otpgate.otp.oath import hotp
+from otpgate.otp.scratch import generate_scratch_list
+from otpgate.tokens import Token, TokenType
+from otpgate.vault import keygen
+from tests.integration.backends import USER_PASSWORD, Backend
+from tests.integration.proxyhelp import Proxy, enroll, start_proxy
+from tests.servers import SambaDC, Slapd
+
+PW = USER_PASSWORD
+INSUFFICIENT_ACCESS = 50
+USER_LAYOUT = {"state_dn": "", "allow_self_writable_state": True}
+"""The state in the user's own entry (on AD: the admin's explicit, risky opt-in)."""
+
+
+@pytest.fixture(scope="module")
+def self_write_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    server = Slapd(tmp_path_factory.mktemp("slapd-self-write"), acl="self-write")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["samba", "slapd-self-write"])
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Backend:
+    keyring = tmp_path_factory.getbasetemp() / "keyring.json"
+    if not keyring.exists():
+        keygen(keyring, "k1")
+    if request.param == "samba":
+        return Backend("samba", "ad", request.getfixturevalue("samba_dc"), keyring)
+    return Backend(
+        "slapd-self-write", "openldap", request.getfixturevalue("self_write_slapd"), keyring
+    )
+
+
+def container(site: Backend) -> dict[str, Any]:
+    """The state container layout on this site."""
+    if isinstance(site.server, SambaDC):
+        return {"state_dn": site.state_dn()}
+    return {"state_dn": site.server.state_dn}
+
+
+def as_user(site: Backend, dn: str) -> ldap3.Connection:
+    """The attacker: the user's own password, bound to the directory directly (LDAPS)."""
+    if isinstance(site.server, SambaDC):
+        return site.server.connect(dn, PW, raise_exceptions=False)
+    conn = site.server.connect(dn, PW)
+    conn.raise_exceptions = False
+    return conn
+
+
+def write(conn: ldap3.Connection, dn: str, attribute: str, values: list[bytes]) -> int:
+    conn.modify(dn, {attribute: [(ldap3.MODIFY_REPLACE, values)]})
+    return int(conn.result["result"])
+
+
+def forged_scratch_token() -> tuple[list[str], bytes]:
+    """A scratch list whose codes the attacker knows, as the plain JSON a forger would write."""
+    codes, scratch = generate_scratch_list(10, 8)
+    token = Token(id="f0rged00", type=TokenType.SCRATCH, created=1, scratch=scratch)
+    return codes, json.dumps(token.to_dict(), separators=(",", ":")).encode()
+
+
+async def started(site: Backend, tmp_path: Path, layout: dict[str, Any]) -> Proxy:
+    return await start_proxy(site, tmp_path, directory={**layout, "state_cache_seconds": 0})
+
+
+@pytest.mark.parametrize("layout", ["user-entry", "container"])
+@pytest_twisted.ensureDeferred
+async def test_forged_plain_token_opens_nothing(site, tmp_path, layout):
+    """The attacker adds a plain scratch token of their own making to the token attribute
+    of their entry, then logs in with password + one of its codes through the LDAP proxy
+    and through the pipeline as RADIUS and the portal use it."""
+    proxy = await started(site, tmp_path, USER_LAYOUT if layout == "user-entry" else container(site))
+    try:
+        name, dn = site.new_user("forge")
+        await enroll(proxy, name)  # a real token: the state exists
+        d = proxy.gateway.config.directory
+        codes, plain = forged_scratch_token()
+        attacker = as_user(site, dn)
+        try:
+            # Their own entry: on these sites the directory lets them.
+            assert write(attacker, dn, d.tokens.spec.name, [plain]) == 0, attacker.result
+            if layout == "container":
+                holder = site.state_holder(dn, proxy.gateway.config)
+                assert write(attacker, holder, d.tokens.spec.name, [plain]) == INSUFFICIENT_ACCESS
+        finally:
+            attacker.unbind()
+        assert await proxy.ldap3_bind(dn, PW + codes[0]) == (False, 49)
+        for front_end in ("radius", "web"):
+            result = await proxy.gateway.authenticator.authenticate(
+                AuthRequest(name, PW + codes[1], "127.0.0.1", front_end),
+                proxy.gateway.check_password,
+            )
+            assert not result.ok, result
+    finally:
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_use_state_cannot_reset_lockout(site, tmp_path):
+    """Locked out after wrong codes, the attacker replaces their use state with plain values
+    (the first-writer placeholder, or a document with no failures): still refused."""
+    proxy = await started(site, tmp_path, USER_LAYOUT)
+    try:
+        name, dn = site.new_user("unlock")
+        key = await enroll(proxy, name)
+        for _ in range(proxy.gateway.config.lockout.max_failures):
+            assert await proxy.ldap3_bind(dn, PW + "000000") == (False, 49)
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 0)) == (False, 49)  # locked
+        used = proxy.gateway.config.directory.used.spec.name
+        for plain in (INITIAL_USED, b'{"u":{},"v":1,"f":0}'):
+            attacker = as_user(site, dn)
+            try:
+                assert write(attacker, dn, used, [plain]) == 0, attacker.result
+            finally:
+                attacker.unbind()
+            assert await proxy.ldap3_bind(dn, PW + hotp(key, 1)) == (False, 49)
+    finally:
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rollback_of_the_use_state_replays_nothing(site, tmp_path):
+    """Default layout of the site (AD: the state container): the attacker saves the stored
+    use state, logs in, writes the saved value back and replays the spent code."""
+    proxy = await started(site, tmp_path, container(site))
+    try:
+        name, dn = site.new_user("rollback")
+        key = await enroll(proxy, name)
+        config = proxy.gateway.config
+        used = config.directory.used.spec.name
+        holder = site.state_holder(dn, config)
+        saved = site.state_values(dn, used, config)
+        assert saved
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 0)) == (True, 0)
+        attacker = as_user(site, dn)
+        try:
+            assert write(attacker, holder, used, saved) == INSUFFICIENT_ACCESS
+            assert write(attacker, dn, used, saved) == 0  # their own entry: irrelevant now
+        finally:
+            attacker.unbind()
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 0)) == (False, 49)  # spent
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 1)) == (True, 0)
+    finally:
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_writable_layout_is_replayable_which_is_why_ad_refuses_it(site, tmp_path):
+    """The same attack where the state sits in the user's own, user-writable entry (AD needs
+    allow_self_writable_state = true for that): the rollback works. This is the measured
+    reason for the AD default and for doctor's warning, not a property anyone should rely on."""
+    proxy = await started(site, tmp_path, USER_LAYOUT)
+    try:
+        name, dn = site.new_user("replay")
+        key = await enroll(proxy, name)
+        used = proxy.gateway.config.directory.used.spec.name
+        saved = site.raw_values(dn, used)
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 0)) == (True, 0)
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 0)) == (False, 49)
+        attacker = as_user(site, dn)
+        try:
+            assert write(attacker, dn, used, saved) == 0
+        finally:
+            attacker.unbind()
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 0)) == (True, 0)  # replayed
+    finally:
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleted_tokens_fail_closed(site, tmp_path):
+    """The attacker deletes their own token records (user layout): no login with any code,
+    and no password-only login either."""
+    proxy = await started(site, tmp_path, USER_LAYOUT)
+    try:
+        name, dn = site.new_user("wipe")
+        key = await enroll(proxy, name)
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 0)) == (True, 0)
+        d = proxy.gateway.config.directory
+        attacker = as_user(site, dn)
+        try:
+            assert write(attacker, dn, d.tokens.spec.name, []) == 0, attacker.result
+        finally:
+            attacker.unbind()
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 1)) == (False, 49)
+        assert await proxy.ldap3_bind(dn, PW) == (False, 49)
+    finally:
+        await proxy.stop()
+
+
+def test_state_entries_are_created_by_the_service_account_only(site):
+    """Nobody but the service account can plant a state entry for a user who has none."""
+    name, dn = site.new_user("plant")
+    config = site.config(container(site))
+    holder = site.state_holder(dn, config)
+    attacker = as_user(site, dn)
+    try:
+        classes = list(config.directory.state_classes)
+        cn = holder.split(",", 1)[0].split("=", 1)[1]
+        attacker.add(holder, classes, {"cn": cn, config.directory.used.spec.name: b"planted"})
+        assert attacker.result["result"] == INSUFFICIENT_ACCESS, attacker.result
+    finally:
+        attacker.unbind()
+    assert name
