@@ -17,7 +17,7 @@ from otpgate.directory.ldapdata import DirectoryError, Modification, SearchEntry
 from otpgate.tokens import Secret, Token
 from otpgate.vault import Keyring
 
-SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+SERIAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
 class InventoryError(DirectoryError):
@@ -25,7 +25,7 @@ class InventoryError(DirectoryError):
 
 
 def check_serial(serial: str) -> str:
-    if not SERIAL.match(serial):
+    if not SERIAL.fullmatch(serial):  # fullmatch: "$" would accept a trailing newline
         raise InventoryError(
             f"serial {serial!r}: use 1-64 characters of A-Z a-z 0-9 . _ : - (starting alphanumeric)"
         )
