@@ -37,7 +37,8 @@ from otpgate.otp.oath import (
     hotp,
     time_step,
 )
-from otpgate.vault import VaultError, keygen
+from otpgate.tokens import escape_unsafe as printable
+from otpgate.vault import VaultError, keygen, make_current
 
 DEFAULT_CONFIG = "/etc/otpgate/otpgate.toml"
 CONFIG_ENV = "OTPGATE_CONFIG"
@@ -64,9 +65,9 @@ def emit(args: argparse.Namespace, doc: Any, text: str) -> None:
     """Print ``doc`` as JSON with --json, else ``text``."""
     args.emitted = True
     if getattr(args, "json", False):
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        print(json.dumps(doc, indent=2, sort_keys=True))  # escapes control characters
     elif text:
-        print(text)
+        print("\n".join(printable(line) for line in text.split("\n")))
 
 
 def prompt_secret(prompt: str) -> str:
@@ -115,6 +116,18 @@ def cmd_code(args: argparse.Namespace) -> int:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.keyring)
+    if args.make_current:
+        if args.key_id or args.not_current:
+            raise UsageError("--make-current KID changes the current key; it takes no other option")
+        before = make_current(path, args.make_current)
+        if before == args.make_current:
+            print(f"key {before!r} is already current in {path}")
+        else:
+            print(
+                f"key {args.make_current!r} is now current in {path} (was {before!r}); "
+                "copy the keyring to every gateway, then run `otpgate rekey`"
+            )
+        return 0
     kid = args.key_id or time.strftime("k%Y%m%d%H%M%S")
     existed = path.exists()
     keygen(path, kid, make_current=not args.not_current)
@@ -187,16 +200,66 @@ def _summary(ctx: Admin, name: str) -> Any:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
+    from otpgate.admin.render import qr_bytes, qr_terminal
+
+    key = decode_base32(args.secret) if args.secret else None
+    if args.qr and Path(args.qr).suffix.lower() not in (".png", ".svg"):
+        raise UsageError(f"--qr {args.qr}: give a .png or .svg file name")
+    # The QR file is created (empty, 0600, exclusively) before the directory changes: a bad
+    # path must fail while the user's old token still works.
+    qr_file = _create_private(Path(args.qr), "--qr", "nothing was changed") if args.qr else None
+    try:
+        enrolled, gone, user, uri = _enroll(args, key)
+    except BaseException:
+        if qr_file is not None:
+            qr_file.discard()
+        raise
+    qr_error = _fill_private(qr_file, lambda: qr_bytes(uri, Path(args.qr).suffix))
+    doc = {
+        "user": args.user,
+        "dn": user.dn,
+        "token": enrolled.to_dict(),
+        "replaced": [t.id for t in gone],
+        "uri": uri,
+        "qr_file": None if qr_error else args.qr,
+    }
+    lines = [
+        f"enrolled {enrolled.type.value.upper()} token {enrolled.id} for {args.user} ({user.dn})"
+    ]
+    if gone:
+        lines.append("replaced: " + ", ".join(f"{t.id} ({t.type.value})" for t in gone))
+    lines.append("Add it to an authenticator app: scan the QR code or enter the key URI.")
+    if not args.no_qr:
+        lines.append(qr_terminal(uri).rstrip("\n"))
+    lines.append(uri)
+    if args.qr and not qr_error:
+        lines.append(f"QR code written to {args.qr} (mode 0600: it holds the secret)")
+    emit(args, doc, "\n".join(lines))
+    if qr_error:
+        raise CommandFailed(
+            f"the token is enrolled, but the QR file {args.qr} could not be written "
+            f"({qr_error}); use the key URI printed above"
+        )
+    return 0
+
+
+def _fill_private(file: Any, data: Callable[[], bytes]) -> str:
+    """Write a PrivateFile made before the directory change; "" or why it failed (the
+    change is done by then: the caller still prints what the file would have held)."""
+    if file is None:
+        return ""
+    try:
+        file.write(data())  # removes the file if it fails
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
+
+
+def _enroll(args: argparse.Namespace, key: bytes | None) -> tuple[Any, Any, Any, str]:
     from otpgate.admin.enrollment import enroll_change, new_oath_token, otpauth_uri, replaced_tokens
-    from otpgate.admin.render import qr_terminal, write_qr
     from otpgate.directory.state import StateChange
     from otpgate.tokens import TokenType
 
-    key = decode_base32(args.secret) if args.secret else None
-    if args.qr and Path(args.qr).exists():
-        raise UsageError(f"--qr {args.qr} exists; it is not overwritten")
-    if args.qr and Path(args.qr).suffix.lower() not in (".png", ".svg"):
-        raise UsageError(f"--qr {args.qr}: give a .png or .svg file name")
     with admin(args) as ctx:
         otp = ctx.config.otp
         try:
@@ -224,29 +287,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
         (enrolled, gone), user = ctx.store.update(user, change)
         uri = otpauth_uri(enrolled, secret, args.user, otp.issuer)
-        if args.qr:
-            write_qr(uri, Path(args.qr))
-    doc = {
-        "user": args.user,
-        "dn": user.dn,
-        "token": enrolled.to_dict(),
-        "replaced": [t.id for t in gone],
-        "uri": uri,
-        "qr_file": args.qr,
-    }
-    lines = [
-        f"enrolled {enrolled.type.value.upper()} token {enrolled.id} for {args.user} ({user.dn})"
-    ]
-    if gone:
-        lines.append("replaced: " + ", ".join(f"{t.id} ({t.type.value})" for t in gone))
-    lines.append("Add it to an authenticator app: scan the QR code or enter the key URI.")
-    if not args.no_qr:
-        lines.append(qr_terminal(uri).rstrip("\n"))
-    lines.append(uri)
-    if args.qr:
-        lines.append(f"QR code written to {args.qr} (mode 0600: it holds the secret)")
-    emit(args, doc, "\n".join(lines))
-    return 0
+    return enrolled, gone, user, uri
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -353,34 +394,51 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
 def cmd_scratch(args: argparse.Namespace) -> int:
     from otpgate.admin.manage import scratch_change
-    from otpgate.admin.render import scratch_card_html, write_private
+    from otpgate.admin.render import scratch_card_html
     from otpgate.otp.scratch import format_for_print, generate_scratch_list
 
-    if args.card and Path(args.card).exists():
-        raise UsageError(f"--card {args.card} exists; it is not overwritten")
     if args.card and Path(args.card).suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--card {args.card}: the card is HTML (give a .html file name)")
     try:
         codes, scratch = generate_scratch_list(args.count, args.length)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    with admin(args) as ctx:
-        user = ctx.store.resolve(args.user)
-        now = time.time()
-        token, user = ctx.store.update(user, lambda s: scratch_change(s, scratch, now))
-        if args.card:
-            html = scratch_card_html(args.user, ctx.config.otp.issuer, codes, now)
-            write_private(Path(args.card), html.encode("utf-8"))
+    # The card file first (empty, 0600, exclusively): a bad path fails while the old list
+    # still works.
+    card = _create_private(Path(args.card), "--card", "nothing was changed") if args.card else None
+    try:
+        with admin(args) as ctx:
+            user = ctx.store.resolve(args.user)
+            now = time.time()
+            token, user = ctx.store.update(user, lambda s: scratch_change(s, scratch, now))
+            issuer = ctx.config.otp.issuer
+    except BaseException:
+        if card is not None:
+            card.discard()
+        raise
+    card_error = _fill_private(
+        card, lambda: scratch_card_html(args.user, issuer, codes, now).encode("utf-8")
+    )
     printed = format_for_print(codes)
     lines = [f"new scratch list {token.id} for {args.user}; any previous list no longer works:"]
     lines += [f"  {i:>3}. {code}" for i, code in enumerate(printed, start=1)]
-    if args.card:
+    if args.card and not card_error:
         lines.append(f"print-ready card: {args.card} (mode 0600; delete it after printing)")
     emit(
         args,
-        {"user": args.user, "token": token.id, "codes": codes, "card": args.card},
+        {
+            "user": args.user,
+            "token": token.id,
+            "codes": codes,
+            "card": None if card_error else args.card,
+        },
         "\n".join(lines),
     )
+    if card_error:
+        raise CommandFailed(
+            f"the new list is active, but the card {args.card} could not be written "
+            f"({card_error}); the codes are printed above"
+        )
     return 0
 
 
@@ -388,8 +446,7 @@ def cmd_scratch(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from otpgate.admin.render import Progress
-    from otpgate.importers import MAX_IMPORT_BYTES, RowProblem, with_problems
+    from otpgate.importers import MAX_IMPORT_BYTES, with_problems
     from otpgate.importers.csvfiles import parse_oath_csv, parse_yubico_csv
     from otpgate.importers.errors import error_file_name, error_file_text
     from otpgate.importers.pskc import parse_pskc
@@ -426,59 +483,122 @@ def cmd_import(args: argparse.Namespace) -> int:
     original = data.decode("utf-8", "replace")
     error_path = path.with_name(error_file_name(path))
 
-    def write_errors(res: Any) -> None:
-        error_path.write_text(error_file_text(original, res), "utf-8")
-
     with admin(args) as ctx:
-        existing = ctx.inventory.serials()
-        clashes = [
-            RowProblem(t.row, f"serial {t.serial} is already in the inventory")
-            for t in result.tokens
-            if t.serial.lower() in existing
-        ]
-        result = with_problems(result, clashes)
-        if result.problems and not args.partial:
-            write_errors(result)
-            raise CommandFailed(
-                f"{len(result.problems)} of {result.rows} row(s) have problems; nothing was "
-                f"imported; they are marked in {error_path} (fix them there and import it, "
-                "or use --partial)"
+        result = with_problems(result, inventory_clashes(ctx.inventory, result))
+        # The error file holds every seed of the import file: create it (0600, exclusively,
+        # never through a symlink) before anything is imported, so refusing it loses nothing.
+        error_file = None
+        if (result.problems and not args.partial) or (args.partial and not args.dry_run):
+            error_file = _create_private(
+                error_path, "the error file", "nothing was imported", CommandFailed
             )
-        if args.dry_run:
-            emit(
-                args,
-                {
-                    "would_import": [t.serial for t in result.tokens],
-                    "problems": len(result.problems),
-                },
-                f"dry run: {len(result.tokens)} token(s) would be imported",
-            )
-            return 0
-        progress = Progress(
-            len(result.tokens), "importing", sys.stderr, None if not args.json else False
-        )
-        added: list[str] = []
-        late: list[RowProblem] = []
+
+        def write_errors(res: Any) -> None:
+            if error_file is not None:
+                error_file.write(error_file_text(original, res).encode("utf-8"))
+
         try:
-            for item in result.tokens:
-                try:
-                    ctx.inventory.add(item.token, item.secret, item.last)
-                except DirectoryError as exc:
-                    if not args.partial:
-                        raise
-                    late.append(RowProblem(item.row, str(exc)))
-                else:
-                    added.append(item.serial)
-                progress.advance()
-        except BaseException:
-            for serial in added:  # nothing is half-imported
-                ctx.inventory.delete(serial)
-            raise
+            return _import_rows(args, ctx, result, error_path, write_errors)
         finally:
-            progress.finish()
-        result = with_problems(result, late)
-        if result.problems:
-            write_errors(result)
+            if error_file is not None:
+                error_file.discard()  # still empty: no row had a problem
+
+
+def inventory_clashes(inventory: Any, result: Any) -> list[Any]:
+    """Problems of rows whose serial, or key, is already in the inventory."""
+    from otpgate.importers import RowProblem, key_fingerprint
+
+    serials: set[str] = set()
+    keys: dict[bytes, str] = {}
+    for entry in inventory.entries():
+        serials.add((entry.first("cn") or b"").decode("utf-8", "replace").lower())
+        try:
+            item = inventory.mapper.item(entry)
+        except (CodecError, DirectoryError, VaultError, ValueError, KeyError, TypeError):
+            continue  # unreadable: `otpgate inventory` reports it
+        if item.secret is not None:
+            keys[key_fingerprint(item.secret)] = item.serial
+    problems = []
+    for row in result.tokens:
+        if row.serial.lower() in serials:
+            problems.append(RowProblem(row.row, f"serial {row.serial} is already in the inventory"))
+        elif key_fingerprint(row.secret) in keys:
+            other = keys[key_fingerprint(row.secret)]
+            problems.append(
+                RowProblem(row.row, f"its key is already in the inventory as serial {other}")
+            )
+    return problems
+
+
+def _create_private(
+    path: Path, what: str, consequence: str, refusal: type[Exception] = UsageError
+) -> Any:
+    """A PrivateFile (0600, exclusive, no symlink) or a clear one-line refusal."""
+    from otpgate.admin.render import PrivateFile
+
+    try:
+        return PrivateFile(path)
+    except FileExistsError as exc:
+        raise refusal(
+            f"{what} {path} exists (or is a symlink) and is not overwritten: remove or rename "
+            f"it and run the command again; {consequence}"
+        ) from exc
+    except OSError as exc:
+        raise refusal(f"cannot create {what} {path}: {exc.strerror}; {consequence}") from exc
+
+
+def _import_rows(
+    args: argparse.Namespace,
+    ctx: Admin,
+    result: Any,
+    error_path: Path,
+    write_errors: Callable[[Any], None],
+) -> int:
+    from otpgate.admin.render import Progress
+    from otpgate.importers import RowProblem, with_problems
+
+    if result.problems and not args.partial:
+        write_errors(result)
+        raise CommandFailed(
+            f"{len(result.problems)} of {result.rows} row(s) have problems; nothing was "
+            f"imported; they are marked in {error_path} (fix them there and import it, "
+            "or use --partial)"
+        )
+    if args.dry_run:
+        emit(
+            args,
+            {
+                "would_import": [t.serial for t in result.tokens],
+                "problems": len(result.problems),
+            },
+            f"dry run: {len(result.tokens)} token(s) would be imported",
+        )
+        return 0
+    progress = Progress(
+        len(result.tokens), "importing", sys.stderr, None if not args.json else False
+    )
+    added: list[str] = []
+    late: list[RowProblem] = []
+    try:
+        for item in result.tokens:
+            try:
+                ctx.inventory.add(item.token, item.secret, item.last)
+            except DirectoryError as exc:
+                if not args.partial:
+                    raise
+                late.append(RowProblem(item.row, str(exc)))
+            else:
+                added.append(item.serial)
+            progress.advance()
+    except BaseException:
+        for serial in added:  # nothing is half-imported
+            ctx.inventory.delete(serial)
+        raise
+    finally:
+        progress.finish()
+    result = with_problems(result, late)
+    if result.problems:
+        write_errors(result)
     text = f"imported {len(added)} token(s) into {ctx.config.directory.inventory_dn}"
     if result.problems:
         text += f"; {len(result.problems)} row(s) skipped, marked in {error_path}"
@@ -507,7 +627,10 @@ def cmd_rename(args: argparse.Namespace) -> int:
         item = ctx.inventory.get(args.serial)
         if item.token is None or item.secret is None:
             raise CommandFailed(f"serial {args.serial} is being assigned right now")
-        token = dataclasses.replace(item.token, label=args.name)
+        try:
+            token = dataclasses.replace(item.token, label=args.name)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
         ctx.inventory.replace(item, token, item.secret, item.last)
     emit(args, {"serial": args.serial, "label": args.name}, f"{args.serial}: label {args.name!r}")
     return 0
@@ -570,19 +693,30 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 def cmd_rekey(args: argparse.Namespace) -> int:
     from otpgate.admin.rekey import (
         RekeyReport,
+        RetireRefused,
         has_otpgate_values,
         inventory_value_is_current,
         key_ids_in_use,
+        retire_keys,
         rewrite_all,
         stale_attributes,
     )
     from otpgate.admin.render import Progress
-    from otpgate.vault import read_raw_keys, write_keyring
+    from otpgate.vault import read_raw_keys
 
     report = RekeyReport()
     with admin(args) as ctx:
         store = ctx.store
         current = ctx.keyring.current
+        # The keys this run holds: --retire later keeps `current` only if the file still
+        # holds exactly these (a keygen during a long rekey must not lose its key).
+        run_keys, file_current = read_raw_keys(ctx.config.keyring)
+        if args.retire and (
+            file_current != current or set(run_keys) != set(ctx.keyring.key_ids)
+        ):
+            raise CommandFailed(
+                f"{ctx.config.keyring} changed while the rekey started; run it again"
+            )
         users = list(store.users_with_state())
         items = ctx.inventory.entries() if ctx.config.directory.inventory_dn else []
         progress = Progress(
@@ -649,9 +783,10 @@ def cmd_rekey(args: argparse.Namespace) -> int:
                         else f"keys {sorted(report.old_keys)} are still in use"
                     )
                 )
-            keys, current_kid = read_raw_keys(ctx.config.keyring)
-            retired = sorted(k for k in keys if k != current_kid)
-            write_keyring(ctx.config.keyring, {current_kid: keys[current_kid]}, current_kid)
+            try:
+                retired = retire_keys(ctx.config.keyring, current, run_keys)
+            except RetireRefused as exc:
+                raise CommandFailed(str(exc)) from exc
     verb = "would rewrite" if args.dry_run else "rewrote"
     lines = [
         f"rekey to key {current!r}: {report.scanned} entr(y/ies) scanned, {verb} "
@@ -754,7 +889,7 @@ async def _test_auth(
         steps.append({"step": name, "ok": ok, "detail": detail})
         if not args.json:
             mark = {True: "[ ok ]", False: "[FAIL]", None: "[info]"}[ok]
-            out.write(f"{mark} {name}: {detail}\n")
+            out.write(f"{mark} {name}: {printable(detail)}\n")
             out.flush()
 
     gateway = Gateway(config, keyring, reactor)
@@ -820,13 +955,21 @@ def build_parser() -> argparse.ArgumentParser:
     code.add_argument("--json", action="store_true")
     code.set_defaults(func=cmd_code)
 
-    kg = sub.add_parser("keygen", help="create a keyring, or add a new current key to one")
+    kg = sub.add_parser(
+        "keygen",
+        help="create a keyring, add a new key to one, or make a staged key current",
+    )
     kg.add_argument("keyring", help="path of the keyring file (created with mode 0600)")
     kg.add_argument("--key-id", help="name of the new key (default: kYYYYmmddHHMMSS)")
     kg.add_argument(
         "--not-current",
         action="store_true",
         help="add the key without making it current (stage it on every gateway first)",
+    )
+    kg.add_argument(
+        "--make-current",
+        metavar="KID",
+        help="generate nothing: make the existing key KID (added with --not-current) current",
     )
     kg.set_defaults(func=cmd_keygen)
 
@@ -989,7 +1132,7 @@ def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
     message = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and exc.strerror:
         message = f"{exc.filename or ''}: {exc.strerror}".lstrip(": ")
-    line = " ".join(message.split())
+    line = printable(" ".join(message.split()))
     if getattr(args, "json", False) and not getattr(args, "emitted", False):
         print(json.dumps({"error": line, "command": args.command}))
     print(f"otpgate {args.command}: {line}", file=sys.stderr)

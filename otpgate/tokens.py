@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from otpgate.otp.oath import Algorithm, check_digits, check_period
+from otpgate.otp.oath import MAX_COUNTER, Algorithm, check_digits, check_period
 from otpgate.otp.scratch import ScratchList
 
 
@@ -59,6 +60,30 @@ def new_token_id() -> str:
     return secrets.token_hex(4)
 
 
+UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""Characters a label may not hold: C0 and C1 control characters and DEL (terminal escape
+sequences such as OSC 52 or CSI start with them), line/paragraph separators and the bidi
+embedding/override/isolate controls (they reorder what an admin sees)."""
+
+
+def escape_unsafe(text: str) -> str:
+    """``text`` with every UNSAFE_TEXT character written as ``\\xNN`` / ``\\uNNNN``."""
+    return UNSAFE_TEXT.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text
+    )
+
+
+def check_label(label: str) -> str:
+    """Refuse a label with a control character (it would reach an admin's terminal)."""
+    found = UNSAFE_TEXT.search(label)
+    if found is not None:
+        raise ValueError(
+            f"label: character U+{ord(found[0]):04X} at position {found.start() + 1} is not "
+            "allowed (no control characters, line separators or bidi controls)"
+        )
+    return label
+
+
 @dataclass(frozen=True)
 class Token:
     """One token's public description (no secret in here)."""
@@ -76,6 +101,7 @@ class Token:
     scratch: ScratchList | None = None
 
     def __post_init__(self) -> None:
+        check_label(self.label)
         if self.type in (TokenType.TOTP, TokenType.HOTP):
             check_digits(self.digits)
         if self.type is TokenType.TOTP:
@@ -122,7 +148,9 @@ class Token:
             id=_get(doc, "id", str, what),
             type=ttype,
             created=_get(doc, "created", int, what),
-            label=_opt(doc, "label", str, what) or "",
+            # A label stored before labels were checked is cleaned, not refused: refusing
+            # would make the whole state undecodable (no login, no `otpgate reset`).
+            label=escape_unsafe(_opt(doc, "label", str, what) or ""),
             serial=_opt(doc, "serial", str, what) or "",
             digits=_opt(doc, "digits", int, what) or 6,
             algorithm=algorithm,
@@ -193,8 +221,11 @@ class TokenUse:
         used = doc.get("x", [])
         if not isinstance(used, list) or not all(isinstance(i, int) for i in used):
             raise ValueError(f"{what}.x: expected a list of integers")
+        last = _get(doc, "l", int, what)
+        if not -1 <= last <= MAX_COUNTER:
+            raise ValueError(f"{what}.l: {last} is out of range (-1 to {MAX_COUNTER})")
         return cls(
-            last=_get(doc, "l", int, what),
+            last=last,
             drift=_opt(doc, "d", int, what) or 0,
             used_at=_opt(doc, "t", int, what) or 0,
             scratch_used=frozenset(used),

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import fcntl
+import hmac
 import json
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 ENVELOPE_VERSION = "v1"
 KEY_BYTES = 32
 NONCE_BYTES = 12
-_KID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_KID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _BINARY_MAGIC = b"\xa1"  # first byte of the binary envelope (version 1)
 
 
@@ -49,7 +53,7 @@ def _b64d(text: str) -> bytes:
 
 
 def check_key_id(kid: str) -> str:
-    if not _KID.match(kid):
+    if not _KID.fullmatch(kid):
         raise VaultError(f"key id {kid!r} must be 1-32 characters of A-Z a-z 0-9 _ -")
     return kid
 
@@ -180,21 +184,102 @@ class Keyring:
         return cls(keys, current)
 
 
+@contextmanager
+def keyring_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for a read-modify-write of the keyring file ``path``.
+
+    The lock is ``flock`` on ``<keyring>.lock`` beside it (the keyring itself is replaced by
+    a rename on every write, so it cannot carry the lock).  ``keygen``, ``keygen
+    --make-current`` and ``rekey --retire`` take it; gateways only read the keyring.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(lock_path, flags, 0o600)
+    except OSError as exc:
+        raise VaultError(f"cannot open the keyring lock {lock_path}: {exc.strerror}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise VaultError(f"keyring lock {lock_path} is not a regular file")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _create_exclusive(tmp: Path) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(tmp, flags, 0o600)
+    except FileExistsError:
+        pass
+    # A stale temporary file: a writer died between creating and renaming it (callers hold
+    # keyring_lock, so nobody is writing it now).  unlink removes the name itself, never
+    # what a symlink planted there points to; then create it afresh, exclusively.
+    with suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        return os.open(tmp, flags, 0o600)
+    except OSError as exc:
+        raise VaultError(f"cannot create {tmp} exclusively: {exc.strerror}") from exc
+
+
 def write_keyring(path: Path, keys: Mapping[str, bytes], current: str) -> None:
+    """Replace the keyring file atomically (temporary file, fsync, rename).
+
+    Hold :func:`keyring_lock` around the read that produced ``keys`` and this write.
+    The temporary file is created exclusively (O_EXCL | O_NOFOLLOW, mode 0600): a file or
+    symlink planted under its name is never written through.
+    """
     Keyring(keys, current)  # validates
     doc = {"current": current, "keys": {kid: _b64e(key) for kid, key in keys.items()}}
+    data = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(doc, out, indent=2)
-        out.write("\n")
-    os.chmod(tmp, 0o600)
+    fd = _create_exclusive(tmp)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
     os.replace(tmp, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_raw_keys(path: Path) -> tuple[dict[str, bytes], str]:
-    doc = json.loads(path.read_text("utf-8"))
-    return {str(k): _b64d(str(v)) for k, v in doc["keys"].items()}, str(doc["current"])
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+        return {str(k): _b64d(str(v)) for k, v in doc["keys"].items()}, str(doc["current"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise VaultError(
+            f'keyring {path} is not a keyring file ({{"current": ID, "keys": {{ID: KEY}}}})'
+        ) from exc
+
+
+def same_keys(a: Mapping[str, bytes], b: Mapping[str, bytes]) -> bool:
+    """Whether two keyrings hold the same key ids with the same key bytes."""
+    if set(a) != set(b):
+        return False
+    return all(hmac.compare_digest(a[kid], b[kid]) for kid in sorted(a))
 
 
 def generate_key() -> bytes:
@@ -204,12 +289,27 @@ def generate_key() -> bytes:
 def keygen(path: Path, kid: str, *, make_current: bool = True) -> None:
     """Create a keyring at ``path`` or add a new key ``kid`` to an existing one."""
     check_key_id(kid)
-    if path.exists():
+    with keyring_lock(path):
+        if path.exists():
+            Keyring.load(path)  # refuses an unsafe or broken file
+            keys, current = read_raw_keys(path)
+            if kid in keys:
+                raise VaultError(f"keyring {path} already has a key {kid!r}")
+        else:
+            keys, current = {}, kid
+        keys[kid] = generate_key()
+        write_keyring(path, keys, kid if make_current else current)
+
+
+def make_current(path: Path, kid: str) -> str:
+    """Make the key ``kid`` (added earlier with ``--not-current``) the current key of the
+    keyring file ``path``; returns the key that was current before."""
+    check_key_id(kid)
+    with keyring_lock(path):
         Keyring.load(path)  # refuses an unsafe or broken file
         keys, current = read_raw_keys(path)
-        if kid in keys:
-            raise VaultError(f"keyring {path} already has a key {kid!r}")
-    else:
-        keys, current = {}, kid
-    keys[kid] = generate_key()
-    write_keyring(path, keys, kid if make_current or not keys else current)
+        if kid not in keys:
+            raise VaultError(f"keyring {path} has no key {kid!r} (it has {sorted(keys)})")
+        if kid != current:
+            write_keyring(path, keys, kid)
+        return current

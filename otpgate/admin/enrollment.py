@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import os
 import time
 from urllib.parse import quote, urlencode
 
 from otpgate.config import OtpConfig
 from otpgate.directory.state import OtpState, StateChange
-from otpgate.otp.oath import Algorithm, check_digits, check_period
+from otpgate.otp.oath import Algorithm, check_counter, check_digits, check_period
 from otpgate.tokens import Secret, Token, TokenType, TokenUse, new_token_id
 
 SOFTWARE = (TokenType.TOTP, TokenType.HOTP)
@@ -86,6 +87,16 @@ def enroll_change(
     At most ``max_tokens`` devices (TOTP, HOTP, Yubico; scratch lists do not count) per
     user.  ``last`` is the token's last used counter (imported hardware), -1 for new.
     """
+    if last != -1:
+        check_counter(last, "last used counter")
+    duplicate = same_key_as(state, secret, token)
+    if duplicate is not None:
+        serial = next((t.serial for t in state.tokens if t.id == duplicate and t.serial), "")
+        raise PolicyError(
+            f"this key is already enrolled as token {duplicate}"
+            + (f" (serial {serial})" if serial else "")
+            + ": two tokens with one key would accept every code twice"
+        )
     replaced = {t.id for t in state.tokens if replace_software and t.type in SOFTWARE}
     kept = tuple(t for t in state.tokens if t.id not in replaced)
     devices = sum(1 for t in kept if t.type in DEVICES)
@@ -100,6 +111,32 @@ def enroll_change(
     if last >= 0:
         used = used.with_use(token.id, TokenUse(last=last))
     return StateChange(token, used=used, tokens=(*kept, token), secrets=secrets_after)
+
+
+def same_key_as(state: OtpState, secret: Secret, token: Token) -> str | None:
+    """The id of the user's token that already holds ``secret``'s key (or, for a YubiKey,
+    the same public and private id), else None.
+
+    Each token has its own use state, so one key enrolled twice accepts each code once per
+    copy.  Every stored secret is compared, in constant time and without an early exit.
+    The user's tokens being replaced count too: re-enrolling a key restarts its counter.
+    """
+    found: str | None = None
+    by_id = {t.id: t for t in state.tokens}
+    for token_id, other in state.secrets.items():
+        same = hmac.compare_digest(other.key, secret.key)
+        if token.type is TokenType.YUBICO and other.private_id:
+            mine = by_id.get(token_id)
+            same_device = hmac.compare_digest(other.private_id, secret.private_id) & (
+                mine is not None
+                and hmac.compare_digest(
+                    mine.public_id.lower().encode(), token.public_id.lower().encode()
+                )
+            )
+            same = same | same_device
+        if same and found is None:
+            found = token_id
+    return found
 
 
 def replaced_tokens(state: OtpState, change: StateChange[Token]) -> tuple[Token, ...]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from otpgate.directory.state import OtpState
 from otpgate.otp.scratch import remaining
-from otpgate.tokens import Token, TokenType
+from otpgate.tokens import Token, TokenType, escape_unsafe
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,17 @@ def when(stamp: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
 
 
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (C0, DEL, C1), line separators and
+    bidi controls are shown as ``\\xNN`` / ``\\uNNNN`` instead of being sent raw.  Labels,
+    serials, DNs and error messages come from the directory or an import file: a stored
+    OSC 52 / CSI sequence must not reach the admin's terminal."""
+    return escape_unsafe(text)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain fixed-width table (no colours, copy-paste friendly)."""
+    """A plain fixed-width table (no colours, copy-paste friendly); every cell printable."""
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -148,7 +157,7 @@ def token_cells(row: TokenRow) -> list[str]:
 
 
 def show_text(summary: UserSummary, now: float) -> str:
-    head = f"{summary.user} ({summary.dn})\nlockout: {summary.lockout(now)}\n"
+    head = f"{printable(summary.user)} ({printable(summary.dn)})\nlockout: {summary.lockout(now)}\n"
     if not summary.tokens:
         return head + "no tokens"
     return head + table(TOKEN_HEADERS, [token_cells(r) for r in summary.tokens])

@@ -9,12 +9,14 @@ again at any time: values already current are skipped (that is what makes it res
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from otpgate.codec import AttributeCodec, Format
 from otpgate.directory.inventory import InventoryMapper
 from otpgate.directory.state import OtpState, StateChange, StateMapper, UserEntry
-from otpgate.vault import VaultError
+from otpgate.vault import VaultError, keyring_lock, read_raw_keys, same_keys, write_keyring
 
 
 def value_is_current(codec: AttributeCodec, raw: bytes) -> bool:
@@ -100,3 +102,36 @@ def looks_like_otpgate(raw: bytes) -> bool:
 def has_otpgate_values(user: UserEntry) -> bool:
     values = ([user.seed] if user.seed is not None else []) + list(user.tokens) + list(user.used)
     return any(looks_like_otpgate(v) for v in values)
+
+
+class RetireRefused(Exception):
+    """The keyring file is not the one the rekey ran with: retiring keys could destroy
+    the key that the values now stored are encrypted with."""
+
+
+def retire_keys(path: Path, target: str, run_keys: Mapping[str, bytes]) -> list[str]:
+    """Keep only ``target`` (the key the rekey encrypted with) in the keyring file.
+
+    ``run_keys`` are the keys the rekey run loaded.  Under the keyring lock, the file must
+    still hold exactly those keys with ``target`` current: if anyone ran ``keygen`` (a new
+    current key, or a staged one) or changed the current key meanwhile, nothing is removed.
+    Returns the retired key ids.
+    """
+    with keyring_lock(path):
+        keys, current = read_raw_keys(path)
+        if current != target:
+            raise RetireRefused(
+                f"not retiring old keys: the current key of {path} is now {current!r}, but this "
+                f"rekey encrypted everything with {target!r} (was a key generated or made "
+                "current during the run?); nothing was removed: run `otpgate rekey --retire` again"
+            )
+        if not same_keys(keys, run_keys):
+            raise RetireRefused(
+                f"not retiring old keys: {path} changed during the rekey (keys now "
+                f"{sorted(keys)}, at the start {sorted(run_keys)}); nothing was removed: run "
+                "`otpgate rekey --retire` again"
+            )
+        retired = sorted(kid for kid in keys if kid != target)
+        if retired:
+            write_keyring(path, {target: keys[target]}, target)
+        return retired

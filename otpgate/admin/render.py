@@ -1,10 +1,11 @@
-"""Things printed for people (pure apart from the QR file writer): QR codes, the scratch
-card, progress bars."""
+"""Things printed for people (pure apart from the private file writer): QR codes, the
+scratch card, progress bars, and the 0600 files that hold secrets."""
 
 from __future__ import annotations
 
 import html
 import io
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,24 +29,82 @@ def qr_terminal(uri: str) -> str:
     return out.getvalue()
 
 
+def qr_bytes(uri: str, suffix: str) -> bytes:
+    """The QR code as a PNG or SVG file's bytes (``suffix`` ".png" or ".svg")."""
+    suffix = suffix.lower()
+    if suffix not in QR_SUFFIXES:
+        raise ValueError(f"give a .png or .svg file name, not {suffix or 'no suffix'}")
+    buffer = io.BytesIO()
+    qr_code(uri).save(buffer, kind=suffix[1:], scale=8, border=4)
+    return buffer.getvalue()
+
+
 def write_qr(uri: str, path: Path) -> None:
     """Save the QR code as PNG or SVG (chosen by the file name), readable only by the owner:
     it carries the secret."""
-    suffix = path.suffix.lower()
-    if suffix not in QR_SUFFIXES:
+    if path.suffix.lower() not in QR_SUFFIXES:
         raise ValueError(f"--qr {path}: give a .png or .svg file name")
-    buffer = io.BytesIO()
-    qr_code(uri).save(buffer, kind=suffix[1:], scale=8, border=4)
-    write_private(path, buffer.getvalue())
+    write_private(path, qr_bytes(uri, path.suffix))
+
+
+class PrivateFile:
+    """A file for secrets (QR code, scratch card, ``Error_`` import file), created *before*
+    the change whose result it will hold, so a bad path fails before anything changes.
+
+    Created empty with O_CREAT | O_EXCL | O_NOFOLLOW and mode 0600: an existing file, or a
+    symlink planted under the name, is refused (FileExistsError) and never written through.
+    :meth:`write` fills and closes it; :meth:`discard` removes it while it is still empty
+    (only if the name still refers to the file created here).
+    """
+
+    def __init__(self, path: Path) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.path = path
+        self._fd: int | None = os.open(path, flags, 0o600)
+        os.fchmod(self._fd, 0o600)
+
+    def _take(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{self.path} is already closed")
+        fd, self._fd = self._fd, None
+        return fd
+
+    def write(self, data: bytes) -> None:
+        """Fill the file and close it; on a failure remove it (no half-written secret)."""
+        fd = self._take()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            self._remove(fd)
+            raise
+        finally:
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Remove the file (not written: the change it was for did not happen)."""
+        if self._fd is None:
+            return
+        fd = self._take()
+        try:
+            self._remove(fd)
+        finally:
+            os.close(fd)
+
+    def _remove(self, fd: int) -> None:
+        mine = os.fstat(fd)
+        try:
+            there = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+            os.unlink(self.path)
 
 
 def write_private(path: Path, data: bytes) -> None:
     """Create ``path`` with mode 0600 (refusing to overwrite: it may be someone's secret)."""
-    import os
-
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
+    PrivateFile(path).write(data)
 
 
 def scratch_card_html(

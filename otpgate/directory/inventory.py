@@ -37,7 +37,7 @@ class InventoryError(DirectoryError):
 
 
 def check_serial(serial: str) -> str:
-    if not SERIAL.fullmatch(serial):
+    if not SERIAL.fullmatch(serial):  # fullmatch: "$" would accept a trailing newline
         raise InventoryError(
             f"serial {serial!r}: use 1-64 characters of A-Z a-z 0-9 . _ : - (starting alphanumeric)"
         )

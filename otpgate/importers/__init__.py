@@ -9,8 +9,10 @@ Nothing here touches the directory; the CLI imports nothing when any row has a p
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
+from otpgate.otp.oath import check_counter
 from otpgate.tokens import Secret, Token
 
 MAX_IMPORT_BYTES = 64 * 1024 * 1024
@@ -31,6 +33,10 @@ class ImportedToken:
     secret: Secret = field(repr=False)
     last: int = -1
     """Last used HOTP counter (the file's counter minus one); -1 for a fresh token."""
+
+    def __post_init__(self) -> None:
+        if self.last != -1:
+            check_counter(self.last, "last used counter")
 
     @property
     def serial(self) -> str:
@@ -61,16 +67,32 @@ def check_key(key: bytes, what: str = "key") -> bytes:
     return key
 
 
+def key_fingerprint(secret: Secret) -> bytes:
+    """What makes two tokens the same key: the OATH key / Yubico AES key (hashed, so the
+    lookup tables of a duplicate check hold no key material)."""
+    return hashlib.sha256(b"otpgate-key|" + secret.key).digest()
+
+
 def duplicate_problems(tokens: tuple[ImportedToken, ...]) -> list[RowProblem]:
-    """A serial must name one token: every row after the first with a serial is a problem."""
+    """A serial must name one token, and a key belong to one token (two tokens with one key
+    would accept each code twice): every later row repeating a serial or key is a problem."""
     first: dict[str, int] = {}
+    first_key: dict[bytes, int] = {}
     problems = []
     for item in tokens:
-        key = item.serial.lower()
-        if key in first:
-            problems.append(RowProblem(item.row, f"serial {item.serial} repeats row {first[key]}"))
+        serial = item.serial.lower()
+        fingerprint = key_fingerprint(item.secret)
+        if serial in first:
+            problems.append(
+                RowProblem(item.row, f"serial {item.serial} repeats row {first[serial]}")
+            )
+        elif fingerprint in first_key:
+            problems.append(
+                RowProblem(item.row, f"its key repeats the key of row {first_key[fingerprint]}")
+            )
         else:
-            first[key] = item.row
+            first[serial] = item.row
+            first_key[fingerprint] = item.row
     return problems
 
 

@@ -32,7 +32,13 @@ from otpgate.importers import (
     with_problems,
 )
 from otpgate.otp.oath import DEFAULT_PERIOD, check_digits, check_period
-from otpgate.otp.yubico import AES_KEY_BYTES, PRIVATE_ID_BYTES, modhex_decode
+from otpgate.otp.yubico import (
+    AES_KEY_BYTES,
+    MAX_OTP_CHARS,
+    PRIVATE_ID_BYTES,
+    TOKEN_CHARS,
+    modhex_decode,
+)
 from otpgate.tokens import Secret, Token, TokenType, new_token_id
 
 
@@ -58,33 +64,42 @@ def _serial(text: str) -> str:
         raise ValueError(str(exc)) from exc
 
 
-def _rows(text: str) -> list[tuple[int, list[str]]]:
+def _rows(text: str) -> tuple[list[tuple[int, list[str]]], list[RowProblem]]:
+    """The data lines as fields, and a problem for each line that is not CSV at all (e.g.
+    a field over the csv module's limit of 131,072 characters)."""
     rows = []
+    problems = []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        fields = next(csv.reader(io.StringIO(stripped), skipinitialspace=True), [])
+        try:
+            fields = next(csv.reader(io.StringIO(stripped), skipinitialspace=True), [])
+        except csv.Error as exc:
+            problems.append(RowProblem(number, f"not a CSV line: {exc}"))
+            continue
         rows.append((number, [f.strip() for f in fields]))
-    return rows
+    return rows, problems
 
 
-def _finish(tokens: list[ImportedToken], problems: list[RowProblem], rows: int) -> ImportResult:
-    result = ImportResult(tuple(tokens), tuple(problems), rows, "csv")
+def _finish(
+    tokens: list[ImportedToken], problems: list[RowProblem], rows: int
+) -> ImportResult:
+    result = ImportResult(tuple(tokens), tuple(sorted(problems, key=lambda p: p.row)), rows, "csv")
     return with_problems(result, duplicate_problems(result.tokens))
 
 
 def parse_oath_csv(text: str, now: float | None = None) -> ImportResult:
     created = int(time.time() if now is None else now)
     tokens: list[ImportedToken] = []
-    problems: list[RowProblem] = []
-    rows = _rows(text)
+    rows, problems = _rows(text)
+    unreadable = len(problems)
     for number, fields in rows:
         try:
             tokens.append(_oath_row(number, fields, created))
         except ValueError as exc:
             problems.append(RowProblem(number, str(exc)))
-    return _finish(tokens, problems, len(rows))
+    return _finish(tokens, problems, len(rows) + unreadable)
 
 
 def _oath_row(number: int, fields: list[str], created: int) -> ImportedToken:
@@ -116,20 +131,24 @@ def _oath_row(number: int, fields: list[str], created: int) -> ImportedToken:
     return ImportedToken(number, token, Secret(key))
 
 
+MAX_PUBLIC_ID_BYTES = (MAX_OTP_CHARS - TOKEN_CHARS) // 2
+"""16: what ``looks_like_yubico_otp`` / ``decrypt_otp`` accept before the token part."""
+
 _TRADITIONAL = ("yubico otp", "oath-hotp", "static password", "challenge-response")
 
 
 def parse_yubico_csv(text: str, now: float | None = None) -> ImportResult:
     created = int(time.time() if now is None else now)
     tokens: list[ImportedToken] = []
-    problems: list[RowProblem] = []
-    rows = [(n, f) for n, f in _rows(text) if f and f[0].upper() != "LOGGING START"]
+    all_rows, problems = _rows(text)
+    unreadable = len(problems)
+    rows = [(n, f) for n, f in all_rows if f and f[0].upper() != "LOGGING START"]
     for number, fields in rows:
         try:
             tokens.append(_yubico_row(number, fields, created))
         except ValueError as exc:
             problems.append(RowProblem(number, str(exc)))
-    return _finish(tokens, problems, len(rows))
+    return _finish(tokens, problems, len(rows) + unreadable)
 
 
 def _yubico_row(number: int, fields: list[str], created: int) -> ImportedToken:
@@ -188,9 +207,17 @@ def _yubico_otp(
     if not public_id:
         raise ValueError("Yubico OTP line without a public id")
     try:
-        modhex_decode(public_id)
+        public_bytes = modhex_decode(public_id)
     except ValueError as exc:
         raise ValueError("public id is not modhex") from exc
+    if len(public_bytes) > MAX_PUBLIC_ID_BYTES:
+        # An OTP is at most 64 characters: 32 for the token, up to 32 for the public id.
+        # A longer public id makes a token whose codes no login can carry.
+        raise ValueError(
+            f"public id is {len(public_bytes)} bytes ({len(public_id)} modhex characters); "
+            f"Yubico OTP public ids are 1 to {MAX_PUBLIC_ID_BYTES} bytes "
+            f"(up to {2 * MAX_PUBLIC_ID_BYTES} characters)"
+        )
     private_id = _hex(private_hex, "private id")
     if len(private_id) != PRIVATE_ID_BYTES:
         raise ValueError(f"private id must be {PRIVATE_ID_BYTES} bytes, not {len(private_id)}")

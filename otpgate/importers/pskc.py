@@ -38,7 +38,7 @@ from otpgate.importers import (
     duplicate_problems,
     with_problems,
 )
-from otpgate.otp.oath import Algorithm, check_digits, check_period
+from otpgate.otp.oath import Algorithm, check_counter, check_digits, check_period
 from otpgate.tokens import Secret, Token, TokenType, new_token_id
 
 PSKC_NS = "urn:ietf:params:xml:ns:keyprov:pskc"
@@ -197,12 +197,24 @@ def _pbkdf2(derived: Element, password: str) -> bytes:
     return hashlib.pbkdf2_hmac(prf, password.encode("utf-8"), salt, iterations, length)
 
 
-def _value(elem: Element | None, enc: _Encryption, what: str) -> bytes | None:
-    """The bytes of a PSKC value element (PlainValue base64 / EncryptedValue + ValueMAC)."""
+def _value(
+    elem: Element | None, enc: _Encryption, what: str, must_encrypt: bool = False
+) -> bytes | None:
+    """The bytes of a PSKC value element (PlainValue base64 / EncryptedValue + ValueMAC).
+
+    ``must_encrypt``: in an encrypted container (an EncryptionKey is named) refuse a
+    PlainValue: nothing authenticates it, so whoever altered the file in transit would
+    plant a value they know.
+    """
     if elem is None:
         return None
     plain = _child(elem, "PlainValue")
     if plain is not None:
+        if must_encrypt and enc.key is not None:
+            raise ValueError(
+                f"{what} is a PlainValue in an encrypted file: refusing an unauthenticated "
+                "key (the file may have been altered; ask the vendor for the original)"
+            )
         return _b64(plain.text, what)
     encrypted = _child(elem, "EncryptedValue")
     if encrypted is None:
@@ -295,11 +307,11 @@ def _package(number: int, package: Element, enc: _Encryption, created: int) -> I
     if hash_alg is None:
         raise ValueError(f"suite {suite!r} is not HMAC-SHA1/256/512")
     data = _child(key, "Data")
-    secret = _value(_child(data, "Secret"), enc, "Secret")
+    secret = _value(_child(data, "Secret"), enc, f"KeyPackage {number} ({serial}) Secret", True)
     if secret is None:
         raise ValueError("the key has no Secret")
     check_key(secret, "Secret")
-    counter = _number(_child(data, "Counter"), enc, "Counter") or 0
+    counter = check_counter(_number(_child(data, "Counter"), enc, "Counter") or 0, "Counter")
     period = _number(_child(data, "TimeInterval"), enc, "TimeInterval") or 30
     start = _number(_child(data, "Time"), enc, "Time") or 0
     if kind is TokenType.TOTP:

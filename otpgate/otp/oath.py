@@ -23,6 +23,10 @@ DEFAULT_TOTP_WINDOW = 1
 MAX_TOTP_WINDOW = 64
 DEFAULT_HOTP_LOOK_AHEAD = 10
 MAX_HOTP_LOOK_AHEAD = 100
+MAX_COUNTER = 2**64 - MAX_HOTP_LOOK_AHEAD - 2
+"""The largest HOTP counter (or last accepted counter) otpgate stores: verification tries up
+to ``last + 1 + MAX_HOTP_LOOK_AHEAD``, which must still fit the 64-bit counter of RFC 4226.
+So every stored counter ``c`` satisfies ``0 <= c < 2**64 - 101``."""
 RESYNC_WINDOW = 100_000
 # A drift larger than this many steps is not learned (a wildly wrong clock is
 # an enrollment problem, not drift).
@@ -54,6 +58,16 @@ def check_period(period: int) -> int:
     if not MIN_PERIOD <= period <= MAX_PERIOD:
         raise ValueError(f"TOTP period must be {MIN_PERIOD} to {MAX_PERIOD} seconds, not {period}")
     return period
+
+
+def check_counter(counter: int, what: str = "counter") -> int:
+    """A counter that can be stored: 0 to MAX_COUNTER (a look-ahead past it overflows 64 bits)."""
+    if not 0 <= counter <= MAX_COUNTER:
+        raise ValueError(
+            f"{what} {counter} is out of range: HOTP counters must be 0 to {MAX_COUNTER} "
+            f"(2^64 - {2**64 - MAX_COUNTER}, so the look-ahead stays within 64 bits)"
+        )
+    return counter
 
 
 def check_totp_window(window: int) -> int:

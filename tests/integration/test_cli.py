@@ -251,6 +251,9 @@ def test_import_inventory_rename_assign_delete(backend, tmp_path, capsys):
     assert marked.splitlines()[2].startswith("# ERROR line 3:")
     serials = {t["serial"] for t in cli.json("inventory")["tokens"]}
     assert not any(s.startswith(prefix) for s in serials)  # nothing half-imported
+    cli("import", str(csv), "--format", "oath-csv", "--partial", code=1)  # never overwritten
+    assert "Error_tokens.csv exists" in cli.err and "nothing was imported" in cli.err
+    (tmp_path / "Error_tokens.csv").unlink()
     out = cli.json("import", str(csv), "--format", "oath-csv", "--partial")
     assert sorted(out["imported"]) == [f"{prefix}-1", f"{prefix}-2"]
     assert out["skipped"][0]["row"] == 3

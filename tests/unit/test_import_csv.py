@@ -10,6 +10,7 @@ from otpgate.otp.oath import hotp
 from otpgate.tokens import TokenType
 
 KEY = "3132333435363738393031323334353637383930"  # RFC 4226 test key
+KEY2, KEY3, KEY4 = (bytes([i] * 20).hex() for i in (2, 3, 4))
 
 
 def test_oath_csv_rows():
@@ -17,8 +18,8 @@ def test_oath_csv_rows():
         [
             "# serial, seed, type, digits, period",
             f"hw-1, {KEY}",
-            f"hw-2, {KEY}, totp, 8, 60",
-            f"hw-3,{KEY},hotp,8",
+            f"hw-2, {KEY2}, totp, 8, 60",
+            f"hw-3,{KEY3},hotp,8",
             "",
         ]
     )
@@ -36,11 +37,11 @@ def test_oath_csv_bad_rows_are_named_and_marked():
         [
             f"ok-1, {KEY}",
             "bad hex, zz",
-            f"ok-2, {KEY}, totp, 9",
-            f"ok-3, {KEY}, hotp, 6, 30",
-            f"ok-1, {KEY}",
+            f"ok-2, {KEY2}, totp, 9",
+            f"ok-3, {KEY3}, hotp, 6, 30",
+            f"ok-1, {KEY4}",
             "ok-4, 00",
-            f"ok-5, {KEY}, sms",
+            f"ok-5, {KEY2}, sms",
         ]
     )
     result = parse_oath_csv(text)
@@ -105,3 +106,60 @@ def test_yubico_format_lines():
         ("yk508327", TokenType.HOTP),
         ("yk508328", TokenType.YUBICO),
     ]
+
+
+# -- attacks -------------------------------------------------------------------------------
+
+
+def test_oversized_field_is_a_row_problem_not_a_crash():
+    """A field over the csv module's 131,072-character limit raised csv.Error (a traceback
+    out of `otpgate import`): it is one bad row."""
+    text = f"ok-1, {KEY}\nbig, {'a' * 131_073}\nok-2, {KEY2}\n"
+    for parse in (parse_oath_csv, parse_yubico_csv):
+        messages = {p.row: p.message for p in parse(text).problems}
+        assert "not a CSV line" in messages[2] and "field larger than field limit" in messages[2]
+    assert [p.row for p in parse_oath_csv(text).problems] == [2]
+    assert [t.serial for t in parse_oath_csv(text).tokens] == ["ok-1", "ok-2"]
+    assert parse_oath_csv(text).rows == 3
+
+
+def test_yubico_public_id_longer_than_an_otp_can_carry_is_refused():
+    """An OTP is 32..64 modhex characters: a 40-character public id makes a token that can
+    never authenticate."""
+    private, aes = "ab86c04de6a3", "d26a7c0f85fdda28bd816e406342b214"
+    line = "Yubico OTP,12/11/2013 11:10,1,{pid},{private},{aes},,,0,0,0,0,0,0,0,0,0,0\n"
+    ok = parse_yubico_csv(line.format(pid="c" * 32, private=private, aes=aes))
+    assert ok.problems == () and ok.tokens[0].token.code_length == 64
+    bad = parse_yubico_csv(line.format(pid="c" * 40, private=private, aes=aes))
+    assert bad.tokens == ()
+    assert "public id is 20 bytes (40 modhex characters)" in bad.problems[0].message
+    yubico_format = f"508328,{'c' * 34},{private},{aes},,2013-12-12T08:43:17,\n"
+    assert parse_yubico_csv(yubico_format).tokens == ()
+
+
+def test_serial_with_a_trailing_newline_is_refused():
+    """`^...$` with re.match accepts "abc\\n": every validation pattern uses fullmatch."""
+    import pytest
+
+    from otpgate.directory.inventory import InventoryError, check_serial
+
+    assert check_serial("abc") == "abc"
+    with pytest.raises(InventoryError):
+        check_serial("abc\n")
+
+
+def test_one_key_under_two_serials_is_refused():
+    """Two inventory tokens with one key, assigned to one user, accept each code twice."""
+    text = f"a-1, {KEY}\na-2, {KEY2}\na-3, {KEY.upper()}\n"
+    result = parse_oath_csv(text)
+    assert [t.serial for t in result.tokens] == ["a-1", "a-2"]
+    assert [(p.row, p.message) for p in result.problems] == [(3, "its key repeats the key of row 1")]
+
+
+def test_csv_markers_stay_one_harmless_line():
+    text = f"ok-1, {KEY}, \x1b]52;c;Zm9v\x07\n"
+    result = parse_oath_csv(text)
+    marked = error_file_text(text, result)
+    first = marked.splitlines()[0]
+    assert first.startswith(f"{CSV_MARKER} line 1:") and "\x1b" not in first and "\x07" not in first
+    assert marked.splitlines()[1] == text.rstrip("\n")  # the row itself is kept as it was

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import re
 from pathlib import Path
 
@@ -127,9 +128,10 @@ def _container(*packages: str) -> str:
 
 def test_totp_counter_and_bad_rows():
     key = base64.b64encode(bytes(range(20))).decode()
+    key2 = base64.b64encode(bytes(range(1, 21))).decode()
     text = _container(
         _package("tok-1", key, "totp", "<TimeInterval><PlainValue>60</PlainValue></TimeInterval>"),
-        _package("tok-2", key, "hotp", "<Counter><PlainValue>42</PlainValue></Counter>"),
+        _package("tok-2", key2, "hotp", "<Counter><PlainValue>42</PlainValue></Counter>"),
         _package("tok-3", key, "ocra"),
         _package("tok-4", base64.b64encode(b"short").decode()),
         _package("tok-2", key),
@@ -150,3 +152,83 @@ def test_totp_counter_and_bad_rows():
     again = parse_pskc(marked.encode())
     assert [p.row for p in again.problems] == [3, 4, 5]
     assert marked.replace("\n", "").count("<KeyPackage>") == 5
+
+
+# -- attacks -------------------------------------------------------------------------------
+
+
+def test_plain_secret_in_an_encrypted_file_is_refused():
+    """Whoever alters an encrypted PSKC in transit swaps the EncryptedValue + ValueMAC of a
+    Secret for a PlainValue of a key they know: nothing authenticates a PlainValue."""
+    result = parse_pskc(read("tampered-plain-secret-in-psk-file.pskc"), psk=PSK)
+    assert result.tokens == ()
+    ((row, message),) = [(p.row, p.message) for p in result.problems]
+    assert row == 1
+    assert "KeyPackage 1 (987654321) Secret is a PlainValue in an encrypted file" in message
+    assert "attacker" not in message and "YXR0YWNrZXI" not in message
+    # A plaintext file (no EncryptionKey) still imports plain secrets, as RFC 6030 §4 allows.
+    assert parse_pskc(read("rfc6030-figure2-plain.pskc")).problems == ()
+
+
+@pytest.mark.parametrize(
+    ("counter", "ok"),
+    [
+        (0, True),
+        (2**64 - 102, True),  # the look-ahead (last + 1 + 100) still fits in 64 bits
+        (2**64 - 101, False),
+        (2**64, False),  # hotp() would raise at every login of the assigned user
+        (2**70, False),
+        (-1, False),
+    ],
+)
+def test_counter_out_of_range_is_a_row_problem(counter, ok):
+    key = base64.b64encode(bytes(range(20))).decode()
+    extra = f"<Counter><PlainValue>{counter}</PlainValue></Counter>"
+    result = parse_pskc(_container(_package("big-1", key, "hotp", extra)).encode())
+    if ok:
+        assert result.problems == () and result.tokens[0].last == counter - 1
+        return
+    assert result.tokens == ()
+    ((problem),) = result.problems
+    assert problem.row == 1 and f"Counter {counter} is out of range" in problem.message
+
+
+def test_error_markers_cannot_break_out_of_their_comment():
+    """Text from the file (here the Algorithm URI) is quoted in the marker: `-->` in it
+    would end the comment and turn the rest of the message into XML."""
+    key = base64.b64encode(bytes(range(20))).decode()
+    evil = 'x---><KeyPackage><Key Algorithm="urn:ietf:params:xml:ns:keyprov:pskc:hotp"/><!--'
+    text = _container(
+        _package("good-1", key),
+        _package("bad-1", key, "hotp").replace(
+            "urn:ietf:params:xml:ns:keyprov:pskc:hotp", html.escape(evil)
+        ),
+    )
+    result = parse_pskc(text.encode())
+    assert [p.row for p in result.problems] == [2]
+    marked = error_file_text(text, result)
+    comments = re.findall(r"<!--(.*?)-->", marked, flags=re.S)
+    assert len(comments) == 1 and "--" not in comments[0]
+    assert "\x1b" not in marked
+    again = parse_pskc(marked.encode())  # still the same two packages, same problem
+    assert again.rows == 2 and [p.row for p in again.problems] == [2]
+
+
+def test_error_marker_lands_on_the_right_package_despite_comments():
+    """A `<KeyPackage` inside a comment (or an attribute value) is not a package: the
+    parser's own positions place each marker before the package it is about."""
+    key = base64.b64encode(bytes(range(20))).decode()
+    key2 = base64.b64encode(bytes(range(1, 21))).decode()
+    text = _container(
+        "  <!-- an old <KeyPackage> was removed here -->\n",
+        _package("good-1", key),
+        _package("bad-2", base64.b64encode(b"short").decode()),
+        _package("good-3", key2),
+    )
+    result = parse_pskc(text.encode())
+    assert [p.row for p in result.problems] == [2]
+    marked = error_file_text(text, result)
+    marker = marked.index(XML_MARKER)
+    assert marked.index("<SerialNo>good-1<") < marker < marked.index("<SerialNo>bad-2<")
+    assert "(KeyPackage 2)" in marked
+    assert parse_pskc(marked.encode()).rows == 3

@@ -3,7 +3,16 @@ import stat
 
 import pytest
 
-from otpgate.vault import Binding, Keyring, VaultError, keygen, read_raw_keys
+from otpgate.vault import (
+    Binding,
+    Keyring,
+    VaultError,
+    check_key_id,
+    keygen,
+    make_current,
+    read_raw_keys,
+    write_keyring,
+)
 
 GUID = bytes.fromhex("00112233445566778899aabbccddeeff")
 B = Binding(GUID, "postalAddress", "seed")
@@ -98,3 +107,82 @@ def test_bad_keys_refused():
         Keyring({"a.b": os.urandom(32)}, "a.b")
     with pytest.raises(VaultError, match="current key"):
         Keyring({"a": os.urandom(32)}, "b")
+
+
+# -- keyring file attacks ------------------------------------------------------------------
+
+
+def test_key_id_with_a_trailing_newline_is_refused():
+    """`^...$` with re.match accepts "k1\\n"; key ids are checked with fullmatch."""
+    assert check_key_id("k1") == "k1"
+    with pytest.raises(VaultError, match="key id"):
+        check_key_id("k1\n")
+
+
+def test_keyring_temporary_file_is_never_written_through_a_symlink(tmp_path):
+    """A symlink planted at keyring.json.tmp pointing at another file: the old writer
+    (O_CREAT|O_TRUNC, then chmod and rename) truncated and filled that file with every key
+    and made the keyring a symlink to it."""
+    path = tmp_path / "keyring.json"
+    keygen(path, "k1")
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.chmod(victim, 0o644)
+    tmp = tmp_path / "keyring.json.tmp"
+    tmp.symlink_to(victim)
+    keygen(path, "k2")
+    assert victim.read_text() == "precious\n" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert not path.is_symlink() and stat.S_IMODE(path.lstat().st_mode) == 0o600
+    assert not tmp.exists() and not tmp.is_symlink()  # the stale name is gone
+    assert set(read_raw_keys(path)[0]) == {"k1", "k2"}
+
+
+def test_stale_temporary_file_is_replaced_safely(tmp_path):
+    path = tmp_path / "keyring.json"
+    keygen(path, "k1")
+    stale = tmp_path / "keyring.json.tmp"
+    stale.write_text("half a keyring from a crashed run")
+    keygen(path, "k2")
+    assert not stale.exists()
+    assert Keyring.load(path).current == "k2"
+
+
+def test_keyring_lock_file_is_not_followed(tmp_path):
+    path = tmp_path / "keyring.json"
+    (tmp_path / "keyring.json.lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(VaultError, match="lock"):
+        keygen(path, "k1")
+    assert not (tmp_path / "elsewhere").exists() and not path.exists()
+
+
+def test_make_current_switches_to_a_staged_key(tmp_path):
+    path = tmp_path / "keyring.json"
+    keygen(path, "k1")
+    keygen(path, "k2", make_current=False)
+    assert Keyring.load(path).current == "k1"
+    assert make_current(path, "k2") == "k1"
+    assert Keyring.load(path).current == "k2"
+    assert make_current(path, "k2") == "k2"  # already current: nothing to do
+    with pytest.raises(VaultError, match="no key 'k9'"):
+        make_current(path, "k9")
+    assert set(read_raw_keys(path)[0]) == {"k1", "k2"}
+
+
+def test_keyring_writers_take_the_lock(tmp_path):
+    """keygen is a read-modify-write: a second writer waits for the lock instead of
+    overwriting a key added meanwhile."""
+    import fcntl
+    import threading
+
+    path = tmp_path / "keyring.json"
+    keygen(path, "k1")
+    done = threading.Event()
+    with open(tmp_path / "keyring.json.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        writer = threading.Thread(target=lambda: (keygen(path, "k2"), done.set()))
+        writer.start()
+        assert not done.wait(0.5)  # blocked by the lock
+        keys, current = read_raw_keys(path)
+        write_keyring(path, {**keys, "k3": os.urandom(32)}, current)  # the lock holder's change
+    writer.join(10)
+    assert done.is_set() and set(read_raw_keys(path)[0]) == {"k1", "k2", "k3"}
