@@ -227,6 +227,8 @@ def resync_hotp(
         return None
     first, second, third = (c.encode() for c in codes)
     start = last_counter + 1
+    # Never search (or store) past MAX_COUNTER: the third code's counter is what is stored.
+    window = max(0, min(window, MAX_COUNTER - start - 1))
     # Compute each counter's code once; compare the triple in constant time.
     window_codes = [
         hotp(key, c, digits, algorithm).encode() for c in range(start, start + window + 2)

@@ -114,3 +114,15 @@ def test_resync_finds_three_consecutive_codes():
     assert resync_hotp(RFC4226_KEY, codes, last_counter=-1) == 54_323
     assert resync_hotp(RFC4226_KEY, (codes[0], codes[2], codes[1]), last_counter=-1) is None
     assert resync_hotp(RFC4226_KEY, codes, last_counter=60_000) is None
+
+
+def test_resync_never_searches_past_the_largest_storable_counter():
+    from otpgate.otp.oath import MAX_COUNTER, resync_hotp
+
+    key = b"12345678901234567890"
+    def three(first):
+        return tuple(hotp(key, c) for c in (first, first + 1, first + 2))
+
+    assert resync_hotp(key, three(MAX_COUNTER - 2), MAX_COUNTER - 3) == MAX_COUNTER
+    assert resync_hotp(key, three(MAX_COUNTER - 1), MAX_COUNTER - 2) is None  # 3rd past the end
+    assert resync_hotp(key, three(0), MAX_COUNTER) is None  # no traceback at the very end
