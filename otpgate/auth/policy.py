@@ -4,13 +4,68 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
+
+from ldap3.core.exceptions import LDAPInvalidDnError  # type: ignore[import-untyped]
+from ldap3.utils.dn import parse_dn  # type: ignore[import-untyped]
 
 from otpgate.config import PolicyConfig
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+_SPECIAL = ',+"\\<>;=#'
+
+
+def _unescape(value: str) -> str:
+    """An RFC 4514 attribute value without its escapes (``\\,`` and ``\\2C`` are ``,``)."""
+    if "\\" not in value:
+        return value
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        pair = value[i + 1 : i + 3]
+        if value[i] == "\\" and len(pair) == 2 and set(pair) <= _HEX:
+            out.append(int(pair, 16))  # \XX: one octet of the UTF-8 value
+            i += 3
+        elif value[i] == "\\" and i + 1 < len(value):
+            out += value[i + 1].encode()  # \c: the character itself
+            i += 2
+        else:
+            out += value[i].encode()
+            i += 1
+    return out.decode("utf-8", "replace")
+
+
+def _canonical_value(value: str) -> str:
+    text = " ".join(_unescape(value).split()).lower()
+    return "".join("\\" + c if c in _SPECIAL else c for c in text)
+
+
+@lru_cache(maxsize=16384)
+def dn_key(dn: str) -> tuple[str, ...] | None:
+    """The RDNs of ``dn`` (RFC 4514), each canonical: attribute types and values compared
+    case- and space-insensitively, escapes resolved (``cn=Smith\\, John`` is one RDN),
+    multi-valued RDNs sorted.  None if ``dn`` is not a DN."""
+    try:
+        parts = parse_dn(dn, escape=False, strip=True)
+    except (LDAPInvalidDnError, ValueError, IndexError):
+        return None
+    rdns: list[str] = []
+    current: list[str] = []
+    for attribute, value, separator in parts:
+        current.append(f"{attribute.strip().lower()}={_canonical_value(value)}")
+        if separator != "+":
+            rdns.append("+".join(sorted(current)))
+            current = []
+    if current or not rdns:
+        return None
+    return tuple(rdns)
+
 
 def normalise_dn(dn: str) -> str:
-    """Case- and space-insensitive DN for comparisons (RDN values here are plain names)."""
-    return ",".join(part.strip() for part in dn.lower().split(","))
+    """A canonical text of ``dn`` for comparisons (see ``dn_key``); unparsable names are
+    only lower-cased, so they never equal a real DN's canonical form by accident."""
+    key = dn_key(dn)
+    return ",".join(key) if key is not None else "\x00" + dn.lower()
 
 
 @dataclass(frozen=True)
@@ -23,13 +78,20 @@ class Policy:
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
         self._exempt = {normalise_dn(d) for d in config.exempt_dns}
-        self._subtrees = tuple(normalise_dn(d) for d in config.exempt_subtrees)
+        self._subtrees = tuple(key for d in config.exempt_subtrees if (key := dn_key(d)))
         self._required = {normalise_dn(g) for g in config.require_otp_groups}
         self._admins = {normalise_dn(g) for g in config.admin_groups}
 
     def is_exempt(self, dn: str) -> bool:
-        norm = normalise_dn(dn)
-        return norm in self._exempt or any(norm.endswith("," + s) for s in self._subtrees)
+        """``dn`` is an exempt DN, or lies below an exempt subtree (compared RDN by RDN)."""
+        if not self._exempt and not self._subtrees:
+            return False
+        key = dn_key(dn)
+        if key is None:
+            return False
+        if ",".join(key) in self._exempt:
+            return True
+        return any(len(key) > len(sub) and key[-len(sub) :] == sub for sub in self._subtrees)
 
     def decide(self, dn: str, groups: tuple[str, ...], client_ip: str | None) -> Decision:
         groups_norm = {normalise_dn(g) for g in groups}
