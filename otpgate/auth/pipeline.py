@@ -50,6 +50,10 @@ class AuthRequest:
     front_end: str
     otp_only: bool = False
     """The password was already checked by the caller (RADIUS otp-only / challenge step 2)."""
+    require_otp: bool = False
+    """Policy exemptions (exempt account, trusted network, not in a required group) do not
+    apply: an OTP must be verified, and a user without a token is refused (the portal sets
+    it whenever a code was typed)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class Authenticator:
     ) -> AuthResult:
         if (
             not request.otp_only
+            and not request.require_otp
             and self.policy.is_exempt(request.name)
             and not self.policy.config.admin_groups
         ):
@@ -118,7 +123,7 @@ class Authenticator:
             return await self._password_only(request, check_password)
         user = await self.store.resolve(request.name)
         decision = self.policy.decide(user.dn, user.groups, request.client)
-        if not decision.needs_otp:
+        if not decision.needs_otp and not request.require_otp:
             if request.otp_only:
                 return AuthResult(True, f"no OTP needed: {decision.reason}", user.dn)
             return await self._password(
@@ -257,12 +262,16 @@ class Authenticator:
     async def _first_factor(
         self, request: AuthRequest, check_password: PasswordCheck | None
     ) -> FirstFactorResult:
-        if self.policy.is_exempt(request.name) and not self.policy.config.admin_groups:
+        if (
+            not request.require_otp
+            and self.policy.is_exempt(request.name)
+            and not self.policy.config.admin_groups
+        ):
             done = await self._password_only(request, check_password)
             return FirstFactorResult(done.ok, False, done.reason, done.dn)
         user = await self.store.resolve(request.name)
         decision = self.policy.decide(user.dn, user.groups, request.client)
-        if not decision.needs_otp:
+        if not decision.needs_otp and not request.require_otp:
             done = await self._password(
                 user,
                 request.secret,
@@ -309,7 +318,7 @@ class Authenticator:
     ) -> tuple[AuthResult, P | None]:
         user = await self.store.resolve(request.name)
         decision = self.policy.decide(user.dn, user.groups, request.client)
-        if not decision.needs_otp:
+        if not decision.needs_otp and not request.require_otp:
             why = (
                 f"no OTP needed ({decision.reason}), and a {request.front_end} proof holds only one"
             )
