@@ -285,8 +285,15 @@ class WebConfig:
     session_idle_seconds: float = 900.0
     session_max_seconds: float = 8 * 3600.0
     sign_in_attempts_per_minute: int = 10
-    """Per client address and per user name."""
+    """Per client address, per typed user name and per directory entry."""
     max_sessions: int = 10000
+    trusted_proxies: tuple[Network, ...] = ()
+    """Reverse proxies whose forwarding header (``forwarded_header``) names the client."""
+    forwarded_header: str = "x-forwarded-for"
+    """"x-forwarded-for" or "forwarded" (RFC 7239): the one header the proxies append to."""
+    tls_terminated_by_proxy: bool = False
+    """Browsers reach the portal over HTTPS at the proxy: Secure __Host- cookie and HSTS even
+    on a plain loopback listener."""
 
 
 @dataclass(frozen=True)
@@ -797,6 +804,7 @@ def _radius(sec: _Section, base: Path) -> RadiusConfig:
 
 
 _LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
+WEB_FORWARDED_HEADERS = ("x-forwarded-for", "forwarded")
 
 
 def _web_listen(sec: _Section, description: str, has_tls: bool) -> str:
@@ -852,7 +860,23 @@ def _web(sec: _Section, base: Path) -> WebConfig:
             _positive,
         ),
         max_sessions=sec.check("max_sessions", sec.get("max_sessions", int, 10000), _positive),
+        trusted_proxies=tuple(
+            _network(sec, "trusted_proxies", n) for n in sec.strings("trusted_proxies")
+        ),
+        forwarded_header=sec.get("forwarded_header", str, "x-forwarded-for").lower(),
+        tls_terminated_by_proxy=sec.get("tls_terminated_by_proxy", bool, False),
     )
+    if result.forwarded_header not in WEB_FORWARDED_HEADERS:
+        raise ConfigError(
+            f"{sec.key('forwarded_header')}: {result.forwarded_header!r} is not one of "
+            f"{', '.join(WEB_FORWARDED_HEADERS)}"
+        )
+    if result.tls_terminated_by_proxy and not result.trusted_proxies:
+        raise ConfigError(
+            f"{sec.key('tls_terminated_by_proxy')}: behind a proxy, list it in trusted_proxies "
+            "too (otherwise every client is the proxy's address: one shared rate limit, and "
+            "metrics_networks or password_only_enrollment_networks that hold it open to all)"
+        )
     if result.session_idle_seconds > result.session_max_seconds:
         raise ConfigError(
             f"{sec.key('session_idle_seconds')}: must not be above session_max_seconds"

@@ -16,6 +16,7 @@ from twisted.web import server
 from otpgate.config import Config, ConfigError, parse_listen
 from otpgate.directory.store import InventoryStore
 from otpgate.vault import Keyring
+from otpgate.web.bodycap import CappedRequest
 from otpgate.web.metrics import Metrics
 from otpgate.web.portal import Portal
 
@@ -69,9 +70,11 @@ def web_services(
             config.directory, keyring or Keyring.load(config.keyring), gateway.store
         )
     services: list[service.IService] = [_AuditObserverService(gateway.audit, metrics)]
-    https = any(parse_listen(d).tls for d in web.listen)
+    # HTTPS for browsers: a TLS listener here, or TLS terminated by a reverse proxy in front.
+    https = web.tls_terminated_by_proxy or any(parse_listen(d).tls for d in web.listen)
     portal = Portal(gateway, config, reactor, metrics, https=https, inventory=inventory)
-    site = server.Site(portal)
+    # Bodies are capped while they arrive (bodycap.py), never spooled to a temporary file.
+    site = server.Site(portal, requestFactory=CappedRequest)
     site.displayTracebacks = False
     for description in web.listen:
         address = parse_listen(description)

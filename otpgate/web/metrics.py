@@ -22,6 +22,52 @@ from otpgate.stats import LATENCY_BUCKETS, DirectoryStats, RadiusCounters
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 AUTH_OUTCOMES = ("accept", "reject", "challenge")
 
+# Every label value comes from one of these fixed sets (anything else is "other"): a label
+# never carries a token id, a user name, a DN, an address or free text, so the number of
+# series does not grow with the users, their tokens or what clients send.
+FRONT_ENDS = ("ldap", "radius", "radius-chap", "radius-mschapv2", "web", "test-auth")
+WEB_ACTIONS = (
+    "enroll-start",
+    "enroll",
+    "enroll-reject",
+    "revoke",
+    "scratch",
+    "signout",
+    "refused",
+    "view",
+    "helpdesk-revoke",
+    "helpdesk-reset",
+    "helpdesk-unlock",
+    "helpdesk-scratch",
+    "helpdesk-assign",
+)
+REASON_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # (class, reason prefixes or fragments, checked in this order)
+    ("rate_limited", ("rate limit",)),
+    ("directory", ("directory unavailable", "DirectoryError", "CodecError", "ConcurrentUpdate")),
+    ("unknown_user", ("UserNotFound", "AmbiguousUser")),
+    ("wrong_otp", ("wrong OTP", "no valid OTP", "wrong confirmation code")),
+    ("locked_out", ("locked out",)),
+    ("no_token", ("no token enrolled", "has a token")),
+    ("wrong_password", ("wrong password", "bind refused")),
+    ("otp_required", ("no one-time code", "no OTP needed")),
+    ("malformed", ("no password", "empty password", "malformed", "unknown, used or expired")),
+)
+
+
+def label(value: object, allowed: tuple[str, ...]) -> str:
+    text = str(value or "")
+    return text if text in allowed else "other"
+
+
+def reason_class(reason: object) -> str:
+    """A rejection's reason text as one of a few fixed classes (for a label)."""
+    text = str(reason or "")
+    for name, fragments in REASON_CLASSES:
+        if any(f in text for f in fragments):
+            return name
+    return "other"
+
 
 class GatewayCollector(Collector):
     """The gateway's counters (``otpgate.stats``) as metric families, at scrape time."""
@@ -87,6 +133,13 @@ class Metrics:
             ["front_end", "outcome"],
             registry=r,
         )
+        self.rejections = Counter(
+            "otpgate_rejections",
+            "Refused authentications by front end and reason class "
+            "(" + ", ".join(c for c, _ in REASON_CLASSES) + ", other)",
+            ["front_end", "reason"],
+            registry=r,
+        )
         self.lockouts = Counter("otpgate_lockouts", "Users locked out", registry=r)
         self.admin_actions = Counter(
             "otpgate_web_actions", "Portal actions by kind", ["action"], registry=r
@@ -97,10 +150,13 @@ class Metrics:
     def observe_audit(self, event: dict[str, Any]) -> None:
         """An AuditTrail observer."""
         outcome = str(event.get("outcome") or "")
+        front_end = label(event.get("front_end"), FRONT_ENDS)
         if outcome in AUTH_OUTCOMES:
-            self.auth.labels(str(event.get("front_end") or ""), outcome).inc()
+            self.auth.labels(front_end, outcome).inc()
+            if outcome == "reject":
+                self.rejections.labels(front_end, reason_class(event.get("reason"))).inc()
         else:
-            self.admin_actions.labels(outcome).inc()
+            self.admin_actions.labels(label(outcome, WEB_ACTIONS)).inc()
         if "now locked out" in str(event.get("reason") or ""):
             self.lockouts.inc()
 

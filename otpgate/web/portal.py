@@ -43,6 +43,8 @@ from otpgate.otp.oath import verify_hotp, verify_totp
 from otpgate.otp.scratch import format_for_print, generate_scratch_list
 from otpgate.tokens import TokenType
 from otpgate.web import render
+from otpgate.web.bodycap import MAX_BODY
+from otpgate.web.clientaddr import ClientAddress, client_address
 from otpgate.web.metrics import CONTENT_TYPE, Metrics
 from otpgate.web.sessions import PendingEnrollment, RateLimiter, Session, SessionStore, csrf_ok
 
@@ -52,7 +54,6 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-MAX_BODY = 16 * 1024
 STATIC = {
     b"/static/app.css": ("app.css", b"text/css; charset=utf-8"),
     b"/static/app.js": ("app.js", b"text/javascript; charset=utf-8"),
@@ -60,6 +61,10 @@ STATIC = {
 MATCHES = 20
 SIZE_LIMIT_EXCEEDED = 4
 FAILED = "Sign-in failed: check your user name, password and code."
+CODE_NEEDED = (
+    "Sign-in failed. Type your password and the one-time code from your device: the "
+    "password alone only signs in to enroll a first device, where that is allowed."
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,15 @@ def _filter_or(*parts: bytes) -> bytes:
     return ber.tlv(0xA1, b"".join(parts))
 
 
+IN_CHAIN = b"1.2.840.113556.1.4.1941"
+"""AD's LDAP_MATCHING_RULE_IN_CHAIN: membership through nested groups."""
+
+
+def _filter_extensible(rule: bytes, attribute: bytes, value: bytes) -> bytes:
+    """RFC 4511 extensibleMatch filter (attribute:rule:=value)."""
+    return ber.tlv(0xA9, ber.tlv(0x81, rule) + ber.tlv(0x82, attribute) + ber.tlv(0x83, value))
+
+
 class Portal(resource.Resource):
     isLeaf = True
 
@@ -113,6 +127,9 @@ class Portal(resource.Resource):
         )
         self.by_client = RateLimiter(self.web.sign_in_attempts_per_minute)
         self.by_name = RateLimiter(self.web.sign_in_attempts_per_minute)
+        # Per directory entry, whatever name form was typed (alice, DOMAIN\alice, UPN, DN).
+        # Its own limiter: typed-name churn cannot evict these keys.
+        self.by_entry = RateLimiter(self.web.sign_in_attempts_per_minute)
         self.cookie_name = "__Host-otpgate" if https else "otpgate"
         self._user_filter: bytes = ldapfilter.parseFilter(config.directory.user_filter).toWire()
         self._static = {
@@ -189,9 +206,23 @@ class Portal(resource.Resource):
             return None
         return {k: v[0] for k, v in fields.items()}
 
-    @staticmethod
-    def _client(request: Any) -> str:
-        return str(request.getClientAddress().host)
+    def _client(self, request: Any) -> ClientAddress:
+        """The client's address: the TCP peer, or what a trusted proxy says (clientaddr.py)."""
+        web = self.web
+        peer = str(request.getClientAddress().host)
+        header = web.forwarded_header.encode()
+        found = client_address(
+            peer, request.requestHeaders.getRawHeaders(header), web.trusted_proxies,
+            web.forwarded_header,
+        )
+        if found.problem is not None:
+            log.warn(
+                "web: unusable forwarding header from proxy {peer} ({problem}): counted as the "
+                "proxy's address, without network-based rights",
+                peer=peer,
+                problem=found.problem,
+            )
+        return found
 
     def _redirect(self, where: str, cookie: str | None = None) -> Reply:
         return Reply(b"", 303, location=where, cookie=cookie)
@@ -227,16 +258,24 @@ class Portal(resource.Resource):
     async def _handle(self, request: Any) -> Reply:
         path: bytes = request.path
         method: bytes = request.method
-        client = self._client(request)
+        address = self._client(request)
+        client = address.address
         if path in self._static and method == b"GET":
             body, ctype = self._static[path]
             return Reply(body, content_type=ctype)
         if path == b"/metrics" and method == b"GET":
-            if not _in(client, self.web.metrics_networks):
+            if address.network is None or not _in(address.network, self.web.metrics_networks):
                 return Reply(b"forbidden\n", 403, b"text/plain")
             self.metrics.sessions.set(len(self.sessions))
             return Reply(self.metrics.text(), content_type=CONTENT_TYPE.encode())
         session = self._session(request)
+        if (
+            session is not None
+            and (path == b"/helpdesk" or path.startswith(b"/helpdesk/"))
+            and not await self._helpdesk_now(session)
+        ):
+            self.audit(session, client, "refused", "help-desk page without help-desk rights")
+            return self._page("Refused", render.message("Help desk only."), session, 403)
         if method == b"GET":
             gets: dict[bytes, Callable[[Any, Session | None, str], Awaitable[Reply]]] = {
                 b"/": self.get_root,
@@ -254,7 +293,7 @@ class Portal(resource.Resource):
         if form is None:
             return Reply(b"bad request\n", 400, b"text/plain")
         if path == b"/signin":
-            return await self.post_signin(form, session, client)
+            return await self.post_signin(form, session, client, address.network)
         if session is None:
             return self._redirect("/signin")
         if not csrf_ok(session, form.get("csrf")):
@@ -280,15 +319,22 @@ class Portal(resource.Resource):
         post = posts.get(path)
         if post is None:
             return Reply(render.page("Not found", "<p>No such page.</p>"), 404)
-        if path.startswith(b"/helpdesk/") and not session.helpdesk:
-            self.audit(session, client, "refused", "help-desk action without help-desk rights")
-            return self._page("Refused", render.message("Help desk only."), session, 403)
+        if not session.otp_verified and not session.enroll_only:
+            # Cannot happen (every other session verified an OTP): refuse rather than trust it.
+            self.audit(session, client, "refused", "session without a verified OTP")
+            return self._page("Refused", render.message("Sign in with a code."), session, 403)
         if session.enroll_only and path not in (
             b"/signout",
             b"/enroll",
             b"/enroll/confirm",
             b"/enroll/cancel",
         ):
+            self.audit(
+                session,
+                client,
+                "refused",
+                f"{path.decode(errors='replace')} in a password-only (enroll-only) session",
+            )
             return self._page("Refused", render.message("Enroll a device first."), session, 403)
         return await post(form, session, client)
 
@@ -302,7 +348,9 @@ class Portal(resource.Resource):
             return self._redirect("/me")
         return self._page("Sign in", render.sign_in(), None)
 
-    async def post_signin(self, form: dict[str, str], old: Session | None, client: str) -> Reply:
+    async def post_signin(
+        self, form: dict[str, str], old: Session | None, client: str, network: str | None
+    ) -> Reply:
         name = form.get("username", "").strip()
         password = form.get("password", "")
         otp = form.get("otp", "").strip().replace(" ", "")
@@ -310,87 +358,149 @@ class Portal(resource.Resource):
             self.sessions.drop(old)  # a new session id at every sign-in (no fixation)
         now = self.now()
         if not self.by_client.allow(client, now) or not self.by_name.allow(name.lower(), now):
-            self.audit(None, client, "reject", "web sign-in rate limit", user=name)
-            return self._page(
-                "Sign in", render.sign_in("Too many attempts; wait a minute.", name), None, 429
-            )
+            return self._rate_limited(name, client, "address or typed name")
         if not name or not password or len(name) > 256 or len(password) > 1024:
             return self._page("Sign in", render.sign_in(FAILED, name), None, 401)
-        session = await self._sign_in(name, password, otp, client)
+        entry = await self._entry_key(name)
+        if entry is not None and not self.by_entry.allow(entry, now):
+            return self._rate_limited(name, client, "account")
+        session = await self._sign_in(name, password, otp, client, network)
         if session is None:
-            return self._page("Sign in", render.sign_in(FAILED, name), None, 401)
+            message = FAILED if otp else CODE_NEEDED
+            return self._page("Sign in", render.sign_in(message, name), None, 401)
         return self._redirect("/me", self._cookie(session.id))
 
-    async def _sign_in(self, name: str, password: str, otp: str, client: str) -> Session | None:
-        gw = self.gateway
-        if not otp and self._password_only_enrollment(client):
-            applies, first = await self._first_enrollment(name, password, client)
-            if applies:
-                return first
-        delimiter = self.config.ldap_proxy.otp_delimiter
-        secret = password + (delimiter + otp if otp and delimiter else otp)
-        request = AuthRequest(name, secret, client, "web")
-        result = await gw.authenticator.authenticate(request, gw.check_password)
-        if not result.ok or result.dn is None:
-            return None
-        # Help-desk rights only after an OTP was checked (never on a password alone).
-        helpdesk = result.token_id is not None and await self._is_helpdesk(result.dn)
-        return self.sessions.new(name, result.dn, self.now(), helpdesk=helpdesk)
+    def _rate_limited(self, name: str, client: str, bucket: str) -> Reply:
+        self.audit(None, client, "reject", f"web sign-in rate limit ({bucket})", user=name)
+        return self._page(
+            "Sign in", render.sign_in("Too many attempts; wait a minute.", name), None, 429
+        )
 
-    def _password_only_enrollment(self, client: str) -> bool:
-        """Whether a user without a token may enroll with the password alone from ``client``:
+    async def _entry_key(self, name: str) -> str | None:
+        """The directory entry ``name`` resolves to (its immutable id), for the per-entry limit.
+
+        None when it resolves to nothing (unknown names have only their typed-name bucket) or
+        the directory cannot be asked (then the sign-in itself fails)."""
+        try:
+            user = await self.gateway.store.resolve(name)
+        except DirectoryError:
+            return None
+        return user.entry_id.hex() or normalise_dn(user.dn)
+
+    async def _sign_in(
+        self, name: str, password: str, otp: str, client: str, network: str | None
+    ) -> Session | None:
+        """A session for a sign-in that verified an OTP, or an enroll-only one (first device).
+
+        A typed code is always verified (``require_otp``: trusted networks, exempt accounts and
+        groups that need no OTP do not skip it, and the code is never taken for part of the
+        password).  Without a code the only way in is a first enrollment: a password alone never
+        opens self-service or the help desk for a user who has a token, whatever the policy.
+        """
+        gw = self.gateway
+        if not otp:
+            return await self._first_enrollment(name, password, client, network)
+        delimiter = self.config.ldap_proxy.otp_delimiter
+        secret = password + (delimiter + otp if delimiter else otp)
+        request = AuthRequest(name, secret, client, "web", require_otp=True)
+        result = await gw.authenticator.authenticate(request, gw.check_password)
+        if not result.ok or result.dn is None or result.token_id is None:
+            return None
+        helpdesk = await self._is_helpdesk(result.dn)
+        return self.sessions.new(
+            name, result.dn, self.now(), helpdesk=helpdesk, otp_verified=True
+        )
+
+    def _password_only_enrollment(self, network: str | None) -> bool:
+        """Whether a user without a token may enroll with the password alone from ``network``:
         from the configured networks, or from anywhere until the rollout window ends."""
         until = self.web.password_only_enrollment_until
         if until is not None and self.now() < until:
             return True
-        return _in(client, self.web.password_only_enrollment_networks)
+        return network is not None and _in(network, self.web.password_only_enrollment_networks)
 
     async def _first_enrollment(
-        self, name: str, password: str, client: str
-    ) -> tuple[bool, Session | None]:
-        """Password alone, allowed only for a user with no token, from the configured networks.
+        self, name: str, password: str, client: str, network: str | None
+    ) -> Session | None:
+        """Password alone: an enroll-only session for a user with no token, where allowed.
 
-        (False, None) when the rule does not apply (unknown name, user with a token): the
-        pipeline decides then.  Otherwise the password decides, and the pipeline is not asked.
+        A user who has a token is refused before the password is tried (no password oracle
+        without the second factor); so is everyone outside password-only enrollment.  The
+        refusal reads the same in every case (``CODE_NEEDED``); the audit trail has the reason.
         """
         gw = self.gateway
+
+        def refuse(reason: str, dn: str | None = None) -> None:
+            gw.audit.record(
+                outcome="reject",
+                front_end="web",
+                user=name,
+                dn=dn,
+                client=client,
+                token=None,
+                reason=reason,
+            )
+
+        if not self._password_only_enrollment(network):
+            refuse("no one-time code (password-only enrollment does not apply here)")
+            return None
         try:
             user = await gw.store.resolve(name, fresh=True)
             state = gw.store.decode(user)
-        except (DirectoryError, CodecError):
-            return False, None
+        except (DirectoryError, CodecError) as exc:
+            refuse(f"password only: {type(exc).__name__}: {exc}")
+            return None
         if state.tokens:
-            return False, None
+            refuse("no one-time code, and the user has a token: a code is required", user.dn)
+            return None
         code, _message = await gw.check_password(user.dn, password.encode("utf-8"))
-        ok = code == SUCCESS
+        if code != SUCCESS:
+            refuse(f"password only, first enrollment: wrong password ({code})", user.dn)
+            return None
         gw.audit.record(
-            outcome="accept" if ok else "reject",
+            outcome="accept",
             front_end="web",
             user=name,
             dn=user.dn,
             client=client,
             token=None,
-            reason="password only, first enrollment" if ok else f"wrong password ({code})",
+            reason="password only, first enrollment",
         )
-        if not ok:
-            return True, None
-        return True, self.sessions.new(name, user.dn, self.now(), enroll_only=True)
+        return self.sessions.new(name, user.dn, self.now(), enroll_only=True)
 
-    async def _is_helpdesk(self, dn: str) -> bool:
-        groups = self.web.helpdesk_groups
+    async def _helpdesk_now(self, session: Session) -> bool:
+        """Help-desk rights for this request: granted at an OTP sign-in and still a member
+        (read again, so removing someone from the group takes effect at once)."""
+        return (
+            session.helpdesk and session.otp_verified and await self._is_helpdesk(session.dn)
+        )
+
+    async def _member(self, user: UserEntry, groups: tuple[str, ...]) -> bool:
+        """Whether ``user`` is in one of ``groups``: its ``memberOf`` values, or the groups'
+        ``member`` values where there is no ``memberOf`` (OpenLDAP without the overlay); on
+        AD nested membership too (LDAP_MATCHING_RULE_IN_CHAIN).  Raises DirectoryError."""
         if not groups:
             return False
-        gw = self.gateway
-        try:
-            user = await gw.store.resolve(dn, fresh=True)
-            if {normalise_dn(g) for g in user.groups} & {normalise_dn(g) for g in groups}:
+        wanted = {normalise_dn(g) for g in groups}
+        if {normalise_dn(g) for g in user.groups} & wanted:
+            return True
+        conn = await self.gateway.read_pool.connection()
+        nested = self.config.directory.profile.server == "ad"
+        for group in groups:
+            if nested:
+                member = _filter_extensible(IN_CHAIN, b"member", user.dn.encode())
+            else:
+                member = ber.filter_equal(b"member", user.dn.encode())
+            if await conn.search(group, member, ["cn"], scope=SCOPE_BASE):
                 return True
-            conn = await gw.read_pool.connection()
-            for group in groups:  # no memberOf (OpenLDAP without the overlay): ask the group
-                member = ber.filter_equal(b"member", dn.encode())
-                found = await conn.search(group, member, ["cn"], scope=SCOPE_BASE)
-                if found:
-                    return True
+        return False
+
+    async def _is_helpdesk(self, dn: str) -> bool:
+        if not self.web.helpdesk_groups:
+            return False
+        try:
+            user = await self.gateway.store.resolve(dn, fresh=True)
+            return await self._member(user, self.web.helpdesk_groups)
         except DirectoryError as exc:
             log.warn("help-desk group check for {dn} failed: {error}", dn=dn, error=str(exc))
         return False
@@ -421,6 +531,10 @@ class Portal(resource.Resource):
         return self._page("My devices", body, session)
 
     async def post_enroll(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        if session.enroll_only:
+            _user, state = await self._state(session.dn)
+            if state.tokens:  # enrolled meanwhile (elsewhere): the password alone is over
+                return self._end_enroll_only(session, client, "a device was enrolled meanwhile")
         label = form.get("label", "").strip()[:64] or "phone"
         token, secret = new_oath_token(self.config.otp, TokenType.TOTP, label=label, now=self.now())
         session.pending = PendingEnrollment(token, secret)
@@ -497,6 +611,8 @@ class Portal(resource.Resource):
             await self.gateway.store.update(user, change)
         except PolicyError as exc:
             session.pending = None
+            if enroll_only:
+                return self._end_enroll_only(session, client, str(exc))
             return await self.get_me(None, session, client, error=str(exc))
         session.pending = None
         self.audit(
@@ -517,6 +633,15 @@ class Portal(resource.Resource):
             )
             return Reply(render.page("Sign in", body), cookie=self._cookie("", max_age=0))
         return await self.get_me(None, session, client, notice=f"Device {token.id} is active.")
+
+    def _end_enroll_only(self, session: Session, client: str, why: str) -> Reply:
+        """A password-only session whose user has a token now: signed out, nothing done."""
+        self.sessions.drop(session)
+        self.audit(session, client, "refused", f"enroll-only session ended: {why}")
+        body = render.message("You have a device now: sign in with a code from it.") + (
+            render.sign_in()
+        )
+        return Reply(render.page("Sign in", body), 403, cookie=self._cookie("", max_age=0))
 
     async def post_revoke(self, form: dict[str, str], session: Session, client: str) -> Reply:
         token_id = form.get("token", "")
@@ -566,8 +691,14 @@ class Portal(resource.Resource):
         if query:
             try:
                 user, state = await self._state(query)
+                protected = await self._protected(user)
                 found = render.helpdesk_user(
-                    user.dn, state, session.csrf, self.now(), self.inventory is not None
+                    user.dn,
+                    state,
+                    session.csrf,
+                    self.now(),
+                    self.inventory is not None,
+                    protected=protected,
                 )
                 self.audit(session, client, "view", "looked at the user", user=query, dn=user.dn)
             except (UserNotFound, AmbiguousUser):
@@ -579,6 +710,53 @@ class Portal(resource.Resource):
                 error = error or f"{query}: {exc}"
         body = render.helpdesk(session.csrf, query, found, notice, error)
         return self._page("Help desk", body, session)
+
+    async def _protected(self, user: UserEntry) -> str | None:
+        """Why the help desk may not change ``user``, or None.
+
+        Administrators (``[policy] admin_groups``) and help-desk members (``[web]
+        helpdesk_groups``, the signed-in member included) are for the directory's own admins
+        and the CLI: a help-desk member who could reset or issue scratch codes for another
+        member or an admin could take over that account, or raise their own rights.  Decided
+        on a fresh read of the target's groups; when the groups cannot be read the answer is
+        "protected" (fail closed)."""
+        try:
+            fresh = await self.gateway.store.resolve(user.dn, fresh=True)
+            if await self._member(fresh, self.config.policy.admin_groups):
+                return "an administrator"
+            if await self._member(fresh, self.web.helpdesk_groups):
+                return "a help-desk member"
+        except DirectoryError as exc:
+            log.warn(
+                "help desk: group check of {dn} failed: {error}", dn=user.dn, error=str(exc)
+            )
+            return "a user whose groups cannot be read now"
+        return None
+
+    async def _hd_target(
+        self, form: dict[str, str], session: Session, client: str, action: str
+    ) -> UserEntry | Reply:
+        """The target of a help-desk action, or the reply refusing it (audited)."""
+        target = form.get("user", "")
+        try:
+            user, _state = await self._state(target)
+        except (DirectoryError, CodecError) as exc:
+            return await self.get_helpdesk(None, session, client, target, error=str(exc))
+        why = await self._protected(user)
+        if why is None:
+            return user
+        self.audit(
+            session,
+            client,
+            "refused",
+            f"help-desk {action} of {why} (administrators and help-desk members are changed "
+            "with the CLI)",
+            user=target,
+            dn=user.dn,
+        )
+        message = f"Refused: {user.dn} is {why}. Use the otpgate CLI for such accounts."
+        page = await self.get_helpdesk(None, session, client, target, error=message)
+        return Reply(page.body, 403, page.content_type)
 
     async def _search_users(self, query: str) -> list[tuple[str, str]]:
         """(DN, login name) of users whose login name, UPN/mail or cn start with ``query``."""
@@ -608,35 +786,48 @@ class Portal(resource.Resource):
         form: dict[str, str],
         session: Session,
         client: str,
-        what: str,
+        action: str,
+        detail: str,
         change: Callable[[OtpState], StateChange[Any]],
     ) -> Reply:
+        user = await self._hd_target(form, session, client, action)
+        if isinstance(user, Reply):
+            return user
         target = form.get("user", "")
         try:
-            user, _state = await self._state(target)
             await self.gateway.store.update(user, change)
         except (PolicyError, DirectoryError, CodecError) as exc:
             return await self.get_helpdesk(None, session, client, target, error=str(exc))
         token = form.get("token") or None
-        self.audit(session, client, f"helpdesk-{what}", what, user=target, dn=user.dn, token=token)
-        return await self.get_helpdesk(None, session, client, target, notice=f"Done: {what}.")
+        self.audit(
+            session, client, f"helpdesk-{action}", detail, user=target, dn=user.dn, token=token
+        )
+        return await self.get_helpdesk(None, session, client, target, notice=f"Done: {detail}.")
 
     async def hd_revoke(self, form: dict[str, str], session: Session, client: str) -> Reply:
         token_id = form.get("token", "")
         return await self._hd_change(
-            form, session, client, f"revoke {token_id}", lambda s: revoke_change(s, token_id)
+            form,
+            session,
+            client,
+            "revoke",
+            f"revoke {token_id}",
+            lambda s: revoke_change(s, token_id),
         )
 
     async def hd_reset(self, form: dict[str, str], session: Session, client: str) -> Reply:
-        return await self._hd_change(form, session, client, "reset", reset_change)
+        return await self._hd_change(form, session, client, "reset", "reset", reset_change)
 
     async def hd_unlock(self, form: dict[str, str], session: Session, client: str) -> Reply:
-        return await self._hd_change(form, session, client, "unlock", unlock_change)
+        return await self._hd_change(form, session, client, "unlock", "unlock", unlock_change)
 
     async def hd_scratch(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        user = await self._hd_target(form, session, client, "scratch")
+        if isinstance(user, Reply):
+            return user
         target = form.get("user", "")
         try:
-            codes, token_id = await self._new_scratch(target)
+            codes, token_id = await self._new_scratch(user.dn)
         except (DirectoryError, CodecError) as exc:
             return await self.get_helpdesk(None, session, client, target, error=str(exc))
         self.audit(
@@ -645,6 +836,7 @@ class Portal(resource.Resource):
             "helpdesk-scratch",
             "issued a scratch list",
             user=target,
+            dn=user.dn,
             token=token_id,
         )
         return self._page("Scratch codes", render.scratch_codes(codes, target), session)
@@ -656,9 +848,12 @@ class Portal(resource.Resource):
             return await self.get_helpdesk(
                 None, session, client, target, error="Give the serial of an inventory token."
             )
+        user = await self._hd_target(form, session, client, "assign")
+        if isinstance(user, Reply):
+            return user
         try:
             token = await assign_token(
-                self.inventory, serial, target, self.config.otp.max_tokens_per_user
+                self.inventory, serial, user.dn, self.config.otp.max_tokens_per_user
             )
         except (PolicyError, InventoryError, DirectoryError, CodecError) as exc:
             return await self.get_helpdesk(None, session, client, target, error=str(exc))
@@ -668,6 +863,7 @@ class Portal(resource.Resource):
             "helpdesk-assign",
             f"assigned serial {serial}",
             user=target,
+            dn=user.dn,
             token=token.id,
         )
         return await self.get_helpdesk(

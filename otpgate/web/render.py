@@ -90,7 +90,11 @@ def token_kind(token: Token) -> str:
 
 
 def devices_table(
-    state: OtpState, csrf: str, revoke_action: str, extra: Sequence[tuple[str, str]] = ()
+    state: OtpState,
+    csrf: str,
+    revoke_action: str,
+    extra: Sequence[tuple[str, str]] = (),
+    read_only: bool = False,
 ) -> str:
     if not state.tokens:
         return '<p id="no-devices">No devices enrolled.</p>'
@@ -98,14 +102,18 @@ def devices_table(
     hidden = "".join(f'<input type="hidden" name="{h(k)}" value="{h(v)}">' for k, v in extra)
     for t in state.tokens:
         use = state.used.use_of(t.id)
+        revoke = (
+            ""
+            if read_only
+            else f'<form method="post" action="{h(revoke_action)}" '
+            'data-confirm="Revoke this device?">'
+            f'{csrf_field(csrf)}{hidden}<input type="hidden" name="token" value="{h(t.id)}">'
+            f'<button type="submit" id="revoke-{h(t.id)}">Revoke</button></form>'
+        )
         rows.append(
             f'<tr data-token="{h(t.id)}"><td>{h(t.id)}</td><td>{h(token_kind(t))}</td>'
             f"<td>{h(t.label)}</td><td>{h(t.serial)}</td><td>{h(when(t.created))}</td>"
-            f"<td>{h(when(use.used_at))}</td><td>{h(use.drift)}</td>"
-            f'<td><form method="post" action="{h(revoke_action)}" '
-            'data-confirm="Revoke this device?">'
-            f'{csrf_field(csrf)}{hidden}<input type="hidden" name="token" value="{h(t.id)}">'
-            f'<button type="submit" id="revoke-{h(t.id)}">Revoke</button></form></td></tr>'
+            f"<td>{h(when(use.used_at))}</td><td>{h(use.drift)}</td><td>{revoke}</td></tr>"
         )
     return (
         '<table id="devices"><tr><th>id</th><th>kind</th><th>label</th><th>serial</th>'
@@ -201,7 +209,16 @@ def matches(found: Sequence[tuple[str, str]]) -> Markup:
     return Markup(f'<ul id="matches">{items}</ul>')
 
 
-def helpdesk_user(dn: str, state: OtpState, csrf: str, now: float, inventory: bool) -> Markup:
+def helpdesk_user(
+    dn: str,
+    state: OtpState,
+    csrf: str,
+    now: float,
+    inventory: bool,
+    protected: str | None = None,
+) -> Markup:
+    """A user's devices and lockout, with the help-desk actions unless ``protected`` says why
+    the help desk may not change this user (the server refuses them anyway)."""
     used = state.used
     locked = used.locked_until > now
     lock = (
@@ -225,6 +242,13 @@ def helpdesk_user(dn: str, state: OtpState, csrf: str, now: float, inventory: bo
             "Assign hardware token",
             extra='<label for="serial">Serial</label>'
             '<input type="text" id="serial" name="serial" maxlength="64">',
+        )
+    if protected is not None:
+        return Markup(
+            f'<h2 id="user-dn">{h(dn)}</h2><p>Lockout: {lock}</p>'
+            f'<p class="notice" id="protected">This user is {h(protected)}: the help desk '
+            "cannot change their devices. Ask a directory administrator (otpgate CLI).</p>"
+            + devices_table(state, csrf, "", read_only=True)
         )
     html = (
         f'<h2 id="user-dn">{h(dn)}</h2><p>Lockout: {lock}</p>'

@@ -34,6 +34,9 @@ class Session:
     helpdesk: bool = False
     enroll_only: bool = False
     """Signed in with the password alone (first enrollment): may only enroll."""
+    otp_verified: bool = False
+    """The sign-in verified (and spent) a one-time code: required for every change of a user
+    who has a token, and for the help desk."""
     pending: PendingEnrollment | None = None
 
 
@@ -59,6 +62,7 @@ class SessionStore:
         now: float,
         helpdesk: bool = False,
         enroll_only: bool = False,
+        otp_verified: bool = False,
     ) -> Session:
         self.sweep(now)
         while len(self._sessions) >= self.max_sessions:
@@ -72,6 +76,7 @@ class SessionStore:
             last_seen=now,
             helpdesk=helpdesk,
             enroll_only=enroll_only,
+            otp_verified=otp_verified,
         )
         self._sessions[session.id] = session
         return session

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,3 +130,69 @@ def browser(tmp: Path, ignore_https_errors: bool = False) -> Iterator[Any]:
             yield page
         finally:
             context.close()
+
+
+class WebClient:
+    """A small HTTP client for attack tests: its own cookie jar, a chosen loopback source
+    address (so one machine can be many clients, or a "proxy"), extra headers, no redirects."""
+
+    def __init__(self, portal: PortalProcess, source: str = "127.0.0.1",
+                 headers: dict[str, str] | None = None) -> None:
+        parts = urllib.parse.urlsplit(portal.url)
+        self.portal = portal
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.https = parts.scheme == "https"
+        self.source = source
+        self.headers = dict(headers or {})
+        self.cookies: dict[str, str] = {}
+        self.last_headers: Any = None
+
+    def request(self, method: str, path: str, fields: dict[str, str] | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, str]:
+        if self.https:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=30, source_address=(self.source, 0),
+                context=self.portal.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=30,
+                                              source_address=(self.source, 0))
+        send = {**self.headers, **(headers or {})}
+        if self.cookies:
+            send["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        body = None
+        if fields is not None:
+            body = urllib.parse.urlencode(fields)
+            send["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            conn.request(method, path, body, send)
+            reply = conn.getresponse()
+            text = reply.read().decode("utf-8", "replace")
+        finally:
+            conn.close()
+        self.last_headers = reply.headers
+        for cookie in reply.headers.get_all("Set-Cookie") or []:
+            name, _, rest = cookie.partition("=")
+            value = rest.split(";", 1)[0]
+            if "Max-Age=0" in cookie or not value:
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = value
+        return reply.status, text
+
+    def sign_in(self, name: str, password: str, otp: str = "") -> int:
+        status, _text = self.request(
+            "POST", "/signin", {"username": name, "password": password, "otp": otp})
+        return status
+
+    def csrf(self, page: str = "/me") -> str:
+        status, text = self.request("GET", page)
+        found = re.search(r'name="csrf" value="([^"]+)"', text)
+        if status != 200 or found is None:
+            raise AssertionError(f"no CSRF token on {page} ({status}): {text[:500]}")
+        return found.group(1)
+
+    def post(self, path: str, fields: dict[str, str] | None = None,
+             csrf: str | None = None) -> tuple[int, str]:
+        token = csrf if csrf is not None else self.csrf()
+        return self.request("POST", path, {"csrf": token, **(fields or {})})

@@ -5,15 +5,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.web import resource, server
 
 from otpgate.config import ConfigError, parse_config
 from otpgate.directory.state import OtpState
 from otpgate.stats import DirectoryStats, RadiusCounters
 from otpgate.tokens import Token, TokenType
 from otpgate.web import render
+from otpgate.web.bodycap import MAX_BODY, CappedRequest
+from otpgate.web.clientaddr import client_address, parse_forwarded, parse_node
 from otpgate.web.metrics import Metrics
 from otpgate.web.sessions import RateLimiter, SessionStore, csrf_ok
 
@@ -138,3 +144,208 @@ def test_metrics_from_audit_events_and_gateway_counters():
     assert 'otpgate_radius_dropped_total{reason="malformed"} 0.0' in text
     assert 'otpgate_radius_packets_total{result="received"} 3.0' in text
     assert "otpgate_radius" not in Metrics(directory, None).text().decode()
+
+
+# -- client address behind reverse proxies (clientaddr.py) ------------------------------------
+
+
+
+PROXIES = (ipaddress.ip_network("127.0.0.2/32"), ipaddress.ip_network("10.9.0.0/16"))
+
+
+def who(peer: str, value: str | None, header: str = "x-forwarded-for",
+        proxies: tuple = PROXIES) -> tuple[str, str | None]:
+    found = client_address(peer, [value.encode()] if value is not None else None, proxies, header)
+    return found.address, found.network
+
+
+def test_forwarding_header_ignored_unless_the_peer_is_a_trusted_proxy():
+    # A client that is not a proxy says whatever it likes: it stays itself.
+    assert who("127.0.0.1", "10.1.1.1") == ("127.0.0.1", "127.0.0.1")
+    assert who("192.0.2.7", "for=10.1.1.1", "forwarded") == ("192.0.2.7", "192.0.2.7")
+    # No trusted proxies configured: never read.
+    assert who("127.0.0.2", "10.1.1.1", proxies=()) == ("127.0.0.2", "127.0.0.2")
+    # A trusted proxy names the client.
+    assert who("127.0.0.2", "203.0.113.5") == ("203.0.113.5", "203.0.113.5")
+    # No header from the proxy: the proxy host itself.
+    assert who("127.0.0.2", None) == ("127.0.0.2", "127.0.0.2")
+
+
+def test_right_most_untrusted_address_wins():
+    # The client forged "10.1.1.1, 127.0.0.1"; the proxy appended the real peer.
+    assert who("127.0.0.2", "10.1.1.1, 127.0.0.1, 198.51.100.9")[0] == "198.51.100.9"
+    # Two proxies in a row (10.9.0.0/16 and 127.0.0.2): skip both, take the client.
+    assert who("127.0.0.2", "8.8.8.8, 198.51.100.9, 10.9.3.4")[0] == "198.51.100.9"
+    # All hops trusted: the left-most (the request started on a proxy).
+    assert who("127.0.0.2", "10.9.1.1, 10.9.2.2")[0] == "10.9.1.1"
+    # Ports and brackets as some proxies write them; IPv4-mapped IPv6.
+    assert who("127.0.0.2", "[2001:db8::1]:443")[0] == "2001:db8::1"
+    assert who("127.0.0.2", "198.51.100.9:5555")[0] == "198.51.100.9"
+    assert who("::ffff:127.0.0.2", "198.51.100.9")[0] == "198.51.100.9"
+    # Several header lines are one list.
+    found = client_address("127.0.0.2", [b"1.1.1.1", b"198.51.100.9"], PROXIES,
+                           "x-forwarded-for")
+    assert found.address == "198.51.100.9"
+
+
+def test_malformed_forwarding_header_gives_no_network_rights():
+    for value in ("", "not-an-ip", "1.2.3.4, garbage", "1.2.3.4,", "unknown", "a" * 5000):
+        address, network = who("127.0.0.2", value)
+        assert (address, network) == ("127.0.0.2", None), value
+    # Garbage LEFT of the address that matters is the client's own and does not matter.
+    assert who("127.0.0.2", "garbage, 198.51.100.9") == ("198.51.100.9", "198.51.100.9")
+    address, network = who("127.0.0.2", 'for="unterminated, for=198.51.100.9', "forwarded")
+    assert network is None
+    assert client_address("127.0.0.2", [b"\xff"], PROXIES, "x-forwarded-for").network is None
+
+
+def test_rfc7239_forwarded():
+    assert parse_forwarded('for=192.0.2.60;proto=http;by=203.0.113.43') == [
+        ipaddress.ip_address("192.0.2.60")]
+    assert parse_forwarded('for="[2001:db8:cafe::17]:4711", For=198.51.100.1') == [
+        ipaddress.ip_address("2001:db8:cafe::17"), ipaddress.ip_address("198.51.100.1")]
+    assert parse_forwarded('for=unknown, for="_hidden", proto=https') == [None, None, None]
+    assert parse_forwarded('for="a\\"b,c";by=x') == [None]  # a comma inside quotes
+    for bad in ("for", "for=", "for=1.2.3.4;;", "for=1.2.3.4 x", 'for="x', "for=1;for=2", ";"):
+        with pytest.raises(ValueError):
+            parse_forwarded(bad)
+    assert who("127.0.0.2", 'for=192.0.2.1, for="[::1]";proto=https', "forwarded") == (
+        "::1", "::1")
+    assert who("127.0.0.2", "for=198.51.100.9, for=127.0.0.2", "forwarded")[0] == "198.51.100.9"
+    # The header not configured is not read, even from a proxy.
+    assert who("127.0.0.2", "for=198.51.100.9", "x-forwarded-for")[1] is None
+    assert parse_node("[::1") is None and parse_node("1.2.3.4:x") is None
+    assert parse_node("[1.2.3.4]") is None
+
+
+def test_web_proxy_config():
+    web = web_config(listen=["tcp:8080:interface=127.0.0.1"], trusted_proxies=["127.0.0.1/32"],
+                     forwarded_header="Forwarded", tls_terminated_by_proxy=True)
+    assert web.trusted_proxies == (ipaddress.ip_network("127.0.0.1/32"),)
+    assert web.forwarded_header == "forwarded" and web.tls_terminated_by_proxy
+    assert web_config().forwarded_header == "x-forwarded-for"
+    with pytest.raises(ConfigError, match=r"\[web\].trusted_proxies: 'x' is not an IP network"):
+        web_config(trusted_proxies=["x"])
+    with pytest.raises(ConfigError, match=r"\[web\].forwarded_header: 'x-real-ip' is not one"):
+        web_config(forwarded_header="X-Real-IP")
+    with pytest.raises(ConfigError, match=r"\[web\].tls_terminated_by_proxy: .*trusted_proxies"):
+        web_config(tls_terminated_by_proxy=True)
+
+
+# -- metrics: bounded label sets --------------------------------------------------------------
+
+
+def series(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_metrics_labels_are_bounded_whatever_the_events():
+    m = Metrics(DirectoryStats(), None)
+
+    def events(n: int) -> None:
+        for i in range(n):
+            token = f"{i:08x}"
+            m.observe_audit({"outcome": "accept", "front_end": "ldap", "user": f"user{i}",
+                             "token": token, "reason": "password+OTP accepted"})
+            m.observe_audit({"outcome": "reject", "front_end": f"weird{i}", "user": f"u{i}",
+                             "reason": f"wrong OTP for {token}"})
+            m.observe_audit({"outcome": f"helpdesk-revoke {token}", "front_end": "web",
+                             "user": f"user{i}", "token": token, "reason": "by desk: revoke"})
+            m.observe_audit({"outcome": "helpdesk-revoke", "front_end": "web", "token": token,
+                             "reason": f"by desk: revoke {token}"})
+            m.observe_audit({"outcome": "reject", "front_end": "radius",
+                             "reason": f"free text {i} (NAS n{i})"})
+
+    events(3)
+    few = len(series(m.text().decode()))
+    events(500)
+    text = m.text().decode()
+    assert len(series(text)) == few, "series grew with the number of tokens/users"
+    assert "00000001" not in text and "user1" not in text and "weird" not in text
+    assert 'otpgate_web_actions_total{action="helpdesk-revoke"} 503.0' in text
+    assert 'otpgate_web_actions_total{action="other"} 503.0' in text
+    assert 'otpgate_rejections_total{front_end="other",reason="wrong_otp"} 503.0' in text
+    assert 'otpgate_rejections_total{front_end="radius",reason="other"} 503.0' in text
+
+
+def test_reason_classes():
+    from otpgate.web.metrics import reason_class
+
+    assert reason_class("wrong OTP (now locked out)") == "wrong_otp"
+    assert reason_class("locked out") == "locked_out"
+    assert reason_class("wrong password: 80090308: data 52e") == "wrong_password"
+    assert reason_class("no token enrolled") == "no_token"
+    assert reason_class("UserNotFound: no entry for bob") == "unknown_user"
+    assert reason_class("directory unavailable: timeout") == "directory"
+    assert reason_class("web sign-in rate limit") == "rate_limited"
+    assert reason_class("no one-time code (password-only enrollment does not apply here)") == (
+        "otp_required")
+    assert reason_class(None) == "other"
+
+
+# -- the request body cap (bodycap.py) --------------------------------------------------------
+
+
+
+
+class Recorder(resource.Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[bytes] = []
+
+    def render(self, request):  # type: ignore[no-untyped-def]
+        self.bodies.append(request.content.read())
+        return b"ok"
+
+
+def channel(site: server.Site) -> tuple[object, StringTransport]:
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_body_cap_refuses_a_large_content_length_before_the_body():
+    leaf = Recorder()
+    site = server.Site(leaf, requestFactory=CappedRequest)
+    proto, transport = channel(site)
+    proto.dataReceived(b"POST /signin HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                       b"Content-Length: 100000000\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 413 ")
+    assert b"100 Continue" not in transport.value()
+    assert transport.disconnecting
+    proto.dataReceived(b"x" * 65536)  # whatever still arrives is not read or stored
+    assert leaf.bodies == []
+
+
+def test_body_cap_stops_a_chunked_body_at_the_cap():
+    leaf = Recorder()
+    site = server.Site(leaf, requestFactory=CappedRequest)
+    proto, transport = channel(site)
+    proto.dataReceived(b"POST /signin HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"1000\r\n" + b"a" * 0x1000 + b"\r\n"
+    for _ in range(MAX_BODY // 0x1000):
+        proto.dataReceived(chunk)
+    assert transport.value() == b"" and not transport.disconnecting
+    proto.dataReceived(chunk)  # over the cap
+    assert transport.value().startswith(b"HTTP/1.1 413 ") and transport.disconnecting
+    proto.dataReceived(chunk * 4 + b"0\r\n\r\n")
+    assert leaf.bodies == []
+
+
+def test_body_cap_passes_small_bodies():
+    leaf = Recorder()
+    site = server.Site(leaf, requestFactory=CappedRequest)
+    for head in (b"Content-Length: 5\r\n\r\nhello",
+                 b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"):
+        proto, transport = channel(site)
+        proto.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\n" + head)
+        assert transport.value().startswith(b"HTTP/1.1 200 "), transport.value()
+    body = b"b" * MAX_BODY
+    proto, transport = channel(site)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+                       + body)
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    assert leaf.bodies == [b"hello", b"hello", body]
