@@ -536,7 +536,12 @@ class Portal(resource.Resource):
             if state.tokens:  # enrolled meanwhile (elsewhere): the password alone is over
                 return self._end_enroll_only(session, client, "a device was enrolled meanwhile")
         label = form.get("label", "").strip()[:64] or "phone"
-        token, secret = new_oath_token(self.config.otp, TokenType.TOTP, label=label, now=self.now())
+        try:
+            token, secret = new_oath_token(
+                self.config.otp, TokenType.TOTP, label=label, now=self.now()
+            )
+        except ValueError as exc:  # e.g. control characters in the label
+            return await self.get_me(None, session, client, error=f"Label refused: {exc}.")
         session.pending = PendingEnrollment(token, secret)
         account = session.name
         uri = otpauth_uri(token, secret, account, self.config.otp.issuer)

@@ -493,3 +493,23 @@ def test_metrics_series_do_not_grow_with_tokens(slapd: Any, tmp_path: Path, requ
     assert user not in text and desk not in text
     assert 'otpgate_web_actions_total{action="helpdesk-revoke"} 5.0' in text
 
+
+
+# -- 7. a label with terminal escapes is a form error, not a crash -------------------------------
+
+
+def test_control_characters_in_a_label_are_refused_cleanly(
+    slapd: Any, tmp_path: Path, request: Any
+) -> None:
+    """An OSC 52 sequence in a self-service label (it would reach an admin's terminal through
+    `otpgate show`) is refused with a message; the portal keeps working."""
+    backend = make_backend("slapd-stock", request, tmp_path)
+    name, _dn = backend.new_user("oscl")
+    key = enroll_directly(backend, name)
+    with run_portal(backend, tmp_path, {}) as portal:
+        client = WebClient(portal)
+        assert client.sign_in(name, USER_PASSWORD, code(key)) == 303
+        status, text = client.post("/enroll", {"label": "phone\x1b]52;c;ZXZpbA==\x07"})
+        assert status == 200 and "Label refused" in text
+        status, text = client.post("/enroll", {"label": "work phone"})
+        assert status == 200 and "Enroll" in text
