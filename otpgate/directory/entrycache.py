@@ -9,6 +9,7 @@ was last read from the directory.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 
 from otpgate.directory.state import UserEntry
 
@@ -32,9 +33,11 @@ class EntryCache:
         return entry
 
     def put(self, name: str, entry: UserEntry, now: float) -> None:
-        """A freshly read entry: (re)starts its time to live."""
+        """A freshly read entry: (re)starts its time to live.  What the cache hands out is
+        marked ``from_cache``: decisions that no compare-and-swap checks re-read it."""
         if self.ttl <= 0:
             return
+        entry = replace(entry, from_cache=True)
         dn = entry.dn.lower()
         self._names[name.lower()] = dn
         self._names.move_to_end(name.lower())
@@ -50,7 +53,7 @@ class EntryCache:
         dn = entry.dn.lower()
         found = self._by_dn.get(dn)
         if found is not None:
-            self._by_dn[dn] = (entry, found[1])
+            self._by_dn[dn] = (replace(entry, from_cache=True), found[1])
 
     def drop(self, entry: UserEntry) -> None:
         self._by_dn.pop(entry.dn.lower(), None)
