@@ -111,6 +111,7 @@ class Slapd:
         suffix: str = "dc=example,dc=org",
         start_timeout: float = 30.0,
         extra_config: str = "",
+        global_config: str = "",
     ) -> None:
         if schema not in ("stock", "otpgate"):
             raise ValueError(f"schema must be 'stock' or 'otpgate', not {schema!r}")
@@ -121,6 +122,8 @@ class Slapd:
         self.suffix = suffix
         self.start_timeout = start_timeout
         self.extra_config = extra_config
+        self.global_config = global_config
+        """slapd.conf lines for the global section (e.g. authz-regexp, sasl-secprops)."""
         self.host = LOOPBACK
         self.port = free_port()
         self.ldaps_port = free_port()
@@ -330,7 +333,7 @@ moduleload back_mdb
 TLSCACertificateFile "{tls.ca_file}"
 TLSCertificateFile "{tls.cert_file}"
 TLSCertificateKeyFile "{tls.key_file}"
-
+{self.global_config}
 database mdb
 maxsize 268435456
 suffix "{self.suffix}"
