@@ -112,6 +112,7 @@ class Slapd:
         start_timeout: float = 30.0,
         extra_config: str = "",
         global_config: str = "",
+        acl_prefix: str = "",
     ) -> None:
         if schema not in ("stock", "otpgate"):
             raise ValueError(f"schema must be 'stock' or 'otpgate', not {schema!r}")
@@ -124,6 +125,8 @@ class Slapd:
         self.extra_config = extra_config
         self.global_config = global_config
         """slapd.conf lines for the global section (e.g. authz-regexp, sasl-secprops)."""
+        self.acl_prefix = acl_prefix
+        """Access rules put before the project's ACLs (slapd stops at the first match)."""
         self.host = LOOPBACK
         self.port = free_port()
         self.ldaps_port = free_port()
@@ -312,7 +315,7 @@ class Slapd:
             text, n = _OTPGATE_ACL_BLOCK.subn("", text)
             if n != 1:
                 raise RuntimeError("schema/acl-openldap.conf lost its '# >>> otpgate schema' block")
-        return text.replace("dc=example,dc=org", self.suffix)
+        return self.acl_prefix + text.replace("dc=example,dc=org", self.suffix)
 
     def _config(self) -> str:
         schemas = [

@@ -24,8 +24,8 @@ from otpgate import ber
 from otpgate.auth.pipeline import AuthResult
 from otpgate.auth.policy import Policy
 from otpgate.config import parse_config
-from otpgate.directory.connection import TlsSettings
-from otpgate.directory.ldapdata import DirectoryUnavailable
+from otpgate.directory.connection import LdapClientProtocol, LdapConnection, TlsSettings
+from otpgate.directory.ldapdata import DirectoryUnavailable, LdapUrl
 from otpgate.directory.state import UserEntry, UserNotFound
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.upstream import STARTTLS_ID, UpstreamProtocol
@@ -463,6 +463,7 @@ def test_sasl_challenges_pass_through_and_ad_names_are_resolved():
         who_am_i_answer(1, b""),  # anonymous
         who_am_i_answer(1, b"u:NOBODY\\x"),  # cannot be resolved
     ],
+    ids=["no-who-am-i", "anonymous", "unresolvable"],
 )
 def test_sasl_without_a_confirmed_identity_fails_closed(answer):
     h = _sasl_harness()
@@ -510,3 +511,36 @@ def test_upstream_waits_for_the_tls_handshake():
     proto.handshakeCompleted()
     assert d.called
 
+
+
+# -- the gateway's own connections' StartTLS ----------------------------------------------------
+
+
+def _gateway_starttls() -> tuple[LdapClientProtocol, StringTransport, defer.Deferred[None], list]:
+    client = LdapClientProtocol()
+    transport = StringTransport()
+    client.makeConnection(transport)
+    started: list[object] = []
+    transport.startTLS = started.append  # type: ignore[attr-defined]
+    conn = LdapConnection(client, LdapUrl.parse("ldap://127.0.0.1"), Clock(), 5.0)
+    return client, transport, defer.ensureDeferred(conn.start_tls(TLS_OPTIONS)), started
+
+
+def test_gateway_starttls_answer_with_pipelined_bytes_is_aborted():
+    client, transport, d, started = _gateway_starttls()
+    later = client.request(lambda mid: bind(mid, SVC, "pw"))  # what the pool sends next (id 2)
+    ok = ber.extended_response(1, 0, ber.START_TLS_OID)
+    client.dataReceived(ok + bind_response(2, 0) + search_entry(3))
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    later.addErrback(failures.append)
+    assert [f.check(DirectoryUnavailable) for f in failures] == [DirectoryUnavailable] * 2
+    assert transport.disconnected and started == []
+
+
+def test_gateway_starttls_waits_for_the_handshake():
+    client, transport, d, started = _gateway_starttls()
+    client.dataReceived(ber.extended_response(1, 0, ber.START_TLS_OID))
+    assert started == [TLS_OPTIONS] and not d.called
+    client.handshakeCompleted()
+    assert d.called and not transport.disconnected
