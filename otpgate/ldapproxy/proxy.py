@@ -315,6 +315,8 @@ class LdapProxyProtocol(protocol.Protocol):
         """Send ``pdu`` upstream and wait for its one answer (matched by id and type)."""
         if self.upstream is None or self.upstream.closed or self._closing:
             raise DirectoryUnavailable("no upstream connection")
+        if self._own is not None:  # one at a time: a bind holds everything else
+            raise DirectoryUnavailable("the proxy's previous request is still unanswered")
         d: defer.Deferred[tuple[bytes, ber.Header]] = defer.Deferred()
         self._own = _OwnRequest(message_id, response_tag, d)
         self.upstream.transport.write(pdu)
@@ -343,7 +345,10 @@ class LdapProxyProtocol(protocol.Protocol):
     def _bind_done(self, result: Any) -> None:
         self._busy = False
         if isinstance(result, Failure):
-            log.failure("bind handling failed", result)
+            if result.check(DirectoryUnavailable):  # the upstream connection went away
+                log.warn("closing {peer}: {err}", peer=self.peer_host, err=result.value)
+            else:
+                log.failure("bind handling failed", result)
             self._abort("bind_failed")
             return
         self._drain()
@@ -456,7 +461,11 @@ class LdapProxyProtocol(protocol.Protocol):
             self._audit("reject", name, None, f"{mech}: {why} (allow_sasl_for_exempt)")
             self._answer(mid, ber.BIND_RESPONSE, INVALID_CREDENTIALS, INVALID)
             return
-        answer = await self._forward_bind(pdu, mid)
+        try:
+            answer = await self._forward_bind(pdu, mid)  # None: already answered 52
+        except DirectoryUnavailable:
+            self._answer(mid, ber.BIND_RESPONSE, UNAVAILABLE, b"directory unavailable")
+            answer = None
         if answer is None:
             self._audit("reject", name, None, f"{mech}: directory unavailable")
             return
@@ -469,7 +478,10 @@ class LdapProxyProtocol(protocol.Protocol):
             self._audit("reject", name, None, f"{mech}: refused by the directory ({code})")
             self._write(response)
             return
-        bound, why = await self._confirm_identity(mid, name)
+        try:
+            bound, why = await self._confirm_identity(mid, name)
+        except DirectoryUnavailable as exc:
+            bound, why = None, f"Who Am I? not answered: {exc}"
         if bound is None:
             self.factory.count("sasl_refused")
             self._audit("reject", name, None, f"{mech}: {why}")

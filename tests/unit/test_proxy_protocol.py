@@ -474,6 +474,15 @@ def test_sasl_without_a_confirmed_identity_fails_closed(answer):
     assert _codes(h.client_got()) == [(1, ber.BIND_RESPONSE, 49)] and h.closed
 
 
+def test_sasl_when_the_upstream_connection_is_lost_mid_bind():
+    h = _sasl_harness()
+    h.send(sasl_bind(1, SVC))
+    h.upstream.connectionLost(None)
+    assert _codes(h.client_got()) == [(1, ber.BIND_RESPONSE, 52)] and h.closed
+    (event,) = h.gateway.audit.events
+    assert event["outcome"] == "reject" and "unavailable" in event["reason"]
+
+
 def test_sasl_for_a_name_that_is_not_exempt_is_refused():
     h = _sasl_harness()
     h.send(sasl_bind(1, ALICE))
