@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import protocol, reactor, ssl, threads
 from twisted.internet.utils import getProcessOutputAndValue
 
@@ -273,8 +275,9 @@ class FakeDirectoryFactory(protocol.Factory):
     def __init__(self, tls_dir: Path, inject: bool, forged: bytes, delay: float = 0.0) -> None:
         paths = make_server_tls(tls_dir)
         self.ca_file = paths.ca_file
-        pem = paths.cert_file.read_bytes() + paths.key_file.read_bytes()
-        self.tls_options = ssl.PrivateCertificate.loadPEM(pem).options()
+        key: Any = serialization.load_pem_private_key(paths.key_file.read_bytes(), None)
+        cert: Any = x509.load_pem_x509_certificate(paths.cert_file.read_bytes())
+        self.tls_options = ssl.CertificateOptions(privateKey=key, certificate=cert)
         self.inject = inject
         self.forged = forged
         self.delay = delay
