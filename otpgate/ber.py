@@ -10,7 +10,7 @@ Everything here is pure and bounds-checked: malformed input raises BerError.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SEQUENCE = 0x30
 INTEGER = 0x02
@@ -47,8 +47,12 @@ FINAL_RESPONSE = {
     EXTENDED_REQUEST: EXTENDED_RESPONSE,
 }
 
+# Responses that end their operation (everything but entries, references, intermediates).
+FINAL_RESPONSES = frozenset(FINAL_RESPONSE.values())
+
 START_TLS_OID = b"1.3.6.1.4.1.1466.20037"
 NOTICE_OF_DISCONNECTION_OID = b"1.3.6.1.4.1.1466.20036"
+WHO_AM_I_OID = b"1.3.6.1.4.1.4203.1.11.3"
 
 
 class BerError(ValueError):
@@ -138,8 +142,8 @@ def parse_header(pdu: bytes) -> Header:
 class BindRequest:
     version: int
     name: bytes
-    simple: bytes | None
-    """The simple password; None for a SASL bind."""
+    simple: bytes | None = field(repr=False)
+    """The simple password; None for a SASL bind.  Never in repr (logs, tracebacks)."""
     sasl_mechanism: bytes | None = None
 
 
@@ -169,6 +173,36 @@ def extended_request_name(pdu: bytes, header: Header) -> bytes:
     if tag != 0x80:  # [0] requestName
         raise BerError("extended request without a requestName")
     return bytes(pdu[start:stop])
+
+
+@dataclass(frozen=True)
+class ExtendedResult:
+    code: int
+    diagnostic: bytes
+    name: bytes | None
+    value: bytes | None
+
+
+def decode_extended_response(pdu: bytes, header: Header) -> ExtendedResult:
+    """An ExtendedResponse: LDAPResult, then the optional responseName [10] / responseValue [11]."""
+    if header.op_tag != EXTENDED_RESPONSE:
+        raise BerError(f"not an ExtendedResponse: 0x{header.op_tag:02x}")
+    code, _matched, diagnostic = decode_result(pdu, header)
+    # decode_result stops after diagnosticMessage: walk the remaining elements.
+    pos = header.op_start
+    for _ in range(3):
+        _, _, pos = _tlv(pdu, pos, header.op_end)
+    name = value = None
+    while pos < header.op_end:
+        tag, start, stop = _tlv(pdu, pos, header.op_end)
+        if tag == 0x8A:
+            name = bytes(pdu[start:stop])
+        elif tag == 0x8B:
+            value = bytes(pdu[start:stop])
+        elif tag != 0xA3:  # [3] referral: ignored
+            raise BerError(f"unexpected element 0x{tag:02x} in an ExtendedResponse")
+        pos = stop
+    return ExtendedResult(code, diagnostic, name, value)
 
 
 def abandon_target(header: Header, pdu: bytes) -> int:
@@ -226,11 +260,22 @@ def start_tls_request(message_id: int) -> bytes:
     return message(message_id, tlv(EXTENDED_REQUEST, tlv(0x80, START_TLS_OID)))
 
 
+def who_am_i_request(message_id: int) -> bytes:
+    """RFC 4532 "Who am I?": the server answers the connection's authorization identity."""
+    return message(message_id, tlv(EXTENDED_REQUEST, tlv(0x80, WHO_AM_I_OID)))
+
+
 def extended_response(
     message_id: int, code: int, name: bytes | None, diagnostic: bytes = b""
 ) -> bytes:
     extra = tlv(0x8A, name) if name is not None else b""
     return message(message_id, ldap_result(EXTENDED_RESPONSE, code, diagnostic, extra=extra))
+
+
+def notice_of_disconnection(code: int, diagnostic: bytes) -> bytes:
+    """The unsolicited notification (message id 0) a server sends before it closes (RFC 4511
+    §4.4.1)."""
+    return extended_response(0, code, NOTICE_OF_DISCONNECTION_OID, diagnostic)
 
 
 # -- client side: requests the gateway sends, responses it reads ----------------------------
@@ -364,3 +409,7 @@ class PduBuffer:
 
     def clear(self) -> None:
         self._data.clear()
+
+    def buffered(self) -> int:
+        """Bytes received but not handed out yet."""
+        return len(self._data)

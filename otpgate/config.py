@@ -200,7 +200,9 @@ class PolicyConfig:
     trusted_networks: tuple[Network, ...] = ()
     admin_groups: tuple[str, ...] = ()
     admins_always_need_otp: bool = True
-    allow_sasl_for_exempt: bool = True
+    allow_sasl_for_exempt: bool = False
+    """Forward SASL binds named as an exempt account; the bound identity is then confirmed
+    with Who Am I? (RFC 4532) and anything else is refused (docs/SECURITY-proxy.md)."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,12 @@ class LdapProxyConfig:
     otp_delimiter: str = ""
     processes: int = 1
     """Reactor processes serving the listeners (SO_REUSEPORT); more use more cores."""
+    require_tls_for_binds: bool = False
+    """Binds carrying credentials need TLS (LDAPS or StartTLS) first, else
+    confidentialityRequired (13).  The parser makes it true whenever a certificate is set."""
+    max_queued_requests: int = 100
+    """Requests held while the upstream connects or a bind runs; one more closes the
+    connection (so does the byte cap, 1 MiB)."""
 
 
 @dataclass(frozen=True)
@@ -442,6 +450,31 @@ def _ldap_url(sec: _Section, name: str, url: str) -> str:
     return url
 
 
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or "localhost": a connection that never leaves this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def cleartext_ldap_problem(url: str, start_tls: bool) -> str | None:
+    """Why ``url`` must not carry passwords (plain ldap:// to another host), or None.
+
+    The one rule of the gateway, the proxy's upstream connections and the CLI: plain
+    ``ldap://`` without StartTLS only to a loopback host."""
+    parts = urlsplit(url)
+    if parts.scheme != "ldap" or start_tls or is_loopback_host(parts.hostname or ""):
+        return None
+    return (
+        f"{url!r} would send passwords in clear text: plain ldap:// is only for loopback "
+        "hosts (127.0.0.0/8, ::1, localhost); use an ldaps:// URL or set "
+        "[directory].start_tls = true"
+    )
+
+
 def _mapped(
     attrs: _Section, formats: _Section, role: str, default_name: str, server: str
 ) -> MappedAttribute:
@@ -507,6 +540,19 @@ def _directory(sec: _Section, base: Path) -> DirectoryConfig:
     start_tls = sec.get("start_tls", bool, False)
     if start_tls and any(u.startswith("ldaps:") for u in urls):
         raise ConfigError(f"{sec.key('start_tls')}: StartTLS is for ldap:// URLs, not ldaps://")
+    for u in urls:
+        problem = cleartext_ldap_problem(u, start_tls)
+        if problem:
+            raise ConfigError(f"{sec.key('urls')}: {problem}")
+    if write_url is not None and write_url != "discover":
+        problem = cleartext_ldap_problem(write_url, start_tls)
+        if problem:
+            raise ConfigError(f"{sec.key('write_url')}: {problem}")
+    if write_url == "discover" and not start_tls and not all(u.startswith("ldaps:") for u in urls):
+        raise ConfigError(
+            f"{sec.key('write_url')}: 'discover' finds a remote DC, reached like the first URL: "
+            "use ldaps:// URLs or set [directory].start_tls = true"
+        )
     ca = sec.get("ca_file", str, "")
     ca_file = (base / ca) if ca else None
     if ca_file is not None and not ca_file.is_file():
@@ -627,7 +673,7 @@ def _policy(sec: _Section) -> PolicyConfig:
         ),
         admin_groups=sec.strings("admin_groups"),
         admins_always_need_otp=sec.get("admins_always_need_otp", bool, True),
-        allow_sasl_for_exempt=sec.get("allow_sasl_for_exempt", bool, True),
+        allow_sasl_for_exempt=sec.get("allow_sasl_for_exempt", bool, False),
     )
     sec.done()
     return result
@@ -642,6 +688,7 @@ def _ldap_proxy(sec: _Section, base: Path) -> LdapProxyConfig:
     delim = sec.get("otp_delimiter", str, "")
     if len(delim) > 1:
         raise ConfigError(f"{sec.key('otp_delimiter')}: one character or empty, not {delim!r}")
+    require_tls = _require_tls_for_binds(sec, listen, bool(cert and key))
     result = LdapProxyConfig(
         listen=listen,
         cert_file=base / cert if cert else None,
@@ -665,9 +712,45 @@ def _ldap_proxy(sec: _Section, base: Path) -> LdapProxyConfig:
         ),
         otp_delimiter=delim,
         processes=_processes(sec, listen),
+        require_tls_for_binds=require_tls,
+        max_queued_requests=sec.check(
+            "max_queued_requests", sec.get("max_queued_requests", int, 100), _positive
+        ),
     )
     sec.done()
     return result
+
+
+def _require_tls_for_binds(sec: _Section, listen: tuple[str, ...], has_cert: bool) -> bool:
+    """Default: true with a certificate.  Without one, binds travel in clear text, which is
+    only allowed on loopback listeners unless the operator says so explicitly."""
+    given = sec._raw("require_tls_for_binds") is not None
+    explicit = sec.get("require_tls_for_binds", bool, False)
+    if not given:
+        if has_cert:
+            return True
+        for description in listen:
+            if description.startswith("ssl:"):
+                continue
+            try:
+                address = parse_listen(description)
+                local = is_loopback_host(address.interface)
+            except ValueError:
+                local = False
+            if not local:
+                raise ConfigError(
+                    f"{sec.key('listen')}: {description!r} would take passwords in clear "
+                    "text from the network: set cert_file and key_file (binds then need "
+                    "StartTLS or LDAPS), listen on a loopback interface, or set "
+                    "require_tls_for_binds = false if something else protects the path"
+                )
+        return False
+    if explicit and not has_cert:
+        raise ConfigError(
+            f"{sec.key('require_tls_for_binds')}: needs cert_file and key_file "
+            "(StartTLS/LDAPS to offer)"
+        )
+    return explicit
 
 
 def _processes(sec: _Section, listen: tuple[str, ...]) -> int:

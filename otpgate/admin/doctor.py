@@ -246,6 +246,13 @@ def check_attribute(
 
 
 def check_tls(url: str, how: str, ca_file: str | None) -> Check:
+    if how == "plain":
+        return Check(
+            f"TLS {url}",
+            Status.WARN,
+            "plain LDAP (allowed only to a loopback host): passwords travel unencrypted",
+            "use an ldaps:// URL or [directory].start_tls = true",
+        )
     trust = f"CA {ca_file}" if ca_file else "the system trust store"
     label = "LDAPS" if how == "ldaps" else "StartTLS"
     return Check(

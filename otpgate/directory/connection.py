@@ -6,7 +6,12 @@ element BER took most of the CPU time (profiled with py-spy, bench/ldap_proxy.py
 Many operations may be outstanding on one connection (message ids).
 
 TLS is always verified: ``optionsForClientTLS`` checks the certificate chain
-and the host name against the configured CA file or the system trust store.
+and the host name against the configured CA file or the system trust store, and
+nothing is sent or believed before the handshake has completed.  With StartTLS,
+the StartTLS response must be the only thing the server sent: bytes that come
+with it were not protected (anyone on the path could have appended a forged
+BindResponse), so the connection is aborted.  Plain ``ldap://`` without
+StartTLS is refused unless the host is loopback (``config.cleartext_ldap_problem``).
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from OpenSSL import SSL
 from twisted.internet import defer, protocol, ssl
 from twisted.internet import error as neterror
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from otpgate import ber
+from otpgate.config import cleartext_ldap_problem
 from otpgate.directory.ldapdata import (
     INVALID_CREDENTIALS,
     NO_SUCH_OBJECT,
@@ -66,6 +73,8 @@ class _Operation:
     entries: list[SearchEntry] | None = None
     """Collected entries of a search; None for single-response operations."""
     done: bool = field(default=False)
+    start_tls: bool = False
+    """The StartTLS request: its answer must come alone, and nothing is read after it."""
 
 
 def no_delay(transport: Any) -> None:
@@ -77,6 +86,7 @@ def no_delay(transport: Any) -> None:
         set_no_delay(True)
 
 
+@implementer(IHandshakeListener)
 class LdapClientProtocol(protocol.Protocol):
     # A TCP/TLS transport; Twisted types Protocol.transport only as Optional[ITransport].
     transport: Any
@@ -86,6 +96,10 @@ class LdapClientProtocol(protocol.Protocol):
         self._next_id = 0
         self._operations: dict[int, _Operation] = {}
         self.connected = 0
+        self._awaiting_tls = False
+        """StartTLS was answered, the TLS layer is not in place yet: nothing may be read."""
+        self._handshake: defer.Deferred[None] | None = None
+        self._handshake_done = False
 
     def connectionMade(self) -> None:
         self.connected = 1
@@ -93,17 +107,57 @@ class LdapClientProtocol(protocol.Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.connected = 0
+        self._fail_all(DirectoryUnavailable("connection lost"), reason)
+
+    def _fail_all(self, error: DirectoryUnavailable, reason: Any = None) -> None:
         operations, self._operations = self._operations, {}
         for op in operations.values():
-            op.deferred.errback(DirectoryUnavailable("connection lost"))
+            op.deferred.errback(error)
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None and not handshake.called:
+            why = reason.getErrorMessage() if hasattr(reason, "getErrorMessage") else error
+            handshake.errback(DirectoryUnavailable(f"TLS handshake failed: {why}"))
 
-    def request(self, build: Any, search: bool = False) -> defer.Deferred[Any]:
+    def _abort(self, why: str) -> None:
+        """Fail closed at once: nothing more is read or believed from this connection."""
+        log.warn("aborting the directory connection: {why}", why=why)
+        self.connected = 0
+        self._pdus.clear()
+        self.transport.abortConnection()
+        self._fail_all(DirectoryUnavailable(why))
+
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: the TLS handshake (certificate verified) is done."""
+        self._handshake_done = True
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None and not handshake.called:
+            handshake.callback(None)
+
+    def tls_established(self) -> defer.Deferred[None]:
+        """Fires once the TLS handshake has completed (LDAPS, or after start_tls_layer)."""
+        if self._handshake_done:
+            return defer.succeed(None)
+        if not self.connected:
+            return defer.fail(DirectoryUnavailable("connection lost before the TLS handshake"))
+        if self._handshake is None:
+            self._handshake = defer.Deferred()
+        return self._handshake
+
+    def start_tls_layer(self, options: Any) -> defer.Deferred[None]:
+        """After a successful StartTLS response: switch to TLS; fires after the handshake."""
+        self._awaiting_tls = False
+        self.transport.startTLS(options)
+        return self.tls_established()
+
+    def request(
+        self, build: Any, search: bool = False, start_tls: bool = False
+    ) -> defer.Deferred[Any]:
         """Send ``build(message_id)``; the deferred fires with the decoded response."""
         if not self.connected:
             return defer.fail(DirectoryUnavailable("not connected"))
         self._next_id = self._next_id % 0x7FFFFFFF + 1
         mid = self._next_id
-        op = _Operation(defer.Deferred(), [] if search else None)
+        op = _Operation(defer.Deferred(), [] if search else None, start_tls=start_tls)
         self._operations[mid] = op
         self.transport.write(build(mid))
         return op.deferred
@@ -114,16 +168,34 @@ class LdapClientProtocol(protocol.Protocol):
                 del self._operations[mid]
 
     def dataReceived(self, data: bytes) -> None:
+        if not self.connected:
+            return  # aborted: nothing more is believed
+        if self._awaiting_tls:
+            # Clear text after the StartTLS response, before the TLS layer: never believed.
+            self._abort("data in clear text after the StartTLS response")
+            return
         self._pdus.feed(data)
-        while True:
+        while self.connected:
             try:
                 item = self._pdus.next(MAX_RESPONSE_PDU)
                 if item is None:
                     return
-                self._handle(*item)
+                pdu, header = item
+                op = self._operations.get(header.message_id)
+                if op is not None and op.start_tls:
+                    if header.op_tag != ber.EXTENDED_RESPONSE:
+                        self._abort("the answer to StartTLS is not an ExtendedResponse")
+                        return
+                    if self._pdus.buffered():
+                        # Sent in the same segment as the StartTLS response, so sent in
+                        # clear: someone on the path may have appended a forged answer.
+                        self._abort("bytes pipelined behind the StartTLS response")
+                        return
+                    self._awaiting_tls = True
+                self._handle(pdu, header)
             except ber.BerError as exc:
                 log.warn("malformed response from the directory ({err}); closing", err=exc)
-                self.transport.loseConnection()
+                self._abort(f"malformed response: {exc}")
                 return
 
     def _handle(self, pdu: bytes, header: ber.Header) -> None:
@@ -167,9 +239,11 @@ class LdapConnection:
         if self.client.connected:
             self.client.transport.loseConnection()
 
-    async def _call(self, operation: str, build: Any, search: bool = False) -> tuple[int, str, Any]:
+    async def _call(
+        self, operation: str, build: Any, search: bool = False, start_tls: bool = False
+    ) -> tuple[int, str, Any]:
         start = time.monotonic()
-        d = self.client.request(build, search)
+        d = self.client.request(build, search, start_tls)
         d.addTimeout(self.timeout, self.clock)
         try:
             result: tuple[int, str, Any] = await d
@@ -243,11 +317,27 @@ class LdapConnection:
         return code, message
 
     async def start_tls(self, options: Any) -> None:
-        code, message, _ = await self._call("starttls", ber.start_tls_request)
+        """StartTLS, then wait for the verified handshake before anything else is sent."""
+        code, message, _ = await self._call("starttls", ber.start_tls_request, start_tls=True)
         if code != SUCCESS:
             self.close()
             raise DirectoryError(f"{self.url.url}: StartTLS refused: {code} {message}", code)
-        self.client.transport.startTLS(options)
+        await self.handshake(self.client.start_tls_layer(options))
+
+    async def handshake(self, established: defer.Deferred[None] | None = None) -> None:
+        """Wait (at most ``timeout``) for the TLS handshake; fail closed if it does not end."""
+        d = established if established is not None else self.client.tls_established()
+        d.addTimeout(self.timeout, self.clock)
+        try:
+            await d
+        except defer.TimeoutError as exc:
+            self.close()
+            raise DirectoryUnavailable(
+                f"{self.url.url}: no TLS handshake in {self.timeout}s"
+            ) from exc
+        except DirectoryUnavailable as exc:
+            self.stats.error("connection lost")
+            raise DirectoryUnavailable(f"{self.url.url}: {exc}") from exc
 
 
 class _ClientFactory(protocol.Factory):
@@ -261,7 +351,11 @@ async def connect(
     timeout: float,
     stats: DirectoryStats | None = None,
 ) -> LdapConnection:
-    """Open a connection (LDAPS, or LDAP with verified StartTLS when configured)."""
+    """Open a connection (LDAPS, or LDAP with verified StartTLS when configured; plain
+    LDAP only to a loopback host).  Returns after the TLS handshake has completed."""
+    problem = cleartext_ldap_problem(url.url, tls.start_tls)
+    if problem is not None:
+        raise DirectoryError(problem)
     endpoint: Any = HostnameEndpoint(reactor, url.host, url.port, timeout=timeout)
     if url.ldaps:
         endpoint = wrapClientTLS(tls.client_options(url.host), endpoint)
@@ -272,6 +366,8 @@ async def connect(
             stats.error("connect")
         raise DirectoryUnavailable(f"{url.url}: cannot connect: {exc}") from exc
     conn = LdapConnection(client, url, reactor, timeout, stats)
-    if tls.start_tls and not url.ldaps:
+    if url.ldaps:
+        await conn.handshake()
+    elif tls.start_tls:
         await conn.start_tls(tls.client_options(url.host))
     return conn

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import ldap3  # type: ignore[import-untyped]
 from ldap3.core import exceptions as ldap3_errors  # type: ignore[import-untyped]
 
-from otpgate.config import DirectoryConfig
+from otpgate.config import DirectoryConfig, cleartext_ldap_problem
 from otpgate.directory import engine
 from otpgate.directory import inventory as inv
 from otpgate.directory.engine import Add, Delete, Modify, Op, Search, Step
@@ -104,7 +104,7 @@ class SyncConnection:
         self.conn = conn
         self.url = url
         self.tls = tls
-        """How the connection is protected: "ldaps" or "starttls"."""
+        """How the connection is protected: "ldaps", "starttls" or "plain" (loopback only)."""
 
     def _call(self, what: str, func: Callable[[], Any]) -> dict[str, Any]:
         try:
@@ -216,13 +216,12 @@ def connect(
     password: str | None,
     get_info: str = ldap3.NONE,
 ) -> SyncConnection:
-    """Connect to ``url`` (LDAPS, or StartTLS when configured: never a plain connection)
-    and bind; ``bind_dn=None`` binds as the service account."""
-    if not url.ldaps and not config.start_tls:
-        raise DirectoryError(
-            f"{url.url}: refusing to send credentials without TLS; "
-            "use an ldaps:// URL or set [directory].start_tls = true"
-        )
+    """Connect to ``url`` (LDAPS, or StartTLS when configured; plain LDAP only to a
+    loopback host, the gateway's rule) and bind; ``bind_dn=None`` binds as the service
+    account."""
+    problem = cleartext_ldap_problem(url.url, config.start_tls)
+    if problem is not None:
+        raise DirectoryError(f"refusing to send credentials without TLS: {problem}")
     server = ldap3.Server(
         url.host,
         port=url.port,
@@ -245,10 +244,11 @@ def connect(
         receive_timeout=math.ceil(config.timeout),  # ldap3 packs it as whole seconds
         read_only=False,
     )
-    wrapped = SyncConnection(conn, url, "ldaps" if url.ldaps else "starttls")
+    how = "ldaps" if url.ldaps else "starttls" if config.start_tls else "plain"
+    wrapped = SyncConnection(conn, url, how)
     try:
         conn.open(read_server_info=False)
-        if not url.ldaps and not conn.start_tls(read_server_info=False):
+        if how == "starttls" and not conn.start_tls(read_server_info=False):
             conn.unbind()
             code, message = SyncConnection._code(conn.result or {})
             raise DirectoryError(f"{url.url}: StartTLS refused: {code} {message}", code)

@@ -4,15 +4,32 @@ Each client connection gets its own upstream connection.  PDUs other than
 Bind, StartTLS and Unbind are forwarded as the raw bytes received, with the
 client's message ids, so controls (paged results, ...), referrals, Abandon
 and extended operations behave exactly as against the directory itself.
+
+Message ids are checked, because the proxy sends requests of its own (the
+password bind of the OTP pipeline, Who Am I? after a SASL bind) on the
+client's upstream connection under the id of the client's BindRequest:
+
+- every forwarded request that has a response is *outstanding* until its final
+  response (BindResponse, SearchResultDone, ...) comes back; Abandon removes
+  nothing (the server sends no more answers for an abandoned id, so that id
+  stays taken for the life of the connection: clients do not reuse ids);
+- a request whose id is 0 or outstanding is a protocol error (RFC 4511 §4.1.1):
+  Notice of Disconnection and close;
+- while a bind runs (the pipeline's or a forwarded one) nothing else is sent
+  upstream (RFC 4511 §4.2.1): later requests wait, bounded by count
+  (``max_queued_requests``) and by bytes, and the bind's answer is matched by
+  id *and* type.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from otpgate import ber
 from otpgate.auth.pipeline import AuthRequest
@@ -22,6 +39,7 @@ from otpgate.directory.ldapdata import (
     PROTOCOL_ERROR,
     SUCCESS,
     UNAVAILABLE,
+    DirectoryError,
     DirectoryUnavailable,
 )
 from otpgate.ldapproxy.upstream import UpstreamProtocol
@@ -32,8 +50,51 @@ if TYPE_CHECKING:
 log = Logger()
 
 OPERATIONS_ERROR = 1
+CONFIDENTIALITY_REQUIRED = 13
+SASL_BIND_IN_PROGRESS = 14
 INVALID = b"invalid credentials"
 MAX_QUEUED_BYTES = 1024 * 1024  # requests held while upstream connects or a bind runs
+MAX_OUTSTANDING = 10_000
+"""Forwarded requests awaiting their answer (abandoned ones included) on one connection."""
+
+
+@dataclass
+class _OwnRequest:
+    """A request the proxy itself sent upstream, under the id of the client's bind."""
+
+    message_id: int
+    response_tag: int
+    deferred: defer.Deferred[tuple[bytes, ber.Header]]
+
+
+def _rdns(dn: str) -> list[str]:
+    """A DN's RDNs, lower case, spaces around "," and "=" removed (escapes kept)."""
+    parts: list[str] = []
+    current = ""
+    escaped = False
+    for char in dn:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            current += char
+            escaped = True
+        elif char == ",":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    out = []
+    for part in parts:
+        attr, sep, value = part.partition("=")
+        out.append(f"{attr.strip().lower()}{sep}{value.strip().lower()}")
+    return out
+
+
+def same_dn(a: str, b: str) -> bool:
+    """Two DNs name the same entry (case- and space-insensitive comparison)."""
+    return bool(a.strip()) and _rdns(a) == _rdns(b)
 
 
 class LdapProxyProtocol(protocol.Protocol):
@@ -48,10 +109,12 @@ class LdapProxyProtocol(protocol.Protocol):
         self._pending_bytes = 0
         self.upstream: UpstreamProtocol | None = None
         self._upstream_failed = False
-        self._busy = False  # a bind is being verified: hold later requests
+        self._busy = False  # a bind is running: hold later requests
         self._bound = False
         self._tls = False
-        self._own_binds: dict[int, defer.Deferred[tuple[int, bytes]]] = {}
+        self._closing = False
+        self._outstanding: set[int] = set()
+        self._own: _OwnRequest | None = None
         self.peer_host: str | None = None
         self._idle: Any = None
 
@@ -69,7 +132,7 @@ class LdapProxyProtocol(protocol.Protocol):
         d.addCallbacks(self._upstream_ready, self._upstream_unreachable)
 
     def _upstream_ready(self, upstream: UpstreamProtocol) -> None:
-        if not self.connected:
+        if not self.connected or self._closing:
             upstream.transport.loseConnection()
             return
         self.upstream = upstream
@@ -86,12 +149,13 @@ class LdapProxyProtocol(protocol.Protocol):
         self._drain()
 
     def _upstream_lost(self) -> None:
-        for d in self._own_binds.values():
-            d.errback(DirectoryUnavailable("upstream connection lost"))
-        self._own_binds.clear()
+        own, self._own = self._own, None
+        if own is not None and not own.deferred.called:
+            own.deferred.errback(DirectoryUnavailable("upstream connection lost"))
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._closing = True
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self.factory.forget(self)
@@ -104,43 +168,77 @@ class LdapProxyProtocol(protocol.Protocol):
 
     def timeoutConnection(self) -> None:
         log.info("idle client {peer} disconnected", peer=self.peer_host)
+        self._abort("idle")
+
+    def _abort(self, counter: str | None) -> None:
+        """Drop the connection at once (and its upstream): nothing more is processed."""
+        if counter and not self._closing:
+            self.factory.count(counter)
+        self._closing = True
+        self._pending.clear()
+        self._pdus.clear()
         self.transport.abortConnection()
+        if self.upstream is not None and not self.upstream.closed:
+            self.upstream.transport.loseConnection()
+
+    def _close(self, counter: str, why: str) -> None:
+        """Send what was written, then close this connection and its upstream."""
+        self.factory.count(counter)
+        log.warn("closing {peer}: {why}", peer=self.peer_host, why=why)
+        self._closing = True
+        self._pending.clear()
+        self._pdus.clear()
+        self.transport.loseConnection()
+        if self.upstream is not None and not self.upstream.closed:
+            self.upstream.transport.loseConnection()
+
+    def _protocol_violation(self, why: str) -> None:
+        """RFC 4511 §4.4.1: a Notice of Disconnection (protocolError), then close."""
+        self._write(ber.notice_of_disconnection(PROTOCOL_ERROR, why.encode()))
+        self._close("protocol_error", why)
 
     # -- client PDUs ------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
         self.resetTimeout()
         self._pdus.feed(data)
-        while True:
+        while not self._closing:
             try:
                 item = self._pdus.next(self.factory.pdu_limit(self._bound))
                 if item is None:
                     return
                 pdu, header = item
+                start_tls = self._is_start_tls(pdu, header)
             except ber.BerError as exc:
-                self.factory.count("malformed")
                 log.warn("closing {peer}: {err}", peer=self.peer_host, err=exc)
-                self.transport.abortConnection()
+                self._abort("malformed")
                 return
-            if self._is_start_tls(pdu, header):
+            if start_tls:
                 # Bytes pipelined after a StartTLS request were sent in clear text:
                 # they must not be treated as protected, so they are dropped.
+                if self._pdus.buffered():
+                    self.factory.count("starttls_pipelined_dropped")
                 self._pdus.clear()
                 self._start_tls(header)
                 return
             self._enqueue(pdu, header)
 
     def _enqueue(self, pdu: bytes, header: ber.Header) -> None:
+        if (
+            len(self._pending) >= self.factory.config.max_queued_requests
+            or self._pending_bytes + len(pdu) > MAX_QUEUED_BYTES
+        ):
+            log.warn("closing {peer}: too many requests queued", peer=self.peer_host)
+            self._abort("queue_full")
+            return
         self._pending.append((pdu, header))
         self._pending_bytes += len(pdu)
-        if self._pending_bytes > MAX_QUEUED_BYTES:
-            log.warn("closing {peer}: too many requests queued", peer=self.peer_host)
-            self.transport.abortConnection()
-            return
         self._drain()
 
     def _drain(self) -> None:
-        while self._pending and not self._busy:
+        while self._pending and not self._busy and not self._closing:
             if self.upstream is None and not self._upstream_failed:
                 return  # wait for the upstream connection
             pdu, header = self._pending.popleft()
@@ -148,34 +246,81 @@ class LdapProxyProtocol(protocol.Protocol):
             self._dispatch(pdu, header)
 
     def _dispatch(self, pdu: bytes, header: ber.Header) -> None:
-        if header.op_tag == ber.BIND_REQUEST:
+        op = header.op_tag
+        if op == ber.UNBIND_REQUEST:
+            if self.upstream is not None:
+                self.upstream.transport.write(pdu)
+            self._closing = True
+            self.transport.loseConnection()
+            return
+        if op == ber.ABANDON_REQUEST:
+            # No answer; the abandoned id stays outstanding (see the module docstring).
+            if self.upstream is not None:
+                self.upstream.transport.write(pdu)
+            return
+        final = ber.FINAL_RESPONSE.get(op)
+        if final is None:
+            self._protocol_violation(f"0x{op:02x} is not an LDAP request")
+            return
+        mid = header.message_id
+        if mid == 0 or mid in self._outstanding:
+            self._protocol_violation(f"message id {mid} is in use by an outstanding request")
+            return
+        if op == ber.BIND_REQUEST:
             self._busy = True
             d = defer.ensureDeferred(self._bind(pdu, header))
             d.addBoth(self._bind_done)
             return
-        if header.op_tag == ber.UNBIND_REQUEST:
-            if self.upstream is not None:
-                self.upstream.transport.write(pdu)
-            self.transport.loseConnection()
-            return
         if self.upstream is None:  # unreachable: answer what needs an answer, fail closed
-            final = ber.FINAL_RESPONSE.get(header.op_tag)
-            if final is not None:
-                self._answer(header.message_id, final, UNAVAILABLE, b"directory unavailable")
+            self._answer(mid, final, UNAVAILABLE, b"directory unavailable")
             return
+        if len(self._outstanding) >= MAX_OUTSTANDING:
+            log.warn("closing {peer}: too many outstanding requests", peer=self.peer_host)
+            self._abort("too_many_outstanding")
+            return
+        self._outstanding.add(mid)
         self.upstream.transport.write(pdu)
 
     def _from_upstream(self, pdu: bytes, header: ber.Header) -> None:
         self.resetTimeout()
-        own = self._own_binds.pop(header.message_id, None)
-        if own is not None and header.op_tag == ber.BIND_RESPONSE:
-            own.callback((ber.result_code(pdu, header), pdu))
+        own = self._own
+        if own is not None and header.message_id == own.message_id:
+            self._own = None
+            if header.op_tag != own.response_tag:
+                # Only one PDU of the expected kind answers the proxy's own request.
+                log.warn(
+                    "closing {peer}: the directory answered the proxy's request with 0x{tag:02x}",
+                    peer=self.peer_host,
+                    tag=header.op_tag,
+                )
+                self._abort("upstream_protocol_error")
+                own.deferred.errback(DirectoryUnavailable("unexpected answer from the directory"))
+                return
+            own.deferred.callback((pdu, header))
             return
-        self.transport.write(pdu)
+        if header.op_tag in ber.FINAL_RESPONSES:
+            self._outstanding.discard(header.message_id)
+        self._write(pdu)
+
+    def _write(self, data: bytes) -> None:
+        if self.connected and not self._closing:
+            self.transport.write(data)
 
     def _answer(self, message_id: int, op_tag: int, code: int, diagnostic: bytes = b"") -> None:
-        if self.connected:
-            self.transport.write(ber.message(message_id, ber.ldap_result(op_tag, code, diagnostic)))
+        self._write(ber.message(message_id, ber.ldap_result(op_tag, code, diagnostic)))
+
+    async def _own_request(
+        self, message_id: int, pdu: bytes, response_tag: int
+    ) -> tuple[bytes, ber.Header]:
+        """Send ``pdu`` upstream and wait for its one answer (matched by id and type)."""
+        if self.upstream is None or self.upstream.closed or self._closing:
+            raise DirectoryUnavailable("no upstream connection")
+        if self._own is not None:  # one at a time: a bind holds everything else
+            raise DirectoryUnavailable("the proxy's previous request is still unanswered")
+        d: defer.Deferred[tuple[bytes, ber.Header]] = defer.Deferred()
+        self._own = _OwnRequest(message_id, response_tag, d)
+        self.upstream.transport.write(pdu)
+        return await d
 
     # -- StartTLS ---------------------------------------------------------------------------
 
@@ -187,11 +332,11 @@ class LdapProxyProtocol(protocol.Protocol):
 
     def _start_tls(self, header: ber.Header) -> None:
         options = self.factory.tls_options
-        if options is None or self._tls or self._pending or self._busy:
+        if options is None or self._tls or self._pending or self._busy or self._outstanding:
             code = UNAVAILABLE if options is None else OPERATIONS_ERROR
-            self.transport.write(ber.extended_response(header.message_id, code, None))
+            self._write(ber.extended_response(header.message_id, code, None))
             return
-        self.transport.write(ber.extended_response(header.message_id, SUCCESS, ber.START_TLS_OID))
+        self._write(ber.extended_response(header.message_id, SUCCESS, ber.START_TLS_OID))
         self.transport.startTLS(options)
         self._tls = True
 
@@ -199,17 +344,32 @@ class LdapProxyProtocol(protocol.Protocol):
 
     def _bind_done(self, result: Any) -> None:
         self._busy = False
-        if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
-            log.failure("bind handling failed", result)
-            self.transport.abortConnection()
+        if isinstance(result, Failure):
+            if result.check(DirectoryUnavailable):  # the upstream connection went away
+                log.warn("closing {peer}: {err}", peer=self.peer_host, err=result.value)
+            else:
+                log.failure("bind handling failed", result)
+            self._abort("bind_failed")
             return
         self._drain()
+
+    def _audit(self, outcome: str, name: str, dn: str | None, reason: str) -> None:
+        self.factory.gateway.audit.record(
+            outcome=outcome,
+            front_end="ldap",
+            user=name,
+            dn=dn,
+            client=self.peer_host,
+            token=None,
+            reason=reason,
+        )
 
     async def _bind(self, pdu: bytes, header: ber.Header) -> None:
         mid = header.message_id
         try:
             request = ber.parse_bind(pdu, header)
         except ber.BerError:
+            self.factory.count("malformed_bind")
             self._answer(mid, ber.BIND_RESPONSE, PROTOCOL_ERROR, b"malformed bind")
             return
         self._bound = False
@@ -217,15 +377,25 @@ class LdapProxyProtocol(protocol.Protocol):
             self._answer(mid, ber.BIND_RESPONSE, PROTOCOL_ERROR, b"only LDAPv3 is supported")
             return
         name = request.name.decode("utf-8", "replace")
-        if request.simple is None:  # SASL: only for exempt accounts, when allowed
-            policy = self.factory.gateway.authenticator.policy
-            if policy.config.allow_sasl_for_exempt and name and policy.is_exempt(name):
-                self._forward_bind(pdu)
-                return
-            self._answer(mid, ber.BIND_RESPONSE, INVALID_CREDENTIALS, INVALID)
+        credentials = request.simple is None or bool(request.simple)
+        if credentials and not self._tls and self.factory.config.require_tls_for_binds:
+            # RFC 4513 §5.1.2/§6.3.1: refuse before anything is verified or forwarded.
+            self.factory.count("bind_without_tls")
+            self._audit("reject", name, None, "bind without TLS (require_tls_for_binds)")
+            self._answer(
+                mid,
+                ber.BIND_RESPONSE,
+                CONFIDENTIALITY_REQUIRED,
+                b"TLS is required for binds: use StartTLS or LDAPS",
+            )
+            return
+        if request.simple is None:
+            await self._sasl_bind(pdu, mid, name, request.sasl_mechanism or b"")
             return
         if not name and not request.simple:
-            self._forward_bind(pdu)  # anonymous: the directory's own business
+            answer = await self._forward_bind(pdu, mid)  # anonymous: the directory's business
+            if answer is not None:
+                self._write(answer[0])
             return
         if not name or not request.simple:
             # A name with an empty password is an unauthenticated bind: never forwarded.
@@ -246,15 +416,7 @@ class LdapProxyProtocol(protocol.Protocol):
         if cached is not None:
             code, _ = await check_password(cached.dn, secret[: cached.password_length].encode())
             if code == SUCCESS:
-                self.factory.gateway.audit.record(
-                    outcome="accept",
-                    front_end="ldap",
-                    user=name,
-                    dn=cached.dn,
-                    client=self.peer_host,
-                    token=None,
-                    reason="bind cache",
-                )
+                self._audit("accept", name, cached.dn, "bind cache")
                 self._bound = True
                 self._answer(mid, ber.BIND_RESPONSE, SUCCESS)
                 return
@@ -272,20 +434,89 @@ class LdapProxyProtocol(protocol.Protocol):
         else:
             self._answer(mid, ber.BIND_RESPONSE, INVALID_CREDENTIALS, INVALID)
 
-    def _forward_bind(self, pdu: bytes) -> None:
+    async def _forward_bind(self, pdu: bytes, mid: int) -> tuple[bytes, ber.Header] | None:
+        """Forward the client's bind as is and wait for its answer (None: answered 52)."""
         if self.upstream is None:
-            header = ber.parse_header(pdu)
-            self._answer(
-                header.message_id, ber.BIND_RESPONSE, UNAVAILABLE, b"directory unavailable"
-            )
-            return
-        self.upstream.transport.write(pdu)
+            self._answer(mid, ber.BIND_RESPONSE, UNAVAILABLE, b"directory unavailable")
+            return None
+        return await self._own_request(mid, pdu, ber.BIND_RESPONSE)
 
     async def _upstream_bind(self, mid: int, dn: bytes, password: bytes) -> tuple[int, str]:
-        if self.upstream is None or self.upstream.closed:
-            raise DirectoryUnavailable("no upstream connection")
-        d: defer.Deferred[tuple[int, bytes]] = defer.Deferred()
-        self._own_binds[mid] = d
-        self.upstream.transport.write(ber.bind_request(mid, dn, password))
-        code, _response = await d
-        return code, ""
+        pdu, header = await self._own_request(
+            mid, ber.bind_request(mid, dn, password), ber.BIND_RESPONSE
+        )
+        return ber.result_code(pdu, header), ""
+
+    # -- SASL --------------------------------------------------------------------------------
+
+    async def _sasl_bind(self, pdu: bytes, mid: int, name: str, mechanism: bytes) -> None:
+        """SASL is for exempt accounts only, when allowed; the directory decides who is bound
+        from the credentials, not from the bind name, so the result is confirmed with
+        Who Am I? and anything but the named exempt account is refused and disconnected."""
+        mech = "SASL " + mechanism.decode("ascii", "replace")
+        policy = self.factory.gateway.authenticator.policy
+        if not policy.config.allow_sasl_for_exempt or not name or not policy.is_exempt(name):
+            self.factory.count("sasl_refused")
+            why = "not allowed" if policy.config.allow_sasl_for_exempt else "SASL is off"
+            self._audit("reject", name, None, f"{mech}: {why} (allow_sasl_for_exempt)")
+            self._answer(mid, ber.BIND_RESPONSE, INVALID_CREDENTIALS, INVALID)
+            return
+        try:
+            answer = await self._forward_bind(pdu, mid)  # None: already answered 52
+        except DirectoryUnavailable:
+            self._answer(mid, ber.BIND_RESPONSE, UNAVAILABLE, b"directory unavailable")
+            answer = None
+        if answer is None:
+            self._audit("reject", name, None, f"{mech}: directory unavailable")
+            return
+        response, response_header = answer
+        code = ber.result_code(response, response_header)
+        if code == SASL_BIND_IN_PROGRESS:
+            self._write(response)  # a challenge: the client's next bind continues
+            return
+        if code != SUCCESS:
+            self._audit("reject", name, None, f"{mech}: refused by the directory ({code})")
+            self._write(response)
+            return
+        try:
+            bound, why = await self._confirm_identity(mid, name)
+        except DirectoryUnavailable as exc:
+            bound, why = None, f"Who Am I? not answered: {exc}"
+        if bound is None:
+            self.factory.count("sasl_refused")
+            self._audit("reject", name, None, f"{mech}: {why}")
+            self._answer(mid, ber.BIND_RESPONSE, INVALID_CREDENTIALS, INVALID)
+            # The upstream connection is bound as someone else (or as nobody knows whom).
+            self._close("sasl_identity_mismatch", f"{mech} bind named {name!r}: {why}")
+            return
+        self.factory.count("sasl_accepted")
+        self._audit("accept", name, bound, f"{mech}: identity confirmed by Who Am I?")
+        self._bound = True
+        self._write(response)
+
+    async def _confirm_identity(self, mid: int, name: str) -> tuple[str | None, str]:
+        """(the bound DN, "") if the upstream connection is bound as ``name``, else
+        (None, why).  Asks Who Am I? (RFC 4532) on the client's own upstream connection."""
+        try:
+            pdu, header = await self._own_request(
+                mid, ber.who_am_i_request(mid), ber.EXTENDED_RESPONSE
+            )
+            result = ber.decode_extended_response(pdu, header)
+        except ber.BerError as exc:
+            return None, f"malformed Who Am I? answer: {exc}"
+        if result.code != SUCCESS:
+            return None, f"the directory has no Who Am I? ({result.code}): SASL refused"
+        authz = (result.value or b"").decode("utf-8", "replace")
+        if authz[:3].lower() == "dn:":
+            dn = authz[3:]
+        elif authz[:2].lower() == "u:":
+            # Active Directory answers u:DOMAIN\\user: find that account's entry.
+            try:
+                dn = (await self.factory.gateway.store.resolve(authz[2:])).dn
+            except DirectoryError as exc:
+                return None, f"bound as {authz!r}, which cannot be resolved: {exc}"
+        else:
+            return None, f"bound as {authz!r}, not as the named account"
+        if not same_dn(dn, name):
+            return None, f"bound as {authz!r}, not as the named account"
+        return dn, ""

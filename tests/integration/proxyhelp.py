@@ -58,10 +58,16 @@ class Proxy:
         self.gateway.close()
 
 
-async def start_proxy(backend: Any, tmp_path: Path, directory: dict | None = None, **sections: Any) -> Proxy:
+async def start_proxy(backend: Any, tmp_path: Path, directory: dict | None = None,
+                      plaintext_binds: bool = True, **sections: Any) -> Proxy:
+    """The proxy on 127.0.0.1 with a certificate (StartTLS offered).  ``plaintext_binds``:
+    most tests bind over plain TCP on loopback, so they set require_tls_for_binds = false;
+    False keeps the default (TLS required for binds, because a certificate is set)."""
     tls = make_server_tls(tmp_path / "proxy-tls")
-    proxy_section = {"cert_file": str(tls.cert_file), "key_file": str(tls.key_file),
-                     **sections.pop("ldap_proxy", {})}
+    proxy_section = {"cert_file": str(tls.cert_file), "key_file": str(tls.key_file)}
+    if plaintext_binds:
+        proxy_section["require_tls_for_binds"] = False
+    proxy_section.update(sections.pop("ldap_proxy", {}))
     config = backend.config(directory, ldap_proxy=proxy_section, **sections)
     gateway = Gateway(config, Keyring.load(backend.keyring), reactor)
     factory = gateway.ldap_proxy_factory()

@@ -112,6 +112,8 @@ class Slapd:
         start_timeout: float = 30.0,
         extra_config: str = "",
         acl: Literal["shipped", "self-write"] = "shipped",
+        global_config: str = "",
+        acl_prefix: str = "",
     ) -> None:
         """``acl="self-write"``: a permissive site where every user may write their own entry
         (only the state and token containers are kept for the service account), as many
@@ -126,6 +128,10 @@ class Slapd:
         self.start_timeout = start_timeout
         self.extra_config = extra_config
         self.acl = acl
+        self.global_config = global_config
+        """slapd.conf lines for the global section (e.g. authz-regexp, sasl-secprops)."""
+        self.acl_prefix = acl_prefix
+        """Access rules put before the project's ACLs (slapd stops at the first match)."""
         self.host = LOOPBACK
         self.port = free_port()
         self.ldaps_port = free_port()
@@ -333,7 +339,7 @@ access to *
             text, n = _OTPGATE_ACL_BLOCK.subn("", text)
             if n != 1:
                 raise RuntimeError("schema/acl-openldap.conf lost its '# >>> otpgate schema' block")
-        return text.replace("dc=example,dc=org", self.suffix)
+        return self.acl_prefix + text.replace("dc=example,dc=org", self.suffix)
 
     def _config(self) -> str:
         schemas = [
@@ -354,7 +360,7 @@ moduleload back_mdb
 TLSCACertificateFile "{tls.ca_file}"
 TLSCertificateFile "{tls.cert_file}"
 TLSCertificateKeyFile "{tls.key_file}"
-
+{self.global_config}
 database mdb
 maxsize 268435456
 suffix "{self.suffix}"

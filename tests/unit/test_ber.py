@@ -104,6 +104,10 @@ def test_garbage_only_ever_raises_ber_error(data):
                 ber.parse_bind(pdu, header)
             elif header.op_tag == ber.SEARCH_RESULT_ENTRY:
                 ber.decode_search_entry(pdu, header)
+            elif header.op_tag == ber.EXTENDED_RESPONSE:
+                ber.decode_extended_response(pdu, header)
+            elif header.op_tag == ber.EXTENDED_REQUEST:
+                ber.extended_request_name(pdu, header)
             else:
                 ber.decode_result(pdu, header)
     except ber.BerError:
@@ -116,3 +120,31 @@ def test_bind_round_trip(mid, name, password):
     header = ber.parse_header(pdu)
     req = ber.parse_bind(pdu, header)
     assert (header.message_id, req.name, req.simple) == (mid, name, password)
+
+
+def test_bind_request_repr_hides_the_password():
+    pdu = ber.bind_request(1, b"uid=alice", b"s3cret-pw123456")
+    req = ber.parse_bind(pdu, ber.parse_header(pdu))
+    assert req.simple == b"s3cret-pw123456"
+    assert "s3cret" not in repr(req) and "s3cret" not in str(req)
+    assert "uid=alice" in repr(req)
+
+
+def test_extended_responses_who_am_i_and_notice_of_disconnection():
+    pdu = ber.who_am_i_request(4)
+    assert ber.extended_request_name(pdu, ber.parse_header(pdu)) == ber.WHO_AM_I_OID
+    theirs = ldaptor_decode(pdu).value
+    assert theirs.requestName == ber.WHO_AM_I_OID
+    answer = ber.message(
+        4, ber.ldap_result(ber.EXTENDED_RESPONSE, 0, extra=ber.tlv(0x8B, b"dn:uid=a,dc=x"))
+    )
+    result = ber.decode_extended_response(answer, ber.parse_header(answer))
+    assert (result.code, result.name, result.value) == (0, None, b"dn:uid=a,dc=x")
+    notice = ber.notice_of_disconnection(2, b"bye")
+    header = ber.parse_header(notice)
+    result = ber.decode_extended_response(notice, header)
+    assert header.message_id == 0 and result.name == ber.NOTICE_OF_DISCONNECTION_OID
+    assert (result.code, result.diagnostic) == (2, b"bye")
+    with pytest.raises(ber.BerError):
+        bad = ber.message(4, ber.ldap_result(ber.EXTENDED_RESPONSE, 0, extra=b"\x99\x00"))
+        ber.decode_extended_response(bad, ber.parse_header(bad))

@@ -150,3 +150,73 @@ def test_openldap_keeps_state_in_the_user_entry_unless_told():
     assert parse(MINIMAL).directory.state_dn is None
     doc = {**MINIMAL, "directory": {**MINIMAL["directory"], "state_dn": "ou=otp,dc=example,dc=org"}}
     assert parse(doc).directory.state_classes == ("top", "organizationalRole", "extensibleObject")
+
+
+# -- clear text: one rule for the gateway, the proxy's upstream and the CLI ----------------
+
+
+@pytest.mark.parametrize(
+    "url", ["ldap://127.0.0.1:389", "ldap://127.8.9.1", "ldap://[::1]:389", "ldap://localhost"]
+)
+def test_plain_ldap_to_loopback_is_allowed(url):
+    assert parse(with_("directory.urls", [url])).directory.urls == (url,)
+
+
+@pytest.mark.parametrize("url", ["ldap://dc1.example.com", "ldap://192.0.2.10:389", "ldap://[2001:db8::1]"])
+def test_plain_ldap_to_another_host_is_refused(url):
+    with pytest.raises(ConfigError, match=r"\[directory\]\.urls: .*clear text.*ldaps://.*start_tls = true"):
+        parse(with_("directory.urls", [url]))
+    doc = with_("directory.urls", [url])
+    doc["directory"]["start_tls"] = True
+    assert parse(doc).directory.start_tls  # StartTLS (verified) makes it fine
+    assert parse(with_("directory.urls", [url.replace("ldap:", "ldaps:")]))
+
+
+def test_plain_write_url_and_discover_follow_the_same_rule():
+    with pytest.raises(ConfigError, match=r"\[directory\]\.write_url: .*clear text"):
+        parse(with_("directory.write_url", "ldap://dc1.example.com"))
+    doc = with_("directory.write_url", "discover")
+    doc["directory"]["profile"] = "ad"
+    doc["directory"]["state_dn"] = "OU=otpgate state,DC=example,DC=org"
+    with pytest.raises(ConfigError, match=r"\[directory\]\.write_url: 'discover'.*ldaps://"):
+        parse(doc)
+    doc["directory"]["urls"] = ["ldaps://dc1.example.com"]
+    assert parse(doc).directory.write_url == "discover"
+
+
+def test_the_cli_driver_refuses_what_the_config_refuses():
+    from otpgate.directory.ldapdata import DirectoryError, LdapUrl
+    from otpgate.directory.sync import connect
+
+    directory = parse(MINIMAL).directory
+    with pytest.raises(DirectoryError, match="clear text"):
+        connect(LdapUrl.parse("ldap://192.0.2.10"), directory, None, None)
+
+
+# -- the proxy: TLS for binds, SASL, queue -------------------------------------------------
+
+
+def test_proxy_tls_for_binds_defaults():
+    assert parse(MINIMAL).ldap_proxy.require_tls_for_binds is False
+    assert parse(MINIMAL).policy.allow_sasl_for_exempt is False
+    assert parse(MINIMAL).ldap_proxy.max_queued_requests == 100
+    tls = {"listen": ["tcp:389"], "cert_file": "c.pem", "key_file": "k.pem"}
+    doc = {**MINIMAL, "ldap_proxy": tls}
+    assert parse(doc).ldap_proxy.require_tls_for_binds is True  # a certificate: TLS required
+    doc = {**MINIMAL, "ldap_proxy": {**tls, "require_tls_for_binds": False}}
+    assert parse(doc).ldap_proxy.require_tls_for_binds is False
+    local = {**MINIMAL, "ldap_proxy": {"listen": ["tcp:10389:interface=127.0.0.1"]}}
+    assert parse(local).ldap_proxy.require_tls_for_binds is False
+
+
+def test_proxy_clear_text_binds_from_the_network_need_an_explicit_choice():
+    doc = {**MINIMAL, "ldap_proxy": {"listen": ["tcp:389:interface=0.0.0.0"]}}
+    with pytest.raises(ConfigError, match=r"\[ldap_proxy\]\.listen: .*clear text.*cert_file"):
+        parse(doc)
+    doc = {**MINIMAL, "ldap_proxy": {"listen": ["tcp:389"], "require_tls_for_binds": False}}
+    assert parse(doc).ldap_proxy.require_tls_for_binds is False
+    doc = {**MINIMAL, "ldap_proxy": {"listen": ["tcp:389"], "require_tls_for_binds": True}}
+    with pytest.raises(ConfigError, match=r"\[ldap_proxy\]\.require_tls_for_binds: needs cert"):
+        parse(doc)
+    with pytest.raises(ConfigError, match=r"\[ldap_proxy\]\.max_queued_requests: must be above 0"):
+        parse(with_("ldap_proxy.max_queued_requests", 0))
