@@ -202,7 +202,7 @@ class PolicyConfig:
     admins_always_need_otp: bool = True
     allow_sasl_for_exempt: bool = False
     """Forward SASL binds named as an exempt account; the bound identity is then confirmed
-    with Who Am I? (RFC 4532) and anything else is refused (docs/SECURITY-proxy.md)."""
+    with Who Am I? (RFC 4532) and anything else is refused (docs/SECURITY.md)."""
 
 
 @dataclass(frozen=True)

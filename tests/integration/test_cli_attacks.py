@@ -1,5 +1,5 @@
 """Attacks on the admin CLI, each performed against a real slapd (the stock-schema set-up:
-none of these depends on the directory flavour).  See docs/SECURITY-admin.md."""
+none of these depends on the directory flavour).  See docs/SECURITY.md."""
 
 from __future__ import annotations
 
