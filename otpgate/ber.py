@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from otpgate.errors import BerError as BerError
+
 SEQUENCE = 0x30
 INTEGER = 0x02
 OCTET_STRING = 0x04
@@ -53,10 +55,6 @@ FINAL_RESPONSES = frozenset(FINAL_RESPONSE.values())
 START_TLS_OID = b"1.3.6.1.4.1.1466.20037"
 NOTICE_OF_DISCONNECTION_OID = b"1.3.6.1.4.1.1466.20036"
 WHO_AM_I_OID = b"1.3.6.1.4.1.4203.1.11.3"
-
-
-class BerError(ValueError):
-    """Malformed BER, or a PDU larger than allowed."""
 
 
 def _length(data: bytes | bytearray, pos: int) -> tuple[int, int] | None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from otpgate.errors import CodecError as CodecError
 from otpgate.vault import Binding, Keyring, VaultError
 
 
@@ -59,10 +60,6 @@ class Purpose(StrEnum):
     TOKEN = "token"  # noqa: S105 (a purpose name, not a password)
     USED = "used"
     INVENTORY = "inventory"
-
-
-class CodecError(ValueError):
-    """A value cannot be encoded or decoded; the message names user and attribute."""
 
 
 @dataclass(frozen=True)

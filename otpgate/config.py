@@ -25,6 +25,7 @@ from otpgate.codec import (
     Syntax,
     check_format,
 )
+from otpgate.errors import ConfigError as ConfigError
 from otpgate.otp.oath import (
     DEFAULT_HOTP_LOOK_AHEAD,
     DEFAULT_PERIOD,
@@ -38,10 +39,6 @@ from otpgate.otp.oath import (
 
 T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ConfigError(ValueError):
-    """A configuration problem, naming the key and what is allowed."""
 
 
 # -- directory profiles ----------------------------------------------------------

@@ -30,15 +30,13 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from otpgate.errors import VaultError as VaultError
+
 ENVELOPE_VERSION = "v1"
 KEY_BYTES = 32
 NONCE_BYTES = 12
 _KID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _BINARY_MAGIC = b"\xa1"  # first byte of the binary envelope (version 1)
-
-
-class VaultError(ValueError):
-    """A value cannot be decrypted or a keyring is unusable.  Never carries key material."""
 
 
 def _b64e(data: bytes) -> str:

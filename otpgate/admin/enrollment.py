@@ -10,6 +10,7 @@ from urllib.parse import quote, urlencode
 
 from otpgate.config import OtpConfig
 from otpgate.directory.state import OtpState, StateChange
+from otpgate.errors import PolicyError as PolicyError
 from otpgate.otp.oath import Algorithm, check_counter, check_digits, check_period
 from otpgate.tokens import Secret, Token, TokenType, TokenUse, new_token_id
 
@@ -68,10 +69,6 @@ def otpauth_uri(token: Token, secret: Secret, account: str, issuer: str, counter
         params["counter"] = str(counter)
     label = quote(f"{issuer}:{account}", safe="@:")
     return f"otpauth://{token.type.value}/{label}?{urlencode(params, quote_via=quote)}"
-
-
-class PolicyError(ValueError):
-    """An admin action the enrollment policy does not allow (too many devices...)."""
 
 
 def enroll_change(

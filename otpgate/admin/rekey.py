@@ -16,6 +16,7 @@ from pathlib import Path
 from otpgate.codec import AttributeCodec, Format
 from otpgate.directory.inventory import InventoryMapper
 from otpgate.directory.state import OtpState, StateChange, StateMapper, UserEntry
+from otpgate.errors import PolicyError
 from otpgate.vault import VaultError, keyring_lock, read_raw_keys, same_keys, write_keyring
 
 
@@ -104,7 +105,7 @@ def has_otpgate_values(user: UserEntry) -> bool:
     return any(looks_like_otpgate(v) for v in values)
 
 
-class RetireRefused(Exception):
+class RetireRefused(PolicyError):
     """The keyring file is not the one the rekey ran with: retiring keys could destroy
     the key that the values now stored are encrypted with."""
 

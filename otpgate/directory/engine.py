@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from otpgate.codec import CodecError
-from otpgate.directory.ldapdata import SUCCESS, DirectoryError, Modification, SearchEntry
+from otpgate.directory.ldapdata import SUCCESS, Modification, SearchEntry
 from otpgate.directory.state import (
     CAS_CONFLICTS,
     ENTRY_EXISTS,
@@ -31,6 +31,7 @@ from otpgate.directory.state import (
     StateMapper,
     UserEntry,
 )
+from otpgate.errors import WriteRefused as WriteRefused
 
 T = TypeVar("T")
 
@@ -69,10 +70,6 @@ class Delete:
 
 Op = Search | Modify | Add | Delete
 Step = Generator[Op, Any, T]
-
-
-class WriteRefused(DirectoryError):
-    """The directory refused a write for another reason than a lost race."""
 
 
 @dataclass(frozen=True)

@@ -21,19 +21,15 @@ from otpgate.directory.ldapdata import (
     SCOPE_BASE,
     SCOPE_SUBTREE,
     SUCCESS,
-    DirectoryError,
     Modification,
     SearchEntry,
 )
 from otpgate.directory.state import ANY_ENTRY, CAS_CONFLICTS, Lookup
+from otpgate.errors import InventoryError as InventoryError
 from otpgate.tokens import Secret, Token
 from otpgate.vault import Keyring
 
 SERIAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-
-
-class InventoryError(DirectoryError):
-    pass
 
 
 def check_serial(serial: str) -> str:

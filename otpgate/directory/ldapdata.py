@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from otpgate.errors import DirectoryError as DirectoryError
+from otpgate.errors import DirectoryUnavailable as DirectoryUnavailable
+
 # LDAP result codes used by otpgate (RFC 4511 §4.1.9).
 SUCCESS = 0
 PROTOCOL_ERROR = 2
@@ -20,18 +23,6 @@ UNWILLING_TO_PERFORM = 53
 
 SCOPE_BASE = 0
 SCOPE_SUBTREE = 2
-
-
-class DirectoryError(Exception):
-    """The directory could not be reached or answered with an error."""
-
-    def __init__(self, message: str, result_code: int | None = None) -> None:
-        super().__init__(message)
-        self.result_code = result_code
-
-
-class DirectoryUnavailable(DirectoryError):
-    """No server answered (connection refused, lost, or timed out)."""
 
 
 @dataclass(frozen=True)

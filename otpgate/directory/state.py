@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
-from otpgate.codec import AttributeCodec, CodecError, Purpose
+from otpgate.codec import AttributeCodec, Purpose
 from otpgate.config import DirectoryConfig
 from otpgate.directory.ldapdata import (
     SCOPE_BASE,
@@ -41,6 +41,10 @@ from otpgate.directory.ldapdata import (
     Modification,
     SearchEntry,
 )
+from otpgate.errors import AmbiguousUser as AmbiguousUser
+from otpgate.errors import ConcurrentUpdate as ConcurrentUpdate
+from otpgate.errors import TamperedState as TamperedState
+from otpgate.errors import UserNotFound as UserNotFound
 from otpgate.tokens import (
     Secret,
     Token,
@@ -57,26 +61,6 @@ CAS_CONFLICTS = (16, 19, 20)  # noSuchAttribute, constraintViolation, attributeO
 ENTRY_EXISTS = 68
 INITIAL_USED = b'{"u":{},"v":1}'
 """The fixed first value of ``used``: deterministic, so two first writers collide."""
-
-
-class UserNotFound(DirectoryError):
-    pass
-
-
-class AmbiguousUser(DirectoryError):
-    pass
-
-
-class ConcurrentUpdate(DirectoryError):
-    """Lost the compare-and-swap race more often than the configured retries."""
-
-    def __init__(self, message: str, conflicts: int = 0) -> None:
-        super().__init__(message)
-        self.conflicts = conflicts
-
-
-class TamperedState(CodecError):
-    """Stored values that otpgate cannot have written together: refused, never repaired."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from otpgate.errors import ImportFormatError as ImportFormatError
 from otpgate.otp.oath import check_counter
 from otpgate.tokens import Secret, Token
 
@@ -19,10 +20,6 @@ MAX_IMPORT_BYTES = 64 * 1024 * 1024
 MIN_KEY_BYTES = 10
 """80 bits: the shortest OATH key accepted (what authenticator apps generate)."""
 MAX_KEY_BYTES = 128
-
-
-class ImportFormatError(ValueError):
-    """The file as a whole cannot be read (not one bad row: the container itself)."""
 
 
 @dataclass(frozen=True)

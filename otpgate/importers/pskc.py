@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 
 from otpgate.directory.inventory import InventoryError, check_serial
+from otpgate.errors import PskcKeyError as PskcKeyError
 from otpgate.importers import (
     ImportedToken,
     ImportFormatError,
@@ -74,10 +75,6 @@ _SUITES = {
     "sha512": Algorithm.SHA512,
 }
 MAX_PBKDF2_ITERATIONS = 10_000_000
-
-
-class PskcKeyError(ImportFormatError):
-    """The file is encrypted and the key or password is missing or wrong."""
 
 
 def _local(tag: str) -> str:

@@ -19,6 +19,8 @@ from typing import Final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from otpgate.errors import InvalidYubicoOtp as InvalidYubicoOtp
+
 __all__ = [
     "AES_KEY_BYTES",
     "MAX_OTP_CHARS",
@@ -68,10 +70,6 @@ def _crc16_table() -> tuple[int, ...]:
 
 
 _CRC16_TABLE: Final = _crc16_table()
-
-
-class InvalidYubicoOtp(ValueError):
-    """The text is not a well-formed Yubico OTP for this key (bad modhex, length, CRC...)."""
 
 
 @dataclass(frozen=True)

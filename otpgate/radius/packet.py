@@ -22,6 +22,8 @@ from typing import Any
 from pyrad import packet as pyrad_packet
 from pyrad.dictionary import Dictionary
 
+from otpgate.errors import MalformedPacket as MalformedPacket
+
 # Packet codes
 ACCESS_REQUEST = 1
 ACCESS_ACCEPT = 2
@@ -63,10 +65,6 @@ MAX_TEXT_LENGTH = 253
 
 _EMPTY_DICTIONARY = Dictionary()
 """Attributes are handled by number: no dictionary file to ship or parse."""
-
-
-class MalformedPacket(ValueError):
-    """The datagram is not a well-formed RADIUS packet: drop it."""
 
 
 @dataclass(frozen=True)
