@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from otpgate.codec import CodecError
-from otpgate.config import Config, ConfigError, load_config
+from otpgate.config import Config, load_config
 from otpgate.directory.ldapdata import DirectoryError
+from otpgate.errors import ConfigError
 from otpgate.importers import ImportFormatError
 from otpgate.otp.oath import (
     DEFAULT_PERIOD,
@@ -138,6 +139,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config))
+    for line in config.deprecations:
+        print(f"{args.config}: deprecated: {line}", file=sys.stderr)
     print(
         f"{args.config}: OK (profile {config.directory.profile.name}, "
         f"{len(config.directory.urls)} directory URL(s))"
@@ -912,7 +915,7 @@ async def _test_auth(
             step("lockout", not locked, "locked out" if locked else "not locked")
         except (DirectoryError, CodecError) as exc:
             step("resolve", False, str(exc))
-        delimiter = config.ldap_proxy.otp_delimiter
+        delimiter = config.otp.otp_delimiter
         secret = password + (delimiter if delimiter and otp else "") + otp
         request = AuthRequest(args.user, secret, args.client, "test-auth")
         result = await gateway.authenticator.authenticate(request, gateway.check_password)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
+from twisted.logger import Logger
 from twisted.runner.procmon import ProcessMonitor
 
 from otpgate.audit import AuditTrail
@@ -23,7 +24,9 @@ from otpgate.logs import close_log_file, open_log_file
 from otpgate.radius.service import radius_services
 from otpgate.stats import DirectoryStats, RadiusCounters
 from otpgate.vault import Keyring
-from otpgate.web import web_services
+from otpgate.web.service import web_services
+
+log = Logger()
 
 
 class Gateway:
@@ -115,6 +118,8 @@ def make_service(
     config: Config, reactor: Any, config_path: Path | None = None
 ) -> service.MultiService:
     keyring = Keyring.load(config.keyring)
+    for line in config.deprecations:
+        log.warn("config: {deprecation}", deprecation=line)
     gateway = Gateway(config, keyring, reactor)
     top = LoggingService(config, gateway)
     processes = config.ldap_proxy.processes

@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from otpgate.admin.enrollment import enroll_change, new_oath_token, otpauth_uri
-from otpgate.config import Config, ConfigError, load_config, parse_config
+from otpgate.config import Config, load_config, parse_config
 from otpgate.demo import (
     DEMO_BASE_DN,
     DEMO_EXEMPT_DN,
@@ -25,6 +25,7 @@ from otpgate.demo import (
     DemoDirectoryFactory,
     load_demo_tree,
 )
+from otpgate.errors import ConfigError
 from otpgate.service import Gateway, make_service
 from otpgate.vault import Keyring, VaultError
 

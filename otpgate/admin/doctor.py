@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from otpgate.codec import Syntax
-from otpgate.config import MappedAttribute
+from otpgate.directory.config import MappedAttribute
 
 # -- the checklist ---------------------------------------------------------------------
 

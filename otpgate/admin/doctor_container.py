@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable
 
 from otpgate.admin.doctor import Check, Status
-from otpgate.config import DirectoryConfig
+from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.ldapdata import SCOPE_BASE, SUCCESS, DirectoryError, Modification
 from otpgate.directory.sync import SyncConnection
 

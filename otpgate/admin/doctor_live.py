@@ -32,7 +32,8 @@ from otpgate.admin.doctor import (
     user_access_checks,
 )
 from otpgate.admin.doctor_container import container_checks
-from otpgate.config import Config, MappedAttribute
+from otpgate.config import Config
+from otpgate.directory.config import MappedAttribute
 from otpgate.directory.ldapdata import (
     SCOPE_BASE,
     SUCCESS,

@@ -8,7 +8,7 @@ import os
 import time
 from urllib.parse import quote, urlencode
 
-from otpgate.config import OtpConfig
+from otpgate.auth.config import OtpConfig
 from otpgate.directory.state import OtpState, StateChange
 from otpgate.errors import PolicyError as PolicyError
 from otpgate.otp.oath import Algorithm, check_counter, check_digits, check_period

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from otpgate.config import LockoutConfig
+from otpgate.auth.config import LockoutConfig
 from otpgate.tokens import TokenUse, UsedState
 
 

@@ -220,7 +220,7 @@ class Authenticator:
             candidates = [
                 (pw, code)
                 for pw, code in split_candidates(
-                    request.secret, ready.state.tokens, self.config.ldap_proxy.otp_delimiter
+                    request.secret, ready.state.tokens, self.config.otp.otp_delimiter
                 )
                 if pw
             ]

@@ -9,7 +9,7 @@ from functools import lru_cache
 from ldap3.core.exceptions import LDAPInvalidDnError  # type: ignore[import-untyped]
 from ldap3.utils.dn import parse_dn  # type: ignore[import-untyped]
 
-from otpgate.config import PolicyConfig
+from otpgate.auth.config import PolicyConfig
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _SPECIAL = ',+"\\<>;=#'

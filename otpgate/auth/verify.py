@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 
-from otpgate.config import OtpConfig
+from otpgate.auth.config import OtpConfig
 from otpgate.otp.oath import MAX_DRIFT_STEPS, hotp, time_step, verify_hotp, verify_totp
 from otpgate.otp.scratch import remaining, verify_scratch
 from otpgate.otp.yubico import looks_like_yubico_otp, verify_yubico

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from otpgate import ber
-from otpgate.config import cleartext_ldap_problem
+from otpgate.directory.config import cleartext_ldap_problem
 from otpgate.directory.ldapdata import (
     INVALID_CREDENTIALS,
     NO_SUCH_OBJECT,

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from otpgate.codec import AttributeCodec, Purpose
-from otpgate.config import DirectoryConfig
+from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.engine import Add, Delete, Modify, Search, Step
 from otpgate.directory.ldapdata import (
     ENTRY_ALREADY_EXISTS,

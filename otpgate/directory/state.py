@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 from otpgate.codec import AttributeCodec, Purpose
-from otpgate.config import DirectoryConfig
+from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.ldapdata import (
     SCOPE_BASE,
     SCOPE_SUBTREE,

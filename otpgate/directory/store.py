@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 from ldaptor import ldapfilter
 
 from otpgate import ber
-from otpgate.config import DirectoryConfig
 from otpgate.directory import engine
 from otpgate.directory import inventory as inv
+from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.connection import LdapConnection
 from otpgate.directory.engine import Add, Delete, Modify, Op, Outcome, Search, Step
 from otpgate.directory.entrycache import EntryCache

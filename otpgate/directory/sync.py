@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 import ldap3  # type: ignore[import-untyped]
 from ldap3.core import exceptions as ldap3_errors  # type: ignore[import-untyped]
 
-from otpgate.config import DirectoryConfig, cleartext_ldap_problem
 from otpgate.directory import engine
 from otpgate.directory import inventory as inv
+from otpgate.directory.config import DirectoryConfig, cleartext_ldap_problem
 from otpgate.directory.engine import Add, Delete, Modify, Op, Search, Step
 from otpgate.directory.inventory import InventoryItem, InventoryMapper
 from otpgate.directory.ldapdata import (

@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet import protocol, ssl
 from twisted.logger import Logger
 
-from otpgate.config import LdapProxyConfig
 from otpgate.directory.ldapdata import LdapUrl
 from otpgate.ldapproxy.bindcache import BindCache
+from otpgate.ldapproxy.config import LdapProxyConfig
 from otpgate.ldapproxy.proxy import LdapProxyProtocol
 from otpgate.ldapproxy.upstream import UpstreamProtocol, connect_upstream
 

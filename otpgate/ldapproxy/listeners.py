@@ -9,7 +9,7 @@ from twisted.application import service, strports
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from otpgate.config import parse_listen
+from otpgate.configfile import parse_listen
 
 
 class ReusePortListener(service.Service):

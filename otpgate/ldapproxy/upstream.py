@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from otpgate import ber
-from otpgate.config import cleartext_ldap_problem
+from otpgate.directory.config import cleartext_ldap_problem
 from otpgate.directory.connection import TlsSettings, no_delay
 from otpgate.directory.ldapdata import SUCCESS, DirectoryError, DirectoryUnavailable, LdapUrl
 

@@ -2,10 +2,6 @@
 
 Pure modules: ``packet`` (codec), ``access`` (what a request asks), ``chap``
 (CHAP / MS-CHAPv2 / MPPE math), ``challenge`` (State store), ``dedup``
-(RFC 5080 duplicate cache), ``ratelimit``, ``clients``.  Twisted: ``server``
-(protocol and handler) and ``service`` (``radius_services``).
+(RFC 5080 duplicate cache), ``ratelimit``, ``clients``, ``config`` ([radius]).
+Twisted: ``server`` (protocol and handler) and ``service`` (``radius_services``).
 """
-
-from otpgate.radius.service import radius_services
-
-__all__ = ["radius_services"]

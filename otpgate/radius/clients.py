@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from otpgate.config import RadiusClient
+from otpgate.radius.config import RadiusClient
 
 _CACHE_SIZE = 4096
 

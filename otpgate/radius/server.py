@@ -33,12 +33,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from otpgate.auth.pipeline import Authenticator, AuthRequest, AuthResult, PasswordCheck
-from otpgate.config import Config, RadiusClient
+from otpgate.config import Config
 from otpgate.directory.pool import ServerPool
 from otpgate.radius.access import Chap, Login, MsChapV2, Pap, classify
 from otpgate.radius.challenge import ChallengeStore
 from otpgate.radius.chap import MsChapV2Success, chap_proof, mschap2_proof
 from otpgate.radius.clients import ClientTable
+from otpgate.radius.config import RadiusClient
 from otpgate.radius.dedup import DuplicateCache, DuplicateKey, Pending
 from otpgate.radius.packet import (
     ACCESS_ACCEPT,

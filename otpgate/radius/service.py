@@ -8,8 +8,9 @@ from typing import Any
 from twisted.application import internet, service
 from twisted.application.service import IService
 
-from otpgate.config import Config, parse_radius_listen
+from otpgate.config import Config
 from otpgate.radius.binds import BindPool
+from otpgate.radius.config import parse_radius_listen
 from otpgate.radius.server import GatewayLike, RadiusProtocol, RadiusServer
 
 COUNTERS_LOG_INTERVAL = 300.0

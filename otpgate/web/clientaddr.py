@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from otpgate.config import Network
+from otpgate.configfile import Network
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -28,7 +28,8 @@ from otpgate.admin.manage import reset_change, revoke_change, scratch_change, un
 from otpgate.auth.pipeline import AuthRequest
 from otpgate.auth.policy import normalise_dn
 from otpgate.codec import CodecError
-from otpgate.config import Config, Network
+from otpgate.config import Config
+from otpgate.configfile import Network
 from otpgate.directory.inventory import InventoryError
 from otpgate.directory.ldapdata import SCOPE_BASE, SUCCESS, DirectoryError
 from otpgate.directory.state import (
@@ -400,7 +401,7 @@ class Portal(resource.Resource):
         gw = self.gateway
         if not otp:
             return await self._first_enrollment(name, password, client, network)
-        delimiter = self.config.ldap_proxy.otp_delimiter
+        delimiter = self.config.otp.otp_delimiter
         secret = password + (delimiter + otp if delimiter else otp)
         request = AuthRequest(name, secret, client, "web", require_otp=True)
         result = await gw.authenticator.authenticate(request, gw.check_password)

@@ -16,7 +16,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 from otpgate.config import load_config
 from otpgate.service import Gateway
 from otpgate.vault import Keyring
-from otpgate.web import web_services
+from otpgate.web.service import web_services
 
 
 def main() -> None:

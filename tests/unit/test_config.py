@@ -220,3 +220,37 @@ def test_proxy_clear_text_binds_from_the_network_need_an_explicit_choice():
         parse(doc)
     with pytest.raises(ConfigError, match=r"\[ldap_proxy\]\.max_queued_requests: must be above 0"):
         parse(with_("ldap_proxy.max_queued_requests", 0))
+
+
+def test_otp_delimiter_is_a_pipeline_setting_and_the_old_key_still_works(capsys, tmp_path):
+    assert parse({**MINIMAL, "otp": {"otp_delimiter": ","}}).otp.otp_delimiter == ","
+    old = parse({**MINIMAL, "ldap_proxy": {"otp_delimiter": ","}})
+    assert old.otp.otp_delimiter == ","
+    assert old.deprecations and "[otp].otp_delimiter" in old.deprecations[0]
+    both = {**MINIMAL, "ldap_proxy": {"otp_delimiter": ","}, "otp": {"otp_delimiter": ";"}}
+    with pytest.raises(ConfigError, match=r"\[otp\]\.otp_delimiter: also set as \[ldap_proxy\]"):
+        parse(both)
+    with pytest.raises(ConfigError, match=r"\[otp\]\.otp_delimiter: one character or empty"):
+        parse({**MINIMAL, "otp": {"otp_delimiter": ",,"}})
+    path = tmp_path / "otpgate.toml"
+    path.write_text(
+        '[directory]\nprofile = "openldap"\nurls = ["ldap://127.0.0.1:389"]\n'
+        'base_dn = "dc=x"\nbind_dn = "cn=s,dc=x"\nbind_password = "p"\n'
+        '[vault]\nkeyring = "k.json"\n[ldap_proxy]\notp_delimiter = ","\n'
+    )
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert "deprecated: [ldap_proxy].otp_delimiter" in capsys.readouterr().err
+
+
+def test_each_default_is_stated_once_in_its_dataclass():
+    """The parser takes every default from the section's dataclass: an empty file gives
+    exactly the dataclasses' defaults."""
+    from otpgate.auth.config import LockoutConfig, OtpConfig, PolicyConfig
+    from otpgate.ldapproxy.config import LdapProxyConfig
+    from otpgate.radius.config import RadiusConfig
+    from otpgate.web.config import WebConfig
+
+    config = parse(MINIMAL)
+    assert config.otp == OtpConfig() and config.lockout == LockoutConfig()
+    assert config.policy == PolicyConfig() and config.radius == RadiusConfig()
+    assert config.ldap_proxy == LdapProxyConfig() and config.web == WebConfig()

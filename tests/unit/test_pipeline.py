@@ -286,3 +286,12 @@ def test_requests_never_show_their_secret() -> None:
 
 
 Check = Callable[[str, bytes], Any]
+
+
+@pytest_twisted.ensureDeferred
+async def test_otp_delimiter_splits_for_every_front_end() -> None:
+    w = World(config(otp={"otp_delimiter": ","}))
+    w.directory.add_user("alice", "pw,with,commas")
+    key = await w.oath("alice")
+    assert (await w.login("alice", "pw,with,commas," + hotp(key, 0))).ok
+    assert not (await w.login("alice", "pw,with,commas" + hotp(key, 1))).ok  # no delimiter

@@ -1,0 +1,96 @@
+"""Directory profiles: which attributes hold otpgate's state on AD and OpenLDAP (data only).
+
+``KNOWN_ATTRIBUTES`` gives each known attribute's syntax and the largest value the
+directory accepts; ``PROFILES`` maps a profile name (``[directory] profile``) to its
+attributes, identity attribute, user filter and object classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otpgate.codec import AttributeSpec, Syntax
+
+# Known attributes: syntax and the largest value the directory accepts.
+KNOWN_ATTRIBUTES: dict[str, dict[str, AttributeSpec]] = {
+    "ad": {
+        "postaladdress": AttributeSpec("postalAddress", Syntax.UNICODE, 4096),
+        "registeredaddress": AttributeSpec("registeredAddress", Syntax.OCTET, 4096),
+        "wwwhomepage": AttributeSpec("wWWHomePage", Syntax.UNICODE, 2048),
+    },
+    "openldap": {
+        "postaladdress": AttributeSpec("postalAddress", Syntax.POSTAL, None),
+        "registeredaddress": AttributeSpec("registeredAddress", Syntax.POSTAL, None),
+        "homepostaladdress": AttributeSpec("homePostalAddress", Syntax.POSTAL, None),
+        "otpgateseed": AttributeSpec("otpgateSeed", Syntax.OCTET, None),
+        "otpgatetoken": AttributeSpec("otpgateToken", Syntax.OCTET, None),
+        "otpgateused": AttributeSpec("otpgateUsed", Syntax.OCTET, None),
+        "otpgateinventorytoken": AttributeSpec("otpgateInventoryToken", Syntax.OCTET, None),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    server: str  # "ad" | "openldap"
+    seed: str
+    tokens: str
+    used: str
+    inventory: str
+    id_attribute: str
+    search_attribute: str
+    user_filter: str
+    upn_attribute: str
+    aux_class: str = ""
+    """Object class a user entry needs before the attributes can be written ("" for none)."""
+    inventory_classes: tuple[str, ...] = ("top", "organizationalRole")
+    """Object classes of an inventory entry (cn=SERIAL under inventory_dn)."""
+    state_classes: tuple[str, ...] = ("top", "organizationalRole")
+    """Object classes of a state entry (cn=USER-UUID under state_dn): they must allow the
+    seed, tokens and used attributes."""
+
+
+PROFILES = {
+    "ad": Profile(
+        "ad",
+        "ad",
+        "postalAddress",
+        "registeredAddress",
+        "wWWHomePage",
+        "postalAddress",
+        "objectGUID",
+        "sAMAccountName",
+        "(&(objectCategory=person)(objectClass=user))",
+        "userPrincipalName",
+    ),
+    "openldap": Profile(
+        "openldap",
+        "openldap",
+        "postalAddress",
+        "registeredAddress",
+        "homePostalAddress",
+        "postalAddress",
+        "entryUUID",
+        "uid",
+        "(objectClass=inetOrgPerson)",
+        "mail",
+        # organizationalRole has postalAddress and registeredAddress, not homePostalAddress.
+        state_classes=("top", "organizationalRole", "extensibleObject"),
+    ),
+    "openldap-schema": Profile(
+        "openldap-schema",
+        "openldap",
+        "otpgateSeed",
+        "otpgateToken",
+        "otpgateUsed",
+        "otpgateInventoryToken",
+        "entryUUID",
+        "uid",
+        "(objectClass=inetOrgPerson)",
+        "mail",
+        aux_class="otpgateUser",
+        inventory_classes=("top", "device", "otpgateInventory"),
+        state_classes=("top", "organizationalRole", "otpgateUser"),
+    ),
+}

@@ -1,0 +1,124 @@
+"""``[ldap_proxy]``: the LDAP bind proxy's listeners, TLS and limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from otpgate.auth.config import check_delimiter
+from otpgate.configfile import (
+    ConfigError,
+    Section,
+    in_range,
+    is_loopback_host,
+    non_negative,
+    parse_listen,
+    path_or_none,
+    positive,
+)
+
+
+@dataclass(frozen=True)
+class LdapProxyConfig:
+    listen: tuple[str, ...] = ()
+    """Twisted endpoint strings, e.g. "tcp:389:interface=0.0.0.0" or "ssl:636:..."."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    min_tls_version: str = "1.2"
+    max_pdu_before_bind: int = 256 * 1024
+    max_pdu_after_bind: int = 16 * 1024 * 1024
+    max_connections: int = 1000
+    max_connections_per_client: int = 100
+    idle_timeout: float = 300.0
+    bind_cache_seconds: float = 0.0
+    processes: int = 1
+    """Reactor processes serving the listeners (SO_REUSEPORT); more use more cores."""
+    require_tls_for_binds: bool = False
+    """Binds carrying credentials need TLS (LDAPS or StartTLS) first, else
+    confidentialityRequired (13).  The parser makes it true whenever a certificate is set."""
+    max_queued_requests: int = 100
+    """Requests held while the upstream connects or a bind runs; one more closes the
+    connection (so does the byte cap, 1 MiB)."""
+
+
+DEPRECATED_DELIMITER = (
+    "[ldap_proxy].otp_delimiter is deprecated: it is a pipeline setting now, "
+    "[otp].otp_delimiter (used by every front end); move it there"
+)
+
+
+def deprecated_delimiter(sec: Section) -> str | None:
+    """The old ``[ldap_proxy] otp_delimiter``, if the file still sets it."""
+    if not sec.given("otp_delimiter"):
+        return None
+    value = sec.get("otp_delimiter", str, "")
+    return sec.check("otp_delimiter", value, check_delimiter)
+
+
+def parse_ldap_proxy(sec: Section, base: Path) -> LdapProxyConfig:
+    cert_file = path_or_none(sec, "cert_file", base)
+    key_file = path_or_none(sec, "key_file", base)
+    has_cert = cert_file is not None and key_file is not None
+    listen = sec.strings("listen")
+    if any(e.startswith("ssl:") for e in listen) and not has_cert:
+        raise ConfigError(f"{sec.key('listen')}: an ssl: listener needs cert_file and key_file")
+    cls = LdapProxyConfig
+    result = LdapProxyConfig(
+        listen=listen,
+        cert_file=cert_file,
+        key_file=key_file,
+        min_tls_version=sec.choice("min_tls_version", ("1.2", "1.3"), cls.min_tls_version),
+        max_pdu_before_bind=sec.value(cls, "max_pdu_before_bind", int, positive),
+        max_pdu_after_bind=sec.value(cls, "max_pdu_after_bind", int, positive),
+        max_connections=sec.value(cls, "max_connections", int, positive),
+        max_connections_per_client=sec.value(cls, "max_connections_per_client", int, positive),
+        idle_timeout=sec.value(cls, "idle_timeout", float, positive),
+        bind_cache_seconds=sec.value(cls, "bind_cache_seconds", float, non_negative),
+        processes=_processes(sec, listen),
+        require_tls_for_binds=_require_tls_for_binds(sec, listen, has_cert),
+        max_queued_requests=sec.value(cls, "max_queued_requests", int, positive),
+    )
+    sec.done()
+    return result
+
+
+def _require_tls_for_binds(sec: Section, listen: tuple[str, ...], has_cert: bool) -> bool:
+    """Default: true with a certificate.  Without one, binds travel in clear text, which is
+    only allowed on loopback listeners unless the operator says so explicitly."""
+    given = sec.given("require_tls_for_binds")
+    explicit = sec.get("require_tls_for_binds", bool, False)
+    if not given:
+        if has_cert:
+            return True
+        for description in listen:
+            if description.startswith("ssl:"):
+                continue
+            try:
+                local = is_loopback_host(parse_listen(description).interface)
+            except ValueError:
+                local = False
+            if not local:
+                raise ConfigError(
+                    f"{sec.key('listen')}: {description!r} would take passwords in clear "
+                    "text from the network: set cert_file and key_file (binds then need "
+                    "StartTLS or LDAPS), listen on a loopback interface, or set "
+                    "require_tls_for_binds = false if something else protects the path"
+                )
+        return False
+    if explicit and not has_cert:
+        raise ConfigError(
+            f"{sec.key('require_tls_for_binds')}: needs cert_file and key_file "
+            "(StartTLS/LDAPS to offer)"
+        )
+    return explicit
+
+
+def _processes(sec: Section, listen: tuple[str, ...]) -> int:
+    processes = sec.value(LdapProxyConfig, "processes", int, in_range(1, 64))
+    if processes > 1:
+        for description in listen:
+            try:
+                parse_listen(description)
+            except ValueError as exc:
+                raise ConfigError(f"{sec.key('listen')}: with processes > 1, {exc}") from exc
+    return processes

@@ -1,0 +1,136 @@
+"""``[radius]``: the RADIUS listeners, the NASes (``[[radius.clients]]``) and their limits."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from otpgate.configfile import (
+    ConfigError,
+    Network,
+    Section,
+    network,
+    non_negative,
+    positive,
+    secret,
+)
+
+RADIUS_MODES = ("append", "challenge", "otp-only")
+RADIUS_UNAVAILABLE_REPLIES = ("none", "reject")
+
+
+@dataclass(frozen=True)
+class RadiusClient:
+    network: Network
+    secret: bytes = field(repr=False)
+    mode: str = "append"
+    name: str = ""
+    allow_chap: bool = False
+    allow_mschapv2: bool = False
+    require_message_authenticator: bool = True
+
+
+@dataclass(frozen=True)
+class RadiusConfig:
+    listen: tuple[str, ...] = ()
+    """"host:port" pairs for the authentication socket."""
+    clients: tuple[RadiusClient, ...] = ()
+    reject_delay: float = 0.0
+    challenge_timeout: float = 120.0
+    rate_limit_per_client: float = 0.0
+    max_attributes: int = 255
+    challenge_message: str = "Enter your one-time code"
+    """Reply-Message of the Access-Challenge (challenge mode)."""
+    max_challenges: int = 10000
+    """Pending challenge States kept; beyond it the oldest is forgotten."""
+    duplicate_cache_seconds: float = 30.0
+    """How long a reply is kept to answer a retransmission of its request (RFC 5080)."""
+    duplicate_cache_size: int = 100000
+    rate_limit_burst: float = 0.0
+    """Requests a NAS may send at once above rate_limit_per_client (0: the rate, at least 1)."""
+    status_server: bool = True
+    """Answer Status-Server (RFC 5997) on the authentication port."""
+    unavailable_reply: str = "none"
+    """When the directory cannot be asked: "none" (no reply: the NAS fails over) or "reject"."""
+    bind_connections: int = 8
+    """Directory connections reused for users' password binds (0: a new one per bind)."""
+
+
+def parse_radius_listen(spec: str) -> tuple[str, int]:
+    """A RADIUS listen address "host:port" (IPv6 as "[::]:1812") as (host, port)."""
+    host, sep, port_text = spec.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"{spec!r} is not host:port (IPv6 as [address]:port)")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ValueError(f"{spec!r}: {host!r} is not an IP address") from exc
+    return host, int(port_text)
+
+
+def _client(sec: Section, base: Path) -> RadiusClient:
+    shared = secret(sec, "secret", base)
+    if not shared:
+        raise ConfigError(f"{sec.key('secret')} (or secret_file) is required")
+    if len(shared) < 16:
+        raise ConfigError(f"{sec.key('secret')}: use a shared secret of at least 16 characters")
+    cls = RadiusClient
+    client = RadiusClient(
+        network=network(sec, "address", sec.require("address", str, "an IP or CIDR")),
+        secret=shared.encode(),
+        mode=sec.choice("mode", RADIUS_MODES, cls.mode),
+        name=sec.value(cls, "name", str),
+        allow_chap=sec.value(cls, "allow_chap", bool),
+        allow_mschapv2=sec.value(cls, "allow_mschapv2", bool),
+        require_message_authenticator=sec.value(cls, "require_message_authenticator", bool),
+    )
+    sec.done()
+    return client
+
+
+def parse_radius(sec: Section, base: Path) -> RadiusConfig:
+    clients_raw = sec.raw("clients") or []
+    if not isinstance(clients_raw, list):
+        raise ConfigError(f"{sec.key('clients')}: expected [[radius.clients]] tables")
+    clients: list[RadiusClient] = []
+    for i, raw in enumerate(clients_raw):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{sec.key('clients')}[{i}]: expected a table")
+        csec = Section(raw, f"{sec.path}.clients[{i}]")
+        clients.append(_client(csec, base))
+        for j, other in enumerate(clients[:-1]):
+            if other.network == clients[-1].network:
+                raise ConfigError(f"{csec.key('address')}: {other.network} is already clients[{j}]")
+    listen = sec.strings("listen")
+    for spec in listen:
+        sec.check("listen", spec, parse_radius_listen)
+    cls = RadiusConfig
+    result = RadiusConfig(
+        listen=listen,
+        clients=tuple(clients),
+        reject_delay=sec.value(cls, "reject_delay", float, non_negative),
+        challenge_timeout=sec.value(cls, "challenge_timeout", float, positive),
+        rate_limit_per_client=sec.value(cls, "rate_limit_per_client", float, non_negative),
+        max_attributes=sec.value(cls, "max_attributes", int, positive),
+        challenge_message=sec.value(cls, "challenge_message", str),
+        max_challenges=sec.value(cls, "max_challenges", int, positive),
+        duplicate_cache_seconds=sec.value(cls, "duplicate_cache_seconds", float, positive),
+        duplicate_cache_size=sec.value(cls, "duplicate_cache_size", int, positive),
+        rate_limit_burst=sec.value(cls, "rate_limit_burst", float, non_negative),
+        status_server=sec.value(cls, "status_server", bool),
+        unavailable_reply=sec.choice(
+            "unavailable_reply", RADIUS_UNAVAILABLE_REPLIES, cls.unavailable_reply
+        ),
+        bind_connections=sec.value(cls, "bind_connections", int, non_negative),
+    )
+    if not 1 <= len(result.challenge_message.encode()) <= 253:
+        raise ConfigError(f"{sec.key('challenge_message')}: must be 1 to 253 octets of UTF-8")
+    if result.max_attributes > 2038:
+        raise ConfigError(
+            f"{sec.key('max_attributes')}: a 4096-octet packet holds at most 2038 attributes"
+        )
+    sec.done()
+    return result

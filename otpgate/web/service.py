@@ -1,0 +1,96 @@
+"""The web portal: self-service enrollment, help desk and /metrics, in the gateway's process.
+
+``web_services(gateway, config, reactor)`` returns the services to add to the top service
+(``make_service``); see docs/WEB.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.application import internet, service
+from twisted.internet import endpoints, ssl
+from twisted.web import server
+
+from otpgate.config import Config
+from otpgate.configfile import parse_listen
+from otpgate.directory.store import InventoryStore
+from otpgate.errors import ConfigError
+from otpgate.vault import Keyring
+from otpgate.web.bodycap import CappedRequest
+from otpgate.web.metrics import Metrics
+from otpgate.web.portal import Portal
+
+__all__ = ["web_services"]
+
+
+class _AuditObserverService(service.Service):
+    """Counts the audit trail's events into the metrics while the gateway runs."""
+
+    def __init__(self, audit: Any, metrics: Metrics) -> None:
+        self.audit = audit
+        self.metrics = metrics
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.audit.observers.append(self.metrics.observe_audit)
+
+    def stopService(self) -> Any:
+        self.audit.observers.remove(self.metrics.observe_audit)
+        return service.Service.stopService(self)
+
+
+def _tls_options(config: Config) -> Any:
+    web = config.web
+    if web.cert_file is None or web.key_file is None:
+        raise ConfigError("[web].listen: ssl: listeners need cert_file and key_file")
+    try:
+        pem = web.cert_file.read_bytes() + b"\n" + web.key_file.read_bytes()
+        return ssl.PrivateCertificate.loadPEM(pem).options()
+    except OSError as exc:
+        raise ConfigError(f"[web].cert_file/key_file: cannot read: {exc}") from exc
+    except SSL.Error as exc:
+        raise ConfigError(
+            f"[web].cert_file/key_file: {web.cert_file}, {web.key_file}: not a PEM certificate "
+            f"and its private key ({exc})"
+        ) from exc
+
+
+def web_services(
+    gateway: Any, config: Config, reactor: Any, keyring: Keyring | None = None
+) -> list[service.IService]:
+    """One service per [web] listener (sharing one portal), plus the audit observer."""
+    web = config.web
+    if not web.listen:
+        return []
+    radius = gateway.radius_counters if config.radius.listen else None
+    metrics = Metrics(gateway.directory_stats, radius)
+    inventory = None
+    if config.directory.inventory_dn:
+        inventory = InventoryStore(
+            config.directory, keyring or Keyring.load(config.keyring), gateway.store
+        )
+    services: list[service.IService] = [_AuditObserverService(gateway.audit, metrics)]
+    # HTTPS for browsers: a TLS listener here, or TLS terminated by a reverse proxy in front.
+    https = web.tls_terminated_by_proxy or any(parse_listen(d).tls for d in web.listen)
+    portal = Portal(gateway, config, reactor, metrics, https=https, inventory=inventory)
+    # Bodies are capped while they arrive (bodycap.py), never spooled to a temporary file.
+    site = server.Site(portal, requestFactory=CappedRequest)
+    site.displayTracebacks = False
+    for description in web.listen:
+        address = parse_listen(description)
+        if address.tls:
+            endpoint: Any = endpoints.SSL4ServerEndpoint(
+                reactor, address.port, _tls_options(config), interface=address.interface
+            )
+        elif ":" in address.interface:
+            endpoint = endpoints.TCP6ServerEndpoint(
+                reactor, address.port, interface=address.interface
+            )
+        else:
+            endpoint = endpoints.TCP4ServerEndpoint(
+                reactor, address.port, interface=address.interface
+            )
+        services.append(internet.StreamServerEndpointService(endpoint, site))
+    return services
