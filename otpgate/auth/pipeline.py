@@ -16,20 +16,25 @@ goes to the audit log.  Passwords, seeds and OTPs are never logged.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from otpgate.audit import AuditTrail
-from otpgate.auth.lockout import is_locked, record_failure, record_success
+from otpgate.auth.bindcache import BindCache
+from otpgate.auth.decide import verify_proof, verify_typed
+from otpgate.auth.lockout import is_locked
 from otpgate.auth.policy import Decision, Policy
-from otpgate.auth.verify import (
-    Match,
-    candidate_codes,
-    is_replay,
-    last_codes,
-    split_candidates,
-    verify_code,
+from otpgate.auth.requests import (
+    AuthRequest,
+    AuthResult,
+    FirstFactorResult,
+    P,
+    PasswordCheck,
+    ProofCheck,
+    Step,
+    Trace,
 )
+from otpgate.auth.verify import split_candidates
 from otpgate.codec import CodecError
 from otpgate.config import Config
 from otpgate.directory.ldapdata import (
@@ -38,60 +43,18 @@ from otpgate.directory.ldapdata import (
     DirectoryError,
     DirectoryUnavailable,
 )
-from otpgate.directory.state import OtpState, StateChange, UserEntry
+from otpgate.directory.state import OtpState, UserEntry
 from otpgate.directory.store import OtpStore
 
-PasswordCheck = Callable[[str, bytes], Awaitable[tuple[int, str]]]
-"""(dn, password) -> (LDAP result code, diagnostic) of a simple bind upstream."""
-
-P = TypeVar("P")
-
-ProofCheck = Callable[[str], P | None]
-"""Called with one candidate code; a value if the client's proof was computed from that code."""
-
-
-@dataclass(frozen=True)
-class AuthRequest:
-    name: str
-    secret: str = field(repr=False)
-    """What the user typed: password+OTP (append), password alone (exempt), or the OTP alone."""
-    client: str | None = None
-    front_end: str = ""
-    otp_only: bool = False
-    """The password was already checked by the caller (RADIUS otp-only / challenge step 2)."""
-    require_otp: bool = False
-    """Policy exemptions (exempt account, trusted network, not in a required group) do not
-    apply: an OTP must be verified, and a user without a token is refused."""
-
-
-@dataclass(frozen=True)
-class AuthResult:
-    ok: bool
-    reason: str
-    dn: str | None = None
-    token_id: str | None = None
-    unavailable: bool = False
-    """The directory could not be asked: front ends answer "unavailable", never success."""
-    scratch_remaining: int | None = None
-    password_length: int | None = None
-    """How many leading characters of the secret were the password (append mode)."""
-
-
-@dataclass(frozen=True)
-class FirstFactorResult:
-    ok: bool
-    needs_otp: bool
-    """The password was right and an OTP must follow (RADIUS challenge mode)."""
-    reason: str
-    dn: str | None = None
-    unavailable: bool = False
-
-
-@dataclass(frozen=True)
-class _Verdict:
-    match: Match | None
-    password: str
-    why: str
+__all__ = [
+    "AuthRequest",
+    "AuthResult",
+    "Authenticator",
+    "FirstFactorResult",
+    "PasswordCheck",
+    "ProofCheck",
+    "Step",
+]
 
 
 @dataclass(frozen=True)
@@ -108,6 +71,11 @@ class _Ready:
 R = TypeVar("R")
 
 
+def _note(trace: Trace, name: str, ok: bool | None, detail: str) -> None:
+    if trace is not None:
+        trace.append(Step(name, ok, detail))
+
+
 class Authenticator:
     def __init__(
         self, config: Config, store: OtpStore, clock: Any, audit: AuditTrail | None = None
@@ -117,10 +85,12 @@ class Authenticator:
         self.policy = Policy(config.policy)
         self.clock = clock
         self.audit = audit or AuditTrail(config.logging, clock)
+        seconds = config.ldap_proxy.bind_cache_seconds
+        self.bind_cache: BindCache | None = BindCache(seconds) if seconds > 0 else None
 
     # -- the two shared pieces -------------------------------------------------------------
 
-    async def _prologue(self, request: AuthRequest) -> _Ready:
+    async def _prologue(self, request: AuthRequest, trace: Trace = None) -> _Ready:
         """resolve -> policy -> fresh read if the cache could mislead -> decode -> lockout."""
         if (
             not request.otp_only
@@ -130,11 +100,12 @@ class Authenticator:
         ):
             # An exempt DN (service account, possibly no user entry at all): its password
             # bind is all there is; with admin groups configured it is looked up first.
+            _note(trace, "policy", None, "exempt DN: its password alone, without a lookup")
             return _Ready(None, Decision(False, "exempt account"))
         user = await self.store.resolve(request.name)
         decision = self._decide(user, request)
         if not decision.needs_otp:
-            return _Ready(user, decision)
+            return self._ready(trace, _Ready(user, decision))
         state = self.store.decode(user)
         now = self.clock.seconds()
         if user.from_cache and (not state.tokens or is_locked(state.used, now)):
@@ -143,13 +114,27 @@ class Authenticator:
             user = await self.store.resolve(request.name, fresh=True)
             decision = self._decide(user, request)
             if not decision.needs_otp:
-                return _Ready(user, decision)
+                return self._ready(trace, _Ready(user, decision))
             state = self.store.decode(user)
         if not state.tokens:
-            return _Ready(user, decision, state, "no token enrolled")
+            return self._ready(trace, _Ready(user, decision, state, "no token enrolled"))
         if is_locked(state.used, now):
-            return _Ready(user, decision, state, "locked out")
-        return _Ready(user, decision, state)
+            return self._ready(trace, _Ready(user, decision, state, "locked out"))
+        return self._ready(trace, _Ready(user, decision, state))
+
+    @staticmethod
+    def _ready(trace: Trace, ready: _Ready) -> _Ready:
+        if trace is not None and ready.user is not None:
+            _note(trace, "resolve", True, f"the entry is {ready.user.dn}")
+            decision = ready.decision
+            need = "OTP required" if decision.needs_otp else "no OTP needed"
+            _note(trace, "policy", None, f"{need} ({decision.reason})")
+            if ready.state is not None:
+                kinds = ", ".join(f"{t.id} {t.type.value}" for t in ready.state.tokens)
+                _note(trace, "tokens", bool(ready.state.tokens), kinds or "none")
+                locked = ready.refusal == "locked out"
+                _note(trace, "lockout", not locked, "locked out" if locked else "not locked")
+        return ready
 
     def _decide(self, user: UserEntry, request: AuthRequest) -> Decision:
         if request.require_otp:
@@ -187,22 +172,75 @@ class Authenticator:
     def _audit_result(result: AuthResult) -> tuple[str, str, str | None, str | None]:
         return ("accept" if result.ok else "reject"), result.reason, result.dn, result.token_id
 
+    @staticmethod
+    def _failed(why: str, down: bool) -> AuthResult:
+        return AuthResult(False, why, unavailable=down)
+
     # -- password + OTP, OTP alone ----------------------------------------------------------
 
     async def authenticate(
-        self, request: AuthRequest, check_password: PasswordCheck | None
+        self,
+        request: AuthRequest,
+        check_password: PasswordCheck | None,
+        *,
+        rebind: bool = False,
+        trace: Trace = None,
     ) -> AuthResult:
-        return await self._decided(
-            request,
-            self._authenticate(request, check_password),
-            lambda why, down: AuthResult(False, why, unavailable=down),
-            self._audit_result,
-        )
+        """The login.  ``rebind``: the front end lets a client repeat a login it just made
+        (LDAP applications that bind twice): with ``[ldap_proxy] bind_cache_seconds``, the
+        same password+code from the same client is accepted again for that long, its
+        password still checked upstream (see ``bindcache.py``)."""
+        body = self._authenticate(request, check_password, rebind, trace)
+        result = await self._decided(request, body, self._failed, self._audit_result)
+        outcome = "accepted: " if result.ok else "rejected: "
+        _note(trace, "pipeline", result.ok, outcome + result.reason)
+        return result
+
+    async def explain(
+        self, request: AuthRequest, check_password: PasswordCheck | None
+    ) -> tuple[AuthResult, list[Step]]:
+        """A real login (the code is spent, failures count), with the steps it went through."""
+        steps: list[Step] = []
+        return await self.authenticate(request, check_password, trace=steps), steps
 
     async def _authenticate(
-        self, request: AuthRequest, check_password: PasswordCheck | None
+        self,
+        request: AuthRequest,
+        check_password: PasswordCheck | None,
+        rebind: bool = False,
+        trace: Trace = None,
     ) -> AuthResult:
-        ready = await self._prologue(request)
+        cache = self.bind_cache if rebind else None
+        if cache is not None:
+            cached = await self._cached_rebind(cache, request, check_password)
+            if cached is not None:
+                return cached
+        result = await self._login(request, check_password, trace)
+        if cache is not None and result.ok and result.dn and result.password_length is not None:
+            now = self.clock.seconds()
+            cache.remember(
+                request.name, request.client, request.secret, result.password_length, result.dn, now
+            )
+        return result
+
+    async def _cached_rebind(
+        self, cache: BindCache, request: AuthRequest, check_password: PasswordCheck | None
+    ) -> AuthResult | None:
+        now = self.clock.seconds()
+        cached = cache.lookup(request.name, request.client, request.secret, now)
+        if cached is None or check_password is None:
+            return None
+        password = request.secret[: cached.password_length].encode()
+        code, _message = await check_password(cached.dn, password)
+        if code == SUCCESS:
+            return AuthResult(True, "bind cache", cached.dn, password_length=cached.password_length)
+        cache.forget(request.name, request.client)
+        return None
+
+    async def _login(
+        self, request: AuthRequest, check_password: PasswordCheck | None, trace: Trace
+    ) -> AuthResult:
+        ready = await self._prologue(request, trace)
         user, decision = ready.user, ready.decision
         if user is None:
             return await self._password_only(request, check_password)
@@ -229,39 +267,22 @@ class Authenticator:
                 return AuthResult(False, "no password+OTP in the secret", user.dn)
 
         now = self.clock.seconds()
-        verdict, user = await self.store.update(user, lambda s: self._verify(s, candidates, now))
+        verdict, user = await self.store.update(
+            user, lambda s: verify_typed(s, candidates, now, self.config)
+        )
         if verdict.match is None:
+            _note(trace, "otp", False, verdict.why)
             return AuthResult(False, verdict.why, user.dn)
         token_id = verdict.match.token.id
+        _note(trace, "otp", True, f"accepted for token {token_id}, recorded as used")
         left = verdict.match.scratch_remaining
         if request.otp_only:
             return AuthResult(True, "OTP accepted", user.dn, token_id, scratch_remaining=left)
         result = await self._password(
             user, verdict.password, check_password, "password+OTP accepted", token_id, left
         )
+        _note(trace, "password", result.ok, "bound upstream" if result.ok else result.reason)
         return replace(result, password_length=len(verdict.password)) if result.ok else result
-
-    def _verify(
-        self, state: OtpState, candidates: list[tuple[str, str]], now: float
-    ) -> StateChange[_Verdict]:
-        """Pure: decide on the freshly read state and say what to write."""
-        if is_locked(state.used, now):
-            return StateChange(_Verdict(None, "", "locked out"))
-        otp = self.config.otp
-        for password, code in candidates:
-            match = verify_code(state.tokens, state.secrets, state.used, code, now, otp)
-            if match is not None:
-                used = record_success(state.used, match.token.id, match.use)
-                return StateChange(_Verdict(match, password, "ok"), used=used)
-        if any(
-            is_replay(state.tokens, state.secrets, state.used, code, now, otp)
-            for _pw, code in candidates
-        ):
-            # A spent code sent again (e.g. retried after an outage): refused, not a guess.
-            return StateChange(_Verdict(None, "", "OTP already used"))
-        used = record_failure(state.used, now, self.config.lockout)
-        why = "wrong OTP" + (" (now locked out)" if used.locked_until else "")
-        return StateChange(_Verdict(None, "", why), used=used)
 
     async def _password_only(
         self, request: AuthRequest, check_password: PasswordCheck | None
@@ -339,6 +360,35 @@ class Authenticator:
         done = await self._password(user, request.secret, check_password, why)
         return FirstFactorResult(done.ok, True, done.reason, user.dn)
 
+    # -- the portal: a first device with the password alone ------------------------------------
+
+    async def first_enrollment(
+        self, request: AuthRequest, check_password: PasswordCheck | None, allowed: bool
+    ) -> AuthResult:
+        """The password alone, for a user who has no token yet, where password-only enrollment
+        applies (``allowed``: ``Policy.password_only_enrollment``).  Success opens nothing but
+        the first enrollment.  A user who has a token is refused before the password is tried
+        (no password oracle without the second factor)."""
+        return await self._decided(
+            request,
+            self._first_enrollment(request, check_password, allowed),
+            self._failed,
+            self._audit_result,
+        )
+
+    async def _first_enrollment(
+        self, request: AuthRequest, check_password: PasswordCheck | None, allowed: bool
+    ) -> AuthResult:
+        if not allowed:
+            return AuthResult(False, "no one-time code (password-only enrollment does not apply)")
+        user = await self.store.resolve(request.name, fresh=True)
+        if self.store.decode(user).tokens:
+            why = "no one-time code, and the user has a token: a code is required"
+            return AuthResult(False, why, user.dn)
+        why = "password only, first enrollment"
+        result = await self._password(user, request.secret, check_password, why)
+        return result if result.ok else replace(result, reason=f"{why}: {result.reason}")
+
     # -- OTP proofs (CHAP, MS-CHAPv2) ------------------------------------------------------------
 
     async def authenticate_proof(
@@ -357,7 +407,7 @@ class Authenticator:
         result = await self._decided(
             request,
             self._authenticate_proof(request, proof, found),
-            lambda why, down: AuthResult(False, why, unavailable=down),
+            self._failed,
             self._audit_result,
         )
         return result, (found[0] if result.ok and found else None)
@@ -375,33 +425,11 @@ class Authenticator:
         if ready.refusal is not None:
             return AuthResult(False, ready.refusal, user.dn)
         now = self.clock.seconds()
-        verdict, user = await self.store.update(user, lambda s: self._verify_proof(s, proof, now))
+        verdict, user = await self.store.update(
+            user, lambda s: verify_proof(s, proof, now, self.config)
+        )
         match, value, why = verdict
         if match is None or value is None:
             return AuthResult(False, why, user.dn)
         found.append(value)
         return AuthResult(True, "OTP proof accepted", user.dn, match.token.id)
-
-    def _verify_proof(
-        self, state: OtpState, proof: ProofCheck[P], now: float
-    ) -> StateChange[tuple[Match | None, P | None, str]]:
-        """Pure apart from ``proof``: try every candidate code, record the first match."""
-        if is_locked(state.used, now):
-            return StateChange((None, None, "locked out"))
-        hit: tuple[Match, P] | None = None
-        for candidate in candidate_codes(
-            state.tokens, state.secrets, state.used, now, self.config.otp
-        ):
-            value = proof(candidate.code)
-            if value is not None and hit is None:
-                hit = (candidate.match, value)
-        if hit is not None:
-            match, value = hit
-            used = record_success(state.used, match.token.id, match.use)
-            return StateChange((match, value, "ok"), used=used)
-        spent = last_codes(state.tokens, state.secrets, state.used, now, self.config.otp)
-        if [code for code in spent if proof(code) is not None]:
-            return StateChange((None, None, "proof of an OTP already used"))
-        used = record_failure(state.used, now, self.config.lockout)
-        why = "no valid OTP matches the proof" + (" (now locked out)" if used.locked_until else "")
-        return StateChange((None, None, why), used=used)

@@ -61,6 +61,12 @@ def dn_key(dn: str) -> tuple[str, ...] | None:
     return tuple(rdns)
 
 
+def same_dn(a: str, b: str) -> bool:
+    """Two DNs name the same entry (compared RDN by RDN, see ``dn_key``)."""
+    key = dn_key(a)
+    return key is not None and key == dn_key(b)
+
+
 def normalise_dn(dn: str) -> str:
     """A canonical text of ``dn`` for comparisons (see ``dn_key``); unparsable names are
     only lower-cased, so they never equal a real DN's canonical form by accident."""

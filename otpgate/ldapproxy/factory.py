@@ -11,7 +11,6 @@ from twisted.internet import protocol, ssl
 from twisted.logger import Logger
 
 from otpgate.directory.ldapdata import LdapUrl
-from otpgate.ldapproxy.bindcache import BindCache
 from otpgate.ldapproxy.config import LdapProxyConfig
 from otpgate.ldapproxy.proxy import LdapProxyProtocol
 from otpgate.ldapproxy.upstream import UpstreamProtocol, connect_upstream
@@ -49,8 +48,6 @@ class ProxyFactory(protocol.Factory):
         self._connections: set[LdapProxyProtocol] = set()
         self._per_client: Counter[str | None] = Counter()
         self.counters: Counter[str] = Counter()
-        seconds = self.config.bind_cache_seconds
-        self.bind_cache: BindCache | None = BindCache(seconds) if seconds > 0 else None
 
     def buildProtocol(self, addr: Any) -> LdapProxyProtocol | None:
         host = getattr(addr, "host", None)

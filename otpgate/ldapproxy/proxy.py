@@ -33,13 +33,13 @@ from twisted.python.failure import Failure
 
 from otpgate import ber
 from otpgate.auth.pipeline import AuthRequest
+from otpgate.auth.sasl import sasl_bind
 from otpgate.directory.connection import no_delay
 from otpgate.directory.ldapdata import (
     INVALID_CREDENTIALS,
     PROTOCOL_ERROR,
     SUCCESS,
     UNAVAILABLE,
-    DirectoryError,
     DirectoryUnavailable,
 )
 from otpgate.ldapproxy.upstream import UpstreamProtocol
@@ -51,7 +51,6 @@ log = Logger()
 
 OPERATIONS_ERROR = 1
 CONFIDENTIALITY_REQUIRED = 13
-SASL_BIND_IN_PROGRESS = 14
 INVALID = b"invalid credentials"
 MAX_QUEUED_BYTES = 1024 * 1024  # requests held while upstream connects or a bind runs
 MAX_OUTSTANDING = 10_000
@@ -65,36 +64,6 @@ class _OwnRequest:
     message_id: int
     response_tag: int
     deferred: defer.Deferred[tuple[bytes, ber.Header]]
-
-
-def _rdns(dn: str) -> list[str]:
-    """A DN's RDNs, lower case, spaces around "," and "=" removed (escapes kept)."""
-    parts: list[str] = []
-    current = ""
-    escaped = False
-    for char in dn:
-        if escaped:
-            current += char
-            escaped = False
-        elif char == "\\":
-            current += char
-            escaped = True
-        elif char == ",":
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    out = []
-    for part in parts:
-        attr, sep, value = part.partition("=")
-        out.append(f"{attr.strip().lower()}{sep}{value.strip().lower()}")
-    return out
-
-
-def same_dn(a: str, b: str) -> bool:
-    """Two DNs name the same entry (case- and space-insensitive comparison)."""
-    return bool(a.strip()) and _rdns(a) == _rdns(b)
 
 
 class LdapProxyProtocol(protocol.Protocol):
@@ -410,22 +379,9 @@ class LdapProxyProtocol(protocol.Protocol):
         async def check_password(dn: str, password: bytes) -> tuple[int, str]:
             return await self._upstream_bind(mid, dn.encode(), password)
 
-        cache = self.factory.bind_cache
-        now = self.factory.clock.seconds()
-        cached = cache.lookup(name, self.peer_host, secret, now) if cache else None
-        if cached is not None:
-            code, _ = await check_password(cached.dn, secret[: cached.password_length].encode())
-            if code == SUCCESS:
-                self._audit("accept", name, cached.dn, "bind cache")
-                self._bound = True
-                self._answer(mid, ber.BIND_RESPONSE, SUCCESS)
-                return
-            cache.forget(name, self.peer_host)
         result = await self.factory.gateway.authenticator.authenticate(
-            AuthRequest(name, secret, self.peer_host, "ldap"), check_password
+            AuthRequest(name, secret, self.peer_host, "ldap"), check_password, rebind=True
         )
-        if cache and result.ok and result.dn and result.password_length is not None:
-            cache.remember(name, self.peer_host, secret, result.password_length, result.dn, now)
         if result.ok:
             self._bound = True
             self._answer(mid, ber.BIND_RESPONSE, SUCCESS)
@@ -450,73 +406,40 @@ class LdapProxyProtocol(protocol.Protocol):
     # -- SASL --------------------------------------------------------------------------------
 
     async def _sasl_bind(self, pdu: bytes, mid: int, name: str, mechanism: bytes) -> None:
-        """SASL is for exempt accounts only, when allowed; the directory decides who is bound
-        from the credentials, not from the bind name, so the result is confirmed with
-        Who Am I? and anything but the named exempt account is refused and disconnected."""
-        mech = "SASL " + mechanism.decode("ascii", "replace")
-        policy = self.factory.gateway.authenticator.policy
-        if not policy.config.allow_sasl_for_exempt or not name or not policy.is_exempt(name):
-            self.factory.count("sasl_refused")
-            why = "not allowed" if policy.config.allow_sasl_for_exempt else "SASL is off"
-            self._audit("reject", name, None, f"{mech}: {why} (allow_sasl_for_exempt)")
-            self._answer(mid, ber.BIND_RESPONSE, INVALID_CREDENTIALS, INVALID)
-            return
-        try:
-            answer = await self._forward_bind(pdu, mid)  # None: already answered 52
-        except DirectoryUnavailable:
-            self._answer(mid, ber.BIND_RESPONSE, UNAVAILABLE, b"directory unavailable")
-            answer = None
-        if answer is None:
-            self._audit("reject", name, None, f"{mech}: directory unavailable")
-            return
-        response, response_header = answer
-        code = ber.result_code(response, response_header)
-        if code == SASL_BIND_IN_PROGRESS:
-            self._write(response)  # a challenge: the client's next bind continues
-            return
-        if code != SUCCESS:
-            self._audit("reject", name, None, f"{mech}: refused by the directory ({code})")
-            self._write(response)
-            return
-        try:
-            bound, why = await self._confirm_identity(mid, name)
-        except DirectoryUnavailable as exc:
-            bound, why = None, f"Who Am I? not answered: {exc}"
-        if bound is None:
-            self.factory.count("sasl_refused")
-            self._audit("reject", name, None, f"{mech}: {why}")
-            self._answer(mid, ber.BIND_RESPONSE, INVALID_CREDENTIALS, INVALID)
-            # The upstream connection is bound as someone else (or as nobody knows whom).
-            self._close("sasl_identity_mismatch", f"{mech} bind named {name!r}: {why}")
-            return
-        self.factory.count("sasl_accepted")
-        self._audit("accept", name, bound, f"{mech}: identity confirmed by Who Am I?")
-        self._bound = True
-        self._write(response)
+        """The pipeline decides (``auth/sasl.py``); here only the two protocol steps: the
+        client's own bind forwarded, and Who Am I? on the same upstream connection."""
+        response: list[bytes] = []
 
-    async def _confirm_identity(self, mid: int, name: str) -> tuple[str | None, str]:
-        """(the bound DN, "") if the upstream connection is bound as ``name``, else
-        (None, why).  Asks Who Am I? (RFC 4532) on the client's own upstream connection."""
-        try:
-            pdu, header = await self._own_request(
-                mid, ber.who_am_i_request(mid), ber.EXTENDED_RESPONSE
-            )
-            result = ber.decode_extended_response(pdu, header)
-        except ber.BerError as exc:
-            return None, f"malformed Who Am I? answer: {exc}"
-        if result.code != SUCCESS:
-            return None, f"the directory has no Who Am I? ({result.code}): SASL refused"
-        authz = (result.value or b"").decode("utf-8", "replace")
-        if authz[:3].lower() == "dn:":
-            dn = authz[3:]
-        elif authz[:2].lower() == "u:":
-            # Active Directory answers u:DOMAIN\\user: find that account's entry.
+        async def forward() -> int:
+            if self.upstream is None:
+                raise DirectoryUnavailable("no upstream connection")
+            pdu_back, header = await self._own_request(mid, pdu, ber.BIND_RESPONSE)
+            response.append(pdu_back)
+            return ber.result_code(pdu_back, header)
+
+        async def who_am_i() -> tuple[int, bytes]:
             try:
-                dn = (await self.factory.gateway.store.resolve(authz[2:])).dn
-            except DirectoryError as exc:
-                return None, f"bound as {authz!r}, which cannot be resolved: {exc}"
+                answer, header = await self._own_request(
+                    mid, ber.who_am_i_request(mid), ber.EXTENDED_RESPONSE
+                )
+                result = ber.decode_extended_response(answer, header)
+            except ber.BerError:
+                return PROTOCOL_ERROR, b""
+            return result.code, result.value or b""
+
+        mech = mechanism.decode("ascii", "replace")
+        request = AuthRequest(name, "", self.peer_host, "ldap")
+        done = await sasl_bind(self.factory.gateway.authenticator, request, mech, forward, who_am_i)
+        if done.result.ok:
+            self.factory.count("sasl_accepted")
+            self._bound = True
+            self._write(response[0])
+        elif done.in_progress or (response and not done.disconnect):
+            self._write(response[0])  # a challenge, or the directory's own refusal
+        elif done.result.unavailable:
+            self._answer(mid, ber.BIND_RESPONSE, UNAVAILABLE, b"directory unavailable")
         else:
-            return None, f"bound as {authz!r}, not as the named account"
-        if not same_dn(dn, name):
-            return None, f"bound as {authz!r}, not as the named account"
-        return dn, ""
+            self.factory.count("sasl_refused")
+            self._answer(mid, ber.BIND_RESPONSE, INVALID_CREDENTIALS, INVALID)
+            if done.disconnect:  # bound upstream as someone else, or nobody knows whom
+                self._close("sasl_identity_mismatch", f"SASL bind named {name!r}: refused")

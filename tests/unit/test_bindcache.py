@@ -1,4 +1,4 @@
-from otpgate.ldapproxy.bindcache import BindCache
+from otpgate.auth.bindcache import BindCache
 
 
 def test_hit_only_for_the_same_secret_name_client_and_within_ttl():

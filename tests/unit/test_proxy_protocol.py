@@ -21,14 +21,16 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from otpgate import ber
-from otpgate.auth.pipeline import AuthResult
-from otpgate.auth.policy import Policy
+from otpgate.auth.pipeline import Authenticator, AuthResult
 from otpgate.config import parse_config
 from otpgate.directory.connection import LdapClientProtocol, LdapConnection, TlsSettings
 from otpgate.directory.ldapdata import DirectoryUnavailable, LdapUrl
-from otpgate.directory.state import UserEntry, UserNotFound
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.upstream import STARTTLS_ID, UpstreamProtocol
+from otpgate.vault import Keyring
+from tests.unit.memdir import MemoryDirectory, MemoryStore
+
+KEYRING = Keyring({"k1": b"k" * 32}, "k1")
 
 SVC = "cn=app,ou=services,dc=example,dc=org"
 ALICE = "uid=alice,ou=people,dc=example,dc=org"
@@ -46,30 +48,24 @@ class FakeAudit:
         self.events.append(event)
 
 
-class FakeAuthenticator:
-    """The pipeline's exempt path: the password bind upstream decides."""
+class RecordingAuthenticator(Authenticator):
+    """The real pipeline (over an in-memory directory), remembering whom it was asked about."""
 
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.names: list[str] = []
 
-    async def authenticate(self, request: Any, check_password: Any) -> AuthResult:
+    async def authenticate(self, request: Any, check_password: Any, **kw: Any) -> AuthResult:
         self.names.append(request.name)
-        try:
-            code, _ = await check_password(request.name, request.secret.encode())
-        except DirectoryUnavailable as exc:
-            return AuthResult(False, str(exc), unavailable=True)
-        return AuthResult(code == 0, f"stub: bind {code}", request.name)
+        return await super().authenticate(request, check_password, **kw)
 
 
-class FakeStore:
-    def __init__(self, names: dict[str, str]) -> None:
-        self.names = names
-
-    async def resolve(self, name: str) -> UserEntry:
-        if name not in self.names:
-            raise UserNotFound(f"no user {name!r}")
-        return UserEntry(self.names[name], b"id-" + name.encode())
+def _entry(directory: MemoryDirectory, dn: str, uid: str) -> None:
+    directory.entries[dn.lower()] = (dn, {
+        "objectclass": [b"inetOrgPerson"],
+        "uid": [uid.encode()],
+        "entryuuid": [f"00000000-0000-4000-8000-{len(directory.entries):012d}".encode()],
+    })
 
 
 class FakeGateway:
@@ -92,8 +88,13 @@ class FakeGateway:
         self.reactor = Clock()
         self.tls = TlsSettings()
         self.audit = FakeAudit()
-        self.authenticator = FakeAuthenticator(Policy(self.config.policy))
-        self.store = FakeStore({"EXAMPLE\\app": SVC, "EXAMPLE\\alice": ALICE})
+        self.directory = MemoryDirectory()
+        _entry(self.directory, SVC, "app")
+        _entry(self.directory, ALICE, "alice")
+        self.store = MemoryStore(self.config, KEYRING, self.directory, self.reactor)
+        self.authenticator = RecordingAuthenticator(
+            self.config, self.store, self.reactor, self.audit
+        )
 
 
 class ClientTransport(StringTransport):
