@@ -411,3 +411,17 @@ class PduBuffer:
     def buffered(self) -> int:
         """Bytes received but not handed out yet."""
         return len(self._data)
+
+
+def filter_or(*parts: bytes) -> bytes:
+    return tlv(0xA1, b"".join(parts))
+
+
+def filter_prefix(attribute: bytes, prefix: bytes) -> bytes:
+    """RFC 4511 substrings filter (attribute=prefix*)."""
+    return tlv(0xA4, tlv(0x04, attribute) + tlv(0x30, tlv(0x80, prefix)))
+
+
+def filter_extensible(rule: bytes, attribute: bytes, value: bytes) -> bytes:
+    """RFC 4511 extensibleMatch filter (attribute:rule:=value)."""
+    return tlv(0xA9, tlv(0x81, rule) + tlv(0x82, attribute) + tlv(0x83, value))

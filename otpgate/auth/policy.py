@@ -10,6 +10,7 @@ from ldap3.core.exceptions import LDAPInvalidDnError  # type: ignore[import-unty
 from ldap3.utils.dn import parse_dn  # type: ignore[import-untyped]
 
 from otpgate.auth.config import PolicyConfig
+from otpgate.configfile import Network
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _SPECIAL = ',+"\\<>;=#'
@@ -113,10 +114,27 @@ class Policy:
         return Decision(True, "policy")
 
     def _trusted(self, client_ip: str) -> bool:
-        if not self.config.trusted_networks:
-            return False
-        try:
-            addr = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.config.trusted_networks)
+        return in_networks(client_ip, self.config.trusted_networks)
+
+
+def in_networks(address: str | None, networks: tuple[Network, ...]) -> bool:
+    """Whether ``address`` (an IP address as text) lies in one of ``networks``."""
+    if address is None or not networks:
+        return False
+    try:
+        addr = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
+
+
+def password_only_enrollment(
+    network: str | None, now: float, networks: tuple[Network, ...], until: float | None
+) -> bool:
+    """Whether a user without a token may enroll a first device with the password alone from
+    ``network`` (None: an address that grants nothing): from the configured networks, or
+    from anywhere until the rollout window ends (``[web]
+    password_only_enrollment_networks`` / ``password_only_enrollment_until``)."""
+    if until is not None and now < until:
+        return True
+    return in_networks(network, networks)

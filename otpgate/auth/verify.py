@@ -196,6 +196,31 @@ def is_replay(
     return False
 
 
+def confirm_new_device(
+    token: Token, secret: Secret, code: str, now: float, otp: OtpConfig
+) -> int:
+    """The counter or step of ``code`` for a device being enrolled (its first code, which
+    proves the user has it), or -1.  That counter/step is recorded as used at once, so the
+    confirmation code cannot be replayed."""
+    try:
+        if token.type is TokenType.TOTP:
+            window = otp.totp_window
+            tm = verify_totp(
+                secret.key, code, now, -1, digits=token.digits, algorithm=token.algorithm,
+                period=token.period, window=window,
+            )  # fmt: skip
+            return tm.step if tm is not None else -1
+        if token.type is TokenType.HOTP:
+            hm = verify_hotp(
+                secret.key, code, -1, digits=token.digits, algorithm=token.algorithm,
+                look_ahead=otp.hotp_look_ahead,
+            )  # fmt: skip
+            return hm.counter if hm is not None else -1
+    except _BAD_TOKEN_DATA:
+        return -1
+    return -1
+
+
 # -- enumeration, for proofs that hide the code (RADIUS CHAP, MS-CHAPv2) ----------------------
 
 

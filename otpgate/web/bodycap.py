@@ -84,4 +84,3 @@ class CappedRequest(server.Request):
 
 def _ignore(data: bytes) -> None:
     return None
-

@@ -1,0 +1,81 @@
+"""Rights beyond a login, decided on fresh reads: who is help desk, and whom the help desk
+may not change (administrators and other help-desk members).
+
+Group membership is a user's ``memberOf`` values, or the groups' ``member`` values where
+there is no ``memberOf`` (OpenLDAP without the overlay); on AD nested membership counts
+too (LDAP_MATCHING_RULE_IN_CHAIN).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+from otpgate import ber
+from otpgate.auth.policy import normalise_dn
+from otpgate.config import Config
+from otpgate.directory.ldapdata import SCOPE_BASE
+from otpgate.directory.state import UserEntry
+from otpgate.directory.store import OtpStore
+from otpgate.errors import DirectoryError
+
+log = Logger()
+
+IN_CHAIN = b"1.2.840.113556.1.4.1941"
+"""AD's LDAP_MATCHING_RULE_IN_CHAIN: membership through nested groups."""
+
+
+class Rights:
+    def __init__(self, config: Config, store: OtpStore, read_pool: Any) -> None:
+        self.config = config
+        self.store = store
+        self.read_pool = read_pool
+        self.nested = config.directory.profile.server == "ad"
+
+    async def member(self, user: UserEntry, groups: tuple[str, ...]) -> bool:
+        """Whether ``user`` is in one of ``groups``.  Raises DirectoryError."""
+        if not groups:
+            return False
+        wanted = {normalise_dn(g) for g in groups}
+        if {normalise_dn(g) for g in user.groups} & wanted:
+            return True
+        conn = await self.read_pool.connection()
+        for group in groups:
+            if self.nested:
+                member = ber.filter_extensible(IN_CHAIN, b"member", user.dn.encode())
+            else:
+                member = ber.filter_equal(b"member", user.dn.encode())
+            if await conn.search(group, member, ["cn"], scope=SCOPE_BASE):
+                return True
+        return False
+
+    async def is_helpdesk(self, dn: str) -> bool:
+        """A member of ``[web] helpdesk_groups`` now (False when it cannot be read)."""
+        groups = self.config.web.helpdesk_groups
+        if not groups:
+            return False
+        try:
+            return await self.member(await self.store.resolve(dn, fresh=True), groups)
+        except DirectoryError as exc:
+            log.warn("help-desk group check for {dn} failed: {error}", dn=dn, error=str(exc))
+        return False
+
+    async def protected(self, dn: str) -> str | None:
+        """Why the help desk may not change ``dn``, or None.
+
+        Administrators (``[policy] admin_groups``) and help-desk members (the signed-in
+        member included) are changed by the directory's own admins with the CLI: a help-desk
+        member who could reset or issue scratch codes for another member or an admin could
+        take over that account, or raise their own rights.  When the groups cannot be read
+        the answer is "protected" (fail closed)."""
+        try:
+            fresh = await self.store.resolve(dn, fresh=True)
+            if await self.member(fresh, self.config.policy.admin_groups):
+                return "an administrator"
+            if await self.member(fresh, self.config.web.helpdesk_groups):
+                return "a help-desk member"
+        except DirectoryError as exc:
+            log.warn("help desk: group check of {dn} failed: {error}", dn=dn, error=str(exc))
+            return "a user whose groups cannot be read now"
+        return None

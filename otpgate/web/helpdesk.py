@@ -1,0 +1,209 @@
+"""The portal's help desk: find a user, see their devices, revoke, reset, unlock, issue a
+scratch list, assign an inventory token; never for administrators or help-desk members."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from otpgate import ber
+from otpgate.admin.enrollment import PolicyError
+from otpgate.admin.inventory import assign_token
+from otpgate.admin.manage import reset_change, revoke_change, unlock_change
+from otpgate.codec import CodecError
+from otpgate.directory.inventory import InventoryError
+from otpgate.directory.ldapdata import DirectoryError
+from otpgate.directory.state import (
+    AmbiguousUser,
+    OtpState,
+    StateChange,
+    UserEntry,
+    UserNotFound,
+)
+from otpgate.web import render
+from otpgate.web.base import MATCHES, SIZE_LIMIT_EXCEEDED, Reply
+from otpgate.web.selfservice import SelfService
+from otpgate.web.sessions import Session
+
+
+class HelpDesk(SelfService):
+    # -- help desk -----------------------------------------------------------------------------
+
+    async def get_helpdesk(
+        self,
+        request: Any,
+        session: Session | None,
+        client: str,
+        query: str | None = None,
+        notice: str | None = None,
+        error: str | None = None,
+    ) -> Reply:
+        if session is None:
+            return self._redirect("/signin")
+        if not session.helpdesk:
+            return self._page("Refused", render.message("Help desk only."), session, 403)
+        if query is None:
+            raw = request.args.get(b"q", [b""])[0] if request is not None else b""
+            query = raw.decode("utf-8", "replace").strip()
+        found = None
+        if query:
+            try:
+                user, state = await self._state(query)
+                protected = await self._protected(user)
+                found = render.helpdesk_user(
+                    user.dn,
+                    state,
+                    session.csrf,
+                    self.now(),
+                    self.inventory is not None,
+                    protected=protected,
+                )
+                self.audit(session, client, "view", "looked at the user", user=query, dn=user.dn)
+            except (UserNotFound, AmbiguousUser):
+                try:
+                    found = render.matches(await self._search_users(query))
+                except DirectoryError as exc:
+                    error = error or f"{query}: {exc}"
+            except (DirectoryError, CodecError) as exc:
+                error = error or f"{query}: {exc}"
+        body = render.helpdesk(session.csrf, query, found, notice, error)
+        return self._page("Help desk", body, session)
+
+    async def _protected(self, user: UserEntry) -> str | None:
+        return await self.rights.protected(user.dn)
+
+    async def _hd_target(
+        self, form: dict[str, str], session: Session, client: str, action: str
+    ) -> UserEntry | Reply:
+        """The target of a help-desk action, or the reply refusing it (audited)."""
+        target = form.get("user", "")
+        try:
+            user, _state = await self._state(target)
+        except (DirectoryError, CodecError) as exc:
+            return await self.get_helpdesk(None, session, client, target, error=str(exc))
+        why = await self._protected(user)
+        if why is None:
+            return user
+        self.audit(
+            session,
+            client,
+            "refused",
+            f"help-desk {action} of {why} (administrators and help-desk members are changed "
+            "with the CLI)",
+            user=target,
+            dn=user.dn,
+        )
+        message = f"Refused: {user.dn} is {why}. Use the otpgate CLI for such accounts."
+        page = await self.get_helpdesk(None, session, client, target, error=message)
+        return Reply(page.body, 403, page.content_type)
+
+    async def _search_users(self, query: str) -> list[tuple[str, str]]:
+        """(DN, login name) of users whose login name, UPN/mail or cn start with ``query``."""
+        d = self.config.directory
+        prefix = query.encode("utf-8")[:128]
+        names = (d.search_attribute, d.upn_attribute, "cn")
+        prefixes = (ber.filter_prefix(a.encode(), prefix) for a in names)
+        wanted = ber.filter_and(self._user_filter, ber.filter_or(*prefixes))
+        conn = await self.gateway.read_pool.connection()
+        try:
+            found = await conn.search(d.base_dn, wanted, [d.search_attribute], size_limit=MATCHES)
+        except DirectoryError as exc:
+            if exc.result_code != SIZE_LIMIT_EXCEEDED:
+                raise
+            raise DirectoryError(
+                f"more than {MATCHES} users match: type more", exc.result_code
+            ) from exc
+        result = []
+        for entry in found:
+            login = entry.attributes.get(d.search_attribute.lower(), [b""])[0]
+            result.append((entry.dn, login.decode("utf-8", "replace")))
+        return sorted(result, key=lambda r: r[1].lower())
+
+    async def _hd_change(
+        self,
+        form: dict[str, str],
+        session: Session,
+        client: str,
+        action: str,
+        detail: str,
+        change: Callable[[OtpState], StateChange[Any]],
+    ) -> Reply:
+        user = await self._hd_target(form, session, client, action)
+        if isinstance(user, Reply):
+            return user
+        target = form.get("user", "")
+        try:
+            await self.gateway.store.update(user, change)
+        except (PolicyError, DirectoryError, CodecError) as exc:
+            return await self.get_helpdesk(None, session, client, target, error=str(exc))
+        token = form.get("token") or None
+        self.audit(
+            session, client, f"helpdesk-{action}", detail, user=target, dn=user.dn, token=token
+        )
+        return await self.get_helpdesk(None, session, client, target, notice=f"Done: {detail}.")
+
+    async def hd_revoke(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        token_id = form.get("token", "")
+        return await self._hd_change(
+            form,
+            session,
+            client,
+            "revoke",
+            f"revoke {token_id}",
+            lambda s: revoke_change(s, token_id),
+        )
+
+    async def hd_reset(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        return await self._hd_change(form, session, client, "reset", "reset", reset_change)
+
+    async def hd_unlock(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        return await self._hd_change(form, session, client, "unlock", "unlock", unlock_change)
+
+    async def hd_scratch(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        user = await self._hd_target(form, session, client, "scratch")
+        if isinstance(user, Reply):
+            return user
+        target = form.get("user", "")
+        try:
+            codes, token_id = await self._new_scratch(user.dn)
+        except (DirectoryError, CodecError) as exc:
+            return await self.get_helpdesk(None, session, client, target, error=str(exc))
+        self.audit(
+            session,
+            client,
+            "helpdesk-scratch",
+            "issued a scratch list",
+            user=target,
+            dn=user.dn,
+            token=token_id,
+        )
+        return self._page("Scratch codes", render.scratch_codes(codes, target), session)
+
+    async def hd_assign(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        target = form.get("user", "")
+        serial = form.get("serial", "").strip()
+        if self.inventory is None or not serial:
+            return await self.get_helpdesk(
+                None, session, client, target, error="Give the serial of an inventory token."
+            )
+        user = await self._hd_target(form, session, client, "assign")
+        if isinstance(user, Reply):
+            return user
+        try:
+            token = await assign_token(
+                self.inventory, serial, user.dn, self.config.otp.max_tokens_per_user
+            )
+        except (PolicyError, InventoryError, DirectoryError, CodecError) as exc:
+            return await self.get_helpdesk(None, session, client, target, error=str(exc))
+        self.audit(
+            session,
+            client,
+            "helpdesk-assign",
+            f"assigned serial {serial}",
+            user=target,
+            dn=user.dn,
+            token=token.id,
+        )
+        return await self.get_helpdesk(
+            None, session, client, target, notice=f"Assigned {serial} as {token.id}."
+        )

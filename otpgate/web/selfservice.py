@@ -1,0 +1,272 @@
+"""The portal's sign-in and self-service pages: sign in and out, my devices, enroll a device
+(confirmed by its first code), revoke, print a scratch list."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import segno
+
+from otpgate.admin.enrollment import PolicyError, enroll_change, new_oath_token, otpauth_uri
+from otpgate.admin.manage import revoke_change, scratch_change
+from otpgate.auth.pipeline import AuthRequest
+from otpgate.auth.policy import normalise_dn, password_only_enrollment
+from otpgate.auth.verify import confirm_new_device
+from otpgate.directory.ldapdata import DirectoryError
+from otpgate.directory.state import (
+    OtpState,
+    StateChange,
+    UserEntry,
+)
+from otpgate.otp.scratch import format_for_print, generate_scratch_list
+from otpgate.tokens import TokenType
+from otpgate.web import render
+from otpgate.web.base import CODE_NEEDED, FAILED, PortalBase, Reply
+from otpgate.web.sessions import PendingEnrollment, Session
+
+
+class SelfService(PortalBase):
+    # -- sign in / out -------------------------------------------------------------------------
+
+    async def get_root(self, request: Any, session: Session | None, client: str) -> Reply:
+        return self._redirect("/me" if session else "/signin")
+
+    async def get_signin(self, request: Any, session: Session | None, client: str) -> Reply:
+        if session is not None:
+            return self._redirect("/me")
+        return self._page("Sign in", render.sign_in(), None)
+
+    async def post_signin(
+        self, form: dict[str, str], old: Session | None, client: str, network: str | None
+    ) -> Reply:
+        name = form.get("username", "").strip()
+        password = form.get("password", "")
+        otp = form.get("otp", "").strip().replace(" ", "")
+        if old is not None:
+            self.sessions.drop(old)  # a new session id at every sign-in (no fixation)
+        now = self.now()
+        if not self.by_client.allow(client, now) or not self.by_name.allow(name.lower(), now):
+            return self._rate_limited(name, client, "address or typed name")
+        if not name or not password or len(name) > 256 or len(password) > 1024:
+            return self._page("Sign in", render.sign_in(FAILED, name), None, 401)
+        entry = await self._entry_key(name)
+        if entry is not None and not self.by_entry.allow(entry, now):
+            return self._rate_limited(name, client, "account")
+        session = await self._sign_in(name, password, otp, client, network)
+        if session is None:
+            message = FAILED if otp else CODE_NEEDED
+            return self._page("Sign in", render.sign_in(message, name), None, 401)
+        return self._redirect("/me", self._cookie(session.id))
+
+    def _rate_limited(self, name: str, client: str, bucket: str) -> Reply:
+        self.audit(None, client, "reject", f"web sign-in rate limit ({bucket})", user=name)
+        return self._page(
+            "Sign in", render.sign_in("Too many attempts; wait a minute.", name), None, 429
+        )
+
+    async def _entry_key(self, name: str) -> str | None:
+        """The directory entry ``name`` resolves to (its immutable id), for the per-entry limit.
+
+        None when it resolves to nothing (unknown names have only their typed-name bucket) or
+        the directory cannot be asked (then the sign-in itself fails)."""
+        try:
+            user = await self.gateway.store.resolve(name)
+        except DirectoryError:
+            return None
+        return user.entry_id.hex() or normalise_dn(user.dn)
+
+    async def _sign_in(
+        self, name: str, password: str, otp: str, client: str, network: str | None
+    ) -> Session | None:
+        """A session for a sign-in that verified an OTP, or an enroll-only one (first device).
+
+        A typed code is always verified (``require_otp``: trusted networks, exempt accounts and
+        groups that need no OTP do not skip it, and the code is never taken for part of the
+        password).  Without a code the only way in is a first enrollment: a password alone never
+        opens self-service or the help desk for a user who has a token, whatever the policy.
+        """
+        gw = self.gateway
+        if not otp:
+            return await self._first_enrollment(name, password, client, network)
+        delimiter = self.config.otp.otp_delimiter
+        secret = password + (delimiter + otp if delimiter else otp)
+        request = AuthRequest(name, secret, client, "web", require_otp=True)
+        result = await gw.authenticator.authenticate(request, gw.check_password)
+        if not result.ok or result.dn is None or result.token_id is None:
+            return None
+        helpdesk = await self._is_helpdesk(result.dn)
+        return self.sessions.new(name, result.dn, self.now(), helpdesk=helpdesk, otp_verified=True)
+
+    async def _first_enrollment(
+        self, name: str, password: str, client: str, network: str | None
+    ) -> Session | None:
+        """Password alone: an enroll-only session for a user with no token, where allowed
+        (``Authenticator.first_enrollment`` decides and audits)."""
+        gw = self.gateway
+        web = self.web
+        allowed = password_only_enrollment(
+            network,
+            self.now(),
+            web.password_only_enrollment_networks,
+            web.password_only_enrollment_until,
+        )
+        request = AuthRequest(name, password, client, "web")
+        result = await gw.authenticator.first_enrollment(request, gw.check_password, allowed)
+        if not result.ok or result.dn is None:
+            return None
+        return self.sessions.new(name, result.dn, self.now(), enroll_only=True)
+
+    async def _helpdesk_now(self, session: Session) -> bool:
+        """Help-desk rights for this request: granted at an OTP sign-in and still a member
+        (read again, so removing someone from the group takes effect at once)."""
+        return session.helpdesk and session.otp_verified and await self._is_helpdesk(session.dn)
+
+    async def _is_helpdesk(self, dn: str) -> bool:
+        return await self.rights.is_helpdesk(dn)
+
+    async def post_signout(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        self.sessions.drop(session)
+        self.audit(session, client, "signout", "signed out")
+        return self._redirect("/signin", self._cookie("", max_age=0))
+
+    # -- self-service --------------------------------------------------------------------------
+
+    async def _state(self, name: str) -> tuple[UserEntry, OtpState]:
+        user = await self.gateway.store.resolve(name, fresh=True)
+        return user, self.gateway.store.decode(user)
+
+    async def get_me(
+        self,
+        request: Any,
+        session: Session | None,
+        client: str,
+        notice: str | None = None,
+        error: str | None = None,
+    ) -> Reply:
+        if session is None:
+            return self._redirect("/signin")
+        _user, state = await self._state(session.dn)
+        body = render.my_devices(state, session.csrf, session.enroll_only, notice, error)
+        return self._page("My devices", body, session)
+
+    async def post_enroll(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        if session.enroll_only:
+            _user, state = await self._state(session.dn)
+            if state.tokens:  # enrolled meanwhile (elsewhere): the password alone is over
+                return self._end_enroll_only(session, client, "a device was enrolled meanwhile")
+        label = form.get("label", "").strip()[:64] or "phone"
+        try:
+            token, secret = new_oath_token(
+                self.config.otp, TokenType.TOTP, label=label, now=self.now()
+            )
+        except ValueError as exc:  # e.g. control characters in the label
+            return await self.get_me(None, session, client, error=f"Label refused: {exc}.")
+        session.pending = PendingEnrollment(token, secret)
+        account = session.name
+        uri = otpauth_uri(token, secret, account, self.config.otp.issuer)
+        svg = segno.make(uri, error="m").svg_inline(scale=4, omitsize=True)
+        b32 = base64.b32encode(secret.key).decode().rstrip("=")
+        self.audit(
+            session,
+            client,
+            "enroll-start",
+            f"new {token.type.value} token {token.id}",
+            token=token.id,
+        )
+        return self._page(
+            "Enroll an authenticator app", render.enroll(svg, b32, session.csrf), session
+        )
+
+    async def post_cancel(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        session.pending = None
+        return self._redirect("/me")
+
+    async def post_confirm(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        pending = session.pending
+        if pending is None:
+            return await self.get_me(None, session, client, error="Start the enrollment again.")
+        code = form.get("code", "").strip().replace(" ", "")
+        token, secret = pending.token, pending.secret
+        last = confirm_new_device(token, secret, code, self.now(), self.config.otp)
+        if last < 0:
+            self.audit(session, client, "enroll-reject", "wrong confirmation code", token=token.id)
+            return self._page(
+                "Enroll an authenticator app",
+                render.confirm_form(session.csrf, "That code is not right; type the current one."),
+                session,
+                400,
+            )
+        enroll_only = session.enroll_only
+        max_tokens = self.config.otp.max_tokens_per_user
+
+        def change(state: OtpState) -> StateChange[Any]:
+            if enroll_only and state.tokens:
+                raise PolicyError("a device was enrolled meanwhile: sign in with it")
+            # The confirmation code's step/counter is recorded as used: it cannot be replayed.
+            return enroll_change(
+                state, token, secret, max_tokens, replace_software=False, last=last
+            )
+
+        try:
+            user, _state = await self._state(session.dn)
+            await self.gateway.store.update(user, change)
+        except PolicyError as exc:
+            session.pending = None
+            if enroll_only:
+                return self._end_enroll_only(session, client, str(exc))
+            return await self.get_me(None, session, client, error=str(exc))
+        session.pending = None
+        self.audit(
+            session,
+            client,
+            "enroll",
+            f"activated {token.type.value} token {token.id}",
+            token=token.id,
+        )
+        if enroll_only:
+            self.sessions.drop(session)
+            body = (
+                render.message(
+                    "Your device is active. Sign in with your password and a code from it.",
+                    "notice",
+                )
+                + render.sign_in()
+            )
+            return Reply(render.page("Sign in", body), cookie=self._cookie("", max_age=0))
+        return await self.get_me(None, session, client, notice=f"Device {token.id} is active.")
+
+    def _end_enroll_only(self, session: Session, client: str, why: str) -> Reply:
+        """A password-only session whose user has a token now: signed out, nothing done."""
+        self.sessions.drop(session)
+        self.audit(session, client, "refused", f"enroll-only session ended: {why}")
+        body = render.message("You have a device now: sign in with a code from it.") + (
+            render.sign_in()
+        )
+        return Reply(render.page("Sign in", body), 403, cookie=self._cookie("", max_age=0))
+
+    async def post_revoke(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        token_id = form.get("token", "")
+        try:
+            user, _state = await self._state(session.dn)
+            removed, _u = await self.gateway.store.update(
+                user, lambda s: revoke_change(s, token_id)
+            )
+        except PolicyError as exc:
+            return await self.get_me(None, session, client, error=str(exc))
+        self.audit(session, client, "revoke", f"revoked own token {token_id}", token=token_id)
+        return await self.get_me(
+            None, session, client, notice=f"Revoked {', '.join(t.id for t in removed)}."
+        )
+
+    async def _new_scratch(self, dn: str) -> tuple[list[str], str]:
+        codes, scratch = generate_scratch_list()
+        now = self.now()
+        user, _state = await self._state(dn)
+        token, _u = await self.gateway.store.update(user, lambda s: scratch_change(s, scratch, now))
+        return format_for_print(codes), token.id
+
+    async def post_scratch(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        codes, token_id = await self._new_scratch(session.dn)
+        self.audit(session, client, "scratch", "printed a new scratch list", token=token_id)
+        return self._page("Scratch codes", render.scratch_codes(codes, session.name), session)
