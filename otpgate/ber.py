@@ -203,10 +203,6 @@ def decode_extended_response(pdu: bytes, header: Header) -> ExtendedResult:
     return ExtendedResult(code, diagnostic, name, value)
 
 
-def abandon_target(header: Header, pdu: bytes) -> int:
-    return _integer(pdu, header.op_start, header.op_end)
-
-
 def result_code(pdu: bytes, header: Header) -> int:
     """resultCode of an LDAPResult-shaped response."""
     tag, start, stop = _tlv(pdu, header.op_start, header.op_end)

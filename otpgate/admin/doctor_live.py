@@ -20,17 +20,15 @@ from otpgate.admin.doctor import (
     Check,
     Status,
     Subschema,
-    ad_acl_checks,
     check_attribute,
     check_service_read,
     check_tls,
     check_write_probe,
     check_write_server,
     first_text,
-    parse_dacl,
-    sid_text,
     user_access_checks,
 )
+from otpgate.admin.doctor_acl import ad_acl_checks, parse_dacl, sid_text
 from otpgate.admin.doctor_container import container_checks
 from otpgate.config import Config
 from otpgate.directory.config import MappedAttribute

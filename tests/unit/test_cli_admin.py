@@ -14,7 +14,7 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from otpgate.admin import doctor
+from otpgate.admin import doctor, doctor_acl
 from otpgate.admin.enrollment import (
     PolicyError,
     enroll_change,
@@ -365,10 +365,10 @@ def test_ad_dacl_default_exposes_and_fixed_does_not():
         _ace(5, 0, 0x30, "S-1-5-10", PERSONAL),  # (OA;;RPWP;Personal-Information;;PS)
         _ace(0, 0x10, 0xF01FF, "S-1-5-21-1-2-3-512"),  # Domain Admins, inherited
     )
-    aces = doctor.parse_dacl(default)
+    aces = doctor_acl.parse_dacl(default)
     assert [a.sid for a in aces] == ["S-1-5-11", "S-1-5-10", "S-1-5-21-1-2-3-512"]
     assert aces[0].object_type == PERSONAL
-    checks = doctor.ad_acl_checks(
+    checks = doctor_acl.ad_acl_checks(
         aces, [("postalAddress", schema)], "CN=a", "S-1-5-21-1-2-3", SERVICE
     )
     text = doctor.render(checks)
@@ -379,11 +379,11 @@ def test_ad_dacl_default_exposes_and_fixed_does_not():
         _ace(6, 0, 0x30, "S-1-5-10", POSTAL),  # (OD;;RPWP;postalAddress;;PS)
         _ace(5, 0, 0x30, SERVICE, POSTAL),  # (OA;;RPWP;postalAddress;;<service>)
         _ace(5, 0, 0x30, "S-1-5-10", PERSONAL),
-        _ace(6, 0x12, 0x30, "S-1-5-11", POSTAL, doctor.USER_CLASS),  # inherited deny
-        _ace(5, 0x12, 0x10, "S-1-5-11", PERSONAL, doctor.USER_CLASS),
+        _ace(6, 0x12, 0x30, "S-1-5-11", POSTAL, doctor_acl.USER_CLASS),  # inherited deny
+        _ace(5, 0x12, 0x10, "S-1-5-11", PERSONAL, doctor_acl.USER_CLASS),
     )
-    checks = doctor.ad_acl_checks(
-        doctor.parse_dacl(fixed), [("postalAddress", schema)], "CN=a", "S-1-5-21-1-2-3", SERVICE
+    checks = doctor_acl.ad_acl_checks(
+        doctor_acl.parse_dacl(fixed), [("postalAddress", schema)], "CN=a", "S-1-5-21-1-2-3", SERVICE
     )
     assert not doctor.failed(checks), doctor.render(checks)
     assert all(c.status is doctor.Status.OK for c in checks)
