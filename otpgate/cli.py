@@ -446,9 +446,10 @@ def cmd_scratch(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from otpgate.importers import MAX_IMPORT_BYTES, with_problems
+    from otpgate.admin.imports import ImportRefused, import_tokens
+    from otpgate.admin.render import Progress
+    from otpgate.importers import MAX_IMPORT_BYTES
     from otpgate.importers.csvfiles import parse_oath_csv, parse_yubico_csv
-    from otpgate.importers.errors import error_file_name, error_file_text
     from otpgate.importers.pskc import parse_pskc
 
     path = Path(args.file)
@@ -480,138 +481,55 @@ def cmd_import(args: argparse.Namespace) -> int:
             raise UsageError(f"{path} is not UTF-8 text") from exc
         parser = parse_oath_csv if args.format == "oath-csv" else parse_yubico_csv
         result = parser(text)
-    original = data.decode("utf-8", "replace")
-    error_path = path.with_name(error_file_name(path))
-
     with admin(args) as ctx:
-        result = with_problems(result, inventory_clashes(ctx.inventory, result))
-        # The error file holds every seed of the import file: create it (0600, exclusively,
-        # never through a symlink) before anything is imported, so refusing it loses nothing.
-        error_file = None
-        if (result.problems and not args.partial) or (args.partial and not args.dry_run):
-            error_file = _create_private(
-                error_path, "the error file", "nothing was imported", CommandFailed
-            )
-
-        def write_errors(res: Any) -> None:
-            if error_file is not None:
-                error_file.write(error_file_text(original, res).encode("utf-8"))
-
         try:
-            return _import_rows(args, ctx, result, error_path, write_errors)
-        finally:
-            if error_file is not None:
-                error_file.discard()  # still empty: no row had a problem
-
-
-def inventory_clashes(inventory: Any, result: Any) -> list[Any]:
-    """Problems of rows whose serial, or key, is already in the inventory."""
-    from otpgate.importers import RowProblem, key_fingerprint
-
-    serials: set[str] = set()
-    keys: dict[bytes, str] = {}
-    for entry in inventory.entries():
-        serials.add((entry.first("cn") or b"").decode("utf-8", "replace").lower())
-        try:
-            item = inventory.mapper.item(entry)
-        except (CodecError, DirectoryError, VaultError, ValueError, KeyError, TypeError):
-            continue  # unreadable: `otpgate inventory` reports it
-        if item.secret is not None:
-            keys[key_fingerprint(item.secret)] = item.serial
-    problems = []
-    for row in result.tokens:
-        if row.serial.lower() in serials:
-            problems.append(RowProblem(row.row, f"serial {row.serial} is already in the inventory"))
-        elif key_fingerprint(row.secret) in keys:
-            other = keys[key_fingerprint(row.secret)]
-            problems.append(
-                RowProblem(row.row, f"its key is already in the inventory as serial {other}")
+            outcome = import_tokens(
+                ctx.inventory,
+                result,
+                path,
+                data,
+                partial=args.partial,
+                dry_run=args.dry_run,
+                progress=lambda total: Progress(
+                    total, "importing", sys.stderr, None if not args.json else False
+                ),
             )
-    return problems
-
-
-def _create_private(
-    path: Path, what: str, consequence: str, refusal: type[Exception] = UsageError
-) -> Any:
-    """A PrivateFile (0600, exclusive, no symlink) or a clear one-line refusal."""
-    from otpgate.admin.render import PrivateFile
-
-    try:
-        return PrivateFile(path)
-    except FileExistsError as exc:
-        raise refusal(
-            f"{what} {path} exists (or is a symlink) and is not overwritten: remove or rename "
-            f"it and run the command again; {consequence}"
-        ) from exc
-    except OSError as exc:
-        raise refusal(f"cannot create {what} {path}: {exc.strerror}; {consequence}") from exc
-
-
-def _import_rows(
-    args: argparse.Namespace,
-    ctx: Admin,
-    result: Any,
-    error_path: Path,
-    write_errors: Callable[[Any], None],
-) -> int:
-    from otpgate.admin.render import Progress
-    from otpgate.importers import RowProblem, with_problems
-
-    if result.problems and not args.partial:
-        write_errors(result)
-        raise CommandFailed(
-            f"{len(result.problems)} of {result.rows} row(s) have problems; nothing was "
-            f"imported; they are marked in {error_path} (fix them there and import it, "
-            "or use --partial)"
-        )
-    if args.dry_run:
+        except ImportRefused as exc:
+            raise CommandFailed(str(exc)) from exc
+        result = outcome.result
+        if args.dry_run:
+            emit(
+                args,
+                {
+                    "would_import": [t.serial for t in result.tokens],
+                    "problems": len(result.problems),
+                },
+                f"dry run: {len(result.tokens)} token(s) would be imported",
+            )
+            return 0
+        text = f"imported {len(outcome.imported)} token(s) into {ctx.config.directory.inventory_dn}"
+        if result.problems:
+            text += f"; {len(result.problems)} row(s) skipped, marked in {outcome.error_path}"
         emit(
             args,
             {
-                "would_import": [t.serial for t in result.tokens],
-                "problems": len(result.problems),
+                "imported": outcome.imported,
+                "skipped": [{"row": p.row, "error": p.message} for p in result.problems],
+                "error_file": str(outcome.error_path) if result.problems else None,
             },
-            f"dry run: {len(result.tokens)} token(s) would be imported",
+            text,
         )
         return 0
-    progress = Progress(
-        len(result.tokens), "importing", sys.stderr, None if not args.json else False
-    )
-    added: list[str] = []
-    late: list[RowProblem] = []
+
+
+def _create_private(path: Path, what: str, consequence: str) -> Any:
+    """A PrivateFile (0600, exclusive, no symlink) or a clear one-line refusal."""
+    from otpgate.admin.render import PrivateFileRefused, create_private
+
     try:
-        for item in result.tokens:
-            try:
-                ctx.inventory.add(item.token, item.secret, item.last)
-            except DirectoryError as exc:
-                if not args.partial:
-                    raise
-                late.append(RowProblem(item.row, str(exc)))
-            else:
-                added.append(item.serial)
-            progress.advance()
-    except BaseException:
-        for serial in added:  # nothing is half-imported
-            ctx.inventory.delete(serial)
-        raise
-    finally:
-        progress.finish()
-    result = with_problems(result, late)
-    if result.problems:
-        write_errors(result)
-    text = f"imported {len(added)} token(s) into {ctx.config.directory.inventory_dn}"
-    if result.problems:
-        text += f"; {len(result.problems)} row(s) skipped, marked in {error_path}"
-    emit(
-        args,
-        {
-            "imported": added,
-            "skipped": [{"row": p.row, "error": p.message} for p in result.problems],
-            "error_file": str(error_path) if result.problems else None,
-        },
-        text,
-    )
-    return 0
+        return create_private(path, what, consequence)
+    except PrivateFileRefused as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
@@ -691,102 +609,28 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 
 
 def cmd_rekey(args: argparse.Namespace) -> int:
-    from otpgate.admin.rekey import (
-        RekeyReport,
-        RetireRefused,
-        has_otpgate_values,
-        inventory_value_is_current,
-        key_ids_in_use,
-        retire_keys,
-        rewrite_all,
-        stale_attributes,
-    )
+    from otpgate.admin.rekey import RetireRefused, keys_of_the_run, rekey_pass, retire_after
     from otpgate.admin.render import Progress
-    from otpgate.vault import read_raw_keys
 
-    report = RekeyReport()
     with admin(args) as ctx:
         store = ctx.store
         current = ctx.keyring.current
-        # The keys this run holds: --retire later keeps `current` only if the file still
-        # holds exactly these (a keygen during a long rekey must not lose its key).
-        run_keys, file_current = read_raw_keys(ctx.config.keyring)
-        if args.retire and (
-            file_current != current or set(run_keys) != set(ctx.keyring.key_ids)
-        ):
-            raise CommandFailed(
-                f"{ctx.config.keyring} changed while the rekey started; run it again"
+        try:
+            run_keys = keys_of_the_run(ctx.config.keyring, ctx.keyring, args.retire)
+            report = rekey_pass(
+                store,
+                ctx.inventory if ctx.config.directory.inventory_dn else None,
+                current,
+                args.dry_run,
+                lambda total: Progress(
+                    total, "rekey", sys.stderr, None if not args.json else False
+                ),
             )
-        users = list(store.users_with_state())
-        items = ctx.inventory.entries() if ctx.config.directory.inventory_dn else []
-        progress = Progress(
-            len(users) + len(items), "rekey", sys.stderr, None if not args.json else False
-        )
-        for user in users:
-            progress.advance()
-            if isinstance(user, tuple):
-                report.failed.append((user[0], str(user[1])))
-                continue
-            if not has_otpgate_values(user):
-                continue
-            report.scanned += 1
-            if not stale_attributes(store.mapper, user):
-                report.current += 1
-                continue
-            if args.dry_run:
-                report.rewritten += 1
-                continue
-            try:
-                store.update(user, rewrite_all)
-                report.rewritten += 1
-            except (CodecError, DirectoryError) as exc:
-                report.failed.append((user.dn, str(exc)))
-        mapper = ctx.inventory.mapper if ctx.config.directory.inventory_dn else None
-        for entry in items:
-            progress.advance()
-            if mapper is None:
-                continue
-            report.scanned += 1
-            item = mapper.item(entry, decrypt=False)
-            if inventory_value_is_current(mapper, item.raw):
-                report.current += 1
-                continue
-            if args.dry_run:
-                report.rewritten += 1
-                continue
-            try:
-                full = mapper.item(entry)
-                if full.token is not None and full.secret is not None:
-                    ctx.inventory.replace(full, full.token, full.secret, full.last)
-                report.rewritten += 1
-            except (CodecError, DirectoryError) as exc:
-                report.failed.append((entry.dn, str(exc)))
-        progress.finish()
-        # Verify: which keys are still in use?
-        for user in store.users_with_state():
-            if not isinstance(user, tuple) and has_otpgate_values(user):
-                report.old_keys |= key_ids_in_use(store.mapper, user) - {current}
-        if mapper is not None:
-            for entry in ctx.inventory.entries():
-                raw = mapper.item(entry, decrypt=False).raw
-                kid = mapper.codec.key_id_of(raw) if raw else None
-                if kid is not None and kid != current:
-                    report.old_keys.add(kid)
-        retired: list[str] = []
-        if args.retire and not args.dry_run:
-            if not report.complete:
-                raise CommandFailed(
-                    "not retiring old keys: "
-                    + (
-                        f"{len(report.failed)} value(s) could not be rewritten"
-                        if report.failed
-                        else f"keys {sorted(report.old_keys)} are still in use"
-                    )
-                )
-            try:
-                retired = retire_keys(ctx.config.keyring, current, run_keys)
-            except RetireRefused as exc:
-                raise CommandFailed(str(exc)) from exc
+            retired: list[str] = []
+            if args.retire and not args.dry_run:
+                retired = retire_after(report, ctx.config.keyring, current, run_keys)
+        except RetireRefused as exc:
+            raise CommandFailed(str(exc)) from exc
     verb = "would rewrite" if args.dry_run else "rewrote"
     lines = [
         f"rekey to key {current!r}: {report.scanned} entr(y/ies) scanned, {verb} "
