@@ -256,8 +256,7 @@ def _fill_private(file: Any, data: Callable[[], bytes]) -> str:
 
 
 def _enroll(args: argparse.Namespace, key: bytes | None) -> tuple[Any, Any, Any, str]:
-    from otpgate.admin.enrollment import enroll_change, new_oath_token, otpauth_uri, replaced_tokens
-    from otpgate.directory.state import StateChange
+    from otpgate.admin.enrollment import enroll_replacing, new_oath_token, otpauth_uri
     from otpgate.tokens import TokenType
 
     with admin(args) as ctx:
@@ -275,16 +274,7 @@ def _enroll(args: argparse.Namespace, key: bytes | None) -> tuple[Any, Any, Any,
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         user = ctx.store.resolve(args.user)
-
-        def change(state: Any) -> StateChange[Any]:
-            planned = enroll_change(
-                state, token, secret, otp.max_tokens_per_user, not args.keep_existing
-            )
-            gone = replaced_tokens(state, planned)
-            return StateChange(
-                (planned.result, gone), planned.used, planned.tokens, planned.secrets
-            )
-
+        change = enroll_replacing(token, secret, otp.max_tokens_per_user, not args.keep_existing)
         (enrolled, gone), user = ctx.store.update(user, change)
         uri = otpauth_uri(enrolled, secret, args.user, otp.issuer)
     return enrolled, gone, user, uri
@@ -300,35 +290,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_label(dn: str) -> str:
-    first = dn.split(",", 1)[0]
-    return first.split("=", 1)[1] if "=" in first else dn
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    from otpgate.admin.listing import list_text, summarise
-    from otpgate.admin.rekey import has_otpgate_values
+    from otpgate.admin.listing import collect_summaries, list_text
 
     now = time.time()
-    summaries = []
-    problems = []
     with admin(args) as ctx:
-        for item in ctx.store.users_with_state():
-            if isinstance(item, tuple):
-                problems.append({"dn": item[0], "error": str(item[1])})
-                continue
-            if not has_otpgate_values(item):
-                continue
-            try:
-                state = ctx.store.decode(item, with_secrets=False)
-            except CodecError as exc:
-                problems.append({"dn": item.dn, "error": str(exc)})
-                continue
-            summary = summarise(_user_label(item.dn), item.dn, state)
-            if args.locked and not summary.locked(now):
-                continue
-            summaries.append(summary)
-    summaries.sort(key=lambda s: s.user.lower())
+        store = ctx.store
+        summaries, problems = collect_summaries(
+            store.users_with_state(),
+            lambda user: store.decode(user, with_secrets=False),
+            now,
+            args.locked,
+        )
     text = list_text(summaries, now)
     if problems:
         text += "\n" + "\n".join(f"unreadable: {p['dn']}: {p['error']}" for p in problems)
