@@ -6,6 +6,7 @@ import base64
 import hmac
 import os
 import time
+from collections.abc import Callable
 from urllib.parse import quote, urlencode
 
 from otpgate.auth.config import OtpConfig
@@ -142,3 +143,17 @@ def replaced_tokens(state: OtpState, change: StateChange[Token]) -> tuple[Token,
     if after is None:
         return ()
     return tuple(t for t in state.tokens if t.id not in after)
+
+
+def enroll_replacing(
+    token: Token, secret: Secret, max_tokens: int, replace_software: bool = True
+) -> Callable[[OtpState], StateChange[tuple[Token, tuple[Token, ...]]]]:
+    """The state change of ``otpgate enroll``: :func:`enroll_change`, and it also tells
+    which of the user's tokens the new one replaced."""
+
+    def change(state: OtpState) -> StateChange[tuple[Token, tuple[Token, ...]]]:
+        planned = enroll_change(state, token, secret, max_tokens, replace_software)
+        gone = replaced_tokens(state, planned)
+        return StateChange((planned.result, gone), planned.used, planned.tokens, planned.secrets)
+
+    return change

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from otpgate.directory.state import OtpState
+from otpgate.admin.rekey import has_otpgate_values
+from otpgate.codec import CodecError
+from otpgate.directory.state import OtpState, UserEntry
 from otpgate.otp.scratch import remaining
 from otpgate.tokens import Token, TokenType, escape_unsafe
 
@@ -111,6 +113,42 @@ def summarise(user: str, dn: str, state: OtpState) -> UserSummary:
             )
         )
     return UserSummary(user, dn, tuple(rows), state.used.failures, state.used.locked_until)
+
+
+def user_label(dn: str) -> str:
+    """What ``list`` calls a user: the value of the DN's first RDN."""
+    first = dn.split(",", 1)[0]
+    return first.split("=", 1)[1] if "=" in first else dn
+
+
+def collect_summaries(
+    users: Iterable[UserEntry | tuple[str, Exception]],
+    decode: Callable[[UserEntry], OtpState],
+    now: float,
+    locked_only: bool = False,
+) -> tuple[list[UserSummary], list[dict[str, str]]]:
+    """The summaries of ``users`` (``users_with_state()``: entries, or (dn, error) for an
+    unreadable one) sorted by name, and the unreadable ones as {"dn", "error"}.  Entries
+    whose values are not otpgate's are skipped; ``decode`` must not decrypt seeds."""
+    summaries = []
+    problems = []
+    for item in users:
+        if isinstance(item, tuple):
+            problems.append({"dn": item[0], "error": str(item[1])})
+            continue
+        if not has_otpgate_values(item):
+            continue
+        try:
+            state = decode(item)
+        except CodecError as exc:
+            problems.append({"dn": item.dn, "error": str(exc)})
+            continue
+        summary = summarise(user_label(item.dn), item.dn, state)
+        if locked_only and not summary.locked(now):
+            continue
+        summaries.append(summary)
+    summaries.sort(key=lambda s: s.user.lower())
+    return summaries, problems
 
 
 def when(stamp: int) -> str:

@@ -1,4 +1,5 @@
-"""Which stored values a rekey must rewrite (pure).
+"""``otpgate rekey``: which stored values must be rewritten (pure), the pass that rewrites
+them (:func:`rekey_pass`, over a small store protocol) and retiring the old keys.
 
 A value needs rewriting when it is encrypted under a key other than the keyring's
 current one, or stored in another format than the configured one (plain JSON where
@@ -9,15 +10,30 @@ again at any time: values already current are skipped (that is what makes it res
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from otpgate.codec import AttributeCodec, Format
-from otpgate.directory.inventory import InventoryMapper
+from otpgate.codec import AttributeCodec, CodecError, Format
+from otpgate.directory.inventory import InventoryItem, InventoryMapper
+from otpgate.directory.ldapdata import DirectoryError, SearchEntry
 from otpgate.directory.state import OtpState, StateChange, StateMapper, UserEntry
 from otpgate.errors import PolicyError
-from otpgate.vault import VaultError, keyring_lock, read_raw_keys, same_keys, write_keyring
+from otpgate.tokens import Secret, Token
+from otpgate.vault import (
+    Keyring,
+    VaultError,
+    keyring_lock,
+    read_raw_keys,
+    same_keys,
+    write_keyring,
+)
+
+if TYPE_CHECKING:
+    from otpgate.admin.render import Ticker
+
+T = TypeVar("T")
 
 
 def value_is_current(codec: AttributeCodec, raw: bytes) -> bool:
@@ -136,3 +152,139 @@ def retire_keys(path: Path, target: str, run_keys: Mapping[str, bytes]) -> list[
         if retired:
             write_keyring(path, {target: keys[target]}, target)
         return retired
+
+
+def keys_of_the_run(path: Path, keyring: Keyring, retire: bool) -> dict[str, bytes]:
+    """The keys this run holds, as the keyring file has them.
+
+    ``--retire`` later keeps the current key only if the file still holds exactly these
+    (a keygen during a long rekey must not lose its key); with ``retire`` the file must
+    hold what ``keyring`` was loaded from right now (else :class:`RetireRefused`).
+    """
+    run_keys, file_current = read_raw_keys(path)
+    if retire and (file_current != keyring.current or set(run_keys) != set(keyring.key_ids)):
+        raise RetireRefused(f"{path} changed while the rekey started; run it again")
+    return run_keys
+
+
+def retire_after(
+    report: RekeyReport, path: Path, target: str, run_keys: Mapping[str, bytes]
+) -> list[str]:
+    """Retire the older keys after a pass, only if the pass left nothing under them."""
+    if not report.complete:
+        raise RetireRefused(
+            "not retiring old keys: "
+            + (
+                f"{len(report.failed)} value(s) could not be rewritten"
+                if report.failed
+                else f"keys {sorted(report.old_keys)} are still in use"
+            )
+        )
+    return retire_keys(path, target, run_keys)
+
+
+# -- the pass ----------------------------------------------------------------------------
+
+
+class RekeyStore(Protocol):
+    """The user-state operations a rekey needs (``SyncStore`` in the CLI)."""
+
+    @property
+    def mapper(self) -> StateMapper: ...
+
+    def users_with_state(self) -> Iterable[UserEntry | tuple[str, Exception]]: ...
+
+    def update(
+        self, user: UserEntry, change: Callable[[OtpState], StateChange[T]]
+    ) -> tuple[T, UserEntry]: ...
+
+
+class RekeyInventory(Protocol):
+    """The inventory operations a rekey needs (``SyncInventory`` in the CLI)."""
+
+    @property
+    def mapper(self) -> InventoryMapper: ...
+
+    def entries(self) -> Sequence[SearchEntry]: ...
+
+    def replace(self, item: InventoryItem, token: Token, secret: Secret, last: int) -> None: ...
+
+
+def rekey_pass(
+    store: RekeyStore,
+    inventory: RekeyInventory | None,
+    current: str,
+    dry_run: bool,
+    progress: Callable[[int], Ticker],
+) -> RekeyReport:
+    """Rewrite every user state and inventory entry that is not current (``dry_run``:
+    only count them), then scan again for values still under another key than
+    ``current``.  ``inventory`` is None when no inventory is configured;
+    ``progress(total)`` makes the progress report of the rewriting loop."""
+    report = RekeyReport()
+    users = list(store.users_with_state())
+    items = inventory.entries() if inventory is not None else []
+    ticker = progress(len(users) + len(items))
+    for user in users:
+        ticker.advance()
+        if isinstance(user, tuple):
+            report.failed.append((user[0], str(user[1])))
+            continue
+        if not has_otpgate_values(user):
+            continue
+        report.scanned += 1
+        if not stale_attributes(store.mapper, user):
+            report.current += 1
+            continue
+        if dry_run:
+            report.rewritten += 1
+            continue
+        try:
+            store.update(user, rewrite_all)
+            report.rewritten += 1
+        except (CodecError, DirectoryError) as exc:
+            report.failed.append((user.dn, str(exc)))
+    if inventory is not None:
+        for entry in items:
+            ticker.advance()
+            _rekey_item(inventory, entry, dry_run, report)
+    ticker.finish()
+    report.old_keys |= old_keys_in_use(store, inventory, current)
+    return report
+
+
+def _rekey_item(
+    inventory: RekeyInventory, entry: SearchEntry, dry_run: bool, report: RekeyReport
+) -> None:
+    mapper = inventory.mapper
+    report.scanned += 1
+    item = mapper.item(entry, decrypt=False)
+    if inventory_value_is_current(mapper, item.raw):
+        report.current += 1
+        return
+    if dry_run:
+        report.rewritten += 1
+        return
+    try:
+        full = mapper.item(entry)
+        if full.token is not None and full.secret is not None:
+            inventory.replace(full, full.token, full.secret, full.last)
+        report.rewritten += 1
+    except (CodecError, DirectoryError) as exc:
+        report.failed.append((entry.dn, str(exc)))
+
+
+def old_keys_in_use(store: RekeyStore, inventory: RekeyInventory | None, current: str) -> set[str]:
+    """The key ids other than ``current`` that stored values are still encrypted with."""
+    old: set[str] = set()
+    for user in store.users_with_state():
+        if not isinstance(user, tuple) and has_otpgate_values(user):
+            old |= key_ids_in_use(store.mapper, user) - {current}
+    if inventory is not None:
+        mapper = inventory.mapper
+        for entry in inventory.entries():
+            raw = mapper.item(entry, decrypt=False).raw
+            kid = mapper.codec.key_id_of(raw) if raw else None
+            if kid is not None and kid != current:
+                old.add(kid)
+    return old

@@ -9,10 +9,11 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import segno
 
+from otpgate.errors import OtpgateError
 from otpgate.otp.scratch import format_for_print
 
 QR_SUFFIXES = (".png", ".svg")
@@ -102,6 +103,26 @@ class PrivateFile:
             os.unlink(self.path)
 
 
+class PrivateFileRefused(OtpgateError):
+    """A file for secrets cannot be created: one line saying why and what it means."""
+
+
+def create_private(path: Path, what: str, consequence: str) -> PrivateFile:
+    """A :class:`PrivateFile` for ``what`` (e.g. "--qr"), or :class:`PrivateFileRefused`
+    naming the file and ``consequence`` (e.g. "nothing was changed")."""
+    try:
+        return PrivateFile(path)
+    except FileExistsError as exc:
+        raise PrivateFileRefused(
+            f"{what} {path} exists (or is a symlink) and is not overwritten: remove or rename "
+            f"it and run the command again; {consequence}"
+        ) from exc
+    except OSError as exc:
+        raise PrivateFileRefused(
+            f"cannot create {what} {path}: {exc.strerror}; {consequence}"
+        ) from exc
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Create ``path`` with mode 0600 (refusing to overwrite: it may be someone's secret)."""
     PrivateFile(path).write(data)
@@ -151,6 +172,14 @@ def scratch_card_html(
 </body>
 </html>
 """
+
+
+class Ticker(Protocol):
+    """What a long admin loop reports its progress to (:class:`Progress`, or anything)."""
+
+    def advance(self, n: int = 1) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 class Progress:

@@ -1,0 +1,105 @@
+"""The ``otpgate`` command line: one sub-command per admin task.
+
+Every command prints human output by default and JSON with ``--json``, and exits
+non-zero with one clear line on standard error (no traceback for a user mistake):
+2 for a usage or configuration error, 1 when the directory or the data say no.
+
+Directory commands run synchronously over ldap3 (``otpgate.directory.sync``), driving the
+same pure mapping and compare-and-swap planning as the gateway.  ``test-auth`` runs the
+gateway's own async pipeline under the Twisted reactor.
+
+Layout: ``base`` (the parser, printing, errors, prompts, :class:`Admin`) and one module per
+group of commands, imported only when one of its commands runs: ``offline`` (code, keygen,
+check-config), ``users`` (enroll, show, list, revoke, reset, resync, unlock, scratch),
+``inventory`` (import, assign, rename, delete, inventory), ``keys`` (rekey) and
+``diagnose`` (doctor, test-auth).  What the commands do is ``otpgate.admin``'s; they parse
+their arguments, call it and print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from otpgate.cli.base import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG,
+    Admin,
+    CommandFailed,
+    UsageError,
+    admin,
+    build_parser,
+    decode_base32,
+    emit,
+    fail,
+    prompt_secret,
+    read_secret_file,
+)
+from otpgate.errors import ConfigError
+from otpgate.errors import OtpgateError
+from otpgate.vault import VaultError
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG",
+    "Admin",
+    "CommandFailed",
+    "UsageError",
+    "admin",
+    "build_parser",
+    "decode_base32",
+    "emit",
+    "main",
+    "prompt_secret",
+    "read_secret_file",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (UsageError, ConfigError, VaultError) as exc:
+        return fail(args, exc, 2)
+    except (OtpgateError, OSError) as exc:  # the directory or the data say no
+        return fail(args, exc, 1)
+    except KeyboardInterrupt:
+        print(f"otpgate {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+_ELSEWHERE = {
+    **dict.fromkeys(("cmd_code", "cmd_keygen", "cmd_check_config"), "otpgate.cli.offline"),
+    **dict.fromkeys(
+        (
+            "cmd_enroll",
+            "cmd_show",
+            "cmd_list",
+            "cmd_revoke",
+            "cmd_resync",
+            "cmd_unlock",
+            "cmd_scratch",
+        ),
+        "otpgate.cli.users",
+    ),
+    **dict.fromkeys(
+        ("cmd_import", "cmd_assign", "cmd_rename", "cmd_delete", "cmd_inventory"),
+        "otpgate.cli.inventory",
+    ),
+    "cmd_rekey": "otpgate.cli.keys",
+    "cmd_doctor": "otpgate.cli.diagnose",
+    "cmd_test_auth": "otpgate.cli.diagnose",
+    "inventory_clashes": "otpgate.admin.imports",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """What ``otpgate.cli`` held before it was a package, imported on first use."""
+    if name in _ELSEWHERE:
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
