@@ -61,7 +61,9 @@ class Gateway:
             discover=self._discover_pdc if d.write_url == "discover" else None,
             stats=self.directory_stats,
         )
-        self.store = OtpStore(d, keyring, self.read_pool, self.write_pool, reactor)
+        policy = config.policy
+        groups = (*policy.require_otp_groups, *policy.admin_groups, *config.web.helpdesk_groups)
+        self.store = OtpStore(d, keyring, self.read_pool, self.write_pool, reactor, groups)
         self.audit = AuditTrail(config.logging, reactor)
         self.authenticator = Authenticator(config, self.store, reactor, self.audit)
 

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from otpgate.auth.lockout import is_locked, record_failure, record_success
+from otpgate.auth.lockout import is_locked, record_failure, record_success, with_unrecorded
 from otpgate.auth.requests import P, ProofCheck
-from otpgate.auth.verify import Match, candidate_codes, is_replay, last_codes, verify_code
+from otpgate.auth.verify import (
+    Match,
+    candidate_codes,
+    is_replay,
+    last_codes,
+    split_candidates,
+    verify_code,
+)
 from otpgate.config import Config
 from otpgate.directory.state import OtpState, StateChange
 
@@ -23,36 +30,60 @@ class Verdict:
     why: str
 
 
+def candidates_of(
+    secret: str, state: OtpState, otp_only: bool, delimiter: str
+) -> list[tuple[str, str]]:
+    """The (password, code) pairs what the user typed may be, by the tokens the user has
+    *now* (a cached token list could split it wrongly); none without a password."""
+    if otp_only:
+        return [("", secret)]
+    return [(pw, code) for pw, code in split_candidates(secret, state.tokens, delimiter) if pw]
+
+
 def verify_typed(
-    state: OtpState, candidates: list[tuple[str, str]], now: float, config: Config
+    state: OtpState,
+    secret: str,
+    otp_only: bool,
+    now: float,
+    config: Config,
+    pending: int = 0,
 ) -> StateChange[Verdict]:
     """A typed code: the first (password, code) candidate that matches spends its code; a
-    miss counts towards lockout, unless the code is one already spent (no guess)."""
-    if is_locked(state.used, now):
+    miss counts towards lockout, unless the code is one already spent (no guess).
+    ``pending``: failures this gateway decided but could not write (``UnrecordedFailures``):
+    they count, and the next write records them."""
+    used = with_unrecorded(state.used, pending, now, config.lockout)
+    if is_locked(used, now):
         return StateChange(Verdict(None, "", "locked out"))
+    candidates = candidates_of(secret, state, otp_only, config.otp.otp_delimiter)
+    if not candidates:
+        # Nothing that looks like password + code: no OTP check, nothing forwarded.
+        return StateChange(Verdict(None, "", "no password+OTP in the secret"))
     otp = config.otp
     for password, code in candidates:
         match = verify_code(state.tokens, state.secrets, state.used, code, now, otp)
         if match is not None:
-            used = record_success(state.used, match.token.id, match.use)
-            return StateChange(Verdict(match, password, "ok"), used=used)
+            return StateChange(
+                Verdict(match, password, "ok"), used=record_success(used, match.token.id, match.use)
+            )
     if any(
         is_replay(state.tokens, state.secrets, state.used, code, now, otp)
         for _pw, code in candidates
     ):
         # A spent code sent again (e.g. retried after an outage): refused, not a guess.
         return StateChange(Verdict(None, "", "OTP already used"))
-    used = record_failure(state.used, now, config.lockout)
+    used = record_failure(used, now, config.lockout)
     why = "wrong OTP" + (" (now locked out)" if used.locked_until else "")
     return StateChange(Verdict(None, "", why), used=used)
 
 
 def verify_proof(
-    state: OtpState, proof: ProofCheck[P], now: float, config: Config
+    state: OtpState, proof: ProofCheck[P], now: float, config: Config, pending: int = 0
 ) -> StateChange[tuple[Match | None, P | None, str]]:
     """A proof computed from the code (CHAP, MS-CHAPv2): every candidate code of the window
     is tried (no early exit), the first match is spent."""
-    if is_locked(state.used, now):
+    used = with_unrecorded(state.used, pending, now, config.lockout)
+    if is_locked(used, now):
         return StateChange((None, None, "locked out"))
     hit: tuple[Match, P] | None = None
     for candidate in candidate_codes(state.tokens, state.secrets, state.used, now, config.otp):
@@ -61,11 +92,12 @@ def verify_proof(
             hit = (candidate.match, value)
     if hit is not None:
         match, value = hit
-        used = record_success(state.used, match.token.id, match.use)
-        return StateChange((match, value, "ok"), used=used)
+        return StateChange(
+            (match, value, "ok"), used=record_success(used, match.token.id, match.use)
+        )
     spent = last_codes(state.tokens, state.secrets, state.used, now, config.otp)
     if [code for code in spent if proof(code) is not None]:
         return StateChange((None, None, "proof of an OTP already used"))
-    used = record_failure(state.used, now, config.lockout)
+    used = record_failure(used, now, config.lockout)
     why = "no valid OTP matches the proof" + (" (now locked out)" if used.locked_until else "")
     return StateChange((None, None, why), used=used)

@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 from otpgate.audit import AuditTrail
 from otpgate.auth.bindcache import BindCache
-from otpgate.auth.decide import verify_proof, verify_typed
-from otpgate.auth.lockout import is_locked
+from otpgate.auth.decide import Verdict, verify_proof, verify_typed
+from otpgate.auth.lockout import UnrecordedFailures, is_locked
 from otpgate.auth.policy import Decision, Policy
 from otpgate.auth.requests import (
     AuthRequest,
@@ -34,7 +34,6 @@ from otpgate.auth.requests import (
     Step,
     Trace,
 )
-from otpgate.auth.verify import split_candidates
 from otpgate.codec import CodecError
 from otpgate.config import Config
 from otpgate.directory.ldapdata import (
@@ -43,7 +42,7 @@ from otpgate.directory.ldapdata import (
     DirectoryError,
     DirectoryUnavailable,
 )
-from otpgate.directory.state import OtpState, UserEntry
+from otpgate.directory.state import OtpState, StateChange, UserEntry
 from otpgate.directory.store import OtpStore
 
 __all__ = [
@@ -69,6 +68,14 @@ class _Ready:
 
 
 R = TypeVar("R")
+V = TypeVar("V")
+
+
+def _records_a_failure(change: StateChange[Any]) -> bool:
+    """Whether a planned write records a failed attempt (a miss: lockout moves)."""
+    result = change.result
+    match = result.match if isinstance(result, Verdict) else result[0]
+    return change.used is not None and match is None
 
 
 def _note(trace: Trace, name: str, ok: bool | None, detail: str) -> None:
@@ -85,6 +92,7 @@ class Authenticator:
         self.policy = Policy(config.policy)
         self.clock = clock
         self.audit = audit or AuditTrail(config.logging, clock)
+        self.unrecorded = UnrecordedFailures(config.lockout)
         seconds = config.ldap_proxy.bind_cache_seconds
         self.bind_cache: BindCache | None = BindCache(seconds) if seconds > 0 else None
 
@@ -252,24 +260,14 @@ class Authenticator:
             )
         if ready.refusal is not None or ready.state is None:
             return AuthResult(False, ready.refusal or "no state", user.dn)
-        if request.otp_only:
-            candidates = [("", request.secret)]
-        else:
-            candidates = [
-                (pw, code)
-                for pw, code in split_candidates(
-                    request.secret, ready.state.tokens, self.config.otp.otp_delimiter
-                )
-                if pw
-            ]
-            if not candidates:
-                # Nothing that looks like password + code: no OTP check, nothing forwarded.
-                return AuthResult(False, "no password+OTP in the secret", user.dn)
+        now, config, entry_id = self.clock.seconds(), self.config, user.entry_id
+        secret, otp_only = request.secret, request.otp_only
 
-        now = self.clock.seconds()
-        verdict, user = await self.store.update(
-            user, lambda s: verify_typed(s, candidates, now, self.config)
-        )
+        def change(state: OtpState) -> StateChange[Verdict]:
+            pending = self.unrecorded.count(entry_id, now)
+            return verify_typed(state, secret, otp_only, now, config, pending)
+
+        verdict, user = await self._spend(user, change, now)
         if verdict.match is None:
             _note(trace, "otp", False, verdict.why)
             return AuthResult(False, verdict.why, user.dn)
@@ -283,6 +281,30 @@ class Authenticator:
         )
         _note(trace, "password", result.ok, "bound upstream" if result.ok else result.reason)
         return replace(result, password_length=len(verdict.password)) if result.ok else result
+
+    async def _spend(
+        self, user: UserEntry, change: Callable[[OtpState], StateChange[V]], now: float
+    ) -> tuple[V, UserEntry]:
+        """The engine's compare-and-swap of ``change``; a failure whose write has an unknown
+        outcome (the connection died during the Modify) is kept as unrecorded."""
+        planned: list[StateChange[V]] = []
+
+        def remembered(state: OtpState) -> StateChange[V]:
+            planned.append(change(state))
+            return planned[-1]
+
+        try:
+            result, user = await self.store.update(user, remembered)
+        except DirectoryUnavailable:
+            last = planned[-1] if planned else None
+            if (last is not None and last.used is not None and last.used.failures != 0) or (
+                last is not None and last.used is not None and last.used.locked_until
+            ):
+                self.unrecorded.add(user.entry_id, now)
+            raise
+        if planned and planned[-1].writes:
+            self.unrecorded.recorded(user.entry_id)
+        return result, user
 
     async def _password_only(
         self, request: AuthRequest, check_password: PasswordCheck | None

@@ -1,9 +1,8 @@
 """Rights beyond a login, decided on fresh reads: who is help desk, and whom the help desk
 may not change (administrators and other help-desk members).
 
-Group membership is a user's ``memberOf`` values, or the groups' ``member`` values where
-there is no ``memberOf`` (OpenLDAP without the overlay); on AD nested membership counts
-too (LDAP_MATCHING_RULE_IN_CHAIN).
+Group membership is what the store resolved for the configured groups (``memberOf``, the
+groups' ``member`` values, and on AD ``tokenGroups``: nested and primary groups too).
 """
 
 from __future__ import annotations
@@ -12,43 +11,27 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from otpgate import ber
 from otpgate.auth.policy import normalise_dn
 from otpgate.config import Config
-from otpgate.directory.ldapdata import SCOPE_BASE
 from otpgate.directory.state import UserEntry
 from otpgate.directory.store import OtpStore
 from otpgate.errors import DirectoryError
 
 log = Logger()
 
-IN_CHAIN = b"1.2.840.113556.1.4.1941"
-"""AD's LDAP_MATCHING_RULE_IN_CHAIN: membership through nested groups."""
-
-
 class Rights:
     def __init__(self, config: Config, store: OtpStore, read_pool: Any) -> None:
         self.config = config
         self.store = store
         self.read_pool = read_pool
-        self.nested = config.directory.profile.server == "ad"
 
     async def member(self, user: UserEntry, groups: tuple[str, ...]) -> bool:
-        """Whether ``user`` is in one of ``groups``.  Raises DirectoryError."""
+        """Whether ``user`` is in one of ``groups`` (configured groups: the store resolved the
+        user's membership in them, nested and primary groups included; see
+        ``engine.memberships``)."""
         if not groups:
             return False
-        wanted = {normalise_dn(g) for g in groups}
-        if {normalise_dn(g) for g in user.groups} & wanted:
-            return True
-        conn = await self.read_pool.connection()
-        for group in groups:
-            if self.nested:
-                member = ber.filter_extensible(IN_CHAIN, b"member", user.dn.encode())
-            else:
-                member = ber.filter_equal(b"member", user.dn.encode())
-            if await conn.search(group, member, ["cn"], scope=SCOPE_BASE):
-                return True
-        return False
+        return bool({normalise_dn(g) for g in groups} & {normalise_dn(g) for g in user.groups})
 
     async def is_helpdesk(self, dn: str) -> bool:
         """A member of ``[web] helpdesk_groups`` now (False when it cannot be read)."""

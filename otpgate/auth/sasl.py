@@ -59,9 +59,7 @@ async def sasl_bind(
         outcome = "challenge" if done.in_progress else ("accept" if done.result.ok else "reject")
         return outcome, done.result.reason, done.result.dn, None
 
-    return await auth._decided(
-        request, _sasl(auth, request, mech, forward, who), failed, audit
-    )
+    return await auth._decided(request, _sasl(auth, request, mech, forward, who), failed, audit)
 
 
 async def _sasl(

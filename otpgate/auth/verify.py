@@ -196,9 +196,7 @@ def is_replay(
     return False
 
 
-def confirm_new_device(
-    token: Token, secret: Secret, code: str, now: float, otp: OtpConfig
-) -> int:
+def confirm_new_device(token: Token, secret: Secret, code: str, now: float, otp: OtpConfig) -> int:
     """The counter or step of ``code`` for a device being enrolled (its first code, which
     proves the user has it), or -1.  That counter/step is recorded as used at once, so the
     confirmation code cannot be replayed."""

@@ -16,12 +16,14 @@ where the values live and why the write is a compare-and-swap.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from otpgate import ber
 from otpgate.codec import CodecError
-from otpgate.directory.ldapdata import SUCCESS, Modification, SearchEntry
+from otpgate.directory.ldapdata import SCOPE_BASE, SUCCESS, Modification, SearchEntry
 from otpgate.directory.state import (
+    ANY_ENTRY,
     CAS_CONFLICTS,
     ENTRY_EXISTS,
     ConcurrentUpdate,
@@ -30,7 +32,9 @@ from otpgate.directory.state import (
     StateChange,
     StateMapper,
     UserEntry,
+    escape_filter_value,
 )
+from otpgate.errors import DirectoryError
 from otpgate.errors import WriteRefused as WriteRefused
 
 T = TypeVar("T")
@@ -112,6 +116,66 @@ def reread_state(mapper: StateMapper, user: UserEntry) -> Step[UserEntry]:
     if mapper.container is None:
         return (yield from reread(mapper, user))
     return (yield from read_state(mapper, user))
+
+
+def memberships(
+    mapper: StateMapper, user: UserEntry, groups: tuple[str, ...], known: dict[str, bytes]
+) -> Step[UserEntry]:
+    """``user`` with the configured ``groups`` it belongs to added to its ``memberOf`` values.
+
+    ``memberOf`` alone misses members on OpenLDAP without the memberof overlay, nested
+    groups and AD's primary group, and a policy that reads "not in a group that needs an
+    OTP" from a membership it cannot see fails open.  So: on AD the user's ``tokenGroups``
+    (every group, nested and primary, as SIDs) against the groups' ``objectSid``; elsewhere
+    each group's ``member``/``uniqueMember`` values.  A group or a ``tokenGroups`` that
+    cannot be read is an error (the login fails closed).  ``known`` caches what does not
+    change: group SIDs (AD), groups seen to exist (OpenLDAP)."""
+    if not groups:
+        return user
+    member: list[str] = []
+    if mapper.config.profile.server == "ad":
+        found: list[SearchEntry] = yield Search(
+            Lookup(user.dn, SCOPE_BASE, ANY_ENTRY, user_filter=False), ("tokenGroups",)
+        )
+        token_groups = set(found[0].attributes.get("tokengroups", [])) if found else set()
+        if not token_groups:  # every account has at least its primary group
+            raise DirectoryError(f"{user.dn}: tokenGroups cannot be read: membership unknown")
+        for group in groups:
+            sid = known.get(group.lower())
+            if sid is None:
+                sid = yield from _group_attribute(group, "objectSid")
+                known[group.lower()] = sid
+            if sid in token_groups:
+                member.append(group)
+        return replace(user, groups=(*user.groups, *member))
+    dn = user.dn.encode()
+    text_dn = escape_filter_value(user.dn)
+    is_member = Lookup(
+        "",
+        SCOPE_BASE,
+        f"(|(member={text_dn})(uniqueMember={text_dn}))",
+        user_filter=False,
+        filter_ber=ber.filter_or(
+            ber.filter_equal(b"member", dn), ber.filter_equal(b"uniqueMember", dn)
+        ),
+    )
+    for group in groups:
+        if group.lower() not in known:
+            known[group.lower()] = yield from _group_attribute(group, "objectClass")
+        found = yield Search(replace(is_member, base=group), ("objectClass",))
+        if found:
+            member.append(group)
+    return replace(user, groups=(*user.groups, *member))
+
+
+def _group_attribute(group: str, attribute: str) -> Step[bytes]:
+    found: list[SearchEntry] = yield Search(
+        Lookup(group, SCOPE_BASE, ANY_ENTRY, user_filter=False), (attribute,)
+    )
+    value = found[0].first(attribute) if found else None
+    if not value:
+        raise DirectoryError(f"group {group} cannot be read ({attribute}): membership unknown")
+    return value
 
 
 # -- the compare-and-swap loop ----------------------------------------------------------------

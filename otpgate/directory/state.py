@@ -123,6 +123,8 @@ class Lookup:
     value: str = ""
     user_filter: bool = True
     """The filter is (or contains) the configured user filter; False: (objectClass=*)."""
+    filter_ber: bytes | None = None
+    """Another filter, already encoded (``filter`` is its text)."""
 
 
 _DN_LIKE = re.compile(r"[A-Za-z][\w-]*=.+")
@@ -201,12 +203,14 @@ class StateMapper:
         return self.entry(found[0])
 
     def same_entry(self, user: UserEntry, found: list[SearchEntry]) -> UserEntry:
+        """``user`` read again (for a compare-and-swap retry): its group memberships, which
+        take more than this read to establish (``engine.memberships``), are kept."""
         if not found:
             raise UserNotFound(f"{user.dn} is gone")
         entry = self.entry(found[0])
         if entry.entry_id != user.entry_id:
             raise UserNotFound(f"{user.dn} is now another entry")
-        return entry
+        return replace(entry, groups=user.groups)
 
     # -- where state entries are ----------------------------------------------------
 

@@ -42,8 +42,13 @@ class OtpStore:
         read_pool: ServerPool,
         write_pool: ServerPool,
         clock: Any = None,
+        groups: tuple[str, ...] = (),
     ) -> None:
+        """``groups``: the groups the policy and the portal ask about (required, admin and
+        help-desk groups): each resolved entry carries which of them it belongs to."""
         self.config = config
+        self.groups = tuple(dict.fromkeys(groups))
+        self._group_facts: dict[str, bytes] = {}
         self.mapper = StateMapper(config, keyring)
         self.clock = clock
         self.cache = EntryCache(config.state_cache_seconds if clock is not None else 0)
@@ -57,6 +62,8 @@ class OtpStore:
     def _filter(self, lookup: Lookup) -> bytes:
         """BER of the lookup's filter: the configured user filter, parsed once, and the
         (attribute=value) assertion built directly (no text escaping round trip)."""
+        if lookup.filter_ber is not None:
+            return lookup.filter_ber
         if not lookup.user_filter:
             return self._any
         if lookup.attribute is None:
@@ -115,6 +122,9 @@ class OtpStore:
             if cached is not None:
                 return cached
         entry = await self.run(engine.resolve(self.mapper, name))
+        entry = await self.run(
+            engine.memberships(self.mapper, entry, self.groups, self._group_facts)
+        )
         self.cache.put(name, entry, self._now())
         return entry
 

@@ -72,3 +72,62 @@ async def test_lockout_through_the_proxy(request, tmp_path, tmp_path_factory):
         assert await proxy.ldap3_bind(dn, PW + hotp(key, 0)) == (False, 49)
     finally:
         await proxy.stop()
+
+
+@pytest.mark.samba
+@pytest_twisted.ensureDeferred
+async def test_nested_and_primary_groups_need_the_otp_on_ad(request, tmp_path, tmp_path_factory):
+    """Red team: memberOf alone misses nested groups and the primary group (Domain Users);
+    a policy that reads "not in a group that needs an OTP" from that failed open."""
+    backend = make_backend("samba", request, tmp_path_factory.getbasetemp())
+    dc = backend.server
+    name, dn = backend.new_user("nested")
+    tag = os.urandom(3).hex()
+    inner = dc.create_group(f"inner-{tag}", [dn])
+    outer = dc.create_group(f"outer-{tag}", [inner])  # dn is a member of outer only via inner
+    admin_name, admin_dn = backend.new_user("nestadm")
+    inner_admins = dc.create_group(f"inner-admins-{tag}", [admin_dn])
+    admins = dc.create_group(f"admins-{tag}", [inner_admins])
+    domain_users = f"CN=Domain Users,CN=Users,{dc.base_dn}"
+    for required in (outer, domain_users):
+        proxy = await start_proxy(backend, tmp_path, policy={
+            "require_otp_groups": [required],
+            "admin_groups": [admins],
+            "trusted_networks": ["127.0.0.0/8"] if required == domain_users else [],
+        })
+        try:
+            await enroll(proxy, name)
+            await enroll(proxy, admin_name)
+            if required == outer:
+                assert await proxy.ldap3_bind(dn, PW) == (False, 49)  # nested member
+            # a nested admin needs the OTP even from a trusted network
+            assert await proxy.ldap3_bind(admin_dn, PW) == (False, 49)
+        finally:
+            await proxy.stop()
+    proxy = await start_proxy(backend, tmp_path, policy={"require_otp_groups": [domain_users]})
+    try:
+        assert await proxy.ldap3_bind(dn, PW) == (False, 49)  # the primary group counts
+    finally:
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_members_without_memberof_need_the_otp(request, tmp_path, tmp_path_factory):
+    """Red team: OpenLDAP without the memberof overlay (the test slapd has none): members are
+    only in the group's member values, and they must still need the OTP."""
+    backend = make_backend("slapd-stock", request, tmp_path_factory.getbasetemp())
+    name, dn = backend.new_user("member")
+    group = backend.server.add_group(f"otp-{os.urandom(3).hex()}", [dn])
+    proxy = await start_proxy(backend, tmp_path, policy={"require_otp_groups": [group]})
+    try:
+        key = await enroll(proxy, name)
+        assert await proxy.ldap3_bind(dn, PW) == (False, 49)
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 0)) == (True, 0)
+    finally:
+        await proxy.stop()
+    missing = f"cn=no-such-group,ou=groups,{backend.server.suffix}"
+    proxy = await start_proxy(backend, tmp_path, policy={"require_otp_groups": [missing]})
+    try:
+        assert await proxy.ldap3_bind(dn, PW) == (False, 49)  # membership unknown: refused
+    finally:
+        await proxy.stop()

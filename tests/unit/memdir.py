@@ -12,6 +12,7 @@ Only for tests: the integration tests run the same code against slapd and Samba.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,10 @@ class MemoryDirectory:
     passwords: dict[str, str] = field(default_factory=dict)
     down: bool = False
     operations: list[str] = field(default_factory=list)
+    cutting: bool = False
+    cut: Any = None
+    """A predicate on each operation: True cuts the connection before it is answered (the
+    write may or may not have happened: here it has not)."""
 
     def add_user(
         self, uid: str, password: str, base: str = "ou=people,dc=x", **attributes: Any
@@ -47,11 +52,20 @@ class MemoryDirectory:
         self.passwords[dn.lower()] = password
         return dn
 
+    def add_group(self, dn: str, members: list[str]) -> str:
+        self.entries[dn.lower()] = (
+            dn,
+            {"objectclass": [b"groupOfNames"], "member": [m.encode() for m in members]},
+        )
+        return dn
+
     # -- what a directory does ---------------------------------------------------------------
 
     def perform(self, op: Op) -> Any:
         if self.down:
             raise DirectoryUnavailable("the in-memory directory is down")
+        if self.cut is not None and self.cut(op):
+            raise DirectoryUnavailable("connection lost (cut by the test)")
         self.operations.append(type(op).__name__)
         if isinstance(op, Search):
             return self.search(op)
@@ -78,6 +92,8 @@ class MemoryDirectory:
             elif not key.endswith("," + lookup.base.lower()):
                 continue
             if lookup.user_filter and b"inetOrgPerson" not in attrs.get("objectclass", []):
+                continue
+            if lookup.filter_ber is not None and not _is_member(lookup.filter, attrs):
                 continue
             if lookup.attribute is not None:
                 values = attrs.get(lookup.attribute.lower(), [])
@@ -115,6 +131,14 @@ class MemoryDirectory:
         return (SUCCESS, "") if ok else (49, "invalid credentials")
 
 
+def _is_member(text: str, attrs: dict[str, list[bytes]]) -> bool:
+    """The one encoded filter the engine sends: (|(member=DN)(uniqueMember=DN))."""
+    dn = text.split("(member=", 1)[1].split(")(uniqueMember=", 1)[0]
+    dn = re.sub(r"\\([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), dn).lower()
+    values = attrs.get("member", []) + attrs.get("uniquemember", [])
+    return dn in [v.decode().lower() for v in values]
+
+
 class _NoPool:
     stats: Any
 
@@ -132,7 +156,9 @@ class MemoryStore(OtpStore):
 
     def __init__(self, config: Config, keyring: Keyring, directory: MemoryDirectory, clock: Any):
         pool: Any = _NoPool()
-        super().__init__(config.directory, keyring, pool, pool, clock)
+        policy = config.policy
+        groups = (*policy.require_otp_groups, *policy.admin_groups, *config.web.helpdesk_groups)
+        super().__init__(config.directory, keyring, pool, pool, clock, groups)
         self.directory = directory
 
     async def _perform(self, conn: Any, op: Op) -> Any:

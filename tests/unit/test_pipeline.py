@@ -208,9 +208,11 @@ async def test_policy_order() -> None:
     })
     w = World(cfg)
     w.directory.add_user("svc", "svc-pw")
-    w.directory.add_user("boss", PW, memberOf=[admins, vpn])
-    w.directory.add_user("vpnuser", PW, memberOf=[vpn])
+    boss = w.directory.add_user("boss", PW, memberOf=[admins, vpn])
+    vpnuser = w.directory.add_user("vpnuser", PW, memberOf=[vpn])
     w.directory.add_user("other", PW)
+    w.directory.add_group(admins, [boss])
+    w.directory.add_group(vpn, [boss, vpnuser])
     key = await w.oath("boss")
     await w.oath("vpnuser")
     # admins always need an OTP, even from a trusted network
@@ -295,3 +297,63 @@ async def test_otp_delimiter_splits_for_every_front_end() -> None:
     key = await w.oath("alice")
     assert (await w.login("alice", "pw,with,commas," + hotp(key, 0))).ok
     assert not (await w.login("alice", "pw,with,commas" + hotp(key, 1))).ok  # no delimiter
+
+
+@pytest_twisted.ensureDeferred
+async def test_cutting_the_failure_writes_does_not_buy_guesses(world: World) -> None:
+    """Red team: someone on the path to the directory tells a failure write from a success
+    write by its length and cuts only the failure writes.  The gateway keeps those failures
+    itself: after max_failures unrecorded misses the user is locked, right code or not."""
+    from otpgate.directory.engine import Modify
+
+    key = await world.oath("alice")
+    state_writes = {world.config.directory.used.spec.name.lower()}
+    world.directory.cut = lambda op: isinstance(op, Modify) and any(
+        m.attribute.lower() in state_writes for m in op.changes
+    ) and (world.directory.cutting)
+    world.directory.cutting = True
+    for _ in range(world.config.lockout.max_failures):
+        result = await world.login("alice", PW + "000000")
+        assert not result.ok and result.unavailable  # the client sees "unavailable"
+    world.directory.cutting = False
+    refused = await world.login("alice", PW + hotp(key, 0))
+    assert not refused.ok and refused.reason == "locked out"
+    user = await world.store.resolve("alice", fresh=True)
+    assert world.store.decode(user).used.failures == 0  # nothing reached the directory
+    world.clock.advance(60 * world.config.lockout.duration_minutes + 1)
+    assert (await world.login("alice", PW + hotp(key, 0))).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_secret_is_split_by_the_tokens_the_user_has_now(world: World) -> None:
+    """Red team: a cached token list (6 digits) must not split password+code for a token
+    enrolled meanwhile by another gateway (8 digits)."""
+    six = await world.oath("alice")
+    assert (await world.login("alice", PW + hotp(six, 0))).ok  # cached here now
+    other = world.other_gateway()
+    eight = await other.oath("alice", digits=8)
+    result = await world.login("alice", PW + hotp(eight, 0, digits=8))
+    assert result.ok, result
+
+
+@pytest_twisted.ensureDeferred
+async def test_membership_without_memberof_still_needs_the_otp() -> None:
+    """Red team: on OpenLDAP without the memberof overlay the user has no memberOf values;
+    a required group (or an admin group) must still be seen, through the group's members,
+    and a group that cannot be read fails the login closed."""
+    admins, vpn = "cn=admins,ou=groups,dc=x", "cn=vpn,ou=groups,dc=x"
+    w = World(config(policy={"require_otp_groups": [vpn], "admin_groups": [admins],
+                             "trusted_networks": ["10.0.0.0/8"]}))
+    carol = w.directory.add_user("carol", PW)  # no memberOf at all
+    dave = w.directory.add_user("dave", PW)
+    w.directory.add_group(vpn, [carol])
+    w.directory.add_group(admins, [dave])
+    key = await w.oath("carol")
+    await w.oath("dave")
+    assert not (await w.login("carol", PW, client="192.0.2.1")).ok  # in the required group
+    assert (await w.login("carol", PW + hotp(key, 0), client="192.0.2.1")).ok
+    assert not (await w.login("dave", PW, client="10.1.1.1")).ok  # admin: trusted net or not
+    del w.directory.entries[vpn.lower()]  # the group can no longer be read
+    w2 = World(w.config, w.directory)
+    refused = await w2.login("carol", PW, client="192.0.2.1")
+    assert not refused.ok and "membership unknown" in refused.reason
