@@ -1,15 +1,21 @@
-"""The embedded demo directory: ldaptor's in-memory tree served on loopback.
+"""The embedded demo: ldaptor's in-memory directory on loopback, and the demo's config.
 
-It exists so that ``twistd otpgate --demo`` runs with no external server.
-Two additions make it behave like a real directory where otpgate relies on
-it: Modify refuses to delete a value that is not there (noSuchAttribute) or
-add one that is (attributeOrValueExists), which is what makes otpgate's
-compare-and-swap safe; and it answers the Who Am I? extended operation so
-``ldapwhoami`` works.
+It exists so that ``twistd otpgate --demo`` runs every front end with no external server.
+Two additions make the directory behave like a real one where otpgate relies on it:
+Modify refuses to delete a value that is not there (noSuchAttribute) or add one that is
+(attributeOrValueExists), which is what makes otpgate's compare-and-swap safe; and it
+answers the Who Am I? extended operation so ``ldapwhoami`` works.
+
+The demo's config is a real config file (``demo_config_text``), written with a fresh
+keyring to a temporary folder while the demo runs, so that the ``otpgate`` CLI can be
+pointed at the demo directory too.
 """
 
 from __future__ import annotations
 
+import json
+import socket
+from dataclasses import dataclass
 from importlib import resources
 from io import BytesIO
 from typing import Any
@@ -19,12 +25,19 @@ from ldaptor.protocols import pureldap
 from ldaptor.protocols.ldap import ldaperrors, ldapserver
 from twisted.internet import protocol
 
+from otpgate.errors import ConfigError
+
 DEMO_BASE_DN = "dc=demo,dc=otpgate"
 DEMO_SERVICE_DN = "cn=otpgate,ou=services,dc=demo,dc=otpgate"
 DEMO_SERVICE_PASSWORD = "otpgate-demo-service"  # noqa: S105 (the demo directory's fixed account)
 DEMO_USER_DN = "uid=alice,ou=people,dc=demo,dc=otpgate"
 DEMO_USER_PASSWORD = "alice-password"  # noqa: S105
 DEMO_EXEMPT_DN = "uid=app,ou=services,dc=demo,dc=otpgate"
+DEMO_EXEMPT_PASSWORD = "app-password"  # noqa: S105
+DEMO_HELPDESK_DN = "uid=dana,ou=people,dc=demo,dc=otpgate"
+DEMO_HELPDESK_PASSWORD = "dana-password"  # noqa: S105
+DEMO_HELPDESK_GROUP = "cn=helpdesk,ou=groups,dc=demo,dc=otpgate"
+DEMO_RADIUS_SECRET = "otpgate-demo-nas-secret"  # noqa: S105 (the demo NAS's, printed)
 WHO_AM_I_OID = b"1.3.6.1.4.1.4203.1.11.3"
 
 
@@ -82,3 +95,84 @@ class DemoDirectoryFactory(protocol.ServerFactory):
 async def load_demo_tree() -> Any:
     ldif = resources.files("otpgate").joinpath("data/demo.ldif").read_bytes()
     return await inmemory.fromLDIFFile(BytesIO(ldif))
+
+
+@dataclass(frozen=True)
+class DemoPorts:
+    """The demo's loopback ports: LDAP proxy (TCP), RADIUS (UDP), web portal (TCP)."""
+
+    ldap: int = 10389
+    radius: int = 11812
+    web: int = 10080
+
+    def check_free(self) -> None:
+        """Raise ConfigError (one line naming the option) unless every port can be bound.
+
+        Checked before anything starts, so a busy port is an error message, not a
+        traceback half-way through the start."""
+        if self.ldap == self.web:
+            raise ConfigError(f"--port and --web-port are both {self.ldap}: pick two ports")
+        for option, kind, port in (
+            ("--port", socket.SOCK_STREAM, self.ldap),
+            ("--radius-port", socket.SOCK_DGRAM, self.radius),
+            ("--web-port", socket.SOCK_STREAM, self.web),
+        ):
+            proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+            sock = socket.socket(socket.AF_INET, kind)
+            try:
+                if kind == socket.SOCK_STREAM:
+                    # As Twisted's listenTCP does: a port left in TIME_WAIT counts as free.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise ConfigError(
+                    f"{option} {port}: cannot listen on 127.0.0.1:{port} ({proto}): "
+                    f"{exc.strerror or exc}; choose another port with {option} N"
+                ) from exc
+            finally:
+                sock.close()
+
+
+def demo_config_text(directory_port: int, ports: DemoPorts) -> str:
+    """The demo gateway's config file (the keyring beside it, as ``keyring.json``)."""
+
+    def q(value: Any) -> str:
+        return json.dumps(value)  # TOML basic strings and arrays of them look like JSON
+
+    return f"""\
+# The otpgate demo's config: written by `twistd otpgate --demo`, removed when it stops.
+# Every front end on loopback only; the directory is the demo's in-memory one.
+
+[directory]
+profile = "openldap"
+urls = [{q(f"ldap://127.0.0.1:{directory_port}")}]
+base_dn = {q(DEMO_BASE_DN)}
+bind_dn = {q(DEMO_SERVICE_DN)}
+bind_password = {q(DEMO_SERVICE_PASSWORD)}
+
+[vault]
+keyring = "keyring.json"
+
+[otp]
+issuer = "otpgate demo"
+
+[policy]
+exempt_dns = [{q(DEMO_EXEMPT_DN)}]
+
+[ldap_proxy]
+listen = [{q(f"tcp:{ports.ldap}:interface=127.0.0.1")}]
+
+[radius]
+listen = [{q(f"127.0.0.1:{ports.radius}")}]
+
+[[radius.clients]]
+name = "demo NAS"
+address = "127.0.0.1/32"
+secret = {q(DEMO_RADIUS_SECRET)}
+mode = "append"
+
+[web]
+listen = [{q(f"tcp:{ports.web}:interface=127.0.0.1")}]
+helpdesk_groups = [{q(DEMO_HELPDESK_GROUP)}]
+metrics_networks = ["127.0.0.0/8"]
+"""

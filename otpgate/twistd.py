@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import base64
+import io
 import os
+import shutil
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +18,20 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from otpgate.admin.enrollment import enroll_change, new_oath_token, otpauth_uri
-from otpgate.config import Config, load_config, parse_config
+from otpgate.config import Config, load_config
 from otpgate.demo import (
-    DEMO_BASE_DN,
-    DEMO_EXEMPT_DN,
-    DEMO_SERVICE_DN,
-    DEMO_SERVICE_PASSWORD,
+    DEMO_HELPDESK_PASSWORD,
+    DEMO_RADIUS_SECRET,
     DEMO_USER_DN,
     DEMO_USER_PASSWORD,
     DemoDirectoryFactory,
+    DemoPorts,
+    demo_config_text,
     load_demo_tree,
 )
 from otpgate.errors import ConfigError
-from otpgate.service import Gateway, make_service
-from otpgate.vault import Keyring, VaultError
+from otpgate.service import Gateway, LoggingService, make_service
+from otpgate.vault import VaultError, keygen
 
 log = Logger()
 
@@ -35,96 +39,156 @@ log = Logger()
 def make_service_from_options(options: Any) -> service.IService:
     from twisted.internet import reactor
 
-    if options["demo"]:
-        return DemoService(reactor, int(options["port"]))
     try:
+        if options["demo"]:
+            ports = DemoPorts(options["port"], options["radius-port"], options["web-port"])
+            ports.check_free()
+            return DemoService(reactor, ports)
         path = Path(options["config"])
         return make_service(load_config(path), reactor, path)
     except (ConfigError, VaultError) as exc:
-        print(f"otpgate: {exc}", file=sys.stderr)
+        print(f"otpgate{' demo' if options['demo'] else ''}: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
 
 
-def demo_config(directory_port: int, proxy_port: int) -> Config:
-    return parse_config(
-        {
-            "directory": {
-                "profile": "openldap",
-                "urls": [f"ldap://127.0.0.1:{directory_port}"],
-                "base_dn": DEMO_BASE_DN,
-                "bind_dn": DEMO_SERVICE_DN,
-                "bind_password": DEMO_SERVICE_PASSWORD,
-            },
-            "vault": {"keyring": "unused-in-demo"},
-            "otp": {"issuer": "otpgate demo"},
-            "policy": {"exempt_dns": [DEMO_EXEMPT_DN]},
-            "ldap_proxy": {"listen": [f"tcp:{proxy_port}:interface=127.0.0.1"]},
-        },
-        Path("."),
-    )
+@dataclass(frozen=True)
+class DemoToken:
+    """A token the demo enrolled at startup, for the banner."""
+
+    name: str
+    uri: str
+    secret_b32: str
 
 
-class DemoService(service.Service):
-    """Demo directory on a free loopback port, the LDAP proxy in front, one enrolled user."""
+class DemoService(service.MultiService):
+    """The demo directory on a free loopback port and the whole gateway in front of it.
 
-    def __init__(self, reactor: Any, proxy_port: int) -> None:
+    The gateway is the one ``twistd otpgate --config`` runs (``make_service``), on a config
+    file and keyring written to a temporary folder that is removed when the service stops
+    (Ctrl-C, SIGTERM), so that the ``otpgate`` CLI can use them meanwhile."""
+
+    def __init__(self, reactor: Any, ports: DemoPorts) -> None:
+        service.MultiService.__init__(self)
         self.reactor = reactor
-        self.proxy_port = proxy_port
-        self.ports: list[Any] = []
+        self.ports = ports
+        self.folder: Path | None = None
+        self.directory_port: Any = None
         self.gateway: Gateway | None = None
+        self.ready: defer.Deferred[None] | None = None
 
     def startService(self) -> None:
-        service.Service.startService(self)
-        d = defer.ensureDeferred(self._start())
-        d.addErrback(self._failed)
+        service.MultiService.startService(self)
+        self.ready = defer.ensureDeferred(self._start())
+        self.ready.addErrback(self._failed)
 
     def _failed(self, failure: Any) -> None:
         log.failure("otpgate demo could not start", failure)
-        self.reactor.stop()
+        if self.reactor.running:
+            self.reactor.stop()
 
     async def _start(self) -> None:
         tree = await load_demo_tree()
-        directory = self.reactor.listenTCP(0, DemoDirectoryFactory(tree), interface="127.0.0.1")
-        self.ports.append(directory)
-        config = demo_config(directory.getHost().port, self.proxy_port)
-        keyring = Keyring({"demo": os.urandom(32)}, "demo")
-        self.gateway = gateway = Gateway(config, keyring, self.reactor)
-
-        user = await gateway.store.resolve("alice")
-        token, secret = new_oath_token(config.otp, label="demo phone")
-        await gateway.store.update(
-            user, lambda state: enroll_change(state, token, secret, config.otp.max_tokens_per_user)
+        if not self.running:
+            return
+        self.directory_port = self.reactor.listenTCP(
+            0, DemoDirectoryFactory(tree), interface="127.0.0.1"
         )
-        uri = otpauth_uri(token, secret, "alice", config.otp.issuer)
-        self.ports.append(
-            self.reactor.listenTCP(
-                self.proxy_port, gateway.ldap_proxy_factory(), interface="127.0.0.1"
-            )
-        )
-        secret_b32 = base64.b32encode(secret.key).decode().rstrip("=")
-        print_demo_banner(uri, secret_b32, self.proxy_port)
+        self.folder = folder = Path(tempfile.mkdtemp(prefix="otpgate-demo-"))  # mode 0700
+        keygen(folder / "keyring.json", "demo")  # mode 0600
+        config_path = folder / "otpgate.toml"
+        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as config_file:
+            config_file.write(demo_config_text(self.directory_port.getHost().port, self.ports))
+        config = load_config(config_path)
+        gateway_service = make_service(config, self.reactor, config_path)
+        gateway = gateway_service.gateway if isinstance(gateway_service, LoggingService) else None
+        if gateway is None:
+            raise RuntimeError("make_service made no gateway")
+        self.gateway = gateway
+        gateway_service.setServiceParent(self)  # running: the listeners start now
+        alice = await enroll_demo_token(gateway, config, "alice", "demo phone")
+        dana = await enroll_demo_token(gateway, config, "dana", "help desk phone")
+        if self.running:
+            out = sys.__stdout__ or sys.stdout
+            out.write(demo_banner(self.ports, alice, dana, config_path))
+            out.flush()
 
     def stopService(self) -> Any:
-        service.Service.stopService(self)
+        d = defer.maybeDeferred(service.MultiService.stopService, self)
+        d.addBoth(self._clean_up)
+        return d
+
+    def _clean_up(self, result: Any) -> Any:
         if self.gateway is not None:
             self.gateway.close()
-        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.directory_port is None:
+            return result
+        d = defer.maybeDeferred(self.directory_port.stopListening)
+        d.addBoth(lambda _: result)
+        return d
 
 
-def print_demo_banner(uri: str, secret_b32: str, port: int) -> None:
-    # twistd routes sys.stdout into the log; the banner is for the person at the terminal.
-    out = sys.__stdout__ or sys.stdout
-    url = f"ldap://127.0.0.1:{port}"
-    out.write(f"\notpgate demo: LDAP proxy on {url} (demo directory in-process)\n\n")
-    out.write("Add alice's token to an authenticator app (scan the QR code or open the URI):\n\n")
-    segno.make(uri, error="m").terminal(out=out, compact=True)
-    out.write(f"\n  {uri}\n\n")
-    out.write("Bind as alice with her password followed by the current code:\n\n")
-    out.write(
-        f"  ldapwhoami -x -H {url} -D {DEMO_USER_DN} "
-        f"-w {DEMO_USER_PASSWORD}$(.venv/bin/otpgate code --secret {secret_b32})\n\n"
-    )
-    out.write("Run it twice: the second bind is refused (the code is spent).\n")
-    out.write("An exempt service account binds with its password alone:\n\n")
-    out.write(f"  ldapwhoami -x -H {url} -D {DEMO_EXEMPT_DN} -w app-password\n\n")
-    out.flush()
+async def enroll_demo_token(gateway: Gateway, config: Config, name: str, label: str) -> DemoToken:
+    user = await gateway.store.resolve(name)
+    token, secret = new_oath_token(config.otp, label=label)
+    max_tokens = config.otp.max_tokens_per_user
+    await gateway.store.update(user, lambda s: enroll_change(s, token, secret, max_tokens))
+    secret_b32 = base64.b32encode(secret.key).decode().rstrip("=")
+    return DemoToken(name, otpauth_uri(token, secret, name, config.otp.issuer), secret_b32)
+
+
+def otpgate_command() -> str:
+    """How to run this install's ``otpgate`` from here: the bare name when PATH finds this
+    one, else its path (relative when below the current directory: ``.venv/bin/otpgate``)."""
+    beside = Path(sys.executable).with_name("otpgate")
+    if not beside.exists():
+        return "otpgate"
+    found = shutil.which("otpgate")
+    if found is not None and Path(found).resolve() == beside.resolve():
+        return "otpgate"
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
+
+
+def qr_text(uri: str) -> str:
+    text = io.StringIO()
+    segno.make(uri, error="m").terminal(out=text, compact=True)
+    return text.getvalue()
+
+
+def demo_banner(ports: DemoPorts, alice: DemoToken, dana: DemoToken, config: Path) -> str:
+    """What the person at the terminal reads: one line per front end, then the QR codes."""
+    cli = otpgate_command()
+    code = f"$({cli} code --secret {alice.secret_b32})"
+    web = f"http://127.0.0.1:{ports.web}"
+    lines = [
+        "",
+        "otpgate demo: every front end on 127.0.0.1, the directory in memory, nothing kept.",
+        "",
+        f"  LDAP     ldapwhoami -x -H ldap://127.0.0.1:{ports.ldap} -D {DEMO_USER_DN} "
+        f"-w {DEMO_USER_PASSWORD}{code}",
+        f"  RADIUS   radtest -x alice {DEMO_USER_PASSWORD}{code} 127.0.0.1:{ports.radius} 0 "
+        f"{DEMO_RADIUS_SECRET}",
+        f"  portal   {web}  alice / {DEMO_USER_PASSWORD} + code; "
+        f"help desk: dana / {DEMO_HELPDESK_PASSWORD} + dana's code",
+        f"  metrics  curl {web}/metrics",
+        f"  CLI      {cli} show alice --config {config}",
+        "",
+        "Each code works once, on every front end: run a line twice and the second is refused;",
+        "the next front end needs the next code (30 s).",
+        "",
+        f"alice's token: scan it into an authenticator app (or: {cli} code --secret "
+        f"{alice.secret_b32})",
+        f"  {alice.uri}",
+        qr_text(alice.uri),
+        f"dana's token, the help desk's ({cli} code --secret {dana.secret_b32})",
+        f"  {dana.uri}",
+        qr_text(dana.uri),
+        f"Stop with Ctrl-C: the demo directory and {config.parent} go with it.",
+        "",
+    ]
+    return "\n".join(lines)
