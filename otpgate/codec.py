@@ -169,6 +169,13 @@ class AttributeCodec:
         except (VaultError, ValueError, UnicodeError) as exc:
             raise CodecError(f"{user}: {self.spec.name} ({self.purpose.value}): {exc}") from exc
 
+    def is_envelope(self, raw: bytes) -> bool:
+        """Whether ``raw`` has the shape of an otpgate envelope (not whether it decrypts)."""
+        try:
+            return self.key_id_of(raw) is not None
+        except ValueError:
+            return False
+
     def key_id_of(self, raw: bytes) -> str | None:
         """The key a stored value is encrypted with; None for anything that is no envelope."""
         if raw[:1] == b"\xa1":

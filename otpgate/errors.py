@@ -81,6 +81,11 @@ class TamperedState(CodecError):
     """Stored values that otpgate cannot have written together: refused, never repaired."""
 
 
+class StateNotMigrated(CodecError):
+    """The state still sits in the user's own entry while ``state_dn`` is set: refused (it
+    reads as "never enrolled" otherwise) until ``otpgate migrate-state`` moves it."""
+
+
 class VaultError(FormatError):
     """A value cannot be decrypted or a keyring is unusable.  Never carries key material."""
 

@@ -111,11 +111,15 @@ class Authenticator:
             _note(trace, "policy", None, "exempt DN: its password alone, without a lookup")
             return _Ready(None, Decision(False, "exempt account"))
         user = await self.store.resolve(request.name)
+        now = self.clock.seconds()
+        if user.expires_at is not None and user.expires_at <= now:
+            # AD refuses the password bind of an expired account, but CHAP, MS-CHAPv2 and
+            # otp-only logins bind nothing: the account's state decides here for all.
+            return self._ready(trace, _Ready(user, Decision(True, "policy"), None, "expired"))
         decision = self._decide(user, request)
         if not decision.needs_otp:
             return self._ready(trace, _Ready(user, decision))
         state = self.store.decode(user)
-        now = self.clock.seconds()
         if user.from_cache and (not state.tokens or is_locked(state.used, now)):
             # A refusal is made on what the directory holds now: a cached entry may predate
             # an enrollment or an unlock.

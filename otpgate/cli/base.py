@@ -331,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rk)
     rk.set_defaults(func=Command("keys", "cmd_rekey"))
 
+    ms = sub.add_parser(
+        "migrate-state",
+        help="move users' state from their own entries into [directory].state_dn",
+    )
+    ms.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    _common(ms)
+    ms.set_defaults(func=Command("keys", "cmd_migrate_state"))
+
     dr = sub.add_parser("doctor", help="check the live directory: schema, access, TLS, pinning")
     dr.add_argument("--test-user", help="an ordinary user to check what users can read/write")
     dr.add_argument("--test-password-file", help="the test user's password (else asked for)")

@@ -51,3 +51,33 @@ def cmd_rekey(args: argparse.Namespace) -> int:
     if report.failed:
         raise CommandFailed(f"{len(report.failed)} value(s) could not be rewritten; run it again")
     return 0
+
+
+def cmd_migrate_state(args: argparse.Namespace) -> int:
+    from otpgate.admin.migrate import MigrationReport, migrate_user
+    from otpgate.errors import OtpgateError
+
+    report = MigrationReport()
+    with admin(args) as ctx:
+        store = ctx.store
+        if store.mapper.container is None:
+            raise CommandFailed("[directory].state_dn is not set: there is nowhere to migrate to")
+        for found in store.user_entries_with_values():
+            report.scanned += 1
+            try:
+                outcome = store.run(migrate_user(store.mapper, found, args.dry_run))
+            except OtpgateError as exc:
+                report.failed.append((found.dn, str(exc)))
+                continue
+            report.done[outcome] = report.done.get(outcome, 0) + 1
+    verb = "would move" if args.dry_run else "moved"
+    lines = [
+        f"migrate-state into {ctx.config.directory.state_dn}: {report.scanned} user(s) "
+        f"scanned, {verb} {report.done.get('migrated', 0)}"
+    ]
+    lines += [f"  {what}: {n}" for what, n in sorted(report.done.items()) if what != "migrated"]
+    lines += [f"  failed: {dn}: {err}" for dn, err in report.failed]
+    emit(args, {**report.to_dict(), "dry_run": args.dry_run}, "\n".join(lines))
+    if report.failed:
+        raise CommandFailed(f"{len(report.failed)} user(s) could not be migrated; run it again")
+    return 0

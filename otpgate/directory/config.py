@@ -188,6 +188,13 @@ def parse_directory(sec: Section, base: Path) -> DirectoryConfig:
     urls, write_url = _urls(sec, start_tls)
     if write_url == "discover" and profile.server != "ad":
         raise ConfigError(f"{sec.key('write_url')}: 'discover' (the PDC emulator) is for AD only")
+    if profile.server == "ad" and write_url is None and len(urls) > 1:
+        raise ConfigError(
+            f"{sec.key('write_url')} is required with several domain controllers: AD replicates "
+            "every DC's writes to the others later, so with OTP state on whichever DC answers "
+            "(a failover someone can force) one code could be accepted twice; pin it: "
+            'write_url = "discover" (the PDC emulator) or one DC\'s URL'
+        )
     ca = sec.get("ca_file", str, "")
     ca_file = (base / ca) if ca else None
     if ca_file is not None and not ca_file.is_file():

@@ -61,7 +61,9 @@ PROFILES = {
         "postalAddress",
         "objectGUID",
         "sAMAccountName",
-        "(&(objectCategory=person)(objectClass=user))",
+        # Disabled accounts are no users (for code-only logins too: CHAP, MS-CHAPv2, otp-only).
+        "(&(objectCategory=person)(objectClass=user)"
+        "(!(userAccountControl:1.2.840.113556.1.4.803:=2)))",
         "userPrincipalName",
     ),
     "openldap": Profile(

@@ -43,6 +43,7 @@ from otpgate.directory.ldapdata import (
 )
 from otpgate.errors import AmbiguousUser as AmbiguousUser
 from otpgate.errors import ConcurrentUpdate as ConcurrentUpdate
+from otpgate.errors import StateNotMigrated as StateNotMigrated
 from otpgate.errors import TamperedState as TamperedState
 from otpgate.errors import UserNotFound as UserNotFound
 from otpgate.tokens import (
@@ -80,6 +81,11 @@ class UserEntry:
     """False while a user's state entry has not been created (nothing stored yet)."""
     state_classes: frozenset[str] = frozenset()
     """Object classes of the entry holding the values."""
+    expires_at: float | None = None
+    """Unix time the account expires (AD accountExpires); None: never."""
+    unmigrated: bool = False
+    """Container layout: the user's own entry still holds otpgate values (a state kept there
+    before ``state_dn`` was set), and no state entry exists: refused until migrated."""
     from_cache: bool = field(default=False, compare=False)
     """Served by the gateway's entry cache: may be up to state_cache_seconds old."""
 
@@ -129,6 +135,25 @@ class Lookup:
 
 _DN_LIKE = re.compile(r"[A-Za-z][\w-]*=.+")
 ANY_ENTRY = "(objectClass=*)"
+PRINCIPAL_CLASSES = frozenset(
+    {"user", "computer", "person", "organizationalperson", "inetorgperson", "contact", "group"}
+)
+"""Classes a state entry must not have: it is no account, nothing anyone could bind as."""
+FILETIME_UNIX_OFFSET = 11644473600
+NEVER_EXPIRES = (0, 0x7FFFFFFFFFFFFFFF)
+
+
+def _account_expiry(raw: bytes | None) -> float | None:
+    """AD accountExpires (100 ns since 1601, 0 or 2^63-1 for never) as Unix time."""
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        return 0.0  # unreadable: treat as expired (fail closed)
+    if value in NEVER_EXPIRES:
+        return None
+    return value / 1e7 - FILETIME_UNIX_OFFSET
 
 
 def escape_filter_value(value: str) -> str:
@@ -157,10 +182,12 @@ class StateMapper:
             config.used.spec.name,
             "objectClass",
         )
-        identity = (config.profile.id_attribute, "memberOf", "objectClass")
-        self.user_attributes = (
-            identity if self.container else (*identity, *self.state_attributes[:3])
-        )
+        identity: tuple[str, ...] = (config.profile.id_attribute, "memberOf", "objectClass")
+        if config.profile.server == "ad":
+            identity = (*identity, "accountExpires")
+        # In the container layout the user's own values are read too, only to see whether a
+        # state kept there before still waits to be migrated (``otpgate migrate-state``).
+        self.user_attributes = (*identity, *self.state_attributes[:3])
         self._ad = config.profile.server == "ad"
 
     @property
@@ -247,6 +274,7 @@ class StateMapper:
         groups = tuple(
             v.decode("utf-8", "replace").lower() for v in found.attributes.get("memberof", [])
         )
+        expires_at = _account_expiry(found.first("accountExpires"))
         if self.container is not None:
             return UserEntry(
                 dn=found.dn,
@@ -255,13 +283,37 @@ class StateMapper:
                 object_classes=classes,
                 state_dn=self.state_dn_of(id_value),
                 state_exists=False,
+                expires_at=expires_at,
+                unmigrated=bool(self.own_values(found)),
             )
+        user = UserEntry(
+            dn=found.dn,
+            entry_id=id_value,
+            groups=groups,
+            object_classes=classes,
+            expires_at=expires_at,
+        )
         return self._with_values(
-            UserEntry(dn=found.dn, entry_id=id_value, groups=groups, object_classes=classes),
+            user,
             found,
             found.dn,
             classes,
         )
+
+    def own_values(self, found: SearchEntry) -> dict[str, list[bytes]]:
+        """otpgate's values in a user's own entry, by attribute (envelopes and the
+        placeholder only: an AD user's real postal address is none of them)."""
+        own: dict[str, list[bytes]] = {}
+        for codec in (self.seed_codec, self.tokens_codec, self.used_codec):
+            name = codec.spec.name
+            values = [
+                v
+                for v in found.attributes.get(name.lower(), [])
+                if v == INITIAL_USED or codec.is_envelope(v)
+            ]
+            if values:
+                own[name] = values
+        return own
 
     def with_state(self, user: UserEntry, found: list[SearchEntry]) -> UserEntry:
         """``user`` with the values of its state entry (container layout)."""
@@ -271,6 +323,13 @@ class StateMapper:
         classes = frozenset(
             v.decode("utf-8", "replace").lower() for v in holder.attributes.get("objectclass", [])
         )
+        wanted = {c.lower() for c in self.config.state_classes} - {"top"}
+        if not wanted <= classes or classes & PRINCIPAL_CLASSES:
+            # Something else under that name (planted, or an account): never state to trust.
+            raise TamperedState(
+                f"{user.state_dn} is not an otpgate state entry (object classes "
+                f"{', '.join(sorted(classes))}): refusing it"
+            )
         return self._with_values(user, holder, user.state_dn, classes)
 
     def _with_values(
@@ -311,6 +370,11 @@ class StateMapper:
         values that do not belong together.  ``with_secrets=False`` never decrypts the seed
         (listing)."""
         eid, who = user.entry_id, user.dn
+        if user.unmigrated and not user.state_exists:
+            raise StateNotMigrated(
+                f"{who}: its own entry holds otpgate values but [directory].state_dn has no "
+                "state entry for it: refusing (run `otpgate migrate-state`)"
+            )
         secret_map = (
             secrets_from_dict(self.seed_codec.decode(user.seed, eid, who))
             if with_secrets and user.seed

@@ -168,6 +168,20 @@ class SyncStore:
                 yield found.dn, exc
 
 
+    def user_entries_with_values(self) -> Iterator[SearchEntry]:
+        """Every user entry holding any of the three mapped attributes (paged): what
+        ``migrate-state`` looks at, whatever the layout."""
+        names = (
+            self.config.seed.spec.name,
+            self.config.tokens.spec.name,
+            self.config.used.spec.name,
+        )
+        present = "".join(f"({n}=*)" for n in names)
+        wanted = f"(&{self.config.user_filter}(|{present}))"
+        conn = self.directory.write()
+        yield from conn.paged_search(self.config.base_dn, wanted, self.mapper.user_attributes)
+
+
 class SyncInventory:
     """Unassigned hardware tokens: ``inventory.py``'s steps over ldap3 (cf. ``InventoryStore``)."""
 

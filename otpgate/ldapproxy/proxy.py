@@ -80,6 +80,10 @@ class LdapProxyProtocol(protocol.Protocol):
         self._upstream_failed = False
         self._busy = False  # a bind is running: hold later requests
         self._bound = False
+        self._upstream_identity = False
+        """The upstream connection is bound as someone (a bind of ours or a forwarded one
+        succeeded there)."""
+        self._refused_bind = False
         self._tls = False
         self._closing = False
         self._outstanding: set[int] = set()
@@ -237,7 +241,7 @@ class LdapProxyProtocol(protocol.Protocol):
             return
         if op == ber.BIND_REQUEST:
             self._busy = True
-            d = defer.ensureDeferred(self._bind(pdu, header))
+            d = defer.ensureDeferred(self._bind_and_reset(pdu, header))
             d.addBoth(self._bind_done)
             return
         if self.upstream is None:  # unreachable: answer what needs an answer, fail closed
@@ -276,6 +280,8 @@ class LdapProxyProtocol(protocol.Protocol):
             self.transport.write(data)
 
     def _answer(self, message_id: int, op_tag: int, code: int, diagnostic: bytes = b"") -> None:
+        if op_tag == ber.BIND_RESPONSE and code != SUCCESS:
+            self._refused_bind = True
         self._write(ber.message(message_id, ber.ldap_result(op_tag, code, diagnostic)))
 
     async def _own_request(
@@ -333,6 +339,23 @@ class LdapProxyProtocol(protocol.Protocol):
             reason=reason,
         )
 
+    async def _bind_and_reset(self, pdu: bytes, header: ber.Header) -> None:
+        """A bind, then, if the proxy refused it on a connection bound upstream as someone,
+        an anonymous bind upstream: after a failed bind the connection is anonymous (RFC
+        4511 §4.2.1), and the next request must not run as the previous identity.  Later
+        requests wait for it (the connection is busy)."""
+        self._refused_bind = False
+        await self._bind(pdu, header)
+        if self._refused_bind and self._upstream_identity and not self._closing:
+            mid = header.message_id
+            answer, answer_header = await self._own_request(
+                mid, ber.bind_request(mid, b"", b""), ber.BIND_RESPONSE
+            )
+            if ber.result_code(answer, answer_header) != SUCCESS:
+                self._close("identity_reset_failed", "the upstream refused an anonymous bind")
+                return
+            self._upstream_identity = False
+
     async def _bind(self, pdu: bytes, header: ber.Header) -> None:
         mid = header.message_id
         try:
@@ -364,6 +387,7 @@ class LdapProxyProtocol(protocol.Protocol):
         if not name and not request.simple:
             answer = await self._forward_bind(pdu, mid)  # anonymous: the directory's business
             if answer is not None:
+                self._upstream_identity = False
                 self._write(answer[0])
             return
         if not name or not request.simple:
@@ -401,7 +425,9 @@ class LdapProxyProtocol(protocol.Protocol):
         pdu, header = await self._own_request(
             mid, ber.bind_request(mid, dn, password), ber.BIND_RESPONSE
         )
-        return ber.result_code(pdu, header), ""
+        code = ber.result_code(pdu, header)
+        self._upstream_identity = code == SUCCESS  # a failed bind leaves it anonymous
+        return code, ""
 
     # -- SASL --------------------------------------------------------------------------------
 
@@ -432,7 +458,7 @@ class LdapProxyProtocol(protocol.Protocol):
         done = await sasl_bind(self.factory.gateway.authenticator, request, mech, forward, who_am_i)
         if done.result.ok:
             self.factory.count("sasl_accepted")
-            self._bound = True
+            self._bound = self._upstream_identity = True
             self._write(response[0])
         elif done.in_progress or (response and not done.disconnect):
             self._write(response[0])  # a challenge, or the directory's own refusal

@@ -44,10 +44,13 @@ WEB_ACTIONS = (
 REASON_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # (class, reason prefixes or fragments, checked in this order)
     ("rate_limited", ("rate limit",)),
-    ("directory", ("directory unavailable", "DirectoryError", "CodecError", "ConcurrentUpdate")),
+    ("directory", ("directory unavailable", "DirectoryError", "ConcurrentUpdate")),
+    ("tampered", ("TamperedState", "StateNotMigrated", "CodecError", "not an otpgate state")),
     ("unknown_user", ("UserNotFound", "AmbiguousUser")),
     ("wrong_otp", ("wrong OTP", "no valid OTP", "wrong confirmation code")),
+    ("replayed", ("already used",)),
     ("locked_out", ("locked out",)),
+    ("account", ("expired",)),
     ("no_token", ("no token enrolled", "has a token")),
     ("wrong_password", ("wrong password", "bind refused")),
     ("otp_required", ("no one-time code", "no OTP needed")),

@@ -238,3 +238,43 @@ def test_state_entries_are_created_by_the_service_account_only(site):
     finally:
         attacker.unbind()
     assert name
+
+
+@pytest_twisted.ensureDeferred
+async def test_switching_to_the_container_fails_closed_until_migrated(site, tmp_path, capsys):
+    """Red team: after [directory] state_dn is set, a state still in the user's own entry
+    must not read as "never enrolled" (a phished password could then enroll the attacker's
+    device).  Refused until `otpgate migrate-state` moves it; then the same state (spent
+    codes included) is in force."""
+    from otpgate.cli import main
+    from tests.integration.test_cli import write_config
+
+    before = await started(site, tmp_path, USER_LAYOUT)
+    try:
+        name, dn = site.new_user("migr")
+        key = await enroll(before, name)
+        assert await before.ldap3_bind(dn, PW + hotp(key, 0)) == (True, 0)
+    finally:
+        await before.stop()
+    proxy = await started(site, tmp_path, container(site))
+    try:
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 1)) == (False, 49)
+        gw = proxy.gateway
+        first = await gw.authenticator.first_enrollment(
+            AuthRequest(name, PW, "127.0.0.1", "web"), gw.check_password, allowed=True
+        )
+        assert not first.ok and "migrate-state" in first.reason
+        config = write_config(tmp_path / "migrate.toml", {
+            "directory": site.directory_section(**container(site)),
+            "vault": {"keyring": str(site.keyring)},
+        })
+        assert main(["migrate-state", "--dry-run", "--config", str(config)]) == 0
+        assert main(["migrate-state", "--config", str(config)]) == 0
+        assert "moved" in capsys.readouterr().out
+        d = gw.config.directory
+        for attribute in (d.seed.spec.name, d.tokens.spec.name, d.used.spec.name):
+            assert not site.raw_values(dn, attribute)  # gone from the user's own entry
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 0)) == (False, 49)  # still spent
+        assert await proxy.ldap3_bind(dn, PW + hotp(key, 1)) == (True, 0)
+    finally:
+        await proxy.stop()

@@ -286,3 +286,39 @@ async def test_stale_cached_entry_costs_one_counted_cas_retry(backend):
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.samba
+@pytest_twisted.ensureDeferred
+async def test_disabled_and_expired_ad_accounts_get_no_code_only_login(request, tmp_path_factory):
+    """Red team: CHAP, MS-CHAPv2 and otp-only logins bind nothing as the user, so AD never got
+    to say the account is disabled or expired: otpgate checks both itself."""
+    from tests.integration.backends import make_backend
+
+    backend = make_backend("samba", request, tmp_path_factory.getbasetemp())
+    gw = gateway(backend, {"state_cache_seconds": 0})
+    try:
+        for change in ("disable", "expire"):
+            name, dn = backend.new_user(change)
+            key = os.urandom(20)
+            await enroll(gw, name, key=key)
+            assert (await gw.authenticator.authenticate(otp_only(name, hotp(key, 0)), None)).ok
+            admin = backend.admin()
+            try:
+                if change == "disable":
+                    admin.search(dn, "(objectClass=*)", search_scope="BASE",
+                                 attributes=["userAccountControl"])
+                    flags = int(admin.response[0]["attributes"]["userAccountControl"]) | 2
+                    value = str(flags)
+                    attribute = "userAccountControl"
+                else:  # a FILETIME in 2001
+                    value, attribute = str((978307200 + 11644473600) * 10**7), "accountExpires"
+                assert admin.modify(dn, {attribute: [("MODIFY_REPLACE", [value])]}), admin.result
+            finally:
+                admin.unbind()
+            result = await gw.authenticator.authenticate(otp_only(name, hotp(key, 1)), None)
+            assert not result.ok, (change, result)
+            assert ("expired" in result.reason) if change == "expire" else (
+                "UserNotFound" in result.reason), result.reason
+    finally:
+        gw.close()

@@ -281,6 +281,10 @@ def test_reason_classes():
     assert reason_class("no one-time code (password-only enrollment does not apply here)") == (
         "otp_required")
     assert reason_class(None) == "other"
+    assert reason_class("OTP already used") == "replayed"
+    assert reason_class("TamperedState: use state of tokens that are not stored") == "tampered"
+    assert reason_class("StateNotMigrated: run `otpgate migrate-state`") == "tampered"
+    assert reason_class("expired") == "account"
 
 
 # -- the request body cap (bodycap.py) --------------------------------------------------------

@@ -254,3 +254,18 @@ def test_each_default_is_stated_once_in_its_dataclass():
     assert config.otp == OtpConfig() and config.lockout == LockoutConfig()
     assert config.policy == PolicyConfig() and config.radius == RadiusConfig()
     assert config.ldap_proxy == LdapProxyConfig() and config.web == WebConfig()
+
+
+def test_several_domain_controllers_need_a_pinned_write_server():
+    """Red team: with OTP state on whichever DC answers, a forced failover to a DC that has
+    not replicated the last write accepts a code twice."""
+    ad = {**MINIMAL, "directory": {**MINIMAL["directory"], "profile": "ad",
+                                   "state_dn": "OU=s,DC=example,DC=org",
+                                   "urls": ["ldaps://dc1.example.org", "ldaps://dc2.example.org"]}}
+    with pytest.raises(ConfigError, match=r"\[directory\]\.write_url is required with several"):
+        parse(ad)
+    ad["directory"]["write_url"] = "discover"
+    assert parse(ad).directory.write_url == "discover"
+    ad["directory"]["urls"] = ["ldaps://dc1.example.org"]
+    del ad["directory"]["write_url"]
+    assert parse(ad).directory.write_url is None  # one DC: that one

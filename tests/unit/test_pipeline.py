@@ -357,3 +357,18 @@ async def test_membership_without_memberof_still_needs_the_otp() -> None:
     w2 = World(w.config, w.directory)
     refused = await w2.login("carol", PW, client="192.0.2.1")
     assert not refused.ok and "membership unknown" in refused.reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_planted_entry_is_no_state_entry() -> None:
+    """Red team: whatever else sits under the state entry's name (an account someone could
+    create there, or anything without the state classes) is refused, never used as state."""
+    w = World(config("container"))
+    w.directory.add_user("alice", PW)
+    user = await w.store.resolve("alice", fresh=True)
+    w.directory.entries[user.state_dn.lower()] = (user.state_dn, {
+        "objectclass": [b"top", b"organizationalRole", b"extensibleObject", b"inetOrgPerson"],
+        "cn": [user.state_dn.split(",")[0][3:].encode()],
+    })
+    result = await w.login("alice", PW + "123456")
+    assert not result.ok and "not an otpgate state entry" in result.reason

@@ -554,3 +554,30 @@ def test_gateway_starttls_waits_for_the_handshake():
     assert started == [TLS_OPTIONS] and not d.called
     client.handshakeCompleted()
     assert d.called and not transport.disconnected
+
+
+def test_a_refused_rebind_leaves_the_upstream_connection_anonymous():
+    """Red team: bound as A, a rebind the proxy refuses (here a bind without a password,
+    never forwarded) left the upstream connection bound as A for the next request.  After a
+    failed bind the connection is anonymous (RFC 4511 4.2.1): the proxy binds anonymously
+    upstream before anything else goes."""
+    h = Harness()
+    h.send(bind(1, SVC, "pw"))
+    h.upstream_got()
+    h.answer(bind_response(1, 0))
+    assert _codes(h.client_got()) == [(1, ber.BIND_RESPONSE, 0)]
+    h.send(bind(2, ALICE, ""), search(3))  # refused at once (unauthenticated bind)
+    assert _codes(h.client_got()) == [(2, ber.BIND_RESPONSE, 49)]
+    sent = h.upstream_got()
+    assert len(sent) == 1 and sent[0][0].op_tag == ber.BIND_REQUEST  # the reset, not the search
+    assert ber.parse_bind(sent[0][1], sent[0][0]).name == b""
+    h.answer(bind_response(2, 0))
+    sent = h.upstream_got()
+    assert [(hd.message_id, hd.op_tag) for hd, _ in sent] == [(3, ber.SEARCH_REQUEST)]
+
+
+def test_a_refused_first_bind_sends_no_reset():
+    h = Harness()
+    h.send(bind(1, ALICE, ""))
+    assert _codes(h.client_got()) == [(1, ber.BIND_RESPONSE, 49)]
+    assert h.upstream_got() == []
