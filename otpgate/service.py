@@ -111,7 +111,7 @@ class LoggingService(service.MultiService):
 
     def _close_log(self, result: Any) -> Any:
         if self.gateway is not None:
-            self.gateway.audit.stop()
+            self.gateway.close()  # the audit trail and the directory pools
         close_log_file(self._log_file)
         return result
 
