@@ -62,8 +62,11 @@ class Gateway:
             stats=self.directory_stats,
         )
         policy = config.policy
-        groups = (*policy.require_otp_groups, *policy.admin_groups, *config.web.helpdesk_groups)
-        self.store = OtpStore(d, keyring, self.read_pool, self.write_pool, reactor, groups)
+        cautious = (*policy.require_otp_groups, *policy.admin_groups)
+        groups = (*cautious, *config.web.helpdesk_groups)
+        self.store = OtpStore(
+            d, keyring, self.read_pool, self.write_pool, reactor, groups, cautious
+        )
         self.audit = AuditTrail(config.logging, reactor)
         self.authenticator = Authenticator(config, self.store, reactor, self.audit)
 

@@ -104,6 +104,18 @@ def resolve(mapper: StateMapper, name: str) -> Step[UserEntry]:
     return (yield from read_state(mapper, mapper.one_entry(name, found)))
 
 
+def resolve_member(
+    mapper: StateMapper,
+    name: str,
+    groups: tuple[str, ...],
+    known: dict[str, bytes],
+    cautious: frozenset[str] = frozenset(),
+) -> Step[UserEntry]:
+    """``resolve``, then the user's membership in ``groups`` (``memberships``)."""
+    user = yield from resolve(mapper, name)
+    return (yield from memberships(mapper, user, groups, known, cautious))
+
+
 def reread(mapper: StateMapper, user: UserEntry) -> Step[UserEntry]:
     """The same entry (same immutable id) read again, with its state."""
     found: list[SearchEntry] = yield Search(mapper.reread_lookup(user), mapper.user_attributes, 2)
@@ -119,7 +131,11 @@ def reread_state(mapper: StateMapper, user: UserEntry) -> Step[UserEntry]:
 
 
 def memberships(
-    mapper: StateMapper, user: UserEntry, groups: tuple[str, ...], known: dict[str, bytes]
+    mapper: StateMapper,
+    user: UserEntry,
+    groups: tuple[str, ...],
+    known: dict[str, bytes],
+    cautious: frozenset[str] = frozenset(),
 ) -> Step[UserEntry]:
     """``user`` with the configured ``groups`` it belongs to added to its ``memberOf`` values.
 
@@ -127,54 +143,65 @@ def memberships(
     groups and AD's primary group, and a policy that reads "not in a group that needs an
     OTP" from a membership it cannot see fails open.  So: on AD the user's ``tokenGroups``
     (every group, nested and primary, as SIDs) against the groups' ``objectSid``; elsewhere
-    each group's ``member``/``uniqueMember`` values.  A group or a ``tokenGroups`` that
-    cannot be read is an error (the login fails closed).  ``known`` caches what does not
-    change: group SIDs (AD), groups seen to exist (OpenLDAP)."""
+    each group's ``member``/``uniqueMember`` values.  Where a membership cannot be read (a
+    group that is gone, a ``tokenGroups`` the account may not read), the user counts as a
+    member of the ``cautious`` groups (lower case: those whose membership *adds* a
+    requirement, such as an OTP) and of no other.  ``known`` caches what does not change:
+    group SIDs (AD), groups seen to exist (OpenLDAP)."""
     if not groups:
         return user
-    member: list[str] = []
+    answers: dict[str, bool | None] = {}
     if mapper.config.profile.server == "ad":
         found: list[SearchEntry] = yield Search(
             Lookup(user.dn, SCOPE_BASE, ANY_ENTRY, user_filter=False), ("tokenGroups",)
         )
         token_groups = set(found[0].attributes.get("tokengroups", [])) if found else set()
-        if not token_groups:  # every account has at least its primary group
-            raise DirectoryError(f"{user.dn}: tokenGroups cannot be read: membership unknown")
+        for group in groups:  # an empty tokenGroups: unreadable (every account has a group)
+            sid = yield from _group_fact(group, "objectSid", known)
+            answers[group] = None if sid is None or not token_groups else sid in token_groups
+    else:
+        dn = user.dn.encode()
+        text_dn = escape_filter_value(user.dn)
+        is_member = Lookup(
+            "",
+            SCOPE_BASE,
+            f"(|(member={text_dn})(uniqueMember={text_dn}))",
+            user_filter=False,
+            filter_ber=ber.filter_or(
+                ber.filter_equal(b"member", dn), ber.filter_equal(b"uniqueMember", dn)
+            ),
+        )
         for group in groups:
-            sid = known.get(group.lower())
-            if sid is None:
-                sid = yield from _group_attribute(group, "objectSid")
-                known[group.lower()] = sid
-            if sid in token_groups:
-                member.append(group)
-        return replace(user, groups=(*user.groups, *member))
-    dn = user.dn.encode()
-    text_dn = escape_filter_value(user.dn)
-    is_member = Lookup(
-        "",
-        SCOPE_BASE,
-        f"(|(member={text_dn})(uniqueMember={text_dn}))",
-        user_filter=False,
-        filter_ber=ber.filter_or(
-            ber.filter_equal(b"member", dn), ber.filter_equal(b"uniqueMember", dn)
-        ),
-    )
-    for group in groups:
-        if group.lower() not in known:
-            known[group.lower()] = yield from _group_attribute(group, "objectClass")
-        found = yield Search(replace(is_member, base=group), ("objectClass",))
-        if found:
-            member.append(group)
+            if (yield from _group_fact(group, "objectClass", known)) is None:
+                answers[group] = None
+                continue
+            found = yield Search(replace(is_member, base=group), ("objectClass",))
+            answers[group] = bool(found)
+    member = [
+        g
+        for g, answer in answers.items()
+        if answer or (answer is None and g.lower() in cautious)
+    ]
     return replace(user, groups=(*user.groups, *member))
 
 
-def _group_attribute(group: str, attribute: str) -> Step[bytes]:
-    found: list[SearchEntry] = yield Search(
-        Lookup(group, SCOPE_BASE, ANY_ENTRY, user_filter=False), (attribute,)
-    )
+def _group_fact(group: str, attribute: str, known: dict[str, bytes]) -> Step[bytes | None]:
+    """A group's ``attribute`` (its SID, or just proof that it exists); None if it cannot
+    be read.  Found values are kept in ``known``; failures are asked again next time."""
+    cached = known.get(group.lower())
+    if cached is not None:
+        return cached
+    try:
+        found: list[SearchEntry] = yield Search(
+            Lookup(group, SCOPE_BASE, ANY_ENTRY, user_filter=False), (attribute,)
+        )
+    except DirectoryError as exc:
+        if exc.result_code is None:  # the directory could not be asked at all
+            raise
+        return None
     value = found[0].first(attribute) if found else None
-    if not value:
-        raise DirectoryError(f"group {group} cannot be read ({attribute}): membership unknown")
+    if value:
+        known[group.lower()] = value
     return value
 
 

@@ -43,11 +43,15 @@ class OtpStore:
         write_pool: ServerPool,
         clock: Any = None,
         groups: tuple[str, ...] = (),
+        cautious: tuple[str, ...] = (),
     ) -> None:
         """``groups``: the groups the policy and the portal ask about (required, admin and
-        help-desk groups): each resolved entry carries which of them it belongs to."""
+        help-desk groups): each resolved entry carries which of them it belongs to.  Where a
+        membership cannot be read, the user counts as a member of the ``cautious`` ones
+        (those that add a requirement: required and admin groups) and of no other."""
         self.config = config
         self.groups = tuple(dict.fromkeys(groups))
+        self.cautious = frozenset(g.lower() for g in cautious)
         self._group_facts: dict[str, bytes] = {}
         self.mapper = StateMapper(config, keyring)
         self.clock = clock
@@ -121,9 +125,10 @@ class OtpStore:
             cached = self.cache.get(name, self._now())
             if cached is not None:
                 return cached
-        entry = await self.run(engine.resolve(self.mapper, name))
         entry = await self.run(
-            engine.memberships(self.mapper, entry, self.groups, self._group_facts)
+            engine.resolve_member(
+                self.mapper, name, self.groups, self._group_facts, self.cautious
+            )
         )
         self.cache.put(name, entry, self._now())
         return entry

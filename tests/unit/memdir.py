@@ -157,8 +157,9 @@ class MemoryStore(OtpStore):
     def __init__(self, config: Config, keyring: Keyring, directory: MemoryDirectory, clock: Any):
         pool: Any = _NoPool()
         policy = config.policy
-        groups = (*policy.require_otp_groups, *policy.admin_groups, *config.web.helpdesk_groups)
-        super().__init__(config.directory, keyring, pool, pool, clock, groups)
+        cautious = (*policy.require_otp_groups, *policy.admin_groups)
+        groups = (*cautious, *config.web.helpdesk_groups)
+        super().__init__(config.directory, keyring, pool, pool, clock, groups, cautious)
         self.directory = directory
 
     async def _perform(self, conn: Any, op: Op) -> Any:
