@@ -281,10 +281,10 @@ class Authenticator:
         if request.otp_only:
             return AuthResult(True, "OTP accepted", user.dn, token_id, scratch_remaining=left)
         result = await self._password(
-            user, verdict.password, check_password, "password+OTP accepted", token_id, left
+            user, verdict.password, check_password, "password+OTP accepted", token_id, left, True
         )
         _note(trace, "password", result.ok, "bound upstream" if result.ok else result.reason)
-        return replace(result, password_length=len(verdict.password)) if result.ok else result
+        return result
 
     async def _spend(
         self, user: UserEntry, change: Callable[[OtpState], StateChange[V]], now: float
@@ -330,14 +330,18 @@ class Authenticator:
         why: str,
         token_id: str | None = None,
         scratch_remaining: int | None = None,
+        typed: bool = False,
     ) -> AuthResult:
+        """``typed``: the password was split off what the user typed (its length comes back,
+        for the bind cache)."""
         if check_password is None:
             return AuthResult(False, "no password check available", user.dn)
         if not password:
             return AuthResult(False, "empty password refused", user.dn)
         code, message = await check_password(user.dn, password.encode("utf-8"))
         if code == SUCCESS:
-            return AuthResult(True, why, user.dn, token_id, scratch_remaining=scratch_remaining)
+            length = len(password) if typed else None
+            return AuthResult(True, why, user.dn, token_id, False, scratch_remaining, length)
         reason = "wrong password" if code == INVALID_CREDENTIALS else f"bind refused ({code})"
         # AD puts the real reason (data 52e, 533, 701, 775, ...) in the diagnostic message.
         return AuthResult(False, f"{reason}: {message}".rstrip(": "), user.dn, token_id)

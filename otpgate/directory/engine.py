@@ -259,7 +259,13 @@ def update(
         changes = mapper.plan(user, state, planned)
         code, message = yield Modify(user.state_dn, tuple(changes))
         if code == SUCCESS:
-            return Outcome(planned.result, mapper.after(user, changes), reread_any, conflicts)
+            written = OtpState(
+                tokens=state.tokens if planned.tokens is None else planned.tokens,
+                secrets=state.secrets if planned.secrets is None else planned.secrets,
+                used=state.used if planned.used is None else planned.used,
+            )
+            after = mapper.after(user, changes, written)
+            return Outcome(planned.result, after, reread_any, conflicts)
         if code not in CAS_CONFLICTS:
             raise WriteRefused(f"{user.dn}: write refused: {code} {message}", code)
         conflicts += 1

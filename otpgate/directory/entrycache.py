@@ -9,7 +9,6 @@ was last read from the directory.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import replace
 
 from otpgate.directory.state import UserEntry
 
@@ -37,7 +36,7 @@ class EntryCache:
         marked ``from_cache``: decisions that no compare-and-swap checks re-read it."""
         if self.ttl <= 0:
             return
-        entry = replace(entry, from_cache=True)
+        entry = entry.cached_copy()
         dn = entry.dn.lower()
         self._names[name.lower()] = dn
         self._names.move_to_end(name.lower())
@@ -53,7 +52,7 @@ class EntryCache:
         dn = entry.dn.lower()
         found = self._by_dn.get(dn)
         if found is not None:
-            self._by_dn[dn] = (replace(entry, from_cache=True), found[1])
+            self._by_dn[dn] = (entry.cached_copy(), found[1])
 
     def drop(self, entry: UserEntry) -> None:
         self._by_dn.pop(entry.dn.lower(), None)
