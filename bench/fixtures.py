@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -179,9 +180,9 @@ def ldap_load(
     pids: dict[str, int],
     nice: Sequence[str] = (),
 ) -> dict:
-    """../shared/bench/ldapbind_load.py against ``port``; adds CPU µs per bind of ``pids``."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    out = subprocess.run(
+    """../shared/bench/ldapbind_load.py against ``port``; adds CPU µs per bind of ``pids``
+    and of the load client itself (``cpu_us_client``)."""
+    return shared_load(
         [
             *nice,
             sys.executable,
@@ -199,15 +200,26 @@ def ldap_load(
             "--state-out",
             str(users),
         ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=secs + 120,
+        secs,
+        pids,
+    )
+
+
+def shared_load(argv: Sequence[str], secs: float, pids: dict[str, int]) -> dict:
+    """Run one of ../shared/bench's load clients (prints one JSON line with ``ok``/``fail``);
+    adds the CPU µs per operation of each of ``pids`` and of the client (``cpu_us_client``)."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        list(argv), check=True, capture_output=True, text=True, timeout=secs + 120
     ).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result: dict = json.loads(out.strip().splitlines()[-1])
-    done = max(1, result["ok"] + result["fail"])
+    done = max(1, result.get("ok", 0) + result.get("fail", 0) + result.get("reject", 0))
     for name, pid in pids.items():
         result[f"cpu_us_{name}"] = round((cpu_seconds(pid) - before[name]) / done * 1e6)
+    client = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    result["cpu_us_client"] = round(client / done * 1e6)
     return result
 
 

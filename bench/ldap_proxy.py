@@ -4,7 +4,12 @@
   direct     plain binds straight to slapd
   pass       plain binds through otpgate (exempt users: password only)
   slapo-otp  HOTP binds to slapd's own C overlay (password+code, counter written per bind)
+  ceiling    the directory's own limit for our kind of login (../shared/bench/directory_ceiling.py:
+             a compare-and-swap Modify of one ~400-byte value, then the user's bind; no gateway)
   otpgate    HOTP binds through otpgate (users enrolled by otpgate, state CAS-written per bind)
+
+Every row carries the CPU µs per bind of each process (slapd, otpgate, the load client) and its
+load (CPU seconds per second: 1.0 is a saturated core); the busiest process is named.
 
 Uses ../shared/bench/anchor_slapd.sh and ldapbind_load.py. Prints a table and the ratios, and
 writes bench/results/ldap_proxy.json.  Bounded: each target runs --secs seconds.
@@ -29,12 +34,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fixtures import (  # noqa: E402
     BIN,
+    SHARED,
     SUFFIX,
     add_otpgate_users,
     directory_sections,
     enroll,
     free_tcp_port,
     ldap_load,
+    shared_load,
     start_anchor,
     stop_anchor,
 )
@@ -51,6 +58,16 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def ceiling(port: int, args: argparse.Namespace, pids: dict[str, int]) -> dict:
+    """directory_ceiling.py on the anchor's plain users, same users/concurrency/time."""
+    return shared_load(
+        [sys.executable, str(SHARED / "directory_ceiling.py"), "--port", str(port),
+         "--users", str(args.users), "--conc", str(args.conc), "--secs", str(args.secs)],
+        args.secs,
+        pids,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=500)
@@ -59,7 +76,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=1, help="otpgate reactor processes")
     ap.add_argument("--profile", metavar="SVG|TXT", help="py-spy profile of otpgate (.txt: raw)")
     ap.add_argument("--profile-target", choices=("pass", "otpgate"), default="otpgate")
-    ap.add_argument("--targets", default="direct,pass,slapo-otp,otpgate",
+    ap.add_argument("--targets", default="direct,pass,slapo-otp,ceiling,otpgate",
                     help="comma-separated subset of the targets to run (default: all)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="otpgate-bench-"))
@@ -103,6 +120,7 @@ file = "otpgate.log"
             "direct": (slapd_port, plain, "plain"),
             "pass": (proxy_port, plain, "plain"),
             "slapo-otp": (slapd_port, work / "slapd" / "oath.json", "hotp"),
+            "ceiling": (slapd_port, plain, "ceiling"),
             "otpgate": (proxy_port, og, "hotp"),
         }
         runs = {}
@@ -110,7 +128,10 @@ file = "otpgate.log"
             if target not in wanted:
                 continue
             spy = profiled(target)
-            runs[target] = ldap_load(port, users, mode, args.conc, args.secs, pids)
+            if mode == "ceiling":
+                runs[target] = ceiling(port, args, {"slapd": pids["slapd"]})
+            else:
+                runs[target] = ldap_load(port, users, mode, args.conc, args.secs, pids)
             if spy is not None:
                 spy.wait(timeout=120)
         def ratio(a: str, b: str) -> float | None:
@@ -121,15 +142,24 @@ file = "otpgate.log"
             "runs": runs,
             "pass_vs_direct": ratio("pass", "direct"),
             "otpgate_vs_slapo_otp": ratio("otpgate", "slapo-otp"),
+            "otpgate_vs_ceiling": ratio("otpgate", "ceiling"),
+            "ceiling_vs_slapo_otp": ratio("ceiling", "slapo-otp"),
         }
         print(f"{'target':<10} {'binds/s':>9} {'fail':>6} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'slapd µs/bind':>14} {'otpgate µs/bind':>16}")
+              f"{'slapd µs':>9} {'otpgate µs':>11} {'client µs':>10}  busiest (CPU s/s)")
         for name, r in runs.items():
             ours = sum(v for k, v in r.items() if k.startswith("cpu_us_otpgate"))
+            load = {k[7:]: round(v * r["rate"] / 1e6, 2) for k, v in r.items()
+                    if k.startswith("cpu_us_")}
+            busiest = max(load, key=load.__getitem__)
+            r["load"] = load
             print(f"{name:<10} {r['rate']:>9.0f} {r['fail']:>6} {r['p50_ms']:>8} {r['p99_ms']:>8} "
-                  f"{r['cpu_us_slapd']:>14} {ours:>16}")
-        print(f"pass-through / direct : {result['pass_vs_direct']}")
+                  f"{r['cpu_us_slapd']:>9} {ours:>11} {r['cpu_us_client']:>10}  "
+                  f"{busiest} ({load[busiest]})")
+        print(f"pass-through / direct  : {result['pass_vs_direct']}")
         print(f"otpgate OTP / slapo-otp: {result['otpgate_vs_slapo_otp']}")
+        print(f"otpgate OTP / ceiling  : {result['otpgate_vs_ceiling']}")
+        print(f"ceiling / slapo-otp    : {result['ceiling_vs_slapo_otp']}")
         out = ROOT / "bench" / "results"
         out.mkdir(exist_ok=True)
         (out / "ldap_proxy.json").write_text(json.dumps(result, indent=2))

@@ -57,6 +57,7 @@ def main() -> None:
                 for i in range(args.logins)
             ]
             counter += -(-args.logins // args.users)
+            world.directory.operations.clear()
             cpu = time.process_time()
             for name, secret in zip(names, secrets, strict=True):
                 ok = await world.login(name, secret)
@@ -65,6 +66,10 @@ def main() -> None:
                 world.clock.advance(0.0001)
             rounds.append(round((time.process_time() - cpu) / args.logins * 1e6, 1))
         world.auth.audit.stop()
+        ops = world.directory.operations
+        result["directory_ops_per_login"] = {  # type: ignore[assignment]
+            kind: round(ops.count(kind) / args.logins, 2) for kind in sorted(set(ops))
+        }
         result["logins"] = args.logins
         result["cpu_us_per_login"] = min(rounds)
         result["rounds"] = rounds  # type: ignore[assignment]
