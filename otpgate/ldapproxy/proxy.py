@@ -43,6 +43,7 @@ from otpgate.directory.ldapdata import (
     DirectoryUnavailable,
 )
 from otpgate.ldapproxy.upstream import UpstreamProtocol
+from otpgate.netio import send
 
 if TYPE_CHECKING:
     from otpgate.ldapproxy.factory import ProxyFactory
@@ -222,14 +223,14 @@ class LdapProxyProtocol(protocol.Protocol):
         op = header.op_tag
         if op == ber.UNBIND_REQUEST:
             if self.upstream is not None:
-                self.upstream.transport.write(pdu)
+                send(self.upstream.transport, pdu)
             self._closing = True
             self.transport.loseConnection()
             return
         if op == ber.ABANDON_REQUEST:
             # No answer; the abandoned id stays outstanding (see the module docstring).
             if self.upstream is not None:
-                self.upstream.transport.write(pdu)
+                send(self.upstream.transport, pdu)
             return
         final = ber.FINAL_RESPONSE.get(op)
         if final is None:
@@ -252,7 +253,7 @@ class LdapProxyProtocol(protocol.Protocol):
             self._abort("too_many_outstanding")
             return
         self._outstanding.add(mid)
-        self.upstream.transport.write(pdu)
+        send(self.upstream.transport, pdu)
 
     def _from_upstream(self, pdu: bytes, header: ber.Header) -> None:
         self.resetTimeout()
@@ -277,7 +278,7 @@ class LdapProxyProtocol(protocol.Protocol):
 
     def _write(self, data: bytes) -> None:
         if self.connected and not self._closing:
-            self.transport.write(data)
+            send(self.transport, data)
 
     def _answer(self, message_id: int, op_tag: int, code: int, diagnostic: bytes = b"") -> None:
         if op_tag == ber.BIND_RESPONSE and code != SUCCESS:
@@ -294,7 +295,7 @@ class LdapProxyProtocol(protocol.Protocol):
             raise DirectoryUnavailable("the proxy's previous request is still unanswered")
         d: defer.Deferred[tuple[bytes, ber.Header]] = defer.Deferred()
         self._own = _OwnRequest(message_id, response_tag, d)
-        self.upstream.transport.write(pdu)
+        send(self.upstream.transport, pdu)
         return await d
 
     # -- StartTLS ---------------------------------------------------------------------------
