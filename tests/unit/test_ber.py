@@ -1,6 +1,8 @@
 """otpgate.ber: framing, the few PDUs it reads and writes (cross-checked with ldaptor's
 independent codec), and garbage in -> BerError out, nothing else."""
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -148,3 +150,37 @@ def test_extended_responses_who_am_i_and_notice_of_disconnection():
     with pytest.raises(ber.BerError):
         bad = ber.message(4, ber.ldap_result(ber.EXTENDED_RESPONSE, 0, extra=b"\x99\x00"))
         ber.decode_extended_response(bad, ber.parse_header(bad))
+
+
+@given(
+    st.lists(st.binary(max_size=70_000), min_size=1, max_size=4),
+    st.lists(st.integers(min_value=1, max_value=90_000), max_size=12),
+)
+def test_pdus_come_out_whole_however_the_stream_is_cut(passwords, cuts):
+    """The buffer's offsets and no-copy hand-out: any concatenation of PDUs, cut anywhere,
+    comes out as the same PDUs in order, and nothing is left buffered."""
+    pdus = [ber.bind_request(i + 1, b"uid=a", pw) for i, pw in enumerate(passwords)]
+    stream = b"".join(pdus)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    buf, out = ber.PduBuffer(), []
+    for a, b in itertools.pairwise(points):
+        buf.feed(stream[a:b])
+        while (item := buf.next(1 << 20)) is not None:
+            out.append(item)
+    assert [pdu for pdu, _ in out] == pdus
+    assert [h.message_id for _, h in out] == list(range(1, len(pdus) + 1))
+    assert buf.buffered() == 0
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 255, 256, 65535, 65536, 70_000])
+def test_lengths_at_every_boundary_match_ldaptor(size):
+    pdu = ber.bind_request(2, b"cn=x", b"p" * size)
+    assert ldaptor_decode(pdu).value.auth == b"p" * size
+    assert ber.next_pdu_size(pdu, 1 << 20) == len(pdu)
+
+
+def test_small_and_large_message_ids_match_ldaptor():
+    for mid in (1, 127, 128, 255, 256, 0x7FFFFFFF):
+        pdu = ber.message(mid, ber.ldap_result(ber.BIND_RESPONSE, 0))
+        assert ldaptor_decode(pdu).id == mid
+        assert ber.parse_header(pdu).message_id == mid
