@@ -65,6 +65,8 @@ class RadiusCounters:
     dropped_rate_limited: int = 0
     duplicates_answered: int = 0
     duplicates_in_flight: int = 0
+    failover_retransmissions: int = 0
+    """Accepts of a request another gateway had accepted (``failover_replay_seconds``)."""
     errors: int = 0
 
     def snapshot(self) -> dict[str, int]:
