@@ -21,6 +21,7 @@ from otpgate.directory.store import OtpStore
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
 from otpgate.logs import close_log_file, open_log_file
+from otpgate.procstats import PeerStats, StatsFolder, stats_folder
 from otpgate.radius.service import radius_services
 from otpgate.stats import DirectoryStats, RadiusCounters
 from otpgate.vault import Keyring
@@ -132,17 +133,26 @@ def make_service(
         listener.setServiceParent(top)
     for radius in radius_services(gateway, config, reactor):  # main process only
         radius.setServiceParent(top)
-    for web in web_services(gateway, config, reactor, keyring):  # main process only
+    workers = processes > 1 and bool(config.ldap_proxy.listen)
+    # /metrics (main process only) adds up the workers' counters, which they write to files
+    # in a private folder of ours (otpgate/procstats.py).
+    folder = stats_folder() if workers and config.web.listen else None
+    peers = PeerStats(folder) if folder is not None else None
+    for web in web_services(gateway, config, reactor, keyring, peers):  # main process only
         web.setServiceParent(top)
-    if processes > 1 and config.ldap_proxy.listen:
+    if workers:
         if config_path is None:
             raise ValueError("several proxy processes need the config file's path")
         monitor = ProcessMonitor(reactor=reactor)
         for i in range(1, processes):
+            stats = [str(folder), str(i)] if folder is not None else []
             monitor.addProcess(
                 f"ldap-proxy-{i}",
-                [sys.executable, "-m", "otpgate.worker", str(config_path.resolve())],
+                [sys.executable, "-m", "otpgate.worker", str(config_path.resolve()), *stats],
                 env=dict(os.environ),
             )
         monitor.setServiceParent(top)
+    if folder is not None:
+        remover: service.IService = StatsFolder(folder)
+        remover.setServiceParent(top)  # stops (and removes the folder) before the workers
     return top

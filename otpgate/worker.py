@@ -1,22 +1,31 @@
 """An extra LDAP proxy process (``[ldap_proxy] processes`` > 1), run by the main twistd process.
 
-Usage (by otpgate itself): python -m otpgate.worker CONFIG_PATH
+Usage (by otpgate itself): python -m otpgate.worker CONFIG_PATH [STATS_FOLDER INDEX]
+
+With a stats folder (the main process serves /metrics) the worker counts its audit events
+and writes them with its directory statistics to ``STATS_FOLDER/worker-INDEX.json``
+(``otpgate.procstats``), where the main process adds them into /metrics.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from twisted.application import service
+from twisted.application.service import IService
 from twisted.internet import reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from otpgate.config import load_config
 from otpgate.ldapproxy.listeners import proxy_listeners
 from otpgate.logs import open_log_file
+from otpgate.procstats import ProcessTotals, StatsWriter, worker_file
 from otpgate.service import Gateway
+from otpgate.stats import AuthCounts
 from otpgate.vault import Keyring
+from otpgate.web.metrics import count_event
 
 
 def main() -> None:
@@ -29,9 +38,24 @@ def main() -> None:
     top = service.MultiService()
     for listener in proxy_listeners(gateway, reactor, shared=True):
         listener.setServiceParent(top)
+    if len(sys.argv) == 4:
+        writer: IService = stats_writer(gateway, Path(sys.argv[2]), int(sys.argv[3]))
+        writer.setServiceParent(top)
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()
+
+
+def stats_writer(gateway: Gateway, folder: Path, index: int) -> StatsWriter:
+    """This worker's counters for the main process's /metrics: its audit events (counted
+    from now on) and its directory statistics."""
+    counts = AuthCounts()
+    gateway.audit.observers.append(lambda event: count_event(counts, event))
+
+    def snapshot() -> dict[str, Any]:
+        return ProcessTotals(gateway.directory_stats, counts).to_dict()
+
+    return StatsWriter(worker_file(folder, index), index, snapshot, reactor)
 
 
 if __name__ == "__main__":
