@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
+from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.runner.procmon import ProcessMonitor
 
@@ -20,7 +21,7 @@ from otpgate.directory.pool import ServerPool
 from otpgate.directory.store import OtpStore
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
-from otpgate.logs import close_log_file, open_log_file
+from otpgate.logs import LogFile, ReopenOnHangup, close_log_file, open_log_file
 from otpgate.procstats import PeerStats, StatsFolder, stats_folder
 from otpgate.radius.service import radius_services
 from otpgate.stats import DirectoryStats, RadiusCounters
@@ -94,13 +95,31 @@ class Gateway:
 
 
 class LoggingService(service.MultiService):
-    """The top service: owns otpgate's log file for as long as it runs."""
+    """The top service: owns otpgate's log file for as long as it runs; SIGHUP reopens it
+    and the audit file (log rotation), and is passed on to the extra proxy processes."""
 
     def __init__(self, config: Config, gateway: Gateway | None = None) -> None:
         service.MultiService.__init__(self)
         self.logging = config.logging
         self.gateway = gateway
-        self._log_file: Any = None
+        self._log_file: LogFile | None = None
+        self.workers: ProcessMonitor | None = None
+        """Set by make_service when there are extra proxy processes."""
+
+    def reopen_logs(self) -> None:
+        """After log rotation: this process's files, then the workers' (by SIGHUP)."""
+        if self._log_file is not None:
+            self._log_file.reopen()
+        if self.gateway is not None:
+            self.gateway.audit.reopen()
+        if self.workers is not None:
+            for name, protocol in sorted(self.workers.protocols.items()):
+                transport = protocol.transport
+                try:
+                    if transport is not None:
+                        transport.signalProcess("HUP")
+                except ProcessExitedAlready:
+                    log.info("{worker} has exited: not told to reopen its logs", worker=name)
 
     def startService(self) -> None:
         self._log_file = open_log_file(self.logging)
@@ -128,6 +147,8 @@ def make_service(
         log.warn("config: {deprecation}", deprecation=line)
     gateway = Gateway(config, keyring, reactor)
     top = LoggingService(config, gateway)
+    hangup: service.IService = ReopenOnHangup(reactor, top.reopen_logs)
+    hangup.setServiceParent(top)
     processes = config.ldap_proxy.processes
     for listener in proxy_listeners(gateway, reactor, shared=processes > 1):
         listener.setServiceParent(top)
@@ -152,6 +173,7 @@ def make_service(
                 env=dict(os.environ),
             )
         monitor.setServiceParent(top)
+        top.workers = monitor
     if folder is not None:
         remover: service.IService = StatsFolder(folder)
         remover.setServiceParent(top)  # stops (and removes the folder) before the workers

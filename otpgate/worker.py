@@ -20,7 +20,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from otpgate.config import load_config
 from otpgate.ldapproxy.listeners import proxy_listeners
-from otpgate.logs import open_log_file
+from otpgate.logs import ReopenOnHangup, open_log_file
 from otpgate.procstats import ProcessTotals, StatsWriter, worker_file
 from otpgate.service import Gateway
 from otpgate.stats import AuthCounts
@@ -31,8 +31,17 @@ from otpgate.web.metrics import count_event
 def main() -> None:
     config = load_config(Path(sys.argv[1]))
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    open_log_file(config.logging)  # the same file as the main process: one event per line
+    # the same file as the main process: one event per line; reopened on SIGHUP
+    log_file = open_log_file(config.logging)
     gateway = Gateway(config, Keyring.load(config.keyring), reactor)
+
+    def reopen() -> None:
+        if log_file is not None:
+            log_file.reopen()
+        gateway.audit.reopen()
+
+    hangup = ReopenOnHangup(reactor, reopen)
+    hangup.startService()  # before the listeners: a SIGHUP must not stop a worker
     gateway.audit.start()
     reactor.addSystemEventTrigger("after", "shutdown", gateway.audit.stop)
     top = service.MultiService()
