@@ -246,6 +246,11 @@ class AcceptedRequest:
     digest: bytes
     token: str
     at: int
+    """Unix time of the accept, in milliseconds (windows are a few seconds)."""
+
+    @property
+    def seconds(self) -> float:
+        return self.at / 1000
 
     def to_list(self) -> list[Any]:
         return [b64e(self.digest), self.token, self.at]

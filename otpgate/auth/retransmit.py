@@ -56,7 +56,7 @@ def without_stale(used: UsedState, now: float) -> UsedState:
     by more than that: a clock far off)."""
     if not used.accepted:
         return used
-    kept = tuple(a for a in used.accepted if abs(now - a.at) <= MAX_WINDOW_SECONDS)
+    kept = tuple(a for a in used.accepted if abs(now - a.seconds) <= MAX_WINDOW_SECONDS)
     return used if len(kept) == len(used.accepted) else replace(used, accepted=kept)
 
 
@@ -65,7 +65,8 @@ def remember(
 ) -> UsedState:
     """``used`` (about to be written for an accepted code) holding this request too; the
     oldest ones go beyond ``MAX_ACCEPTED_REQUESTS``."""
-    entry = AcceptedRequest(digest(retransmission.identity, token_id, code), token_id, int(now))
+    at = round(now * 1000)
+    entry = AcceptedRequest(digest(retransmission.identity, token_id, code), token_id, at)
     kept = without_stale(used, now).accepted
     return replace(used, accepted=(*kept, entry)[-MAX_ACCEPTED_REQUESTS:])
 
@@ -82,7 +83,7 @@ def recognise(
     written."""
     found: tuple[AcceptedRequest, str] | None = None
     for entry in state.used.accepted:
-        fresh = abs(now - entry.at) <= retransmission.window
+        fresh = abs(now - entry.seconds) <= retransmission.window
         for password, code in candidates:
             same = hmac.compare_digest(
                 entry.digest, digest(retransmission.identity, entry.token, code)
