@@ -3,8 +3,9 @@
 With ``[logging] file`` the events go there as compact lines (JSON with ``json = true``),
 buffered and flushed every ``flush_seconds``: twistd's log writes and flushes each event
 with its own system call, which cost ~40% of a pass-through bind (py-spy,
-bench/ldap_proxy.py).  Without a file they go to the Twisted log.  No event ever holds a
-password, seed or OTP: callers pass only the fields below.
+bench/ldap_proxy.py).  The file is reopened on SIGHUP, for log rotation (``logs.py``).
+Without a file they go to the Twisted log.  No event ever holds a password, seed or OTP:
+callers pass only the fields below.
 """
 
 from __future__ import annotations
@@ -42,6 +43,25 @@ class AuditTrail:
             self._flusher = LoopingCall(self.flush)
             self._flusher.clock = self.clock
             self._flusher.start(self.config.flush_seconds, now=False)
+
+    def reopen(self) -> None:
+        """After log rotation moved the file: what is buffered goes to the file as it was,
+        what comes next to a new file of the configured name.  If that cannot be opened the
+        old file stays in use (no event is dropped) and the failure is logged."""
+        if self.config.file is None or self._file is None:
+            return
+        self.flush()
+        try:
+            new = open(self.config.file, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+        except OSError as exc:
+            log.error(
+                "cannot reopen the audit file {path}: {error}; still writing to the old one",
+                path=self.config.file,
+                error=exc,
+            )
+            return
+        old, self._file = self._file, new
+        old.close()
 
     def stop(self) -> None:
         if self._flusher is not None and self._flusher.running:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
+from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.runner.procmon import ProcessMonitor
 
@@ -20,7 +21,8 @@ from otpgate.directory.pool import ServerPool
 from otpgate.directory.store import OtpStore
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
-from otpgate.logs import close_log_file, open_log_file
+from otpgate.logs import LogFile, ReopenOnHangup, close_log_file, open_log_file
+from otpgate.procstats import PeerStats, StatsFolder, stats_folder
 from otpgate.radius.service import radius_services
 from otpgate.stats import DirectoryStats, RadiusCounters
 from otpgate.vault import Keyring
@@ -93,13 +95,31 @@ class Gateway:
 
 
 class LoggingService(service.MultiService):
-    """The top service: owns otpgate's log file for as long as it runs."""
+    """The top service: owns otpgate's log file for as long as it runs; SIGHUP reopens it
+    and the audit file (log rotation), and is passed on to the extra proxy processes."""
 
     def __init__(self, config: Config, gateway: Gateway | None = None) -> None:
         service.MultiService.__init__(self)
         self.logging = config.logging
         self.gateway = gateway
-        self._log_file: Any = None
+        self._log_file: LogFile | None = None
+        self.workers: ProcessMonitor | None = None
+        """Set by make_service when there are extra proxy processes."""
+
+    def reopen_logs(self) -> None:
+        """After log rotation: this process's files, then the workers' (by SIGHUP)."""
+        if self._log_file is not None:
+            self._log_file.reopen()
+        if self.gateway is not None:
+            self.gateway.audit.reopen()
+        if self.workers is not None:
+            for name, protocol in sorted(self.workers.protocols.items()):
+                transport = protocol.transport
+                try:
+                    if transport is not None:
+                        transport.signalProcess("HUP")
+                except ProcessExitedAlready:
+                    log.info("{worker} has exited: not told to reopen its logs", worker=name)
 
     def startService(self) -> None:
         self._log_file = open_log_file(self.logging)
@@ -127,22 +147,34 @@ def make_service(
         log.warn("config: {deprecation}", deprecation=line)
     gateway = Gateway(config, keyring, reactor)
     top = LoggingService(config, gateway)
+    hangup: service.IService = ReopenOnHangup(reactor, top.reopen_logs)
+    hangup.setServiceParent(top)
     processes = config.ldap_proxy.processes
     for listener in proxy_listeners(gateway, reactor, shared=processes > 1):
         listener.setServiceParent(top)
     for radius in radius_services(gateway, config, reactor):  # main process only
         radius.setServiceParent(top)
-    for web in web_services(gateway, config, reactor, keyring):  # main process only
+    workers = processes > 1 and bool(config.ldap_proxy.listen)
+    # /metrics (main process only) adds up the workers' counters, which they write to files
+    # in a private folder of ours (otpgate/procstats.py).
+    folder = stats_folder() if workers and config.web.listen else None
+    peers = PeerStats(folder) if folder is not None else None
+    for web in web_services(gateway, config, reactor, keyring, peers):  # main process only
         web.setServiceParent(top)
-    if processes > 1 and config.ldap_proxy.listen:
+    if workers:
         if config_path is None:
             raise ValueError("several proxy processes need the config file's path")
         monitor = ProcessMonitor(reactor=reactor)
         for i in range(1, processes):
+            stats = [str(folder), str(i)] if folder is not None else []
             monitor.addProcess(
                 f"ldap-proxy-{i}",
-                [sys.executable, "-m", "otpgate.worker", str(config_path.resolve())],
+                [sys.executable, "-m", "otpgate.worker", str(config_path.resolve()), *stats],
                 env=dict(os.environ),
             )
         monitor.setServiceParent(top)
+        top.workers = monitor
+    if folder is not None:
+        remover: service.IService = StatsFolder(folder)
+        remover.setServiceParent(top)  # stops (and removes the folder) before the workers
     return top

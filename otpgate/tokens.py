@@ -232,6 +232,45 @@ class TokenUse:
         )
 
 
+MAX_ACCEPTED_REQUESTS = 4
+"""Accepted RADIUS requests kept in a use state (``[radius] failover_replay_seconds``)."""
+ACCEPTED_DIGEST_BYTES = 16
+
+
+@dataclass(frozen=True)
+class AcceptedRequest:
+    """A login accepted for one exact RADIUS request: a keyed digest of (the request's
+    identity, token id, code), the token and the time.  Lets another gateway answer the
+    NAS's retransmission of that same request (``otpgate/auth/retransmit.py``)."""
+
+    digest: bytes
+    token: str
+    at: int
+    """Unix time of the accept, in milliseconds (windows are a few seconds)."""
+
+    @property
+    def seconds(self) -> float:
+        return self.at / 1000
+
+    def to_list(self) -> list[Any]:
+        return [b64e(self.digest), self.token, self.at]
+
+    @classmethod
+    def from_list(cls, doc: Any) -> AcceptedRequest:
+        what = "used.r"
+        if not isinstance(doc, list) or len(doc) != 3:
+            raise ValueError(f"{what}: expected [digest, token, time]")
+        digest_text, token, at = doc
+        if not isinstance(digest_text, str) or not isinstance(token, str):
+            raise ValueError(f"{what}: expected text digest and token id")
+        if not isinstance(at, int) or isinstance(at, bool):
+            raise ValueError(f"{what}: expected an integer time")
+        digest = b64d(digest_text, what)
+        if len(digest) != ACCEPTED_DIGEST_BYTES:
+            raise ValueError(f"{what}: digest of {len(digest)} bytes")
+        return cls(digest, token, at)
+
+
 @dataclass(frozen=True)
 class UsedState:
     """The one-time-use cache and lockout state of one user."""
@@ -239,6 +278,8 @@ class UsedState:
     tokens: Mapping[str, TokenUse] = field(default_factory=dict)
     failures: int = 0
     locked_until: int = 0
+    accepted: tuple[AcceptedRequest, ...] = ()
+    """Recently accepted RADIUS requests (empty unless failover_replay_seconds is set)."""
 
     def use_of(self, token_id: str) -> TokenUse:
         return self.tokens.get(token_id, TokenUse())
@@ -258,13 +299,19 @@ class UsedState:
             doc["f"] = self.failures
         if self.locked_until:
             doc["lk"] = self.locked_until
+        if self.accepted:
+            doc["r"] = [a.to_list() for a in self.accepted]
         return doc
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> UsedState:
         inner = _get(doc, "u", dict, "used")
+        accepted = _opt(doc, "r", list, "used") or []
+        if len(accepted) > MAX_ACCEPTED_REQUESTS:
+            raise ValueError(f"used.r: {len(accepted)} entries (at most {MAX_ACCEPTED_REQUESTS})")
         return cls(
             tokens={str(k): TokenUse.from_dict(v) for k, v in inner.items()},
             failures=_opt(doc, "f", int, "used") or 0,
             locked_until=_opt(doc, "lk", int, "used") or 0,
+            accepted=tuple(AcceptedRequest.from_list(a) for a in accepted),
         )

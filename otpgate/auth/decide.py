@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from otpgate.auth.lockout import is_locked, record_failure, record_success, with_unrecorded
 from otpgate.auth.requests import P, ProofCheck
+from otpgate.auth.retransmit import Retransmission, recognise, remember, without_stale
 from otpgate.auth.verify import (
     Match,
     candidate_codes,
@@ -20,6 +21,9 @@ from otpgate.auth.verify import (
 )
 from otpgate.config import Config
 from otpgate.directory.state import OtpState, StateChange
+
+RETRANSMISSION = "retransmission of a request already accepted"
+"""The ``why`` of a Verdict that accepts a NAS's retransmission (``retransmit.py``)."""
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,16 @@ def verify_typed(
     now: float,
     config: Config,
     pending: int = 0,
+    retransmission: Retransmission | None = None,
 ) -> StateChange[Verdict]:
     """A typed code: the first (password, code) candidate that matches spends its code; a
     miss counts towards lockout, unless the code is one already spent (no guess).
     ``pending``: failures this gateway decided but could not write (``UnrecordedFailures``):
-    they count, and the next write records them."""
-    used = with_unrecorded(state.used, pending, now, config.lockout)
+    they count, and the next write records them.  ``retransmission`` (a RADIUS request,
+    ``[radius] failover_replay_seconds``): an accept records the request; a spent code is
+    accepted again, writing nothing, when it is this very request, accepted within the
+    window (``retransmit.py``)."""
+    used = without_stale(with_unrecorded(state.used, pending, now, config.lockout), now)
     if is_locked(used, now):
         return StateChange(Verdict(None, "", "locked out"))
     candidates = candidates_of(secret, state, otp_only, config.otp.otp_delimiter)
@@ -63,9 +71,14 @@ def verify_typed(
     for password, code in candidates:
         match = verify_code(state.tokens, state.secrets, state.used, code, now, otp)
         if match is not None:
-            return StateChange(
-                Verdict(match, password, "ok"), used=record_success(used, match.token.id, match.use)
-            )
+            spent = record_success(used, match.token.id, match.use)
+            if retransmission is not None:
+                spent = remember(spent, retransmission, match.token.id, code, now)
+            return StateChange(Verdict(match, password, "ok"), used=spent)
+    if retransmission is not None:
+        again = recognise(state, candidates, retransmission, now)
+        if again is not None:
+            return StateChange(Verdict(again[0], again[1], RETRANSMISSION))
     if any(
         is_replay(state.tokens, state.secrets, state.used, code, now, otp)
         for _pw, code in candidates
@@ -82,7 +95,7 @@ def verify_proof(
 ) -> StateChange[tuple[Match | None, P | None, str]]:
     """A proof computed from the code (CHAP, MS-CHAPv2): every candidate code of the window
     is tried (no early exit), the first match is spent."""
-    used = with_unrecorded(state.used, pending, now, config.lockout)
+    used = without_stale(with_unrecorded(state.used, pending, now, config.lockout), now)
     if is_locked(used, now):
         return StateChange((None, None, "locked out"))
     hit: tuple[Match, P] | None = None

@@ -21,7 +21,9 @@ def record_failure(used: UsedState, now: float, rules: LockoutConfig) -> UsedSta
 
 
 def record_success(used: UsedState, token_id: str, use: TokenUse) -> UsedState:
-    return UsedState({**used.tokens, token_id: use}, failures=0, locked_until=0)
+    return UsedState(
+        {**used.tokens, token_id: use}, failures=0, locked_until=0, accepted=used.accepted
+    )
 
 
 def unlock(used: UsedState) -> UsedState:

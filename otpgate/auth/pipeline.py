@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from otpgate.audit import AuditTrail
 from otpgate.auth.bindcache import BindCache
-from otpgate.auth.decide import Verdict, verify_proof, verify_typed
+from otpgate.auth.decide import RETRANSMISSION, Verdict, verify_proof, verify_typed
 from otpgate.auth.lockout import UnrecordedFailures, is_locked
 from otpgate.auth.policy import Decision, Policy
 from otpgate.auth.requests import (
@@ -34,6 +34,7 @@ from otpgate.auth.requests import (
     Step,
     Trace,
 )
+from otpgate.auth.retransmit import Retransmission
 from otpgate.codec import CodecError
 from otpgate.config import Config
 from otpgate.directory.ldapdata import (
@@ -266,25 +267,42 @@ class Authenticator:
             return AuthResult(False, ready.refusal or "no state", user.dn)
         now, config, entry_id = self.clock.seconds(), self.config, user.entry_id
         secret, otp_only = request.secret, request.otp_only
+        retransmission = self._retransmission(request)
 
         def change(state: OtpState) -> StateChange[Verdict]:
             pending = self.unrecorded.count(entry_id, now)
-            return verify_typed(state, secret, otp_only, now, config, pending)
+            return verify_typed(state, secret, otp_only, now, config, pending, retransmission)
 
         verdict, user = await self._spend(user, change, now)
         if verdict.match is None:
             _note(trace, "otp", False, verdict.why)
             return AuthResult(False, verdict.why, user.dn)
         token_id = verdict.match.token.id
-        _note(trace, "otp", True, f"accepted for token {token_id}, recorded as used")
+        again = verdict.why == RETRANSMISSION
+        spent = f"{verdict.why} on another gateway" if again else "recorded as used"
+        _note(trace, "otp", True, f"accepted for token {token_id}, {spent}")
         left = verdict.match.scratch_remaining
+        why = f"OTP accepted ({verdict.why})" if again else "OTP accepted"
         if request.otp_only:
-            return AuthResult(True, "OTP accepted", user.dn, token_id, scratch_remaining=left)
+            return AuthResult(
+                True, why, user.dn, token_id, scratch_remaining=left, retransmission=again
+            )
+        why = f"password+OTP accepted ({verdict.why})" if again else "password+OTP accepted"
         result = await self._password(
-            user, verdict.password, check_password, "password+OTP accepted", token_id, left, True
+            user, verdict.password, check_password, why, token_id, left, True
         )
+        if again and result.ok:
+            result = replace(result, retransmission=True)
         _note(trace, "password", result.ok, "bound upstream" if result.ok else result.reason)
         return result
+
+    def _retransmission(self, request: AuthRequest) -> Retransmission | None:
+        """The request's identity for ``[radius] failover_replay_seconds`` (None: off, or a
+        request that has none)."""
+        window = self.config.radius.failover_replay_seconds
+        if request.retransmission is None or window <= 0:
+            return None
+        return Retransmission(request.retransmission, window)
 
     async def _spend(
         self, user: UserEntry, change: Callable[[OtpState], StateChange[V]], now: float

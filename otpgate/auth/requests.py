@@ -27,6 +27,11 @@ class AuthRequest:
     require_otp: bool = False
     """Policy exemptions (exempt account, trusted network, not in a required group) do not
     apply: an OTP must be verified, and a user without a token is refused."""
+    retransmission: bytes | None = field(default=None, repr=False)
+    """A keyed identity of this exact request (RADIUS: NAS address, Identifier and Request
+    Authenticator, HMAC'd with the NAS's secret).  With ``[radius] failover_replay_seconds``
+    an accept records it, so that another gateway answers the NAS's retransmission of this
+    same request instead of refusing its spent code (``auth/retransmit.py``)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class AuthResult:
     scratch_remaining: int | None = None
     password_length: int | None = None
     """How many leading characters of the secret were the password (append mode)."""
+    retransmission: bool = False
+    """Accepted as a retransmission of a request another gateway accepted (nothing spent)."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from otpgate.configfile import (
 
 RADIUS_MODES = ("append", "challenge", "otp-only")
 RADIUS_UNAVAILABLE_REPLIES = ("none", "reject")
+MAX_FAILOVER_REPLAY_SECONDS = 30.0
+"""Also ``otpgate.auth.retransmit.MAX_WINDOW_SECONDS``: stored requests older than that go."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class RadiusConfig:
     """When the directory cannot be asked: "none" (no reply: the NAS fails over) or "reject"."""
     bind_connections: int = 8
     """Directory connections reused for users' password binds (0: a new one per bind)."""
+    failover_replay_seconds: float = 0.0
+    """Seconds during which the identical Access-Request (a NAS failing over from another
+    gateway) is accepted again after its login (0: off; at most 30).  See docs/RADIUS.md."""
 
 
 def parse_radius_listen(spec: str) -> tuple[str, int]:
@@ -125,7 +130,14 @@ def parse_radius(sec: Section, base: Path) -> RadiusConfig:
             "unavailable_reply", RADIUS_UNAVAILABLE_REPLIES, cls.unavailable_reply
         ),
         bind_connections=sec.value(cls, "bind_connections", int, non_negative),
+        failover_replay_seconds=sec.value(cls, "failover_replay_seconds", float, non_negative),
     )
+    if result.failover_replay_seconds > MAX_FAILOVER_REPLAY_SECONDS:
+        raise ConfigError(
+            f"{sec.key('failover_replay_seconds')}: {result.failover_replay_seconds:g} is too "
+            f"long: 0 (off) to {MAX_FAILOVER_REPLAY_SECONDS:g} seconds (a NAS fails over within "
+            "seconds)"
+        )
     if not 1 <= len(result.challenge_message.encode()) <= 253:
         raise ConfigError(f"{sec.key('challenge_message')}: must be 1 to 253 octets of UTF-8")
     if result.max_attributes > 2038:

@@ -23,6 +23,7 @@ Nothing here logs a password, OTP or secret.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -158,15 +159,22 @@ class AccessHandler:
         except (MalformedPacket, UnicodeDecodeError):
             return self._refuse(login, client, source, "User-Password is not UTF-8 text")
         auth = self.authenticator
-        if client.mode == "append":
+        if client.mode in ("append", "otp-only"):
+            otp_only = client.mode == "otp-only"
+            identity = self._identity(request, client, source)
             result = await auth.authenticate(
-                AuthRequest(login.name, secret, source, FRONT_END), self.check_password
+                AuthRequest(
+                    login.name,
+                    secret,
+                    source,
+                    FRONT_END,
+                    otp_only=otp_only,
+                    retransmission=identity,
+                ),
+                None if otp_only else self.check_password,
             )
-            return self._finish(result)
-        if client.mode == "otp-only":
-            result = await auth.authenticate(
-                AuthRequest(login.name, secret, source, FRONT_END, otp_only=True), None
-            )
+            if result.ok and result.retransmission:
+                self.gateway.radius_counters.failover_retransmissions += 1
             return self._finish(result)
         # challenge mode
         now = self.clock.seconds()
@@ -200,6 +208,15 @@ class AccessHandler:
                 (SESSION_TIMEOUT, integer(max(1, int(self.radius.challenge_timeout)))),
             ),
         )
+
+    def _identity(self, request: Request, client: RadiusClient, source: str) -> bytes | None:
+        """This exact request, for ``failover_replay_seconds``: the NAS address, Identifier
+        and Request Authenticator (what an identical retransmission repeats), keyed with the
+        NAS's shared secret; None when the option is off."""
+        if self.radius.failover_replay_seconds <= 0:
+            return None
+        message = b"%s\x00%d\x00%s" % (source.encode(), request.id, request.authenticator)
+        return hmac.digest(client.secret, b"otpgate radius request v1\x00" + message, "sha256")
 
     async def _chap(self, login: Chap, client: RadiusClient, source: str) -> Outcome:
         if not client.allow_chap:

@@ -1,10 +1,13 @@
-"""Prometheus metrics of one gateway process, served at /metrics.
+"""Prometheus metrics of a gateway, served at /metrics by the main process.
 
 Two sources, each read the cheapest way: authentications and portal actions are counted
 from the audit trail (an observer of ``AuditTrail``: every front end's events pass through
-it); directory latency, directory errors, CAS retries and RADIUS packets are the gateway's
-own counters (``otpgate.stats``), read when /metrics is scraped.  The registry is this
-object's own: no global state.
+it, counted into ``otpgate.stats.AuthCounts``); directory latency, directory errors, CAS
+retries and RADIUS packets are the gateway's own counters (``otpgate.stats``), read when
+/metrics is scraped.  With ``[ldap_proxy] processes`` > 1 the extra processes' counters
+(``otpgate.procstats.PeerStats``) are added in: every series is the sum over the processes,
+and ``otpgate_process_authentications_total{process}`` shows how the logins spread.  The
+registry is this object's own: no global state.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from collections.abc import Iterator
 from itertools import accumulate
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from otpgate.stats import LATENCY_BUCKETS, DirectoryStats, RadiusCounters
+from otpgate.procstats import PeerStats, ProcessTotals
+from otpgate.stats import LATENCY_BUCKETS, AuthCounts, DirectoryStats, RadiusCounters
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 AUTH_OUTCOMES = ("accept", "reject", "challenge")
@@ -72,15 +76,99 @@ def reason_class(reason: object) -> str:
     return "other"
 
 
-class GatewayCollector(Collector):
-    """The gateway's counters (``otpgate.stats``) as metric families, at scrape time."""
+def count_event(counts: AuthCounts, event: dict[str, Any]) -> None:
+    """One audit event into ``counts``, by bounded labels only."""
+    outcome = str(event.get("outcome") or "")
+    front_end = label(event.get("front_end"), FRONT_ENDS)
+    if outcome in AUTH_OUTCOMES:
+        counts.auth[(front_end, outcome)] += 1
+        if outcome == "reject":
+            counts.rejections[(front_end, reason_class(event.get("reason")))] += 1
+    else:
+        counts.web_actions[label(outcome, WEB_ACTIONS)] += 1
+    if "now locked out" in str(event.get("reason") or ""):
+        counts.lockouts += 1
 
-    def __init__(self, directory: DirectoryStats, radius: RadiusCounters | None) -> None:
+
+class GatewayCollector(Collector):
+    """The gateway's counters (``otpgate.stats``) as metric families, at scrape time: this
+    process's, plus those of the other processes (``peers``)."""
+
+    def __init__(
+        self,
+        directory: DirectoryStats,
+        radius: RadiusCounters | None,
+        counts: AuthCounts,
+        peers: PeerStats | None = None,
+    ) -> None:
         self.directory = directory
         self.radius = radius
+        self.counts = counts
+        self.peers = peers
+
+    def _totals(self) -> tuple[ProcessTotals, dict[str, int]]:
+        """The sum over every process, and each process's number of authentications."""
+        total = ProcessTotals()
+        total.directory.add(self.directory.to_dict())
+        total.auth.add(self.counts.to_dict())
+        per_process = {"main": self.counts.total}
+        if self.peers is not None:
+            for index, peer in self.peers.read().items():
+                total.directory.add(peer.directory.to_dict())
+                total.auth.add(peer.auth.to_dict())
+                per_process[str(index)] = peer.auth.total
+        return total, per_process
 
     def collect(self) -> Iterator[Any]:
-        d = self.directory
+        total, per_process = self._totals()
+        yield from self._auth(total.auth)
+        processes = CounterMetricFamily(
+            "otpgate_process_authentications",
+            "Authentications by the process that handled them (main, or the extra LDAP proxy "
+            "process's number): how SO_REUSEPORT spreads the logins",
+            labels=["process"],
+        )
+        for process, count in per_process.items():
+            processes.add_metric([process], count)
+        yield processes
+        yield GaugeMetricFamily(
+            "otpgate_processes_reporting",
+            "Processes whose counters these metrics include (the main one and every extra "
+            "process that has reported)",
+            value=1 + (self.peers.reporting if self.peers is not None else 0),
+        )
+        yield from self._directory(total.directory)
+        yield from self._radius()
+
+    @staticmethod
+    def _auth(counts: AuthCounts) -> Iterator[Any]:
+        auth = CounterMetricFamily(
+            "otpgate_authentications",
+            "Authentications by front end and outcome",
+            labels=["front_end", "outcome"],
+        )
+        for (front_end, outcome), count in sorted(counts.auth.items()):
+            auth.add_metric([front_end, outcome], count)
+        yield auth
+        rejections = CounterMetricFamily(
+            "otpgate_rejections",
+            "Refused authentications by front end and reason class "
+            "(" + ", ".join(c for c, _ in REASON_CLASSES) + ", other)",
+            labels=["front_end", "reason"],
+        )
+        for (front_end, reason), count in sorted(counts.rejections.items()):
+            rejections.add_metric([front_end, reason], count)
+        yield rejections
+        yield CounterMetricFamily("otpgate_lockouts", "Users locked out", value=counts.lockouts)
+        actions = CounterMetricFamily(
+            "otpgate_web_actions", "Portal actions by kind", labels=["action"]
+        )
+        for action, count in sorted(counts.web_actions.items()):
+            actions.add_metric([action], count)
+        yield actions
+
+    @staticmethod
+    def _directory(d: DirectoryStats) -> Iterator[Any]:
         latency = HistogramMetricFamily(
             "otpgate_directory_seconds",
             "The gateway's own directory operations (service account and password binds)",
@@ -107,6 +195,8 @@ class GatewayCollector(Collector):
             "OTP-state writes that lost a compare-and-swap race and were re-read and retried",
             value=d.cas_conflicts,
         )
+
+    def _radius(self) -> Iterator[Any]:
         if self.radius is None:
             return
         drops = CounterMetricFamily(
@@ -126,42 +216,24 @@ class GatewayCollector(Collector):
 
 class Metrics:
     def __init__(
-        self, directory: DirectoryStats | None = None, radius: RadiusCounters | None = None
+        self,
+        directory: DirectoryStats | None = None,
+        radius: RadiusCounters | None = None,
+        peers: PeerStats | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.auth = Counter(
-            "otpgate_authentications",
-            "Authentications by front end and outcome",
-            ["front_end", "outcome"],
-            registry=r,
+        self.counts = AuthCounts()
+        """This process's audit events (the extra processes count their own)."""
+        self.sessions = Gauge(
+            "otpgate_web_sessions", "Live portal sessions", registry=self.registry
         )
-        self.rejections = Counter(
-            "otpgate_rejections",
-            "Refused authentications by front end and reason class "
-            "(" + ", ".join(c for c, _ in REASON_CLASSES) + ", other)",
-            ["front_end", "reason"],
-            registry=r,
+        self.registry.register(
+            GatewayCollector(directory or DirectoryStats(), radius, self.counts, peers)
         )
-        self.lockouts = Counter("otpgate_lockouts", "Users locked out", registry=r)
-        self.admin_actions = Counter(
-            "otpgate_web_actions", "Portal actions by kind", ["action"], registry=r
-        )
-        self.sessions = Gauge("otpgate_web_sessions", "Live portal sessions", registry=r)
-        r.register(GatewayCollector(directory or DirectoryStats(), radius))
 
     def observe_audit(self, event: dict[str, Any]) -> None:
         """An AuditTrail observer."""
-        outcome = str(event.get("outcome") or "")
-        front_end = label(event.get("front_end"), FRONT_ENDS)
-        if outcome in AUTH_OUTCOMES:
-            self.auth.labels(front_end, outcome).inc()
-            if outcome == "reject":
-                self.rejections.labels(front_end, reason_class(event.get("reason"))).inc()
-        else:
-            self.admin_actions.labels(label(outcome, WEB_ACTIONS)).inc()
-        if "now locked out" in str(event.get("reason") or ""):
-            self.lockouts.inc()
+        count_event(self.counts, event)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

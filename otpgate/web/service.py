@@ -17,6 +17,7 @@ from otpgate.config import Config
 from otpgate.configfile import parse_listen
 from otpgate.directory.store import InventoryStore
 from otpgate.errors import ConfigError
+from otpgate.procstats import PeerStats
 from otpgate.vault import Keyring
 from otpgate.web.bodycap import CappedRequest
 from otpgate.web.metrics import Metrics
@@ -58,14 +59,19 @@ def _tls_options(config: Config) -> Any:
 
 
 def web_services(
-    gateway: Any, config: Config, reactor: Any, keyring: Keyring | None = None
+    gateway: Any,
+    config: Config,
+    reactor: Any,
+    keyring: Keyring | None = None,
+    peers: PeerStats | None = None,
 ) -> list[service.IService]:
-    """One service per [web] listener (sharing one portal), plus the audit observer."""
+    """One service per [web] listener (sharing one portal), plus the audit observer.
+    ``peers``: the extra proxy processes' counters, added into /metrics."""
     web = config.web
     if not web.listen:
         return []
     radius = gateway.radius_counters if config.radius.listen else None
-    metrics = Metrics(gateway.directory_stats, radius)
+    metrics = Metrics(gateway.directory_stats, radius, peers)
     inventory = None
     if config.directory.inventory_dn:
         inventory = InventoryStore(

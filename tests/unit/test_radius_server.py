@@ -418,3 +418,31 @@ def test_ipv4_mapped_source_and_most_specific_client():
     pkt, raw = request()
     server.datagram(raw, ("::ffff:192.0.2.10", 1), send)
     assert decode(pkt, sent[-1][0]).code == ACCESS_ACCEPT
+
+
+def test_failover_identity_names_the_exact_request_only_when_enabled():
+    """[radius] failover_replay_seconds: the pipeline gets a keyed identity of (NAS address,
+    Identifier, Request Authenticator); the same packet from another source port (another
+    socket of the NAS) has the same one, any other request another."""
+    server, auth, _clock, sent, send = make_server()
+    _, raw = request()
+    server.datagram(raw, NAS, send)
+    assert auth.calls[-1][1].retransmission is None  # off by default
+
+    server, auth, _clock, sent, send = make_server(failover_replay_seconds=5)
+    pkt, raw = request()
+    server.datagram(raw, NAS, send)
+    server.datagram(raw, (NAS[0], NAS[1] + 1), send)  # not a duplicate here: verified again
+    server.datagram(raw, ("192.0.2.11", NAS[1]), send)  # another NAS address
+    _, other = request()  # another Request Authenticator
+    server.datagram(other, NAS, send)
+    same, port, address, new = (call[1].retransmission for call in auth.calls)
+    assert same == port and len(same) == 32
+    assert len({same, address, new}) == 3
+    assert SECRET not in same and pkt.authenticator not in same
+    # counted when the pipeline says it accepted a retransmission
+    auth.result = AuthResult(True, "ok", "uid=alice,dc=x", "t1", retransmission=True)
+    _, raw = request()
+    server.datagram(raw, NAS, send)
+    assert server.counters.failover_retransmissions == 1
+    assert decode(pkt, sent[0][0]).code == ACCESS_ACCEPT

@@ -1,0 +1,149 @@
+"""/metrics across processes: the workers' counter files, their reading and summing.
+
+The real thing (twistd with `processes = 2` on slapd, binds through both processes) is
+tests/integration/test_processes.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from otpgate.procstats import (
+    MAX_STATS_BYTES,
+    PeerStats,
+    ProcessTotals,
+    StatsFolder,
+    StatsWriter,
+    worker_file,
+)
+from otpgate.stats import AuthCounts, DirectoryStats
+from otpgate.web.metrics import Metrics, count_event
+
+
+def totals(accepts: int, binds: int = 0) -> ProcessTotals:
+    t = ProcessTotals()
+    for _ in range(accepts):
+        count_event(t.auth, {"outcome": "accept", "front_end": "ldap"})
+    for _ in range(binds):
+        t.directory.observe("bind", 0.002)
+    return t
+
+
+def write(folder: Path, index: int, pid: int, stats: ProcessTotals) -> None:
+    doc = {"index": index, "pid": pid, "stats": stats.to_dict()}
+    worker_file(folder, index).write_text(json.dumps(doc))
+
+
+def test_counters_round_trip_and_add_up() -> None:
+    a = totals(2, 3)
+    a.directory.error("timeout")
+    a.directory.cas_conflicts = 4
+    count_event(a.auth, {"outcome": "reject", "front_end": "ldap", "reason": "wrong OTP "
+                         "(now locked out)"})
+    count_event(a.auth, {"outcome": "helpdesk-unlock", "front_end": "web"})
+    b = ProcessTotals()
+    b.add(json.loads(json.dumps(a.to_dict())))
+    b.add(a.to_dict())
+    assert b.auth.auth[("ldap", "accept")] == 4 and b.auth.rejections[("ldap", "wrong_otp")] == 2
+    assert b.auth.lockouts == 2 and b.auth.web_actions["helpdesk-unlock"] == 2
+    assert b.auth.total == 6
+    assert b.directory.latency["bind"].count == 6 and b.directory.errors["timeout"] == 2
+    assert b.directory.cas_conflicts == 8
+    assert abs(b.directory.latency["bind"].total - 0.012) < 1e-9
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [],
+        {"directory": {"latency": {"bind": [[1, 2], 0.1]}}},
+        {"directory": {"cas_conflicts": -1}},
+        {"directory": {"errors": {"timeout": "many"}}},
+        {"auth": {"auth": [["ldap", "accept"]]}},
+        {"auth": {"lockouts": True}},
+    ],
+)
+def test_a_doc_that_is_no_counters_is_refused_whole(doc: object) -> None:
+    t = totals(1)
+    with pytest.raises(ValueError):
+        t.add(doc)
+    assert t.auth.total == 1 and t.directory.cas_conflicts == 0
+
+
+def test_writer_writes_when_changed_atomically_and_once_more_at_stop(tmp_path: Path) -> None:
+    clock = Clock()
+    counts = totals(1)
+    writer = StatsWriter(worker_file(tmp_path, 1), 1, counts.to_dict, clock, interval=1.0)
+    writer.startService()
+    doc = json.loads(worker_file(tmp_path, 1).read_text())
+    assert doc["index"] == 1 and doc["pid"] == os.getpid()
+    mtime = worker_file(tmp_path, 1).stat().st_mtime_ns
+    clock.advance(1)  # nothing changed: not written again
+    assert worker_file(tmp_path, 1).stat().st_mtime_ns == mtime
+    count_event(counts.auth, {"outcome": "accept", "front_end": "ldap"})
+    writer.stopService()  # the last counts, even between two ticks
+    assert json.loads(worker_file(tmp_path, 1).read_text())["stats"] == counts.to_dict()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["worker-1.json"]  # no temp file left
+    # the main process has gone with its folder: nothing to write to, no error
+    StatsFolder(tmp_path).stopService()
+    assert not tmp_path.exists()
+    writer.write()
+
+
+def test_peers_are_summed_and_a_restarted_worker_keeps_its_predecessors_counts(
+    tmp_path: Path,
+) -> None:
+    peers = PeerStats(tmp_path)
+    write(tmp_path, 1, 100, totals(3, 3))
+    write(tmp_path, 2, 200, totals(5))
+    read = peers.read()
+    assert {i: t.auth.total for i, t in read.items()} == {1: 3, 2: 5} and peers.reporting == 2
+    write(tmp_path, 1, 101, totals(1, 1))  # worker 1 died, its successor logged one in
+    read = peers.read()
+    assert read[1].auth.total == 4 and read[1].directory.latency["bind"].count == 4
+    write(tmp_path, 1, 101, totals(2, 1))
+    assert peers.read()[1].auth.total == 5  # monotonic: 3 (retired) + 2
+    assert peers.read()[1].auth.total == 5  # reading twice adds nothing
+
+
+def test_unreadable_files_are_skipped_and_the_others_still_count(tmp_path: Path) -> None:
+    peers = PeerStats(tmp_path)
+    write(tmp_path, 1, 100, totals(3))
+    worker_file(tmp_path, 2).write_text("{not json")
+    worker_file(tmp_path, 3).write_text(json.dumps({"index": "3", "pid": 1, "stats": {}}))
+    worker_file(tmp_path, 4).write_text(" " * (MAX_STATS_BYTES + 1))
+    assert {i: t.auth.total for i, t in peers.read().items()} == {1: 3}
+    # a worker whose file turned bad keeps the counts last read from it
+    worker_file(tmp_path, 1).write_text("garbage")
+    assert peers.read()[1].auth.total == 3
+
+
+def test_metrics_sum_every_process_and_list_each(tmp_path: Path) -> None:
+    directory = DirectoryStats()
+    directory.observe("bind", 0.002)
+    peers = PeerStats(tmp_path)
+    metrics = Metrics(directory, None, peers)
+    metrics.observe_audit({"outcome": "accept", "front_end": "ldap"})
+    metrics.observe_audit({"outcome": "reject", "front_end": "ldap", "reason": "wrong OTP"})
+    write(tmp_path, 1, 100, totals(3, 2))
+    text = metrics.text().decode()
+    assert 'otpgate_authentications_total{front_end="ldap",outcome="accept"} 4.0' in text
+    assert 'otpgate_rejections_total{front_end="ldap",reason="wrong_otp"} 1.0' in text
+    assert 'otpgate_directory_seconds_count{operation="bind"} 3.0' in text
+    assert 'otpgate_process_authentications_total{process="main"} 2.0' in text
+    assert 'otpgate_process_authentications_total{process="1"} 3.0' in text
+    assert "otpgate_processes_reporting 2.0" in text
+    alone = Metrics(DirectoryStats()).text().decode()  # one process: the same families
+    assert "otpgate_processes_reporting 1.0" in alone and "otpgate_lockouts_total 0.0" in alone
+
+
+def test_auth_counts_total_counts_authentications_only() -> None:
+    counts = AuthCounts()
+    for outcome in ("accept", "reject", "challenge", "enroll", "view"):
+        count_event(counts, {"outcome": outcome, "front_end": "web"})
+    assert counts.total == 3 and sum(counts.web_actions.values()) == 2
