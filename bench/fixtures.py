@@ -136,17 +136,17 @@ keyring = "keyring.json"
 """
 
 
-def enroll(config: Path, users_file: Path) -> None:
-    """Give each user of ``users_file`` an otpgate HOTP token with its key, in a subprocess
-    (twistd's task.react exits the process it runs in)."""
+def enroll(config: Path, users_file: Path, kind: str = "hotp") -> None:
+    """Give each user of ``users_file`` an otpgate token (``kind``: hotp or totp) with its key,
+    in a subprocess (twistd's task.react exits the process it runs in)."""
     subprocess.run(
-        [sys.executable, "-m", "bench.fixtures", "--enroll", str(config), str(users_file)],
+        [sys.executable, "-m", "bench.fixtures", "--enroll", str(config), str(users_file), kind],
         cwd=ROOT,
         check=True,
     )
 
 
-def _enroll(config_path: Path, users: list[dict]) -> None:
+def _enroll(config_path: Path, users: list[dict], kind: str) -> None:
     from twisted.internet import defer, task
 
     from otpgate.admin.enrollment import enroll_change, new_oath_token
@@ -158,13 +158,18 @@ def _enroll(config_path: Path, users: list[dict]) -> None:
     async def run(reactor) -> None:
         config = load_config(config_path)
         gw = Gateway(config, Keyring.load(config.keyring), reactor)
+        async def one(u: dict) -> None:
+            entry = await gw.store.resolve(u["dn"])
+            token, secret = new_oath_token(
+                config.otp, TokenType(kind), key=bytes.fromhex(u["secret_hex"])
+            )
+            await gw.store.update(entry, lambda s, t=token, k=secret: enroll_change(s, t, k, 5))
+
         try:
-            for u in users:
-                entry = await gw.store.resolve(u["dn"])
-                token, secret = new_oath_token(
-                    config.otp, TokenType.HOTP, key=bytes.fromhex(u["secret_hex"])
+            for i in range(0, len(users), 32):  # 32 at a time over the pool's connections
+                await defer.gatherResults(
+                    [defer.ensureDeferred(one(u)) for u in users[i : i + 32]], consumeErrors=True
                 )
-                await gw.store.update(entry, lambda s, t=token, k=secret: enroll_change(s, t, k, 5))
         finally:
             gw.close()
 
@@ -215,7 +220,7 @@ def shared_load(argv: Sequence[str], secs: float, pids: dict[str, int]) -> dict:
     ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result: dict = json.loads(out.strip().splitlines()[-1])
-    done = max(1, result.get("ok", 0) + result.get("fail", 0) + result.get("reject", 0))
+    done = max(1, sum(result.get(k, 0) for k in ("ok", "fail", "reject", "timeout")))
     for name, pid in pids.items():
         result[f"cpu_us_{name}"] = round((cpu_seconds(pid) - before[name]) / done * 1e6)
     client = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
@@ -224,4 +229,4 @@ def shared_load(argv: Sequence[str], secs: float, pids: dict[str, int]) -> dict:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--enroll"]:
-    _enroll(Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text()))
+    _enroll(Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text()), sys.argv[4])

@@ -1,35 +1,36 @@
 #!/usr/bin/env python3
-"""RADIUS benchmark: one run on loopback, `radclient -p 64` as the client of every RADIUS target.
+"""RADIUS benchmark: one run on loopback, ../shared/bench/radius_load.py as the client of every
+target (asyncio, Message-Authenticator, no busy polling), same concurrency for all.
 
-  freeradius  FreeRADIUS 3.2, PAP from a users file: the protocol ceiling (no OTP, no write)
-  slapo-otp   OpenLDAP's C overlay, HOTP binds (password+code, counter written per bind) on the
-              same slapd, driven by ../shared/bench/ldapbind_load.py at the same concurrency
-              (radclient cannot speak LDAP): the directory's own write-bound OTP rate
-  otpgate     otpgate append mode: PAP, User-Password = password + HOTP code, users enrolled
-              by otpgate, one compare-and-swap write per request
+  fr-pap         FreeRADIUS 3.2, PAP from a users file: the protocol ceiling (no OTP, no LDAP)
+  fr-totp        FreeRADIUS 3.2 + rlm_ldap + rlm_totp (../shared/bench/freeradius_ldap_totp.sh,
+                 read): user search, TOTP check, password bind; writes nothing (no replay
+                 protection)
+  fr-totp-write  the same with its `write` mode: the last accepted step read with the entry and
+                 written back in post-auth (one LDAP Modify per login, not compare-and-swap)
+  otpgate        otpgate append mode (User-Password = password + TOTP code) on the same users,
+                 enrolled by otpgate with the same keys: one compare-and-swap write per login
+  otpgate-replay the same users again within the same 30-s step: every request must be
+                 rejected (the codes are spent)
 
-Then the same otpgate request file again: every request must be rejected (codes spent).
+TOTP targets each start just after a 30-s boundary and use each user at most once per step
+(`reused` must be 0): --users bounds the requests of a run.  Every row carries the CPU µs per
+request of each process (FreeRADIUS, slapd, otpgate, the load client) and its load (CPU
+seconds per second: 1.0 is a saturated core); the busiest is named.  Writes
+bench/results/radius.json.  Bounded: --secs per target, --users requests per TOTP target.
 
-Latency: radclient prints one "Sent ... Id N from 0.0.0.0:PORT" and one "Received ... Id N ...
-to 127.0.0.1:PORT" line per packet; they are timestamped as they arrive (line-buffered pipe),
-so p50/p99 are the client's view at -p 64.  Prints a table and both ratios, writes
-bench/results/radius.json.  Bounded: a fixed number of requests per target, and timeouts.
-
-usage: bench/radius.py [--users 1000] [--rounds 10] [--fr-requests 60000] [--secs 10]
+usage: bench/radius.py [--users 12000] [--conc 32] [--secs 8] [--processes 1] [--profile F]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,267 +39,32 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fixtures import (  # noqa: E402
     BIN,
-    add_otpgate_users,
-    cpu_seconds,
+    SHARED,
     directory_sections,
     enroll,
     free_tcp_port,
-    ldap_load,
+    shared_load,
     start_anchor,
     stop_anchor,
 )
 from bench.radius_freeradius import FreeRadius, free_udp_port  # noqa: E402
 
 SECRET = "bench-radius-secret-0123456789"
-PARALLEL = 64
-NICE = ("nice", "-n", "19")
-"""Every load client runs niced: radclient busy-polls its socket (measured ~1.3 ms of CPU per
-request against otpgate, most of a core), and on two cores a client should not take the CPU
-from the server it measures.  Applied to all three targets alike."""
-SENT = re.compile(rb"^Sent Access-Request Id (\d+) from [^:]+:(\d+) ")
-RECEIVED = re.compile(rb"^Received (Access-\w+) Id (\d+) from \S+ to [^:]+:(\d+) ")
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def radius_load(port: int, users: Path, mode: str, args: argparse.Namespace,
+                pids: dict[str, int], requests: int | None = None) -> dict:
+    argv = [sys.executable, str(SHARED / "radius_load.py"), "--port", str(port), "--secret",
+            SECRET, "--users", str(users), "--mode", mode, "--conc", str(args.conc),
+            "--secs", str(args.secs), "--timeout", "5"]
+    if requests is not None:
+        argv += ["--requests", str(requests)]
+    return shared_load(argv, args.secs, pids)
 
 
-def radclient_run(requests: Path, port: int, timeout: float, pids: dict[str, int]) -> dict:
-    """radclient -p 64 over the file; rate and latency from its timestamped output."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    args = [
-        *NICE,
-        "stdbuf",
-        "-oL",
-        "radclient",
-        "-p",
-        str(PARALLEL),
-        "-s",
-        "-t",
-        "5",
-        "-r",
-        "3",
-        "-f",
-        str(requests),
-        f"127.0.0.1:{port}",
-        "auth",
-        SECRET,
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    sent: dict[tuple[bytes, bytes], float] = {}
-    latencies: list[float] = []
-    codes: dict[str, int] = {}
-    tail: list[bytes] = []
-    first = last = None
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            now = time.perf_counter()
-            m = SENT.match(line)
-            if m:
-                key = (m.group(1), m.group(2))
-                sent.setdefault(key, now)  # a retransmission keeps the first send time
-                if first is None:
-                    first = now
-                continue
-            m = RECEIVED.match(line)
-            if m:
-                start = sent.pop((m.group(2), m.group(3)), None)
-                if start is not None:
-                    latencies.append(now - start)
-                kind = m.group(1).decode()
-                codes[kind] = codes.get(kind, 0) + 1
-                last = now
-                continue
-            tail.append(line)
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        timer.cancel()
-    text = b"".join(tail).decode(errors="replace")
-    summary = {k: int(v) for k, v in re.findall(r"(Accepted|Rejected|Lost)\s*:\s*(\d+)", text)}
-    secs = (last - first) if first is not None and last is not None else float("nan")
-    done = max(1, sum(codes.values()))
-    result = {
-        "accepted": summary.get("Accepted", codes.get("Access-Accept", 0)),
-        "rejected": summary.get("Rejected", codes.get("Access-Reject", 0)),
-        "lost": summary.get("Lost", 0),
-        "secs": round(secs, 2),
-        "rate": round(codes.get("Access-Accept", 0) / secs, 1) if secs == secs and secs > 0 else 0,
-        "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
-        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-    }
-    for name, pid in pids.items():
-        result[f"cpu_us_{name}"] = round((cpu_seconds(pid) - before[name]) / done * 1e6)
-    result["cpu_us_radclient"] = round((usage.ru_utime + usage.ru_stime) / done * 1e6)
-    return result
-
-
-def hotp(key: bytes, counter: int) -> str:
-    from otpgate.otp.oath import hotp as _hotp
-
-    return _hotp(key, counter)
-
-
-def pap_block(name: str, password: str) -> str:
-    return f'User-Name = "{name}"\nUser-Password = "{password}"\nMessage-Authenticator = 0x00\n'
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--users", type=int, default=1000, help="otpgate users (and slapo-otp users)")
-    ap.add_argument("--rounds", type=int, default=10, help="codes per otpgate user")
-    ap.add_argument("--fr-requests", type=int, default=60000, help="FreeRADIUS PAP requests")
-    ap.add_argument("--secs", type=float, default=10, help="slapo-otp load duration")
-    ap.add_argument("--processes", type=int, default=1, help="otpgate processes (SO_REUSEPORT)")
-    ap.add_argument("--bind-connections", type=int, default=8,
-                    help="[radius] bind_connections of each otpgate process")
-    ap.add_argument(
-        "--profile",
-        metavar="SVG|TXT",
-        help="py-spy profile of otpgate under load (.txt: collapsed stacks)",
-    )
-    args = ap.parse_args()
-    if args.users < 2 * PARALLEL:
-        ap.error(
-            f"--users must be at least {2 * PARALLEL}: no user may have two requests in flight"
-        )
-    work = Path(tempfile.mkdtemp(prefix="otpgate-bench-radius-"))
-    slapd_port, radius_port = free_tcp_port(), free_udp_port()
-    otpgates: list[subprocess.Popen] = []
-    fr: FreeRadius | None = None
-    try:
-        slapd_pid = start_anchor(work / "slapd", slapd_port, args.users)
-        og = add_otpgate_users(work, slapd_port, args.users)
-        config = work / "otpgate.toml"
-        config.write_text(directory_sections(work, slapd_port) + f"""
-[radius]
-listen = ["127.0.0.1:{radius_port}"]
-bind_connections = {args.bind_connections}
-[[radius.clients]]
-address = "127.0.0.1"
-secret = "{SECRET}"
-mode = "append"
-[logging]
-file = "otpgate.log"
-""")
-        enroll(config, work / "og.json")
-        requests = work / "otpgate-requests.txt"
-        requests.write_text(
-            "\n".join(
-                pap_block(u["name"], u["password"] + hotp(bytes.fromhex(u["secret_hex"]), c))
-                for c in range(args.rounds)
-                for u in og
-            )
-        )
-        plain = json.loads((work / "slapd" / "plain.json").read_text())
-        fr_users = {p["dn"].split(",")[0][4:]: p["password"] for p in plain}
-        fr_requests = work / "freeradius-requests.txt"
-        names = list(fr_users)
-        fr_requests.write_text(
-            "\n".join(
-                pap_block(names[i % len(names)], fr_users[names[i % len(names)]])
-                for i in range(args.fr_requests)
-            )
-        )
-
-        fr = FreeRadius(work / "freeradius", fr_users, SECRET, threads=4)
-        fr.start()
-        shared = ["--shared"] if args.processes > 1 else []
-        for _ in range(args.processes):
-            server = [sys.executable, str(ROOT / "bench" / "radius_server.py"), str(config)]
-            otpgates.append(subprocess.Popen([*server, *shared], cwd=work))
-        wait_radius(radius_port)
-        time.sleep(1)  # every process is listening
-        assert fr.proc is not None
-        fr_pid = fr.proc.pid
-        runs = {
-            "freeradius": radclient_run(fr_requests, fr.port, 600, {"freeradius": fr_pid}),
-            "slapo-otp": ldap_load(
-                slapd_port,
-                work / "slapd" / "oath.json",
-                "hotp",
-                PARALLEL,
-                args.secs,
-                {"slapd": slapd_pid},
-                nice=NICE,
-            ),
-        }
-        spy = None
-        if args.profile:
-            fmt = ["-f", "raw"] if args.profile.endswith(".txt") else []  # collapsed stacks
-            spy = subprocess.Popen(
-                [
-                    str(BIN / "py-spy"),
-                    "record",
-                    "-o",
-                    args.profile,
-                    "-d",
-                    str(int(args.secs)),
-                    "-p",
-                    str(otpgates[0].pid),
-                    "-r",
-                    "200",
-                    *fmt,
-                ]
-            )
-        pids = {f"otpgate{i or ''}": p.pid for i, p in enumerate(otpgates)}
-        pids["slapd"] = slapd_pid
-        runs["otpgate"] = radclient_run(requests, radius_port, 900, pids)
-        if spy is not None:
-            spy.wait(timeout=120)
-        runs["otpgate-replay"] = radclient_run(requests, radius_port, 900, pids)
-        total = args.users * args.rounds
-        result = {
-            "parallel": PARALLEL,
-            "users": args.users,
-            "otpgate_requests": total,
-            "processes": args.processes,
-            "bind_connections": args.bind_connections,
-            "runs": runs,
-            "all_accepted": runs["otpgate"]["accepted"] == total,
-            "replay_all_rejected": runs["otpgate-replay"]["rejected"] == total,
-            "otpgate_vs_slapo_otp": round(runs["otpgate"]["rate"] / runs["slapo-otp"]["rate"], 3),
-            "otpgate_vs_freeradius": round(runs["otpgate"]["rate"] / runs["freeradius"]["rate"], 3),
-        }
-        print(
-            f"{'target':<15} {'auths/s':>9} {'accept':>7} {'reject':>7} {'lost':>5} "
-            f"{'p50 ms':>8} {'p99 ms':>8}  CPU µs per request"
-        )
-        for name, r in runs.items():
-            ok = r.get("accepted", r.get("ok"))
-            bad = r.get("rejected", r.get("fail"))
-            cpu = " ".join(f"{k[7:]}={v}" for k, v in r.items() if k.startswith("cpu_us_"))
-            print(
-                f"{name:<15} {r['rate']:>9.0f} {ok:>7} {bad:>7} {r.get('lost', 0):>5} "
-                f"{r['p50_ms']:>8} {r['p99_ms']:>8}  {cpu}"
-            )
-        print(f"otpgate OTP / slapo-otp OTP : {result['otpgate_vs_slapo_otp']}")
-        print(f"otpgate OTP / FreeRADIUS PAP: {result['otpgate_vs_freeradius']}")
-        print(
-            f"first run all Accept: {result['all_accepted']}, "
-            f"replay all Reject: {result['replay_all_rejected']}"
-        )
-        out = ROOT / "bench" / "results"
-        out.mkdir(exist_ok=True)
-        (out / "radius.json").write_text(json.dumps(result, indent=2))
-    finally:
-        for proc in otpgates:
-            proc.send_signal(signal.SIGTERM)
-        for proc in otpgates:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if fr is not None:
-            fr.stop()
-        stop_anchor(work / "slapd")
-        shutil.rmtree(work, ignore_errors=True)
+def after_boundary(margin: float = 0.3) -> None:
+    """Sleep until just after the next 30-s TOTP step boundary."""
+    time.sleep(30 - time.time() % 30 + margin)
 
 
 def wait_radius(port: int, timeout: float = 30) -> None:
@@ -306,14 +72,158 @@ def wait_radius(port: int, timeout: float = 30) -> None:
     while time.monotonic() < deadline:
         done = subprocess.run(
             ["radclient", "-q", "-t", "0.5", "-r", "1", f"127.0.0.1:{port}", "status", SECRET],
-            input=b"Message-Authenticator = 0x00\n",
-            capture_output=True,
-            check=False,
-        )
+            input=b"Message-Authenticator = 0x00\n", capture_output=True, check=False)
         if done.returncode == 0:
             return
         time.sleep(0.2)
-    raise RuntimeError(f"otpgate RADIUS does not answer on 127.0.0.1:{port}")
+    raise RuntimeError(f"nothing answers RADIUS on 127.0.0.1:{port}")
+
+
+def freeradius_ldap(work: Path, slapd_port: int, mode: str, threads: int) -> tuple[int, int]:
+    """../shared/bench/freeradius_ldap_totp.sh in ``mode``; (port, pid)."""
+    port, where = free_udp_port(), work / f"fr-{mode}"
+    subprocess.run(["bash", str(SHARED / "freeradius_ldap_totp.sh"), str(where), str(port),
+                    str(slapd_port), SECRET, mode, str(threads)],
+                   check=True, capture_output=True, text=True)
+    wait_radius(port)
+    return port, int((where / "radiusd.pid").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=12000, help="TOTP users (requests per run)")
+    ap.add_argument("--conc", type=int, default=32, help="requests in flight")
+    ap.add_argument("--secs", type=float, default=8, help="seconds per target (at most 12)")
+    ap.add_argument("--threads", type=int, default=8, help="FreeRADIUS threads")
+    ap.add_argument("--processes", type=int, default=1, help="otpgate processes (SO_REUSEPORT)")
+    ap.add_argument("--profile", metavar="SVG|TXT", help="py-spy profile of otpgate under load")
+    ap.add_argument("--targets", default="fr-pap,fr-totp,fr-totp-write,otpgate",
+                    help="comma-separated subset (otpgate includes its replay run)")
+    args = ap.parse_args()
+    if not 0 < args.secs <= 12:
+        ap.error("--secs must be in (0, 12]: otpgate and its replay run share one 30-s step")
+    wanted = set(args.targets.split(","))
+    work = Path(tempfile.mkdtemp(prefix="otpgate-bench-radius-"))
+    slapd_port, radius_port = free_tcp_port(), free_udp_port()
+    servers: list[subprocess.Popen] = []
+    stop_pids: list[int] = []
+    fr: FreeRadius | None = None
+    try:
+        slapd_pid = start_anchor(work / "slapd", slapd_port, 1000)
+        totp = work / "totp.json"
+        subprocess.run([sys.executable, str(SHARED / "add_totp_users.py"), str(slapd_port),
+                        str(args.users), str(totp)], check=True, capture_output=True)
+        config = work / "otpgate.toml"
+        config.write_text(directory_sections(work, slapd_port) + f"""
+[radius]
+listen = ["127.0.0.1:{radius_port}"]
+[[radius.clients]]
+address = "127.0.0.1"
+secret = "{SECRET}"
+mode = "append"
+[logging]
+file = "otpgate.log"
+""")
+        if "otpgate" in wanted:
+            enroll(config, totp, "totp")
+        runs: dict[str, dict] = {}
+        if "fr-pap" in wanted:
+            plain = json.loads((work / "slapd" / "plain.json").read_text())
+            fr = FreeRadius(work / "freeradius", {p["dn"][4:].split(",")[0]: p["password"]
+                                                  for p in plain}, SECRET, threads=args.threads)
+            fr.start()
+            assert fr.proc is not None
+            runs["fr-pap"] = radius_load(fr.port, work / "slapd" / "plain.json", "plain", args,
+                                         {"freeradius": fr.proc.pid})
+            fr.stop()
+            fr = None
+        for mode in ("read", "write"):
+            name = "fr-totp" if mode == "read" else "fr-totp-write"
+            if name not in wanted:
+                continue
+            port, pid = freeradius_ldap(work, slapd_port, mode, args.threads)
+            stop_pids.append(pid)
+            after_boundary()
+            runs[name] = radius_load(port, totp, "totp", args,
+                                     {"freeradius": pid, "slapd": slapd_pid}, args.users)
+            subprocess.run(["kill", str(pid)], check=False)
+        if "otpgate" in wanted:
+            shared = ["--shared"] if args.processes > 1 else []
+            for _ in range(args.processes):
+                servers.append(subprocess.Popen(
+                    [sys.executable, str(ROOT / "bench" / "radius_server.py"), str(config),
+                     *shared], cwd=work))
+            wait_radius(radius_port)
+            time.sleep(1 if args.processes > 1 else 0)  # every process is listening
+            pids = {f"otpgate{i or ''}": p.pid for i, p in enumerate(servers)}
+            pids["slapd"] = slapd_pid
+            after_boundary()
+            spy = None
+            if args.profile:
+                fmt = ["--format", "raw"] if args.profile.endswith(".txt") else []
+                spy = subprocess.Popen([str(BIN / "py-spy"), "record", *fmt, "-o", args.profile,
+                                        "-d", str(int(args.secs)), "-p", str(servers[0].pid),
+                                        "-r", "200"])
+            runs["otpgate"] = radius_load(radius_port, totp, "totp", args, pids, args.users)
+            if spy is not None:
+                spy.wait(timeout=120)
+            replay_users = work / "replay.json"
+            done = runs["otpgate"]["ok"]
+            replay_users.write_text(json.dumps(json.loads(totp.read_text())[:done]))
+            runs["otpgate-replay"] = radius_load(radius_port, replay_users, "totp", args, pids,
+                                                 done)
+            if int(time.time()) // 30 != int(time.time() - runs["otpgate"]["secs"] - 1) // 30:
+                runs["otpgate-replay"]["note"] = "crossed a 30-s step: not a replay check"
+        report(runs, args)
+    finally:
+        for proc in servers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in servers:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for pid in stop_pids:
+            subprocess.run(["kill", str(pid)], check=False, capture_output=True)
+        if fr is not None:
+            fr.stop()
+        stop_anchor(work / "slapd")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(runs: dict[str, dict], args: argparse.Namespace) -> None:
+    def ratio(a: str, b: str) -> float | None:
+        if a in runs and b in runs and runs[b]["rate"]:
+            return round(runs[a]["rate"] / runs[b]["rate"], 3)
+        return None
+
+    result = {
+        "users": args.users, "conc": args.conc, "secs": args.secs,
+        "processes": args.processes, "threads": args.threads, "runs": runs,
+        "otpgate_vs_fr_totp_write": ratio("otpgate", "fr-totp-write"),
+        "otpgate_vs_fr_totp": ratio("otpgate", "fr-totp"),
+        "otpgate_vs_fr_pap": ratio("otpgate", "fr-pap"),
+    }
+    print(f"{'target':<15} {'auths/s':>8} {'ok':>6} {'reject':>6} {'tmo':>4} {'reused':>6} "
+          f"{'p50 ms':>7} {'p99 ms':>7}  CPU µs/request; busiest (CPU s/s)")
+    for name, r in runs.items():
+        cpu = {k[7:]: v for k, v in r.items() if k.startswith("cpu_us_")}
+        done = r["ok"] + r["reject"] + r["timeout"]
+        load = {k: round(v * done / max(r["secs"], 1e-9) / 1e6, 2) for k, v in cpu.items()}
+        r["load"] = load
+        busiest = max(load, key=load.__getitem__)
+        text = " ".join(f"{k}={v}" for k, v in cpu.items())
+        print(f"{name:<15} {r['rate']:>8.0f} {r['ok']:>6} {r['reject']:>6} {r['timeout']:>4} "
+              f"{r.get('reused', 0):>6} {r['p50_ms']:>7} {r['p99_ms']:>7}  {text}; "
+              f"{busiest} ({load[busiest]})")
+    print(f"otpgate / FreeRADIUS+LDAP+TOTP write: {result['otpgate_vs_fr_totp_write']}")
+    print(f"otpgate / FreeRADIUS+LDAP+TOTP read : {result['otpgate_vs_fr_totp']}")
+    print(f"otpgate / FreeRADIUS PAP            : {result['otpgate_vs_fr_pap']}")
+    if "otpgate-replay" in runs:
+        print(f"replay accepted: {runs['otpgate-replay']['ok']} (must be 0)")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "radius.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

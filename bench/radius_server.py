@@ -19,7 +19,7 @@ from twisted.logger import globalLogBeginner
 
 from otpgate.config import load_config
 from otpgate.logs import open_log_file
-from otpgate.radius import radius_services
+from otpgate.radius.service import radius_services
 from otpgate.service import Gateway
 from otpgate.vault import Keyring
 

@@ -42,10 +42,12 @@ def _canonical_value(value: str) -> str:
 
 
 @lru_cache(maxsize=16384)
+@lru_cache(maxsize=4096)
 def dn_key(dn: str) -> tuple[str, ...] | None:
     """The RDNs of ``dn`` (RFC 4514), each canonical: attribute types and values compared
     case- and space-insensitively, escapes resolved (``cn=Smith\\, John`` is one RDN),
-    multi-valued RDNs sorted.  None if ``dn`` is not a DN."""
+    multi-valued RDNs sorted.  None if ``dn`` is not a DN.  Memoised (a pure function of
+    the text, asked twice per login and once per group: ldap3's parser is slow)."""
     try:
         parts = parse_dn(dn, escape=False, strip=True)
     except (LDAPInvalidDnError, ValueError, IndexError):
