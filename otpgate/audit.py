@@ -23,6 +23,7 @@ from otpgate.config import LoggingConfig
 log = Logger(namespace="otpgate.audit")
 
 FIELDS = ("outcome", "front_end", "user", "dn", "client", "token", "reason")
+_TEXT = " ".join(f"{k}={{{k}!r}}" for k in FIELDS)
 
 
 class AuditTrail:
@@ -34,6 +35,8 @@ class AuditTrail:
         self._flusher: LoopingCall | None = None
         self.observers: list[Callable[[dict[str, Any]], None]] = []
         """Called with every event (e.g. by /metrics); they must not raise."""
+        self._second = -1
+        self._stamp = ""
 
     def start(self) -> None:
         if self.config.file is None or self._file is not None:
@@ -85,10 +88,12 @@ class AuditTrail:
         if self.config.json:
             line = json.dumps({"time": round(now, 3), "event": "auth", **event})
         else:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-            line = f"{stamp}Z [otpgate.audit] auth " + " ".join(
-                f"{k}={event.get(k)!r}" for k in FIELDS
-            )
+            second = int(now)
+            if second != self._second:  # one strftime per second, not per login
+                self._second = second
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ [otpgate.audit] auth ",
+                                            time.gmtime(second))
+            line = self._stamp + _TEXT.format_map({k: event.get(k) for k in FIELDS})
         self._buffer.append(line + "\n")
         if self.config.flush_seconds <= 0 or len(self._buffer) >= 4096:
             self.flush()

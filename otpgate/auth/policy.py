@@ -90,8 +90,10 @@ class Policy:
         self._subtrees = tuple(key for d in config.exempt_subtrees if (key := dn_key(d)))
         self._required = {normalise_dn(g) for g in config.require_otp_groups}
         self._admins = {normalise_dn(g) for g in config.admin_groups}
+        # Asked for every login with the same few thousand DNs: remembered per policy.
+        self.is_exempt = lru_cache(maxsize=4096)(self._is_exempt)
 
-    def is_exempt(self, dn: str) -> bool:
+    def _is_exempt(self, dn: str) -> bool:
         """``dn`` is an exempt DN, or lies below an exempt subtree (compared RDN by RDN)."""
         if not self._exempt and not self._subtrees:
             return False
