@@ -16,6 +16,7 @@ import os
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -226,6 +227,26 @@ def shared_load(argv: Sequence[str], secs: float, pids: dict[str, int]) -> dict:
     client = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     result["cpu_us_client"] = round(client / done * 1e6)
     return result
+
+
+def combine_rounds(each: list[dict]) -> dict:
+    """One row from a target's rounds: sums, CPU weighted by operations, median latencies."""
+    done = [max(1, sum(r.get(k, 0) for k in ("ok", "fail", "reject", "timeout"))) for r in each]
+    summed = ("ok", "fail", "reject", "timeout", "reused", "secs")
+    row: dict = {k: sum(r[k] for r in each) for k in summed if k in each[0]}
+    row["rate"] = round(sum(r["rate"] * r["secs"] for r in each) / max(row["secs"], 1e-9), 1)
+    if "done_rate" in each[0]:
+        row["done_rate"] = round(sum(r["done_rate"] * r["secs"] for r in each)
+                                 / max(row["secs"], 1e-9), 1)
+    for key in each[0]:
+        if key.startswith("cpu_us_"):
+            row[key] = round(sum(r[key] * n for r, n in zip(each, done, strict=True)) / sum(done))
+        elif key in ("p50_ms", "p99_ms"):
+            row[key] = round(statistics.median(r[key] for r in each), 2)
+        elif key == "note" and any(r.get("note") for r in each):
+            row["note"] = "; ".join(r["note"] for r in each if r.get("note"))
+    row["rounds"] = [{k: r.get(k) for k in ("rate", "p99_ms")} for r in each]
+    return row
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--enroll"]:

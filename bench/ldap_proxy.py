@@ -29,7 +29,6 @@ import json
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from bench.fixtures import (  # noqa: E402
     start_anchor,
     stop_anchor,
 )
+from bench.fixtures import combine_rounds as combine  # noqa: E402
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
@@ -73,20 +73,6 @@ def ceiling(port: int, args: argparse.Namespace, pids: dict[str, int]) -> dict:
         args.secs,
         pids,
     )
-
-
-def combine(each: list[dict]) -> dict:
-    """One row from a target's rounds: sums, CPU weighted by operations, median latencies."""
-    done = [max(1, sum(r.get(k, 0) for k in ("ok", "fail", "reject", "timeout"))) for r in each]
-    row: dict = {k: sum(r[k] for r in each) for k in ("ok", "fail", "secs") if k in each[0]}
-    row["rate"] = round(sum(r["rate"] * r["secs"] for r in each) / max(row["secs"], 1e-9), 1)
-    for key in each[0]:
-        if key.startswith("cpu_us_"):
-            row[key] = round(sum(r[key] * n for r, n in zip(each, done, strict=True)) / sum(done))
-        elif key in ("p50_ms", "p99_ms"):
-            row[key] = round(statistics.median(r[key] for r in each), 2)
-    row["rounds"] = [{k: r.get(k) for k in ("rate", "p99_ms")} for r in each]
-    return row
 
 
 def main() -> None:

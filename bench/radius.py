@@ -13,13 +13,16 @@ target (asyncio, Message-Authenticator, no busy polling), same concurrency for a
   otpgate-replay the same users again within the same 30-s step: every request must be
                  rejected (the codes are spent)
 
+The targets take turns over --rounds rounds (a slow spell of this shared machine falls on all
+of them alike); a row sums its rounds and each ratio is printed over the sums and per round.
 TOTP targets each start just after a 30-s boundary and use each user at most once per step
 (`reused` must be 0): --users bounds the requests of a run.  Every row carries the CPU µs per
 request of each process (FreeRADIUS, slapd, otpgate, the load client) and its load (CPU
 seconds per second: 1.0 is a saturated core); the busiest is named.  Writes
 bench/results/radius.json.  Bounded: --secs per target, --users requests per TOTP target.
 
-usage: bench/radius.py [--users 12000] [--conc 32] [--secs 8] [--processes 1] [--profile F]
+usage: bench/radius.py [--users 12000] [--conc 32] [--secs 8] [--rounds 3] [--processes 1]
+                       [--profile F] [--targets fr-pap,fr-totp,fr-totp-write,otpgate]
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from bench.fixtures import (  # noqa: E402
     start_anchor,
     stop_anchor,
 )
+from bench.fixtures import combine_rounds as combine  # noqa: E402
 from bench.radius_freeradius import FreeRadius, free_udp_port  # noqa: E402
 
 SECRET = "bench-radius-secret-0123456789"
@@ -94,6 +98,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=12000, help="TOTP users (requests per run)")
     ap.add_argument("--conc", type=int, default=32, help="requests in flight")
     ap.add_argument("--secs", type=float, default=8, help="seconds per target (at most 12)")
+    ap.add_argument("--rounds", type=int, default=3, help="turns of all targets")
     ap.add_argument("--threads", type=int, default=8, help="FreeRADIUS threads")
     ap.add_argument("--processes", type=int, default=1, help="otpgate processes (SO_REUSEPORT)")
     ap.add_argument("--profile", metavar="SVG|TXT", help="py-spy profile of otpgate under load")
@@ -126,27 +131,19 @@ file = "otpgate.log"
 """)
         if "otpgate" in wanted:
             enroll(config, totp, "totp")
-        runs: dict[str, dict] = {}
+        rounds: dict[str, list[dict]] = {}
+        fr_ports: dict[str, tuple[int, int]] = {}
+        for mode in ("read", "write"):  # both FreeRADIUS + LDAP + TOTP servers, kept running
+            name = "fr-totp" if mode == "read" else "fr-totp-write"
+            if name in wanted:
+                fr_ports[name] = freeradius_ldap(work, slapd_port, mode, args.threads)
+                stop_pids.append(fr_ports[name][1])
         if "fr-pap" in wanted:
             plain = json.loads((work / "slapd" / "plain.json").read_text())
             fr = FreeRadius(work / "freeradius", {p["dn"][4:].split(",")[0]: p["password"]
                                                   for p in plain}, SECRET, threads=args.threads)
             fr.start()
-            assert fr.proc is not None
-            runs["fr-pap"] = radius_load(fr.port, work / "slapd" / "plain.json", "plain", args,
-                                         {"freeradius": fr.proc.pid})
-            fr.stop()
-            fr = None
-        for mode in ("read", "write"):
-            name = "fr-totp" if mode == "read" else "fr-totp-write"
-            if name not in wanted:
-                continue
-            port, pid = freeradius_ldap(work, slapd_port, mode, args.threads)
-            stop_pids.append(pid)
-            after_boundary()
-            runs[name] = radius_load(port, totp, "totp", args,
-                                     {"freeradius": pid, "slapd": slapd_pid}, args.users)
-            subprocess.run(["kill", str(pid)], check=False)
+        pids: dict[str, int] = {}
         if "otpgate" in wanted:
             shared = ["--shared"] if args.processes > 1 else []
             for _ in range(args.processes):
@@ -157,24 +154,41 @@ file = "otpgate.log"
             time.sleep(1 if args.processes > 1 else 0)  # every process is listening
             pids = {f"otpgate{i or ''}": p.pid for i, p in enumerate(servers)}
             pids["slapd"] = slapd_pid
-            after_boundary()
-            spy = None
-            if args.profile:
-                fmt = ["--format", "raw"] if args.profile.endswith(".txt") else []
-                spy = subprocess.Popen([str(BIN / "py-spy"), "record", *fmt, "-o", args.profile,
-                                        "-d", str(int(args.secs)), "-p", str(servers[0].pid),
-                                        "-r", "200"])
-            runs["otpgate"] = radius_load(radius_port, totp, "totp", args, pids, args.users)
-            if spy is not None:
-                spy.wait(timeout=120)
-            replay_users = work / "replay.json"
-            done = runs["otpgate"]["ok"]
-            replay_users.write_text(json.dumps(json.loads(totp.read_text())[:done]))
-            runs["otpgate-replay"] = radius_load(radius_port, replay_users, "totp", args, pids,
-                                                 done)
-            if int(time.time()) // 30 != int(time.time() - runs["otpgate"]["secs"] - 1) // 30:
-                runs["otpgate-replay"]["note"] = "crossed a 30-s step: not a replay check"
-        report(runs, args)
+        for turn in range(args.rounds):
+            if fr is not None and fr.proc is not None:
+                rounds.setdefault("fr-pap", []).append(radius_load(
+                    fr.port, work / "slapd" / "plain.json", "plain", args,
+                    {"freeradius": fr.proc.pid}))
+            for name, (port, pid) in fr_ports.items():
+                after_boundary()  # a fresh 30-s step: every user has an unused code
+                rounds.setdefault(name, []).append(radius_load(
+                    port, totp, "totp", args, {"freeradius": pid, "slapd": slapd_pid},
+                    args.users))
+            if "otpgate" in wanted:
+                after_boundary()
+                spy = None
+                if args.profile and turn == 0:
+                    fmt = ["--format", "raw"] if args.profile.endswith(".txt") else []
+                    spy = subprocess.Popen([str(BIN / "py-spy"), "record", *fmt, "-o",
+                                            args.profile, "-d", str(int(args.secs)), "-p",
+                                            str(servers[0].pid), "-r", "200"])
+                run = radius_load(radius_port, totp, "totp", args, pids, args.users)
+                rounds.setdefault("otpgate", []).append(run)
+                if spy is not None:
+                    spy.wait(timeout=120)
+                replay_users = work / "replay.json"
+                done = run["ok"]
+                replay_users.write_text(json.dumps(json.loads(totp.read_text())[:done]))
+                replay = radius_load(radius_port, replay_users, "totp", args, pids, done)
+                if int(time.time()) // 30 != int(time.time() - run["secs"] - 1) // 30:
+                    replay["note"] = "crossed a 30-s step: not a replay check"
+                rounds.setdefault("otpgate-replay", []).append(replay)
+        runs = {name: combine(each) for name, each in rounds.items()}
+        per_round = {f"otpgate/{b}": [round(x["rate"] / y["rate"], 3) for x, y in
+                                      zip(rounds["otpgate"], rounds[b], strict=True)]
+                     for b in ("fr-totp-write", "fr-totp", "fr-pap")
+                     if b in rounds and "otpgate" in rounds}
+        report(runs, per_round, args)
     finally:
         for proc in servers:
             proc.send_signal(signal.SIGTERM)
@@ -191,7 +205,8 @@ file = "otpgate.log"
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(runs: dict[str, dict], args: argparse.Namespace) -> None:
+def report(runs: dict[str, dict], per_round: dict[str, list[float]],
+           args: argparse.Namespace) -> None:
     def ratio(a: str, b: str) -> float | None:
         if a in runs and b in runs and runs[b]["rate"]:
             return round(runs[a]["rate"] / runs[b]["rate"], 3)
@@ -199,7 +214,8 @@ def report(runs: dict[str, dict], args: argparse.Namespace) -> None:
 
     result = {
         "users": args.users, "conc": args.conc, "secs": args.secs,
-        "processes": args.processes, "threads": args.threads, "runs": runs,
+        "processes": args.processes, "threads": args.threads, "rounds": args.rounds,
+        "runs": runs, "per_round": per_round,
         "otpgate_vs_fr_totp_write": ratio("otpgate", "fr-totp-write"),
         "otpgate_vs_fr_totp": ratio("otpgate", "fr-totp"),
         "otpgate_vs_fr_pap": ratio("otpgate", "fr-pap"),
@@ -216,9 +232,11 @@ def report(runs: dict[str, dict], args: argparse.Namespace) -> None:
         print(f"{name:<15} {r['rate']:>8.0f} {r['ok']:>6} {r['reject']:>6} {r['timeout']:>4} "
               f"{r.get('reused', 0):>6} {r['p50_ms']:>7} {r['p99_ms']:>7}  {text}; "
               f"{busiest} ({load[busiest]})")
-    print(f"otpgate / FreeRADIUS+LDAP+TOTP write: {result['otpgate_vs_fr_totp_write']}")
-    print(f"otpgate / FreeRADIUS+LDAP+TOTP read : {result['otpgate_vs_fr_totp']}")
-    print(f"otpgate / FreeRADIUS PAP            : {result['otpgate_vs_fr_pap']}")
+    for label, key, pair in (("write", "otpgate_vs_fr_totp_write", "otpgate/fr-totp-write"),
+                             ("read ", "otpgate_vs_fr_totp", "otpgate/fr-totp"),
+                             ("PAP  ", "otpgate_vs_fr_pap", "otpgate/fr-pap")):
+        each = " ".join(str(x) for x in per_round.get(pair, []))
+        print(f"otpgate / FreeRADIUS {label}: {result[key]}  (rounds: {each or '-'})")
     if "otpgate-replay" in runs:
         print(f"replay accepted: {runs['otpgate-replay']['ok']} (must be 0)")
     out = ROOT / "bench" / "results"
