@@ -288,6 +288,29 @@ async def test_stale_cached_entry_costs_one_counted_cas_retry(backend):
         second.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_code_spent_elsewhere_is_refused_from_a_cached_entry(backend):
+    """Red team (issue 13's cache invalidation): gateway A holds alice's entry and its decoded
+    state cached; gateway B spends the next code; the same code sent to A is refused (A's
+    compare-and-swap fails on the value B wrote, A re-reads and sees the code spent), and the
+    code after it still works on A."""
+    first, second = gateway(backend), gateway(backend)
+    try:
+        name, _dn = backend.new_user("spentelsewhere")
+        key = os.urandom(20)
+        await enroll(first, name, key=key)
+        assert (await first.authenticator.authenticate(otp_only(name, hotp(key, 0)), None)).ok
+        assert (await second.authenticator.authenticate(otp_only(name, hotp(key, 1)), None)).ok
+        replayed = await first.authenticator.authenticate(otp_only(name, hotp(key, 1)), None)
+        assert not replayed.ok, replayed
+        assert first.directory_stats.cas_conflicts == 1
+        assert (await first.authenticator.authenticate(otp_only(name, hotp(key, 2)), None)).ok
+        assert not (await second.authenticator.authenticate(otp_only(name, hotp(key, 2)), None)).ok
+    finally:
+        first.close()
+        second.close()
+
+
 @pytest.mark.samba
 @pytest_twisted.ensureDeferred
 async def test_disabled_and_expired_ad_accounts_get_no_code_only_login(request, tmp_path_factory):
