@@ -50,6 +50,8 @@ class ProxyFactory(protocol.Factory):
         self.counters: Counter[str] = Counter()
 
     def buildProtocol(self, addr: Any) -> LdapProxyProtocol | None:
+        """``addr`` is the client's address, the one place it comes from: the TCP peer, or
+        the PROXY header's source behind a listed balancer (proxyheader.py)."""
         host = getattr(addr, "host", None)
         if len(self._connections) >= self.config.max_connections:
             self.count("refused_global_limit")
@@ -59,7 +61,7 @@ class ProxyFactory(protocol.Factory):
             self.count("refused_client_limit")
             log.warn("refusing {peer}: per-client connection limit", peer=host)
             return None
-        proto = LdapProxyProtocol(self)
+        proto = LdapProxyProtocol(self, host)
         self._connections.add(proto)
         self._per_client[host] += 1
         return proto
