@@ -35,7 +35,7 @@ from otpgate.otp.oath import hotp
 from otpgate.vault import keygen
 from tests.integration.test_processes import ENROLL
 from tests.netutil import free_port
-from tests.servers.haproxy import HAProxy
+from tests.servers.haproxy import HAPROXY, HAProxy
 from tests.servers.slapd import Slapd
 
 TWISTD = Path(sys.executable).with_name("twistd")
@@ -164,9 +164,11 @@ def stack(tmp_path_factory):
         for gateway in gateways:
             gateway.start()
         haproxy = HAProxy(base / "haproxy", free_port(),
-                          {"gw1": gateways[0].port, "gw2": gateways[1].port})
+                          {"gw1": gateways[0].port, "gw2": gateways[1].port},
+                          web_ports={"gw1": gateways[0].web, "gw2": gateways[1].web})
         haproxy.start()
         haproxy.wait_status({"gw1": "UP", "gw2": "UP"})
+        haproxy.wait_status({"gw1": "UP", "gw2": "UP"}, backend="gateways_web")
         yield Stack(slapd, gateways, haproxy, users)
     finally:
         if haproxy is not None:
@@ -245,18 +247,38 @@ def test_the_header_only_from_the_balancer(stack):
 
 
 def test_health_checks_follow_the_directory(stack):
+    """Both checks of deploy/haproxy.cfg: ``option ldap-check`` through the LDAP port (with
+    the PROXY header) and ``option httpchk GET /healthz`` on the web port."""
+    both_up, both_down = {"gw1": "UP", "gw2": "UP"}, {"gw1": "DOWN", "gw2": "DOWN"}
     assert [g.healthz() for g in stack.gateways] == [200, 200]
+    # nothing a client could learn: the same two short bodies (checked in healthz())
     stack.slapd.stop()
     try:
-        down = stack.haproxy.wait_status({"gw1": "DOWN", "gw2": "DOWN"}, timeout=20)
+        down = stack.haproxy.wait_status(both_down, timeout=20)
+        stack.haproxy.wait_status(both_down, timeout=20, backend="gateways_web")
         assert [g.healthz() for g in stack.gateways] == [503, 503]
+        # an LDAP client meanwhile: told "unavailable", never let in
+        assert bind(stack.haproxy.port, stack.users[0], "pw0" + hotp(KEY, 1),
+                    "127.0.0.5") in (None, 52)
     finally:
         stack.slapd.start()
-    up = stack.haproxy.wait_status({"gw1": "UP", "gw2": "UP"}, timeout=20)
+    up = stack.haproxy.wait_status(both_up, timeout=20)
+    stack.haproxy.wait_status(both_up, timeout=20, backend="gateways_web")
     time.sleep(1.1)  # past the kept answer
     assert [g.healthz() for g in stack.gateways] == [200, 200]
     print(f"\nHAProxy ldap-check: both DOWN {down:.2f}s after slapd stopped, UP {up:.2f}s "
           "after it started")
+
+
+def test_deploy_haproxy_cfg_is_valid(tmp_path):
+    """deploy/haproxy.cfg as shipped (its admin socket moved here) passes ``haproxy -c``."""
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg").read_text()
+    assert "send-proxy-v2" in text and "option ldap-check" in text
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text.replace("/run/haproxy/admin.sock", str(tmp_path / "admin.sock")))
+    check = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 async def _worker(client, port, users, counters, stats, deadline, seen):

@@ -19,8 +19,14 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
 def config_text(port: int, servers: dict[str, int], admin_socket: Path,
-                source: str = "127.0.0.1", check_ms: int = 300) -> str:
+                source: str = "127.0.0.1", check_ms: int = 300,
+                web_ports: dict[str, int] | None = None) -> str:
     lines = "\n".join(f"    server {name} 127.0.0.1:{p}" for name, p in servers.items())
+    # the same gateways checked the other way (deploy/haproxy.cfg's LDAPS backend): GET
+    # /healthz on their web listeners; no frontend uses it, only its checks are read
+    web = "\n".join(
+        f"    server {name} 127.0.0.1:{servers[name]} check port {p}"
+        for name, p in (web_ports or {}).items())
     return f"""global
     maxconn 4000
     stats socket {admin_socket} mode 600 level admin
@@ -46,19 +52,27 @@ backend gateways
     source {source}
     default-server send-proxy-v2 check inter {check_ms}ms fall 2 rise 2
 {lines}
+
+backend gateways_web
+    option httpchk GET /healthz
+    http-check expect status 200
+    source {source}
+    default-server send-proxy-v2 inter {check_ms}ms fall 2 rise 2
+{web}
 """
 
 
 class HAProxy:
     def __init__(self, folder: Path, port: int, servers: dict[str, int],
-                 check_ms: int = 300) -> None:
+                 check_ms: int = 300, web_ports: dict[str, int] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.port = port
         self.servers = servers
         self.admin = folder / "admin.sock"
         self.config = folder / "haproxy.cfg"
-        self.config.write_text(config_text(port, servers, self.admin, check_ms=check_ms))
+        self.config.write_text(config_text(port, servers, self.admin, check_ms=check_ms,
+                                            web_ports=web_ports))
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = folder / "haproxy.log"
 
@@ -102,27 +116,28 @@ class HAProxy:
                 chunks.append(chunk)
         return b"".join(chunks).decode()
 
-    def status(self) -> dict[str, str]:
-        """Server name → HAProxy's status of it (UP, DOWN, UP 1/2, ...)."""
+    def status(self, backend: str = "gateways") -> dict[str, str]:
+        """Server name → HAProxy's status of it (UP, DOWN, UP 1/2, ...) in ``backend``."""
         lines = self.command("show stat").splitlines()
         header = lines[0].lstrip("# ").split(",")
         out = {}
         for line in lines[1:]:
             row = dict(zip(header, line.split(","), strict=False))
-            if row.get("pxname") == "gateways" and row.get("svname") in self.servers:
+            if row.get("pxname") == backend and row.get("svname") in self.servers:
                 out[row["svname"]] = row["status"]
         return out
 
-    def wait_status(self, wanted: dict[str, str], timeout: float = 15) -> float:
+    def wait_status(self, wanted: dict[str, str], timeout: float = 15,
+                    backend: str = "gateways") -> float:
         """Seconds until every named server has the wanted status; raises on timeout."""
         start = time.monotonic()
         seen: dict[str, str] = {}
         while time.monotonic() - start < timeout:
-            seen = self.status()
+            seen = self.status(backend)
             if all(seen.get(k) == v for k, v in wanted.items()):
                 return time.monotonic() - start
             time.sleep(0.05)
-        raise AssertionError(f"HAProxy status {seen}, wanted {wanted}")
+        raise AssertionError(f"HAProxy status of {backend} {seen}, wanted {wanted}")
 
     def __enter__(self) -> HAProxy:
         self.start()
