@@ -19,6 +19,7 @@ import json
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ class GatewayProcess:
     def __init__(self, folder: Path, slapd: Slapd, keyring: Path, balancers: str) -> None:
         folder.mkdir()
         self.folder = folder
-        self.port, self.web = free_port(), free_port()
+        self.port, self.web, self.ldaps = free_port(), free_port(), free_port()
         shutil.copy(keyring, folder / "keyring.json")
         self.config = folder / "otpgate.toml"
         self.config.write_text(f"""
@@ -78,7 +79,10 @@ timeout = 3.0
 [vault]
 keyring = "keyring.json"
 [ldap_proxy]
-listen = ["tcp:{self.port}:interface=127.0.0.1"]
+listen = ["tcp:{self.port}:interface=127.0.0.1", "ssl:{self.ldaps}:interface=127.0.0.1"]
+cert_file = "{slapd.tls.cert_file}"
+key_file = "{slapd.tls.key_file}"
+require_tls_for_binds = false
 proxy_protocol_from = [{balancers}]
 [web]
 listen = ["tcp:{self.web}:interface=127.0.0.1"]
@@ -244,6 +248,24 @@ def test_the_header_only_from_the_balancer(stack):
     ]
     # nothing of it reached the pipeline as 127.0.0.1
     assert not any(e["client"] == "127.0.0.1" for e in gw.audit())
+
+
+def test_ldaps_reads_the_header_before_tls(stack):
+    """An ``ssl:`` listener: the balancer's header first, then the TLS handshake (HAProxy in
+    TCP mode passes LDAPS through); a direct TLS client is served as itself."""
+    gw = stack.gateways[1]
+    context = ssl.create_default_context(cafile=str(stack.slapd.ca_file))
+    request = ber.bind_request(1, stack.users[1].encode(), b"wrong-password000000")
+    n = len(gw.audit())
+    for source, header in (("127.0.0.1", v2_header("127.0.0.8")), ("127.0.0.7", b"")):
+        with socket.create_connection(("127.0.0.1", gw.ldaps), timeout=10,
+                                      source_address=(source, 0)) as raw:
+            raw.sendall(header)
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(request)
+                item = read_pdu(tls)
+                assert item is not None and ber.result_code(*item) == 49
+    assert [e["client"] for e in gw.audit()[n:]] == ["127.0.0.8", "127.0.0.7"]
 
 
 def test_health_checks_follow_the_directory(stack):
