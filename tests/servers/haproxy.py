@@ -64,15 +64,16 @@ backend gateways_web
 
 class HAProxy:
     def __init__(self, folder: Path, port: int, servers: dict[str, int],
-                 check_ms: int = 300, web_ports: dict[str, int] | None = None) -> None:
+                 check_ms: int = 300, web_ports: dict[str, int] | None = None,
+                 source: str = "127.0.0.1") -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.port = port
         self.servers = servers
         self.admin = folder / "admin.sock"
         self.config = folder / "haproxy.cfg"
-        self.config.write_text(config_text(port, servers, self.admin, check_ms=check_ms,
-                                            web_ports=web_ports))
+        self.config.write_text(config_text(port, servers, self.admin, source, check_ms,
+                                            web_ports))
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = folder / "haproxy.log"
 
