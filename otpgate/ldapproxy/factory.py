@@ -47,7 +47,9 @@ class ProxyFactory(protocol.Factory):
         self._urls = [LdapUrl.parse(u) for u in directory.urls]
         self._connections: set[LdapProxyProtocol] = set()
         self._per_client: Counter[str | None] = Counter()
-        self.counters: Counter[str] = Counter()
+        shared = getattr(gateway, "ldap_proxy_counters", None)
+        self.counters: Counter[str] = Counter() if shared is None else shared
+        """Refusals and other connection events, shared by the gateway's listeners."""
 
     def buildProtocol(self, addr: Any) -> LdapProxyProtocol | None:
         """``addr`` is the client's address, the one place it comes from: the TCP peer, or

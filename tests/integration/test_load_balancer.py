@@ -86,6 +86,7 @@ require_tls_for_binds = false
 proxy_protocol_from = [{balancers}]
 [web]
 listen = ["tcp:{self.web}:interface=127.0.0.1"]
+metrics_networks = ["127.0.0.1/32"]
 [logging]
 file = "audit.json"
 json = true
@@ -248,6 +249,12 @@ def test_the_header_only_from_the_balancer(stack):
     ]
     # nothing of it reached the pipeline as 127.0.0.1
     assert not any(e["client"] == "127.0.0.1" for e in gw.audit())
+    # counted in /metrics
+    url = f"http://127.0.0.1:{gw.web}/metrics"
+    metrics = urllib.request.urlopen(url, timeout=10).read().decode()
+    family = "otpgate_ldap_proxy_connection_events_total"
+    assert f'{family}{{event="proxy_header_untrusted"}} 2.0' in metrics
+    assert f'{family}{{event="proxy_header_invalid"}} 1.0' in metrics
 
 
 def test_ldaps_reads_the_header_before_tls(stack):
