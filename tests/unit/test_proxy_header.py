@@ -13,6 +13,7 @@ from twisted.internet import defer, ssl
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from otpgate import ber
 from otpgate.configfile import ConfigError
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import ReusePortListener, _TLSFactory
@@ -144,13 +145,18 @@ class Balanced:
         self.factory = ProxyFactory(self.gateway)  # type: ignore[arg-type]
         self.factory.connect_upstream = self._upstream  # type: ignore[method-assign]
         self.upstreams: list[StringTransport] = []
+        self.upstream_protocols: list[UpstreamProtocol] = []
+        self.unreachable = False
         self.outer = ProxyHeaderFactory(
             self.factory, (ipaddress.ip_network("10.0.0.0/8"),), self.gateway.reactor,
             self.factory.count,
         )
 
     def _upstream(self):
+        if self.unreachable:
+            return defer.fail(ConnectionRefusedError("directory down"))
         upstream = UpstreamProtocol()
+        self.upstream_protocols.append(upstream)
         transport = StringTransport()
         upstream.makeConnection(transport)
         self.upstreams.append(transport)
@@ -219,6 +225,31 @@ def test_listed_peer_header_timeout():
     assert b.factory.counters["proxy_header_timeout"] == 1
     proto.connectionLost(None)
     assert not b.gateway.reactor.getDelayedCalls()
+
+
+# HAProxy's `option ldap-check`: an anonymous LDAPv3 bind, message id 1 (its exact bytes)
+LDAP_CHECK = bytes.fromhex("300c020101600702010304008000")
+
+
+@pytest.mark.parametrize("directory_up", [True, False])
+def test_haproxy_ldap_check_is_up_only_when_the_directory_answers(directory_up):
+    """Behind a LOCAL header (HAProxy's checks), with TLS required for binds (the production
+    default with a certificate): the anonymous bind carries no credentials, so it is
+    forwarded; success comes only from the directory, 52 when it cannot be reached."""
+    b = Balanced(require_tls_for_binds=True)
+    b.unreachable = not directory_up
+    proto, transport = b.connect()
+    proto.dataReceived(V2_SIGNATURE + b"\x20\x00\x00\x00" + LDAP_CHECK)
+    if directory_up:
+        assert b.upstreams[0].value() == LDAP_CHECK  # the directory is asked, as sent
+        b.upstream_protocols[0].dataReceived(ber.message(1, ber.ldap_result(ber.BIND_RESPONSE, 0)))
+        expected = 0
+    else:
+        expected = 52
+    buf = ber.PduBuffer()
+    buf.feed(transport.value())
+    pdu, header = buf.next(1 << 20)
+    assert header.message_id == 1 and ber.result_code(pdu, header) == expected
 
 
 def test_local_header_keeps_the_balancer_address():
