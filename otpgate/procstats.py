@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +56,15 @@ class ProcessTotals:
 
     directory: DirectoryStats = field(default_factory=DirectoryStats)
     auth: AuthCounts = field(default_factory=AuthCounts)
+    ldap_proxy: Counter[str] = field(default_factory=Counter)
+    """The LDAP proxy's connection events (refusals by limit, PROXY header, malformed...)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"directory": self.directory.to_dict(), "auth": self.auth.to_dict()}
+        return {
+            "directory": self.directory.to_dict(),
+            "auth": self.auth.to_dict(),
+            "ldap_proxy": dict(self.ldap_proxy),
+        }
 
     def add(self, doc: Any) -> None:
         """Add a ``to_dict`` (ValueError if it is not one; nothing is added then)."""
@@ -66,8 +73,17 @@ class ProcessTotals:
         directory, auth = DirectoryStats(), AuthCounts()
         directory.add(doc.get("directory") or {})
         auth.add(doc.get("auth") or {})
+        proxy = doc.get("ldap_proxy", {})
+        if not isinstance(proxy, dict) or not all(
+            isinstance(k, str) and len(k) <= 64 and type(v) is int and v >= 0
+            for k, v in proxy.items()
+        ):
+            raise ValueError("ldap_proxy: expected names and counts")
+        if len(proxy) > 64:
+            raise ValueError("ldap_proxy: too many names")
         self.directory.add(directory.to_dict())
         self.auth.add(auth.to_dict())
+        self.ldap_proxy.update(proxy)
 
 
 class StatsWriter(service.Service):

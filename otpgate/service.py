@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ class Gateway:
         self.tls = TlsSettings(start_tls=d.start_tls, ca_file=d.ca_file)
         self.directory_stats = DirectoryStats()
         self.radius_counters = RadiusCounters()
+        self.ldap_proxy_counters: Counter[str] = Counter()
+        """Connection events of every LDAP proxy listener of this process (metrics)."""
         self.read_pool = ServerPool(
             reactor,
             d.urls,

@@ -62,7 +62,7 @@ def stats_writer(gateway: Gateway, folder: Path, index: int) -> StatsWriter:
     gateway.audit.observers.append(lambda event: count_event(counts, event))
 
     def snapshot() -> dict[str, Any]:
-        return ProcessTotals(gateway.directory_stats, counts).to_dict()
+        return ProcessTotals(gateway.directory_stats, counts, gateway.ldap_proxy_counters).to_dict()
 
     return StatsWriter(worker_file(folder, index), index, snapshot, reactor)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from otpgate.auth.config import check_delimiter
 from otpgate.configfile import (
     ConfigError,
+    Network,
     Section,
     in_range,
     is_loopback_host,
@@ -39,6 +40,9 @@ class LdapProxyConfig:
     max_queued_requests: int = 100
     """Requests held while the upstream connects or a bind runs; one more closes the
     connection (so does the byte cap, 1 MiB)."""
+    proxy_protocol_from: tuple[Network, ...] = ()
+    """Load balancers (addresses or networks) whose connections start with a PROXY v1/v2
+    header naming the client (proxyheader.py); from anyone else a header is refused."""
 
 
 DEPRECATED_DELIMITER = (
@@ -77,6 +81,7 @@ def parse_ldap_proxy(sec: Section, base: Path) -> LdapProxyConfig:
         processes=_processes(sec, listen),
         require_tls_for_binds=_require_tls_for_binds(sec, listen, has_cert),
         max_queued_requests=sec.value(cls, "max_queued_requests", int, positive),
+        proxy_protocol_from=_proxy_protocol_from(sec, listen),
     )
     sec.done()
     return result
@@ -122,3 +127,25 @@ def _processes(sec: Section, listen: tuple[str, ...]) -> int:
             except ValueError as exc:
                 raise ConfigError(f"{sec.key('listen')}: with processes > 1, {exc}") from exc
     return processes
+
+
+def _proxy_protocol_from(sec: Section, listen: tuple[str, ...]) -> tuple[Network, ...]:
+    """The balancers' networks.  Not every address: any client could then name any address
+    (and take the rights of a trusted network).  The listeners must be the simple tcp:/ssl:
+    forms, because the header comes before TLS and the gateway adds TLS itself."""
+    networks = sec.networks("proxy_protocol_from")
+    for network in networks:
+        if network.prefixlen == 0:
+            raise ConfigError(
+                f"{sec.key('proxy_protocol_from')}: {str(network)!r} names every address: "
+                "any client could claim any source address; list the load balancers only"
+            )
+    if networks:
+        for description in listen:
+            try:
+                parse_listen(description)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{sec.key('proxy_protocol_from')}: with a PROXY protocol listener, {exc}"
+                ) from exc
+    return networks

@@ -47,9 +47,13 @@ class ProxyFactory(protocol.Factory):
         self._urls = [LdapUrl.parse(u) for u in directory.urls]
         self._connections: set[LdapProxyProtocol] = set()
         self._per_client: Counter[str | None] = Counter()
-        self.counters: Counter[str] = Counter()
+        shared = getattr(gateway, "ldap_proxy_counters", None)
+        self.counters: Counter[str] = Counter() if shared is None else shared
+        """Refusals and other connection events, shared by the gateway's listeners."""
 
     def buildProtocol(self, addr: Any) -> LdapProxyProtocol | None:
+        """``addr`` is the client's address, the one place it comes from: the TCP peer, or
+        the PROXY header's source behind a listed balancer (proxyheader.py)."""
         host = getattr(addr, "host", None)
         if len(self._connections) >= self.config.max_connections:
             self.count("refused_global_limit")
@@ -59,7 +63,7 @@ class ProxyFactory(protocol.Factory):
             self.count("refused_client_limit")
             log.warn("refusing {peer}: per-client connection limit", peer=host)
             return None
-        proto = LdapProxyProtocol(self)
+        proto = LdapProxyProtocol(self, host)
         self._connections.add(proto)
         self._per_client[host] += 1
         return proto

@@ -72,8 +72,11 @@ class LdapProxyProtocol(protocol.Protocol):
     # Protocol.transport only as Optional[ITransport].
     transport: Any
 
-    def __init__(self, factory: ProxyFactory) -> None:
+    def __init__(self, factory: ProxyFactory, peer_host: str | None) -> None:
         self.factory = factory
+        self.peer_host = peer_host
+        """The client's address: the TCP peer, or the PROXY header's source behind a listed
+        balancer (``ProxyFactory.buildProtocol``); limits, policy and audit all use it."""
         self._pdus = ber.PduBuffer()
         self._pending: deque[tuple[bytes, ber.Header]] = deque()
         self._pending_bytes = 0
@@ -89,15 +92,12 @@ class LdapProxyProtocol(protocol.Protocol):
         self._closing = False
         self._outstanding: set[int] = set()
         self._own: _OwnRequest | None = None
-        self.peer_host: str | None = None
         self._idle: Any = None
 
     # -- connection ---------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
-        peer = self.transport.getPeer()
-        self.peer_host = getattr(peer, "host", None)
         self._tls = self.factory.is_tls_listener
         self._idle = self.factory.clock.callLater(
             self.factory.config.idle_timeout, self.timeoutConnection

@@ -22,6 +22,7 @@ from otpgate.directory.store import InventoryStore
 from otpgate.web import render
 from otpgate.web.bodycap import MAX_BODY
 from otpgate.web.clientaddr import ClientAddress, client_address
+from otpgate.web.health import health_check
 from otpgate.web.metrics import Metrics
 from otpgate.web.sessions import RateLimiter, Session, SessionStore
 
@@ -76,6 +77,7 @@ class PortalBase(resource.Resource):
         self.https = https
         self.inventory = inventory
         self.rights = Rights(config, gateway.store, gateway.read_pool)
+        self.health = health_check(gateway, clock)
         self.sessions = SessionStore(
             self.web.session_idle_seconds, self.web.session_max_seconds, self.web.max_sessions
         )

@@ -12,6 +12,7 @@ registry is this object's own: no global state.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from itertools import accumulate
 from typing import Any
@@ -100,22 +101,26 @@ class GatewayCollector(Collector):
         radius: RadiusCounters | None,
         counts: AuthCounts,
         peers: PeerStats | None = None,
+        ldap_proxy: Counter[str] | None = None,
     ) -> None:
         self.directory = directory
         self.radius = radius
         self.counts = counts
         self.peers = peers
+        self.ldap_proxy = ldap_proxy
 
     def _totals(self) -> tuple[ProcessTotals, dict[str, int]]:
         """The sum over every process, and each process's number of authentications."""
         total = ProcessTotals()
         total.directory.add(self.directory.to_dict())
         total.auth.add(self.counts.to_dict())
+        total.ldap_proxy.update(self.ldap_proxy or {})
         per_process = {"main": self.counts.total}
         if self.peers is not None:
             for index, peer in self.peers.read().items():
                 total.directory.add(peer.directory.to_dict())
                 total.auth.add(peer.auth.to_dict())
+                total.ldap_proxy.update(peer.ldap_proxy)
                 per_process[str(index)] = peer.auth.total
         return total, per_process
 
@@ -139,6 +144,16 @@ class GatewayCollector(Collector):
         )
         yield from self._directory(total.directory)
         yield from self._radius()
+        if self.ldap_proxy is not None:
+            proxy = CounterMetricFamily(
+                "otpgate_ldap_proxy_connection_events",
+                "LDAP proxy connections closed or refused, by reason (limits, PROXY header "
+                "untrusted/invalid/timeout, malformed, protocol errors...)",
+                labels=["event"],
+            )
+            for event, count in sorted(total.ldap_proxy.items()):
+                proxy.add_metric([event], count)
+            yield proxy
 
     @staticmethod
     def _auth(counts: AuthCounts) -> Iterator[Any]:
@@ -220,6 +235,7 @@ class Metrics:
         directory: DirectoryStats | None = None,
         radius: RadiusCounters | None = None,
         peers: PeerStats | None = None,
+        ldap_proxy: Counter[str] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.counts = AuthCounts()
@@ -228,7 +244,9 @@ class Metrics:
             "otpgate_web_sessions", "Live portal sessions", registry=self.registry
         )
         self.registry.register(
-            GatewayCollector(directory or DirectoryStats(), radius, self.counts, peers)
+            GatewayCollector(
+                directory or DirectoryStats(), radius, self.counts, peers, ldap_proxy
+            )
         )
 
     def observe_audit(self, event: dict[str, Any]) -> None:

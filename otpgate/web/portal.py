@@ -37,6 +37,10 @@ class Portal(HelpDesk):
         if path in self._static and method == b"GET":
             body, ctype = self._static[path]
             return Reply(body, content_type=ctype)
+        if path == b"/healthz" and method in (b"GET", b"HEAD"):
+            if await self.health.check():
+                return Reply(b"ok\n", 200, b"text/plain")
+            return Reply(b"unavailable\n", 503, b"text/plain")
         if path == b"/metrics" and method == b"GET":
             if not in_networks(address.network, self.web.metrics_networks):
                 return Reply(b"forbidden\n", 403, b"text/plain")

@@ -71,7 +71,8 @@ def web_services(
     if not web.listen:
         return []
     radius = gateway.radius_counters if config.radius.listen else None
-    metrics = Metrics(gateway.directory_stats, radius, peers)
+    proxy = getattr(gateway, "ldap_proxy_counters", None) if config.ldap_proxy.listen else None
+    metrics = Metrics(gateway.directory_stats, radius, peers, proxy)
     inventory = None
     if config.directory.inventory_dn:
         inventory = InventoryStore(

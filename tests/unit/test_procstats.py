@@ -147,3 +147,27 @@ def test_auth_counts_total_counts_authentications_only() -> None:
     for outcome in ("accept", "reject", "challenge", "enroll", "view"):
         count_event(counts, {"outcome": outcome, "front_end": "web"})
     assert counts.total == 3 and sum(counts.web_actions.values()) == 2
+
+
+def test_ldap_proxy_events_round_trip_and_sum_across_processes(tmp_path: Path) -> None:
+    from collections import Counter
+
+    worker = totals(0)
+    worker.ldap_proxy.update({"proxy_header_untrusted": 2, "refused_client_limit": 1})
+    back = ProcessTotals()
+    back.add(json.loads(json.dumps(worker.to_dict())))
+    assert back.ldap_proxy == {"proxy_header_untrusted": 2, "refused_client_limit": 1}
+    for bad in ({"ldap_proxy": {"x": -1}}, {"ldap_proxy": {"x": 1.5}}, {"ldap_proxy": []},
+                {"ldap_proxy": {"x": True}}, {"ldap_proxy": {str(i): 1 for i in range(65)}}):
+        with pytest.raises(ValueError, match="ldap_proxy"):
+            back.add(bad)
+    assert sum(back.ldap_proxy.values()) == 3  # refused whole
+    main = Counter({"proxy_header_untrusted": 1, "proxy_header_timeout": 4})
+    peers = PeerStats(tmp_path)
+    write(tmp_path, 1, 100, worker)
+    text = Metrics(DirectoryStats(), None, peers, main).text().decode()
+    family = "otpgate_ldap_proxy_connection_events_total"
+    assert f'{family}{{event="proxy_header_untrusted"}} 3.0' in text
+    assert f'{family}{{event="proxy_header_timeout"}} 4.0' in text
+    assert f'{family}{{event="refused_client_limit"}} 1.0' in text
+    assert family not in Metrics(DirectoryStats()).text().decode()  # no LDAP proxy: no family

@@ -1,0 +1,92 @@
+"""``GET /healthz``: is this gateway able to log people in right now?
+
+200 ``ok`` only when the directory answers a cheap read (a base-scope search of ``base_dn``
+asking for no attributes) within ``HEALTH_TIMEOUT`` seconds, on the read servers *and* on
+the server that holds OTP state (``write_url``, or the discovered PDC emulator: a gateway
+that cannot write state fails every OTP login closed); 503 ``unavailable`` otherwise.  The
+body says nothing else (no server names, no errors): the check is unauthenticated, for load
+balancers.  An unauthenticated endpoint must not become a way to load the directory, so at
+most one check runs at a time and its answer is reused for ``KEEP_SECONDS``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from otpgate import ber
+from otpgate.directory.ldapdata import SCOPE_BASE, DirectoryError
+from otpgate.directory.pool import ServerPool
+
+log = Logger()
+
+HEALTH_TIMEOUT = 2.0
+"""Seconds the directory has to answer before the gateway says it is unavailable."""
+KEEP_SECONDS = 1.0
+"""An answer is reused this long (HAProxy checks every 2 s by default)."""
+_ANY_OBJECT = ber.filter_present(b"objectClass")
+
+
+class HealthCheck:
+    def __init__(self, clock: Any, pools: tuple[ServerPool, ...], base_dn: str) -> None:
+        self.clock = clock
+        self.pools = pools
+        self.base_dn = base_dn
+        self._answer: bool | None = None
+        self._at = 0.0
+        self._running = False
+        self._waiters: list[defer.Deferred[bool]] = []
+
+    def check(self) -> defer.Deferred[bool]:
+        """True when every pool answered in time (at most ``HEALTH_TIMEOUT`` to wait)."""
+        now = self.clock.seconds()
+        if self._answer is not None and now - self._at < KEEP_SECONDS:
+            return defer.succeed(self._answer)
+        waiter: defer.Deferred[bool] = defer.Deferred()
+        self._waiters.append(waiter)
+        timer = self.clock.callLater(HEALTH_TIMEOUT, self._late, waiter)
+        waiter.addBoth(_cancel_timer, timer)
+        if not self._running:
+            self._running = True
+            defer.ensureDeferred(self._probe()).addBoth(self._finished)
+        return waiter
+
+    def _late(self, waiter: defer.Deferred[bool]) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            waiter.callback(False)
+
+    async def _probe(self) -> bool:
+        for pool in self.pools:
+            conn = await pool.connection()
+            await conn.search(self.base_dn, _ANY_OBJECT, ["1.1"], scope=SCOPE_BASE)
+        return True
+
+    def _finished(self, result: Any) -> None:
+        ok = result is True
+        if not ok:
+            error = getattr(result, "value", result)
+            if not isinstance(error, DirectoryError):
+                log.failure("health check failed", result)
+            else:
+                log.info("health check: directory unavailable ({err})", err=error)
+        self._running = False
+        self._answer, self._at = ok, self.clock.seconds()
+        waiting, self._waiters = self._waiters, []
+        for waiter in waiting:
+            waiter.callback(ok)
+
+
+def _cancel_timer(result: Any, timer: Any) -> Any:
+    if timer.active():
+        timer.cancel()
+    return result
+
+
+def health_check(gateway: Any, clock: Any) -> HealthCheck:
+    pools: tuple[ServerPool, ...] = (gateway.read_pool,)
+    if gateway.write_pool is not gateway.read_pool:
+        pools = (gateway.read_pool, gateway.write_pool)
+    return HealthCheck(clock, pools, gateway.config.directory.base_dn)
