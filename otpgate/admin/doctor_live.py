@@ -30,6 +30,7 @@ from otpgate.admin.doctor import (
 )
 from otpgate.admin.doctor_acl import ad_acl_checks, parse_dacl, sid_text
 from otpgate.admin.doctor_container import container_checks
+from otpgate.admin.doctor_repl import collect, replication_checks
 from otpgate.config import Config
 from otpgate.directory.config import MappedAttribute
 from otpgate.directory.ldapdata import (
@@ -159,6 +160,8 @@ class Doctor:
         self.add(
             *check_write_server(url.url, pinned, url.port, caps, self.server, len(self.d.urls))
         )
+        if self.server != "ad":
+            self.add(*replication_checks(self.d, *collect(self.d)))
 
     # -- schema ---------------------------------------------------------------------------
 
