@@ -59,8 +59,11 @@ def slapd_otpgate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
 @pytest.fixture(scope="session")
 def multi_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiProvider]:
     """Two OpenLDAP multi-provider slapds (serverID 1 and 2, syncrepl both ways) and a
-    read-only consumer of the first, replication converged (tests/servers/replicated.py)."""
-    repl = MultiProvider(tmp_path_factory.mktemp("multi-provider"), schema="stock")
+    read-only consumer of the first, replication converged (tests/servers/replicated.py);
+    the service account may read the second provider's cn=config."""
+    repl = MultiProvider(
+        tmp_path_factory.mktemp("multi-provider"), schema="stock", config_readable=True
+    )
     repl.start()  # raises (the tests ERROR) if a server cannot start: never a skip
     try:
         yield repl

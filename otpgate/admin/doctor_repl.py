@@ -1,8 +1,8 @@
 """``otpgate doctor``: is OTP state safe on a replicated OpenLDAP directory?
 
 Reads every configured server as the service account (``directory/replication.py``:
-contextCSN server ids of the suffix, and cn=config's olcServerID / olcMultiProvider /
-olcSyncrepl where readable) and judges: multi-provider replication without
+contextCSN server ids of the suffix, and cn=config's olcServerID / olcMultiProvider
+where readable) and judges: multi-provider replication without
 ``[directory] write_url`` is a FAIL, because two gateways writing OTP state to two
 providers can accept one code twice.
 """

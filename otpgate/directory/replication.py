@@ -13,8 +13,9 @@ What a server shows to the service account:
   server id that wrote, ``YYYYmmddHHMMSS.ffffffZ#count#sid#mod``.  Several server ids, or a
   non-zero one (OpenLDAP needs ``serverID`` only for multi-provider replication), mean
   multi-provider.  No contextCSN: no syncprov, nothing replicates from that server.
-* ``cn=config``, where the service account may read it: ``olcServerID``,
-  ``olcMultiProvider``/``olcMirrorMode`` and ``olcSyncrepl`` of the database.
+* ``cn=config``, where the service account may read it: ``olcServerID`` and
+  ``olcMultiProvider``/``olcMirrorMode`` of the database (never ``olcSyncrepl``: its values
+  carry the replication credentials).
 
 The probe is a step (a generator of :class:`Query` answered with the entries found), so
 the gateway (async) and the CLI (ldap3) run the same logic.
@@ -34,7 +35,8 @@ from otpgate.directory.ldapdata import (
     SearchEntry,
 )
 
-CONFIG_ATTRIBUTES = ("olcServerID", "olcMultiProvider", "olcMirrorMode", "olcSyncrepl", "olcSuffix")
+CONFIG_ATTRIBUTES = ("olcServerID", "olcMultiProvider", "olcMirrorMode", "olcSuffix")
+"""Not olcSyncrepl: its values hold the replication credentials."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,6 @@ class ReplicationFacts:
     config_server_ids: frozenset[int] = frozenset()
     multi_provider_flag: bool = False
     """olcMultiProvider / olcMirrorMode TRUE on the suffix's database."""
-    syncrepl: bool = False
 
 
 def csn_server_id(csn: bytes | str) -> int | None:
@@ -118,10 +119,10 @@ def _is_true(values: Sequence[bytes]) -> bool:
 
 def config_facts(
     entries: Sequence[SearchEntry], suffix: str | None
-) -> tuple[bool, frozenset[int], bool, bool]:
-    """cn=config entries -> (config_read, config_server_ids, multi_provider_flag, syncrepl)."""
+) -> tuple[bool, frozenset[int], bool]:
+    """cn=config entries -> (config_read, config_server_ids, multi_provider_flag)."""
     ids: set[int] = set()
-    flag = syncrepl = False
+    flag = False
     wanted = (suffix or "").replace(" ", "").lower()
     for entry in entries:
         for value in entry.attributes.get("olcserverid", []):
@@ -136,8 +137,7 @@ def config_facts(
             continue  # another database
         flag = flag or _is_true(entry.attributes.get("olcmultiprovider", []))
         flag = flag or _is_true(entry.attributes.get("olcmirrormode", []))
-        syncrepl = syncrepl or bool(entry.attributes.get("olcsyncrepl"))
-    return bool(entries), frozenset(ids), flag, syncrepl
+    return bool(entries), frozenset(ids), flag
 
 
 Probe = Generator[Query, list[SearchEntry], ReplicationFacts]

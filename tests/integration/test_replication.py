@@ -210,6 +210,9 @@ def test_doctor_fails_unpinned_multi_provider_and_passes_pinned(repl, multi_prov
     (check,) = [c for c in doc["checks"] if c["area"] == "replication"]
     assert check["status"] == "fail" and "multi-provider" in check["detail"]
     assert "server ids 1, 2" in check["detail"] and "write_url" in check["fix"]
+    # provider B lets the service account read its cn=config, A does not
+    assert f"{mp.b.url}: olcMultiProvider (mirror mode) is on" in check["detail"]
+    assert f"{mp.a.url}: olcMultiProvider" not in check["detail"]
     text = unpinned("doctor", code=1)
     assert "[FAIL] replication: unsafe for OTP state" in text
     pinned = Cli(repl, tmp_path, capsys, directory=directory([mp.b.url], mp.a.url))

@@ -54,7 +54,15 @@ def context_csns(server: Slapd) -> set[str]:
 class MultiProvider:
     """Two multi-provider slapds (``a``, ``b``) and a read-only consumer of ``a``."""
 
-    def __init__(self, workdir: Path | str, schema: SchemaProfile = "stock", **slapd: Any) -> None:
+    def __init__(
+        self,
+        workdir: Path | str,
+        schema: SchemaProfile = "stock",
+        config_readable: bool = False,
+        **slapd: Any,
+    ) -> None:
+        """``config_readable``: provider ``b`` lets the service account read its cn=config
+        (olcServerID, olcMultiProvider); ``a`` and the consumer never do."""
         root = Path(workdir)
         self.a = Slapd(root / "provider-a", schema, **slapd)
         shared = {
@@ -70,6 +78,10 @@ class MultiProvider:
                 "overlay syncprov\nsyncprov-checkpoint 20 1\n"
                 + _syncrepl(sid, peer)
                 + "multiprovider on\n"
+            )
+        if config_readable:
+            self.b.global_config += (
+                f'database config\naccess to * by dn.exact="{self.b.service_dn}" read by * none\n'
             )
         self.consumer.extra_config += _syncrepl(100, self.a) + f"updateref {self.a.url}\n"
 

