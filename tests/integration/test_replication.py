@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.logger import globalLogPublisher
 
 from otpgate.admin.enrollment import enroll_change, new_oath_token
 from otpgate.auth.requests import AuthRequest
@@ -145,13 +146,21 @@ async def test_unpinned_multi_provider_refuses_otp_logins_not_exempt_binds(
     mp.wait_converged()
     proxy = await start_proxy(repl, tmp_path, directory([mp.a.url, mp.b.url]),
                               policy={"exempt_dns": [exempt_dn]})
+    said: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        text = event.get("log_format") or ""
+        if "multi-provider replication and no [directory] write_url" in text:
+            said.append(text)
+
+    globalLogPublisher.addObserver(observer)
     try:
         guard = proxy.gateway.replication_guard
         assert guard.active
         for counter in range(2):  # refused every time, and the code is not spent
             ok, code = await proxy.ldap3_bind(dn, USER_PASSWORD + hotp(key, counter))
             assert (ok, code) == (False, 52)
-        assert guard.refusing
+        assert guard.refusing and len(said) == 1  # one log line, not one per login
         request = AuthRequest(name, USER_PASSWORD + hotp(key, 0), "127.0.0.1", "test")
         result = await proxy.gateway.authenticator.authenticate(
             request, proxy.gateway.check_password)
@@ -159,6 +168,7 @@ async def test_unpinned_multi_provider_refuses_otp_logins_not_exempt_binds(
         assert "write_url" in result.reason
         assert await proxy.ldap3_bind(exempt_dn, USER_PASSWORD) == (True, 0)
     finally:
+        globalLogPublisher.removeObserver(observer)
         await proxy.stop()
     # pinned, the same user logs in with the first code: nothing was spent while refused
     pinned = await start_proxy(repl, tmp_path, directory([mp.b.url], mp.a.url))

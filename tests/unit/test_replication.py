@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+from twisted.internet.task import Clock
+
+from otpgate.config import parse_config
 from otpgate.directory.discovery import pdc_emulator
-from otpgate.directory.ldapdata import DirectoryError, DirectoryUnavailable, SearchEntry
+from otpgate.directory.ldapdata import DirectoryError, DirectoryUnavailable, LdapUrl, SearchEntry
 from otpgate.directory.replication import (
     ReplicationFacts,
     csn_server_id,
@@ -13,6 +19,11 @@ from otpgate.directory.replication import (
     probe,
     readable,
     server_id_value,
+)
+from otpgate.directory.replication_guard import (
+    RECHECK_SECONDS,
+    ReplicationGuard,
+    UnpinnedMultiProvider,
 )
 
 SUFFIX = "dc=example,dc=org"
@@ -124,3 +135,101 @@ def test_pdc_emulator_keeps_the_configured_url_when_asked_the_pdc_itself():
         [other, fsmo, server],
     )
     assert url == "ldaps://dc1.ad.test:636" and where == "dc1.ad.test"
+
+
+# -- the gateway's guard, over fake connections -------------------------------------------
+
+
+class FakeConn:
+    def __init__(self, server: FakeServer) -> None:
+        self.server = server
+
+    async def search(self, base, _filter, attributes, scope=0):
+        self.server.searches += 1
+        if self.server.down:
+            raise DirectoryUnavailable("gone")
+        if base == "":
+            return dse(SUFFIX)
+        if base == SUFFIX:
+            return head(*self.server.csns)
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class FakeServer:
+    def __init__(self, *csns: str) -> None:
+        self.csns = list(csns)
+        self.down = False
+        self.searches = 0
+
+
+class FakePool:
+    def __init__(self, servers: dict[str, FakeServer]) -> None:
+        self.servers = servers
+        self.urls = [LdapUrl.parse(u) for u in servers]
+        self.opened = 0
+
+    async def open_to(self, url):
+        self.opened += 1
+        server = self.servers[url.url]
+        await task.deferLater(reactor, 0, lambda: None)  # a real wait: logins pile up
+        if server.down:
+            raise DirectoryUnavailable(f"{url.url}: cannot connect")
+        return FakeConn(server)
+
+
+def guard_for(servers: dict[str, FakeServer], **directory):
+    doc = {
+        "directory": {
+            "profile": "openldap",
+            "urls": list(servers),
+            "base_dn": SUFFIX,
+            "bind_dn": "cn=svc," + SUFFIX,
+            "bind_password": "pw",
+            **directory,
+        },
+        "vault": {"keyring": "k.json"},
+    }
+    config = parse_config(doc, Path("/"))
+    clock = Clock()
+    clock.advance(1000)
+    pool = FakePool(servers)
+    return ReplicationGuard(config.directory, pool, clock), pool, clock
+
+
+@pytest_twisted.ensureDeferred
+async def test_guard_refuses_multi_provider_checks_once_and_rechecks_later():
+    a = FakeServer("2026#000000#001#000000", "2026#000000#002#000000")
+    b = FakeServer("2026#000000#001#000000", "2026#000000#002#000000")
+    guard, pool, clock = guard_for({"ldap://127.0.0.1:1": a, "ldap://127.0.0.1:2": b})
+    assert guard.active
+    # ten logins at once share one probe (one connection per server)
+    results = await defer.DeferredList(
+        [defer.ensureDeferred(guard.check()) for _ in range(10)], consumeErrors=True
+    )
+    assert all(not ok and r.check(UnpinnedMultiProvider) for ok, r in results)
+    assert pool.opened == 2 and guard.refusing
+    with pytest.raises(UnpinnedMultiProvider, match=r"server ids 1, 2.*write_url"):
+        await guard.check()
+    assert pool.opened == 2  # the verdict is kept...
+    a.csns = b.csns = ["2026#000000#000#000000"]  # (made single-provider again)
+    clock.advance(RECHECK_SECONDS)
+    await guard.check()  # ...until the recheck
+    assert pool.opened == 4 and not guard.refusing
+
+
+@pytest_twisted.ensureDeferred
+async def test_guard_fails_closed_when_no_server_answers_and_is_off_when_pinned():
+    a = FakeServer()
+    a.down = True
+    guard, pool, _clock = guard_for({"ldap://127.0.0.1:1": a})
+    with pytest.raises(DirectoryUnavailable, match="replication check"):
+        await guard.check()
+    a.down = False
+    await guard.check()  # no contextCSN: no syncprov, single server
+    assert pool.opened == 2 and not guard.refusing
+    pinned, pool, _ = guard_for({"ldap://127.0.0.1:1": a}, write_url="ldap://127.0.0.1:1")
+    allowed, _, _ = guard_for({"ldap://127.0.0.1:1": a}, allow_unpinned_multi_provider=True)
+    assert not pinned.active and not allowed.active
