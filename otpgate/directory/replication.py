@@ -148,7 +148,12 @@ def probe(url: str, base_dn: str) -> Probe:
 
     Answered with the entries found; a refused search is thrown in (``DirectoryError``) and
     counts as "not readable"; a lost connection (``DirectoryUnavailable``) propagates."""
-    dse = yield Query("", _ANY.filter_text, _ANY.filter_ber, ("namingContexts",), SCOPE_BASE)
+    try:
+        dse = yield Query("", _ANY.filter_text, _ANY.filter_ber, ("namingContexts",), SCOPE_BASE)
+    except DirectoryUnavailable:
+        raise
+    except DirectoryError:
+        dse = []  # a root DSE we may not read: nothing to judge by (doctor WARNs)
     contexts = dse[0].attributes.get("namingcontexts", []) if dse else []
     suffix = _suffix_for(contexts, base_dn)
     ids: frozenset[int] = frozenset()

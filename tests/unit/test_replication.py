@@ -84,6 +84,8 @@ def test_a_server_without_contextcsn_or_config_is_single():
     assert multi_provider_evidence([facts]) is None and readable([facts])
     nothing, _ = run(probe("ldap://a", SUFFIX), [dse("dc=elsewhere"), []])
     assert nothing.suffix is None and not readable([nothing])
+    hidden, _ = run(probe("ldap://a", SUFFIX), [DirectoryError("50", 50), []])
+    assert hidden.suffix is None and multi_provider_evidence([hidden]) is None
 
 
 def test_readable_cn_config_shows_the_flag_and_server_ids():
