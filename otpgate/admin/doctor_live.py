@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from otpgate.admin.doctor import (
     AdAttributeSchema,
@@ -86,8 +87,10 @@ class Doctor:
         test_user: str | None = None,
         test_password: str | None = None,
         say: Callable[[str], None] | None = None,
+        slapd_configs: Sequence[Path] = (),
     ) -> None:
         self.config = config
+        self.slapd_configs = tuple(slapd_configs)
         self.d = config.directory
         self.store = store
         self.directory = store.directory
@@ -161,7 +164,7 @@ class Doctor:
             *check_write_server(url.url, pinned, url.port, caps, self.server, len(self.d.urls))
         )
         if self.server != "ad":
-            self.add(*replication_checks(self.d, *collect(self.d)))
+            self.add(*replication_checks(self.d, *collect(self.d, self.slapd_configs)))
 
     # -- schema ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ providers can accept one code twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from otpgate.admin.doctor import Check, Status
 from otpgate.directory.config import DirectoryConfig
@@ -21,6 +22,7 @@ from otpgate.directory.replication import (
     multi_provider_evidence,
     probe,
     readable,
+    server_id_value,
 )
 
 AREA = "replication"
@@ -46,8 +48,11 @@ def server_facts(conn: SyncConnection, url: str, base_dn: str) -> ReplicationFac
             return facts
 
 
-def collect(config: DirectoryConfig) -> tuple[list[ReplicationFacts], list[str]]:
-    """The facts of every configured server (and the pinned one); errors by URL."""
+def collect(
+    config: DirectoryConfig, slapd_configs: Sequence[Path] = ()
+) -> tuple[list[ReplicationFacts], list[str]]:
+    """The facts of every configured server (and the pinned one), and of the slapd
+    configurations given (``--slapd-config``); errors by URL or path."""
     urls = list(config.urls)
     if config.write_url is not None and config.write_url != "discover":
         urls = list(dict.fromkeys([*urls, config.write_url]))
@@ -64,7 +69,54 @@ def collect(config: DirectoryConfig) -> tuple[list[ReplicationFacts], list[str]]
             errors.append(f"{text}: {exc}")
         finally:
             conn.close()
+    for path in slapd_configs:
+        try:
+            facts.append(slapd_config_facts(path))
+        except OSError as exc:
+            errors.append(f"{path}: {exc.strerror or exc}")
     return facts, errors
+
+
+def _true(value: str) -> bool:
+    return value.strip().lower() in ("on", "true", "yes", "1")
+
+
+def slapd_config_facts(path: Path) -> ReplicationFacts:
+    """serverID and multiprovider/mirrormode from a slapd.conf file or a slapd.d folder.
+
+    Only those keys are read (a slapd config also holds rootpw and syncrepl credentials)."""
+    ids: set[int] = set()
+    flag = False
+    if path.is_dir():
+        for ldif in sorted(path.rglob("*.ldif")):
+            for line in ldif.read_text(errors="replace").splitlines():
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key == "olcserverid":
+                    sid = server_id_value(value)
+                    if sid is not None:
+                        ids.add(sid)
+                elif key in ("olcmultiprovider", "olcmirrormode"):
+                    flag = flag or _true(value)
+    else:
+        for line in path.read_text(errors="replace").splitlines():
+            words = line.split()
+            if not words or line[:1].isspace() or words[0].startswith("#"):
+                continue  # blank, continued (syncrepl ...), or a comment
+            key = words[0].lower()
+            if key == "serverid" and len(words) > 1:
+                sid = server_id_value(" ".join(words[1:]))
+                if sid is not None:
+                    ids.add(sid)
+            elif key in ("multiprovider", "mirrormode") and len(words) > 1:
+                flag = flag or _true(words[1])
+    return ReplicationFacts(
+        f"file {path}",
+        suffix=None,
+        config_read=True,
+        config_server_ids=frozenset(ids),
+        multi_provider_flag=flag,
+    )
 
 
 def _ids(facts: Sequence[ReplicationFacts]) -> str:

@@ -225,6 +225,10 @@ def test_doctor_fails_unpinned_multi_provider_and_passes_pinned(repl, multi_prov
     assert f"{mp.a.url}: olcMultiProvider" not in check["detail"]
     text = unpinned("doctor", code=1)
     assert "[FAIL] replication: unsafe for OTP state" in text
+    # a slapd.conf given by path counts too (for a cn=config the service account cannot read)
+    doc = unpinned.json("doctor", "--slapd-config", str(mp.a.conf_file), code=1)
+    (check,) = [c for c in doc["checks"] if c["area"] == "replication" and c["status"] == "fail"]
+    assert f"file {mp.a.conf_file}: olcMultiProvider" in check["detail"]
     pinned = Cli(repl, tmp_path, capsys, directory=directory([mp.b.url], mp.a.url))
     doc = pinned.json("doctor")
     (check,) = [c for c in doc["checks"] if c["area"] == "replication"]

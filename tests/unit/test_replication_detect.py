@@ -235,3 +235,29 @@ async def test_guard_fails_closed_when_no_server_answers_and_is_off_when_pinned(
     pinned, pool, _ = guard_for({"ldap://127.0.0.1:1": a}, write_url="ldap://127.0.0.1:1")
     allowed, _, _ = guard_for({"ldap://127.0.0.1:1": a}, allow_unpinned_multi_provider=True)
     assert not pinned.active and not allowed.active
+
+
+def test_slapd_config_files_give_server_ids_and_the_flag(tmp_path):
+    from otpgate.admin.doctor_repl import slapd_config_facts
+
+    conf = tmp_path / "slapd.conf"
+    conf.write_text(
+        "# serverID 9\nserverID 1 ldap://a/\nserverID 2 ldap://b/\nrootpw secret\n"
+        "database mdb\nsyncrepl rid=001 provider=ldap://b/\n  credentials=secret\n"
+        "MultiProvider on\n"
+    )
+    facts = slapd_config_facts(conf)
+    assert facts.config_server_ids == {1, 2} and facts.multi_provider_flag
+    assert "secret" not in repr(facts)
+    assert "olcMultiProvider" in multi_provider_evidence([facts])
+    single = tmp_path / "single.conf"
+    single.write_text("database mdb\nsuffix dc=example,dc=org\nmirrormode off\n")
+    assert multi_provider_evidence([slapd_config_facts(single)]) is None
+    slapd_d = tmp_path / "slapd.d" / "cn=config"
+    slapd_d.mkdir(parents=True)
+    (slapd_d.parent / "cn=config.ldif").write_text("dn: cn=config\nolcServerID: 3\n")
+    (slapd_d / "olcDatabase={1}mdb.ldif").write_text(
+        "dn: olcDatabase={1}mdb\nolcMirrorMode: TRUE\n"
+    )
+    facts = slapd_config_facts(slapd_d.parent)
+    assert facts.config_server_ids == {3} and facts.multi_provider_flag
