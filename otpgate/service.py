@@ -135,6 +135,9 @@ class LoggingService(service.MultiService):
         self._log_file = open_log_file(self.logging)
         if self.gateway is not None:
             self.gateway.audit.start()
+            guard = self.gateway.replication_guard
+            if guard.active:  # unpinned OpenLDAP: say at once if it is multi-provider
+                self.gateway.reactor.callWhenRunning(guard.check_at_startup)
         service.MultiService.startService(self)
 
     def stopService(self) -> Any:

@@ -102,6 +102,25 @@ class ReplicationGuard:
                 f"[directory] write_url ({self._evidence}); {PIN_FIX}"
             )
 
+    def check_at_startup(self) -> defer.Deferred[None]:
+        """Run the check as the gateway starts, so that the log says it then, not at the
+        first OTP login; its outcome is kept like any other check's."""
+        d: defer.Deferred[None] = defer.ensureDeferred(self.check())
+
+        def failed(failure: Any) -> None:
+            if failure.check(UnpinnedMultiProvider):
+                return None  # logged by _probe
+            if failure.check(DirectoryError):
+                log.warn(
+                    "replication check at startup: {error}; tried again before the first OTP login",
+                    error=failure.getErrorMessage(),
+                )
+                return None
+            return failure  # type: ignore[no-any-return]
+
+        d.addErrback(failed)
+        return d
+
     async def _refresh(self) -> None:
         """One probe at a time; logins that arrive meanwhile wait for its verdict."""
         if self._running:

@@ -17,6 +17,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,9 +39,11 @@ from tests.integration.backends import USER_PASSWORD, Backend
 from tests.integration.proxyhelp import start_proxy
 from tests.integration.race_worker import run_gateway
 from tests.integration.test_cli import Cli
+from tests.netutil import free_port
 from tests.servers import MultiProvider
 
 RACES = 50
+TWISTD = Path(sys.executable).with_name("twistd")
 OK_REASONS = ("wrong OTP", "OTP already used")
 
 
@@ -233,3 +240,39 @@ def test_doctor_fails_unpinned_multi_provider_and_passes_pinned(repl, multi_prov
     doc = pinned.json("doctor")
     (check,) = [c for c in doc["checks"] if c["area"] == "replication"]
     assert check["status"] == "ok" and f"pinned to {mp.a.url}" in check["detail"]
+
+
+def test_twistd_says_it_at_startup_once(repl, multi_provider, tmp_path):
+    """`twistd otpgate` unpinned on the multi-provider pair: the refusal is in the log as the
+    gateway starts (no login needed), one line."""
+    mp = multi_provider
+    config = tmp_path / "otpgate.toml"
+    config.write_text(f"""
+[directory]
+profile = "openldap"
+urls = ["{mp.a.url}", "{mp.b.url}"]
+base_dn = "{mp.a.suffix}"
+bind_dn = "{mp.a.service_dn}"
+bind_password = "{mp.a.service_password}"
+[vault]
+keyring = "{repl.keyring}"
+[ldap_proxy]
+listen = ["tcp:{free_port()}:interface=127.0.0.1"]
+""")
+    log = tmp_path / "twistd.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(TWISTD), "-n", "--pidfile=", "otpgate", "--config", str(config)],
+            cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        text = ""
+        while time.monotonic() < deadline and "OTP state is pinned" not in text:
+            time.sleep(0.2)
+            text = log.read_text(errors="replace")
+        lines = [line for line in text.splitlines() if "multi-provider replication and no" in line]
+        assert len(lines) == 1, text
+        assert "server ids 1, 2" in lines[0] and "write_url" in lines[0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -261,3 +261,21 @@ def test_slapd_config_files_give_server_ids_and_the_flag(tmp_path):
     )
     facts = slapd_config_facts(slapd_d.parent)
     assert facts.config_server_ids == {3} and facts.multi_provider_flag
+
+
+@pytest_twisted.ensureDeferred
+async def test_startup_check_logs_and_keeps_the_verdict_without_raising():
+    multi = FakeServer("2026#000000#001#000000")
+    guard, pool, _clock = guard_for({"ldap://127.0.0.1:1": multi})
+    assert await guard.check_at_startup() is None
+    assert guard.refusing and pool.opened == 1
+    with pytest.raises(UnpinnedMultiProvider):
+        await guard.check()
+    assert pool.opened == 1  # the startup verdict is the one logins get
+    down = FakeServer()
+    down.down = True
+    guard, pool, _clock = guard_for({"ldap://127.0.0.1:1": down})
+    assert await guard.check_at_startup() is None  # warned, not raised
+    down.down = False
+    await guard.check()  # tried again at the first login
+    assert pool.opened == 2 and not guard.refusing
