@@ -2,12 +2,13 @@
 
 ``[directory] write_url`` unset on an OpenLDAP profile: OTP state goes to the first of
 ``urls`` that answers.  If those servers are providers that replicate each other, two
-gateways (or one after a failover) can accept one code twice.  Before the first OTP
-state write, and again every ``RECHECK_SECONDS``, the guard reads every configured
-server (``replication.probe``); if they show multi-provider replication, every OTP state
-write is refused (:class:`UnpinnedMultiProvider`, an "unavailable": fail closed) until
-``write_url`` pins one provider, or ``allow_unpinned_multi_provider = true`` accepts the
-risk.  Exempt and no-OTP logins write no state and are not affected.
+gateways (or one after a failover) can accept one code twice.  As the gateway starts,
+before the first OTP state write, and again every ``RECHECK_SECONDS``, the guard reads
+every configured server (``replication.probe``); if they show multi-provider
+replication, every OTP state write is refused (:class:`UnpinnedMultiProvider`, an
+"unavailable": fail closed) until ``write_url`` pins one provider, or
+``allow_unpinned_multi_provider = true`` accepts the risk.  Exempt and no-OTP logins write
+no state and are not affected.
 """
 
 from __future__ import annotations
