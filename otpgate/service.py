@@ -17,8 +17,9 @@ from otpgate.audit import AuditTrail
 from otpgate.auth.pipeline import Authenticator
 from otpgate.config import Config
 from otpgate.directory.connection import TlsSettings
-from otpgate.directory.discovery import pdc_emulator_host, url_for_host
+from otpgate.directory.discovery import pdc_emulator_url
 from otpgate.directory.pool import ServerPool
+from otpgate.directory.replication_guard import ReplicationGuard
 from otpgate.directory.store import OtpStore
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
@@ -69,16 +70,25 @@ class Gateway:
         policy = config.policy
         cautious = (*policy.require_otp_groups, *policy.admin_groups)
         groups = (*cautious, *config.web.helpdesk_groups)
+        # Unpinned on OpenLDAP: OTP state is refused if the servers replicate multi-provider.
+        self.replication_guard = ReplicationGuard(d, self.write_pool, reactor)
         self.store = OtpStore(
-            d, keyring, self.read_pool, self.write_pool, reactor, groups, cautious
+            d,
+            keyring,
+            self.read_pool,
+            self.write_pool,
+            reactor,
+            groups,
+            cautious,
+            self.replication_guard,
         )
         self.audit = AuditTrail(config.logging, reactor)
         self.authenticator = Authenticator(config, self.store, reactor, self.audit)
 
     async def _discover_pdc(self) -> list[str]:
         conn = await self.read_pool.connection()
-        host = await pdc_emulator_host(conn, self.config.directory.base_dn)
-        return [url_for_host(self.config.directory.urls[0], host)]
+        d = self.config.directory
+        return [await pdc_emulator_url(conn, d.base_dn, d.urls[0])]
 
     async def check_password(self, dn: str, password: bytes) -> tuple[int, str]:
         """A simple bind as the user on a fresh connection (for front ends without one)."""
@@ -128,6 +138,9 @@ class LoggingService(service.MultiService):
         self._log_file = open_log_file(self.logging)
         if self.gateway is not None:
             self.gateway.audit.start()
+            guard = self.gateway.replication_guard
+            if guard.active:  # unpinned OpenLDAP: say at once if it is multi-provider
+                self.gateway.reactor.callWhenRunning(guard.check_at_startup)
         service.MultiService.startService(self)
 
     def stopService(self) -> Any:

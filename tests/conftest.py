@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import SambaDC, Slapd
+from tests.servers import MultiProvider, SambaDC, Slapd
 
-_SLAPD_FIXTURES = frozenset({"slapd", "slapd_otpgate"})
+_SLAPD_FIXTURES = frozenset({"slapd", "slapd_otpgate", "multi_provider"})
 _SAMBA_FIXTURES = frozenset({"samba_dc"})
 
 
@@ -54,6 +54,21 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
 def slapd_otpgate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
     """OpenLDAP with the otpgate schema and ACLs."""
     yield from _running(Slapd(tmp_path_factory.mktemp("slapd-otpgate"), schema="otpgate"))
+
+
+@pytest.fixture(scope="session")
+def multi_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiProvider]:
+    """Two OpenLDAP multi-provider slapds (serverID 1 and 2, syncrepl both ways) and a
+    read-only consumer of the first, replication converged (tests/servers/replicated.py);
+    the service account may read the second provider's cn=config."""
+    repl = MultiProvider(
+        tmp_path_factory.mktemp("multi-provider"), schema="stock", config_readable=True
+    )
+    repl.start()  # raises (the tests ERROR) if a server cannot start: never a skip
+    try:
+        yield repl
+    finally:
+        repl.stop()
 
 
 @pytest.fixture(scope="session")

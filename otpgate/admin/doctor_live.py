@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from otpgate.admin.doctor import (
     AdAttributeSchema,
@@ -30,6 +31,7 @@ from otpgate.admin.doctor import (
 )
 from otpgate.admin.doctor_acl import ad_acl_checks, parse_dacl, sid_text
 from otpgate.admin.doctor_container import container_checks
+from otpgate.admin.doctor_repl import collect, replication_checks
 from otpgate.config import Config
 from otpgate.directory.config import MappedAttribute
 from otpgate.directory.ldapdata import (
@@ -85,8 +87,10 @@ class Doctor:
         test_user: str | None = None,
         test_password: str | None = None,
         say: Callable[[str], None] | None = None,
+        slapd_configs: Sequence[Path] = (),
     ) -> None:
         self.config = config
+        self.slapd_configs = tuple(slapd_configs)
         self.d = config.directory
         self.store = store
         self.directory = store.directory
@@ -159,6 +163,8 @@ class Doctor:
         self.add(
             *check_write_server(url.url, pinned, url.port, caps, self.server, len(self.d.urls))
         )
+        if self.server != "ad":
+            self.add(*replication_checks(self.d, *collect(self.d, self.slapd_configs)))
 
     # -- schema ---------------------------------------------------------------------------
 

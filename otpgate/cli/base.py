@@ -342,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     dr = sub.add_parser("doctor", help="check the live directory: schema, access, TLS, pinning")
     dr.add_argument("--test-user", help="an ordinary user to check what users can read/write")
     dr.add_argument("--test-password-file", help="the test user's password (else asked for)")
+    dr.add_argument(
+        "--slapd-config",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an OpenLDAP server's slapd.conf or slapd.d folder (repeat per server): read for "
+        "serverID and multiprovider/mirrormode when cn=config is not readable over LDAP",
+    )
     _common(dr)
     dr.set_defaults(func=Command("diagnose", "cmd_doctor"))
 

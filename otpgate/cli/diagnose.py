@@ -36,7 +36,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             def say(text: str) -> None:
                 print(f"... {text}", file=sys.stderr)
 
-        checks = Doctor(ctx.config, ctx.store, args.test_user, password, say).run()
+        configs = [Path(p) for p in args.slapd_config]
+        checks = Doctor(ctx.config, ctx.store, args.test_user, password, say, configs).run()
     emit(args, {"checks": [c.to_dict() for c in checks], "ok": not failed(checks)}, render(checks))
     if failed(checks):
         count = sum(1 for c in checks if c.status.value == "fail")

@@ -53,7 +53,11 @@ class DirectoryConfig:
     used: MappedAttribute
     inventory: MappedAttribute
     write_url: str | None = None
-    """Pinned server for OTP state ("discover": AD PDC emulator); None: the URLs in order."""
+    """Pinned server for OTP state ("discover": AD PDC emulator, the default on AD); None: the
+    URLs in order (OpenLDAP only; refused on multi-provider replication, see below)."""
+    allow_unpinned_multi_provider: bool = False
+    """OpenLDAP without write_url: keep OTP logins going even where the servers replicate as
+    multi-provider, i.e. accept that two gateways may accept one code twice."""
     start_tls: bool = False
     ca_file: Path | None = None
     timeout: float = 5.0
@@ -143,7 +147,7 @@ def _urls(sec: Section, start_tls: bool) -> tuple[tuple[str, ...], str | None]:
     if not urls:
         raise ConfigError(f"{sec.key('urls')} is required: a list of ldap:// or ldaps:// URLs")
     urls = tuple(ldap_url(sec, "urls", u) for u in urls)
-    write_url = sec.get("write_url", str, "") or None
+    write_url = sec.get("write_url", str, "") or None  # None: "discover" on AD, see below
     if write_url is not None and write_url != "discover":
         ldap_url(sec, "write_url", write_url)
     if start_tls and any(u.startswith("ldaps:") for u in urls):
@@ -188,13 +192,10 @@ def parse_directory(sec: Section, base: Path) -> DirectoryConfig:
     urls, write_url = _urls(sec, start_tls)
     if write_url == "discover" and profile.server != "ad":
         raise ConfigError(f"{sec.key('write_url')}: 'discover' (the PDC emulator) is for AD only")
-    if profile.server == "ad" and write_url is None and len(urls) > 1:
-        raise ConfigError(
-            f"{sec.key('write_url')} is required with several domain controllers: AD replicates "
-            "every DC's writes to the others later, so with OTP state on whichever DC answers "
-            "(a failover someone can force) one code could be accepted twice; pin it: "
-            'write_url = "discover" (the PDC emulator) or one DC\'s URL'
-        )
+    if profile.server == "ad" and write_url is None:
+        # AD replicates every DC's writes to the others later: with OTP state on whichever
+        # DC answers (a failover someone can force) one code could be accepted twice.
+        write_url = "discover"
     ca = sec.get("ca_file", str, "")
     ca_file = (base / ca) if ca else None
     if ca_file is not None and not ca_file.is_file():
@@ -245,6 +246,9 @@ def parse_directory(sec: Section, base: Path) -> DirectoryConfig:
         state_dn=_state_dn(sec, profile, inventory_dn),
         state_classes=state_classes,
         allow_self_writable_state=sec.value(DirectoryConfig, "allow_self_writable_state", bool),
+        allow_unpinned_multi_provider=sec.value(
+            DirectoryConfig, "allow_unpinned_multi_provider", bool
+        ),
         cas_retries=sec.value(DirectoryConfig, "cas_retries", int, in_range(1, 50)),
         state_cache_seconds=sec.value(DirectoryConfig, "state_cache_seconds", float, non_negative),
     )

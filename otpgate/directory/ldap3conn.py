@@ -32,7 +32,6 @@ from otpgate.directory.ldapdata import (
     LdapUrl,
     Modification,
     SearchEntry,
-    parent_dn,
 )
 
 T = TypeVar("T")
@@ -300,16 +299,16 @@ class SyncDirectory:
 
 
 def discover_pdc(conn: SyncConnection, config: DirectoryConfig) -> str:
-    """The URL of AD's PDC emulator (the domain head's fSMORoleOwner), like the gateway's."""
-    from otpgate.directory.discovery import url_for_host  # pure; keeps Twisted out until needed
+    """The URL of AD's PDC emulator, found like the gateway finds it (``discovery.py``)."""
+    from otpgate.directory.discovery import pdc_emulator  # pure; keeps Twisted out
 
-    head = conn.search(config.base_dn, "(objectClass=*)", ["fSMORoleOwner"], scope=SCOPE_BASE)
-    owner = head[0].first("fSMORoleOwner") if head else None
-    if not owner:
-        raise DirectoryError(f"{config.base_dn} has no fSMORoleOwner: is this an AD domain head?")
-    server_dn = parent_dn(owner.decode("utf-8"))
-    found = conn.search(server_dn, "(objectClass=*)", ["dNSHostName"], scope=SCOPE_BASE)
-    host = found[0].first("dNSHostName") if found else None
-    if not host:
-        raise DirectoryError(f"{server_dn} has no dNSHostName")
-    return url_for_host(config.urls[0], host.decode("ascii"))
+    step = pdc_emulator(config.base_dn, conn.url.url, config.urls[0])
+    answer: SearchEntry | None = None
+    while True:
+        try:
+            dn, attributes = step.send(answer)
+        except StopIteration as done:
+            url: str = done.value[0]
+            return url
+        found = conn.search(dn, "(objectClass=*)", list(attributes), scope=SCOPE_BASE)
+        answer = found[0] if found else None

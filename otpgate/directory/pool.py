@@ -66,17 +66,25 @@ class ServerPool:
                 errors.append(str(exc))
                 continue
             if bind:
-                code, message = await conn.simple_bind(self.bind_dn, self._password)
-                if code != SUCCESS:
-                    conn.close()
-                    self.stats.error("service bind")
-                    raise DirectoryError(
-                        f"{url.url}: service account bind as {self.bind_dn} failed: "
-                        f"{code} {message}",
-                        code,
-                    )
+                await self._bind(conn, url)
             return conn
         raise DirectoryUnavailable("no directory server answered: " + "; ".join(errors))
+
+    async def open_to(self, url: LdapUrl) -> LdapConnection:
+        """A new service-account connection to this one server (no failover)."""
+        conn = await connect(self.reactor, url, self.tls, self.timeout, self.stats)
+        await self._bind(conn, url)
+        return conn
+
+    async def _bind(self, conn: LdapConnection, url: LdapUrl) -> None:
+        code, message = await conn.simple_bind(self.bind_dn, self._password)
+        if code != SUCCESS:
+            conn.close()
+            self.stats.error("service bind")
+            raise DirectoryError(
+                f"{url.url}: service account bind as {self.bind_dn} failed: {code} {message}",
+                code,
+            )
 
     async def connection(self) -> LdapConnection:
         """A service-account connection, round robin over at most ``size`` of them.

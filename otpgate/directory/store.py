@@ -20,6 +20,7 @@ from otpgate.directory.engine import Add, Delete, Modify, Op, Outcome, Search, S
 from otpgate.directory.entrycache import EntryCache
 from otpgate.directory.inventory import InventoryItem, InventoryMapper
 from otpgate.directory.pool import ServerPool
+from otpgate.directory.replication_guard import ReplicationGuard
 from otpgate.directory.state import (
     ConcurrentUpdate,
     Lookup,
@@ -44,6 +45,7 @@ class OtpStore:
         clock: Any = None,
         groups: tuple[str, ...] = (),
         cautious: tuple[str, ...] = (),
+        guard: ReplicationGuard | None = None,
     ) -> None:
         """``groups``: the groups the policy and the portal ask about (required, admin and
         help-desk groups): each resolved entry carries which of them it belongs to.  Where a
@@ -60,6 +62,7 @@ class OtpStore:
         self.write_pool = write_pool
         self._user_filter: bytes = ldapfilter.parseFilter(config.user_filter).toWire()
         self._any = ber.filter_present(b"objectClass")
+        self.guard = guard
 
     # -- the driver -------------------------------------------------------------------------
 
@@ -126,9 +129,7 @@ class OtpStore:
             if cached is not None:
                 return cached
         entry = await self.run(
-            engine.resolve_member(
-                self.mapper, name, self.groups, self._group_facts, self.cautious
-            )
+            engine.resolve_member(self.mapper, name, self.groups, self._group_facts, self.cautious)
         )
         self.cache.put(name, entry, self._now())
         return entry
@@ -144,6 +145,8 @@ class OtpStore:
         unreadable_as_empty: bool = False,
     ) -> tuple[T, UserEntry]:
         """Apply ``change`` with compare-and-swap (``engine.update``); keeps the cache true."""
+        if self.guard is not None and self.guard.active:
+            await self.guard.check()
         step = engine.update(
             self.mapper,
             user,

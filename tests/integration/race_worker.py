@@ -11,7 +11,9 @@ from typing import Any
 
 
 def run_gateway(config_doc: dict[str, Any], name: str, key: bytes, races: int,
-                barrier: Any, results: Any, worker: int) -> None:
+                barrier: Any, results: Any, worker: int, password: str | None = None) -> None:
+    """``password``: log in with password+code (the password bound on the gateway's own
+    read servers) instead of the code alone."""
     from twisted.internet import defer, reactor, threads
 
     from otpgate.auth.pipeline import AuthRequest
@@ -28,8 +30,13 @@ def run_gateway(config_doc: dict[str, Any], name: str, key: bytes, races: int,
         try:
             for counter in range(races):
                 await threads.deferToThread(barrier.wait, 60)
-                request = AuthRequest(name, hotp(key, counter), "127.0.0.1", f"w{worker}", True)
-                result = await gw.authenticator.authenticate(request, None)
+                code = hotp(key, counter)
+                if password is None:
+                    request = AuthRequest(name, code, "127.0.0.1", f"w{worker}", True)
+                    result = await gw.authenticator.authenticate(request, None)
+                else:
+                    request = AuthRequest(name, password + code, "127.0.0.1", f"w{worker}")
+                    result = await gw.authenticator.authenticate(request, gw.check_password)
                 outcomes.append((counter, result.ok, result.reason))
         finally:
             gw.close()

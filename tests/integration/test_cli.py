@@ -490,7 +490,9 @@ def test_pdc_emulator_discovery_on_samba(samba_dc, request, tmp_path_factory):
     directory = SyncDirectory(config.directory)
     try:
         url = discover_pdc(directory.read(), config.directory)
-        assert url.lower() == f"ldaps://{backend.server.fqdn}:636".lower()
+        # the DC asked is the PDC emulator itself: its configured URL is kept
+        assert url == backend.server.ldaps_url
+        assert backend.config().directory.write_url == "discover"  # the AD default
     finally:
         directory.close()
 

@@ -74,7 +74,10 @@ class SambaDC:
         process_model: Literal["single", "prefork", "standard"] = "single",
         start_timeout: float = 60.0,
         verbose: bool = True,
+        services: str = "ldap",
     ) -> None:
+        """``services``: Samba's ``server services`` (a second DC's join and replication
+        need ``rpc``, ``drepl``, ``kdc`` too)."""
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"SambaDC only listens on loopback addresses, not {host!r}")
         self.workdir = Path(workdir).resolve()
@@ -84,6 +87,7 @@ class SambaDC:
         self.process_model = process_model
         self.start_timeout = start_timeout
         self.verbose = verbose
+        self.services = services
         self.target_dir = self.workdir / "dc"
         self.smb_conf = self.target_dir / "etc" / "smb.conf"
         self.provision_log = self.workdir / "provision.log"
@@ -160,7 +164,7 @@ class SambaDC:
             "bind interfaces only": "yes",
             # Only LDAP (+ the global catalog that comes with it). No smbd, KDC, DNS,
             # NBT, RPC, replication or winbindd: nothing else to start, nothing else bound.
-            "server services": "ldap",
+            "server services": self.services,
             "tls enabled": "yes",
             "tls keyfile": str(self.tls.key_file),
             "tls certfile": str(self.tls.cert_file),

@@ -114,10 +114,16 @@ class Slapd:
         acl: Literal["shipped", "self-write"] = "shipped",
         global_config: str = "",
         acl_prefix: str = "",
+        admin_password: str | None = None,
+        service_password: str | None = None,
+        populate: bool = True,
     ) -> None:
         """``acl="self-write"``: a permissive site where every user may write their own entry
         (only the state and token containers are kept for the service account), as many
-        sites run; the attack tests use it."""
+        sites run; the attack tests use it.
+
+        ``admin_password``/``service_password`` (default: random) and ``populate=False``
+        (no base tree: it arrives by replication) are for replicas (``replicated.py``)."""
         if schema not in ("stock", "otpgate"):
             raise ValueError(f"schema must be 'stock' or 'otpgate', not {schema!r}")
         if not re.fullmatch(r"dc=[a-z0-9-]+(,dc=[a-z0-9-]+)*", suffix):
@@ -136,14 +142,14 @@ class Slapd:
         self.port = free_port()
         self.ldaps_port = free_port()
         self.admin_dn = f"cn=admin,{suffix}"
-        self.admin_password = "admin-" + secrets.token_urlsafe(12)
+        self.admin_password = admin_password or "admin-" + secrets.token_urlsafe(12)
         self.people_dn = f"ou=people,{suffix}"
         self.services_dn = f"ou=services,{suffix}"
         self.groups_dn = f"ou=groups,{suffix}"
         self.tokens_dn = f"ou=tokens,{suffix}"
         self.state_dn = f"ou=otpgate-state,{suffix}"
         self.service_dn = f"cn=otpgate,{self.services_dn}"
-        self.service_password = "svc-" + secrets.token_urlsafe(12)
+        self.service_password = service_password or "svc-" + secrets.token_urlsafe(12)
         self.conf_file = self.workdir / "slapd.conf"
         self.data_dir = self.workdir / "data"
         self.log_file = self.workdir / "slapd.log"
@@ -151,7 +157,7 @@ class Slapd:
         self._admin_pw_file = self.workdir / "admin.pw"
         self._tls: TLSPaths | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._populated = False
+        self._populated = not populate
 
     # -- addresses and files -------------------------------------------------------------
 
@@ -371,6 +377,7 @@ index objectClass eq
 index uid,cn eq
 index entryUUID eq
 index member eq
+index entryCSN eq
 
 {self._acl()}
 {self.extra_config}

@@ -256,16 +256,24 @@ def test_each_default_is_stated_once_in_its_dataclass():
     assert config.ldap_proxy == LdapProxyConfig() and config.web == WebConfig()
 
 
-def test_several_domain_controllers_need_a_pinned_write_server():
+def test_ad_pins_otp_state_to_the_pdc_emulator_by_default():
     """Red team: with OTP state on whichever DC answers, a forced failover to a DC that has
     not replicated the last write accepts a code twice."""
     ad = {**MINIMAL, "directory": {**MINIMAL["directory"], "profile": "ad",
                                    "state_dn": "OU=s,DC=example,DC=org",
                                    "urls": ["ldaps://dc1.example.org", "ldaps://dc2.example.org"]}}
-    with pytest.raises(ConfigError, match=r"\[directory\]\.write_url is required with several"):
-        parse(ad)
-    ad["directory"]["write_url"] = "discover"
-    assert parse(ad).directory.write_url == "discover"
+    assert parse(ad).directory.write_url == "discover"  # the default on AD: the PDC emulator
+    ad["directory"]["write_url"] = "ldaps://dc2.example.org"
+    assert parse(ad).directory.write_url == "ldaps://dc2.example.org"
     ad["directory"]["urls"] = ["ldaps://dc1.example.org"]
     del ad["directory"]["write_url"]
-    assert parse(ad).directory.write_url is None  # one DC: that one
+    assert parse(ad).directory.write_url == "discover"  # one DC too: it finds that one
+
+
+def test_openldap_unpinned_multi_provider_needs_an_explicit_override():
+    assert parse(MINIMAL).directory.write_url is None
+    assert parse(MINIMAL).directory.allow_unpinned_multi_provider is False
+    doc = with_("directory.allow_unpinned_multi_provider", True)
+    assert parse(doc).directory.allow_unpinned_multi_provider is True
+    with pytest.raises(ConfigError, match=r"allow_unpinned_multi_provider"):
+        parse(with_("directory.allow_unpinned_multi_provider", "yes"))
