@@ -285,7 +285,9 @@ class UsedState:
         return self.tokens.get(token_id, TokenUse())
 
     def with_use(self, token_id: str, use: TokenUse) -> UsedState:
-        return UsedState({**self.tokens, token_id: use}, self.failures, self.locked_until)
+        return UsedState(
+            {**self.tokens, token_id: use}, self.failures, self.locked_until, self.accepted
+        )
 
     def without(self, token_ids: set[str]) -> UsedState:
         return replace(self, tokens={k: v for k, v in self.tokens.items() if k not in token_ids})

@@ -41,13 +41,21 @@ def _canonical_value(value: str) -> str:
     return "".join("\\" + c if c in _SPECIAL else c for c in text)
 
 
-@lru_cache(maxsize=16384)
-@lru_cache(maxsize=4096)
+MAX_MEMO_DN = 1024
+"""Longer names are never memoised: a bind name can be 256 KiB, and a cache of those would
+let anyone who can send binds pin gigabytes (found in review); real DNs are far shorter."""
+
+
 def dn_key(dn: str) -> tuple[str, ...] | None:
     """The RDNs of ``dn`` (RFC 4514), each canonical: attribute types and values compared
     case- and space-insensitively, escapes resolved (``cn=Smith\\, John`` is one RDN),
-    multi-valued RDNs sorted.  None if ``dn`` is not a DN.  Memoised (a pure function of
-    the text, asked twice per login and once per group: ldap3's parser is slow)."""
+    multi-valued RDNs sorted.  None if ``dn`` is not a DN.  Memoised up to ``MAX_MEMO_DN``
+    characters (a pure function of the text, asked twice per login and once per group:
+    ldap3's parser is slow)."""
+    return _dn_key_memo(dn) if len(dn) <= MAX_MEMO_DN else _dn_key(dn)
+
+
+def _dn_key(dn: str) -> tuple[str, ...] | None:
     try:
         parts = parse_dn(dn, escape=False, strip=True)
     except (LDAPInvalidDnError, ValueError, IndexError):
@@ -62,6 +70,9 @@ def dn_key(dn: str) -> tuple[str, ...] | None:
     if current or not rdns:
         return None
     return tuple(rdns)
+
+
+_dn_key_memo = lru_cache(maxsize=4096)(_dn_key)
 
 
 def same_dn(a: str, b: str) -> bool:
@@ -91,12 +102,15 @@ class Policy:
         self._required = {normalise_dn(g) for g in config.require_otp_groups}
         self._admins = {normalise_dn(g) for g in config.admin_groups}
         # Asked for every login with the same few thousand DNs: remembered per policy.
-        self.is_exempt = lru_cache(maxsize=4096)(self._is_exempt)
+        self._exempt_memo = lru_cache(maxsize=4096)(self._is_exempt)
 
-    def _is_exempt(self, dn: str) -> bool:
+    def is_exempt(self, dn: str) -> bool:
         """``dn`` is an exempt DN, or lies below an exempt subtree (compared RDN by RDN)."""
         if not self._exempt and not self._subtrees:
             return False
+        return self._exempt_memo(dn) if len(dn) <= MAX_MEMO_DN else self._is_exempt(dn)
+
+    def _is_exempt(self, dn: str) -> bool:
         key = dn_key(dn)
         if key is None:
             return False

@@ -128,7 +128,9 @@ class LdapClientProtocol(protocol.Protocol):
             timer.cancel()
 
     def _check_deadlines(self) -> None:
-        """The timer: fail the oldest operation if it is overdue, else wait for it."""
+        """The timer: when the oldest operation is overdue the connection is dead: abort it
+        and fail every operation on it at once (a polite close can hang for ever over TLS,
+        waiting for a stalled server's close_notify); else wait for that deadline."""
         self._timer = None
         if not self._operations or self.clock is None:
             return
@@ -138,7 +140,14 @@ class LdapClientProtocol(protocol.Protocol):
             self._timer = self.clock.callLater(left, self._check_deadlines)
             return
         del self._operations[mid]
+        self.connected = 0
+        self._pdus.clear()
+        self.transport.abortConnection()
         oldest.deferred.errback(OperationTimedOut(f"no answer in {self.timeout}s"))
+        self._fail_all(
+            DirectoryUnavailable(f"connection aborted: an operation had no answer in "
+                                 f"{self.timeout}s")
+        )
 
     def _fail_all(self, error: DirectoryUnavailable, reason: Any = None) -> None:
         operations, self._operations = self._operations, {}
@@ -267,8 +276,11 @@ class LdapConnection:
         return bool(self.client.connected)
 
     def close(self) -> None:
+        """Close politely; no new operation is sent here from now on (over TLS the close
+        waits for the server's close_notify: the deadline timer still fails what is left)."""
         if self.client.connected:
             self.client.transport.loseConnection()
+            self.client.connected = 0
 
     async def _call(
         self, operation: str, build: Any, search: bool = False, start_tls: bool = False

@@ -437,6 +437,7 @@ class StateMapper:
                 merged.tokens,
                 max(merged.failures, state.failures),
                 max(merged.locked_until, state.locked_until),
+                merged.accepted,
             )
         return merged
 

@@ -61,6 +61,31 @@ def test_each_operation_gets_its_own_deadline_from_one_timer() -> None:
     assert failure and "no answer" in str(failure[0].value)
 
 
+def test_a_timeout_aborts_the_connection_and_fails_every_operation_on_it() -> None:
+    """Red team (review of the one-timer change): over TLS a polite close waits for the
+    stalled server's close_notify, so nothing may wait for connectionLost: the first overdue
+    operation aborts the connection and fails the others with it, and the pool sees it gone."""
+    conn, transport, clock = connection(timeout=5)
+    ops = [defer.ensureDeferred(conn.simple_bind(f"cn={n}", b"pw")) for n in "abc"]
+    failures: list = []
+    for d in ops:
+        d.addErrback(failures.append)
+    clock.advance(5.1)
+    assert len(failures) == 3 and all(f.check(DirectoryUnavailable) for f in failures)
+    assert "no answer in 5" in str(failures[0].value)
+    assert transport.disconnecting and not conn.connected
+    assert not clock.getDelayedCalls()
+    late = []
+    defer.ensureDeferred(conn.simple_bind("cn=d", b"pw")).addErrback(late.append)
+    assert late and late[0].check(DirectoryUnavailable)  # refused at once, never queued
+
+
+def test_close_takes_the_connection_out_of_use_at_once() -> None:
+    conn, transport, _clock = connection()
+    conn.close()
+    assert transport.disconnecting and not conn.connected
+
+
 def test_answered_operations_leave_no_timer_behind() -> None:
     conn, _transport, clock = connection(timeout=5)
     d = defer.ensureDeferred(conn.simple_bind("cn=a", b"pw"))

@@ -46,3 +46,13 @@ def test_after_applies_a_plan_like_the_directory_would():
     after = mapper.after(user, changes)
     assert len(after.used) == 1 and after.used[0] == changes[-1].values[0]
     assert mapper._decode_used(after).use_of("t1").last == 7  # (no token t1: decode() would refuse)
+
+
+def test_with_use_keeps_the_accepted_requests() -> None:
+    """Review finding: enrolment and resync went through with_use and dropped the RADIUS
+    failover records (failing closed, but not what the option promises)."""
+    from otpgate.tokens import AcceptedRequest
+
+    record = AcceptedRequest(b"\x01" * 32, "t1", 1_700_000_000_000)
+    used = UsedState(accepted=(record,)).with_use("t2", TokenUse(last=3))
+    assert used.accepted == (record,) and used.use_of("t2").last == 3

@@ -44,3 +44,20 @@ def test_policy_order():
     assert not p.decide("uid=a,dc=x", ("cn=vpn,ou=groups,dc=x",), "10.1.1.1").needs_otp
     assert p.decide("uid=a,dc=x", ("CN=VPN, OU=Groups, DC=X",), "192.0.2.1").needs_otp
     assert not p.decide("uid=a,dc=x", (), "192.0.2.1").needs_otp  # not in a required group
+
+
+def test_long_names_are_answered_but_never_memoised() -> None:
+    """Red team (review): a bind name can be 256 KiB; memoising such names let anyone who can
+    send binds pin gigabytes in the DN and exemption caches."""
+    from otpgate.auth import policy as module
+
+    p = Policy(PolicyConfig(exempt_subtrees=("ou=Service Accounts,dc=example,dc=org",)))
+    before = (module._dn_key_memo.cache_info().currsize, p._exempt_memo.cache_info().currsize)
+    long_dn = "cn=" + "x" * 300_000 + ",ou=Service Accounts,dc=example,dc=org"
+    assert p.is_exempt(long_dn)
+    assert module.dn_key(long_dn) is not None
+    assert not p.is_exempt("cn=" + "y" * 300_000 + ",dc=example,dc=org")
+    after = (module._dn_key_memo.cache_info().currsize, p._exempt_memo.cache_info().currsize)
+    assert after == before
+    assert p.is_exempt("cn=jenkins,ou=Service Accounts,dc=example,dc=org")
+    assert p._exempt_memo.cache_info().currsize == before[1] + 1
