@@ -65,6 +65,8 @@ class ProxyHeader:
 
 
 def _address(text: str, version: int) -> str:
+    if "%" in text:  # an IPv6 zone id: one address under any number of names
+        raise ProxyHeaderError(f"{text[:50]!r} carries a zone id")
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -139,6 +141,19 @@ def parse_header(buffer: bytes) -> ProxyHeader | None:
         if prefix.startswith(head):
             return parse(buffer) if len(head) == len(prefix) else None
     raise ProxyHeaderError("no PROXY protocol signature")
+
+
+@dataclass(frozen=True)
+class NoClientAddress:
+    """The client of a LOCAL / UNKNOWN header: HAProxy's own health check, or a client it
+    could not name (a unix-socket or abns@ frontend).  Its ``host`` ("local:" + the
+    balancer's address) is no IP address, so it matches no trusted network and is its own
+    per-client key; giving it the balancer's address let a password alone through wherever
+    the balancer's address was trusted (found in review)."""
+
+    host: str
+    port: int = 0
+    type: str = "TCP"
 
 
 def _twisted_address(host: str, port: int) -> IPv4Address | IPv6Address:
@@ -253,7 +268,10 @@ class ProxyHeaderProtocol(policies.ProtocolWrapper):
         self._timer = None
         rest, self._buffer = self._buffer[header.size :], b""
         self._first = False
-        address = self.peer if header.source is None else _twisted_address(*header.source)
+        if header.source is None:
+            address: Any = NoClientAddress(f"local:{getattr(self.peer, 'host', '?')}")
+        else:
+            address = _twisted_address(*header.source)
         if self._start(address) and rest:
             inner: Any = self.wrappedProtocol
             inner.dataReceived(rest)

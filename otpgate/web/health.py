@@ -42,7 +42,8 @@ class HealthCheck:
     def check(self) -> defer.Deferred[bool]:
         """True when every pool answered in time (at most ``HEALTH_TIMEOUT`` to wait)."""
         now = self.clock.seconds()
-        if self._answer is not None and now - self._at < KEEP_SECONDS:
+        # 0 <= ...: a wall clock stepped back must not keep an old answer (found in review).
+        if self._answer is not None and 0 <= now - self._at < KEEP_SECONDS:
             return defer.succeed(self._answer)
         waiter: defer.Deferred[bool] = defer.Deferred()
         self._waiters.append(waiter)

@@ -303,8 +303,13 @@ def test_deploy_haproxy_cfg_is_valid(tmp_path):
     """deploy/haproxy.cfg as shipped (its admin socket moved here) passes ``haproxy -c``."""
     text = (Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg").read_text()
     assert "send-proxy-v2" in text and "option ldap-check" in text
+    assert "check port 8443 check-ssl verify required" in text  # [web] is HTTPS off loopback
+    from tests.servers.tlsca import make_server_tls
+
+    ca = make_server_tls(tmp_path / "tls").ca_file
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(text.replace("/run/haproxy/admin.sock", str(tmp_path / "admin.sock")))
+    cfg.write_text(text.replace("/run/haproxy/admin.sock", str(tmp_path / "admin.sock"))
+                   .replace("/etc/haproxy/otpgate-ca.pem", str(ca)))
     check = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True,
                            timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr

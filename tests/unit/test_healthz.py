@@ -85,3 +85,15 @@ def test_answer_reused_for_a_second():
     clock.advance(KEEP_SECONDS)
     pool.fail = True
     assert result(health.check()) is False and len(pool.searches) == 2
+
+
+def test_a_clock_stepped_back_does_not_keep_an_old_answer():
+    """Review finding: with the wall clock stepped back an hour, the cached answer was reused
+    until the clock caught up (a stale "unavailable", or a stale "ok" keeping a gateway UP)."""
+    clock, pool = Clock(), Pool(fail=True)
+    clock.advance(10_000)
+    health = HealthCheck(clock, (pool,), "dc=x")
+    assert result(health.check()) is False
+    clock.rightNow -= 3600
+    pool.fail = False
+    assert result(health.check()) is True and len(pool.searches) == 2

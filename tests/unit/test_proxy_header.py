@@ -252,11 +252,46 @@ def test_haproxy_ldap_check_is_up_only_when_the_directory_answers(directory_up):
     assert header.message_id == 1 and ber.result_code(pdu, header) == expected
 
 
-def test_local_header_keeps_the_balancer_address():
-    b = Balanced()
-    proto, _ = b.connect()
-    proto.dataReceived(V2_SIGNATURE + b"\x20\x00\x00\x00")
-    assert [p.peer_host for p in b.open] == [BALANCER.host]
+@pytest.mark.parametrize("header", [
+    V2_SIGNATURE + b"\x20\x00\x00\x00",          # v2 LOCAL (HAProxy: unix@ / abns@ frontends)
+    V2_SIGNATURE + b"\x21\x00\x00\x00",          # v2 PROXY with family UNSPEC
+    V2_SIGNATURE + b"\x21\x00\x00\x04junk",
+    b"PROXY UNKNOWN\r\n",
+    b"PROXY UNKNOWN 1.2.3.4 evil 99999 x\r\n",
+])
+def test_a_header_without_a_client_grants_nothing(header):
+    """Red team (review): a LOCAL / UNKNOWN header used to give the connection the balancer's
+    own address; with the balancer inside trusted_networks, alice's password alone was
+    accepted ("no OTP needed: trusted network") through HAProxy's unix-socket frontend.
+    Now such a client is "local:<balancer>": no IP address, no trusted network."""
+    b = Balanced(policy={"trusted_networks": ["10.0.0.0/8"]})
+    proto, transport = b.connect()
+    proto.dataReceived(header + bind(1, "alice", "alice-password"))  # no OTP appended
+    assert [p.peer_host for p in b.open] == [f"local:{BALANCER.host}"]
+    assert not any(t.value() for t in b.upstreams)  # nothing bound upstream
+    buf = ber.PduBuffer()
+    buf.feed(transport.value())
+    pdu, head = buf.next(1 << 20)
+    assert ber.result_code(pdu, head) == 49
+    assert [(e["outcome"], e["client"]) for e in b.gateway.audit.events] == [
+        ("reject", f"local:{BALANCER.host}")
+    ]
+
+
+def test_a_real_client_behind_the_balancer_is_not_trusted_by_the_balancers_address():
+    b = Balanced(policy={"trusted_networks": ["10.0.0.0/8"]})
+    proto, transport = b.connect()
+    proto.dataReceived(v2("198.51.100.7") + bind(1, "alice", "alice-password"))
+    assert [p.peer_host for p in b.open] == ["198.51.100.7"]
+    buf = ber.PduBuffer()
+    buf.feed(transport.value())
+    pdu, head = buf.next(1 << 20)
+    assert ber.result_code(pdu, head) == 49
+
+
+def test_v1_zone_ids_are_refused():
+    with pytest.raises(ProxyHeaderError, match="zone id"):
+        parse_header(b"PROXY TCP6 fe80::1%eth0 ::1 40001 389\r\n")
 
 
 @pytest.mark.parametrize("header", [v2("127.0.0.1"), b"PROXY TCP4 127.0.0.1 127.0.0.1 1 2\r\n",
