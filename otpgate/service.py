@@ -16,8 +16,8 @@ from twisted.runner.procmon import ProcessMonitor
 from otpgate.audit import AuditTrail
 from otpgate.auth.pipeline import Authenticator
 from otpgate.config import Config
-from otpgate.directory.connection import TlsSettings
-from otpgate.directory.discovery import pdc_emulator_url
+from otpgate.directory.connection import LdapConnection, TlsSettings
+from otpgate.directory.discovery import check_is_pdc, pdc_emulator_url
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.replication_guard import ReplicationGuard
 from otpgate.directory.store import OtpStore
@@ -40,6 +40,7 @@ class Gateway:
         d = config.directory
         self.config = config
         self.reactor = reactor
+        self._pdc_owner = ""
         self.tls = TlsSettings(start_tls=d.start_tls, ca_file=d.ca_file)
         self.directory_stats = DirectoryStats()
         self.radius_counters = RadiusCounters()
@@ -66,6 +67,7 @@ class Gateway:
             d.timeout,
             discover=self._discover_pdc if d.write_url == "discover" else None,
             stats=self.directory_stats,
+            verify=self._check_pdc if d.write_url == "discover" else None,
         )
         policy = config.policy
         cautious = (*policy.require_otp_groups, *policy.admin_groups)
@@ -88,7 +90,12 @@ class Gateway:
     async def _discover_pdc(self) -> list[str]:
         conn = await self.read_pool.connection()
         d = self.config.directory
-        return [await pdc_emulator_url(conn, d.base_dn, d.urls[0])]
+        pdc = await pdc_emulator_url(conn, d.base_dn, d.urls[0])
+        self._pdc_owner = pdc.owner
+        return [pdc.url]
+
+    async def _check_pdc(self, conn: LdapConnection) -> None:
+        await check_is_pdc(conn, self._pdc_owner)
 
     async def check_password(self, dn: str, password: bytes) -> tuple[int, str]:
         """A simple bind as the user on a fresh connection (for front ends without one)."""

@@ -11,10 +11,17 @@ The steps are pure (:func:`pdc_emulator`), run by the gateway (async) and the CL
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from otpgate import ber
-from otpgate.directory.ldapdata import SCOPE_BASE, DirectoryError, LdapUrl, SearchEntry, parent_dn
+from otpgate.directory.ldapdata import (
+    SCOPE_BASE,
+    DirectoryError,
+    DirectoryUnavailable,
+    LdapUrl,
+    SearchEntry,
+    parent_dn,
+)
 
 if TYPE_CHECKING:
     from otpgate.directory.connection import LdapConnection
@@ -30,10 +37,22 @@ def _text(entry: SearchEntry | None, attribute: str) -> str | None:
     return value.decode("utf-8") if value else None
 
 
+class Pdc(NamedTuple):
+    url: str
+    where: str
+    """Its host name, or "this server" (the DC asked holds the role)."""
+    owner: str
+    """The role owner: the PDC emulator's NTDS Settings DN (its root DSE's dsServiceName)."""
+
+
+def same_dn(a: str, b: str) -> bool:
+    return a.replace(" ", "").lower() == b.replace(" ", "").lower()
+
+
 def pdc_emulator(
     base_dn: str, asked: str, template: str
-) -> Generator[Read, SearchEntry | None, tuple[str, str]]:
-    """Steps that find the PDC emulator: returns (its URL, its host or "this server").
+) -> Generator[Read, SearchEntry | None, Pdc]:
+    """Steps that find the PDC emulator: its URL, host or "this server", and NTDS DN.
 
     ``asked``: the URL of the connection the reads go to; ``template``: the first
     configured URL (scheme and port for a DC found by name)."""
@@ -43,28 +62,45 @@ def pdc_emulator(
     if not owner:
         raise DirectoryError(f"{head} has no fSMORoleOwner: is this an AD domain?")
     this = _text(dse, "dsServiceName")
-    if this is not None and this.replace(" ", "").lower() == owner.replace(" ", "").lower():
-        return asked, "this server"
+    if this is not None and same_dn(this, owner):
+        return Pdc(asked, "this server", owner)
     # fSMORoleOwner names the NTDS Settings object; its parent is the server object.
     server_dn = parent_dn(owner)
     host = _text((yield (server_dn, ("dNSHostName",))), "dNSHostName")
     if not host:
         raise DirectoryError(f"{server_dn} has no dNSHostName")
-    return url_for_host(template, host), host
+    return Pdc(url_for_host(template, host), host, owner)
 
 
-async def pdc_emulator_url(conn: LdapConnection, base_dn: str, template: str) -> str:
-    """The URL OTP state is pinned to with ``write_url = "discover"``."""
+async def pdc_emulator_url(conn: LdapConnection, base_dn: str, template: str) -> Pdc:
+    """Where OTP state is pinned with ``write_url = "discover"``."""
     step = pdc_emulator(base_dn, conn.url.url, template)
     answer: SearchEntry | None = None
     while True:
         try:
             dn, attributes = step.send(answer)
         except StopIteration as done:
-            url: str = done.value[0]
-            return url
+            pdc: Pdc = done.value
+            return pdc
         found = await conn.search(dn, _ANY, list(attributes), scope=SCOPE_BASE)
         answer = found[0] if found else None
+
+
+async def check_is_pdc(conn: LdapConnection, owner: str) -> None:
+    """Fail closed unless ``conn`` reached the PDC emulator itself: a URL may name several
+    DCs (the domain name, round-robin DNS, a balancer), and a reconnect could then land
+    OTP state on another DC (found in review).  Read on every new write connection."""
+    found = await conn.search("", _ANY, ["dsServiceName"], scope=SCOPE_BASE)
+    this = _text(found[0] if found else None, "dsServiceName")
+    if this is None or not same_dn(this, owner):
+        raise NotThePdc(
+            f"{conn.url.url} is {this or 'a server without dsServiceName'}, not the PDC "
+            f"emulator {owner}: OTP state is written nowhere else (discovery runs again)"
+        )
+
+
+class NotThePdc(DirectoryUnavailable):
+    """A write connection reached another DC than the discovered PDC emulator."""
 
 
 async def pdc_emulator_host(conn: LdapConnection, base_dn: str) -> str:

@@ -33,9 +33,13 @@ class ServerPool:
         size: int = 2,
         discover: Callable[[], Awaitable[list[str]]] | None = None,
         stats: DirectoryStats | None = None,
+        verify: Callable[[LdapConnection], Awaitable[None]] | None = None,
     ) -> None:
         """``discover``, if given, finds the URLs on first use (e.g. AD's PDC emulator);
-        ``stats`` counts the traffic of every connection opened here."""
+        ``verify``, if given, checks every new bound connection (e.g. that it reached the
+        PDC emulator itself); when it fails, the connection is closed, nothing is sent on
+        it, and discovery runs again for the next one.  ``stats`` counts the traffic of
+        every connection opened here."""
         if not urls:
             raise ValueError("a server pool needs at least one URL")
         self.reactor = reactor
@@ -50,6 +54,8 @@ class ServerPool:
         self._waiters: list[defer.Deferred[LdapConnection]] = []
         self._next = 0
         self._discover = discover
+        self._rediscover = discover
+        self._verify = verify
         self.stats = stats if stats is not None else DirectoryStats()
 
     async def open_connection(self, bind: bool = True) -> LdapConnection:
@@ -67,6 +73,13 @@ class ServerPool:
                 continue
             if bind:
                 await self._bind(conn, url)
+                if self._verify is not None:
+                    try:
+                        await self._verify(conn)
+                    except BaseException:
+                        conn.close()
+                        self._discover = self._rediscover  # e.g. the role moved: ask again
+                        raise
             return conn
         raise DirectoryUnavailable("no directory server answered: " + "; ".join(errors))
 

@@ -143,17 +143,25 @@ def config_facts(
 Probe = Generator[Query, list[SearchEntry], ReplicationFacts]
 
 
+class ProbeRefused(DirectoryError):
+    """A server answered the replication probe with an error: nothing can be ruled out."""
+
+
 def probe(url: str, base_dn: str) -> Probe:
     """The searches that collect one server's :class:`ReplicationFacts`.
 
-    Answered with the entries found; a refused search is thrown in (``DirectoryError``) and
-    counts as "not readable"; a lost connection (``DirectoryUnavailable``) propagates."""
+    Answered with the entries found; a refused search is thrown in (``DirectoryError``): on
+    the root DSE or the suffix it ends the probe with :class:`ProbeRefused` (cannot judge),
+    on cn=config it counts as "not readable" (most service accounts may not read it); a lost
+    connection (``DirectoryUnavailable``) propagates."""
     try:
         dse = yield Query("", _ANY.filter_text, _ANY.filter_ber, ("namingContexts",), SCOPE_BASE)
     except DirectoryUnavailable:
         raise
-    except DirectoryError:
-        dse = []  # a root DSE we may not read: nothing to judge by (doctor WARNs)
+    except DirectoryError as exc:
+        # A server that answers but refuses (busy, time limit, access...) has not shown that
+        # it does not replicate: the guard must not read that as "safe" (found in review).
+        raise ProbeRefused(f"{url}: the root DSE read was refused: {exc}") from exc
     contexts = dse[0].attributes.get("namingcontexts", []) if dse else []
     suffix = _suffix_for(contexts, base_dn)
     ids: frozenset[int] = frozenset()
@@ -164,8 +172,8 @@ def probe(url: str, base_dn: str) -> Probe:
             )
         except DirectoryUnavailable:
             raise
-        except DirectoryError:
-            head = []
+        except DirectoryError as exc:
+            raise ProbeRefused(f"{url}: reading {suffix}'s contextCSN was refused: {exc}") from exc
         values = head[0].attributes.get("contextcsn", []) if head else []
         ids = frozenset(sid for sid in map(csn_server_id, values) if sid is not None)
     try:

@@ -24,6 +24,7 @@ from otpgate.directory.ldapdata import DirectoryError, DirectoryUnavailable, Sea
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.replication import (
     PIN_FIX,
+    ProbeRefused,
     ReplicationFacts,
     multi_provider_evidence,
     probe,
@@ -146,6 +147,7 @@ class ReplicationGuard:
     async def _probe(self) -> None:
         facts: list[ReplicationFacts] = []
         errors: list[str] = []
+        refused: list[str] = []
         for url in self.pool.urls:
             try:
                 conn = await self.pool.open_to(url)
@@ -154,19 +156,26 @@ class ReplicationGuard:
                 continue
             try:
                 facts.append(await server_facts(conn, url.url, self.config.base_dn))
+            except ProbeRefused as exc:
+                refused.append(str(exc))
             except DirectoryError as exc:
                 errors.append(f"{url.url}: {exc}")
             finally:
                 conn.close()
-        if not facts:
+        if not facts and not refused:
             raise DirectoryUnavailable(
                 "replication check: no directory server answered: " + "; ".join(errors)
             )
         evidence = multi_provider_evidence(facts)
+        if refused:  # a server that answered without showing its replication: fail closed
+            evidence = "; ".join(
+                [*([evidence] if evidence else []), "could not be checked: " + "; ".join(refused)]
+            )
         if evidence is not None and self._evidence is None:
             log.error(
-                "OpenLDAP multi-provider replication and no [directory] write_url: every OTP "
-                "login is refused until OTP state is pinned ({evidence}); {fix}",
+                "OpenLDAP multi-provider replication (or no way to rule it out) and no "
+                "[directory] write_url: every OTP login is refused until OTP state is pinned "
+                "({evidence}); {fix}",
                 evidence=evidence,
                 fix=PIN_FIX,
             )

@@ -13,6 +13,7 @@ from otpgate.config import parse_config
 from otpgate.directory.discovery import pdc_emulator
 from otpgate.directory.ldapdata import DirectoryError, DirectoryUnavailable, LdapUrl, SearchEntry
 from otpgate.directory.replication import (
+    ProbeRefused,
     ReplicationFacts,
     csn_server_id,
     multi_provider_evidence,
@@ -84,8 +85,18 @@ def test_a_server_without_contextcsn_or_config_is_single():
     assert multi_provider_evidence([facts]) is None and readable([facts])
     nothing, _ = run(probe("ldap://a", SUFFIX), [dse("dc=elsewhere"), []])
     assert nothing.suffix is None and not readable([nothing])
-    hidden, _ = run(probe("ldap://a", SUFFIX), [DirectoryError("50", 50), []])
-    assert hidden.suffix is None and multi_provider_evidence([hidden]) is None
+
+
+
+@pytest.mark.parametrize("code", [3, 11, 50, 51, 52, 80])
+def test_a_refused_root_dse_or_suffix_read_cannot_be_judged(code):
+    """Review finding: a server that answered the probe with an error (busy, time limit,
+    access...) counted as "nothing to judge by", and the guard let unpinned OTP writes
+    through for five minutes.  Now the probe ends with ProbeRefused."""
+    with pytest.raises(ProbeRefused):
+        run(probe("ldap://a", SUFFIX), [DirectoryError(str(code), code), []])
+    with pytest.raises(ProbeRefused):
+        run(probe("ldap://a", SUFFIX), [dse(SUFFIX), DirectoryError(str(code), code), []])
 
 
 def test_readable_cn_config_shows_the_flag_and_server_ids():
@@ -118,7 +129,7 @@ def test_pdc_emulator_keeps_the_configured_url_when_asked_the_pdc_itself():
         "", {"defaultnamingcontext": [b"DC=ad,DC=test"], "dsservicename": [owner.encode()]}
     )
     fsmo = SearchEntry("DC=ad,DC=test", {"fsmoroleowner": [owner.encode()]})
-    (url, where), asked = run(
+    (url, where, _owner), asked = run(
         pdc_emulator("OU=People,DC=ad,DC=test", "ldaps://127.0.0.1:636", "ldaps://x:636"),
         [root, fsmo],
     )
@@ -132,7 +143,7 @@ def test_pdc_emulator_keeps_the_configured_url_when_asked_the_pdc_itself():
         },
     )
     server = SearchEntry("CN=DC1", {"dnshostname": [b"dc1.ad.test"]})
-    (url, where), _ = run(
+    (url, where, _owner), _ = run(
         pdc_emulator("DC=ad,DC=test", "ldaps://127.0.0.2:636", "ldaps://127.0.0.2:636"),
         [other, fsmo, server],
     )
@@ -153,6 +164,8 @@ class FakeConn:
         if base == "":
             return dse(SUFFIX)
         if base == SUFFIX:
+            if self.server.busy:
+                raise DirectoryError("busy", 51)
             return head(*self.server.csns)
         return []
 
@@ -164,6 +177,7 @@ class FakeServer:
     def __init__(self, *csns: str) -> None:
         self.csns = list(csns)
         self.down = False
+        self.busy = False
         self.searches = 0
 
 
@@ -237,6 +251,21 @@ async def test_guard_fails_closed_when_no_server_answers_and_is_off_when_pinned(
     assert not pinned.active and not allowed.active
 
 
+@pytest_twisted.ensureDeferred
+async def test_guard_refuses_while_a_server_answers_the_probe_with_an_error():
+    """Review finding: busy (51), unavailable (52), time or admin limits and refused access
+    made the probe say "nothing to judge by" and the guard allow unpinned OTP writes."""
+    a, b = FakeServer(), FakeServer()
+    b.busy = True
+    guard, _pool, clock = guard_for({"ldap://127.0.0.1:1": a, "ldap://127.0.0.1:2": b})
+    with pytest.raises(UnpinnedMultiProvider, match="could not be checked"):
+        await guard.check()
+    b.busy = False
+    clock.advance(RECHECK_SECONDS)
+    await guard.check()
+    assert not guard.refusing
+
+
 def test_slapd_config_files_give_server_ids_and_the_flag(tmp_path):
     from otpgate.admin.doctor_repl import slapd_config_facts
 
@@ -279,3 +308,28 @@ async def test_startup_check_logs_and_keeps_the_verdict_without_raising():
     down.down = False
     await guard.check()  # tried again at the first login
     assert pool.opened == 2 and not guard.refusing
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_connection_must_reach_the_pdc_emulator_itself():
+    """Review finding: the discovered URL may name several DCs (the domain name, round-robin
+    DNS, a balancer); a reconnect could land OTP state on another DC.  Every new write
+    connection now reads its dsServiceName and is refused unless it is the role owner."""
+    from otpgate.directory.discovery import NotThePdc, check_is_pdc
+
+    owner = "CN=NTDS Settings,CN=DC1,CN=Servers,CN=Site,CN=Sites,CN=Configuration,DC=ad,DC=test"
+
+    class Conn:
+        url = LdapUrl.parse("ldaps://ad.test:636")
+
+        def __init__(self, service):
+            self.service = service
+
+        async def search(self, base, _filter, attributes, scope=0):
+            assert base == "" and attributes == ["dsServiceName"]
+            return [SearchEntry("", {"dsservicename": [self.service.encode()]})]
+
+    await check_is_pdc(Conn(owner.lower().replace(",", ", ")), owner)  # same DN, other spelling
+    with pytest.raises(NotThePdc, match="not the PDC emulator"):
+        await check_is_pdc(Conn(owner.replace("DC1", "DC2")), owner)
+    assert issubclass(NotThePdc, DirectoryUnavailable)  # a refused login, never a write elsewhere
