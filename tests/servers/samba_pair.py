@@ -180,20 +180,28 @@ class SambaPair:
 
     def replicate(self, source: str = "dc1", destination: str = "dc2",
                   nc: str = SambaDC.base_dn, timeout: float = 60) -> None:
-        """``samba-tool drs replicate`` now (fails with the tool's output)."""
+        """``samba-tool drs replicate`` now, retried until ``timeout`` (after a DC restarts,
+        the other's cached DRS connection first fails with WERR_NETNAME_DELETED)."""
         assert self.dc2 is not None
         dc = self.dc1 if destination == "dc1" else self.dc2
-        result = subprocess.run(
-            [SAMBA_TOOL, "drs", "replicate", destination, source, nc,
-             f"--configfile={dc.smb_conf}",
-             f"--username={SambaDC.domain}\\Administrator",
-             f"--password={self.dc1.admin_password}"],
-            stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
-            env=dc._env(dc.smb_conf), check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"samba-tool drs replicate {destination} {source} failed "
-                f"(exit {result.returncode}): {result.stdout.decode(errors='replace')[-3000:]}"
-                f"{result.stderr.decode(errors='replace')[-3000:]}"
+        deadline = time.monotonic() + timeout
+        while True:
+            result = subprocess.run(
+                [SAMBA_TOOL, "drs", "replicate", destination, source, nc,
+                 f"--configfile={dc.smb_conf}",
+                 f"--username={SambaDC.domain}\\Administrator",
+                 f"--password={self.dc1.admin_password}"],
+                stdin=subprocess.DEVNULL, capture_output=True,
+                timeout=max(1.0, deadline - time.monotonic()),
+                env=dc._env(dc.smb_conf), check=False,
             )
+            if result.returncode == 0:
+                return
+            if time.monotonic() + 1 > deadline:
+                raise RuntimeError(
+                    f"samba-tool drs replicate {destination} {source} failed "
+                    f"(exit {result.returncode}): "
+                    f"{result.stdout.decode(errors='replace')[-3000:]}"
+                    f"{result.stderr.decode(errors='replace')[-3000:]}"
+                )
+            time.sleep(1)
