@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-RACES = 30
+RACES = 100
 TIMEOUT = 420
 
 
