@@ -97,6 +97,7 @@ class SambaPair:
             "127.0.0.2": ["dc2.otpgate.test", "dc2"],
         }
         self.timings: dict[str, float] = {}
+        self._stamp = 0
 
     @property
     def ca_file(self) -> Path:
@@ -174,9 +175,10 @@ class SambaPair:
         text = "".join(f"{ip} {' '.join(names)}\n" for ip, names in self._aliases.items())
         tmp = self.hosts_file.with_suffix(".tmp")
         tmp.write_text(text)
+        # nss_wrapper reloads when st_mtime (whole seconds) differs: a new second each write.
+        self._stamp = max(int(time.time()), self._stamp + 1)
+        os.utime(tmp, (self._stamp, self._stamp))
         tmp.replace(self.hosts_file)
-        # nss_wrapper reloads on a new mtime (seconds): make sure the next write differs.
-        time.sleep(1.05)
 
     def replicate(self, source: str = "dc1", destination: str = "dc2",
                   nc: str = SambaDC.base_dn, timeout: float = 60) -> None:
