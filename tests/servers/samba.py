@@ -75,9 +75,14 @@ class SambaDC:
         start_timeout: float = 60.0,
         verbose: bool = True,
         services: str = "ldap",
+        host_name: str = "dc1",
+        ca: TLSPaths | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         """``services``: Samba's ``server services`` (a second DC's join and replication
-        need ``rpc``, ``drepl``, ``kdc`` too)."""
+        need ``rpc``, ``drepl``, ``kdc`` too); ``ca``: issue the DC's certificate from that
+        CA (one client CA file for several DCs); ``env``: more environment for samba and
+        samba-tool (``KRB5_CONFIG``, ``LD_PRELOAD`` of nss_wrapper: see samba_pair.py)."""
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"SambaDC only listens on loopback addresses, not {host!r}")
         self.workdir = Path(workdir).resolve()
@@ -88,6 +93,9 @@ class SambaDC:
         self.start_timeout = start_timeout
         self.verbose = verbose
         self.services = services
+        self.host_name = host_name
+        self.ca = ca
+        self.env = dict(env or {})
         self.target_dir = self.workdir / "dc"
         self.smb_conf = self.target_dir / "etc" / "smb.conf"
         self.provision_log = self.workdir / "provision.log"
@@ -138,6 +146,29 @@ class SambaDC:
 
     def provision(self) -> None:
         """Provision the domain into ``workdir/dc`` (done by :meth:`start` when needed)."""
+        empty_conf = self._prepare()
+        self._run_tool(
+            "provision",
+            [
+                SAMBA_TOOL,
+                "domain",
+                "provision",
+                f"--configfile={empty_conf}",
+                f"--realm={self.realm}",
+                f"--domain={self.domain}",
+                "--server-role=dc",
+                f"--host-name={self.host_name}",
+                f"--host-ip={self.host}",
+                f"--adminpass={self.admin_password}",
+                f"--targetdir={self.target_dir}",
+                # No DNS zone: the slowest optional part, and nothing here resolves through it.
+                "--dns-backend=NONE",
+            ],
+            empty_conf,
+        )
+
+    def _prepare(self) -> Path:
+        """Checks, TLS files and an empty config file for samba-tool; returns the latter."""
         for tool in (SAMBA, SAMBA_TOOL):
             if shutil.which(tool) is None:
                 raise RuntimeError(f"{tool} not found: apt-get install samba samba-ad-dc")
@@ -151,19 +182,27 @@ class SambaDC:
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._tls = make_server_tls(
-            self.workdir / "tls", dns_names=[self.fqdn, "localhost"], ip_addresses=[self.host]
+            self.workdir / "tls",
+            dns_names=[self.fqdn, "localhost"],
+            ip_addresses=[self.host],
+            ca=self.ca,
         )
-        run_dir = self.target_dir / "run"
         # An empty config file keeps /etc/samba/smb.conf (shares, log paths, panic
         # action of a stock install) out of the provisioned smb.conf.
         empty_conf = self.workdir / "empty.conf"
         empty_conf.write_text("")
-        self.krb5_conf.write_text("")
-        options = {
+        if not self.krb5_conf.exists():
+            self.krb5_conf.write_text("")
+        return empty_conf
+
+    def server_options(self) -> dict[str, str]:
+        """smb.conf options of this DC, given to provision (or join)."""
+        run_dir = self.target_dir / "run"
+        return {
             "interfaces": self.host,
             "bind interfaces only": "yes",
-            # Only LDAP (+ the global catalog that comes with it). No smbd, KDC, DNS,
-            # NBT, RPC, replication or winbindd: nothing else to start, nothing else bound.
+            # By default only LDAP (+ the global catalog that comes with it). No smbd, KDC,
+            # DNS, NBT, RPC, replication or winbindd: nothing else to start or bound.
             "server services": self.services,
             "tls enabled": "yes",
             "tls keyfile": str(self.tls.key_file),
@@ -177,21 +216,10 @@ class SambaDC:
             "ntp signd socket directory": str(run_dir / "ntp_signd"),
             "log file": str(self.log_file),
         }
-        cmd = [
-            SAMBA_TOOL,
-            "domain",
-            "provision",
-            f"--configfile={empty_conf}",
-            f"--realm={self.realm}",
-            f"--domain={self.domain}",
-            "--server-role=dc",
-            f"--host-name={self.host_name}",
-            f"--host-ip={self.host}",
-            f"--adminpass={self.admin_password}",
-            f"--targetdir={self.target_dir}",
-            # No DNS zone: the slowest optional part, and nothing here resolves through it.
-            "--dns-backend=NONE",
-        ] + [f"--option={k}={v}" for k, v in options.items()]
+
+    def _run_tool(self, what: str, cmd: list[str], conf: Path) -> None:
+        """Run samba-tool ``domain provision`` or ``join`` with :meth:`server_options`."""
+        cmd = cmd + [f"--option={k}={v}" for k, v in self.server_options().items()]
         started = time.monotonic()
         with open(self.provision_log, "wb") as log:
             result = subprocess.run(
@@ -199,19 +227,22 @@ class SambaDC:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=_samba_env(empty_conf, self.krb5_conf),
+                env=self._env(conf),
                 timeout=600,
                 check=False,
             )
         self.provision_seconds = time.monotonic() - started
         if result.returncode != 0:
             raise RuntimeError(
-                f"samba-tool domain provision failed (exit {result.returncode}):\n"
+                f"samba-tool domain {what} failed (exit {result.returncode}):\n"
                 f"{_tail(self.provision_log)}"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        (self.target_dir / "run").mkdir(parents=True, exist_ok=True)
         self._provisioned = True
-        self._say(f"Samba AD DC provisioned in {self.provision_seconds:.1f}s ({self.target_dir})")
+        self._say(f"Samba AD DC {what} in {self.provision_seconds:.1f}s ({self.target_dir})")
+
+    def _env(self, conf: Path) -> dict[str, str]:
+        return {**_samba_env(conf, self.krb5_conf), **self.env}
 
     def start(self) -> None:
         """Provision if needed, start ``samba`` in the foreground and wait until LDAPS answers."""
@@ -236,7 +267,7 @@ class SambaDC:
                 stderr=subprocess.STDOUT,
                 # Our own session: stop() can reach prefork children through the group.
                 start_new_session=True,
-                env=_samba_env(self.smb_conf, self.krb5_conf),
+                env=self._env(self.smb_conf),
             )
         # Do not outlive a script that forgets stop() (pytest fixtures do call it).
         atexit.register(self.stop)

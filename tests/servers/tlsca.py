@@ -59,8 +59,12 @@ def make_server_tls(
     ip_addresses: Sequence[str] = ("127.0.0.1",),
     common_name: str | None = None,
     days: int = 7,
+    ca: TLSPaths | None = None,
 ) -> TLSPaths:
     """Create a CA and a server certificate valid for ``dns_names`` and ``ip_addresses``.
+
+    ``ca``: issue the certificate from that earlier CA instead of a new one (servers that
+    one client must trust with a single CA file, e.g. two domain controllers).
 
     127.0.0.1 is always in the SubjectAltName. Files ``ca.pem``, ``ca.key``, ``server.pem``
     and ``server.key`` are written into ``directory`` (created if missing); keys get mode 0600
@@ -76,40 +80,47 @@ def make_server_tls(
     not_before = now - datetime.timedelta(minutes=5)
     not_after = now + datetime.timedelta(days=days)
 
-    ca_key = _key()
-    ca_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "otpgate tests"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "otpgate throwaway test CA"),
-        ]
-    )
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+    if ca is not None:
+        ca_key = serialization.load_pem_private_key(ca.ca_key_file.read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(ca.ca_file.read_bytes())
+        assert isinstance(ca_key, rsa.RSAPrivateKey)
+        ca_name = ca_cert.subject
+        ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    else:
+        ca_key = _key()
+        ca_name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "otpgate tests"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "otpgate throwaway test CA"),
+            ]
         )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+        ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(ca_ski, critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
 
     key = _key()
     san: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
