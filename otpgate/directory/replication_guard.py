@@ -173,9 +173,8 @@ class ReplicationGuard:
             )
         if evidence is not None and self._evidence is None:
             log.error(
-                "OpenLDAP multi-provider replication (or no way to rule it out) and no "
-                "[directory] write_url: every OTP login is refused until OTP state is pinned "
-                "({evidence}); {fix}",
+                "OpenLDAP multi-provider replication and no [directory] write_url: every OTP "
+                "login is refused until OTP state is pinned ({evidence}); {fix}",
                 evidence=evidence,
                 fix=PIN_FIX,
             )
