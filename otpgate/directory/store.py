@@ -97,6 +97,12 @@ class OtpStore:
             return await conn.delete(op.dn)
         raise TypeError(f"not a directory operation: {op!r}")
 
+    async def check_replication(self) -> None:
+        """Before any write of OTP state or the inventory: refused (UnpinnedMultiProvider)
+        while unpinned on multi-provider replication (``replication_guard.py``)."""
+        if self.guard is not None and self.guard.active:
+            await self.guard.check()
+
     async def run(self, step: Step[T], conn: LdapConnection | None = None) -> T:
         """Run an engine step on the OTP-state server (the write pool)."""
         conn = conn or await self.write_pool.connection()
@@ -145,8 +151,7 @@ class OtpStore:
         unreadable_as_empty: bool = False,
     ) -> tuple[T, UserEntry]:
         """Apply ``change`` with compare-and-swap (``engine.update``); keeps the cache true."""
-        if self.guard is not None and self.guard.active:
-            await self.guard.check()
+        await self.check_replication()
         step = engine.update(
             self.mapper,
             user,
@@ -180,6 +185,7 @@ class InventoryStore:
         self.store = store
 
     async def add(self, token: Token, secret: Secret, last: int = -1) -> InventoryItem:
+        await self.store.check_replication()
         return await self.store.run(inv.add_item(self.mapper, token, secret, last))
 
     async def get(self, serial: str) -> InventoryItem:
@@ -189,10 +195,13 @@ class InventoryStore:
         return await self.store.run(inv.list_items(self.mapper))
 
     async def claim(self, serial: str) -> InventoryItem:
+        await self.store.check_replication()  # two claims on two providers: one token twice
         return await self.store.run(inv.claim(self.mapper, serial))
 
     async def release(self, item: InventoryItem) -> None:
+        await self.store.check_replication()
         await self.store.run(inv.release(self.mapper, item))
 
     async def delete(self, serial: str) -> None:
+        await self.store.check_replication()
         await self.store.run(inv.delete(self.mapper, serial))

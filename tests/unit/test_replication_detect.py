@@ -333,3 +333,27 @@ async def test_a_write_connection_must_reach_the_pdc_emulator_itself():
     with pytest.raises(NotThePdc, match="not the PDC emulator"):
         await check_is_pdc(Conn(owner.replace("DC1", "DC2")), owner)
     assert issubclass(NotThePdc, DirectoryUnavailable)  # a refused login, never a write elsewhere
+
+
+@pytest_twisted.ensureDeferred
+async def test_inventory_writes_pass_the_replication_guard_too():
+    """Review finding: claims of a hardware token skipped the guard; on unpinned
+    multi-provider two help-desk claims on two providers could hand one seed to two users."""
+    from otpgate.directory.store import InventoryStore
+
+    class Refusing:
+        ran: list = []
+
+        async def check_replication(self):
+            raise UnpinnedMultiProvider("unpinned")
+
+        async def run(self, step, conn=None):
+            self.ran.append(step)
+
+    inventory = InventoryStore.__new__(InventoryStore)
+    inventory.store = Refusing()  # type: ignore[assignment]
+    inventory.mapper = None  # type: ignore[assignment]
+    for call in (inventory.claim("S1"), inventory.delete("S1")):
+        with pytest.raises(UnpinnedMultiProvider):
+            await call
+    assert Refusing.ran == []
