@@ -5,7 +5,7 @@
 - a PROXY header from a peer not in ``proxy_protocol_from`` is refused, and a listed peer
   without one is refused too;
 - HAProxy's LDAP check and ``/healthz`` say "up" only while the directory answers;
-- one gateway killed (SIGKILL) under load from ../shared/bench/ldapbind_load.py's client
+- one gateway killed (SIGKILL) under load (ldapbind_load.py's kind of client, reconnecting)
   code: HAProxy moves the traffic, only the requests in flight fail, no code is accepted
   twice (the in-flight code is retried on the other gateway, as an application would).
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import json
 import shutil
 import signal
@@ -40,7 +39,6 @@ from tests.servers.haproxy import HAPROXY, HAProxy
 from tests.servers.slapd import Slapd
 
 TWISTD = Path(sys.executable).with_name("twistd")
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "bench"
 KEY = bytes.fromhex("3132333435363738393031323334353637383930")
 USERS = 24
 CONC = 8
@@ -48,15 +46,35 @@ LOAD_SECONDS = 9.0
 KILL_AFTER = 3.0
 
 
-def _load_client():
-    """../shared/bench/ldapbind_load.py's BER and HOTP code (its worker holds one connection
-    and stops at the first error; the failover worker below reconnects)."""
-    path = SHARED / "ldapbind_load.py"
-    spec = importlib.util.spec_from_file_location("ldapbind_load", path)
-    assert spec is not None and spec.loader is not None, f"{path} is missing"
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+class _Client:
+    """The load client's LDAP side, on otpgate's own BER (ldapbind_load.py's worker holds one
+    connection and stops at the first error; the failover worker below reconnects)."""
+
+    @staticmethod
+    def bind_request(message_id: int, dn: str, password: str) -> bytes:
+        return ber.bind_request(message_id, dn.encode(), password.encode())
+
+    @staticmethod
+    async def read_msg(reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readexactly(2)
+        length = head[1]
+        extra = b""
+        if length & 0x80:
+            extra = await reader.readexactly(length & 0x7F)
+            length = int.from_bytes(extra, "big")
+        return head + extra + await reader.readexactly(length)
+
+    @staticmethod
+    def result_code(pdu: bytes) -> int:
+        buffer = ber.PduBuffer()
+        buffer.feed(pdu)
+        item = buffer.next(1 << 20)
+        assert item is not None, "an incomplete PDU"
+        return ber.result_code(*item)
+
+
+def _load_client() -> _Client:
+    return _Client()
 
 
 class GatewayProcess:
