@@ -14,8 +14,9 @@ from pathlib import Path
 
 from otpgate.admin.doctor import Check, Status
 from otpgate.directory.config import DirectoryConfig
+from otpgate.directory.drive import run_steps
 from otpgate.directory.ldap3conn import SyncConnection, connect
-from otpgate.directory.ldapdata import DirectoryError, DirectoryUnavailable, LdapUrl, SearchEntry
+from otpgate.directory.ldapdata import DirectoryError, LdapUrl
 from otpgate.directory.replication import (
     PIN_FIX,
     ReplicationFacts,
@@ -30,22 +31,10 @@ AREA = "replication"
 
 def server_facts(conn: SyncConnection, url: str, base_dn: str) -> ReplicationFacts:
     """Run ``replication.probe`` over an ldap3 connection."""
-    step = probe(url, base_dn)
-    query = next(step)
-    while True:
-        answer: list[SearchEntry] = []
-        error: DirectoryError | None = None
-        try:
-            answer = conn.search(query.base, query.filter_text, query.attributes, scope=query.scope)
-        except DirectoryUnavailable:
-            raise
-        except DirectoryError as exc:
-            error = exc
-        try:
-            query = step.throw(error) if error is not None else step.send(answer)
-        except StopIteration as done:
-            facts: ReplicationFacts = done.value
-            return facts
+    return run_steps(
+        probe(url, base_dn),
+        lambda q: conn.search(q.base, q.filter_text, q.attributes, scope=q.scope),
+    )
 
 
 def collect(

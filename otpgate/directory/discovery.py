@@ -14,6 +14,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, NamedTuple
 
 from otpgate import ber
+from otpgate.directory.drive import run_steps_async
 from otpgate.directory.ldapdata import (
     SCOPE_BASE,
     DirectoryError,
@@ -74,16 +75,13 @@ def pdc_emulator(
 
 async def pdc_emulator_url(conn: LdapConnection, base_dn: str, template: str) -> Pdc:
     """Where OTP state is pinned with ``write_url = "discover"``."""
-    step = pdc_emulator(base_dn, conn.url.url, template)
-    answer: SearchEntry | None = None
-    while True:
-        try:
-            dn, attributes = step.send(answer)
-        except StopIteration as done:
-            pdc: Pdc = done.value
-            return pdc
+
+    async def read(request: Read) -> SearchEntry | None:
+        dn, attributes = request
         found = await conn.search(dn, _ANY, list(attributes), scope=SCOPE_BASE)
-        answer = found[0] if found else None
+        return found[0] if found else None
+
+    return await run_steps_async(pdc_emulator(base_dn, conn.url.url, template), read)
 
 
 async def check_is_pdc(conn: LdapConnection, owner: str) -> None:
@@ -101,20 +99,6 @@ async def check_is_pdc(conn: LdapConnection, owner: str) -> None:
 
 class NotThePdc(DirectoryUnavailable):
     """A write connection reached another DC than the discovered PDC emulator."""
-
-
-async def pdc_emulator_host(conn: LdapConnection, base_dn: str) -> str:
-    """The dNSHostName of the domain controller holding the PDC emulator role."""
-    found = await conn.search(base_dn, _ANY, ["fSMORoleOwner"], scope=SCOPE_BASE)
-    owner = found[0].first("fSMORoleOwner") if found else None
-    if not owner:
-        raise DirectoryError(f"{base_dn} has no fSMORoleOwner: is this an AD domain head?")
-    server_dn = parent_dn(owner.decode("utf-8"))
-    found = await conn.search(server_dn, _ANY, ["dNSHostName"], scope=SCOPE_BASE)
-    host = found[0].first("dNSHostName") if found else None
-    if not host:
-        raise DirectoryError(f"{server_dn} has no dNSHostName")
-    return host.decode("ascii")
 
 
 def url_for_host(template: str, host: str) -> str:

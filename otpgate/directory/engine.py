@@ -2,9 +2,9 @@
 
 Written once and without I/O.  Each operation is a generator (a ``Step``) that yields
 directory requests (``Search``, ``Modify``, ``Add``, ``Delete``) and is sent their results;
-two thin drivers run them: ``store.py`` over the gateway's async client, ``sync.py`` over
-ldap3 for the CLI.  A driver delivers an I/O error into the step with ``throw`` (so a step
-can undo what it did), and returns the step's return value.
+two thin drivers run them with the one loop of ``drive.py``: ``store.py`` over the gateway's
+async client, ``sync.py`` over ldap3 for the CLI.  A driver delivers an I/O error into the
+step with ``throw`` (so a step can undo what it did), and returns the step's return value.
 
 The compare-and-swap loop (``update``): read, let ``change`` decide on the decoded state,
 write one Modify that deletes the exact old ``used`` value, on a conflict re-read and try

@@ -22,6 +22,7 @@ import ldap3  # type: ignore[import-untyped]
 from ldap3.core import exceptions as ldap3_errors  # type: ignore[import-untyped]
 
 from otpgate.directory.config import DirectoryConfig, cleartext_ldap_problem
+from otpgate.directory.drive import run_steps
 from otpgate.directory.ldapdata import (
     NO_SUCH_OBJECT,
     SCOPE_BASE,
@@ -300,15 +301,11 @@ class SyncDirectory:
 
 def discover_pdc(conn: SyncConnection, config: DirectoryConfig) -> str:
     """The URL of AD's PDC emulator, found like the gateway finds it (``discovery.py``)."""
-    from otpgate.directory.discovery import pdc_emulator  # pure; keeps Twisted out
+    from otpgate.directory.discovery import Read, pdc_emulator  # pure; keeps Twisted out
 
-    step = pdc_emulator(config.base_dn, conn.url.url, config.urls[0])
-    answer: SearchEntry | None = None
-    while True:
-        try:
-            dn, attributes = step.send(answer)
-        except StopIteration as done:
-            url: str = done.value[0]
-            return url
+    def read(request: Read) -> SearchEntry | None:
+        dn, attributes = request
         found = conn.search(dn, "(objectClass=*)", list(attributes), scope=SCOPE_BASE)
-        answer = found[0] if found else None
+        return found[0] if found else None
+
+    return run_steps(pdc_emulator(config.base_dn, conn.url.url, config.urls[0]), read).url

@@ -20,7 +20,8 @@ from twisted.logger import Logger
 
 from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.connection import LdapConnection
-from otpgate.directory.ldapdata import DirectoryError, DirectoryUnavailable, SearchEntry
+from otpgate.directory.drive import run_steps_async
+from otpgate.directory.ldapdata import DirectoryError, DirectoryUnavailable
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.replication import (
     PIN_FIX,
@@ -50,29 +51,10 @@ def guard_needed(config: DirectoryConfig) -> bool:
 
 async def server_facts(conn: LdapConnection, url: str, base_dn: str) -> ReplicationFacts:
     """Run ``replication.probe`` over one of the gateway's connections."""
-    step = probe(url, base_dn)
-    answer: list[SearchEntry] = []
-    error: DirectoryError | None = None
-    first = True
-    while True:
-        try:
-            if first:
-                query = next(step)
-                first = False
-            elif error is not None:
-                query = step.throw(error)
-            else:
-                query = step.send(answer)
-        except StopIteration as done:
-            facts: ReplicationFacts = done.value
-            return facts
-        answer, error = [], None
-        try:
-            answer = await conn.search(
-                query.base, query.filter_ber, query.attributes, scope=query.scope
-            )
-        except DirectoryError as exc:
-            error = exc
+    return await run_steps_async(
+        probe(url, base_dn),
+        lambda q: conn.search(q.base, q.filter_ber, q.attributes, scope=q.scope),
+    )
 
 
 class ReplicationGuard:

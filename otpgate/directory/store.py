@@ -16,6 +16,7 @@ from otpgate.directory import engine
 from otpgate.directory import inventory as inv
 from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.connection import LdapConnection
+from otpgate.directory.drive import run_steps_async
 from otpgate.directory.engine import Add, Delete, Modify, Op, Outcome, Search, Step
 from otpgate.directory.entrycache import EntryCache
 from otpgate.directory.inventory import InventoryItem, InventoryMapper
@@ -105,20 +106,8 @@ class OtpStore:
 
     async def run(self, step: Step[T], conn: LdapConnection | None = None) -> T:
         """Run an engine step on the OTP-state server (the write pool)."""
-        conn = conn or await self.write_pool.connection()
-        answer: Any = None
-        error: Exception | None = None
-        while True:
-            try:
-                op = step.send(answer) if error is None else step.throw(error)
-            except StopIteration as done:
-                result: T = done.value
-                return result
-            answer, error = None, None
-            try:
-                answer = await self._perform(conn, op)
-            except Exception as exc:  # handed to the step, which re-raises or undoes
-                error = exc
+        on = conn or await self.write_pool.connection()
+        return await run_steps_async(step, lambda op: self._perform(on, op))
 
     # -- users ----------------------------------------------------------------------------------
 

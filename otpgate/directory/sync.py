@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from otpgate.directory import engine
 from otpgate.directory import inventory as inv
 from otpgate.directory.config import DirectoryConfig
+from otpgate.directory.drive import run_steps
 from otpgate.directory.engine import Add, Delete, Modify, Op, Search, Step
 from otpgate.directory.inventory import InventoryItem, InventoryMapper
 from otpgate.directory.ldap3conn import (
@@ -68,19 +69,7 @@ class SyncStore:
     def run(self, step: Step[T]) -> T:
         """Run an engine step on the OTP-state server."""
         conn = self.directory.write()
-        answer: Any = None
-        error: Exception | None = None
-        while True:
-            try:
-                op = step.send(answer) if error is None else step.throw(error)
-            except StopIteration as done:
-                result: T = done.value
-                return result
-            answer, error = None, None
-            try:
-                answer = self._perform(conn, op)
-            except Exception as exc:  # handed to the step, which re-raises or undoes
-                error = exc
+        return run_steps(step, lambda op: self._perform(conn, op))
 
     def resolve(self, name: str) -> UserEntry:
         """The one entry ``name`` (DN, UPN, DOMAIN\\user or bare name) refers to."""

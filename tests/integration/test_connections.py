@@ -8,8 +8,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from otpgate.directory.discovery import pdc_emulator_host, url_for_host
-from otpgate.directory.ldapdata import DirectoryUnavailable
+from otpgate import ber
+from otpgate.directory.discovery import url_for_host
+from otpgate.directory.ldapdata import SCOPE_BASE, DirectoryUnavailable, parent_dn
 from otpgate.service import Gateway
 from otpgate.vault import Keyring
 from tests.netutil import free_port
@@ -76,6 +77,16 @@ async def test_untrusted_certificate_fails_closed(backend, tmp_path):
             raise AssertionError("a server with an untrusted certificate was used")
     finally:
         gw.close()
+
+
+async def pdc_emulator_host(conn, base_dn: str) -> str:
+    """The dNSHostName of the server object above the domain head's fSMORoleOwner (what
+    discovery reaches when the DC asked is not the PDC emulator itself)."""
+    any_entry = ber.filter_present(b"objectClass")
+    found = await conn.search(base_dn, any_entry, ["fSMORoleOwner"], scope=SCOPE_BASE)
+    server_dn = parent_dn(found[0].first("fSMORoleOwner").decode("utf-8"))
+    found = await conn.search(server_dn, any_entry, ["dNSHostName"], scope=SCOPE_BASE)
+    return found[0].first("dNSHostName").decode("ascii")
 
 
 @pytest.mark.samba
