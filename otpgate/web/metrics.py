@@ -13,7 +13,7 @@ registry is this object's own: no global state.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import accumulate
 from typing import Any
 
@@ -61,6 +61,16 @@ REASON_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("otp_required", ("no one-time code", "no OTP needed")),
     ("malformed", ("no password", "empty password", "malformed", "unknown, used or expired")),
 )
+
+
+def _counters(
+    name: str, doc: str, labels: list[str], counts: Iterable[tuple[Any, int]]
+) -> CounterMetricFamily:
+    """A labelled counter family from (label value, or a tuple of them, count) pairs."""
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, count in counts:
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], count)
+    return family
 
 
 def label(value: object, allowed: tuple[str, ...]) -> str:
@@ -127,15 +137,13 @@ class GatewayCollector(Collector):
     def collect(self) -> Iterator[Any]:
         total, per_process = self._totals()
         yield from self._auth(total.auth)
-        processes = CounterMetricFamily(
+        yield _counters(
             "otpgate_process_authentications",
             "Authentications by the process that handled them (main, or the extra LDAP proxy "
             "process's number): how SO_REUSEPORT spreads the logins",
-            labels=["process"],
+            ["process"],
+            per_process.items(),
         )
-        for process, count in per_process.items():
-            processes.add_metric([process], count)
-        yield processes
         yield GaugeMetricFamily(
             "otpgate_processes_reporting",
             "Processes whose counters these metrics include (the main one and every extra "
@@ -145,42 +153,34 @@ class GatewayCollector(Collector):
         yield from self._directory(total.directory)
         yield from self._radius()
         if self.ldap_proxy is not None:
-            proxy = CounterMetricFamily(
+            yield _counters(
                 "otpgate_ldap_proxy_connection_events",
                 "LDAP proxy connections closed or refused, by reason (limits, PROXY header "
                 "untrusted/invalid/timeout, malformed, protocol errors...)",
-                labels=["event"],
+                ["event"],
+                sorted(total.ldap_proxy.items()),
             )
-            for event, count in sorted(total.ldap_proxy.items()):
-                proxy.add_metric([event], count)
-            yield proxy
 
     @staticmethod
     def _auth(counts: AuthCounts) -> Iterator[Any]:
-        auth = CounterMetricFamily(
+        yield _counters(
             "otpgate_authentications",
             "Authentications by front end and outcome",
-            labels=["front_end", "outcome"],
+            ["front_end", "outcome"],
+            sorted(counts.auth.items()),
         )
-        for (front_end, outcome), count in sorted(counts.auth.items()):
-            auth.add_metric([front_end, outcome], count)
-        yield auth
-        rejections = CounterMetricFamily(
+        yield _counters(
             "otpgate_rejections",
             "Refused authentications by front end and reason class "
             "(" + ", ".join(c for c, _ in REASON_CLASSES) + ", other)",
-            labels=["front_end", "reason"],
+            ["front_end", "reason"],
+            sorted(counts.rejections.items()),
         )
-        for (front_end, reason), count in sorted(counts.rejections.items()):
-            rejections.add_metric([front_end, reason], count)
-        yield rejections
         yield CounterMetricFamily("otpgate_lockouts", "Users locked out", value=counts.lockouts)
-        actions = CounterMetricFamily(
-            "otpgate_web_actions", "Portal actions by kind", labels=["action"]
+        yield _counters(
+            "otpgate_web_actions", "Portal actions by kind", ["action"],
+            sorted(counts.web_actions.items()),
         )
-        for action, count in sorted(counts.web_actions.items()):
-            actions.add_metric([action], count)
-        yield actions
 
     @staticmethod
     def _directory(d: DirectoryStats) -> Iterator[Any]:
@@ -196,15 +196,13 @@ class GatewayCollector(Collector):
                 [operation], list(zip(bounds, cumulative, strict=True)), histogram.total
             )
         yield latency
-        errors = CounterMetricFamily(
+        yield _counters(
             "otpgate_directory_errors",
             "Directory failures by kind (connect, timeout, connection lost, service bind, "
             "write refused)",
-            labels=["kind"],
+            ["kind"],
+            sorted(d.errors.items()),
         )
-        for kind, count in sorted(d.errors.items()):
-            errors.add_metric([kind], count)
-        yield errors
         yield CounterMetricFamily(
             "otpgate_cas_retries",
             "OTP-state writes that lost a compare-and-swap race and were re-read and retried",
@@ -214,19 +212,14 @@ class GatewayCollector(Collector):
     def _radius(self) -> Iterator[Any]:
         if self.radius is None:
             return
-        drops = CounterMetricFamily(
-            "otpgate_radius_dropped", "RADIUS packets dropped, by reason", labels=["reason"]
+        yield _counters(
+            "otpgate_radius_dropped", "RADIUS packets dropped, by reason", ["reason"],
+            self.radius.drops().items(),
         )
-        for reason, count in self.radius.drops().items():
-            drops.add_metric([reason], count)
-        yield drops
-        packets = CounterMetricFamily(
-            "otpgate_radius_packets", "RADIUS packets by what became of them", labels=["result"]
+        yield _counters(
+            "otpgate_radius_packets", "RADIUS packets by what became of them", ["result"],
+            ((n, c) for n, c in self.radius.snapshot().items() if not n.startswith("dropped_")),
         )
-        for name, count in self.radius.snapshot().items():
-            if not name.startswith("dropped_"):
-                packets.add_metric([name], count)
-        yield packets
 
 
 class Metrics:
