@@ -85,14 +85,7 @@ class GatewayProcess:
         shutil.copy(keyring, folder / "keyring.json")
         self.config = folder / "otpgate.toml"
         self.config.write_text(f"""
-[directory]
-profile = "openldap"
-urls = ["{slapd.url}"]
-start_tls = true
-ca_file = "{slapd.ca_file}"
-base_dn = "{slapd.suffix}"
-bind_dn = "{slapd.service_dn}"
-bind_password = "{slapd.service_password}"
+{slapd.directory_toml()}
 timeout = 3.0
 [vault]
 keyring = "keyring.json"

@@ -24,14 +24,7 @@ def test_two_processes_share_the_port(slapd, tmp_path):
     keygen(tmp_path / "keyring.json", "k1")
     config = tmp_path / "otpgate.toml"
     config.write_text(f"""
-[directory]
-profile = "openldap"
-urls = ["{slapd.url}"]
-start_tls = true
-ca_file = "{slapd.ca_file}"
-base_dn = "{slapd.suffix}"
-bind_dn = "{slapd.service_dn}"
-bind_password = "{slapd.service_password}"
+{slapd.directory_toml()}
 [vault]
 keyring = "keyring.json"
 [ldap_proxy]
@@ -134,14 +127,7 @@ def test_metrics_add_up_every_process(slapd, tmp_path):
     keygen(tmp_path / "keyring.json", "k1")
     config = tmp_path / "otpgate.toml"
     config.write_text(f"""
-[directory]
-profile = "openldap"
-urls = ["{slapd.url}"]
-start_tls = true
-ca_file = "{slapd.ca_file}"
-base_dn = "{slapd.suffix}"
-bind_dn = "{slapd.service_dn}"
-bind_password = "{slapd.service_password}"
+{slapd.directory_toml()}
 [vault]
 keyring = "keyring.json"
 [ldap_proxy]

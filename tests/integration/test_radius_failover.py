@@ -78,14 +78,7 @@ def start_gateway(slapd: Any, tmp: Path, name: str, keyring: Path, window: float
     radius, web = free_udp_port(), free_port()
     config = folder / "otpgate.toml"
     config.write_text(f"""
-[directory]
-profile = "openldap"
-urls = ["{slapd.url}"]
-start_tls = true
-ca_file = "{slapd.ca_file}"
-base_dn = "{slapd.suffix}"
-bind_dn = "{slapd.service_dn}"
-bind_password = "{slapd.service_password}"
+{slapd.directory_toml()}
 [vault]
 keyring = "{keyring}"
 [radius]

@@ -38,14 +38,7 @@ def test_twistd_serves_radius_append_mode_and_counts_it_in_metrics(slapd, tmp_pa
     keygen(tmp_path / "keyring.json", "k1")
     config = tmp_path / "otpgate.toml"
     config.write_text(f"""
-[directory]
-profile = "openldap"
-urls = ["{slapd.url}"]
-start_tls = true
-ca_file = "{slapd.ca_file}"
-base_dn = "{slapd.suffix}"
-bind_dn = "{slapd.service_dn}"
-bind_password = "{slapd.service_password}"
+{slapd.directory_toml()}
 [vault]
 keyring = "keyring.json"
 [ldap_proxy]

@@ -285,6 +285,20 @@ class Slapd:
         )
         return dn
 
+    def directory_toml(self) -> str:
+        """The ``[directory]`` section of an otpgate config file on this server (StartTLS,
+        the service account), for the tests that start ``twistd otpgate``."""
+        return (
+            "[directory]\n"
+            'profile = "openldap"\n'
+            f'urls = ["{self.url}"]\n'
+            "start_tls = true\n"
+            f'ca_file = "{self.ca_file}"\n'
+            f'base_dn = "{self.suffix}"\n'
+            f'bind_dn = "{self.service_dn}"\n'
+            f'bind_password = "{self.service_password}"'
+        )
+
     def connect(
         self,
         user: str | None = None,
