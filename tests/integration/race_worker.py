@@ -45,3 +45,47 @@ def run_gateway(config_doc: dict[str, Any], name: str, key: bytes, races: int,
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(main()))
     reactor.run()
+
+
+def race(docs: list[dict[str, Any]], name: str, key: bytes, races: int,
+         password: str | None = None, timeout: float = 300.0) -> dict[int, list]:
+    """One gateway process per config document (workers 1, 2, ...); ``races`` times they all
+    submit the same code at once.  Each worker's outcomes by its number; a worker that does
+    not report within ``timeout`` or does not exit cleanly fails the run."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(docs))
+    results = ctx.Queue()
+    procs = [ctx.Process(target=run_gateway,
+                         args=(doc, name, key, races, barrier, results, w, password))
+             for w, doc in enumerate(docs, 1)]
+    for p in procs:
+        p.start()
+    try:
+        collected = dict(results.get(timeout=timeout) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    return collected
+
+
+async def enroll_hotp(config: Any, name: str, key: bytes) -> None:
+    """Give ``name`` an HOTP token with ``key`` through a gateway of its own (``config``)."""
+    from twisted.internet import reactor
+
+    from otpgate.admin.enrollment import enroll_change, new_oath_token
+    from otpgate.service import Gateway
+    from otpgate.tokens import TokenType
+    from otpgate.vault import Keyring
+
+    gw = Gateway(config, Keyring.load(config.keyring), reactor)
+    try:
+        user = await gw.store.resolve(name)
+        token, secret = new_oath_token(config.otp, TokenType.HOTP, key=key)
+        await gw.store.update(user, lambda s: enroll_change(s, token, secret, 5))
+    finally:
+        gw.close()

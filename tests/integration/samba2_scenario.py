@@ -25,7 +25,6 @@ every step passed. Every wait is bounded.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import socket
@@ -119,13 +118,12 @@ def check(condition: bool, what: str) -> None:
 async def scenario(reactor: Any, pair: Any, workdir: Path, report: dict[str, Any]) -> None:
     from twisted.internet import threads
 
-    from otpgate.admin.enrollment import enroll_change, new_oath_token
     from otpgate.otp.oath import hotp
     from otpgate.service import Gateway
-    from otpgate.tokens import TokenType
     from otpgate.vault import Keyring, keygen
     from tests.integration.backends import USER_PASSWORD, Backend
     from tests.integration.proxyhelp import start_proxy
+    from tests.integration.race_worker import enroll_hotp
 
     dc1, dc2 = pair.dc1, pair.dc2
     keyring = workdir / "keyring.json"
@@ -162,15 +160,8 @@ async def scenario(reactor: Any, pair: Any, workdir: Path, report: dict[str, Any
               f"gateway {label} discovered {urls} ({resolved}, peer {peer}), not dc1")
 
     # 2. enrol through a gateway (state written to dc1), replicate to dc2
-    config = backend.config(sections["A"])
-    gw = Gateway(config, Keyring.load(keyring), reactor)
     key = os.urandom(20)
-    try:
-        user = await gw.store.resolve(name)
-        token, secret = new_oath_token(config.otp, TokenType.HOTP, key=key)
-        await gw.store.update(user, lambda s: enroll_change(s, token, secret, 5))
-    finally:
-        gw.close()
+    await enroll_hotp(backend.config(sections["A"]), name, key)
     await threads.deferToThread(pair.replicate)
 
     # 3. races
@@ -239,14 +230,7 @@ async def scenario(reactor: Any, pair: Any, workdir: Path, report: dict[str, Any
     # 5. for comparison, measured and not asserted: each gateway pinned to its own DC (the
     #    "nearest server" set-up that write_url = "discover" replaces)
     name, _dn = backend.new_user("unpinned")
-    config = backend.config(sections["A"])
-    gw = Gateway(config, Keyring.load(keyring), reactor)
-    try:
-        user = await gw.store.resolve(name)
-        token, secret = new_oath_token(config.otp, TokenType.HOTP, key=key)
-        await gw.store.update(user, lambda s: enroll_change(s, token, secret, 5))
-    finally:
-        gw.close()
+    await enroll_hotp(backend.config(sections["A"]), name, key)
     await threads.deferToThread(pair.replicate)
     own = [{**sections["A"], "write_url": dc2.ldap_url}, {**sections["B"], "write_url": dc1.ldap_url}]
     collected = await threads.deferToThread(race, backend, name, key, own)
@@ -263,26 +247,11 @@ async def scenario(reactor: Any, pair: Any, workdir: Path, report: dict[str, Any
 def race(backend: Any, name: str, key: bytes, sections: list[dict[str, Any]]) -> dict[int, list]:
     """Two gateway processes (one per section) log in with the same code RACES times."""
     from tests.integration.backends import USER_PASSWORD
-    from tests.integration.race_worker import run_gateway
+    from tests.integration.race_worker import race as run_race
 
     docs = [{"directory": backend.directory_section(**s),
              "vault": {"keyring": str(backend.keyring)}} for s in sections]
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    results = ctx.Queue()
-    procs = [ctx.Process(target=run_gateway,
-                         args=(doc, name, key, RACES, barrier, results, w, USER_PASSWORD))
-             for w, doc in enumerate(docs, 1)]
-    for p in procs:
-        p.start()
-    try:
-        collected = dict(results.get(timeout=180) for _ in procs)
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-    return collected
+    return run_race(docs, name, key, RACES, USER_PASSWORD, timeout=180)
 
 
 def main(argv: list[str]) -> int:

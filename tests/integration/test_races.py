@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 
 import pytest_twisted
-from twisted.internet import reactor
 
-from otpgate.admin.enrollment import enroll_change, new_oath_token
-from otpgate.service import Gateway
-from otpgate.tokens import TokenType
-from otpgate.vault import Keyring
-from tests.integration.race_worker import run_gateway
+from tests.integration.race_worker import enroll_hotp, race
 
 RACES = 200
 
@@ -21,29 +15,10 @@ RACES = 200
 async def test_two_gateways_racing_never_accept_a_code_twice(backend):
     config_doc = {"directory": backend.directory_section(),
                   "vault": {"keyring": str(backend.keyring)}}
-    config = backend.config()
-    gw = Gateway(config, Keyring.load(backend.keyring), reactor)
     name, _dn = backend.new_user("race")
     key = os.urandom(20)
-    try:
-        user = await gw.store.resolve(name)
-        token, secret = new_oath_token(config.otp, TokenType.HOTP, key=key)
-        await gw.store.update(user, lambda s: enroll_change(s, token, secret, 5))
-    finally:
-        gw.close()
-
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    results = ctx.Queue()
-    procs = [ctx.Process(target=run_gateway,
-                         args=(config_doc, name, key, RACES, barrier, results, w))
-             for w in (1, 2)]
-    for p in procs:
-        p.start()
-    collected = dict(results.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    await enroll_hotp(backend.config(), name, key)
+    collected = race([config_doc, config_doc], name, key, RACES)
     accepted = {c: 0 for c in range(RACES)}
     for outcomes in collected.values():
         assert len(outcomes) == RACES

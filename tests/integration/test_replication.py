@@ -15,7 +15,6 @@ binds, pass-through) go to different servers race the same codes:
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -26,18 +25,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 
-from otpgate.admin.enrollment import enroll_change, new_oath_token
 from otpgate.auth.requests import AuthRequest
 from otpgate.otp.oath import hotp
-from otpgate.service import Gateway
-from otpgate.tokens import TokenType
-from otpgate.vault import Keyring, keygen
+from otpgate.vault import keygen
 from tests.integration.backends import USER_PASSWORD, Backend
 from tests.integration.proxyhelp import start_proxy
-from tests.integration.race_worker import run_gateway
+from tests.integration.race_worker import enroll_hotp
+from tests.integration.race_worker import race as run_race
 from tests.integration.test_cli import Cli
 from tests.netutil import free_port
 from tests.servers import MultiProvider
@@ -65,15 +61,8 @@ def directory(urls: list[str], write_url: str | None = None, **more: Any) -> dic
 async def enrolled_user(repl: Backend, mp: MultiProvider, prefix: str) -> tuple[str, str, bytes]:
     """A user with an HOTP token, written on provider A and replicated everywhere."""
     name, dn = repl.new_user(prefix)
-    config = repl.config(directory([mp.a.url], mp.a.url))
-    gw = Gateway(config, Keyring.load(repl.keyring), reactor)
     key = os.urandom(20)
-    try:
-        user = await gw.store.resolve(name)
-        token, secret = new_oath_token(config.otp, TokenType.HOTP, key=key)
-        await gw.store.update(user, lambda s: enroll_change(s, token, secret, 5))
-    finally:
-        gw.close()
+    await enroll_hotp(repl.config(directory([mp.a.url], mp.a.url)), name, key)
     mp.wait_converged()
     return name, dn, key
 
@@ -83,19 +72,7 @@ def race(repl: Backend, name: str, key: bytes, sections: list[dict[str, Any]]) -
     times (password+code, the password bound on each gateway's own read servers)."""
     docs = [{"directory": repl.directory_section(**s), "vault": {"keyring": str(repl.keyring)}}
             for s in sections]
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    results = ctx.Queue()
-    procs = [ctx.Process(target=run_gateway,
-                         args=(doc, name, key, RACES, barrier, results, w, USER_PASSWORD))
-             for w, doc in enumerate(docs, 1)]
-    for p in procs:
-        p.start()
-    collected = dict(results.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
-    return collected
+    return run_race(docs, name, key, RACES, USER_PASSWORD)
 
 
 def accepted_per_code(collected: dict[int, list]) -> dict[int, int]:
