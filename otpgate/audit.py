@@ -18,11 +18,24 @@ from typing import IO, Any
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from otpgate.config import LoggingConfig
+from otpgate.auditconfig import LoggingConfig
 
 log = Logger(namespace="otpgate.audit")
 
 FIELDS = ("outcome", "front_end", "user", "dn", "client", "token", "reason")
+LIMITS = {"reason": 512}
+"""Characters kept of one field (default ``MAX_FIELD``): names, DNs and reasons carry what a
+client sent, and a 250-KB bind name must not become megabytes of log (repr and JSON escape
+each byte again).  What is cut is counted in the event."""
+MAX_FIELD = 256
+
+
+def bounded(field: str, value: Any) -> Any:
+    """``value`` cut to its field's limit, saying how much was left out."""
+    limit = LIMITS.get(field, MAX_FIELD)
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}...(+{len(value) - limit} characters)"
+    return value
 _TEXT = " ".join(f"{k}={{{k}!r}}" for k in FIELDS)
 
 
@@ -74,7 +87,8 @@ class AuditTrail:
             self._file.close()
             self._file = None
 
-    def record(self, **event: Any) -> None:
+    def record(self, **fields: Any) -> None:
+        event = {k: bounded(k, v) for k, v in fields.items()}
         for observer in self.observers:
             observer(event)
         if self._file is None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from otpgate.auditconfig import LoggingConfig, parse_logging
 from otpgate.auth.config import (
     LockoutConfig,
     OtpConfig,
@@ -25,14 +26,13 @@ from otpgate.auth.config import (
     parse_otp,
     parse_policy,
 )
+from otpgate.auth.settings import AuthSettings
 from otpgate.configfile import (
     ConfigError,
     ListenAddress,
     Network,
     Section,
-    non_negative,
     parse_listen,
-    path_or_none,
 )
 from otpgate.directory.config import (
     DirectoryConfig,
@@ -60,6 +60,7 @@ __all__ = [
     "KNOWN_ATTRIBUTES",
     "PROFILES",
     "RADIUS_MODES",
+    "AuthSettings",
     "Config",
     "ConfigError",
     "DirectoryConfig",
@@ -75,20 +76,13 @@ __all__ = [
     "RadiusClient",
     "RadiusConfig",
     "WebConfig",
+    "auth_settings",
     "cleartext_ldap_problem",
     "load_config",
     "parse_config",
     "parse_listen",
     "parse_radius_listen",
 ]
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    json: bool = False
-    file: Path | None = None
-    flush_seconds: float = 1.0
-    """Audit events are written to ``file`` at least this often (0: every event at once)."""
 
 
 @dataclass(frozen=True)
@@ -106,14 +100,18 @@ class Config:
     """Keys that still work but have moved: one line each, to show the operator."""
 
 
-def _logging(sec: Section, base: Path) -> LoggingConfig:
-    result = LoggingConfig(
-        json=sec.value(LoggingConfig, "json", bool),
-        file=path_or_none(sec, "file", base),
-        flush_seconds=sec.value(LoggingConfig, "flush_seconds", float, non_negative),
+def auth_settings(config: Config) -> AuthSettings:
+    """What the pipeline needs of ``config`` (``auth/settings.py``)."""
+    return AuthSettings(
+        otp=config.otp,
+        lockout=config.lockout,
+        policy=config.policy,
+        bind_cache_seconds=config.ldap_proxy.bind_cache_seconds,
+        failover_replay_seconds=config.radius.failover_replay_seconds,
+        helpdesk_groups=config.web.helpdesk_groups,
+        enrollment_networks=config.web.password_only_enrollment_networks,
+        enrollment_until=config.web.password_only_enrollment_until,
     )
-    sec.done()
-    return result
 
 
 def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
@@ -133,7 +131,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
         policy=parse_policy(top.sub("policy")),
         ldap_proxy=parse_ldap_proxy(proxy_section, base),
         radius=parse_radius(top.sub("radius"), base),
-        logging=_logging(top.sub("logging"), base),
+        logging=parse_logging(top.sub("logging"), base),
         web=parse_web(top.sub("web"), base),
         deprecations=(DEPRECATED_DELIMITER,) if delimiter is not None else (),
     )

@@ -27,7 +27,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-from otpgate.config import LoggingConfig
+from otpgate.auditconfig import LoggingConfig
 
 log = Logger(namespace="otpgate.logs")
 

@@ -15,7 +15,7 @@ from twisted.runner.procmon import ProcessMonitor
 
 from otpgate.audit import AuditTrail
 from otpgate.auth.pipeline import Authenticator
-from otpgate.config import Config
+from otpgate.config import Config, auth_settings
 from otpgate.directory.connection import LdapConnection, TlsSettings
 from otpgate.directory.discovery import check_is_pdc, pdc_emulator_url
 from otpgate.directory.pool import ServerPool
@@ -85,7 +85,7 @@ class Gateway:
             self.replication_guard,
         )
         self.audit = AuditTrail(config.logging, reactor)
-        self.authenticator = Authenticator(config, self.store, reactor, self.audit)
+        self.authenticator = Authenticator(auth_settings(config), self.store, reactor, self.audit)
 
     async def _discover_pdc(self) -> list[str]:
         conn = await self.read_pool.connection()

@@ -50,11 +50,20 @@ class PolicyConfig:
     allow_sasl_for_exempt: bool = False
     """Forward SASL binds named as an exempt account; the bound identity is then confirmed
     with Who Am I? (RFC 4532) and anything else is refused (docs/SECURITY.md)."""
+    max_name_length: int = 4096
+    """Longer login names (bind DNs, SASL names, RADIUS and portal user names) are refused
+    before anything parses them: real DNs are far shorter, and a 256-KiB name is only ever
+    an attempt to make the gateway work."""
 
 
 def check_delimiter(delimiter: str) -> None:
     if len(delimiter) > 1:
         raise ValueError(f"one character or empty, not {delimiter!r}")
+
+
+def check_name_length(length: int) -> None:
+    if not 256 <= length <= 65536:
+        raise ValueError(f"between 256 and 65536 characters, not {length}")
 
 
 def parse_otp(sec: Section, delimiter: str | None = None) -> OtpConfig:
@@ -103,6 +112,7 @@ def parse_policy(sec: Section) -> PolicyConfig:
         admin_groups=sec.strings("admin_groups"),
         admins_always_need_otp=sec.value(PolicyConfig, "admins_always_need_otp", bool),
         allow_sasl_for_exempt=sec.value(PolicyConfig, "allow_sasl_for_exempt", bool),
+        max_name_length=sec.value(PolicyConfig, "max_name_length", int, check_name_length),
     )
     sec.done()
     return result

@@ -7,10 +7,12 @@ sees the state as it is in the directory now and may run more than once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from otpgate.auth.lockout import is_locked, record_failure, record_success, with_unrecorded
-from otpgate.auth.requests import P, ProofCheck
+from otpgate.auth.requests import ProofCheck
 from otpgate.auth.retransmit import Retransmission, recognise, remember, without_stale
+from otpgate.auth.settings import AuthSettings
 from otpgate.auth.verify import (
     Match,
     candidate_codes,
@@ -19,7 +21,6 @@ from otpgate.auth.verify import (
     split_candidates,
     verify_code,
 )
-from otpgate.config import Config
 from otpgate.directory.state import OtpState, StateChange
 
 RETRANSMISSION = "retransmission of a request already accepted"
@@ -34,22 +35,25 @@ class Verdict:
     why: str
 
 
-def candidates_of(
-    secret: str, state: OtpState, otp_only: bool, delimiter: str
-) -> list[tuple[str, str]]:
-    """The (password, code) pairs what the user typed may be, by the tokens the user has
-    *now* (a cached token list could split it wrongly); none without a password."""
-    if otp_only:
-        return [("", secret)]
-    return [(pw, code) for pw, code in split_candidates(secret, state.tokens, delimiter) if pw]
+Typed = str | tuple[str, str]
+"""What the user gave: the password and the code typed as one (split by the tokens the user
+has), or (password, code) from fields of their own ("" as the password: the code alone)."""
+
+
+def candidates_of(typed: Typed, state: OtpState, delimiter: str) -> list[tuple[str, str]]:
+    """The (password, code) pairs ``typed`` may be, by the tokens the user has *now* (a
+    cached token list could split it wrongly); none without a password, unless the code
+    comes alone; none without a code."""
+    if isinstance(typed, tuple):
+        return [typed] if typed[1] else []
+    return [(pw, code) for pw, code in split_candidates(typed, state.tokens, delimiter) if pw]
 
 
 def verify_typed(
     state: OtpState,
-    secret: str,
-    otp_only: bool,
+    typed: Typed,
     now: float,
-    config: Config,
+    config: AuthSettings,
     pending: int = 0,
     retransmission: Retransmission | None = None,
 ) -> StateChange[Verdict]:
@@ -63,7 +67,7 @@ def verify_typed(
     used = without_stale(with_unrecorded(state.used, pending, now, config.lockout), now)
     if is_locked(used, now):
         return StateChange(Verdict(None, "", "locked out"))
-    candidates = candidates_of(secret, state, otp_only, config.otp.otp_delimiter)
+    candidates = candidates_of(typed, state, config.otp.otp_delimiter)
     if not candidates:
         # Nothing that looks like password + code: no OTP check, nothing forwarded.
         return StateChange(Verdict(None, "", "no password+OTP in the secret"))
@@ -91,14 +95,14 @@ def verify_typed(
 
 
 def verify_proof(
-    state: OtpState, proof: ProofCheck[P], now: float, config: Config, pending: int = 0
-) -> StateChange[tuple[Match | None, P | None, str]]:
+    state: OtpState, proof: ProofCheck, now: float, config: AuthSettings, pending: int = 0
+) -> StateChange[tuple[Match | None, Any, str]]:
     """A proof computed from the code (CHAP, MS-CHAPv2): every candidate code of the window
     is tried (no early exit), the first match is spent."""
     used = without_stale(with_unrecorded(state.used, pending, now, config.lockout), now)
     if is_locked(used, now):
         return StateChange((None, None, "locked out"))
-    hit: tuple[Match, P] | None = None
+    hit: tuple[Match, Any] | None = None
     for candidate in candidate_codes(state.tokens, state.secrets, state.used, now, config.otp):
         value = proof(candidate.code)
         if value is not None and hit is None:

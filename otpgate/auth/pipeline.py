@@ -1,42 +1,51 @@
-"""The authentication pipeline every front end uses.
+"""The authentication pipeline: one door, ``Authenticator.login(request)``, for every login.
 
-1. resolve the name to one entry (keyed by its immutable id);
-2. ask the policy whether this request needs an OTP;
-3. check lockout, verify the OTP against the entry's tokens and record the
-   use with a compare-and-swap write, all before anything else happens;
+1. admission: names over ``max_name_length`` are refused before anything parses them;
+   credentials over a plain transport where the channel needs TLS; proof kinds the
+   channel does not allow;
+2. the prologue: resolve the name to one entry (keyed by its immutable id) -> policy -> a
+   fresh read when a cached entry could mislead -> decode -> expiry and lockout;
+3. verify the code and record its use with a compare-and-swap write (``_spend``), before
+   anything else happens;
 4. only then check the static password (a simple bind upstream).
 
-Every entry point (``authenticate``, ``first_factor``, ``authenticate_proof``) is built
-from the same two pieces: ``_prologue`` (resolve -> policy -> a fresh read when a cached
-entry could mislead -> decode -> lockout) and ``_decided`` (errors -> result -> one audit
-event).  Every failure is the same ``AuthResult(ok=False)`` to the client; the real reason
-goes to the audit log.  Passwords, seeds and OTPs are never logged.
+Each request type (``requests.py``) is one branch of ``_dispatch``; all of them pass the
+admission and the prologue, every write goes through ``_spend``.  Every failure is the
+same ``AuthResult(ok=False)`` to the client; the reason goes to the audit trail, which only
+this module writes for logins.  Passwords, seeds and codes are never logged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from otpgate.audit import AuditTrail
 from otpgate.auth.bindcache import BindCache
-from otpgate.auth.decide import RETRANSMISSION, Verdict, verify_proof, verify_typed
+from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_proof, verify_typed
 from otpgate.auth.lockout import UnrecordedFailures, is_locked
-from otpgate.auth.policy import Decision, Policy
+from otpgate.auth.policy import Decision, Policy, password_only_enrollment
 from otpgate.auth.requests import (
+    Appended,
     AuthRequest,
     AuthResult,
-    FirstFactorResult,
-    P,
+    CodeOnly,
+    FirstEnrollment,
+    Login,
     PasswordCheck,
-    ProofCheck,
+    PasswordStep,
+    Proof,
+    Sasl,
+    Separate,
     Step,
     Trace,
+    Unusable,
 )
 from otpgate.auth.retransmit import Retransmission
+from otpgate.auth.sasl import SASL_BIND_IN_PROGRESS, sasl_login
+from otpgate.auth.settings import AuthSettings
 from otpgate.codec import CodecError
-from otpgate.config import Config
 from otpgate.directory.ldapdata import (
     INVALID_CREDENTIALS,
     SUCCESS,
@@ -46,15 +55,7 @@ from otpgate.directory.ldapdata import (
 from otpgate.directory.state import OtpState, StateChange, UserEntry
 from otpgate.directory.store import OtpStore
 
-__all__ = [
-    "AuthRequest",
-    "AuthResult",
-    "Authenticator",
-    "FirstFactorResult",
-    "PasswordCheck",
-    "ProofCheck",
-    "Step",
-]
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -68,56 +69,145 @@ class _Ready:
     refusal: str | None = None
 
 
-R = TypeVar("R")
-V = TypeVar("V")
-
-
-def _records_a_failure(change: StateChange[Any]) -> bool:
-    """Whether a planned write records a failed attempt (a miss: lockout moves)."""
-    result = change.result
-    match = result.match if isinstance(result, Verdict) else result[0]
-    return change.used is not None and match is None
-
-
 def _note(trace: Trace, name: str, ok: bool | None, detail: str) -> None:
     if trace is not None:
         trace.append(Step(name, ok, detail))
 
 
+def _refused(why: str, dn: str | None = None) -> AuthResult:
+    return AuthResult(False, why, dn)
+
+
 class Authenticator:
     def __init__(
-        self, config: Config, store: OtpStore, clock: Any, audit: AuditTrail | None = None
+        self, settings: AuthSettings, store: OtpStore, clock: Any, audit: AuditTrail
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.store = store
-        self.policy = Policy(config.policy)
+        self.policy = Policy(settings.policy)
         self.clock = clock
-        self.audit = audit or AuditTrail(config.logging, clock)
-        self.unrecorded = UnrecordedFailures(config.lockout)
-        seconds = config.ldap_proxy.bind_cache_seconds
+        self.audit = audit
+        self.unrecorded = UnrecordedFailures(settings.lockout)
+        seconds = settings.bind_cache_seconds
         self.bind_cache: BindCache | None = BindCache(seconds) if seconds > 0 else None
 
-    # -- the two shared pieces -------------------------------------------------------------
+    # -- the door ----------------------------------------------------------------------------
 
-    async def _prologue(self, request: AuthRequest, trace: Trace = None) -> _Ready:
-        """resolve -> policy -> fresh read if the cache could mislead -> decode -> lockout."""
+    async def login(
+        self,
+        request: AuthRequest,
+        check_password: PasswordCheck | None = None,
+        trace: Trace = None,
+    ) -> AuthResult:
+        """Decide ``request``; exactly one audit event.  ``check_password`` binds a DN with a
+        password upstream (None where the front end has none to check).  ``trace`` collects
+        the steps (``otpgate test-auth``)."""
+        try:
+            result = await self._dispatch(request, check_password, trace)
+        except DirectoryUnavailable as exc:
+            result = AuthResult(False, f"directory unavailable: {exc}", unavailable=True)
+        except (CodecError, DirectoryError) as exc:
+            result = AuthResult(False, f"{type(exc).__name__}: {exc}")
+        self._record(request, result)
+        outcome = "accepted: " if result.ok else "rejected: "
+        _note(trace, "pipeline", result.ok, outcome + result.reason)
+        return result
+
+    def _record(self, request: AuthRequest, result: AuthResult) -> None:
+        challenge = (result.ok and result.needs_otp) or (
+            result.directory_code == SASL_BIND_IN_PROGRESS
+        )
+        outcome = "challenge" if challenge else ("accept" if result.ok else "reject")
+        reason = result.reason
+        if isinstance(request, PasswordStep):
+            reason = f"password step: {reason}"
+        if request.channel.name:
+            reason = f"{reason} ({request.channel.name})"
+        self.audit.record(
+            outcome=outcome,
+            front_end=request.channel.front_end,
+            user=request.name,
+            dn=result.dn,
+            client=request.client,
+            token=result.token_id,
+            reason=reason,
+        )
+
+    def _admission(self, request: AuthRequest) -> AuthResult | None:
+        """What is refused before anything is parsed, looked up or forwarded."""
+        limit = self.settings.policy.max_name_length
+        if len(request.name) > limit:
+            return _refused(f"name of {len(request.name)} characters (max_name_length {limit})")
+        channel = request.channel
+        if channel.require_tls and not channel.tls:
+            # RFC 4513 §5.1.2/§6.3.1: credentials on a plain connection are not looked at.
+            return AuthResult(False, "credentials without TLS (require_tls)", tls_required=True)
+        if isinstance(request, Appended | Separate | PasswordStep | FirstEnrollment) and not (
+            request.typed if isinstance(request, Appended) else request.password
+        ):
+            # An empty password is an unauthenticated bind: never looked up nor forwarded.
+            return _refused("empty password refused")
+        if isinstance(request, Proof) and request.kind not in channel.proofs:
+            return _refused(f"{request.kind.upper()} is not enabled for this client")
+        return None
+
+    async def _dispatch(
+        self, request: AuthRequest, check_password: PasswordCheck | None, trace: Trace
+    ) -> AuthResult:
+        refusal = self._admission(request)
+        if refusal is not None:
+            return refusal
+        if isinstance(request, Appended):
+            return await self._appended(request, check_password, trace)
+        if isinstance(request, Separate):
+            given = (request.password, request.code)
+            return await self._login(request, given, check_password, trace, request.require_otp)
+        if isinstance(request, CodeOnly):
+            return await self._login(request, ("", request.code), None, trace)
+        if isinstance(request, PasswordStep):
+            return await self._password_step(request, check_password)
+        if isinstance(request, Proof):
+            return await self._proof(request)
+        if isinstance(request, Sasl):
+            return await sasl_login(self.policy, self.store, request)
+        if isinstance(request, FirstEnrollment):
+            return await self._first_enrollment(request, check_password)
+        if isinstance(request, Unusable):
+            return _refused(request.why)
+        raise TypeError(f"not a login request: {request!r}")
+
+    # -- the prologue ------------------------------------------------------------------------
+
+    async def _prologue(
+        self,
+        request: Login,
+        trace: Trace = None,
+        *,
+        code_only: bool = False,
+        require_otp: bool = False,
+        fresh: bool = False,
+    ) -> _Ready:
+        """resolve -> policy -> fresh read if the cache could mislead -> decode -> expiry and
+        lockout.  ``code_only``: no password will be checked (an exempt DN cannot skip the
+        lookup); ``require_otp``: exemptions do not apply."""
+        policy = self.policy
         if (
-            not request.otp_only
-            and not request.require_otp
-            and self.policy.is_exempt(request.name)
-            and not self.policy.config.admin_groups
+            not code_only
+            and not require_otp
+            and policy.is_exempt(request.name)
+            and not policy.config.admin_groups
         ):
             # An exempt DN (service account, possibly no user entry at all): its password
             # bind is all there is; with admin groups configured it is looked up first.
             _note(trace, "policy", None, "exempt DN: its password alone, without a lookup")
             return _Ready(None, Decision(False, "exempt account"))
-        user = await self.store.resolve(request.name)
+        user = await self.store.resolve(request.name, fresh=fresh)
         now = self.clock.seconds()
         if user.expires_at is not None and user.expires_at <= now:
             # AD refuses the password bind of an expired account, but CHAP, MS-CHAPv2 and
-            # otp-only logins bind nothing: the account's state decides here for all.
+            # code-only logins bind nothing: the account's state decides here for all.
             return self._ready(trace, _Ready(user, Decision(True, "policy"), None, "expired"))
-        decision = self._decide(user, request)
+        decision = self._decide(user, request, require_otp)
         if not decision.needs_otp:
             return self._ready(trace, _Ready(user, decision))
         state = self.store.decode(user)
@@ -125,7 +215,7 @@ class Authenticator:
             # A refusal is made on what the directory holds now: a cached entry may predate
             # an enrollment or an unlock.
             user = await self.store.resolve(request.name, fresh=True)
-            decision = self._decide(user, request)
+            decision = self._decide(user, request, require_otp)
             if not decision.needs_otp:
                 return self._ready(trace, _Ready(user, decision))
             state = self.store.decode(user)
@@ -149,101 +239,37 @@ class Authenticator:
                 _note(trace, "lockout", not locked, "locked out" if locked else "not locked")
         return ready
 
-    def _decide(self, user: UserEntry, request: AuthRequest) -> Decision:
-        if request.require_otp:
+    def _decide(self, user: UserEntry, request: Login, require_otp: bool) -> Decision:
+        if require_otp:
             return Decision(True, "OTP required by the front end")
         return self.policy.decide(user.dn, user.groups, request.client)
 
-    async def _decided(
-        self,
-        request: AuthRequest,
-        body: Awaitable[R],
-        failed: Callable[[str, bool], R],
-        audit: Callable[[R], tuple[str, str, str | None, str | None]],
-    ) -> R:
-        """Run ``body``; any directory or data error becomes ``failed(reason, unavailable)``;
-        one audit event per request: ``audit(result)`` gives (outcome, reason, dn, token)."""
-        try:
-            result = await body
-        except DirectoryUnavailable as exc:
-            result = failed(f"directory unavailable: {exc}", True)
-        except (CodecError, DirectoryError) as exc:
-            result = failed(f"{type(exc).__name__}: {exc}", False)
-        outcome, reason, dn, token = audit(result)
-        self.audit.record(
-            outcome=outcome,
-            front_end=request.front_end,
-            user=request.name,
-            dn=dn,
-            client=request.client,
-            token=token,
-            reason=reason,
-        )
-        return result
+    # -- password + code, the code alone -----------------------------------------------------
 
-    @staticmethod
-    def _audit_result(result: AuthResult) -> tuple[str, str, str | None, str | None]:
-        return ("accept" if result.ok else "reject"), result.reason, result.dn, result.token_id
-
-    @staticmethod
-    def _failed(why: str, down: bool) -> AuthResult:
-        return AuthResult(False, why, unavailable=down)
-
-    # -- password + OTP, OTP alone ----------------------------------------------------------
-
-    async def authenticate(
-        self,
-        request: AuthRequest,
-        check_password: PasswordCheck | None,
-        *,
-        rebind: bool = False,
-        trace: Trace = None,
+    async def _appended(
+        self, request: Appended, check_password: PasswordCheck | None, trace: Trace
     ) -> AuthResult:
-        """The login.  ``rebind``: the front end lets a client repeat a login it just made
-        (LDAP applications that bind twice): with ``[ldap_proxy] bind_cache_seconds``, the
-        same password+code from the same client is accepted again for that long, its
-        password still checked upstream (see ``bindcache.py``)."""
-        body = self._authenticate(request, check_password, rebind, trace)
-        result = await self._decided(request, body, self._failed, self._audit_result)
-        outcome = "accepted: " if result.ok else "rejected: "
-        _note(trace, "pipeline", result.ok, outcome + result.reason)
-        return result
-
-    async def explain(
-        self, request: AuthRequest, check_password: PasswordCheck | None
-    ) -> tuple[AuthResult, list[Step]]:
-        """A real login (the code is spent, failures count), with the steps it went through."""
-        steps: list[Step] = []
-        return await self.authenticate(request, check_password, trace=steps), steps
-
-    async def _authenticate(
-        self,
-        request: AuthRequest,
-        check_password: PasswordCheck | None,
-        rebind: bool = False,
-        trace: Trace = None,
-    ) -> AuthResult:
-        cache = self.bind_cache if rebind else None
+        cache = self.bind_cache if request.rebind else None
         if cache is not None:
             cached = await self._cached_rebind(cache, request, check_password)
             if cached is not None:
                 return cached
-        result = await self._login(request, check_password, trace)
+        result = await self._login(request, request.typed, check_password, trace)
         if cache is not None and result.ok and result.dn and result.password_length is not None:
             now = self.clock.seconds()
             cache.remember(
-                request.name, request.client, request.secret, result.password_length, result.dn, now
+                request.name, request.client, request.typed, result.password_length, result.dn, now
             )
         return result
 
     async def _cached_rebind(
-        self, cache: BindCache, request: AuthRequest, check_password: PasswordCheck | None
+        self, cache: BindCache, request: Appended, check_password: PasswordCheck | None
     ) -> AuthResult | None:
         now = self.clock.seconds()
-        cached = cache.lookup(request.name, request.client, request.secret, now)
+        cached = cache.lookup(request.name, request.client, request.typed, now)
         if cached is None or check_password is None:
             return None
-        password = request.secret[: cached.password_length].encode()
+        password = request.typed[: cached.password_length].encode()
         code, _message = await check_password(cached.dn, password)
         if code == SUCCESS:
             return AuthResult(True, "bind cache", cached.dn, password_length=cached.password_length)
@@ -251,64 +277,74 @@ class Authenticator:
         return None
 
     async def _login(
-        self, request: AuthRequest, check_password: PasswordCheck | None, trace: Trace
+        self,
+        request: Appended | Separate | CodeOnly,
+        typed: Typed,
+        check_password: PasswordCheck | None,
+        trace: Trace,
+        require_otp: bool = False,
     ) -> AuthResult:
-        ready = await self._prologue(request, trace)
+        """``typed``: the secret as typed (Appended) or (password, code); ("", code) for a
+        code alone, whose password was checked elsewhere (nothing is bound here)."""
+        code_only = isinstance(request, CodeOnly)
+        ready = await self._prologue(request, trace, code_only=code_only, require_otp=require_otp)
         user, decision = ready.user, ready.decision
+        password = typed if isinstance(typed, str) else typed[0]
         if user is None:
-            return await self._password_only(request, check_password)
+            return await self._password_only(request.name, password, check_password)
         if not decision.needs_otp:
-            if request.otp_only:
+            if code_only:
                 return AuthResult(True, f"no OTP needed: {decision.reason}", user.dn)
             return await self._password(
-                user, request.secret, check_password, f"no OTP needed: {decision.reason}"
+                user, password, check_password, f"no OTP needed: {decision.reason}"
             )
         if ready.refusal is not None or ready.state is None:
-            return AuthResult(False, ready.refusal or "no state", user.dn)
-        now, config, entry_id = self.clock.seconds(), self.config, user.entry_id
-        secret, otp_only = request.secret, request.otp_only
+            return _refused(ready.refusal or "no state", user.dn)
+        now, settings, entry_id = self.clock.seconds(), self.settings, user.entry_id
         retransmission = self._retransmission(request)
 
         def change(state: OtpState) -> StateChange[Verdict]:
             pending = self.unrecorded.count(entry_id, now)
-            return verify_typed(state, secret, otp_only, now, config, pending, retransmission)
+            return verify_typed(state, typed, now, settings, pending, retransmission)
 
         verdict, user = await self._spend(user, change, now)
         if verdict.match is None:
             _note(trace, "otp", False, verdict.why)
-            return AuthResult(False, verdict.why, user.dn)
+            return _refused(verdict.why, user.dn)
         token_id = verdict.match.token.id
         again = verdict.why == RETRANSMISSION
         spent = f"{verdict.why} on another gateway" if again else "recorded as used"
         _note(trace, "otp", True, f"accepted for token {token_id}, {spent}")
         left = verdict.match.scratch_remaining
-        why = f"OTP accepted ({verdict.why})" if again else "OTP accepted"
-        if request.otp_only:
+        if code_only:
+            why = f"OTP accepted ({verdict.why})" if again else "OTP accepted"
             return AuthResult(
                 True, why, user.dn, token_id, scratch_remaining=left, retransmission=again
             )
         why = f"password+OTP accepted ({verdict.why})" if again else "password+OTP accepted"
         result = await self._password(
-            user, verdict.password, check_password, why, token_id, left, True
+            user, verdict.password, check_password, why, token_id, left, isinstance(typed, str)
         )
         if again and result.ok:
             result = replace(result, retransmission=True)
         _note(trace, "password", result.ok, "bound upstream" if result.ok else result.reason)
         return result
 
-    def _retransmission(self, request: AuthRequest) -> Retransmission | None:
-        """The request's identity for ``[radius] failover_replay_seconds`` (None: off, or a
-        request that has none)."""
-        window = self.config.radius.failover_replay_seconds
-        if request.retransmission is None or window <= 0:
+    def _retransmission(self, request: Login) -> Retransmission | None:
+        """The request's identity for ``failover_replay_seconds`` (None: off, or a request
+        that has none)."""
+        identity = getattr(request, "retransmission", None)
+        window = self.settings.failover_replay_seconds
+        if identity is None or window <= 0:
             return None
-        return Retransmission(request.retransmission, window)
+        return Retransmission(identity, window)
 
     async def _spend(
         self, user: UserEntry, change: Callable[[OtpState], StateChange[V]], now: float
     ) -> tuple[V, UserEntry]:
-        """The engine's compare-and-swap of ``change``; a failure whose write has an unknown
-        outcome (the connection died during the Modify) is kept as unrecorded."""
+        """The engine's compare-and-swap of ``change``: the one way a login writes state.  A
+        failure whose write has an unknown outcome (the connection died during the Modify)
+        is kept as unrecorded, and counts in the user's next decision on this gateway."""
         planned: list[StateChange[V]] = []
 
         def remembered(state: OtpState) -> StateChange[V]:
@@ -318,10 +354,8 @@ class Authenticator:
         try:
             result, user = await self.store.update(user, remembered)
         except DirectoryUnavailable:
-            last = planned[-1] if planned else None
-            if (last is not None and last.used is not None and last.used.failures != 0) or (
-                last is not None and last.used is not None and last.used.locked_until
-            ):
+            used = planned[-1].used if planned else None
+            if used is not None and (used.failures != 0 or used.locked_until):
                 self.unrecorded.add(user.entry_id, now)
             raise
         if planned and planned[-1].writes:
@@ -329,16 +363,14 @@ class Authenticator:
         return result, user
 
     async def _password_only(
-        self, request: AuthRequest, check_password: PasswordCheck | None
+        self, name: str, password: str, check_password: PasswordCheck | None
     ) -> AuthResult:
-        if check_password is None or not request.secret:
-            return AuthResult(False, "no password", request.name)
-        code, message = await check_password(request.name, request.secret.encode("utf-8"))
+        if check_password is None or not password:
+            return _refused("no password", name)
+        code, message = await check_password(name, password.encode("utf-8"))
         if code == SUCCESS:
-            return AuthResult(True, "exempt account: password accepted", request.name)
-        return AuthResult(
-            False, f"exempt account: bind refused ({code}) {message}".rstrip(), request.name
-        )
+            return AuthResult(True, "exempt account: password accepted", name)
+        return _refused(f"exempt account: bind refused ({code}) {message}".rstrip(), name)
 
     async def _password(
         self,
@@ -353,9 +385,9 @@ class Authenticator:
         """``typed``: the password was split off what the user typed (its length comes back,
         for the bind cache)."""
         if check_password is None:
-            return AuthResult(False, "no password check available", user.dn)
+            return _refused("no password check available", user.dn)
         if not password:
-            return AuthResult(False, "empty password refused", user.dn)
+            return _refused("empty password refused", user.dn)
         code, message = await check_password(user.dn, password.encode("utf-8"))
         if code == SUCCESS:
             length = len(password) if typed else None
@@ -364,120 +396,77 @@ class Authenticator:
         # AD puts the real reason (data 52e, 533, 701, 775, ...) in the diagnostic message.
         return AuthResult(False, f"{reason}: {message}".rstrip(": "), user.dn, token_id)
 
-    # -- RADIUS challenge mode: the first factor -----------------------------------------------
+    # -- the first step of a challenge --------------------------------------------------------
 
-    async def first_factor(
-        self, request: AuthRequest, check_password: PasswordCheck | None
-    ) -> FirstFactorResult:
-        """Step one of a challenge-mode login: the static password alone.
-
-        ``needs_otp`` False with ``ok`` True is a complete login (exempt, trusted
-        network, ...).  With ``needs_otp`` True the caller asks for the code and
-        finishes with ``authenticate(..., otp_only=True)``.  A locked-out user or
-        one without a token is refused before the password is tried.
-        """
-
-        def audit(result: FirstFactorResult) -> tuple[str, str, str | None, str | None]:
-            outcome = "reject"
-            if result.ok:
-                outcome = "challenge" if result.needs_otp else "accept"
-            return outcome, f"password step: {result.reason}", result.dn, None
-
-        return await self._decided(
-            request,
-            self._first_factor(request, check_password),
-            lambda why, down: FirstFactorResult(False, False, why, unavailable=down),
-            audit,
-        )
-
-    async def _first_factor(
-        self, request: AuthRequest, check_password: PasswordCheck | None
-    ) -> FirstFactorResult:
+    async def _password_step(
+        self, request: PasswordStep, check_password: PasswordCheck | None
+    ) -> AuthResult:
+        """``needs_otp`` False with ``ok``: a complete login (exempt, trusted network...).
+        With ``needs_otp`` the front end asks for the code and sends it as ``CodeOnly``.  A
+        locked-out user or one without a token is refused before the password is tried."""
         ready = await self._prologue(request)
         user, decision = ready.user, ready.decision
         if user is None:
-            done = await self._password_only(request, check_password)
-            return FirstFactorResult(done.ok, False, done.reason, done.dn)
+            return await self._password_only(request.name, request.password, check_password)
         if not decision.needs_otp:
             why = f"no OTP needed: {decision.reason}"
-            done = await self._password(user, request.secret, check_password, why)
-            return FirstFactorResult(done.ok, False, done.reason, user.dn)
+            return await self._password(user, request.password, check_password, why)
         if ready.refusal is not None:
-            return FirstFactorResult(False, True, ready.refusal, user.dn)
+            return _refused(ready.refusal, user.dn)
         why = "password accepted, OTP next"
-        done = await self._password(user, request.secret, check_password, why)
-        return FirstFactorResult(done.ok, True, done.reason, user.dn)
+        done = await self._password(user, request.password, check_password, why)
+        return replace(done, needs_otp=done.ok)
 
     # -- the portal: a first device with the password alone ------------------------------------
 
-    async def first_enrollment(
-        self, request: AuthRequest, check_password: PasswordCheck | None, allowed: bool
-    ) -> AuthResult:
-        """The password alone, for a user who has no token yet, where password-only enrollment
-        applies (``allowed``: ``Policy.password_only_enrollment``).  Success opens nothing but
-        the first enrollment.  A user who has a token is refused before the password is tried
-        (no password oracle without the second factor)."""
-        return await self._decided(
-            request,
-            self._first_enrollment(request, check_password, allowed),
-            self._failed,
-            self._audit_result,
-        )
-
     async def _first_enrollment(
-        self, request: AuthRequest, check_password: PasswordCheck | None, allowed: bool
+        self, request: FirstEnrollment, check_password: PasswordCheck | None
     ) -> AuthResult:
-        if not allowed:
-            return AuthResult(False, "no one-time code (password-only enrollment does not apply)")
-        user = await self.store.resolve(request.name, fresh=True)
-        if self.store.decode(user).tokens:
+        """Success opens nothing but the first enrollment.  A user who has a token, is locked
+        out or expired is refused before the password is tried (no password oracle without
+        the second factor)."""
+        settings = self.settings
+        if not password_only_enrollment(
+            request.network,
+            self.clock.seconds(),
+            settings.enrollment_networks,
+            settings.enrollment_until,
+        ):
+            return _refused("no one-time code (password-only enrollment does not apply)")
+        ready = await self._prologue(request, require_otp=True, fresh=True)
+        user = ready.user
+        if user is None:  # not reached: require_otp always looks the name up
+            return _refused("no entry")
+        if ready.refusal not in (None, "no token enrolled"):
+            return _refused(f"password-only enrollment: {ready.refusal}", user.dn)
+        if ready.state is not None and ready.state.tokens:
             why = "no one-time code, and the user has a token: a code is required"
-            return AuthResult(False, why, user.dn)
+            return _refused(why, user.dn)
         why = "password only, first enrollment"
-        result = await self._password(user, request.secret, check_password, why)
+        result = await self._password(user, request.password, check_password, why)
         return result if result.ok else replace(result, reason=f"{why}: {result.reason}")
 
     # -- OTP proofs (CHAP, MS-CHAPv2) ------------------------------------------------------------
 
-    async def authenticate_proof(
-        self, request: AuthRequest, proof: ProofCheck[P]
-    ) -> tuple[AuthResult, P | None]:
-        """An OTP-only login where the client sent a proof computed from the code, not the code.
-
-        ``proof`` is called with every code currently valid for the user's HOTP and
-        TOTP tokens (all of them, no early exit) and returns a value for the code
-        the client used.  The first such code is recorded as used exactly like a
-        typed one; its value comes back with the result.  ``request.secret`` is
-        not used.  A user who needs no OTP is refused: a proof can carry nothing
-        else to check.
-        """
-        found: list[P] = []
-        result = await self._decided(
-            request,
-            self._authenticate_proof(request, proof, found),
-            self._failed,
-            self._audit_result,
-        )
-        return result, (found[0] if result.ok and found else None)
-
-    async def _authenticate_proof(
-        self, request: AuthRequest, proof: ProofCheck[P], found: list[P]
-    ) -> AuthResult:
-        ready = await self._prologue(replace(request, otp_only=True))
+    async def _proof(self, request: Proof) -> AuthResult:
+        """The first code of the window whose proof matches is spent exactly like a typed
+        one; ``check``'s value for it comes back in ``AuthResult.proof``.  A user who needs
+        no OTP is refused: a proof can carry nothing else to check."""
+        ready = await self._prologue(request, code_only=True)
         user, decision = ready.user, ready.decision
         if user is None or not decision.needs_otp:
-            why = (
-                f"no OTP needed ({decision.reason}), and a {request.front_end} proof holds only one"
-            )
-            return AuthResult(False, why, user.dn if user else None)
+            kind = request.kind.upper()
+            why = f"no OTP needed ({decision.reason}), and a {kind} proof holds only one"
+            return _refused(why, user.dn if user else None)
         if ready.refusal is not None:
-            return AuthResult(False, ready.refusal, user.dn)
-        now = self.clock.seconds()
-        verdict, user = await self.store.update(
-            user, lambda s: verify_proof(s, proof, now, self.config)
-        )
-        match, value, why = verdict
+            return _refused(ready.refusal, user.dn)
+        now, settings, entry_id = self.clock.seconds(), self.settings, user.entry_id
+
+        def change(state: OtpState) -> StateChange[tuple[Any, Any, str]]:
+            pending = self.unrecorded.count(entry_id, now)
+            return verify_proof(state, request.check, now, settings, pending)
+
+        (match, value, why), user = await self._spend(user, change, now)
         if match is None or value is None:
-            return AuthResult(False, why, user.dn)
-        found.append(value)
-        return AuthResult(True, "OTP proof accepted", user.dn, match.token.id)
+            return _refused(why, user.dn)
+        return AuthResult(True, "OTP proof accepted", user.dn, match.token.id, proof=value)

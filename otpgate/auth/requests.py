@@ -1,37 +1,148 @@
-"""What front ends hand the pipeline, and what they get back (plain data)."""
+"""What front ends hand the pipeline, and what they get back (plain data).
+
+There is one door, ``Authenticator.login(request)``, and one request type per way a login
+can arrive.  A front end picks the type that says what it holds — it never glues a password
+and a code together for the pipeline to split again, and never decides a login itself.
+Every type names the user, the client address and the ``Channel`` it came through.
+
+A new way to log in (a trigger word that sends a code, an app password, a PIN) is a new
+type here and one branch in the pipeline's dispatch, behind the same prologue.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 PasswordCheck = Callable[[str, bytes], Awaitable[tuple[int, str]]]
 """(dn, password) -> (LDAP result code, diagnostic) of a simple bind upstream."""
 
 P = TypeVar("P")
 
-ProofCheck = Callable[[str], P | None]
-"""Called with one candidate code; a value if the client's proof was computed from that code."""
+ProofCheck = Callable[[str], Any]
+"""Called with one candidate code; a value (not None) if the client's proof was computed
+from that code."""
+
+ForwardBind = Callable[[], Awaitable[int]]
+"""Send the client's own SASL bind upstream; its result code (the proxy keeps the answer)."""
+WhoAmI = Callable[[], Awaitable[tuple[int, bytes]]]
+"""Ask Who Am I? upstream: (result code, authzId)."""
 
 
 @dataclass(frozen=True)
-class AuthRequest:
+class Channel:
+    """The way in a request came: the front end, the listener or NAS, and what it allows.
+    Facts of the front end's configuration; the pipeline draws the conclusions."""
+
+    front_end: str
+    """"ldap", "radius", "web", "test-auth"...: the audit's front_end."""
+    name: str = ""
+    """The NAS or listener (audit, and per-channel rules)."""
+    tls: bool = True
+    """The credentials came over TLS (or a transport that needs none)."""
+    require_tls: bool = False
+    """Credentials over a plain transport are refused (``require_tls_for_binds``)."""
+    proofs: frozenset[str] = frozenset()
+    """The proof kinds this channel accepts: "chap", "mschapv2"."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Login:
+    """What every request says: who, from where, through which channel."""
+
     name: str
-    secret: str = field(repr=False)
-    """What the user typed: password+OTP (append), password alone (exempt), or the OTP alone."""
-    client: str | None = None
-    front_end: str = ""
-    otp_only: bool = False
-    """The password was already checked by the caller (RADIUS otp-only / challenge step 2)."""
-    require_otp: bool = False
-    """Policy exemptions (exempt account, trusted network, not in a required group) do not
-    apply: an OTP must be verified, and a user without a token is refused."""
+    client: str | None
+    channel: Channel
+
+
+@dataclass(frozen=True, kw_only=True)
+class Appended(Login):
+    """What the user typed: the password followed by the code (LDAP bind, RADIUS append),
+    or the password alone where the policy needs no code."""
+
+    typed: str = field(repr=False)
+    rebind: bool = False
+    """The front end lets a client repeat a login it just made (LDAP applications that bind
+    twice): with ``bind_cache_seconds``, the same password+code from the same client is
+    accepted again for that long, its password still checked upstream."""
     retransmission: bytes | None = field(default=None, repr=False)
     """A keyed identity of this exact request (RADIUS: NAS address, Identifier and Request
-    Authenticator, HMAC'd with the NAS's secret).  With ``[radius] failover_replay_seconds``
-    an accept records it, so that another gateway answers the NAS's retransmission of this
+    Authenticator, HMAC'd with the NAS's secret).  With ``failover_replay_seconds`` an
+    accept records it, so that another gateway answers the NAS's retransmission of this
     same request instead of refusing its spent code (``auth/retransmit.py``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Separate(Login):
+    """Password and code in fields of their own (the portal, ``otpgate test-auth``).
+    ``require_otp``: exemptions do not apply and a code must be verified (the portal)."""
+
+    password: str = field(repr=False)
+    code: str = field(repr=False)
+    require_otp: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodeOnly(Login):
+    """The code alone: the password was checked by the NAS (RADIUS otp-only) or by the
+    first step of a challenge (``PasswordStep``)."""
+
+    code: str = field(repr=False)
+    retransmission: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PasswordStep(Login):
+    """The password alone, as the first step of a challenge (RADIUS challenge mode): a
+    result with ``needs_otp`` asks the front end for the code."""
+
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Proof(Login):
+    """A proof computed from the code (CHAP, MS-CHAPv2): ``check`` is called with every code
+    currently valid for the user's HOTP and TOTP tokens (all of them, no early exit)."""
+
+    kind: str
+    """"chap" or "mschapv2": the channel must allow it."""
+    check: ProofCheck = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sasl(Login):
+    """A SASL bind through the LDAP proxy: only for exempt accounts, and only if the
+    directory bound that very account (``auth/sasl.py``)."""
+
+    mechanism: str
+    forward: ForwardBind = field(repr=False)
+    who_am_i: WhoAmI = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FirstEnrollment(Login):
+    """The portal's password alone, for a user with no token yet, where password-only
+    enrollment applies (``[web] password_only_enrollment_*``)."""
+
+    password: str = field(repr=False)
+    network: str | None = None
+    """The client's address as the enrollment networks see it (None: one that grants
+    nothing, e.g. a balancer's own address)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unusable(Login):
+    """A request the front end could not translate into credentials (a User-Password that
+    is not text, an unknown or spent challenge State, a packet with no way to log in): the
+    pipeline refuses it and audits ``why``, like any other refusal."""
+
+    why: str
+
+
+AuthRequest = (
+    Appended | Separate | CodeOnly | PasswordStep | Proof | Sasl | FirstEnrollment | Unusable
+)
 
 
 @dataclass(frozen=True)
@@ -47,21 +158,21 @@ class AuthResult:
     """How many leading characters of the secret were the password (append mode)."""
     retransmission: bool = False
     """Accepted as a retransmission of a request another gateway accepted (nothing spent)."""
-
-
-@dataclass(frozen=True)
-class FirstFactorResult:
-    ok: bool
-    needs_otp: bool
-    """The password was right and an OTP must follow (RADIUS challenge mode)."""
-    reason: str
-    dn: str | None = None
-    unavailable: bool = False
+    needs_otp: bool = False
+    """``PasswordStep``: the password was right and a code must follow."""
+    tls_required: bool = False
+    """Refused because the channel needs TLS for credentials (LDAP: confidentialityRequired)."""
+    proof: Any = None
+    """``Proof``: what ``check`` returned for the code that was spent."""
+    directory_code: int | None = None
+    """``Sasl``: the directory's answer to the forwarded bind (None: not forwarded)."""
+    disconnect: bool = False
+    """``Sasl``: the upstream connection is bound as someone else: close it."""
 
 
 @dataclass(frozen=True)
 class Step:
-    """One step of a login as ``Authenticator.explain`` records it (``otpgate test-auth``)."""
+    """One step of a login as the pipeline records it (``otpgate test-auth``)."""
 
     name: str
     ok: bool | None

@@ -11,17 +11,17 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from otpgate.auth.policy import normalise_dn
-from otpgate.config import Config
+from otpgate.auth.settings import AuthSettings
 from otpgate.directory.state import UserEntry
 from otpgate.directory.store import OtpStore
+from otpgate.dn import normalise_dn
 from otpgate.errors import DirectoryError
 
 log = Logger()
 
 class Rights:
-    def __init__(self, config: Config, store: OtpStore, read_pool: Any) -> None:
-        self.config = config
+    def __init__(self, settings: AuthSettings, store: OtpStore, read_pool: Any) -> None:
+        self.settings = settings
         self.store = store
         self.read_pool = read_pool
 
@@ -35,7 +35,7 @@ class Rights:
 
     async def is_helpdesk(self, dn: str) -> bool:
         """A member of ``[web] helpdesk_groups`` now (False when it cannot be read)."""
-        groups = self.config.web.helpdesk_groups
+        groups = self.settings.helpdesk_groups
         if not groups:
             return False
         try:
@@ -54,9 +54,9 @@ class Rights:
         the answer is "protected" (fail closed)."""
         try:
             fresh = await self.store.resolve(dn, fresh=True)
-            if await self.member(fresh, self.config.policy.admin_groups):
+            if await self.member(fresh, self.settings.policy.admin_groups):
                 return "an administrator"
-            if await self.member(fresh, self.config.web.helpdesk_groups):
+            if await self.member(fresh, self.settings.helpdesk_groups):
                 return "a help-desk member"
         except DirectoryError as exc:
             log.warn("help desk: group check of {dn} failed: {error}", dn=dn, error=str(exc))

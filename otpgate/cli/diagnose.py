@@ -123,14 +123,21 @@ async def _walk(
     otp: str,
     step: Step,
 ) -> bool:
-    """The login of ``args.user`` through ``gateway``'s pipeline (``Authenticator.explain``:
-    the real steps it went through, not a copy of them); whether the pipeline accepted it."""
-    from otpgate.auth.pipeline import AuthRequest
+    """The login of ``args.user`` through ``gateway``'s pipeline (``Authenticator.login``
+    with a trace: the real steps it went through, not a copy of them); whether the pipeline
+    accepted it."""
+    from otpgate.auth.requests import Channel, Separate
+    from otpgate.auth.requests import Step as Done
 
-    delimiter = gateway.config.otp.otp_delimiter
-    secret = password + (delimiter if delimiter and otp else "") + otp
-    request = AuthRequest(args.user, secret, args.client, "test-auth")
-    result, steps = await gateway.authenticator.explain(request, gateway.check_password)
+    request = Separate(
+        name=args.user,
+        client=args.client,
+        channel=Channel("test-auth"),
+        password=password,
+        code=otp,
+    )
+    steps: list[Done] = []
+    result = await gateway.authenticator.login(request, gateway.check_password, trace=steps)
     for done in steps:
         step(done.name, done.ok, done.detail)
     return result.ok

@@ -32,8 +32,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from otpgate import ber
-from otpgate.auth.pipeline import AuthRequest
-from otpgate.auth.sasl import sasl_bind
+from otpgate.auth.requests import Appended, Channel, Sasl
+from otpgate.auth.sasl import SASL_BIND_IN_PROGRESS
 from otpgate.directory.connection import no_delay
 from otpgate.directory.ldapdata import (
     INVALID_CREDENTIALS,
@@ -329,16 +329,9 @@ class LdapProxyProtocol(protocol.Protocol):
             return
         self._drain()
 
-    def _audit(self, outcome: str, name: str, dn: str | None, reason: str) -> None:
-        self.factory.gateway.audit.record(
-            outcome=outcome,
-            front_end="ldap",
-            user=name,
-            dn=dn,
-            client=self.peer_host,
-            token=None,
-            reason=reason,
-        )
+    def _channel(self) -> Channel:
+        config = self.factory.config
+        return Channel("ldap", tls=self._tls, require_tls=config.require_tls_for_binds)
 
     async def _bind_and_reset(self, pdu: bytes, header: ber.Header) -> None:
         """A bind, then, if the proxy refused it on a connection bound upstream as someone,
@@ -370,18 +363,6 @@ class LdapProxyProtocol(protocol.Protocol):
             self._answer(mid, ber.BIND_RESPONSE, PROTOCOL_ERROR, b"only LDAPv3 is supported")
             return
         name = request.name.decode("utf-8", "replace")
-        credentials = request.simple is None or bool(request.simple)
-        if credentials and not self._tls and self.factory.config.require_tls_for_binds:
-            # RFC 4513 §5.1.2/§6.3.1: refuse before anything is verified or forwarded.
-            self.factory.count("bind_without_tls")
-            self._audit("reject", name, None, "bind without TLS (require_tls_for_binds)")
-            self._answer(
-                mid,
-                ber.BIND_RESPONSE,
-                CONFIDENTIALITY_REQUIRED,
-                b"TLS is required for binds: use StartTLS or LDAPS",
-            )
-            return
         if request.simple is None:
             await self._sasl_bind(pdu, mid, name, request.sasl_mechanism or b"")
             return
@@ -391,25 +372,31 @@ class LdapProxyProtocol(protocol.Protocol):
                 self._upstream_identity = False
                 self._write(answer[0])
             return
-        if not name or not request.simple:
-            # A name with an empty password is an unauthenticated bind: never forwarded.
-            self._answer(mid, ber.BIND_RESPONSE, INVALID_CREDENTIALS, INVALID)
-            return
         try:
             secret = request.simple.decode("utf-8")
         except UnicodeDecodeError:
-            self._answer(mid, ber.BIND_RESPONSE, INVALID_CREDENTIALS, INVALID)
-            return
+            secret = ""  # refused by the pipeline as a missing password, never forwarded
 
         async def check_password(dn: str, password: bytes) -> tuple[int, str]:
             return await self._upstream_bind(mid, dn.encode(), password)
 
-        result = await self.factory.gateway.authenticator.authenticate(
-            AuthRequest(name, secret, self.peer_host, "ldap"), check_password, rebind=True
+        # A name with an empty password is an unauthenticated bind (RFC 4513 §5.1.2): the
+        # pipeline refuses it, and it is never forwarded.
+        login = Appended(
+            name=name, client=self.peer_host, channel=self._channel(), typed=secret, rebind=True
         )
+        result = await self.factory.gateway.authenticator.login(login, check_password)
         if result.ok:
             self._bound = True
             self._answer(mid, ber.BIND_RESPONSE, SUCCESS)
+        elif result.tls_required:
+            self.factory.count("bind_without_tls")
+            self._answer(
+                mid,
+                ber.BIND_RESPONSE,
+                CONFIDENTIALITY_REQUIRED,
+                b"TLS is required for binds: use StartTLS or LDAPS",
+            )
         elif result.unavailable:
             self._answer(mid, ber.BIND_RESPONSE, UNAVAILABLE, b"directory unavailable")
         else:
@@ -454,16 +441,31 @@ class LdapProxyProtocol(protocol.Protocol):
                 return PROTOCOL_ERROR, b""
             return result.code, result.value or b""
 
-        mech = mechanism.decode("ascii", "replace")
-        request = AuthRequest(name, "", self.peer_host, "ldap")
-        done = await sasl_bind(self.factory.gateway.authenticator, request, mech, forward, who_am_i)
-        if done.result.ok:
+        login = Sasl(
+            name=name,
+            client=self.peer_host,
+            channel=self._channel(),
+            mechanism=mechanism.decode("ascii", "replace"),
+            forward=forward,
+            who_am_i=who_am_i,
+        )
+        done = await self.factory.gateway.authenticator.login(login)
+        in_progress = done.directory_code == SASL_BIND_IN_PROGRESS
+        if done.ok:
             self.factory.count("sasl_accepted")
             self._bound = self._upstream_identity = True
             self._write(response[0])
-        elif done.in_progress or (response and not done.disconnect):
+        elif done.tls_required:
+            self.factory.count("bind_without_tls")
+            self._answer(
+                mid,
+                ber.BIND_RESPONSE,
+                CONFIDENTIALITY_REQUIRED,
+                b"TLS is required for binds: use StartTLS or LDAPS",
+            )
+        elif in_progress or (response and not done.disconnect):
             self._write(response[0])  # a challenge, or the directory's own refusal
-        elif done.result.unavailable:
+        elif done.unavailable:
             self._answer(mid, ber.BIND_RESPONSE, UNAVAILABLE, b"directory unavailable")
         else:
             self.factory.count("sasl_refused")

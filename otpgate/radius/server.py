@@ -33,7 +33,17 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from otpgate.auth.pipeline import Authenticator, AuthRequest, AuthResult, PasswordCheck
+from otpgate.auth.pipeline import Authenticator
+from otpgate.auth.requests import (
+    Appended,
+    AuthResult,
+    Channel,
+    CodeOnly,
+    PasswordCheck,
+    PasswordStep,
+    Proof,
+    Unusable,
+)
 from otpgate.config import Config
 from otpgate.directory.pool import ServerPool
 from otpgate.radius.access import Chap, Login, MsChapV2, Pap, classify
@@ -135,17 +145,27 @@ class AccessHandler:
             return await self._chap(login, client, source)
         if isinstance(login, MsChapV2):
             return await self._mschapv2(request, login, client, source)
-        return self._refuse(login, client, source, login.why)
+        return await self._refuse(login, client, source, login.why)
 
-    def _refuse(self, login: Login, client: RadiusClient, source: str, why: str) -> Outcome:
-        self.authenticator.audit.record(
-            outcome="reject",
-            front_end=FRONT_END,
-            user=login.name,
-            dn=None,
-            client=source,
-            token=None,
-            reason=f"{why} (NAS {client.name or client.network})",
+    @staticmethod
+    def _channel(client: RadiusClient, front_end: str = FRONT_END) -> Channel:
+        proofs = frozenset(
+            kind
+            for kind, allowed in (("chap", client.allow_chap), ("mschapv2", client.allow_mschapv2))
+            if allowed
+        )
+        return Channel(front_end, name=client.name or str(client.network), proofs=proofs)
+
+    async def _refuse(self, login: Login, client: RadiusClient, source: str, why: str) -> Outcome:
+        """A request with nothing to log in with: the pipeline refuses and audits it."""
+        nas = client.name or client.network
+        await self.authenticator.login(
+            Unusable(
+                name=login.name,
+                client=source,
+                channel=self._channel(client),
+                why=f"{why} (NAS {nas})",
+            )
         )
         return REJECT
 
@@ -157,39 +177,47 @@ class AccessHandler:
                 login.hidden_password, client.secret, request.authenticator
             ).decode("utf-8")
         except (MalformedPacket, UnicodeDecodeError):
-            return self._refuse(login, client, source, "User-Password is not UTF-8 text")
+            return await self._refuse(login, client, source, "User-Password is not UTF-8 text")
         auth = self.authenticator
-        if client.mode in ("append", "otp-only"):
-            otp_only = client.mode == "otp-only"
-            identity = self._identity(request, client, source)
-            result = await auth.authenticate(
-                AuthRequest(
-                    login.name,
-                    secret,
-                    source,
-                    FRONT_END,
-                    otp_only=otp_only,
-                    retransmission=identity,
+        channel = self._channel(client)
+        if client.mode == "append":
+            result = await auth.login(
+                Appended(
+                    name=login.name,
+                    client=source,
+                    channel=channel,
+                    typed=secret,
+                    retransmission=self._identity(request, client, source),
                 ),
-                None if otp_only else self.check_password,
+                self.check_password,
             )
-            if result.ok and result.retransmission:
-                self.gateway.radius_counters.failover_retransmissions += 1
-            return self._finish(result)
+            return self._counted(result)
+        if client.mode == "otp-only":
+            result = await auth.login(
+                CodeOnly(
+                    name=login.name,
+                    client=source,
+                    channel=channel,
+                    code=secret,
+                    retransmission=self._identity(request, client, source),
+                )
+            )
+            return self._counted(result)
         # challenge mode
         now = self.clock.seconds()
         if login.state is not None:
             pending = self.challenges.take(login.state, login.name, source, now)
             if pending is None:
-                return self._refuse(login, client, source, "unknown, used or expired State")
-            result = await auth.authenticate(
-                AuthRequest(pending.dn, secret, source, FRONT_END, otp_only=True), None
+                return await self._refuse(login, client, source, "unknown, used or expired State")
+            result = await auth.login(
+                CodeOnly(name=pending.dn, client=source, channel=channel, code=secret)
             )
             if result.unavailable:  # an outage must not cost the user the State
                 self.challenges.restore(login.state, pending, self.clock.seconds())
             return self._finish(result)
-        first = await auth.first_factor(
-            AuthRequest(login.name, secret, source, FRONT_END), self.check_password
+        first = await auth.login(
+            PasswordStep(name=login.name, client=source, channel=channel, password=secret),
+            self.check_password,
         )
         if first.unavailable:
             return self._unavailable()
@@ -209,6 +237,11 @@ class AccessHandler:
             ),
         )
 
+    def _counted(self, result: AuthResult) -> Outcome:
+        if result.ok and result.retransmission:
+            self.gateway.radius_counters.failover_retransmissions += 1
+        return self._finish(result)
+
     def _identity(self, request: Request, client: RadiusClient, source: str) -> bytes | None:
         """This exact request, for ``failover_replay_seconds``: the NAS address, Identifier
         and Request Authenticator (what an identical retransmission repeats), keyed with the
@@ -219,26 +252,33 @@ class AccessHandler:
         return hmac.digest(client.secret, b"otpgate radius request v1\x00" + message, "sha256")
 
     async def _chap(self, login: Chap, client: RadiusClient, source: str) -> Outcome:
-        if not client.allow_chap:
-            return self._refuse(login, client, source, "CHAP is not enabled for this client")
-        result, _ = await self.authenticator.authenticate_proof(
-            AuthRequest(login.name, "", source, FRONT_END + "-chap"),
-            chap_proof(login.chap_password, login.challenge),
+        result = await self.authenticator.login(
+            Proof(
+                name=login.name,
+                client=source,
+                channel=self._channel(client, FRONT_END + "-chap"),
+                kind="chap",
+                check=chap_proof(login.chap_password, login.challenge),
+            )
         )
         return self._finish(result)
 
     async def _mschapv2(
         self, request: Request, login: MsChapV2, client: RadiusClient, source: str
     ) -> Outcome:
-        if not client.allow_mschapv2:
-            return self._refuse(login, client, source, "MS-CHAPv2 is not enabled for this client")
-        result, success = await self.authenticator.authenticate_proof(
-            AuthRequest(login.name, "", source, FRONT_END + "-mschapv2"),
-            mschap2_proof(login.raw_name, login.challenge, login.response),
+        result = await self.authenticator.login(
+            Proof(
+                name=login.name,
+                client=source,
+                channel=self._channel(client, FRONT_END + "-mschapv2"),
+                kind="mschapv2",
+                check=mschap2_proof(login.raw_name, login.challenge, login.response),
+            )
         )
         if result.unavailable:
             return self._unavailable()
-        if not result.ok or success is None:
+        success = result.proof
+        if not result.ok or not isinstance(success, MsChapV2Success):
             error = b"E=691 R=0 C=" + login.challenge.hex().upper().encode() + b" V=3 M=Denied"
             return Outcome(
                 ACCESS_REJECT, ((MS_CHAP_ERROR, bytes((login.response.ident,)) + error),)

@@ -76,7 +76,7 @@ class PortalBase(resource.Resource):
         self.metrics = metrics
         self.https = https
         self.inventory = inventory
-        self.rights = Rights(config, gateway.store, gateway.read_pool)
+        self.rights = Rights(gateway.authenticator.settings, gateway.store, gateway.read_pool)
         self.health = health_check(gateway, clock)
         self.sessions = SessionStore(
             self.web.session_idle_seconds, self.web.session_max_seconds, self.web.max_sessions

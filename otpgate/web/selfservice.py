@@ -10,8 +10,7 @@ import segno
 
 from otpgate.admin.enrollment import PolicyError, enroll_change, new_oath_token, otpauth_uri
 from otpgate.admin.manage import revoke_change, scratch_change
-from otpgate.auth.pipeline import AuthRequest
-from otpgate.auth.policy import normalise_dn, password_only_enrollment
+from otpgate.auth.requests import Channel, FirstEnrollment, Separate
 from otpgate.auth.verify import confirm_new_device
 from otpgate.directory.ldapdata import DirectoryError
 from otpgate.directory.state import (
@@ -19,11 +18,15 @@ from otpgate.directory.state import (
     StateChange,
     UserEntry,
 )
+from otpgate.dn import normalise_dn
 from otpgate.otp.scratch import format_for_print, generate_scratch_list
 from otpgate.tokens import TokenType
 from otpgate.web import render
 from otpgate.web.base import CODE_NEEDED, FAILED, PortalBase, Reply
 from otpgate.web.sessions import PendingEnrollment, Session
+
+WEB = Channel("web")
+"""The portal's way in: HTTPS (or loopback), its own rules on where it listens."""
 
 
 class SelfService(PortalBase):
@@ -89,10 +92,15 @@ class SelfService(PortalBase):
         gw = self.gateway
         if not otp:
             return await self._first_enrollment(name, password, client, network)
-        delimiter = self.config.otp.otp_delimiter
-        secret = password + (delimiter + otp if delimiter else otp)
-        request = AuthRequest(name, secret, client, "web", require_otp=True)
-        result = await gw.authenticator.authenticate(request, gw.check_password)
+        request = Separate(
+            name=name,
+            client=client,
+            channel=WEB,
+            password=password,
+            code=otp,
+            require_otp=True,
+        )
+        result = await gw.authenticator.login(request, gw.check_password)
         if not result.ok or result.dn is None or result.token_id is None:
             return None
         helpdesk = await self._is_helpdesk(result.dn)
@@ -102,17 +110,12 @@ class SelfService(PortalBase):
         self, name: str, password: str, client: str, network: str | None
     ) -> Session | None:
         """Password alone: an enroll-only session for a user with no token, where allowed
-        (``Authenticator.first_enrollment`` decides and audits)."""
+        (the pipeline decides and audits)."""
         gw = self.gateway
-        web = self.web
-        allowed = password_only_enrollment(
-            network,
-            self.now(),
-            web.password_only_enrollment_networks,
-            web.password_only_enrollment_until,
+        request = FirstEnrollment(
+            name=name, client=client, channel=WEB, password=password, network=network
         )
-        request = AuthRequest(name, password, client, "web")
-        result = await gw.authenticator.first_enrollment(request, gw.check_password, allowed)
+        result = await gw.authenticator.login(request, gw.check_password)
         if not result.ok or result.dn is None:
             return None
         return self.sessions.new(name, result.dn, self.now(), enroll_only=True)

@@ -16,7 +16,7 @@ def run_gateway(config_doc: dict[str, Any], name: str, key: bytes, races: int,
     read servers) instead of the code alone."""
     from twisted.internet import defer, reactor, threads
 
-    from otpgate.auth.pipeline import AuthRequest
+    from otpgate.auth.requests import Appended, Channel, CodeOnly
     from otpgate.config import parse_config
     from otpgate.otp.oath import hotp
     from otpgate.service import Gateway
@@ -32,11 +32,18 @@ def run_gateway(config_doc: dict[str, Any], name: str, key: bytes, races: int,
                 await threads.deferToThread(barrier.wait, 60)
                 code = hotp(key, counter)
                 if password is None:
-                    request = AuthRequest(name, code, "127.0.0.1", f"w{worker}", True)
-                    result = await gw.authenticator.authenticate(request, None)
+                    request = CodeOnly(
+                        name=name, client="127.0.0.1", channel=Channel(f"w{worker}"), code=code
+                    )
+                    result = await gw.authenticator.login(request)
                 else:
-                    request = AuthRequest(name, password + code, "127.0.0.1", f"w{worker}")
-                    result = await gw.authenticator.authenticate(request, gw.check_password)
+                    request = Appended(
+                        name=name,
+                        client="127.0.0.1",
+                        channel=Channel(f"w{worker}"),
+                        typed=password + code,
+                    )
+                    result = await gw.authenticator.login(request, gw.check_password)
                 outcomes.append((counter, result.ok, result.reason))
         finally:
             gw.close()

@@ -370,7 +370,7 @@ async def test_state_container_delegation_is_all_an_unprivileged_account_needs(
     from twisted.internet import reactor
 
     from otpgate.admin.enrollment import enroll_change, new_oath_token
-    from otpgate.auth.pipeline import AuthRequest
+    from tests.logins import appended
     from otpgate.config import parse_config
     from otpgate.otp.oath import hotp
     from otpgate.service import Gateway
@@ -416,8 +416,8 @@ async def test_state_container_delegation_is_all_an_unprivileged_account_needs(
         await gateway.store.update(user, lambda s: enroll_change(s, token, secret, 5))
         outcomes = []
         for code in (hotp(key, 0), hotp(key, 0), hotp(key, 1)):
-            result = await gateway.authenticator.authenticate(
-                AuthRequest(site.alice.upn, site.alice.password + code, "127.0.0.1", "test"),
+            result = await gateway.authenticator.login(
+                appended(site.alice.upn, site.alice.password + code, "127.0.0.1", "test"),
                 gateway.check_password,
             )
             outcomes.append((result.ok, result.reason))

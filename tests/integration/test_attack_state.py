@@ -20,7 +20,9 @@ user write their own entry (``acl="self-write"``). Every bind is a real client.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ import ldap3
 import pytest
 import pytest_twisted
 
-from otpgate.auth.pipeline import AuthRequest
+from tests.logins import appended, first_enrollment
 from otpgate.directory.state import INITIAL_USED
 from otpgate.otp.oath import hotp
 from otpgate.otp.scratch import generate_scratch_list
@@ -122,8 +124,8 @@ async def test_forged_plain_token_opens_nothing(site, tmp_path, layout):
             attacker.unbind()
         assert await proxy.ldap3_bind(dn, PW + codes[0]) == (False, 49)
         for front_end in ("radius", "web"):
-            result = await proxy.gateway.authenticator.authenticate(
-                AuthRequest(name, PW + codes[1], "127.0.0.1", front_end),
+            result = await proxy.gateway.authenticator.login(
+                appended(name, PW + codes[1], "127.0.0.1", front_end),
                 proxy.gateway.check_password,
             )
             assert not result.ok, result
@@ -260,9 +262,11 @@ async def test_switching_to_the_container_fails_closed_until_migrated(site, tmp_
     try:
         assert await proxy.ldap3_bind(dn, PW + hotp(key, 1)) == (False, 49)
         gw = proxy.gateway
-        first = await gw.authenticator.first_enrollment(
-            AuthRequest(name, PW, "127.0.0.1", "web"), gw.check_password, allowed=True
-        )
+        # password-only enrollment open to all (a rollout window): the unmigrated state
+        # still refuses it
+        auth = gw.authenticator
+        auth.settings = dataclasses.replace(auth.settings, enrollment_until=time.time() + 600)
+        first = await auth.login(first_enrollment(name, PW), gw.check_password)
         assert not first.ok and "migrate-state" in first.reason
         config = write_config(tmp_path / "migrate.toml", {
             "directory": site.directory_section(**container(site)),

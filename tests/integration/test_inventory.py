@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from otpgate.admin.inventory import assign_token
-from otpgate.auth.pipeline import AuthRequest
+from tests.logins import code_only
 from otpgate.directory.inventory import InventoryError
 from otpgate.directory.store import InventoryStore
 from otpgate.otp.oath import hotp
@@ -61,8 +61,8 @@ async def test_inventory_add_list_assign_delete(backend):
         assert [t.serial for t in state.tokens] == [serial]
         assert serial not in [i.serial for i in await inventory.list()]
         key = keys[serial]
-        result = await gw.authenticator.authenticate(
-            AuthRequest(name, hotp(key, 0), None, "test", otp_only=True), None)
+        result = await gw.authenticator.login(
+            code_only(name, hotp(key, 0), None, "test"))
         assert result.ok, result.reason
 
         # assigning to a user who does not exist leaves the token in the inventory

@@ -27,7 +27,7 @@ import pytest
 import pytest_twisted
 from twisted.logger import globalLogPublisher
 
-from otpgate.auth.requests import AuthRequest
+from tests.logins import appended
 from otpgate.otp.oath import hotp
 from otpgate.vault import keygen
 from tests.integration.backends import USER_PASSWORD, Backend
@@ -145,8 +145,8 @@ async def test_unpinned_multi_provider_refuses_otp_logins_not_exempt_binds(
             ok, code = await proxy.ldap3_bind(dn, USER_PASSWORD + hotp(key, counter))
             assert (ok, code) == (False, 52)
         assert guard.refusing and len(said) == 1  # one log line, not one per login
-        request = AuthRequest(name, USER_PASSWORD + hotp(key, 0), "127.0.0.1", "test")
-        result = await proxy.gateway.authenticator.authenticate(
+        request = appended(name, USER_PASSWORD + hotp(key, 0), "127.0.0.1", "test")
+        result = await proxy.gateway.authenticator.login(
             request, proxy.gateway.check_password)
         assert result.unavailable and "multi-provider" in result.reason
         assert "write_url" in result.reason

@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from otpgate.admin.enrollment import enroll_change, new_oath_token
-from otpgate.auth.pipeline import AuthRequest
+from tests.logins import code_only
 from otpgate.config import parse_config
 from otpgate.otp.oath import hotp
 from otpgate.service import Gateway
@@ -39,8 +39,8 @@ async def test_slapd_restart_mid_run(tmp_path):
         await gw.store.update(user, lambda s: enroll_change(s, token, secret, 5))
 
         def ask(counter):
-            return gw.authenticator.authenticate(
-                AuthRequest("restart", hotp(key, counter), None, "test", otp_only=True), None)
+            return gw.authenticator.login(
+                code_only("restart", hotp(key, counter), None, "test"))
 
         accepted = []
         for counter in range(10):

@@ -12,7 +12,7 @@ from twisted.internet import reactor
 
 from otpgate.admin.enrollment import enroll_change, new_oath_token
 from otpgate.auth.lockout import unlock
-from otpgate.auth.pipeline import AuthRequest
+from tests.logins import appended, code_only
 from otpgate.codec import CodecError, Syntax
 from otpgate.directory.state import AmbiguousUser, StateChange, UserNotFound
 from otpgate.otp.oath import hotp
@@ -38,7 +38,7 @@ async def enroll(gw, name, kind=TokenType.HOTP, key=None, label="", replace=True
 
 
 def otp_only(name, code):
-    return AuthRequest(name, code, "127.0.0.1", "test", otp_only=True)
+    return code_only(name, code, "127.0.0.1", "test")
 
 
 def format_sets(backend):
@@ -86,7 +86,7 @@ async def test_ad_attributes_hold_only_ciphertext_for_ldapsearch(request, tmp_pa
         name, dn = backend.new_user("ldapsearch")
         _token, secret = await enroll(gw, name, TokenType.TOTP)
         user = await gw.store.resolve(name)
-        result = await gw.authenticator.authenticate(
+        result = await gw.authenticator.login(
             otp_only(name, "000000"), None)  # a failure writes wWWHomePage too
         assert not result.ok and user.dn == dn
     finally:
@@ -150,7 +150,7 @@ async def test_hotp_accept_replay_lockout_unlock(backend):
         name, _dn = backend.new_user("flow")
         key = os.urandom(20)
         await enroll(gw, name, TokenType.HOTP, key=key)
-        auth = gw.authenticator.authenticate
+        auth = gw.authenticator.login
         assert (await auth(otp_only(name, hotp(key, 0)), None)).ok
         assert not (await auth(otp_only(name, hotp(key, 0)), None)).ok  # replay
         assert (await auth(otp_only(name, hotp(key, 5)), None)).ok  # within look-ahead
@@ -164,13 +164,13 @@ async def test_hotp_accept_replay_lockout_unlock(backend):
         await gw.store.update(user, lambda s: StateChange(None, used=unlock(s.used)))
         assert (await auth(otp_only(name, hotp(key, 6)), None)).ok
         # right code, wrong password: refused, and the code is spent
-        wrong = await auth(AuthRequest(name, "bad-password" + hotp(key, 7), None, "test"),
+        wrong = await auth(appended(name, "bad-password" + hotp(key, 7), None, "test"),
                            gw.check_password)
         assert not wrong.ok and wrong.reason.startswith("wrong password")
-        good = await auth(AuthRequest(name, USER_PASSWORD + hotp(key, 8), None, "test"),
+        good = await auth(appended(name, USER_PASSWORD + hotp(key, 8), None, "test"),
                           gw.check_password)
         assert good.ok, good.reason
-        assert not (await auth(AuthRequest(name, USER_PASSWORD + hotp(key, 7), None, "test"),
+        assert not (await auth(appended(name, USER_PASSWORD + hotp(key, 7), None, "test"),
                                gw.check_password)).ok
     finally:
         gw.close()
@@ -216,7 +216,7 @@ async def test_ciphertext_copied_to_another_entry_is_rejected(backend):
             admin.unbind()
         with pytest.raises(CodecError, match="copied from another entry"):
             gw.store.decode(await gw.store.resolve(name_b, fresh=True))
-        result = await gw.authenticator.authenticate(otp_only(name_b, hotp(key, 0)), None)
+        result = await gw.authenticator.login(otp_only(name_b, hotp(key, 0)), None)
         assert not result.ok and "CodecError" in result.reason
     finally:
         gw.close()
@@ -228,7 +228,7 @@ async def test_directory_down_fails_closed(backend):
 
     gw = gateway(backend, {"urls": [f"ldap://127.0.0.1:{free_port()}"], "start_tls": False})
     try:
-        result = await gw.authenticator.authenticate(otp_only("anyone", "123456"), None)
+        result = await gw.authenticator.login(otp_only("anyone", "123456"), None)
         assert not result.ok and result.unavailable
         assert gw.directory_stats.errors["connect"] >= 1
     finally:
@@ -247,7 +247,7 @@ async def test_multi_valued_used_is_merged_monotonically(request, tmp_path_facto
         name, dn = backend.new_user("multi")
         key = os.urandom(20)
         await enroll(gw, name, key=key)
-        assert (await gw.authenticator.authenticate(otp_only(name, hotp(key, 4)), None)).ok
+        assert (await gw.authenticator.login(otp_only(name, hotp(key, 4)), None)).ok
         used_attr = gw.config.directory.used.spec.name
         admin = backend.admin()
         try:
@@ -255,8 +255,8 @@ async def test_multi_valued_used_is_merged_monotonically(request, tmp_path_facto
         finally:
             admin.unbind()
         assert len(backend.raw_values(dn, used_attr)) == 2
-        assert not (await gw.authenticator.authenticate(otp_only(name, hotp(key, 4)), None)).ok
-        assert (await gw.authenticator.authenticate(otp_only(name, hotp(key, 5)), None)).ok
+        assert not (await gw.authenticator.login(otp_only(name, hotp(key, 4)), None)).ok
+        assert (await gw.authenticator.login(otp_only(name, hotp(key, 5)), None)).ok
         assert len(backend.raw_values(dn, used_attr)) == 1  # repaired by the CAS write
     finally:
         gw.close()
@@ -271,10 +271,10 @@ async def test_stale_cached_entry_costs_one_counted_cas_retry(backend):
         name, _dn = backend.new_user("stale")
         key = os.urandom(20)
         await enroll(first, name, key=key)
-        assert (await first.authenticator.authenticate(otp_only(name, hotp(key, 0)), None)).ok
-        assert (await second.authenticator.authenticate(otp_only(name, hotp(key, 1)), None)).ok
+        assert (await first.authenticator.login(otp_only(name, hotp(key, 0)), None)).ok
+        assert (await second.authenticator.login(otp_only(name, hotp(key, 1)), None)).ok
         assert first.directory_stats.cas_conflicts == 0
-        assert (await first.authenticator.authenticate(otp_only(name, hotp(key, 2)), None)).ok
+        assert (await first.authenticator.login(otp_only(name, hotp(key, 2)), None)).ok
         stats = first.directory_stats
         assert stats.cas_conflicts == 1
         # initialise + enroll, the first login, then the lost CAS write and its retry
@@ -299,13 +299,13 @@ async def test_code_spent_elsewhere_is_refused_from_a_cached_entry(backend):
         name, _dn = backend.new_user("spentelsewhere")
         key = os.urandom(20)
         await enroll(first, name, key=key)
-        assert (await first.authenticator.authenticate(otp_only(name, hotp(key, 0)), None)).ok
-        assert (await second.authenticator.authenticate(otp_only(name, hotp(key, 1)), None)).ok
-        replayed = await first.authenticator.authenticate(otp_only(name, hotp(key, 1)), None)
+        assert (await first.authenticator.login(otp_only(name, hotp(key, 0)), None)).ok
+        assert (await second.authenticator.login(otp_only(name, hotp(key, 1)), None)).ok
+        replayed = await first.authenticator.login(otp_only(name, hotp(key, 1)), None)
         assert not replayed.ok, replayed
         assert first.directory_stats.cas_conflicts == 1
-        assert (await first.authenticator.authenticate(otp_only(name, hotp(key, 2)), None)).ok
-        assert not (await second.authenticator.authenticate(otp_only(name, hotp(key, 2)), None)).ok
+        assert (await first.authenticator.login(otp_only(name, hotp(key, 2)), None)).ok
+        assert not (await second.authenticator.login(otp_only(name, hotp(key, 2)), None)).ok
     finally:
         first.close()
         second.close()
@@ -325,7 +325,7 @@ async def test_disabled_and_expired_ad_accounts_get_no_code_only_login(request, 
             name, dn = backend.new_user(change)
             key = os.urandom(20)
             await enroll(gw, name, key=key)
-            assert (await gw.authenticator.authenticate(otp_only(name, hotp(key, 0)), None)).ok
+            assert (await gw.authenticator.login(otp_only(name, hotp(key, 0)), None)).ok
             admin = backend.admin()
             try:
                 if change == "disable":
@@ -339,7 +339,7 @@ async def test_disabled_and_expired_ad_accounts_get_no_code_only_login(request, 
                 assert admin.modify(dn, {attribute: [("MODIFY_REPLACE", [value])]}), admin.result
             finally:
                 admin.unbind()
-            result = await gw.authenticator.authenticate(otp_only(name, hotp(key, 1)), None)
+            result = await gw.authenticator.login(otp_only(name, hotp(key, 1)), None)
             assert not result.ok, (change, result)
             assert ("expired" in result.reason) if change == "expire" else (
                 "UserNotFound" in result.reason), result.reason

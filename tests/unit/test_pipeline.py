@@ -24,13 +24,14 @@ from twisted.internet.task import Clock
 from otpgate.admin.enrollment import enroll_change, new_oath_token
 from otpgate.admin.manage import scratch_change
 from otpgate.audit import AuditTrail
-from otpgate.auth.pipeline import AuthRequest, Authenticator
-from otpgate.config import Config, parse_config
+from otpgate.auth.pipeline import Authenticator
+from otpgate.config import Config, auth_settings, parse_config
 from otpgate.otp.oath import Algorithm, hotp, totp
 from otpgate.otp.scratch import generate_scratch_list
 from otpgate.otp.yubico import modhex_encode
 from otpgate.tokens import Secret, Token, TokenType
 from otpgate.vault import Keyring
+from tests.logins import appended, code_only, password_step, proof, separate
 from tests.unit.memdir import MemoryDirectory, MemoryStore
 
 PW = "correct horse"
@@ -63,7 +64,9 @@ class World:
         self.clock.advance(START)
         self.directory = directory or MemoryDirectory()
         self.store = MemoryStore(cfg, KEYRING, self.directory, self.clock)
-        self.auth = Authenticator(cfg, self.store, self.clock, AuditTrail(cfg.logging, self.clock))
+        self.auth = Authenticator(
+            auth_settings(cfg), self.store, self.clock, AuditTrail(cfg.logging, self.clock)
+        )
 
     def other_gateway(self) -> World:
         """A second gateway on the same directory (its own entry cache)."""
@@ -91,8 +94,11 @@ class World:
         return secret.key
 
     async def login(self, name: str, secret: str, client: str = "192.0.2.7", **kw: Any) -> Any:
-        request = AuthRequest(name, secret, client, "test", **kw)
-        return await self.auth.authenticate(request, self.directory.check_password)
+        if kw.pop("require_otp", False):  # the portal: password and code apart, code required
+            request: Any = separate(name, secret, "", client, require_otp=True)
+        else:
+            request = appended(name, secret, client, **kw)
+        return await self.auth.login(request, self.directory.check_password)
 
 
 @pytest.fixture(params=["user", "container"])
@@ -246,18 +252,16 @@ async def test_challenge_first_factor_sees_a_fresh_enrollment(world: World) -> N
     """RADIUS challenge mode: a user cached without a token, then enrolled by another
     gateway, gets the challenge (the prologue re-reads a cached entry with no token)."""
     other = world.other_gateway()
-    first = await world.auth.first_factor(
-        AuthRequest("alice", PW, "192.0.2.1", "radius"), world.directory.check_password
+    first = await world.auth.login(
+        password_step("alice", PW, "192.0.2.1"), world.directory.check_password
     )
     assert not first.ok and first.reason == "no token enrolled"  # and now cached
     key = await other.oath("alice")
-    first = await world.auth.first_factor(
-        AuthRequest("alice", PW, "192.0.2.1", "radius"), world.directory.check_password
+    first = await world.auth.login(
+        password_step("alice", PW, "192.0.2.1"), world.directory.check_password
     )
     assert first.ok and first.needs_otp, first
-    second = await world.auth.authenticate(
-        AuthRequest(first.dn or "", hotp(key, 0), "192.0.2.1", "radius", otp_only=True), None
-    )
+    second = await world.auth.login(code_only(first.dn or "", hotp(key, 0), "192.0.2.1"))
     assert second.ok
 
 
@@ -267,23 +271,19 @@ async def test_proofs_try_every_code_of_the_window(world: World) -> None:
     wanted = hotp(key, 2)
     seen: list[str] = []
 
-    def proof(code: str) -> str | None:
+    def check(code: str) -> str | None:
         seen.append(code)
         return "ok" if code == wanted else None
 
-    result, value = await world.auth.authenticate_proof(
-        AuthRequest("alice", "", "192.0.2.1", "radius-chap"), proof
-    )
-    assert result.ok and value == "ok"
+    result = await world.auth.login(proof("alice", "chap", check, "192.0.2.1"))
+    assert result.ok and result.proof == "ok"
     assert len(seen) == world.config.otp.hotp_look_ahead + 1  # no early exit
-    again, _ = await world.auth.authenticate_proof(
-        AuthRequest("alice", "", "192.0.2.1", "radius-chap"), proof
-    )
+    again = await world.auth.login(proof("alice", "chap", check, "192.0.2.1"))
     assert not again.ok and again.reason == "proof of an OTP already used"
 
 
 def test_requests_never_show_their_secret() -> None:
-    request = AuthRequest("alice", PW + "123456", "192.0.2.1", "test")
+    request = appended("alice", PW + "123456", "192.0.2.1")
     assert PW not in repr(request) and "123456" not in repr(request)
 
 

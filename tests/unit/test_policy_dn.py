@@ -2,7 +2,8 @@
 
 import ipaddress
 
-from otpgate.auth.policy import Policy, dn_key, normalise_dn
+from otpgate.auth.policy import Policy
+from otpgate.dn import dn_key, normalise_dn
 from otpgate.config import PolicyConfig
 
 
@@ -47,9 +48,9 @@ def test_policy_order():
 
 
 def test_long_names_are_answered_but_never_memoised() -> None:
-    """Red team (review): a bind name can be 256 KiB; memoising such names let anyone who can
+    """A bind name can be 256 KiB; memoising such names let anyone who can
     send binds pin gigabytes in the DN and exemption caches."""
-    from otpgate.auth import policy as module
+    from otpgate import dn as module
 
     p = Policy(PolicyConfig(exempt_subtrees=("ou=Service Accounts,dc=example,dc=org",)))
     before = (module._dn_key_memo.cache_info().currsize, p._exempt_memo.cache_info().currsize)
@@ -61,3 +62,33 @@ def test_long_names_are_answered_but_never_memoised() -> None:
     assert after == before
     assert p.is_exempt("cn=jenkins,ou=Service Accounts,dc=example,dc=org")
     assert p._exempt_memo.cache_info().currsize == before[1] + 1
+
+
+def test_dn_parsing_is_linear_on_escaped_commas() -> None:
+    """``cn=`` + 100,000 x ``\\,`` (a 200-KB bind name) cost ldap3's parser 3 s of the
+    reactor; parsing is one pass now: ten times the name costs about ten times the work,
+    measured against the parser's own time on a short name, not a wall-clock budget."""
+    import time
+
+    from otpgate.dn import _dn_key
+
+    def cost(n: int) -> float:
+        name = "cn=" + "\\," * n + ",ou=Service Accounts,dc=example,dc=org"
+        best = float("inf")
+        for _ in range(3):
+            start = time.process_time()
+            assert _dn_key(name) is not None
+            best = min(best, time.process_time() - start)
+        return best
+
+    small, large = cost(10_000), cost(100_000)
+    assert large < 30 * small, (small, large)  # quadratic would be ~100x
+
+
+def test_dn_key_agrees_with_the_rfc_4514_forms() -> None:
+    assert dn_key("cn=a\\2Cb,dc=x") == dn_key("CN=a\\,b, DC=X") == ("cn=a\\,b", "dc=x")
+    assert dn_key("cn=#04024869,dc=x") == ("cn=#04024869", "dc=x")
+    assert dn_key("cn=caf\\C3\\A9,dc=x") == ("cn=café", "dc=x")
+    assert dn_key("1.3.6.1.4.1.1466.0=x,dc=y") == ("1.3.6.1.4.1.1466.0=x", "dc=y")
+    for bad in ("", "cn", "=x", "cn=a,", "cn=a\\", "cn=a=b", "cn=#zz,dc=x", "cn=a,,dc=x"):
+        assert dn_key(bad) is None, bad

@@ -22,7 +22,7 @@ from twisted.internet.testing import StringTransport
 
 from otpgate import ber
 from otpgate.auth.pipeline import Authenticator, AuthResult
-from otpgate.config import parse_config
+from otpgate.config import auth_settings, parse_config
 from otpgate.directory.connection import LdapClientProtocol, LdapConnection, TlsSettings
 from otpgate.directory.ldapdata import DirectoryUnavailable, LdapUrl
 from otpgate.ldapproxy.factory import ProxyFactory
@@ -55,9 +55,9 @@ class RecordingAuthenticator(Authenticator):
         super().__init__(*args)
         self.names: list[str] = []
 
-    async def authenticate(self, request: Any, check_password: Any, **kw: Any) -> AuthResult:
+    async def login(self, request: Any, check_password: Any = None, trace: Any = None) -> AuthResult:
         self.names.append(request.name)
-        return await super().authenticate(request, check_password, **kw)
+        return await super().login(request, check_password, trace)
 
 
 def _entry(directory: MemoryDirectory, dn: str, uid: str) -> None:
@@ -93,7 +93,7 @@ class FakeGateway:
         _entry(self.directory, ALICE, "alice")
         self.store = MemoryStore(self.config, KEYRING, self.directory, self.reactor)
         self.authenticator = RecordingAuthenticator(
-            self.config, self.store, self.reactor, self.audit
+            auth_settings(self.config), self.store, self.reactor, self.audit
         )
 
 

@@ -15,7 +15,14 @@ from pyrad.dictionary import Dictionary
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from otpgate.auth.pipeline import AuthResult, FirstFactorResult
+from otpgate.auth.requests import (
+    Appended,
+    AuthResult,
+    CodeOnly,
+    PasswordStep,
+    Proof,
+    Unusable,
+)
 from otpgate.config import parse_config
 from otpgate.radius.chap import MsChapV2Response, generate_nt_response, mppe_keys, nt_password_hash
 from otpgate.radius.packet import (
@@ -46,13 +53,18 @@ class FakeAudit:
 
 
 class FakeAuthenticator:
-    """Stands in for otpgate.auth.pipeline.Authenticator; records what it was asked."""
+    """Stands in for otpgate.auth.pipeline.Authenticator; records what it was asked.  Like
+    the real door, it refuses and audits (without a login) what needs no directory: an
+    unusable request, a proof kind the channel does not allow."""
+
+    KINDS = {Appended: "authenticate", CodeOnly: "authenticate", PasswordStep: "first_factor",
+             Proof: "proof"}
 
     def __init__(self) -> None:
         self.audit = FakeAudit()
         self.calls: list[tuple[str, object]] = []
         self.result = AuthResult(True, "ok", "uid=alice,dc=x", "t1")
-        self.first = FirstFactorResult(True, True, "password ok", "uid=alice,dc=x")
+        self.first = AuthResult(True, "password ok", "uid=alice,dc=x", needs_otp=True)
         self.gate: defer.Deferred | None = None
         self.proof_code = "123456"
 
@@ -60,26 +72,29 @@ class FakeAuthenticator:
         if self.gate is not None:
             await self.gate
 
-    async def authenticate(self, request, check_password):
-        self.calls.append(("authenticate", request))
-        await self._wait()
-        return self.result
+    def _refused(self, request, why):
+        self.audit.record(outcome="reject", front_end=request.channel.front_end,
+                          user=request.name, dn=None, client=request.client, token=None,
+                          reason=why)
+        return AuthResult(False, why)
 
-    async def first_factor(self, request, check_password):
-        self.calls.append(("first_factor", request))
+    async def login(self, request, check_password=None, trace=None):
+        if isinstance(request, Unusable):
+            return self._refused(request, request.why)
+        if isinstance(request, Proof) and request.kind not in request.channel.proofs:
+            return self._refused(request, f"{request.kind.upper()} is not enabled for this client")
+        self.calls.append((self.KINDS[type(request)], request))
+        if isinstance(request, Proof):
+            value = None
+            for code in ("000000", self.proof_code, "999999"):
+                found = request.check(code)
+                if found is not None and value is None:
+                    value = found
+            if value is None:
+                return AuthResult(False, "no match", "uid=alice,dc=x")
+            return AuthResult(True, "ok", "uid=alice,dc=x", "t1", proof=value)
         await self._wait()
-        return self.first
-
-    async def authenticate_proof(self, request, proof):
-        self.calls.append(("proof", request))
-        value = None
-        for code in ("000000", self.proof_code, "999999"):
-            found = proof(code)
-            if found is not None and value is None:
-                value = found
-        if value is None:
-            return AuthResult(False, "no match", "uid=alice,dc=x"), None
-        return AuthResult(True, "ok", "uid=alice,dc=x", "t1"), value
+        return self.first if isinstance(request, PasswordStep) else self.result
 
 
 def make_server(clients=None, **radius):
@@ -142,8 +157,8 @@ def test_append_accept_and_counters():
     assert len(sent) == 1 and sent[0][1] == NAS
     assert decode(pkt, sent[0][0]).code == ACCESS_ACCEPT
     (kind, req), = auth.calls
-    assert kind == "authenticate" and req.secret == "pw123456" and req.client == NAS[0]
-    assert not req.otp_only and req.name == "alice"
+    assert kind == "authenticate" and req.typed == "pw123456" and req.client == NAS[0]
+    assert isinstance(req, Appended) and req.name == "alice"
     assert server.counters.accepted == 1 and server.counters.received == 1
 
 
@@ -252,7 +267,7 @@ def test_otp_only_mode_and_scratch_warning():
     assert reply.code == ACCESS_ACCEPT
     assert reply.get(REPLY_MESSAGE) == [b"Only 3 scratch codes left: print a new list"]
     (_, req), = auth.calls
-    assert req.otp_only and req.secret == "12345678"
+    assert isinstance(req, CodeOnly) and req.code == "12345678"
 
 
 def test_challenge_flow_state_single_use_bound_to_user_and_nas():
@@ -266,7 +281,7 @@ def test_challenge_flow_state_single_use_bound_to_user_and_nas():
     assert reply.get(SESSION_TIMEOUT) == [b"\x00\x00\x00\x3c"]
     (state,) = reply.get(STATE)
     assert len(state) == 16
-    assert auth.calls[-1][0] == "first_factor" and auth.calls[-1][1].secret == "static-pw"
+    assert auth.calls[-1][0] == "first_factor" and auth.calls[-1][1].password == "static-pw"
 
     # from another NAS: refused, and the State is spent
     pkt2, raw2 = request(password="123456", attrs=[(STATE, state)])
@@ -281,7 +296,7 @@ def test_challenge_flow_state_single_use_bound_to_user_and_nas():
     server.datagram(raw3, NAS, send)
     assert decode(pkt3, sent[-1][0]).code == ACCESS_ACCEPT
     kind, req = auth.calls[-1]
-    assert kind == "authenticate" and req.otp_only and req.name == "uid=alice,dc=x"
+    assert kind == "authenticate" and isinstance(req, CodeOnly) and req.name == "uid=alice,dc=x"
     # used once: a new packet with the same State is refused without asking the pipeline
     calls = len(auth.calls)
     pkt4, raw4 = request(password="123457", attrs=[(STATE, state)])
@@ -301,7 +316,7 @@ def test_challenge_flow_state_single_use_bound_to_user_and_nas():
 def test_challenge_mode_no_otp_needed_is_accepted_at_once():
     clients = [{"address": "192.0.2.0/24", "secret": SECRET.decode(), "mode": "challenge"}]
     server, auth, _clock, sent, send = make_server(clients)
-    auth.first = FirstFactorResult(True, False, "exempt", "uid=svc,dc=x")
+    auth.first = AuthResult(True, "exempt", "uid=svc,dc=x")
     pkt, raw = request(password="static-pw")
     server.datagram(raw, NAS, send)
     assert decode(pkt, sent[-1][0]).code == ACCESS_ACCEPT
@@ -399,10 +414,10 @@ def test_directory_unavailable(setting, expect):
 def test_handler_error_is_logged_counted_and_not_cached(caplog):
     server, auth, _clock, sent, send = make_server()
 
-    async def boom(request, check_password):
+    async def boom(request, check_password=None, trace=None):
         raise RuntimeError("bug")
 
-    auth.authenticate = boom
+    auth.login = boom
     _, raw = request()
     server.datagram(raw, NAS, send)
     assert sent == [] and server.counters.errors == 1

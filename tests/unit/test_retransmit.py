@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from otpgate.auth.pipeline import AuthRequest
 from otpgate.auth.retransmit import MAX_WINDOW_SECONDS
 from otpgate.config import ConfigError
 from otpgate.otp.oath import hotp
 from otpgate.otp.scratch import generate_scratch_list
 from otpgate.radius.config import MAX_FAILOVER_REPLAY_SECONDS
 from otpgate.tokens import MAX_ACCEPTED_REQUESTS, AcceptedRequest, Token, TokenType, UsedState
+from tests.logins import appended, code_only
 from tests.unit.test_pipeline import PW, START, World, config
 
 NAS = "192.0.2.10"
@@ -40,8 +40,11 @@ def gateways(window: float, layout: str = "user") -> tuple[World, World]:
 
 
 async def login(world: World, secret: str, request_id: bytes | None, **kw: Any) -> Any:
-    request = AuthRequest("alice", secret, NAS, "radius", retransmission=request_id, **kw)
-    return await world.auth.authenticate(request, world.directory.check_password)
+    if kw.pop("otp_only", False):
+        request: Any = code_only("alice", secret, NAS, "radius", retransmission=request_id)
+    else:
+        request = appended("alice", secret, NAS, "radius", retransmission=request_id)
+    return await world.auth.login(request, world.directory.check_password)
 
 
 def used_value(world: World) -> list[bytes]:
@@ -101,8 +104,8 @@ async def test_another_request_with_the_same_code_is_refused_as_a_replay() -> No
         replay = await login(world, PW + hotp(key, 0), request_id)
         assert not replay.ok and replay.reason == "OTP already used"
     # through a front end that gives no request identity (LDAP, the portal): refused too
-    ldap = await b.auth.authenticate(
-        AuthRequest("alice", PW + hotp(key, 0), NAS, "ldap"), b.directory.check_password
+    ldap = await b.auth.login(
+        appended("alice", PW + hotp(key, 0), NAS, "ldap"), b.directory.check_password
     )
     assert not ldap.ok and ldap.reason == "OTP already used"
     assert (await stored(a)).failures == 0  # a spent code is no guess
