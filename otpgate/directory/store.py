@@ -158,10 +158,11 @@ class OtpStore:
             self.cache.drop(user)
             raise
         self.write_pool.stats.cas_conflicts += done.conflicts
-        if done.reread:
-            self.cache.put(user.dn, done.user, self._now())
-        else:
-            self.cache.written(done.user)
+        # The new values, under the time of the last full read: a retry or a decision that
+        # writes nothing re-reads only the values, not the user's groups, expiry or status,
+        # so it must not make the cached entry look fresh (else a stream of replayed codes
+        # would keep a disabled account's entry alive forever).
+        self.cache.written(done.user)
         return done.result, done.user
 
 

@@ -345,3 +345,42 @@ async def test_disabled_and_expired_ad_accounts_get_no_code_only_login(request, 
                 "UserNotFound" in result.reason), result.reason
     finally:
         gw.close()
+
+
+@pytest.mark.samba
+@pytest_twisted.ensureDeferred
+async def test_replayed_codes_do_not_keep_a_disabled_account_cached(request, tmp_path_factory):
+    """The attack on Samba AD: the account is disabled, and a stream of logins with a spent
+    code (each writes nothing and re-reads only the state) tried to keep the gateway's cached
+    entry fresh, so that a CHAP-style code-only login, which binds nothing as the user, was
+    still accepted long after.  The cached user fields expire ``state_cache_seconds`` after
+    the last full read: after that the disabled account is refused."""
+    from twisted.internet.task import deferLater
+
+    from tests.integration.backends import make_backend
+
+    backend = make_backend("samba", request, tmp_path_factory.getbasetemp())
+    ttl = 2.0
+    gw = gateway(backend, {"state_cache_seconds": ttl})
+    try:
+        name, dn = backend.new_user("stale")
+        key = os.urandom(20)
+        await enroll(gw, name, key=key)
+        assert (await gw.authenticator.login(otp_only(name, hotp(key, 0)), None)).ok  # cached
+        admin = backend.admin()
+        try:
+            admin.search(dn, "(objectClass=*)", search_scope="BASE",
+                         attributes=["userAccountControl"])
+            flags = int(admin.response[0]["attributes"]["userAccountControl"]) | 2
+            assert admin.modify(dn, {"userAccountControl": [("MODIFY_REPLACE", [str(flags)])]})
+        finally:
+            admin.unbind()
+        loop_until = reactor.seconds() + 3 * ttl
+        while reactor.seconds() < loop_until:  # the replays, faster than the cache expires
+            replay = await gw.authenticator.login(otp_only(name, hotp(key, 0)), None)
+            assert not replay.ok
+            await deferLater(reactor, 0.3, lambda: None)
+        result = await gw.authenticator.login(otp_only(name, hotp(key, 1)), None)
+        assert not result.ok and "UserNotFound" in result.reason, result
+    finally:
+        gw.close()

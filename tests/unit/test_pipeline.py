@@ -372,3 +372,28 @@ async def test_a_planted_entry_is_no_state_entry() -> None:
     })
     result = await w.login("alice", PW + "123456")
     assert not result.ok and "not an otpgate state entry" in result.reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_logins_that_write_nothing_do_not_keep_a_cached_entry_fresh() -> None:
+    """The attack: a stream of portal sign-ins with a spent code (each re-reads only the
+    state and writes nothing) kept the entry cached with its old groups, so a user just
+    added to the OTP-required group kept binding with the password alone.  The cached user
+    fields expire ``state_cache_seconds`` after the last full read, whatever else happens."""
+    vpn = "cn=vpn,ou=groups,dc=x"
+    w = World(config(policy={"require_otp_groups": [vpn]}))
+    alice = w.directory.add_user("alice", PW)
+    group = w.directory.add_group(vpn, [])
+    key = await w.oath("alice")
+    assert (await w.login("alice", PW)).ok  # not in the group: the password alone
+    spent = hotp(key, 0)
+    portal = separate("alice", PW, spent, require_otp=True)
+    assert (await w.auth.login(portal, w.directory.check_password)).ok  # the code is spent
+    w.directory.entries[group.lower()][1]["member"].append(alice.encode())
+    ttl = w.config.directory.state_cache_seconds
+    for _ in range(int(ttl) * 3):
+        w.clock.advance(1)
+        replay = await w.auth.login(portal, w.directory.check_password)
+        assert not replay.ok and replay.reason == "OTP already used"
+    refused = await w.login("alice", PW)
+    assert not refused.ok and refused.reason == "no password+OTP in the secret", refused
