@@ -19,7 +19,7 @@ from otpgate.directory.inventory import InventoryItem, InventoryMapper
 from otpgate.directory.ldapdata import DirectoryError, SearchEntry
 from otpgate.errors import OtpgateError
 from otpgate.importers import ImportResult, RowProblem, key_fingerprint, with_problems
-from otpgate.importers.errors import error_file_name, error_file_text
+from otpgate.importers.errorfile import error_file_name, error_file_text
 from otpgate.tokens import Secret, Token
 from otpgate.vault import VaultError
 

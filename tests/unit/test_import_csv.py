@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import PurePath
 
 from otpgate.importers.csvfiles import parse_oath_csv, parse_yubico_csv
-from otpgate.importers.errors import CSV_MARKER, error_file_name, error_file_text
+from otpgate.importers.errorfile import CSV_MARKER, error_file_name, error_file_text
 from otpgate.otp.oath import hotp
 from otpgate.tokens import TokenType
 

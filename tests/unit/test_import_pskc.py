@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from otpgate.importers import ImportFormatError
-from otpgate.importers.errors import XML_MARKER, error_file_text
+from otpgate.importers.errorfile import XML_MARKER, error_file_text
 from otpgate.importers.pskc import PskcKeyError, parse_pskc
 from otpgate.otp.oath import hotp
 from otpgate.tokens import TokenType
