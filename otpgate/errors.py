@@ -4,8 +4,8 @@
 * ``DirectoryError``: the directory could not be asked, or said no (with its result code).
 * ``FormatError``: data otpgate reads is not what it must be: a stored value (``CodecError``,
   ``TamperedState``), a keyring or envelope (``VaultError``), an import file
-  (``ImportFormatError``), a protocol message (``BerError``, ``MalformedPacket``), a Yubico
-  OTP (``InvalidYubicoOtp``).
+  (``ImportFormatError``), a protocol message (``BerError``, ``MalformedPacket``,
+  ``ldapproxy.proxyheader.ProxyHeaderError``), a Yubico OTP (``InvalidYubicoOtp``).
 * ``PolicyError``: an admin action the rules do not allow (too many devices, no such token).
 
 A caller that must fail closed on "anything otpgate refuses" catches ``OtpgateError``; one

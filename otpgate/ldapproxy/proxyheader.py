@@ -36,6 +36,7 @@ from twisted.protocols import policies
 from zope.interface import directlyProvides, providedBy
 
 from otpgate.configfile import Network
+from otpgate.errors import FormatError
 from otpgate.netio import send
 
 log = Logger()
@@ -52,7 +53,7 @@ HEADER_TIMEOUT = 5.0
 _FIRST_BYTES = (V1_PREFIX[:1], V2_SIGNATURE[:1])
 
 
-class ProxyHeaderError(ValueError):
+class ProxyHeaderError(FormatError):
     """The bytes are not a valid PROXY header."""
 
 

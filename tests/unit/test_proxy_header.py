@@ -134,6 +134,16 @@ def test_no_signature(data):
         parse_header(data)
 
 
+def test_a_bad_header_is_an_otpgate_format_error():
+    """Under the one hierarchy (a caller failing closed on OtpgateError catches it), and a
+    ValueError like every FormatError."""
+    from otpgate.errors import FormatError, OtpgateError
+
+    with pytest.raises(FormatError) as caught:
+        parse_header(b"PROXY TCP4 300.1.1.1 127.0.0.1 1 2\r\n")
+    assert isinstance(caught.value, OtpgateError) and isinstance(caught.value, ValueError)
+
+
 # -- the wrapper around the real ProxyFactory --------------------------------------------
 
 
