@@ -26,7 +26,6 @@ from otpgate.auth.config import (
     parse_policy,
 )
 from otpgate.configfile import (
-    ConfigError,
     ListenAddress,
     Network,
     Section,
@@ -41,6 +40,7 @@ from otpgate.directory.config import (
     parse_directory,
 )
 from otpgate.directory.profiles import KNOWN_ATTRIBUTES, PROFILES, Profile
+from otpgate.errors import ConfigError
 from otpgate.ldapproxy.config import (
     DEPRECATED_DELIMITER,
     LdapProxyConfig,

@@ -9,8 +9,7 @@
 * ``PolicyError``: an admin action the rules do not allow (too many devices, no such token).
 
 A caller that must fail closed on "anything otpgate refuses" catches ``OtpgateError``; one
-that must tell the cases apart catches a family.  The modules that raise them re-export
-their own (``otpgate.codec.CodecError`` is this ``CodecError``).
+that must tell the cases apart catches a family.  Import them from here.
 """
 
 from __future__ import annotations

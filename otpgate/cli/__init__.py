@@ -38,8 +38,7 @@ from otpgate.cli.base import (
     prompt_secret,
     read_secret_file,
 )
-from otpgate.errors import ConfigError, OtpgateError
-from otpgate.vault import VaultError
+from otpgate.errors import ConfigError, OtpgateError, VaultError
 
 __all__ = [
     "CONFIG_ENV",

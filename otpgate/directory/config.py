@@ -6,17 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from otpgate.codec import (
-    PLAIN_REFUSED,
-    AttributeSpec,
-    CodecError,
-    Format,
-    Purpose,
-    Syntax,
-    check_format,
-)
+from otpgate.codec import PLAIN_REFUSED, AttributeSpec, Format, Purpose, Syntax, check_format
 from otpgate.configfile import (
-    ConfigError,
     Section,
     in_range,
     is_loopback_host,
@@ -26,6 +17,7 @@ from otpgate.configfile import (
     secret,
 )
 from otpgate.directory.profiles import KNOWN_ATTRIBUTES, PROFILES, Profile
+from otpgate.errors import CodecError, ConfigError
 
 ROLE_PURPOSE = {
     "seed": Purpose.SEED,

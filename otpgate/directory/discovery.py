@@ -15,14 +15,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from otpgate import ber
 from otpgate.directory.drive import run_steps_async
-from otpgate.directory.ldapdata import (
-    SCOPE_BASE,
-    DirectoryError,
-    DirectoryUnavailable,
-    LdapUrl,
-    SearchEntry,
-    parent_dn,
-)
+from otpgate.directory.ldapdata import SCOPE_BASE, LdapUrl, SearchEntry, parent_dn
+from otpgate.errors import DirectoryError, DirectoryUnavailable
 
 if TYPE_CHECKING:
     from otpgate.directory.connection import LdapConnection

@@ -15,7 +15,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from otpgate.directory.connection import LdapConnection, TlsSettings, connect
-from otpgate.directory.ldapdata import SUCCESS, DirectoryError, DirectoryUnavailable, LdapUrl
+from otpgate.directory.ldapdata import SUCCESS, LdapUrl
+from otpgate.errors import DirectoryError, DirectoryUnavailable
 from otpgate.stats import DirectoryStats
 
 log = Logger()

@@ -27,13 +27,8 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 
 from otpgate import ber
-from otpgate.directory.ldapdata import (
-    SCOPE_BASE,
-    SCOPE_SUBTREE,
-    DirectoryError,
-    DirectoryUnavailable,
-    SearchEntry,
-)
+from otpgate.directory.ldapdata import SCOPE_BASE, SCOPE_SUBTREE, SearchEntry
+from otpgate.errors import DirectoryError, DirectoryUnavailable
 
 CONFIG_ATTRIBUTES = ("olcServerID", "olcMultiProvider", "olcMirrorMode", "olcSuffix")
 """Not olcSyncrepl: its values hold the replication credentials."""

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.connection import LdapConnection
 from otpgate.directory.drive import run_steps_async
-from otpgate.directory.ldapdata import DirectoryError, DirectoryUnavailable, LdapUrl
+from otpgate.directory.ldapdata import LdapUrl
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.replication import (
     PIN_FIX,
@@ -35,6 +35,7 @@ from otpgate.directory.replication import (
     probe,
     readable,
 )
+from otpgate.errors import DirectoryError, DirectoryUnavailable
 
 log = Logger()
 

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from otpgate.auth.pipeline import Authenticator, AuthRequest, AuthResult, PasswordCheck
 from otpgate.config import Config
 from otpgate.directory.pool import ServerPool
+from otpgate.errors import MalformedPacket
 from otpgate.radius.access import Chap, Login, MsChapV2, Pap, classify
 from otpgate.radius.challenge import ChallengeStore
 from otpgate.radius.chap import MsChapV2Success, chap_proof, mschap2_proof
@@ -59,7 +60,6 @@ from otpgate.radius.packet import (
     STATE,
     STATUS_SERVER,
     AttributeKey,
-    MalformedPacket,
     Request,
     decode_request,
     decrypt_password,

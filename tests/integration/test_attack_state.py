@@ -30,7 +30,7 @@ import pytest
 import pytest_twisted
 
 from otpgate.auth.pipeline import AuthRequest
-from otpgate.directory.state import INITIAL_USED
+from otpgate.directory.records import INITIAL_USED
 from otpgate.otp.oath import hotp
 from otpgate.otp.scratch import generate_scratch_list
 from otpgate.tokens import Token, TokenType

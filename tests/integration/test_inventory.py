@@ -10,8 +10,8 @@ from twisted.internet import defer, reactor
 
 from otpgate.admin.inventory import assign_token
 from otpgate.auth.pipeline import AuthRequest
-from otpgate.directory.inventory import InventoryError
 from otpgate.directory.store import InventoryStore
+from otpgate.errors import InventoryError
 from otpgate.otp.oath import hotp
 from otpgate.service import Gateway
 from otpgate.tokens import Secret, Token, TokenType

@@ -29,7 +29,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from otpgate import ber
 from otpgate.config import parse_config
-from otpgate.directory.ldapdata import DirectoryUnavailable
+from otpgate.errors import DirectoryUnavailable
 from otpgate.otp.oath import hotp
 from otpgate.service import Gateway
 from otpgate.vault import Keyring, keygen

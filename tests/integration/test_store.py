@@ -13,8 +13,9 @@ from twisted.internet import reactor
 from otpgate.admin.enrollment import enroll_change, new_oath_token
 from otpgate.auth.lockout import unlock
 from otpgate.auth.pipeline import AuthRequest
-from otpgate.codec import CodecError, Syntax
-from otpgate.directory.state import AmbiguousUser, StateChange, UserNotFound
+from otpgate.codec import Syntax
+from otpgate.directory.records import StateChange
+from otpgate.errors import AmbiguousUser, CodecError, UserNotFound
 from otpgate.otp.oath import hotp
 from otpgate.service import Gateway
 from otpgate.tokens import TokenType

@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web import resource, server
 
 from otpgate.config import ConfigError, parse_config
-from otpgate.directory.state import OtpState
+from otpgate.directory.records import OtpState
 from otpgate.stats import DirectoryStats, RadiusCounters
 from otpgate.tokens import Token, TokenType
 from otpgate.web import render

@@ -15,16 +15,9 @@ import pyotp
 import pytest
 
 from otpgate.admin import doctor, doctor_acl
-from otpgate.admin.enrollment import (
-    PolicyError,
-    enroll_change,
-    new_oath_token,
-    otpauth_uri,
-    replaced_tokens,
-)
+from otpgate.admin.enrollment import enroll_change, new_oath_token, otpauth_uri, replaced_tokens
 from otpgate.admin.listing import list_text, show_text, summarise
 from otpgate.admin.manage import (
-    NoSuchToken,
     find_token,
     reset_change,
     resync_change,
@@ -37,7 +30,9 @@ from otpgate.admin.render import Progress, qr_terminal, scratch_card_html, write
 from otpgate.cli import main
 from otpgate.codec import AttributeSpec, Format, Syntax
 from otpgate.config import MappedAttribute, OtpConfig, parse_config
-from otpgate.directory.state import OtpState, StateMapper, UserEntry
+from otpgate.directory.records import OtpState, UserEntry
+from otpgate.directory.state import StateMapper
+from otpgate.errors import NoSuchToken, PolicyError
 from otpgate.otp.oath import Algorithm, hotp
 from otpgate.otp.scratch import generate_scratch_list, verify_scratch
 from otpgate.tokens import Secret, Token, TokenType, TokenUse, UsedState

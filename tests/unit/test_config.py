@@ -217,8 +217,9 @@ def test_the_implicit_ad_discover_follows_the_plain_ldap_rule_too(tmp_path, caps
 
 
 def test_the_cli_driver_refuses_what_the_config_refuses():
-    from otpgate.directory.ldapdata import DirectoryError, LdapUrl
+    from otpgate.directory.ldapdata import LdapUrl
     from otpgate.directory.sync import connect
+    from otpgate.errors import DirectoryError
 
     directory = parse(MINIMAL).directory
     with pytest.raises(DirectoryError, match="clear text"):

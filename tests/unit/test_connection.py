@@ -11,7 +11,8 @@ from twisted.internet.testing import StringTransport
 
 from otpgate import ber
 from otpgate.directory.connection import LdapClientProtocol, LdapConnection
-from otpgate.directory.ldapdata import DirectoryUnavailable, LdapUrl
+from otpgate.directory.ldapdata import LdapUrl
+from otpgate.errors import DirectoryUnavailable
 from otpgate.netio import send
 
 

@@ -4,7 +4,8 @@ from pathlib import Path
 from otpgate.config import parse_config
 from otpgate.directory.entrycache import EntryCache
 from otpgate.directory.ldapdata import Modification
-from otpgate.directory.state import StateChange, StateMapper, UserEntry
+from otpgate.directory.records import StateChange, UserEntry
+from otpgate.directory.state import StateMapper
 from otpgate.tokens import TokenUse, UsedState
 from otpgate.vault import Keyring
 

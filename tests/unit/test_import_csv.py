@@ -141,7 +141,8 @@ def test_serial_with_a_trailing_newline_is_refused():
     """`^...$` with re.match accepts "abc\\n": every validation pattern uses fullmatch."""
     import pytest
 
-    from otpgate.directory.inventory import InventoryError, check_serial
+    from otpgate.directory.inventory import check_serial
+    from otpgate.errors import InventoryError
 
     assert check_serial("abc") == "abc"
     with pytest.raises(InventoryError):

@@ -14,7 +14,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from otpgate import ber
-from otpgate.configfile import ConfigError
+from otpgate.errors import ConfigError
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import ReusePortListener, _TLSFactory
 from otpgate.ldapproxy.proxyheader import (

@@ -24,7 +24,8 @@ from otpgate import ber
 from otpgate.auth.pipeline import Authenticator, AuthResult
 from otpgate.config import parse_config
 from otpgate.directory.connection import LdapClientProtocol, LdapConnection, TlsSettings
-from otpgate.directory.ldapdata import DirectoryUnavailable, LdapUrl
+from otpgate.directory.ldapdata import LdapUrl
+from otpgate.errors import DirectoryUnavailable
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.upstream import STARTTLS_ID, UpstreamProtocol
 from otpgate.vault import Keyring

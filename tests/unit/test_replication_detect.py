@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from otpgate.config import parse_config
 from otpgate.directory.discovery import pdc_emulator
-from otpgate.directory.ldapdata import DirectoryError, DirectoryUnavailable, LdapUrl, SearchEntry
+from otpgate.directory.ldapdata import LdapUrl, SearchEntry
 from otpgate.directory.replication import (
     ProbeRefused,
     ReplicationFacts,
@@ -27,6 +27,7 @@ from otpgate.directory.replication_guard import (
     ReplicationGuard,
     UnpinnedMultiProvider,
 )
+from otpgate.errors import DirectoryError, DirectoryUnavailable
 
 SUFFIX = "dc=example,dc=org"
 

@@ -3,10 +3,10 @@ import stat
 
 import pytest
 
+from otpgate.errors import VaultError
 from otpgate.vault import (
     Binding,
     Keyring,
-    VaultError,
     check_key_id,
     keygen,
     make_current,
