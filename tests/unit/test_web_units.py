@@ -1,7 +1,7 @@
 """The web portal's pure parts: sessions, CSRF, rate limits, HTML escaping, [web] config, metrics.
 
-(No server needed; kept here because the portal's tests live under tests/integration.)
-"""
+In memory, no server; the portal over HTTP against real directories is in
+tests/integration (test_web_attacks.py, test_web_browser.py, test_web_twistd.py)."""
 
 from __future__ import annotations
 
