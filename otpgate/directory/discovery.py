@@ -81,7 +81,7 @@ async def pdc_emulator_url(conn: LdapConnection, base_dn: str, template: str) ->
 async def check_is_pdc(conn: LdapConnection, owner: str) -> None:
     """Fail closed unless ``conn`` reached the PDC emulator itself: a URL may name several
     DCs (the domain name, round-robin DNS, a balancer), and a reconnect could then land
-    OTP state on another DC (found in review).  Read on every new write connection."""
+    OTP state on another DC.  Read on every new write connection."""
     found = await conn.search("", _ANY, ["dsServiceName"], scope=SCOPE_BASE)
     this = _text(found[0] if found else None, "dsServiceName")
     if this is None or not same_dn(this, owner):

@@ -155,7 +155,7 @@ def probe(url: str, base_dn: str) -> Probe:
         raise
     except DirectoryError as exc:
         # A server that answers but refuses (busy, time limit, access...) has not shown that
-        # it does not replicate: the guard must not read that as "safe" (found in review).
+        # it does not replicate: the guard must not read that as "safe".
         raise ProbeRefused(f"{url}: the root DSE read was refused: {exc}") from exc
     contexts = dse[0].attributes.get("namingcontexts", []) if dse else []
     suffix = _suffix_for(contexts, base_dn)

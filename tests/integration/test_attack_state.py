@@ -242,7 +242,7 @@ def test_state_entries_are_created_by_the_service_account_only(site):
 
 @pytest_twisted.ensureDeferred
 async def test_switching_to_the_container_fails_closed_until_migrated(site, tmp_path, capsys):
-    """Red team: after [directory] state_dn is set, a state still in the user's own entry
+    """Attack: after [directory] state_dn is set, a state still in the user's own entry
     must not read as "never enrolled" (a phished password could then enroll the attacker's
     device).  Refused until `otpgate migrate-state` moves it; then the same state (spent
     codes included) is in force."""

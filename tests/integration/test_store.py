@@ -291,8 +291,8 @@ async def test_stale_cached_entry_costs_one_counted_cas_retry(backend):
 
 @pytest_twisted.ensureDeferred
 async def test_code_spent_elsewhere_is_refused_from_a_cached_entry(backend):
-    """Red team (issue 13's cache invalidation): gateway A holds alice's entry and its decoded
-    state cached; gateway B spends the next code; the same code sent to A is refused (A's
+    """Attack on the entry cache: gateway A holds alice's entry and its decoded state
+    cached; gateway B spends the next code; the same code sent to A is refused (A's
     compare-and-swap fails on the value B wrote, A re-reads and sees the code spent), and the
     code after it still works on A."""
     first, second = gateway(backend), gateway(backend)
@@ -315,7 +315,7 @@ async def test_code_spent_elsewhere_is_refused_from_a_cached_entry(backend):
 @pytest.mark.samba
 @pytest_twisted.ensureDeferred
 async def test_disabled_and_expired_ad_accounts_get_no_code_only_login(request, tmp_path_factory):
-    """Red team: CHAP, MS-CHAPv2 and otp-only logins bind nothing as the user, so AD never got
+    """Attack: CHAP, MS-CHAPv2 and otp-only logins bind nothing as the user, so AD never gets
     to say the account is disabled or expired: otpgate checks both itself."""
     from tests.integration.backends import make_backend
 

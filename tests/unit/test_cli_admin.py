@@ -541,9 +541,9 @@ def test_enroll_change_bounds_the_imported_counter():
 
 
 def test_retire_refuses_when_the_keyring_changed_during_the_rekey(tmp_path):
-    """`rekey --retire` used to keep the file's *current* key: a keygen during a long rekey
-    made the new key current, and retire deleted the key every value had just been
-    rewritten under."""
+    """`rekey --retire` keeps the key the rekey wrote with, and refuses when the keyring
+    changed meanwhile: a keygen during a long rekey makes a new key current, and keeping
+    only that one would delete the key every value had just been rewritten under."""
     from otpgate.admin.rekey import RetireRefused, retire_keys
     from otpgate.vault import keygen, read_raw_keys
 

@@ -290,7 +290,7 @@ def test_each_default_is_stated_once_in_its_dataclass():
 
 
 def test_ad_pins_otp_state_to_the_pdc_emulator_by_default():
-    """Red team: with OTP state on whichever DC answers, a forced failover to a DC that has
+    """Attack: with OTP state on whichever DC answers, a forced failover to a DC that has
     not replicated the last write accepts a code twice."""
     ad = {**MINIMAL, "directory": {**MINIMAL["directory"], "profile": "ad",
                                    "state_dn": "OU=s,DC=example,DC=org",

@@ -270,10 +270,10 @@ def test_haproxy_ldap_check_is_up_only_when_the_directory_answers(directory_up):
     b"PROXY UNKNOWN 1.2.3.4 evil 99999 x\r\n",
 ])
 def test_a_header_without_a_client_grants_nothing(header):
-    """Red team (review): a LOCAL / UNKNOWN header used to give the connection the balancer's
-    own address; with the balancer inside trusted_networks, alice's password alone was
-    accepted ("no OTP needed: trusted network") through HAProxy's unix-socket frontend.
-    Now such a client is "local:<balancer>": no IP address, no trusted network."""
+    """Attack: with the balancer's own address for a LOCAL / UNKNOWN header and the balancer
+    inside trusted_networks, alice's password alone would be accepted ("no OTP needed:
+    trusted network") through HAProxy's unix-socket frontend.  Such a client is
+    "local:<balancer>": no IP address, no trusted network."""
     b = Balanced(policy={"trusted_networks": ["10.0.0.0/8"]})
     proto, transport = b.connect()
     proto.dataReceived(header + bind(1, "alice", "alice-password"))  # no OTP appended

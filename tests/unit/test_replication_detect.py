@@ -92,9 +92,9 @@ def test_a_server_without_contextcsn_or_config_is_single():
 
 @pytest.mark.parametrize("code", [3, 11, 50, 51, 52, 80])
 def test_a_refused_root_dse_or_suffix_read_cannot_be_judged(code):
-    """Review finding: a server that answered the probe with an error (busy, time limit,
-    access...) counted as "nothing to judge by", and the guard let unpinned OTP writes
-    through for five minutes.  Now the probe ends with ProbeRefused."""
+    """A server that answers the probe with an error (busy, time limit, access...) has not
+    shown that it does not replicate: the probe ends with ProbeRefused, never with "nothing
+    to judge by" (which would let unpinned OTP writes through until the next recheck)."""
     with pytest.raises(ProbeRefused):
         run(probe("ldap://a", SUFFIX), [DirectoryError(str(code), code), []])
     with pytest.raises(ProbeRefused):
@@ -369,9 +369,9 @@ async def test_a_server_still_busy_after_the_retries_refuses_and_a_server_down_i
 
 @pytest_twisted.ensureDeferred
 async def test_a_write_connection_must_reach_the_pdc_emulator_itself():
-    """Review finding: the discovered URL may name several DCs (the domain name, round-robin
-    DNS, a balancer); a reconnect could land OTP state on another DC.  Every new write
-    connection now reads its dsServiceName and is refused unless it is the role owner."""
+    """The discovered URL may name several DCs (the domain name, round-robin DNS, a
+    balancer); a reconnect could land OTP state on another DC.  Every new write connection
+    reads its dsServiceName and is refused unless it is the role owner."""
     from otpgate.directory.discovery import NotThePdc, check_is_pdc
 
     owner = "CN=NTDS Settings,CN=DC1,CN=Servers,CN=Site,CN=Sites,CN=Configuration,DC=ad,DC=test"
@@ -394,8 +394,8 @@ async def test_a_write_connection_must_reach_the_pdc_emulator_itself():
 
 @pytest_twisted.ensureDeferred
 async def test_inventory_writes_pass_the_replication_guard_too():
-    """Review finding: claims of a hardware token skipped the guard; on unpinned
-    multi-provider two help-desk claims on two providers could hand one seed to two users."""
+    """Claims of a hardware token pass the guard too: on unpinned multi-provider, two
+    help-desk claims on two providers could hand one seed to two users."""
     from otpgate.directory.store import InventoryStore
 
     class Refusing:
