@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from otpgate.errors import BerError as BerError
+from otpgate.errors import BerError
 
 SEQUENCE = 0x30
 INTEGER = 0x02

@@ -29,7 +29,8 @@ from enum import StrEnum
 from typing import Any
 
 from otpgate.errors import CodecError as CodecError
-from otpgate.vault import Binding, Keyring, VaultError
+from otpgate.errors import VaultError
+from otpgate.vault import Binding, Keyring
 
 
 class Format(StrEnum):

@@ -28,7 +28,6 @@ from otpgate.auth.config import (
 )
 from otpgate.auth.settings import AuthSettings
 from otpgate.configfile import (
-    ConfigError,
     ListenAddress,
     Network,
     Section,
@@ -41,6 +40,7 @@ from otpgate.directory.config import (
     parse_directory,
 )
 from otpgate.directory.profiles import KNOWN_ATTRIBUTES, PROFILES, Profile
+from otpgate.errors import ConfigError
 from otpgate.ldapproxy.config import (
     DEPRECATED_DELIMITER,
     LdapProxyConfig,

@@ -4,13 +4,12 @@
 * ``DirectoryError``: the directory could not be asked, or said no (with its result code).
 * ``FormatError``: data otpgate reads is not what it must be: a stored value (``CodecError``,
   ``TamperedState``), a keyring or envelope (``VaultError``), an import file
-  (``ImportFormatError``), a protocol message (``BerError``, ``MalformedPacket``), a Yubico
-  OTP (``InvalidYubicoOtp``).
+  (``ImportFormatError``), a protocol message (``BerError``, ``MalformedPacket``,
+  ``ldapproxy.proxyheader.ProxyHeaderError``), a Yubico OTP (``InvalidYubicoOtp``).
 * ``PolicyError``: an admin action the rules do not allow (too many devices, no such token).
 
 A caller that must fail closed on "anything otpgate refuses" catches ``OtpgateError``; one
-that must tell the cases apart catches a family.  The modules that raise them re-export
-their own (``otpgate.codec.CodecError`` is this ``CodecError``).
+that must tell the cases apart catches a family.  Import them from here.
 """
 
 from __future__ import annotations

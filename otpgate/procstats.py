@@ -3,9 +3,13 @@ writes its counters to a file; the main process, which serves /metrics, adds the
 
 * ``StatsWriter`` (in each worker): every ``STATS_INTERVAL`` seconds, when they changed,
   the worker's directory statistics and audit counts as one JSON document in
-  ``<folder>/worker-<index>.json`` (written to a temporary file, then renamed: a reader
-  never sees half a file); once more when the worker stops.
-* ``PeerStats`` (in the main process): reads those files when /metrics is scraped.  A
+  ``<folder>/worker-<index>.json`` (written to a new temporary file of mode 0600 in that
+  folder, created exclusively, then renamed over the file: a reader never sees half a file,
+  and a symlink planted at either name is replaced, never followed); once more when the
+  worker stops.  Nothing is written unless the folder is a directory (not a symlink) of this
+  user that nobody else may enter.
+* ``PeerStats`` (in the main process): reads those files when /metrics is scraped (regular
+  files only, never through a symlink).  A
   worker that was restarted (another pid in its file) keeps its predecessor's last counts
   in the totals, so that sums only grow (a counter that went backwards would read as a
   reset to Prometheus).
@@ -17,9 +21,11 @@ Prometheus's own multi-process mode, or a port per process: docs/DECISIONS.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -48,6 +54,23 @@ def stats_folder() -> Path:
 
 def worker_file(folder: Path, index: int) -> Path:
     return folder / f"worker-{index}.json"
+
+
+def private_folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` is no place for counter files (anyone else could plant or swap files
+    there), or None: it must be a directory itself (not a symlink), owned by this user,
+    with no rights for group or others (``stats_folder`` makes it so)."""
+    try:
+        st = os.lstat(folder)
+    except OSError as exc:
+        return f"{folder}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{folder} is not a directory"
+    if st.st_uid != os.geteuid():
+        return f"{folder} belongs to uid {st.st_uid}, not this process's {os.geteuid()}"
+    if st.st_mode & 0o077:
+        return f"{folder} has mode {stat.S_IMODE(st.st_mode):04o}: others may enter it"
+    return None
 
 
 @dataclass
@@ -103,6 +126,7 @@ class StatsWriter(service.Service):
         self.clock = clock
         self.interval = interval
         self._last = ""
+        self._refused: str | None = None
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
@@ -123,13 +147,28 @@ class StatsWriter(service.Service):
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         if text == self._last:
             return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        problem = private_folder_problem(self.path.parent)
+        if problem is not None:
+            if os.path.lexists(self.path.parent) and problem != self._refused:
+                log.warn("worker counters not written: {problem}", problem=problem)
+            # else the main process is gone (its folder with it): nobody reads
+            self._refused = problem
+            return
         try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, self.path)
-        except OSError as exc:  # the main process is gone (its folder with it): nobody reads
+            # mkstemp: a new name, O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    out.write(text)
+                os.replace(tmp, self.path)  # a symlink at path is replaced, not followed
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
             log.debug("worker counters not written to {path}: {error}", path=self.path, error=exc)
             return
+        self._refused = None
         self._last = text
 
 
@@ -176,9 +215,7 @@ class PeerStats:
 
     def _load(self, path: Path) -> tuple[int, _Seen] | None:
         try:
-            if path.stat().st_size > MAX_STATS_BYTES:
-                raise ValueError("too large")
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(_read_regular(path))
             index, pid, stats = doc["index"], doc["pid"], doc["stats"]
             if not isinstance(index, int) or not isinstance(pid, int):
                 raise ValueError("index and pid must be integers")
@@ -191,6 +228,23 @@ class PeerStats:
                 log.warn("ignoring worker counters {path}: {error}", path=path, error=exc)
             return None
         return index, _Seen(pid, stats)
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file at ``path`` itself (OSError for a symlink, ValueError for
+    anything else or a file over ``MAX_STATS_BYTES``)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # no FIFO waits
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > MAX_STATS_BYTES:
+            raise ValueError("too large")
+        data = f.read(MAX_STATS_BYTES + 1)
+    if len(data) > MAX_STATS_BYTES:
+        raise ValueError("too large")
+    return data
 
 
 class StatsFolder(service.Service):

@@ -29,9 +29,9 @@ from otpgate.demo import (
     demo_config_text,
     load_demo_tree,
 )
-from otpgate.errors import ConfigError
+from otpgate.errors import ConfigError, VaultError
 from otpgate.service import Gateway, LoggingService, make_service
-from otpgate.vault import VaultError, keygen
+from otpgate.vault import keygen
 
 log = Logger()
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from otpgate.errors import VaultError as VaultError
+from otpgate.errors import VaultError
 
 ENVELOPE_VERSION = "v1"
 KEY_BYTES = 32

@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 from otpgate.admin.doctor import Check, Status
 from otpgate.directory.config import DirectoryConfig
-from otpgate.directory.ldapdata import SCOPE_BASE, SUCCESS, DirectoryError, Modification
+from otpgate.directory.ldapdata import SCOPE_BASE, SUCCESS, Modification
 from otpgate.directory.sync import SyncConnection
+from otpgate.errors import DirectoryError
 
 INSUFFICIENT_ACCESS = 50
 DELEGATION_FIX = (

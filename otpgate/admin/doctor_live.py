@@ -34,16 +34,10 @@ from otpgate.admin.doctor_container import container_checks
 from otpgate.admin.doctor_repl import collect, replication_checks
 from otpgate.config import Config
 from otpgate.directory.config import MappedAttribute
-from otpgate.directory.ldapdata import (
-    SCOPE_BASE,
-    SUCCESS,
-    DirectoryError,
-    LdapUrl,
-    Modification,
-    SearchEntry,
-)
-from otpgate.directory.state import UserEntry
+from otpgate.directory.ldapdata import SCOPE_BASE, SUCCESS, LdapUrl, Modification, SearchEntry
+from otpgate.directory.records import UserEntry
 from otpgate.directory.sync import SyncConnection, SyncStore, connect
+from otpgate.errors import DirectoryError
 
 SD_FLAGS_DACL = 0x04
 

@@ -16,7 +16,7 @@ from otpgate.admin.doctor import Check, Status
 from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.drive import run_steps
 from otpgate.directory.ldap3conn import SyncConnection, connect
-from otpgate.directory.ldapdata import DirectoryError, LdapUrl
+from otpgate.directory.ldapdata import LdapUrl
 from otpgate.directory.replication import (
     PIN_FIX,
     ReplicationFacts,
@@ -25,6 +25,7 @@ from otpgate.directory.replication import (
     readable,
     server_id_value,
 )
+from otpgate.errors import DirectoryError
 
 AREA = "replication"
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from urllib.parse import quote, urlencode
 
 from otpgate.auth.config import OtpConfig
-from otpgate.directory.state import OtpState, StateChange
+from otpgate.directory.records import OtpState, StateChange
 from otpgate.errors import PolicyError as PolicyError
 from otpgate.otp.oath import Algorithm, check_counter, check_digits, check_period
 from otpgate.tokens import Secret, Token, TokenType, TokenUse, new_token_id

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from otpgate.codec import CodecError
 from otpgate.directory.inventory import InventoryItem, InventoryMapper
-from otpgate.directory.ldapdata import DirectoryError, SearchEntry
-from otpgate.errors import OtpgateError
+from otpgate.directory.ldapdata import SearchEntry
+from otpgate.errors import CodecError, DirectoryError, OtpgateError, VaultError
 from otpgate.importers import ImportResult, RowProblem, key_fingerprint, with_problems
-from otpgate.importers.errors import error_file_name, error_file_text
+from otpgate.importers.errorfile import error_file_name, error_file_text
 from otpgate.tokens import Secret, Token
-from otpgate.vault import VaultError
 
 if TYPE_CHECKING:
     from otpgate.admin.render import PrivateFile, Ticker

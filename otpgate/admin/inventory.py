@@ -14,9 +14,11 @@ from otpgate.admin.enrollment import enroll_change
 from otpgate.directory import engine
 from otpgate.directory import inventory as inv
 from otpgate.directory.engine import Step
-from otpgate.directory.inventory import InventoryError, InventoryItem, InventoryMapper
-from otpgate.directory.state import OtpState, StateChange, StateMapper
+from otpgate.directory.inventory import InventoryItem, InventoryMapper
+from otpgate.directory.records import OtpState, StateChange
+from otpgate.directory.state import StateMapper
 from otpgate.directory.store import InventoryStore
+from otpgate.errors import InventoryError
 from otpgate.tokens import Secret, Token
 
 

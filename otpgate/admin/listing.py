@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from otpgate.admin.rekey import has_otpgate_values
-from otpgate.codec import CodecError
-from otpgate.directory.state import OtpState, UserEntry
+from otpgate.directory.records import OtpState, UserEntry
+from otpgate.errors import CodecError
 from otpgate.otp.scratch import remaining
 from otpgate.tokens import Token, TokenType, escape_unsafe
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from otpgate.admin.enrollment import PolicyError
 from otpgate.auth.lockout import unlock
-from otpgate.directory.state import OtpState, StateChange
-from otpgate.errors import NoSuchToken as NoSuchToken
+from otpgate.directory.records import OtpState, StateChange
+from otpgate.errors import NoSuchToken, PolicyError
 from otpgate.otp.oath import RESYNC_WINDOW, resync_hotp
 from otpgate.otp.scratch import ScratchList
 from otpgate.tokens import Token, TokenType, TokenUse, UsedState, new_token_id

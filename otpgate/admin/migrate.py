@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from otpgate.directory import engine
 from otpgate.directory.engine import Add, Modify, Step
 from otpgate.directory.ldapdata import NO_SUCH_ATTRIBUTE, SUCCESS, Modification, SearchEntry
-from otpgate.directory.state import ENTRY_EXISTS, StateMapper
+from otpgate.directory.records import ENTRY_EXISTS
+from otpgate.directory.state import StateMapper
 from otpgate.errors import WriteRefused
 
 MIGRATED, KEPT, NOTHING = "migrated", "state entry kept, leftovers removed", "nothing to move"

@@ -15,20 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from otpgate.codec import AttributeCodec, CodecError, Format
+from otpgate.codec import AttributeCodec, Format
 from otpgate.directory.inventory import InventoryItem, InventoryMapper
-from otpgate.directory.ldapdata import DirectoryError, SearchEntry
-from otpgate.directory.state import OtpState, StateChange, StateMapper, UserEntry
-from otpgate.errors import PolicyError
+from otpgate.directory.ldapdata import SearchEntry
+from otpgate.directory.records import OtpState, StateChange, UserEntry
+from otpgate.directory.state import StateMapper
+from otpgate.errors import CodecError, DirectoryError, PolicyError, VaultError
 from otpgate.tokens import Secret, Token
-from otpgate.vault import (
-    Keyring,
-    VaultError,
-    keyring_lock,
-    read_raw_keys,
-    same_keys,
-    write_keyring,
-)
+from otpgate.vault import Keyring, keyring_lock, read_raw_keys, same_keys, write_keyring
 
 if TYPE_CHECKING:
     from otpgate.admin.render import Ticker

@@ -19,10 +19,8 @@ their arguments, call it and print.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from otpgate.cli.base import (
     CONFIG_ENV,
@@ -38,8 +36,7 @@ from otpgate.cli.base import (
     prompt_secret,
     read_secret_file,
 )
-from otpgate.errors import ConfigError, OtpgateError
-from otpgate.vault import VaultError
+from otpgate.errors import ConfigError, OtpgateError, VaultError
 
 __all__ = [
     "CONFIG_ENV",
@@ -70,35 +67,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"otpgate {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-_ELSEWHERE = {
-    **dict.fromkeys(("cmd_code", "cmd_keygen", "cmd_check_config"), "otpgate.cli.offline"),
-    **dict.fromkeys(
-        (
-            "cmd_enroll",
-            "cmd_show",
-            "cmd_list",
-            "cmd_revoke",
-            "cmd_resync",
-            "cmd_unlock",
-            "cmd_scratch",
-        ),
-        "otpgate.cli.users",
-    ),
-    **dict.fromkeys(
-        ("cmd_import", "cmd_assign", "cmd_rename", "cmd_delete", "cmd_inventory"),
-        "otpgate.cli.inventory",
-    ),
-    "cmd_rekey": "otpgate.cli.keys",
-    "cmd_doctor": "otpgate.cli.diagnose",
-    "cmd_test_auth": "otpgate.cli.diagnose",
-    "inventory_clashes": "otpgate.admin.imports",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """What ``otpgate.cli`` held before it was a package, imported on first use."""
-    if name in _ELSEWHERE:
-        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

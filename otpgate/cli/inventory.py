@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from otpgate import cli
 from otpgate.cli.base import CommandFailed, UsageError, admin, emit
-from otpgate.codec import CodecError
-from otpgate.directory.ldapdata import DirectoryError
+from otpgate.errors import CodecError, DirectoryError
 
 if TYPE_CHECKING:
     from otpgate.importers import ImportResult

@@ -22,7 +22,7 @@ from otpgate.otp.oath import Algorithm
 
 if TYPE_CHECKING:
     from otpgate.admin.listing import UserSummary
-    from otpgate.directory.state import UserEntry
+    from otpgate.directory.records import UserEntry
     from otpgate.tokens import Token
 
 

@@ -6,17 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from otpgate.codec import (
-    PLAIN_REFUSED,
-    AttributeSpec,
-    CodecError,
-    Format,
-    Purpose,
-    Syntax,
-    check_format,
-)
+from otpgate.codec import PLAIN_REFUSED, AttributeSpec, Format, Purpose, Syntax, check_format
 from otpgate.configfile import (
-    ConfigError,
     Section,
     in_range,
     is_loopback_host,
@@ -26,6 +17,7 @@ from otpgate.configfile import (
     secret,
 )
 from otpgate.directory.profiles import KNOWN_ATTRIBUTES, PROFILES, Profile
+from otpgate.errors import CodecError, ConfigError
 
 ROLE_PURPOSE = {
     "seed": Purpose.SEED,
@@ -142,12 +134,18 @@ def _mapped(
     return MappedAttribute(spec, fmt)
 
 
-def _urls(sec: Section, start_tls: bool) -> tuple[tuple[str, ...], str | None]:
+def _urls(sec: Section, start_tls: bool, server: str) -> tuple[tuple[str, ...], str | None]:
     urls = sec.strings("urls")
     if not urls:
         raise ConfigError(f"{sec.key('urls')} is required: a list of ldap:// or ldaps:// URLs")
     urls = tuple(ldap_url(sec, "urls", u) for u in urls)
-    write_url = sec.get("write_url", str, "") or None  # None: "discover" on AD, see below
+    write_url = sec.get("write_url", str, "") or None
+    implicit = write_url is None and server == "ad"
+    if implicit:
+        # AD replicates every DC's writes to the others later: with OTP state on whichever
+        # DC answers (a failover someone can force) one code could be accepted twice.  The
+        # default is checked like the value it stands for.
+        write_url = "discover"
     if write_url is not None and write_url != "discover":
         ldap_url(sec, "write_url", write_url)
     if start_tls and any(u.startswith("ldaps:") for u in urls):
@@ -161,9 +159,11 @@ def _urls(sec: Section, start_tls: bool) -> tuple[tuple[str, ...], str | None]:
         if problem:
             raise ConfigError(f"{sec.key('write_url')}: {problem}")
     if write_url == "discover" and not start_tls and not all(u.startswith("ldaps:") for u in urls):
+        unset = " (unset on AD: the PDC emulator)" if implicit else ""
         raise ConfigError(
-            f"{sec.key('write_url')}: 'discover' finds a remote DC, reached like the first URL: "
-            "use ldaps:// URLs or set [directory].start_tls = true"
+            f"{sec.key('write_url')}: 'discover'{unset} finds a remote DC, reached like the "
+            "first URL: use ldaps:// URLs or set [directory].start_tls = true"
+            + ("; or set write_url to the one DC that holds OTP state" if implicit else "")
         )
     return urls, write_url
 
@@ -189,13 +189,9 @@ def _state_dn(sec: Section, profile: Profile, inventory_dn: str | None) -> str |
 def parse_directory(sec: Section, base: Path) -> DirectoryConfig:
     profile = PROFILES[sec.choice("profile", tuple(PROFILES), "ad")]
     start_tls = sec.value(DirectoryConfig, "start_tls", bool)
-    urls, write_url = _urls(sec, start_tls)
+    urls, write_url = _urls(sec, start_tls, profile.server)
     if write_url == "discover" and profile.server != "ad":
         raise ConfigError(f"{sec.key('write_url')}: 'discover' (the PDC emulator) is for AD only")
-    if profile.server == "ad" and write_url is None:
-        # AD replicates every DC's writes to the others later: with OTP state on whichever
-        # DC answers (a failover someone can force) one code could be accepted twice.
-        write_url = "discover"
     ca = sec.get("ca_file", str, "")
     ca_file = (base / ca) if ca else None
     if ca_file is not None and not ca_file.is_file():

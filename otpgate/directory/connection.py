@@ -37,12 +37,11 @@ from otpgate.directory.ldapdata import (
     NO_SUCH_OBJECT,
     SCOPE_SUBTREE,
     SUCCESS,
-    DirectoryError,
-    DirectoryUnavailable,
     LdapUrl,
     Modification,
     SearchEntry,
 )
+from otpgate.errors import BerError, DirectoryError, DirectoryUnavailable
 from otpgate.netio import send
 from otpgate.stats import DirectoryStats
 
@@ -232,7 +231,7 @@ class LdapClientProtocol(protocol.Protocol):
                         return
                     self._awaiting_tls = True
                 self._handle(pdu, header)
-            except ber.BerError as exc:
+            except BerError as exc:
                 log.warn("malformed response from the directory ({err}); closing", err=exc)
                 self._abort(f"malformed response: {exc}")
                 return

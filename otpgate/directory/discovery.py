@@ -15,14 +15,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from otpgate import ber
 from otpgate.directory.drive import run_steps_async
-from otpgate.directory.ldapdata import (
-    SCOPE_BASE,
-    DirectoryError,
-    DirectoryUnavailable,
-    LdapUrl,
-    SearchEntry,
-    parent_dn,
-)
+from otpgate.directory.ldapdata import SCOPE_BASE, LdapUrl, SearchEntry, parent_dn
+from otpgate.errors import DirectoryError, DirectoryUnavailable
 
 if TYPE_CHECKING:
     from otpgate.directory.connection import LdapConnection
@@ -87,7 +81,7 @@ async def pdc_emulator_url(conn: LdapConnection, base_dn: str, template: str) ->
 async def check_is_pdc(conn: LdapConnection, owner: str) -> None:
     """Fail closed unless ``conn`` reached the PDC emulator itself: a URL may name several
     DCs (the domain name, round-robin DNS, a balancer), and a reconnect could then land
-    OTP state on another DC (found in review).  Read on every new write connection."""
+    OTP state on another DC.  Read on every new write connection."""
     found = await conn.search("", _ANY, ["dsServiceName"], scope=SCOPE_BASE)
     this = _text(found[0] if found else None, "dsServiceName")
     if this is None or not same_dn(this, owner):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from otpgate.directory.state import UserEntry
+from otpgate.directory.records import UserEntry
 
 
 class EntryCache:

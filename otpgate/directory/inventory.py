@@ -24,8 +24,9 @@ from otpgate.directory.ldapdata import (
     Modification,
     SearchEntry,
 )
-from otpgate.directory.state import ANY_ENTRY, CAS_CONFLICTS, Lookup
-from otpgate.errors import InventoryError as InventoryError
+from otpgate.directory.records import CAS_CONFLICTS, Lookup
+from otpgate.directory.state import ANY_ENTRY
+from otpgate.errors import InventoryError
 from otpgate.tokens import Secret, Token
 from otpgate.vault import Keyring
 

@@ -28,12 +28,11 @@ from otpgate.directory.ldapdata import (
     SCOPE_BASE,
     SCOPE_SUBTREE,
     SUCCESS,
-    DirectoryError,
-    DirectoryUnavailable,
     LdapUrl,
     Modification,
     SearchEntry,
 )
+from otpgate.errors import DirectoryError, DirectoryUnavailable
 
 T = TypeVar("T")
 

@@ -15,7 +15,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from otpgate.directory.connection import LdapConnection, TlsSettings, connect
-from otpgate.directory.ldapdata import SUCCESS, DirectoryError, DirectoryUnavailable, LdapUrl
+from otpgate.directory.ldapdata import SUCCESS, LdapUrl
+from otpgate.errors import DirectoryError, DirectoryUnavailable
 from otpgate.stats import DirectoryStats
 
 log = Logger()
@@ -103,8 +104,8 @@ class ServerPool:
         """A service-account connection, round robin over at most ``size`` of them.
 
         Callers that arrive while the pool is still opening its connections wait for
-        those rather than opening their own (a burst of logins on a cold pool used to
-        open one connection each); if opening fails, they fail with it (fail closed).
+        those rather than opening their own (a burst of logins on a cold pool opens at most
+        ``size`` connections); if opening fails, they fail with it (fail closed).
         """
         if not all(c.connected for c in self._connections):
             self._connections = [c for c in self._connections if c.connected]

@@ -27,13 +27,8 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 
 from otpgate import ber
-from otpgate.directory.ldapdata import (
-    SCOPE_BASE,
-    SCOPE_SUBTREE,
-    DirectoryError,
-    DirectoryUnavailable,
-    SearchEntry,
-)
+from otpgate.directory.ldapdata import SCOPE_BASE, SCOPE_SUBTREE, SearchEntry
+from otpgate.errors import DirectoryError, DirectoryUnavailable
 
 CONFIG_ATTRIBUTES = ("olcServerID", "olcMultiProvider", "olcMirrorMode", "olcSuffix")
 """Not olcSyncrepl: its values hold the replication credentials."""
@@ -160,7 +155,7 @@ def probe(url: str, base_dn: str) -> Probe:
         raise
     except DirectoryError as exc:
         # A server that answers but refuses (busy, time limit, access...) has not shown that
-        # it does not replicate: the guard must not read that as "safe" (found in review).
+        # it does not replicate: the guard must not read that as "safe".
         raise ProbeRefused(f"{url}: the root DSE read was refused: {exc}") from exc
     contexts = dse[0].attributes.get("namingcontexts", []) if dse else []
     suffix = _suffix_for(contexts, base_dn)

@@ -9,19 +9,23 @@ replication, every OTP state write is refused (:class:`UnpinnedMultiProvider`, a
 "unavailable": fail closed) until ``write_url`` pins one provider, or
 ``allow_unpinned_multi_provider = true`` accepts the risk.  Exempt and no-OTP logins write
 no state and are not affected.
+
+A verdict is kept for ``RECHECK_SECONDS``, so one busy answer or dropped connection must not
+decide it: a server whose probe failed is asked again after each of ``RETRY_DELAYS``
+(1.5 s in all, however many servers), and only what still fails then counts (fail closed).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.connection import LdapConnection
 from otpgate.directory.drive import run_steps_async
-from otpgate.directory.ldapdata import DirectoryError, DirectoryUnavailable
+from otpgate.directory.ldapdata import LdapUrl
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.replication import (
     PIN_FIX,
@@ -31,10 +35,14 @@ from otpgate.directory.replication import (
     probe,
     readable,
 )
+from otpgate.errors import DirectoryError, DirectoryUnavailable
 
 log = Logger()
 
 RECHECK_SECONDS = 300.0
+RETRY_DELAYS = (0.5, 1.0)
+"""Seconds before each new try of the servers whose probe failed (a refusal such as busy,
+or no answer from any server)."""
 
 
 class UnpinnedMultiProvider(DirectoryUnavailable):
@@ -127,23 +135,27 @@ class ReplicationGuard:
             w.callback(None)
 
     async def _probe(self) -> None:
-        facts: list[ReplicationFacts] = []
-        errors: list[str] = []
-        refused: list[str] = []
-        for url in self.pool.urls:
-            try:
-                conn = await self.pool.open_to(url)
-            except DirectoryError as exc:
-                errors.append(str(exc))
-                continue
-            try:
-                facts.append(await server_facts(conn, url.url, self.config.base_dn))
-            except ProbeRefused as exc:
-                refused.append(str(exc))
-            except DirectoryError as exc:
-                errors.append(f"{url.url}: {exc}")
-            finally:
-                conn.close()
+        outcomes = {url: await self._probe_one(url) for url in self.pool.urls}
+        for delay in RETRY_DELAYS:
+            failed = [u for u, o in outcomes.items() if not isinstance(o, ReplicationFacts)]
+            refusals = any(isinstance(outcomes[u], ProbeRefused) for u in failed)
+            if not failed or (not refusals and len(failed) < len(outcomes)):
+                break  # servers out of reach show nothing: those that answered decide
+            log.info(
+                "replication check: {failures}; asking again in {delay} s",
+                failures="; ".join(str(outcomes[u]) for u in failed),
+                delay=delay,
+            )
+            await task.deferLater(self.clock, delay, lambda: None)
+            for url in failed:
+                outcomes[url] = await self._probe_one(url)
+        facts = [o for o in outcomes.values() if isinstance(o, ReplicationFacts)]
+        refused = [str(o) for o in outcomes.values() if isinstance(o, ProbeRefused)]
+        errors = [
+            str(o)
+            for o in outcomes.values()
+            if isinstance(o, DirectoryError) and not isinstance(o, ProbeRefused)
+        ]
         if not facts and not refused:
             raise DirectoryUnavailable(
                 "replication check: no directory server answered: " + "; ".join(errors)
@@ -169,3 +181,19 @@ class ReplicationGuard:
             )
         self._evidence = evidence
         self._checked_at = self.clock.seconds()
+
+    async def _probe_one(self, url: LdapUrl) -> ReplicationFacts | DirectoryError:
+        """One server's facts, or why it could not show them (``ProbeRefused`` when it
+        answered with an error)."""
+        try:
+            conn = await self.pool.open_to(url)
+        except DirectoryError as exc:
+            return exc
+        try:
+            return await server_facts(conn, url.url, self.config.base_dn)
+        except ProbeRefused as exc:
+            return exc
+        except DirectoryError as exc:
+            return DirectoryError(f"{url.url}: {exc}", exc.result_code)
+        finally:
+            conn.close()

@@ -33,28 +33,24 @@ from dataclasses import replace
 
 from otpgate.codec import AttributeCodec, Purpose
 from otpgate.directory.config import DirectoryConfig
-from otpgate.directory.ldapdata import (
-    SCOPE_BASE,
-    SCOPE_SUBTREE,
-    DirectoryError,
-    Modification,
-    SearchEntry,
-)
+from otpgate.directory.ldapdata import SCOPE_BASE, SCOPE_SUBTREE, Modification, SearchEntry
 
-# The records are re-exported: callers import them from here, beside the mapper.
+# Re-exported for the state engine, the stores and the pipeline, which import them from here.
 from otpgate.directory.records import CAS_CONFLICTS as CAS_CONFLICTS
 from otpgate.directory.records import ENTRY_EXISTS as ENTRY_EXISTS
-from otpgate.directory.records import INITIAL_USED as INITIAL_USED
+from otpgate.directory.records import INITIAL_USED, T
 from otpgate.directory.records import Lookup as Lookup
 from otpgate.directory.records import OtpState as OtpState
 from otpgate.directory.records import StateChange as StateChange
-from otpgate.directory.records import T
 from otpgate.directory.records import UserEntry as UserEntry
-from otpgate.errors import AmbiguousUser as AmbiguousUser
+from otpgate.errors import (
+    AmbiguousUser,
+    DirectoryError,
+    StateNotMigrated,
+    TamperedState,
+    UserNotFound,
+)
 from otpgate.errors import ConcurrentUpdate as ConcurrentUpdate
-from otpgate.errors import StateNotMigrated as StateNotMigrated
-from otpgate.errors import TamperedState as TamperedState
-from otpgate.errors import UserNotFound as UserNotFound
 from otpgate.tokens import (
     Token,
     TokenType,

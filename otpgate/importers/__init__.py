@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from otpgate.errors import ImportFormatError as ImportFormatError
 from otpgate.otp.oath import check_counter
 from otpgate.tokens import Secret, Token
 

@@ -22,7 +22,8 @@ import csv
 import io
 import time
 
-from otpgate.directory.inventory import InventoryError, check_serial
+from otpgate.directory.inventory import check_serial
+from otpgate.errors import InventoryError
 from otpgate.importers import (
     ImportedToken,
     ImportResult,

@@ -28,11 +28,10 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 
-from otpgate.directory.inventory import InventoryError, check_serial
-from otpgate.errors import PskcKeyError as PskcKeyError
+from otpgate.directory.inventory import check_serial
+from otpgate.errors import ImportFormatError, InventoryError, PskcKeyError
 from otpgate.importers import (
     ImportedToken,
-    ImportFormatError,
     ImportResult,
     RowProblem,
     check_key,

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from otpgate.auth.config import check_delimiter
 from otpgate.configfile import (
-    ConfigError,
     Network,
     Section,
     in_range,
@@ -17,6 +16,7 @@ from otpgate.configfile import (
     path_or_none,
     positive,
 )
+from otpgate.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,8 @@ from otpgate import ber
 from otpgate.auth.requests import Appended, Channel, Sasl
 from otpgate.auth.sasl import SASL_BIND_IN_PROGRESS
 from otpgate.directory.connection import no_delay
-from otpgate.directory.ldapdata import (
-    INVALID_CREDENTIALS,
-    PROTOCOL_ERROR,
-    SUCCESS,
-    UNAVAILABLE,
-    DirectoryUnavailable,
-)
+from otpgate.directory.ldapdata import INVALID_CREDENTIALS, PROTOCOL_ERROR, SUCCESS, UNAVAILABLE
+from otpgate.errors import BerError, DirectoryUnavailable
 from otpgate.ldapproxy.upstream import UpstreamProtocol
 from otpgate.netio import send
 
@@ -185,7 +180,7 @@ class LdapProxyProtocol(protocol.Protocol):
                     return
                 pdu, header = item
                 start_tls = self._is_start_tls(pdu, header)
-            except ber.BerError as exc:
+            except BerError as exc:
                 log.warn("closing {peer}: {err}", peer=self.peer_host, err=exc)
                 self._abort("malformed")
                 return
@@ -354,7 +349,7 @@ class LdapProxyProtocol(protocol.Protocol):
         mid = header.message_id
         try:
             request = ber.parse_bind(pdu, header)
-        except ber.BerError:
+        except BerError:
             self.factory.count("malformed_bind")
             self._answer(mid, ber.BIND_RESPONSE, PROTOCOL_ERROR, b"malformed bind")
             return
@@ -437,7 +432,7 @@ class LdapProxyProtocol(protocol.Protocol):
                     mid, ber.who_am_i_request(mid), ber.EXTENDED_RESPONSE
                 )
                 result = ber.decode_extended_response(answer, header)
-            except ber.BerError:
+            except BerError:
                 return PROTOCOL_ERROR, b""
             return result.code, result.value or b""
 

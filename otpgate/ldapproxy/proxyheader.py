@@ -36,6 +36,7 @@ from twisted.protocols import policies
 from zope.interface import directlyProvides, providedBy
 
 from otpgate.configfile import Network
+from otpgate.errors import FormatError
 from otpgate.netio import send
 
 log = Logger()
@@ -52,7 +53,7 @@ HEADER_TIMEOUT = 5.0
 _FIRST_BYTES = (V1_PREFIX[:1], V2_SIGNATURE[:1])
 
 
-class ProxyHeaderError(ValueError):
+class ProxyHeaderError(FormatError):
     """The bytes are not a valid PROXY header."""
 
 
@@ -148,8 +149,8 @@ class NoClientAddress:
     """The client of a LOCAL / UNKNOWN header: HAProxy's own health check, or a client it
     could not name (a unix-socket or abns@ frontend).  Its ``host`` ("local:" + the
     balancer's address) is no IP address, so it matches no trusted network and is its own
-    per-client key; giving it the balancer's address let a password alone through wherever
-    the balancer's address was trusted (found in review)."""
+    per-client key; with the balancer's address, a password alone would pass wherever the
+    balancer's address is trusted."""
 
     host: str
     port: int = 0

@@ -23,7 +23,8 @@ from zope.interface import implementer
 from otpgate import ber
 from otpgate.directory.config import cleartext_ldap_problem
 from otpgate.directory.connection import TlsSettings, no_delay
-from otpgate.directory.ldapdata import SUCCESS, DirectoryError, DirectoryUnavailable, LdapUrl
+from otpgate.directory.ldapdata import SUCCESS, LdapUrl
+from otpgate.errors import BerError, DirectoryError, DirectoryUnavailable
 
 log = Logger()
 
@@ -85,7 +86,7 @@ class UpstreamProtocol(protocol.Protocol):
                 if self._starttls is not None:
                     self._starttls_answered(pdu, header)
                     return
-            except ber.BerError as exc:
+            except BerError as exc:
                 self.abort(f"malformed PDU from the directory ({exc})")
                 return
             self.on_pdu(pdu, header)

@@ -19,7 +19,7 @@ from typing import Final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from otpgate.errors import InvalidYubicoOtp as InvalidYubicoOtp
+from otpgate.errors import InvalidYubicoOtp
 
 __all__ = [
     "AES_KEY_BYTES",
@@ -27,7 +27,6 @@ __all__ = [
     "MODHEX_ALPHABET",
     "PRIVATE_ID_BYTES",
     "TOKEN_CHARS",
-    "InvalidYubicoOtp",
     "YubicoOtp",
     "decrypt_otp",
     "looks_like_yubico_otp",

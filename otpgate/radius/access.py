@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from otpgate.errors import MalformedPacket
 from otpgate.radius.chap import (
     CHAP_RESPONSE_LENGTH,
     MSCHAP2_RESPONSE_LENGTH,
@@ -21,7 +22,6 @@ from otpgate.radius.packet import (
     STATE,
     USER_NAME,
     USER_PASSWORD,
-    MalformedPacket,
     Request,
 )
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from twisted.internet import defer
 
-from otpgate.directory.ldapdata import DirectoryUnavailable
+from otpgate.errors import DirectoryUnavailable
 
 
 class BindConnection(Protocol):

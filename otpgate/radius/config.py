@@ -6,15 +6,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from otpgate.configfile import (
-    ConfigError,
-    Network,
-    Section,
-    network,
-    non_negative,
-    positive,
-    secret,
-)
+from otpgate.configfile import Network, Section, network, non_negative, positive, secret
+from otpgate.errors import ConfigError
 
 RADIUS_MODES = ("append", "challenge", "otp-only")
 RADIUS_UNAVAILABLE_REPLIES = ("none", "reject")

@@ -22,7 +22,7 @@ from typing import Any
 from pyrad import packet as pyrad_packet
 from pyrad.dictionary import Dictionary
 
-from otpgate.errors import MalformedPacket as MalformedPacket
+from otpgate.errors import MalformedPacket
 
 # Packet codes
 ACCESS_REQUEST = 1

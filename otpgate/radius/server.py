@@ -46,6 +46,7 @@ from otpgate.auth.requests import (
 )
 from otpgate.config import Config
 from otpgate.directory.pool import ServerPool
+from otpgate.errors import MalformedPacket
 from otpgate.radius.access import Chap, Login, MsChapV2, Pap, classify
 from otpgate.radius.challenge import ChallengeStore
 from otpgate.radius.chap import MsChapV2Success, chap_proof, mschap2_proof
@@ -69,7 +70,6 @@ from otpgate.radius.packet import (
     STATE,
     STATUS_SERVER,
     AttributeKey,
-    MalformedPacket,
     Request,
     decode_request,
     decrypt_password,

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from otpgate.configfile import (
-    ConfigError,
     Network,
     Section,
     instant,
@@ -15,6 +14,7 @@ from otpgate.configfile import (
     path_or_none,
     positive,
 )
+from otpgate.errors import ConfigError
 
 WEB_FORWARDED_HEADERS = ("x-forwarded-for", "forwarded")
 

@@ -7,17 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 from otpgate import ber
-from otpgate.admin.enrollment import PolicyError
 from otpgate.admin.inventory import assign_token
 from otpgate.admin.manage import reset_change, revoke_change, unlock_change
-from otpgate.codec import CodecError
-from otpgate.directory.inventory import InventoryError
-from otpgate.directory.ldapdata import DirectoryError
-from otpgate.directory.state import (
+from otpgate.directory.records import OtpState, StateChange, UserEntry
+from otpgate.errors import (
     AmbiguousUser,
-    OtpState,
-    StateChange,
-    UserEntry,
+    CodecError,
+    DirectoryError,
+    InventoryError,
+    PolicyError,
     UserNotFound,
 )
 from otpgate.web import render

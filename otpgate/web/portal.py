@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.web import server
 
 from otpgate.auth.policy import in_networks
-from otpgate.web import render
+from otpgate.web import health, render
 from otpgate.web.base import Reply
 from otpgate.web.helpdesk import HelpDesk
 from otpgate.web.metrics import CONTENT_TYPE
@@ -38,9 +38,10 @@ class Portal(HelpDesk):
             body, ctype = self._static[path]
             return Reply(body, content_type=ctype)
         if path == b"/healthz" and method in (b"GET", b"HEAD"):
-            if await self.health.check():
+            verdict = await self.health.check()
+            if verdict == health.OK:
                 return Reply(b"ok\n", 200, b"text/plain")
-            return Reply(b"unavailable\n", 503, b"text/plain")
+            return Reply(f"unavailable: {verdict}\n".encode(), 503, b"text/plain")
         if path == b"/metrics" and method == b"GET":
             if not in_networks(address.network, self.web.metrics_networks):
                 return Reply(b"forbidden\n", 403, b"text/plain")

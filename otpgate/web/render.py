@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from html import escape
 from urllib.parse import urlencode
 
-from otpgate.directory.state import OtpState
+from otpgate.directory.records import OtpState
 from otpgate.tokens import Token, TokenType
 
 

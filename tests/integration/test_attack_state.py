@@ -31,8 +31,7 @@ import ldap3
 import pytest
 import pytest_twisted
 
-from tests.logins import appended, first_enrollment
-from otpgate.directory.state import INITIAL_USED
+from otpgate.directory.records import INITIAL_USED
 from otpgate.otp.oath import hotp
 from otpgate.otp.scratch import generate_scratch_list
 from otpgate.tokens import Token, TokenType
@@ -40,6 +39,7 @@ from otpgate.vault import keygen
 from tests.integration.backends import USER_PASSWORD, Backend
 from tests.integration.proxyhelp import Proxy, enroll, start_proxy
 from tests.servers import SambaDC, Slapd
+from tests.logins import appended, first_enrollment
 
 PW = USER_PASSWORD
 INSUFFICIENT_ACCESS = 50
@@ -244,7 +244,7 @@ def test_state_entries_are_created_by_the_service_account_only(site):
 
 @pytest_twisted.ensureDeferred
 async def test_switching_to_the_container_fails_closed_until_migrated(site, tmp_path, capsys):
-    """Red team: after [directory] state_dn is set, a state still in the user's own entry
+    """Attack: after [directory] state_dn is set, a state still in the user's own entry
     must not read as "never enrolled" (a phished password could then enroll the attacker's
     device).  Refused until `otpgate migrate-state` moves it; then the same state (spent
     codes included) is in force."""

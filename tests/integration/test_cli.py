@@ -16,7 +16,7 @@ from pathlib import Path
 
 from otpgate.cli import main
 from otpgate.config import load_config
-from otpgate.directory.state import StateChange
+from otpgate.directory.records import StateChange
 from otpgate.directory.sync import SyncDirectory, discover_pdc, open_store
 from otpgate.otp.oath import hotp
 from otpgate.otp.scratch import verify_scratch

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from otpgate.cli import main
-from otpgate.directory.state import StateChange
+from otpgate.directory.records import StateChange
 from otpgate.otp.oath import hotp
 from otpgate.tokens import Secret, Token, TokenType
 from otpgate.vault import Keyring, keygen, read_raw_keys

@@ -10,7 +10,8 @@ from twisted.internet import defer, reactor
 
 from otpgate import ber
 from otpgate.directory.discovery import url_for_host
-from otpgate.directory.ldapdata import SCOPE_BASE, DirectoryUnavailable, parent_dn
+from otpgate.directory.ldapdata import SCOPE_BASE, parent_dn
+from otpgate.errors import DirectoryUnavailable
 from otpgate.service import Gateway
 from otpgate.vault import Keyring
 from tests.netutil import free_port

@@ -9,13 +9,13 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from otpgate.admin.inventory import assign_token
-from tests.logins import code_only
-from otpgate.directory.inventory import InventoryError
 from otpgate.directory.store import InventoryStore
+from otpgate.errors import InventoryError
 from otpgate.otp.oath import hotp
 from otpgate.service import Gateway
 from otpgate.tokens import Secret, Token, TokenType
 from otpgate.vault import Keyring
+from tests.logins import code_only
 
 
 def inventory_dn(backend) -> str:

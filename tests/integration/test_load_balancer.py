@@ -150,7 +150,7 @@ flush_seconds = 0
                 assert body == b"ok\n"
                 return r.status
         except urllib.error.HTTPError as exc:
-            assert exc.read() == b"unavailable\n"  # nothing else is said
+            assert exc.read() == b"unavailable: directory not answering\n"  # nothing else
             return exc.code
 
 

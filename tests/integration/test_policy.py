@@ -77,8 +77,8 @@ async def test_lockout_through_the_proxy(request, tmp_path, tmp_path_factory):
 @pytest.mark.samba
 @pytest_twisted.ensureDeferred
 async def test_nested_and_primary_groups_need_the_otp_on_ad(request, tmp_path, tmp_path_factory):
-    """Red team: memberOf alone misses nested groups and the primary group (Domain Users);
-    a policy that reads "not in a group that needs an OTP" from that failed open."""
+    """Attack: memberOf alone misses nested groups and the primary group (Domain Users); a
+    policy that read "not in a group that needs an OTP" from it alone would fail open."""
     backend = make_backend("samba", request, tmp_path_factory.getbasetemp())
     dc = backend.server
     name, dn = backend.new_user("nested")
@@ -113,7 +113,7 @@ async def test_nested_and_primary_groups_need_the_otp_on_ad(request, tmp_path, t
 
 @pytest_twisted.ensureDeferred
 async def test_group_members_without_memberof_need_the_otp(request, tmp_path, tmp_path_factory):
-    """Red team: OpenLDAP without the memberof overlay (the test slapd has none): members are
+    """Attack: OpenLDAP without the memberof overlay (the test slapd has none): members are
     only in the group's member values, and they must still need the OTP."""
     backend = make_backend("slapd-stock", request, tmp_path_factory.getbasetemp())
     name, dn = backend.new_user("member")

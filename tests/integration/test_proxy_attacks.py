@@ -29,7 +29,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from otpgate import ber
 from otpgate.config import parse_config
-from otpgate.directory.ldapdata import DirectoryUnavailable
+from otpgate.errors import DirectoryUnavailable
 from otpgate.otp.oath import hotp
 from otpgate.service import Gateway
 from otpgate.vault import Keyring, keygen
@@ -386,7 +386,7 @@ async def test_a_forwarded_bind_answer_does_not_complete_the_proxys_own_bind(
     slapd_backend, tmp_path
 ):
     """Anonymous bind and an exempt account's bind with a WRONG password, same message id,
-    pipelined: the anonymous success used to be taken as the answer to the password check."""
+    pipelined: the anonymous success must not be taken as the answer to the password check."""
     s = slapd_backend.server
     proxy = await start_proxy(slapd_backend, tmp_path, policy={"exempt_dns": [s.admin_dn]})
     events = audit_events(proxy)
@@ -402,8 +402,8 @@ async def test_a_forwarded_bind_answer_does_not_complete_the_proxys_own_bind(
 
 @pytest_twisted.ensureDeferred
 async def test_a_bind_reusing_a_searchs_id_is_refused_and_nothing_hangs(slapd_backend, tmp_path):
-    """Search id 5 then Bind id 5 in one write: the search's answer used to take the bind's
-    place and the connection hung for ever (the bind never finished)."""
+    """Search id 5 then Bind id 5 in one write: the search's answer must not take the bind's
+    place (the bind would never finish and the connection would hang for ever)."""
     s = slapd_backend.server
     proxy = await start_proxy(slapd_backend, tmp_path, policy={"exempt_dns": [s.admin_dn]})
     events = audit_events(proxy)

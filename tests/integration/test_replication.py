@@ -253,3 +253,35 @@ listen = ["tcp:{free_port()}:interface=127.0.0.1"]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def _healthz(url: str) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_healthz_is_unavailable_while_the_guard_refuses_otp_state(repl, multi_provider,
+                                                                   tmp_path):
+    """`twistd otpgate` unpinned on the multi-provider pair refuses every OTP login: its
+    /healthz says so (503, a fixed reason), so that a load balancer takes it out; pinned to
+    one provider, the same gateway is healthy."""
+    from tests.browser.portal import run_portal
+
+    mp = multi_provider
+    for sub in ("unpinned", "pinned"):
+        (tmp_path / sub).mkdir()
+    with run_portal(repl, tmp_path / "unpinned", twistd=True,
+                    directory=directory([mp.a.url, mp.b.url])) as portal:
+        status, body = _healthz(portal.url)
+        assert (status, body) == (503, b"unavailable: OTP state writes refused "
+                                       b"(replication guard)\n")
+        assert mp.a.url.encode() not in body and mp.b.url.encode() not in body
+    with run_portal(repl, tmp_path / "pinned", twistd=True,
+                    directory=directory([mp.a.url, mp.b.url], mp.a.url)) as portal:
+        assert _healthz(portal.url) == (200, b"ok\n")

@@ -12,14 +12,15 @@ from twisted.internet import reactor
 
 from otpgate.admin.enrollment import enroll_change, new_oath_token
 from otpgate.auth.lockout import unlock
-from tests.logins import appended, code_only
-from otpgate.codec import CodecError, Syntax
-from otpgate.directory.state import AmbiguousUser, StateChange, UserNotFound
+from otpgate.codec import Syntax
+from otpgate.directory.records import StateChange
+from otpgate.errors import AmbiguousUser, CodecError, UserNotFound
 from otpgate.otp.oath import hotp
 from otpgate.service import Gateway
 from otpgate.tokens import TokenType
 from otpgate.vault import Keyring
 from tests.integration.backends import USER_PASSWORD
+from tests.logins import appended, code_only
 
 
 def gateway(backend, directory=None, **sections):
@@ -290,8 +291,8 @@ async def test_stale_cached_entry_costs_one_counted_cas_retry(backend):
 
 @pytest_twisted.ensureDeferred
 async def test_code_spent_elsewhere_is_refused_from_a_cached_entry(backend):
-    """Red team (issue 13's cache invalidation): gateway A holds alice's entry and its decoded
-    state cached; gateway B spends the next code; the same code sent to A is refused (A's
+    """Attack on the entry cache: gateway A holds alice's entry and its decoded state
+    cached; gateway B spends the next code; the same code sent to A is refused (A's
     compare-and-swap fails on the value B wrote, A re-reads and sees the code spent), and the
     code after it still works on A."""
     first, second = gateway(backend), gateway(backend)
@@ -314,7 +315,7 @@ async def test_code_spent_elsewhere_is_refused_from_a_cached_entry(backend):
 @pytest.mark.samba
 @pytest_twisted.ensureDeferred
 async def test_disabled_and_expired_ad_accounts_get_no_code_only_login(request, tmp_path_factory):
-    """Red team: CHAP, MS-CHAPv2 and otp-only logins bind nothing as the user, so AD never got
+    """Attack: CHAP, MS-CHAPv2 and otp-only logins bind nothing as the user, so AD never gets
     to say the account is disabled or expired: otpgate checks both itself."""
     from tests.integration.backends import make_backend
 

@@ -1,5 +1,5 @@
 """Attacks on the web portal, performed over HTTP against the portal on loopback and the tests'
-real directories (slapd, Samba AD).  Each test failed on the portal before its fix.
+real directories (slapd, Samba AD).  Each test performs the attack and checks that it fails.
 
 - password-only sign-in of a user with a token, where policy needs no OTP (trusted network,
   not in a required group): no self-service at all; a typed code is always verified;
@@ -133,8 +133,8 @@ def test_password_only_sign_in_gets_no_self_service(
             assert fresh.post(path, {"token": "x"})[0] == 403
         assert raw_state(backend, newcomer)[1] == ()
 
-        # Password + code: verified and spent even though policy needs no OTP here (before,
-        # the code was taken for part of the password and the bind failed).
+        # Password + code: verified and spent even though policy needs no OTP here (not taken
+        # for part of the password, which would fail the bind).
         user = WebClient(portal)
         otp = code(key)
         assert user.sign_in(name, USER_PASSWORD, otp) == 303, portal.log.read_text()[-2000:]

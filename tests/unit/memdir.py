@@ -18,8 +18,9 @@ from typing import Any
 
 from otpgate.config import Config
 from otpgate.directory.engine import Add, Delete, Modify, Op, Search
-from otpgate.directory.ldapdata import DirectoryUnavailable, Modification, SearchEntry
+from otpgate.directory.ldapdata import Modification, SearchEntry
 from otpgate.directory.store import OtpStore
+from otpgate.errors import DirectoryUnavailable
 from otpgate.vault import Keyring
 
 SUCCESS, NO_SUCH_ATTRIBUTE, VALUE_EXISTS, NO_SUCH_OBJECT, ENTRY_EXISTS = 0, 16, 20, 32, 68

@@ -12,8 +12,9 @@ from otpgate.admin.enrollment import enroll_change, new_oath_token
 from otpgate.admin.imports import ImportRefused, import_tokens
 from otpgate.admin.rekey import RetireRefused, rekey_pass, retire_after
 from otpgate.config import OtpConfig, parse_config
-from otpgate.directory.ldapdata import DirectoryError
-from otpgate.directory.state import StateMapper, UserEntry
+from otpgate.directory.records import UserEntry
+from otpgate.directory.state import StateMapper
+from otpgate.errors import DirectoryError
 from otpgate.importers.csvfiles import parse_oath_csv
 from otpgate.tokens import TokenType
 from otpgate.vault import Keyring

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from ldaptor.protocols import pureber, pureldap
 
 from otpgate import ber
+from otpgate.errors import BerError
 
 
 def ldaptor_decode(pdu: bytes):
@@ -32,12 +33,12 @@ def test_framing_partial_long_lengths_and_limits():
     got, header = buf.next(10_000)
     assert got == pdu and header.message_id == 7 and header.op_tag == ber.BIND_REQUEST
     assert buf.next(10_000) is None
-    with pytest.raises(ber.BerError, match="above the limit"):
+    with pytest.raises(BerError, match="above the limit"):
         buf.feed(pdu[5:])
         buf.next(100)
-    with pytest.raises(ber.BerError, match="starts with 0x30"):
+    with pytest.raises(BerError, match="starts with 0x30"):
         ber.next_pdu_size(b"\x31\x00", 100)
-    with pytest.raises(ber.BerError, match="length encoding"):
+    with pytest.raises(BerError, match="length encoding"):
         ber.next_pdu_size(b"\x30\x80\x00\x00", 100)  # indefinite length is not LDAP
 
 
@@ -112,7 +113,7 @@ def test_garbage_only_ever_raises_ber_error(data):
                 ber.extended_request_name(pdu, header)
             else:
                 ber.decode_result(pdu, header)
-    except ber.BerError:
+    except BerError:
         pass
 
 
@@ -147,7 +148,7 @@ def test_extended_responses_who_am_i_and_notice_of_disconnection():
     result = ber.decode_extended_response(notice, header)
     assert header.message_id == 0 and result.name == ber.NOTICE_OF_DISCONNECTION_OID
     assert (result.code, result.diagnostic) == (2, b"bye")
-    with pytest.raises(ber.BerError):
+    with pytest.raises(BerError):
         bad = ber.message(4, ber.ldap_result(ber.EXTENDED_RESPONSE, 0, extra=b"\x99\x00"))
         ber.decode_extended_response(bad, ber.parse_header(bad))
 

@@ -15,16 +15,9 @@ import pyotp
 import pytest
 
 from otpgate.admin import doctor, doctor_acl
-from otpgate.admin.enrollment import (
-    PolicyError,
-    enroll_change,
-    new_oath_token,
-    otpauth_uri,
-    replaced_tokens,
-)
+from otpgate.admin.enrollment import enroll_change, new_oath_token, otpauth_uri, replaced_tokens
 from otpgate.admin.listing import list_text, show_text, summarise
 from otpgate.admin.manage import (
-    NoSuchToken,
     find_token,
     reset_change,
     resync_change,
@@ -37,7 +30,9 @@ from otpgate.admin.render import Progress, qr_terminal, scratch_card_html, write
 from otpgate.cli import main
 from otpgate.codec import AttributeSpec, Format, Syntax
 from otpgate.config import MappedAttribute, OtpConfig, parse_config
-from otpgate.directory.state import OtpState, StateMapper, UserEntry
+from otpgate.directory.records import OtpState, UserEntry
+from otpgate.directory.state import StateMapper
+from otpgate.errors import NoSuchToken, PolicyError
 from otpgate.otp.oath import Algorithm, hotp
 from otpgate.otp.scratch import generate_scratch_list, verify_scratch
 from otpgate.tokens import Secret, Token, TokenType, TokenUse, UsedState
@@ -546,9 +541,9 @@ def test_enroll_change_bounds_the_imported_counter():
 
 
 def test_retire_refuses_when_the_keyring_changed_during_the_rekey(tmp_path):
-    """`rekey --retire` used to keep the file's *current* key: a keygen during a long rekey
-    made the new key current, and retire deleted the key every value had just been
-    rewritten under."""
+    """`rekey --retire` keeps the key the rekey wrote with, and refuses when the keyring
+    changed meanwhile: a keygen during a long rekey makes a new key current, and keeping
+    only that one would delete the key every value had just been rewritten under."""
     from otpgate.admin.rekey import RetireRefused, retire_keys
     from otpgate.vault import keygen, read_raw_keys
 

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import otpgate.cli
 from otpgate.cli import main
 
@@ -54,8 +52,3 @@ def test_the_prompt_is_replaceable_on_the_package(monkeypatch, tmp_path, capsys)
     code = main(["import", str(pskc), "--format", "pskc", "--password", "--config", config])
     assert asked == ["PSKC password: "]
     assert code in (1, 2) and capsys.readouterr().err.startswith("otpgate import: ")
-
-
-@pytest.mark.parametrize("name", ["cmd_code", "cmd_import", "cmd_rekey", "inventory_clashes"])
-def test_old_names_stay_importable(name):
-    assert callable(getattr(otpgate.cli, name))

@@ -7,13 +7,13 @@ from hypothesis import strategies as st
 from otpgate.codec import (
     AttributeCodec,
     AttributeSpec,
-    CodecError,
     Format,
     Purpose,
     Syntax,
     postal_escape,
     postal_unescape,
 )
+from otpgate.errors import CodecError
 from otpgate.vault import Keyring
 
 KR = Keyring({"k1": os.urandom(32)}, "k1")

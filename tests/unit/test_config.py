@@ -5,7 +5,7 @@ import pytest
 
 from otpgate.cli import main
 from otpgate.codec import Format, Syntax
-from otpgate.config import ConfigError, parse_config
+from otpgate.config import ConfigError, load_config, parse_config
 
 EXAMPLE = Path(__file__).parents[2] / "deploy" / "otpgate.example.toml"
 
@@ -131,7 +131,8 @@ def test_bad_file_is_one_line_from_the_cli(tmp_path, capsys):
 def test_ad_needs_a_state_container_or_an_explicit_risk():
     """On a default AD every user may write their own state attributes (rollback -> replay):
     the AD profile refuses to keep state there unless the admin says the right was removed."""
-    ad = {**MINIMAL, "directory": {**MINIMAL["directory"], "profile": "ad"}}
+    ad = {**MINIMAL, "directory": {**MINIMAL["directory"], "profile": "ad",
+                                   "urls": ["ldaps://dc1.example.org"]}}
     with pytest.raises(ConfigError, match=r"\[directory\]\.state_dn is required on Active Directory"):
         parse(ad)
     ad["directory"]["state_dn"] = "OU=otpgate state,DC=example,DC=org"
@@ -184,9 +185,41 @@ def test_plain_write_url_and_discover_follow_the_same_rule():
     assert parse(doc).directory.write_url == "discover"
 
 
+AD_FILE = """\
+[directory]
+profile = "ad"
+urls = ["ldap://127.0.0.1:389"]
+base_dn = "DC=example,DC=org"
+bind_dn = "CN=otpgate,OU=Service,DC=example,DC=org"
+bind_password = "pw"
+state_dn = "OU=otpgate state,DC=example,DC=org"
+{more}
+[vault]
+keyring = "keyring.json"
+"""
+
+
+def test_the_implicit_ad_discover_follows_the_plain_ldap_rule_too(tmp_path, capsys):
+    """write_url unset on AD means "discover": the PDC emulator is found by name and reached
+    like the first URL, so plain ldap:// to loopback would become plain ldap:// to a remote
+    DC.  The default is refused like the explicit value."""
+    path = tmp_path / "otpgate.toml"
+    path.write_text(AD_FILE.format(more=""))
+    with pytest.raises(ConfigError, match=r"\[directory\]\.write_url: 'discover' \(unset on AD"):
+        load_config(path)
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert "ldaps://" in capsys.readouterr().err
+    for more in ('start_tls = true', 'write_url = "ldap://127.0.0.1:389"'):
+        path.write_text(AD_FILE.format(more=more))
+        assert load_config(path).directory.write_url in ("discover", "ldap://127.0.0.1:389")
+    path.write_text(AD_FILE.format(more="").replace("ldap://127.0.0.1:389", "ldaps://dc1"))
+    assert load_config(path).directory.write_url == "discover"
+
+
 def test_the_cli_driver_refuses_what_the_config_refuses():
-    from otpgate.directory.ldapdata import DirectoryError, LdapUrl
+    from otpgate.directory.ldapdata import LdapUrl
     from otpgate.directory.sync import connect
+    from otpgate.errors import DirectoryError
 
     directory = parse(MINIMAL).directory
     with pytest.raises(DirectoryError, match="clear text"):
@@ -257,7 +290,7 @@ def test_each_default_is_stated_once_in_its_dataclass():
 
 
 def test_ad_pins_otp_state_to_the_pdc_emulator_by_default():
-    """Red team: with OTP state on whichever DC answers, a forced failover to a DC that has
+    """Attack: with OTP state on whichever DC answers, a forced failover to a DC that has
     not replicated the last write accepts a code twice."""
     ad = {**MINIMAL, "directory": {**MINIMAL["directory"], "profile": "ad",
                                    "state_dn": "OU=s,DC=example,DC=org",

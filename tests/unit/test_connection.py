@@ -11,7 +11,8 @@ from twisted.internet.testing import StringTransport
 
 from otpgate import ber
 from otpgate.directory.connection import LdapClientProtocol, LdapConnection
-from otpgate.directory.ldapdata import DirectoryUnavailable, LdapUrl
+from otpgate.directory.ldapdata import LdapUrl
+from otpgate.errors import DirectoryUnavailable
 from otpgate.netio import send
 
 
@@ -62,9 +63,9 @@ def test_each_operation_gets_its_own_deadline_from_one_timer() -> None:
 
 
 def test_a_timeout_aborts_the_connection_and_fails_every_operation_on_it() -> None:
-    """Red team (review of the one-timer change): over TLS a polite close waits for the
-    stalled server's close_notify, so nothing may wait for connectionLost: the first overdue
-    operation aborts the connection and fails the others with it, and the pool sees it gone."""
+    """A stalled server: over TLS a polite close waits for its close_notify, so nothing may
+    wait for connectionLost: the first overdue operation aborts the connection and fails the
+    others with it, and the pool sees it gone."""
     conn, transport, clock = connection(timeout=5)
     ops = [defer.ensureDeferred(conn.simple_bind(f"cn={n}", b"pw")) for n in "abc"]
     failures: list = []

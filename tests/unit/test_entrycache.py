@@ -4,7 +4,8 @@ from pathlib import Path
 from otpgate.config import parse_config
 from otpgate.directory.entrycache import EntryCache
 from otpgate.directory.ldapdata import Modification
-from otpgate.directory.state import StateChange, StateMapper, UserEntry
+from otpgate.directory.records import StateChange, UserEntry
+from otpgate.directory.state import StateMapper
 from otpgate.tokens import TokenUse, UsedState
 from otpgate.vault import Keyring
 
@@ -49,8 +50,8 @@ def test_after_applies_a_plan_like_the_directory_would():
 
 
 def test_with_use_keeps_the_accepted_requests() -> None:
-    """Review finding: enrolment and resync went through with_use and dropped the RADIUS
-    failover records (failing closed, but not what the option promises)."""
+    """Enrolment and resync go through with_use, which must keep the RADIUS failover records
+    (dropping them fails closed, but is not what the option promises)."""
     from otpgate.tokens import AcceptedRequest
 
     record = AcceptedRequest(b"\x01" * 32, "t1", 1_700_000_000_000)

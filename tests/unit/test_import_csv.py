@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import PurePath
 
 from otpgate.importers.csvfiles import parse_oath_csv, parse_yubico_csv
-from otpgate.importers.errors import CSV_MARKER, error_file_name, error_file_text
+from otpgate.importers.errorfile import CSV_MARKER, error_file_name, error_file_text
 from otpgate.otp.oath import hotp
 from otpgate.tokens import TokenType
 
@@ -141,7 +141,8 @@ def test_serial_with_a_trailing_newline_is_refused():
     """`^...$` with re.match accepts "abc\\n": every validation pattern uses fullmatch."""
     import pytest
 
-    from otpgate.directory.inventory import InventoryError, check_serial
+    from otpgate.directory.inventory import check_serial
+    from otpgate.errors import InventoryError
 
     assert check_serial("abc") == "abc"
     with pytest.raises(InventoryError):

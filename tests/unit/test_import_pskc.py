@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from otpgate.importers import ImportFormatError
-from otpgate.importers.errors import XML_MARKER, error_file_text
-from otpgate.importers.pskc import PskcKeyError, parse_pskc
+from otpgate.errors import ImportFormatError, PskcKeyError
+from otpgate.importers.errorfile import XML_MARKER, error_file_text
+from otpgate.importers.pskc import parse_pskc
 from otpgate.otp.oath import hotp
 from otpgate.tokens import TokenType
 

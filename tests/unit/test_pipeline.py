@@ -301,7 +301,7 @@ async def test_otp_delimiter_splits_for_every_front_end() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_cutting_the_failure_writes_does_not_buy_guesses(world: World) -> None:
-    """Red team: someone on the path to the directory tells a failure write from a success
+    """Attack: someone on the path to the directory tells a failure write from a success
     write by its length and cuts only the failure writes.  The gateway keeps those failures
     itself: after max_failures unrecorded misses the user is locked, right code or not."""
     from otpgate.directory.engine import Modify
@@ -326,7 +326,7 @@ async def test_cutting_the_failure_writes_does_not_buy_guesses(world: World) -> 
 
 @pytest_twisted.ensureDeferred
 async def test_the_secret_is_split_by_the_tokens_the_user_has_now(world: World) -> None:
-    """Red team: a cached token list (6 digits) must not split password+code for a token
+    """Attack: a cached token list (6 digits) must not split password+code for a token
     enrolled meanwhile by another gateway (8 digits)."""
     six = await world.oath("alice")
     assert (await world.login("alice", PW + hotp(six, 0))).ok  # cached here now
@@ -338,7 +338,7 @@ async def test_the_secret_is_split_by_the_tokens_the_user_has_now(world: World) 
 
 @pytest_twisted.ensureDeferred
 async def test_membership_without_memberof_still_needs_the_otp() -> None:
-    """Red team: on OpenLDAP without the memberof overlay the user has no memberOf values;
+    """Attack: on OpenLDAP without the memberof overlay the user has no memberOf values;
     a required group (or an admin group) must still be seen, through the group's members;
     a group that cannot be read counts as one the user is in (the OTP is required)."""
     admins, vpn = "cn=admins,ou=groups,dc=x", "cn=vpn,ou=groups,dc=x"
@@ -361,7 +361,7 @@ async def test_membership_without_memberof_still_needs_the_otp() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_planted_entry_is_no_state_entry() -> None:
-    """Red team: whatever else sits under the state entry's name (an account someone could
+    """Attack: whatever else sits under the state entry's name (an account someone could
     create there, or anything without the state classes) is refused, never used as state."""
     w = World(config("container"))
     w.directory.add_user("alice", PW)

@@ -13,7 +13,7 @@ def policy(**kw):
 
 def test_an_escaped_comma_does_not_make_a_subtree():
     """cn=Smith\\, ou=Service Accounts,... is ONE RDN below ou=people, not an entry in the
-    exempt ou=Service Accounts subtree (the old comma split said it was)."""
+    exempt ou=Service Accounts subtree (as splitting the DN at every comma would say)."""
     p = policy(exempt_subtrees=("ou=Service Accounts,dc=example,dc=org",))
     assert p.is_exempt("cn=jenkins,ou=Service Accounts,dc=example,dc=org")
     assert not p.is_exempt(r"cn=Smith\, ou=Service Accounts,dc=example,dc=org")
@@ -48,7 +48,7 @@ def test_policy_order():
 
 
 def test_long_names_are_answered_but_never_memoised() -> None:
-    """A bind name can be 256 KiB; memoising such names let anyone who can
+    """Attack: a bind name can be 256 KiB; memoising such names would let anyone who can
     send binds pin gigabytes in the DN and exemption caches."""
     from otpgate import dn as module
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from otpgate.procstats import (
     ProcessTotals,
     StatsFolder,
     StatsWriter,
+    private_folder_problem,
     worker_file,
 )
 from otpgate.stats import AuthCounts, DirectoryStats
@@ -171,3 +173,53 @@ def test_ldap_proxy_events_round_trip_and_sum_across_processes(tmp_path: Path) -
     assert f'{family}{{event="proxy_header_timeout"}} 4.0' in text
     assert f'{family}{{event="refused_client_limit"}} 1.0' in text
     assert family not in Metrics(DirectoryStats()).text().decode()  # no LDAP proxy: no family
+
+
+def private(tmp_path: Path) -> Path:
+    folder = tmp_path / "metrics"
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def test_a_planted_symlink_is_replaced_never_followed(tmp_path: Path) -> None:
+    """Someone who could write into the folder plants symlinks at the counter file's name and
+    at the name a temporary file once had: the worker's write must not land in their target."""
+    folder = private(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o644)
+    worker_file(folder, 1).symlink_to(victim)
+    (folder / f".worker-1.json.{os.getpid()}.tmp").symlink_to(victim)
+    writer = StatsWriter(worker_file(folder, 1), 1, totals(2).to_dict, Clock())
+    writer.write()
+    assert victim.read_text() == "precious\n" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+    written = worker_file(folder, 1)
+    assert not written.is_symlink() and stat.S_IMODE(written.lstat().st_mode) == 0o600
+    assert json.loads(written.read_text())["stats"] == totals(2).to_dict()
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == [f".worker-1.json.{os.getpid()}.tmp", "worker-1.json"]  # the plant, untouched
+
+
+def test_nothing_is_written_to_a_folder_others_may_enter(tmp_path: Path) -> None:
+    open_folder = tmp_path / "open"
+    open_folder.mkdir()
+    open_folder.chmod(0o733)
+    linked = tmp_path / "linked"
+    linked.symlink_to(private(tmp_path))
+    for folder in (open_folder, linked):
+        StatsWriter(worker_file(folder, 1), 1, totals(1).to_dict, Clock()).write()
+        assert list(folder.iterdir()) == []
+    assert private_folder_problem(open_folder) == f"{open_folder} has mode 0733: others may enter it"
+    assert private_folder_problem(linked) == f"{linked} is not a directory"
+    assert private_folder_problem(tmp_path / "metrics") is None
+
+
+def test_the_main_process_reads_no_symlink_and_no_fifo(tmp_path: Path) -> None:
+    folder = private(tmp_path)
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"index": 1, "pid": 9, "stats": totals(7).to_dict()}))
+    worker_file(folder, 1).symlink_to(elsewhere)
+    os.mkfifo(worker_file(folder, 2))
+    write(folder, 3, 300, totals(3))
+    peers = PeerStats(folder)
+    assert {i: t.auth.total for i, t in peers.read().items()} == {3: 3}

@@ -14,7 +14,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from otpgate import ber
-from otpgate.configfile import ConfigError
+from otpgate.errors import ConfigError
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import ReusePortListener, _TLSFactory
 from otpgate.ldapproxy.proxyheader import (
@@ -132,6 +132,16 @@ def test_v2_size_cap():
 def test_no_signature(data):
     with pytest.raises(ProxyHeaderError, match="signature"):
         parse_header(data)
+
+
+def test_a_bad_header_is_an_otpgate_format_error():
+    """Under the one hierarchy (a caller failing closed on OtpgateError catches it), and a
+    ValueError like every FormatError."""
+    from otpgate.errors import FormatError, OtpgateError
+
+    with pytest.raises(FormatError) as caught:
+        parse_header(b"PROXY TCP4 300.1.1.1 127.0.0.1 1 2\r\n")
+    assert isinstance(caught.value, OtpgateError) and isinstance(caught.value, ValueError)
 
 
 # -- the wrapper around the real ProxyFactory --------------------------------------------
@@ -260,10 +270,10 @@ def test_haproxy_ldap_check_is_up_only_when_the_directory_answers(directory_up):
     b"PROXY UNKNOWN 1.2.3.4 evil 99999 x\r\n",
 ])
 def test_a_header_without_a_client_grants_nothing(header):
-    """Red team (review): a LOCAL / UNKNOWN header used to give the connection the balancer's
-    own address; with the balancer inside trusted_networks, alice's password alone was
-    accepted ("no OTP needed: trusted network") through HAProxy's unix-socket frontend.
-    Now such a client is "local:<balancer>": no IP address, no trusted network."""
+    """Attack: with the balancer's own address for a LOCAL / UNKNOWN header and the balancer
+    inside trusted_networks, alice's password alone would be accepted ("no OTP needed:
+    trusted network") through HAProxy's unix-socket frontend.  Such a client is
+    "local:<balancer>": no IP address, no trusted network."""
     b = Balanced(policy={"trusted_networks": ["10.0.0.0/8"]})
     proto, transport = b.connect()
     proto.dataReceived(header + bind(1, "alice", "alice-password"))  # no OTP appended

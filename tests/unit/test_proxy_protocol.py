@@ -24,7 +24,8 @@ from otpgate import ber
 from otpgate.auth.pipeline import Authenticator, AuthResult
 from otpgate.config import auth_settings, parse_config
 from otpgate.directory.connection import LdapClientProtocol, LdapConnection, TlsSettings
-from otpgate.directory.ldapdata import DirectoryUnavailable, LdapUrl
+from otpgate.directory.ldapdata import LdapUrl
+from otpgate.errors import DirectoryUnavailable
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.upstream import STARTTLS_ID, UpstreamProtocol
 from otpgate.vault import Keyring
@@ -236,9 +237,9 @@ def test_requests_pipelined_behind_a_bind_wait_for_its_answer():
 
 
 def test_a_forwarded_bind_answer_cannot_complete_the_proxys_own_bind():
-    """The attack on the old code: an anonymous bind (forwarded) and an exempt account's bind
-    with a wrong password under the same id, pipelined. The anonymous bind's success used to
-    answer the proxy's own password check: "success" without the password."""
+    """Attack: an anonymous bind (forwarded) and an exempt account's bind with a wrong
+    password under the same id, pipelined, so that the anonymous bind's success answers the
+    proxy's own password check: "success" without the password."""
     h = Harness()
     h.send(bind(5, "", ""), bind(5, SVC, "wrong-password"))
     sent = h.upstream_got()
@@ -360,7 +361,7 @@ def test_starttls_refused_while_requests_are_outstanding_or_twice():
 def test_a_malformed_starttls_request_closes_only_that_connection():
     broken = ber.message(1, ber.tlv(ber.EXTENDED_REQUEST, b"\x80\x7f" + ber.START_TLS_OID))
     h = Harness()
-    h.send(broken)  # used to raise out of dataReceived
+    h.send(broken)  # must not raise out of dataReceived
     assert h.client.disconnected and h.factory.counters["malformed"] == 1
     assert h.upstream_got() == [] and h.client_got() == []
 
@@ -557,10 +558,10 @@ def test_gateway_starttls_waits_for_the_handshake():
 
 
 def test_a_refused_rebind_leaves_the_upstream_connection_anonymous():
-    """Red team: bound as A, a rebind the proxy refuses (here a bind without a password,
-    never forwarded) left the upstream connection bound as A for the next request.  After a
-    failed bind the connection is anonymous (RFC 4511 4.2.1): the proxy binds anonymously
-    upstream before anything else goes."""
+    """Attack: bound as A, a rebind the proxy refuses (here a bind without a password,
+    never forwarded), hoping the upstream connection stays bound as A for the next request.
+    After a failed bind the connection is anonymous (RFC 4511 4.2.1): the proxy binds
+    anonymously upstream before anything else goes."""
     h = Harness()
     h.send(bind(1, SVC, "pw"))
     h.upstream_got()

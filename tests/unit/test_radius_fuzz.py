@@ -12,8 +12,9 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from otpgate.errors import MalformedPacket
 from otpgate.radius.access import Login, classify
-from otpgate.radius.packet import MalformedPacket, Request, decode_request, verify_message_authenticator
+from otpgate.radius.packet import Request, decode_request, verify_message_authenticator
 from tests.unit.test_radius_server import NAS, SECRET, make_server, request
 
 FUZZ = settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

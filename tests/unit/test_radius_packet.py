@@ -9,6 +9,7 @@ import pytest
 from pyrad import packet as pp
 from pyrad.dictionary import Dictionary
 
+from otpgate.errors import MalformedPacket
 from otpgate.radius.packet import (
     ACCESS_ACCEPT,
     ACCESS_CHALLENGE,
@@ -17,7 +18,6 @@ from otpgate.radius.packet import (
     PROXY_STATE,
     REPLY_MESSAGE,
     STATE,
-    MalformedPacket,
     check_layout,
     decode_request,
     decrypt_password,

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from otpgate.config import parse_config
 from otpgate.directory.discovery import pdc_emulator
-from otpgate.directory.ldapdata import DirectoryError, DirectoryUnavailable, LdapUrl, SearchEntry
+from otpgate.directory.ldapdata import LdapUrl, SearchEntry
 from otpgate.directory.replication import (
     ProbeRefused,
     ReplicationFacts,
@@ -23,9 +23,11 @@ from otpgate.directory.replication import (
 )
 from otpgate.directory.replication_guard import (
     RECHECK_SECONDS,
+    RETRY_DELAYS,
     ReplicationGuard,
     UnpinnedMultiProvider,
 )
+from otpgate.errors import DirectoryError, DirectoryUnavailable
 
 SUFFIX = "dc=example,dc=org"
 
@@ -90,9 +92,9 @@ def test_a_server_without_contextcsn_or_config_is_single():
 
 @pytest.mark.parametrize("code", [3, 11, 50, 51, 52, 80])
 def test_a_refused_root_dse_or_suffix_read_cannot_be_judged(code):
-    """Review finding: a server that answered the probe with an error (busy, time limit,
-    access...) counted as "nothing to judge by", and the guard let unpinned OTP writes
-    through for five minutes.  Now the probe ends with ProbeRefused."""
+    """A server that answers the probe with an error (busy, time limit, access...) has not
+    shown that it does not replicate: the probe ends with ProbeRefused, never with "nothing
+    to judge by" (which would let unpinned OTP writes through until the next recheck)."""
     with pytest.raises(ProbeRefused):
         run(probe("ldap://a", SUFFIX), [DirectoryError(str(code), code), []])
     with pytest.raises(ProbeRefused):
@@ -165,6 +167,8 @@ class FakeConn:
             return dse(SUFFIX)
         if base == SUFFIX:
             if self.server.busy:
+                if self.server.busy is not True:
+                    self.server.busy -= 1
                 raise DirectoryError("busy", 51)
             return head(*self.server.csns)
         return []
@@ -177,7 +181,8 @@ class FakeServer:
     def __init__(self, *csns: str) -> None:
         self.csns = list(csns)
         self.down = False
-        self.busy = False
+        self.busy: bool | int = False
+        """True: busy; a number: busy for that many more suffix reads."""
         self.searches = 0
 
 
@@ -215,6 +220,23 @@ def guard_for(servers: dict[str, FakeServer], **directory):
     return ReplicationGuard(config.directory, pool, clock), pool, clock
 
 
+async def settled(guard: ReplicationGuard, clock: Clock, d=None) -> float:
+    """Run ``guard.check()`` (or the deferred ``d``) to its end, the Clock moving on to each
+    retry the guard waits for; returns the seconds it took on that Clock (an error
+    propagates)."""
+    start = clock.seconds()
+    d = defer.ensureDeferred(guard.check()) if d is None else d
+    for _ in range(100):
+        if d.called:
+            break
+        await task.deferLater(reactor, 0, lambda: None)  # the fake pool's own wait
+        calls = clock.getDelayedCalls()
+        if not d.called and calls:
+            clock.advance(min(c.getTime() for c in calls) - clock.seconds())
+    await d
+    return clock.seconds() - start
+
+
 @pytest_twisted.ensureDeferred
 async def test_guard_refuses_multi_provider_checks_once_and_rechecks_later():
     a = FakeServer("2026#000000#001#000000", "2026#000000#002#000000")
@@ -240,12 +262,13 @@ async def test_guard_refuses_multi_provider_checks_once_and_rechecks_later():
 async def test_guard_fails_closed_when_no_server_answers_and_is_off_when_pinned():
     a = FakeServer()
     a.down = True
-    guard, pool, _clock = guard_for({"ldap://127.0.0.1:1": a})
+    guard, pool, clock = guard_for({"ldap://127.0.0.1:1": a})
     with pytest.raises(DirectoryUnavailable, match="replication check"):
-        await guard.check()
+        await settled(guard, clock)
+    assert pool.opened == 1 + len(RETRY_DELAYS)  # asked again before giving up
     a.down = False
     await guard.check()  # no contextCSN: no syncprov, single server
-    assert pool.opened == 2 and not guard.refusing
+    assert pool.opened == 2 + len(RETRY_DELAYS) and not guard.refusing
     pinned, pool, _ = guard_for({"ldap://127.0.0.1:1": a}, write_url="ldap://127.0.0.1:1")
     allowed, _, _ = guard_for({"ldap://127.0.0.1:1": a}, allow_unpinned_multi_provider=True)
     assert not pinned.active and not allowed.active
@@ -253,13 +276,13 @@ async def test_guard_fails_closed_when_no_server_answers_and_is_off_when_pinned(
 
 @pytest_twisted.ensureDeferred
 async def test_guard_refuses_while_a_server_answers_the_probe_with_an_error():
-    """Review finding: busy (51), unavailable (52), time or admin limits and refused access
-    made the probe say "nothing to judge by" and the guard allow unpinned OTP writes."""
+    """Busy (51), unavailable (52), time or admin limits and refused access do not show
+    that a server does not replicate: once retries did not help, OTP writes are refused."""
     a, b = FakeServer(), FakeServer()
     b.busy = True
     guard, _pool, clock = guard_for({"ldap://127.0.0.1:1": a, "ldap://127.0.0.1:2": b})
     with pytest.raises(UnpinnedMultiProvider, match="could not be checked"):
-        await guard.check()
+        await settled(guard, clock)
     b.busy = False
     clock.advance(RECHECK_SECONDS)
     await guard.check()
@@ -303,18 +326,52 @@ async def test_startup_check_logs_and_keeps_the_verdict_without_raising():
     assert pool.opened == 1  # the startup verdict is the one logins get
     down = FakeServer()
     down.down = True
-    guard, pool, _clock = guard_for({"ldap://127.0.0.1:1": down})
-    assert await guard.check_at_startup() is None  # warned, not raised
+    guard, pool, clock = guard_for({"ldap://127.0.0.1:1": down})
+    await settled(guard, clock, guard.check_at_startup())  # warned, not raised
     down.down = False
     await guard.check()  # tried again at the first login
-    assert pool.opened == 2 and not guard.refusing
+    assert pool.opened == 2 + len(RETRY_DELAYS) and not guard.refusing
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_busy_answer_is_asked_again_and_does_not_refuse_for_five_minutes():
+    """A server busy for one read (or two) answers within the retries: no refusal, and the
+    logins waiting meanwhile share the one probe."""
+    a, b = FakeServer(), FakeServer()
+    b.busy = 1
+    guard, pool, clock = guard_for({"ldap://127.0.0.1:1": a, "ldap://127.0.0.1:2": b})
+    waiting = defer.ensureDeferred(guard.check())
+    took = await settled(guard, clock)
+    assert waiting.called and (await waiting) is None
+    assert took == RETRY_DELAYS[0] and not guard.refusing
+    assert pool.opened == 3  # a once, b twice: only the server that failed is asked again
+    b.busy = len(RETRY_DELAYS)
+    clock.advance(RECHECK_SECONDS)
+    took = await settled(guard, clock)
+    assert took == sum(RETRY_DELAYS) <= 2 and not guard.refusing
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_still_busy_after_the_retries_refuses_and_a_server_down_is_not_waited_for():
+    a, b = FakeServer(), FakeServer()
+    b.busy = len(RETRY_DELAYS) + 1
+    guard, _pool, clock = guard_for({"ldap://127.0.0.1:1": a, "ldap://127.0.0.1:2": b})
+    with pytest.raises(UnpinnedMultiProvider, match=r"could not be checked.*busy"):
+        await settled(guard, clock)
+    assert guard.refusing  # fail closed, kept until the recheck
+    with pytest.raises(UnpinnedMultiProvider):
+        await guard.check()
+    # one server down, another answered: nothing a retry could change, no wait
+    b.busy, b.down = False, True
+    clock.advance(RECHECK_SECONDS)
+    assert await settled(guard, clock) == 0 and not guard.refusing
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_write_connection_must_reach_the_pdc_emulator_itself():
-    """Review finding: the discovered URL may name several DCs (the domain name, round-robin
-    DNS, a balancer); a reconnect could land OTP state on another DC.  Every new write
-    connection now reads its dsServiceName and is refused unless it is the role owner."""
+    """The discovered URL may name several DCs (the domain name, round-robin DNS, a
+    balancer); a reconnect could land OTP state on another DC.  Every new write connection
+    reads its dsServiceName and is refused unless it is the role owner."""
     from otpgate.directory.discovery import NotThePdc, check_is_pdc
 
     owner = "CN=NTDS Settings,CN=DC1,CN=Servers,CN=Site,CN=Sites,CN=Configuration,DC=ad,DC=test"
@@ -337,8 +394,8 @@ async def test_a_write_connection_must_reach_the_pdc_emulator_itself():
 
 @pytest_twisted.ensureDeferred
 async def test_inventory_writes_pass_the_replication_guard_too():
-    """Review finding: claims of a hardware token skipped the guard; on unpinned
-    multi-provider two help-desk claims on two providers could hand one seed to two users."""
+    """Claims of a hardware token pass the guard too: on unpinned multi-provider, two
+    help-desk claims on two providers could hand one seed to two users."""
     from otpgate.directory.store import InventoryStore
 
     class Refusing:

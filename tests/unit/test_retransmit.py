@@ -158,7 +158,7 @@ async def test_the_password_is_still_checked_and_refusals_still_apply() -> None:
 
 
 def _revoke_all(state: Any) -> Any:
-    from otpgate.directory.state import StateChange
+    from otpgate.directory.records import StateChange
 
     return StateChange(None, used=state.used.without({t.id for t in state.tokens}), tokens=(),
                        secrets={})

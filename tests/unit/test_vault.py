@@ -3,10 +3,10 @@ import stat
 
 import pytest
 
+from otpgate.errors import VaultError
 from otpgate.vault import (
     Binding,
     Keyring,
-    VaultError,
     check_key_id,
     keygen,
     make_current,
@@ -120,9 +120,9 @@ def test_key_id_with_a_trailing_newline_is_refused():
 
 
 def test_keyring_temporary_file_is_never_written_through_a_symlink(tmp_path):
-    """A symlink planted at keyring.json.tmp pointing at another file: the old writer
-    (O_CREAT|O_TRUNC, then chmod and rename) truncated and filled that file with every key
-    and made the keyring a symlink to it."""
+    """A symlink planted at keyring.json.tmp pointing at another file: a writer that opens
+    it with O_CREAT|O_TRUNC, then chmods and renames it, would truncate and fill that file
+    with every key and make the keyring a symlink to it."""
     path = tmp_path / "keyring.json"
     keygen(path, "k1")
     victim = tmp_path / "victim"

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from otpgate.errors import InvalidYubicoOtp
 from otpgate.otp.yubico import (
     MODHEX_ALPHABET,
-    InvalidYubicoOtp,
     YubicoOtp,
     decrypt_otp,
     looks_like_yubico_otp,

@@ -1,7 +1,7 @@
 """The web portal's pure parts: sessions, CSRF, rate limits, HTML escaping, [web] config, metrics.
 
-(No server needed; kept here because the portal's tests live under tests/integration.)
-"""
+In memory, no server; the portal over HTTP against real directories is in
+tests/integration (test_web_attacks.py, test_web_browser.py, test_web_twistd.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web import resource, server
 
 from otpgate.config import ConfigError, parse_config
-from otpgate.directory.state import OtpState
+from otpgate.directory.records import OtpState
 from otpgate.stats import DirectoryStats, RadiusCounters
 from otpgate.tokens import Token, TokenType
 from otpgate.web import render
