@@ -17,7 +17,7 @@ from otpgate.audit import AuditTrail
 from otpgate.auth.pipeline import Authenticator
 from otpgate.config import Config, auth_settings
 from otpgate.directory.connection import LdapConnection, TlsSettings
-from otpgate.directory.discovery import check_is_pdc, pdc_emulator_url
+from otpgate.directory.discovery import confirm_pdc_on, pdc_emulator_url, same_dn
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.replication_guard import ReplicationGuard
 from otpgate.directory.store import OtpStore
@@ -57,7 +57,11 @@ class Gateway:
         )
         # With write_url (or "discover") OTP state is pinned to that one server and fails closed
         # when it is down; without it, state follows the URLs in order like everything else.
+        # With "discover" each write connection is used only while its DC says it holds the
+        # PDC emulator role: checked when it opens and every pdc_check_seconds (the role can
+        # move while the old holder stays up); a failed check runs discovery again.
         write_urls = (d.write_url,) if d.write_url and d.write_url != "discover" else d.urls
+        discover = d.write_url == "discover"
         self.write_pool = ServerPool(
             reactor,
             write_urls,
@@ -65,9 +69,10 @@ class Gateway:
             d.bind_dn,
             d.bind_password,
             d.timeout,
-            discover=self._discover_pdc if d.write_url == "discover" else None,
+            discover=self._discover_pdc if discover else None,
             stats=self.directory_stats,
-            verify=self._check_pdc if d.write_url == "discover" else None,
+            verify=self._check_pdc if discover else None,
+            recheck=d.pdc_check_seconds if discover else 0.0,
         )
         policy = config.policy
         cautious = (*policy.require_otp_groups, *policy.admin_groups)
@@ -91,11 +96,19 @@ class Gateway:
         conn = await self.read_pool.connection()
         d = self.config.directory
         pdc = await pdc_emulator_url(conn, d.base_dn, d.urls[0])
+        if not self._pdc_owner:
+            log.info("OTP state goes to the PDC emulator, {url} ({owner})", url=pdc.url,
+                     owner=pdc.owner)
+        elif not same_dn(pdc.owner, self._pdc_owner):
+            log.warn(
+                "the PDC emulator role moved from {old} to {owner}: OTP state goes to {url}",
+                old=self._pdc_owner, owner=pdc.owner, url=pdc.url,
+            )
         self._pdc_owner = pdc.owner
         return [pdc.url]
 
     async def _check_pdc(self, conn: LdapConnection) -> None:
-        await check_is_pdc(conn, self._pdc_owner)
+        await confirm_pdc_on(conn, self.config.directory.base_dn)
 
     async def check_password(self, dn: str, password: bytes) -> tuple[int, str]:
         """A simple bind as the user on a fresh connection (for front ends without one)."""

@@ -47,6 +47,10 @@ class DirectoryConfig:
     write_url: str | None = None
     """Pinned server for OTP state ("discover": AD PDC emulator, the default on AD); None: the
     URLs in order (OpenLDAP only; refused on multi-provider replication, see below)."""
+    pdc_check_seconds: float = 60.0
+    """With "discover": a write connection is used only while its DC says it holds the PDC
+    emulator role, checked when it opens and again before use once this old (a role moved
+    while the old holder stays up is noticed within this time)."""
     allow_unpinned_multi_provider: bool = False
     """OpenLDAP without write_url: keep OTP logins going even where the servers replicate as
     multi-provider, i.e. accept that two gateways may accept one code twice."""
@@ -186,6 +190,11 @@ def _state_dn(sec: Section, profile: Profile, inventory_dn: str | None) -> str |
     return state_dn
 
 
+def _check_period(value: float) -> None:
+    if not 0 < value <= 3600:
+        raise ValueError(f"must be above 0 and at most 3600 seconds, not {value}")
+
+
 def parse_directory(sec: Section, base: Path) -> DirectoryConfig:
     profile = PROFILES[sec.choice("profile", tuple(PROFILES), "ad")]
     start_tls = sec.value(DirectoryConfig, "start_tls", bool)
@@ -231,6 +240,7 @@ def parse_directory(sec: Section, base: Path) -> DirectoryConfig:
         used=mapped["used"],
         inventory=mapped["inventory"],
         write_url=write_url,
+        pdc_check_seconds=sec.value(DirectoryConfig, "pdc_check_seconds", float, _check_period),
         start_tls=start_tls,
         ca_file=ca_file,
         timeout=sec.value(DirectoryConfig, "timeout", float, positive),

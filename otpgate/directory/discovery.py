@@ -5,12 +5,21 @@ head (the root DSE's ``defaultNamingContext``; ``base_dn`` may be an OU below it
 the server we asked is itself the PDC emulator (its root DSE ``dsServiceName`` is the role
 owner), its configured URL is kept, so certificates and addresses stay as configured;
 otherwise the role owner's ``dNSHostName`` is reached like the first configured URL.
-The steps are pure (:func:`pdc_emulator`), run by the gateway (async) and the CLI (ldap3).
-"""
 
+The role can move (transferred, or seized) while the old holder stays up, and every DC
+accepts writes: a gateway that kept writing to the old one while others write to the new
+one could accept a code twice.  So a write connection is used only while its server says
+it holds the role (:func:`confirm_pdc`: the domain head's ``fSMORoleOwner``, read from that
+server, is its own ``dsServiceName``), checked when the connection opens and again
+before it is used once the last check is ``pdc_check_seconds`` old (``pool.py``); when it
+fails, discovery runs again.
+
+The steps are pure (:func:`pdc_emulator`, :func:`confirm_pdc`), run by the gateway (async)
+and the CLI (ldap3).
+"""
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, NamedTuple
 
 from otpgate import ber
@@ -67,32 +76,44 @@ def pdc_emulator(
     return Pdc(url_for_host(template, host), host, owner)
 
 
-async def pdc_emulator_url(conn: LdapConnection, base_dn: str, template: str) -> Pdc:
-    """Where OTP state is pinned with ``write_url = "discover"``."""
-
+def _reader(conn: LdapConnection) -> Callable[[Read], Awaitable[SearchEntry | None]]:
     async def read(request: Read) -> SearchEntry | None:
         dn, attributes = request
         found = await conn.search(dn, _ANY, list(attributes), scope=SCOPE_BASE)
         return found[0] if found else None
 
-    return await run_steps_async(pdc_emulator(base_dn, conn.url.url, template), read)
+    return read
 
 
-async def check_is_pdc(conn: LdapConnection, owner: str) -> None:
-    """Fail closed unless ``conn`` reached the PDC emulator itself: a URL may name several
-    DCs (the domain name, round-robin DNS, a balancer), and a reconnect could then land
-    OTP state on another DC.  Read on every new write connection."""
-    found = await conn.search("", _ANY, ["dsServiceName"], scope=SCOPE_BASE)
-    this = _text(found[0] if found else None, "dsServiceName")
-    if this is None or not same_dn(this, owner):
+async def pdc_emulator_url(conn: LdapConnection, base_dn: str, template: str) -> Pdc:
+    """Where OTP state is pinned with ``write_url = "discover"``."""
+    return await run_steps_async(pdc_emulator(base_dn, conn.url.url, template), _reader(conn))
+
+
+def confirm_pdc(base_dn: str, url: str) -> Generator[Read, SearchEntry | None, str]:
+    """Steps that confirm the server asked (at ``url``) holds the PDC emulator role now:
+    the domain head's ``fSMORoleOwner`` it shows is its own root DSE's ``dsServiceName``.
+    Returns that DN; raises :class:`NotThePdc` otherwise: the role moved, or the URL (a
+    domain name, round-robin DNS, a balancer) reached another DC."""
+    dse = yield ("", ("defaultNamingContext", "dsServiceName"))
+    head = _text(dse, "defaultNamingContext") or base_dn
+    this = _text(dse, "dsServiceName")
+    owner = _text((yield (head, ("fSMORoleOwner",))), "fSMORoleOwner")
+    if this is None or owner is None or not same_dn(this, owner):
         raise NotThePdc(
-            f"{conn.url.url} is {this or 'a server without dsServiceName'}, not the PDC "
-            f"emulator {owner}: OTP state is written nowhere else (discovery runs again)"
+            f"{url} is {this or 'a server without dsServiceName'}, not the PDC emulator "
+            f"({owner or f'no fSMORoleOwner on {head}'}): no OTP state is written there"
         )
+    return owner
+
+
+async def confirm_pdc_on(conn: LdapConnection, base_dn: str) -> str:
+    """:func:`confirm_pdc` over one of the gateway's connections."""
+    return await run_steps_async(confirm_pdc(base_dn, conn.url.url), _reader(conn))
 
 
 class NotThePdc(DirectoryUnavailable):
-    """A write connection reached another DC than the discovered PDC emulator."""
+    """A write connection's server does not hold the PDC emulator role (now)."""
 
 
 def url_for_host(template: str, host: str) -> str:

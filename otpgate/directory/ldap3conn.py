@@ -4,9 +4,10 @@ over them).
 Connections always verify TLS (``ssl.CERT_REQUIRED``, the configured CA file or the
 system store, host name checked): LDAPS, or StartTLS before the bind; plain ``ldap://``
 only to loopback.  Reads use the configured URLs in order (failover); OTP state goes to the
-write server: ``write_url``, or AD's PDC emulator when it is ``"discover"``, or the URLs
-in order when it is unset.  A pinned server that is down fails closed.  Referrals are
-never followed.
+write server: ``write_url``, or AD's PDC emulator when it is ``"discover"`` (used only
+while it says it holds the role: checked like the gateway checks, ``discovery.py``), or
+the URLs in order when it is unset.  A pinned server that is down fails closed.  Referrals
+are never followed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import functools
 import math
 import ssl
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -22,6 +24,7 @@ import ldap3  # type: ignore[import-untyped]
 from ldap3.core import exceptions as ldap3_errors  # type: ignore[import-untyped]
 
 from otpgate.directory.config import DirectoryConfig, cleartext_ldap_problem
+from otpgate.directory.discovery import NotThePdc, Read, confirm_pdc, pdc_emulator
 from otpgate.directory.drive import run_steps
 from otpgate.directory.ldapdata import (
     NO_SUCH_OBJECT,
@@ -255,6 +258,8 @@ class SyncDirectory:
         self._write: SyncConnection | None = None
         self.write_urls: list[str] | None = None
         """Where OTP state goes, once known."""
+        self._confirmed_at = 0.0
+        """With "discover": when the write server last showed it holds the PDC emulator role."""
 
     def open_first(
         self, urls: Sequence[str], bind_dn: str | None = None, password: str | None = None
@@ -284,6 +289,8 @@ class SyncDirectory:
         return self.write_urls
 
     def write(self) -> SyncConnection:
+        if self.config.write_url == "discover":
+            return self._pdc()
         if self._write is None:
             urls = self.resolve_write_urls()
             if self.config.write_url is None and self._read is not None:
@@ -292,19 +299,50 @@ class SyncDirectory:
                 self._write = self.open_first(urls)
         return self._write
 
+    def _pdc(self) -> SyncConnection:
+        """The connection to the PDC emulator, used only while it says it holds the role:
+        checked when it opens and once ``pdc_check_seconds`` old.  When the role has moved,
+        discovery runs once more; a server that fails again fails the command."""
+        fresh = time.monotonic() - self._confirmed_at < self.config.pdc_check_seconds
+        if self._write is not None and fresh:
+            return self._write
+        try:
+            return self._confirmed_pdc()
+        except NotThePdc:
+            return self._confirmed_pdc()
+
+    def _confirmed_pdc(self) -> SyncConnection:
+        if self._write is None:
+            self._write = self.open_first(self.resolve_write_urls())
+        try:
+            confirm_pdc_sync(self._write, self.config)
+        except NotThePdc:
+            self._write.close()
+            self._write, self.write_urls = None, None
+            raise
+        self._confirmed_at = time.monotonic()
+        return self._write
+
     def close(self) -> None:
         for conn in {id(c): c for c in (self._read, self._write) if c is not None}.values():
             conn.close()
         self._read = self._write = None
 
 
-def discover_pdc(conn: SyncConnection, config: DirectoryConfig) -> str:
-    """The URL of AD's PDC emulator, found like the gateway finds it (``discovery.py``)."""
-    from otpgate.directory.discovery import Read, pdc_emulator  # pure; keeps Twisted out
-
+def _reader(conn: SyncConnection) -> Callable[[Read], SearchEntry | None]:
     def read(request: Read) -> SearchEntry | None:
         dn, attributes = request
         found = conn.search(dn, "(objectClass=*)", list(attributes), scope=SCOPE_BASE)
         return found[0] if found else None
 
-    return run_steps(pdc_emulator(config.base_dn, conn.url.url, config.urls[0]), read).url
+    return read
+
+
+def discover_pdc(conn: SyncConnection, config: DirectoryConfig) -> str:
+    """The URL of AD's PDC emulator, found like the gateway finds it (``discovery.py``)."""
+    return run_steps(pdc_emulator(config.base_dn, conn.url.url, config.urls[0]), _reader(conn)).url
+
+
+def confirm_pdc_sync(conn: SyncConnection, config: DirectoryConfig) -> str:
+    """``conn``'s server holds the PDC emulator role now (its NTDS DN), else NotThePdc."""
+    return run_steps(confirm_pdc(config.base_dn, conn.url.url), _reader(conn))

@@ -16,10 +16,13 @@ Samba process along. Inside:
    an exempt account's bind still works (on dc2); dc1 starts again: OTP logins resume, no
    gateway restart;
 5. measured only: the same races with each gateway pinned to its own DC (A to dc2, B to
-   dc1), the set-up ``"discover"`` replaces.
+   dc1), the set-up ``"discover"`` replaces;
+6. the PDC emulator role moves to dc2 while dc1 stays up, between the start of gateway A
+   and of gateway B: both write to dc2, every code accepted once (samba2_role_move.py).
 
-Prints one JSON object on stdout (``ok``, ``error``, measurements); exit status 0 only if
-every step passed. Every wait is bounded.
+Prints one JSON object on stdout (``ok``; ``error`` for steps 1-5, ``role_move`` with its own
+``error`` for step 6; measurements); exit status 0 only if every step passed. Every wait is
+bounded.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def inside(workdir: Path) -> int:
         if pair is not None:
             pair.stop()
         report["total_s"] = round(time.monotonic() - started, 1)
-    report["ok"] = report["error"] is None
+    report["ok"] = failed(report) is None
     print(json.dumps(report), flush=True)
     return 0 if report["ok"] else 1
 
@@ -108,6 +111,16 @@ def _run(reactor: Any, pair: Any, workdir: Path, report: dict[str, Any]) -> Any:
             report["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-4000:]}"
 
     return defer.ensureDeferred(main())
+
+
+def failed(report: dict[str, Any]) -> str | None:
+    """What went wrong in steps 1-5 or in step 6, or None."""
+    if report["error"] is not None:
+        return report["error"]
+    move = report.get("role_move")
+    if move is None:
+        return "the role move (step 6) did not run"
+    return move.get("error")
 
 
 def check(condition: bool, what: str) -> None:
@@ -242,6 +255,16 @@ async def scenario(reactor: Any, pair: Any, workdir: Path, report: dict[str, Any
         "accepted_twice": sum(n > 1 for n in accepted.values()),
         "never": sum(n == 0 for n in accepted.values()),
     }
+
+    # 6. the PDC emulator role moves to dc2 while dc1 stays up (last: dc2 keeps the role)
+    from tests.integration.samba2_role_move import role_move
+
+    part: dict[str, Any] = {"error": None}
+    report["role_move"] = part
+    try:
+        await role_move(pair, backend, sections, os.urandom(20), RACES, part)
+    except BaseException as exc:
+        part["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-4000:]}"
 
 
 def race(backend: Any, name: str, key: bytes, sections: list[dict[str, Any]]) -> dict[int, list]:

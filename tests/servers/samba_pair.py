@@ -8,6 +8,7 @@ ports free on both addresses, so it is meant to run inside a network namespace o
     pair.start()                     # provision dc1, join dc2, replication both ways
     pair.dc1.ldap_url, pair.dc2.ldap_url, pair.ca_file   # one CA for both certificates
     pair.replicate()                 # pull dc1's changes to dc2 now
+    pair.transfer_pdc()              # dc2 takes the PDC emulator role (both DCs stay up)
     pair.stop()
 
 What it takes (docs/DECISIONS.md has the story): the DCs run ``cldap``, ``rpc``, ``drepl``
@@ -207,3 +208,57 @@ class SambaPair:
                     f"{result.stderr.decode(errors='replace')[-3000:]}"
                 )
             time.sleep(1)
+
+    def role_owner(self, dc: SambaDC) -> str:
+        """The PDC emulator role owner (NTDS Settings DN) as ``dc`` shows it now."""
+        conn = dc.connect(get_info=ldap3.NONE)
+        try:
+            conn.search(dc.base_dn, "(objectClass=*)", search_scope=ldap3.BASE,
+                        attributes=["fSMORoleOwner"])
+            owner = conn.response[0]["attributes"]["fSMORoleOwner"]
+            return str(owner[0] if isinstance(owner, list) else owner)
+        finally:
+            conn.unbind()
+
+    def service_name(self, dc: SambaDC) -> str:
+        """``dc``'s own NTDS Settings DN (its root DSE's dsServiceName)."""
+        conn = dc.connect(get_info=ldap3.NONE)
+        try:
+            conn.search("", "(objectClass=*)", search_scope=ldap3.BASE,
+                        attributes=["dsServiceName"])
+            name = conn.response[0]["attributes"]["dsServiceName"]
+            return str(name[0] if isinstance(name, list) else name)
+        finally:
+            conn.unbind()
+
+    def transfer_pdc(self, timeout: float = 60) -> None:
+        """``samba-tool fsmo transfer --role=pdc`` against dc2 as the domain's Administrator:
+        dc2 takes the PDC emulator role from dc1, both staying up.  Returns once both DCs
+        name dc2 as the role owner; retried until ``timeout`` (as ``replicate``)."""
+        assert self.dc2 is not None
+        dc2 = self.dc2
+        wanted = self.service_name(dc2).lower()
+        deadline = time.monotonic() + timeout
+        result: subprocess.CompletedProcess[bytes] | None = None
+        while True:
+            owners = {self.role_owner(dc).lower() for dc in (self.dc1, dc2)}
+            if owners == {wanted}:
+                return
+            if result is None or result.returncode != 0:
+                result = subprocess.run(
+                    [SAMBA_TOOL, "fsmo", "transfer", "--role=pdc", "-H", f"ldap://{dc2.host}",
+                     f"--configfile={dc2.smb_conf}", "--use-kerberos=off",
+                     f"--username={SambaDC.domain}\\Administrator",
+                     f"--password={self.dc1.admin_password}"],
+                    stdin=subprocess.DEVNULL, capture_output=True,
+                    timeout=max(1.0, deadline - time.monotonic()),
+                    env=dc2._env(dc2.smb_conf), check=False,
+                )
+            if time.monotonic() + 1 > deadline:
+                raise RuntimeError(
+                    f"samba-tool fsmo transfer --role=pdc to dc2: role owners {owners} "
+                    f"(exit {result.returncode}): "
+                    f"{result.stdout.decode(errors='replace')[-3000:]}"
+                    f"{result.stderr.decode(errors='replace')[-3000:]}"
+                )
+            time.sleep(0.5)

@@ -368,31 +368,6 @@ async def test_a_server_still_busy_after_the_retries_refuses_and_a_server_down_i
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_write_connection_must_reach_the_pdc_emulator_itself():
-    """The discovered URL may name several DCs (the domain name, round-robin DNS, a
-    balancer); a reconnect could land OTP state on another DC.  Every new write connection
-    reads its dsServiceName and is refused unless it is the role owner."""
-    from otpgate.directory.discovery import NotThePdc, check_is_pdc
-
-    owner = "CN=NTDS Settings,CN=DC1,CN=Servers,CN=Site,CN=Sites,CN=Configuration,DC=ad,DC=test"
-
-    class Conn:
-        url = LdapUrl.parse("ldaps://ad.test:636")
-
-        def __init__(self, service):
-            self.service = service
-
-        async def search(self, base, _filter, attributes, scope=0):
-            assert base == "" and attributes == ["dsServiceName"]
-            return [SearchEntry("", {"dsservicename": [self.service.encode()]})]
-
-    await check_is_pdc(Conn(owner.lower().replace(",", ", ")), owner)  # same DN, other spelling
-    with pytest.raises(NotThePdc, match="not the PDC emulator"):
-        await check_is_pdc(Conn(owner.replace("DC1", "DC2")), owner)
-    assert issubclass(NotThePdc, DirectoryUnavailable)  # a refused login, never a write elsewhere
-
-
-@pytest_twisted.ensureDeferred
 async def test_inventory_writes_pass_the_replication_guard_too():
     """Claims of a hardware token pass the guard too: on unpinned multi-provider, two
     help-desk claims on two providers could hand one seed to two users."""
