@@ -2,8 +2,8 @@
 
 claim (delete the exact stored value: exactly one admin wins) -> enroll into the user's
 state (compare-and-swap) -> remove the inventory entry; if the enrollment fails the token
-goes back (release).  ``assign`` is run by either driver: ``OtpStore.run`` (the gateway's
-portal) or ``SyncStore.run`` (the CLI).
+goes back (release).  ``assign`` is run by either driver: ``InventoryStore.flow`` (the
+gateway's portal: replication guard, entry cache) or ``SyncStore.run`` (the CLI).
 """
 
 from __future__ import annotations
@@ -62,8 +62,7 @@ async def assign_token(
 ) -> Token:
     """``assign`` run by the gateway's driver (the portal)."""
     store = inventory.store
-    return await store.run(
-        assign(
-            store.mapper, inventory.mapper, serial, user_name, max_tokens, store.config.cas_retries
-        )
+    step = assign(
+        store.mapper, inventory.mapper, serial, user_name, max_tokens, store.config.cas_retries
     )
+    return await inventory.flow(step, user_name)

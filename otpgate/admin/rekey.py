@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from otpgate.codec import AttributeCodec, Format
-from otpgate.directory.inventory import InventoryItem, InventoryMapper
+from otpgate.directory.inventory import InventoryItem, InventoryMapper, Rewrite
 from otpgate.directory.ldapdata import SearchEntry
 from otpgate.directory.records import OtpState, StateChange, UserEntry
 from otpgate.directory.state import StateMapper
@@ -180,13 +180,15 @@ def retire_after(
 # -- the pass ----------------------------------------------------------------------------
 
 
+Users = Callable[[], Iterable[UserEntry | tuple[str, Exception]]]
+"""Every user holding OTP state, or (dn, error) for one that cannot be read (a scan)."""
+
+
 class RekeyStore(Protocol):
     """The user-state operations a rekey needs (``SyncStore`` in the CLI)."""
 
     @property
     def mapper(self) -> StateMapper: ...
-
-    def users_with_state(self) -> Iterable[UserEntry | tuple[str, Exception]]: ...
 
     def update(
         self, user: UserEntry, change: Callable[[OtpState], StateChange[T]]
@@ -201,10 +203,11 @@ class RekeyInventory(Protocol):
 
     def entries(self) -> Sequence[SearchEntry]: ...
 
-    def replace(self, item: InventoryItem, token: Token, secret: Secret, last: int) -> None: ...
+    def rewrite(self, serial: str, change: Rewrite) -> InventoryItem | None: ...
 
 
 def rekey_pass(
+    users_with_state: Users,
     store: RekeyStore,
     inventory: RekeyInventory | None,
     current: str,
@@ -216,7 +219,7 @@ def rekey_pass(
     ``current``.  ``inventory`` is None when no inventory is configured;
     ``progress(total)`` makes the progress report of the rewriting loop."""
     report = RekeyReport()
-    users = list(store.users_with_state())
+    users = list(users_with_state())
     items = inventory.entries() if inventory is not None else []
     ticker = progress(len(users) + len(items))
     for user in users:
@@ -243,7 +246,7 @@ def rekey_pass(
             ticker.advance()
             _rekey_item(inventory, entry, dry_run, report)
     ticker.finish()
-    report.old_keys |= old_keys_in_use(store, inventory, current)
+    report.old_keys |= old_keys_in_use(users_with_state, store, inventory, current)
     return report
 
 
@@ -259,19 +262,24 @@ def _rekey_item(
     if dry_run:
         report.rewritten += 1
         return
+    def current_key(full: InventoryItem) -> tuple[Token, Secret, int] | None:
+        if full.token is None or full.secret is None:
+            return None  # being assigned right now
+        return full.token, full.secret, full.last
+
     try:
-        full = mapper.item(entry)
-        if full.token is not None and full.secret is not None:
-            inventory.replace(full, full.token, full.secret, full.last)
+        inventory.rewrite(item.serial, current_key)
         report.rewritten += 1
     except (CodecError, DirectoryError) as exc:
         report.failed.append((entry.dn, str(exc)))
 
 
-def old_keys_in_use(store: RekeyStore, inventory: RekeyInventory | None, current: str) -> set[str]:
+def old_keys_in_use(
+    users_with_state: Users, store: RekeyStore, inventory: RekeyInventory | None, current: str
+) -> set[str]:
     """The key ids other than ``current`` that stored values are still encrypted with."""
     old: set[str] = set()
-    for user in store.users_with_state():
+    for user in users_with_state():
         if not isinstance(user, tuple) and has_otpgate_values(user):
             old |= key_ids_in_use(store.mapper, user) - {current}
     if inventory is not None:

@@ -14,7 +14,9 @@ from otpgate.cli.base import CommandFailed, UsageError, admin, emit
 from otpgate.errors import CodecError, DirectoryError
 
 if TYPE_CHECKING:
+    from otpgate.directory.inventory import InventoryItem
     from otpgate.importers import ImportResult
+    from otpgate.tokens import Secret, Token
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -109,14 +111,16 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
 def cmd_rename(args: argparse.Namespace) -> int:
     with admin(args) as ctx:
-        item = ctx.inventory.get(args.serial)
-        if item.token is None or item.secret is None:
+        def relabelled(item: InventoryItem) -> tuple[Token, Secret, int] | None:
+            if item.token is None or item.secret is None:
+                return None
+            try:
+                return dataclasses.replace(item.token, label=args.name), item.secret, item.last
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
+
+        if ctx.inventory.rewrite(args.serial, relabelled) is None:
             raise CommandFailed(f"serial {args.serial} is being assigned right now")
-        try:
-            token = dataclasses.replace(item.token, label=args.name)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
-        ctx.inventory.replace(item, token, item.secret, item.last)
     emit(args, {"serial": args.serial, "label": args.name}, f"{args.serial}: label {args.name!r}")
     return 0
 

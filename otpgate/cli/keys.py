@@ -11,6 +11,7 @@ from otpgate.cli.base import CommandFailed, admin, emit
 def cmd_rekey(args: argparse.Namespace) -> int:
     from otpgate.admin.rekey import RetireRefused, keys_of_the_run, rekey_pass, retire_after
     from otpgate.admin.render import Progress
+    from otpgate.directory.scans import users_with_state
 
     with admin(args) as ctx:
         store = ctx.store
@@ -18,6 +19,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         try:
             run_keys = keys_of_the_run(ctx.config.keyring, ctx.keyring, args.retire)
             report = rekey_pass(
+                lambda: users_with_state(store),
                 store,
                 ctx.inventory if ctx.config.directory.inventory_dn else None,
                 current,
@@ -55,6 +57,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
 
 def cmd_migrate_state(args: argparse.Namespace) -> int:
     from otpgate.admin.migrate import MigrationReport, migrate_user
+    from otpgate.directory.scans import user_entries_with_values
     from otpgate.errors import OtpgateError
 
     report = MigrationReport()
@@ -62,7 +65,7 @@ def cmd_migrate_state(args: argparse.Namespace) -> int:
         store = ctx.store
         if store.mapper.container is None:
             raise CommandFailed("[directory].state_dn is not set: there is nowhere to migrate to")
-        for found in store.user_entries_with_values():
+        for found in user_entries_with_values(store):
             report.scanned += 1
             try:
                 outcome = store.run(migrate_user(store.mapper, found, args.dry_run))

@@ -118,12 +118,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from otpgate.admin.listing import collect_summaries, list_text
+    from otpgate.directory.scans import users_with_state
 
     now = time.time()
     with admin(args) as ctx:
         store = ctx.store
         summaries, problems = collect_summaries(
-            store.users_with_state(),
+            users_with_state(store),
             lambda user: store.decode(user, with_secrets=False),
             now,
             args.locked,

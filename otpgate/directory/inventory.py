@@ -9,6 +9,7 @@ that entry's own GUID/UUID.  The directory stays the one source of truth.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from otpgate.codec import AttributeCodec, Purpose
@@ -173,20 +174,25 @@ def add_item(
     return (yield from read_item(mapper, token.serial))
 
 
-def claim(mapper: InventoryMapper, serial: str) -> Step[InventoryItem]:
+def claim(mapper: InventoryMapper, serial: str, retries: int = 3) -> Step[InventoryItem]:
     """Take a token out of the inventory, exactly once.
 
     One Modify deletes the stored value's exact bytes: of two admins claiming the same
-    serial, the second gets noSuchAttribute.  Follow with ``remove`` once the token is
-    stored elsewhere, or ``release`` to put it back.
+    serial, the second gets noSuchAttribute.  A value rewritten meanwhile (a rename, a
+    rekey) is read again and claimed, up to ``retries`` times; an entry found empty was
+    claimed by someone else.  Follow with ``delete`` once the token is stored elsewhere, or
+    ``release`` to put it back.
     """
-    item = yield from read_item(mapper, serial)
-    code, message = yield Modify(item.dn, tuple(mapper.claim_change(item)))
-    if code == NO_SUCH_ATTRIBUTE:
-        raise InventoryError(f"serial {serial} was just taken by someone else", code)
-    if code != SUCCESS:
-        raise InventoryError(f"cannot claim {serial}: {code} {message}", code)
-    return item
+    for _attempt in range(retries):
+        item = yield from read_item(mapper, serial)
+        if item.raw is None:
+            raise InventoryError(f"serial {serial} was just taken by someone else")
+        code, message = yield Modify(item.dn, tuple(mapper.claim_change(item)))
+        if code == SUCCESS:
+            return item
+        if code != NO_SUCH_ATTRIBUTE:
+            raise InventoryError(f"cannot claim {serial}: {code} {message}", code)
+    raise InventoryError(f"serial {serial} changed under us {retries} times; try again")
 
 
 def release(mapper: InventoryMapper, item: InventoryItem) -> Step[None]:
@@ -197,16 +203,30 @@ def release(mapper: InventoryMapper, item: InventoryItem) -> Step[None]:
         raise InventoryError(f"cannot return {item.serial} to the inventory: {message}", code)
 
 
+Rewrite = Callable[[InventoryItem], "tuple[Token, Secret, int] | None"]
+"""What to store instead of a freshly read item: (token, secret, last); None leaves it."""
+
+
 def rewrite(
-    mapper: InventoryMapper, item: InventoryItem, token: Token, secret: Secret, last: int
-) -> Step[None]:
-    """Rewrite the stored token (new label, current key) if nobody changed it meanwhile."""
-    raw = mapper.encode(item.dn, item.entry_id, token, secret, last)
-    code, message = yield Modify(item.dn, tuple(mapper.replace_change(item, raw)))
-    if code in CAS_CONFLICTS:
-        raise InventoryError(f"serial {item.serial} changed meanwhile; try again", code)
-    if code != SUCCESS:
-        raise InventoryError(f"cannot rewrite {item.serial}: {code} {message}", code)
+    mapper: InventoryMapper, serial: str, change: Rewrite, retries: int = 3
+) -> Step[InventoryItem | None]:
+    """Rewrite the stored token (new label, current key) with compare-and-swap: the item
+    is read, ``change`` decides, and the Modify deletes the exact value read; if somebody
+    changed it meanwhile it is read again and ``change`` asked again, up to ``retries``
+    times.  None when ``change`` left it as it is."""
+    for _attempt in range(retries):
+        item = yield from read_item(mapper, serial)
+        wanted = change(item) if item.raw is not None else None
+        if wanted is None:
+            return None
+        token, secret, last = wanted
+        raw = mapper.encode(item.dn, item.entry_id, token, secret, last)
+        code, message = yield Modify(item.dn, tuple(mapper.replace_change(item, raw)))
+        if code == SUCCESS:
+            return item
+        if code not in CAS_CONFLICTS:
+            raise InventoryError(f"cannot rewrite {item.serial}: {code} {message}", code)
+    raise InventoryError(f"serial {serial} changed under us {retries} times; try again")
 
 
 def delete(mapper: InventoryMapper, serial: str) -> Step[None]:

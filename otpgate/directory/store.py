@@ -104,8 +104,10 @@ class OtpStore:
         if self.guard is not None and self.guard.active:
             await self.guard.check()
 
-    async def run(self, step: Step[T], conn: LdapConnection | None = None) -> T:
-        """Run an engine step on the OTP-state server (the write pool)."""
+    async def _run(self, step: Step[T], conn: LdapConnection | None = None) -> T:
+        """Run an engine step on the OTP-state server (the write pool).  Private: writes go
+        through ``update`` and ``InventoryStore``, which pass the replication guard and keep
+        the entry cache true."""
         on = conn or await self.write_pool.connection()
         return await run_steps_async(step, lambda op: self._perform(on, op))
 
@@ -123,11 +125,18 @@ class OtpStore:
             cached = self.cache.get(name, self._now())
             if cached is not None:
                 return cached
-        entry = await self.run(
+        entry = await self._run(
             engine.resolve_member(self.mapper, name, self.groups, self._group_facts, self.cautious)
         )
         self.cache.put(name, entry, self._now())
         return entry
+
+    def forget(self, name: str) -> None:
+        """Drop ``name``'s cached entry (its state was changed by a flow that has no new
+        entry to hand the cache)."""
+        cached = self.cache.get(name, self._now())
+        if cached is not None:
+            self.cache.drop(cached)
 
     def decode(self, user: UserEntry, with_secrets: bool = True) -> OtpState:
         return self.mapper.decode(user, with_secrets)
@@ -149,7 +158,7 @@ class OtpStore:
             unreadable_as_empty=unreadable_as_empty,
         )
         try:
-            done: Outcome = await self.run(step)
+            done: Outcome = await self._run(step)
         except ConcurrentUpdate as exc:
             self.write_pool.stats.cas_conflicts += exc.conflicts
             self.cache.drop(user)
@@ -176,22 +185,33 @@ class InventoryStore:
 
     async def add(self, token: Token, secret: Secret, last: int = -1) -> InventoryItem:
         await self.store.check_replication()
-        return await self.store.run(inv.add_item(self.mapper, token, secret, last))
+        return await self.store._run(inv.add_item(self.mapper, token, secret, last))
 
     async def get(self, serial: str) -> InventoryItem:
-        return await self.store.run(inv.read_item(self.mapper, serial))
+        return await self.store._run(inv.read_item(self.mapper, serial))
 
     async def list(self) -> list[InventoryItem]:
-        return await self.store.run(inv.list_items(self.mapper))
+        return await self.store._run(inv.list_items(self.mapper))
 
     async def claim(self, serial: str) -> InventoryItem:
         await self.store.check_replication()  # two claims on two providers: one token twice
-        return await self.store.run(inv.claim(self.mapper, serial))
+        return await self.store._run(inv.claim(self.mapper, serial))
 
     async def release(self, item: InventoryItem) -> None:
         await self.store.check_replication()
-        await self.store.run(inv.release(self.mapper, item))
+        await self.store._run(inv.release(self.mapper, item))
 
     async def delete(self, serial: str) -> None:
         await self.store.check_replication()
-        await self.store.run(inv.delete(self.mapper, serial))
+        await self.store._run(inv.delete(self.mapper, serial))
+
+    async def flow(self, step: Step[T], user_name: str) -> T:
+        """A flow that writes the inventory and ``user_name``'s state in one step (the
+        assignment, ``admin.inventory.assign``), through the replication guard; the user's
+        cached entry is dropped afterwards (its state changed under the cache)."""
+        store = self.store
+        await store.check_replication()
+        try:
+            return await store._run(step)
+        finally:
+            store.forget(user_name)

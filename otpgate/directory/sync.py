@@ -5,8 +5,7 @@ its own async client (``store.py``); this module only performs the requests.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from otpgate.directory import engine
@@ -22,7 +21,6 @@ from otpgate.directory.ldap3conn import (
     discover_pdc,
 )
 from otpgate.directory.ldapdata import (
-    DirectoryError,
     SearchEntry,
 )
 from otpgate.directory.state import (
@@ -98,79 +96,6 @@ class SyncStore:
         result: T = done.result
         return result, done.user
 
-    def state_filter(self) -> str:
-        """Entries that hold any otpgate value."""
-        names = (
-            self.config.seed.spec.name,
-            self.config.tokens.spec.name,
-            self.config.used.spec.name,
-        )
-        present = "".join(f"({n}=*)" for n in names)
-        if self.mapper.container is not None:
-            return f"(|{present})"
-        return f"(&{self.config.user_filter}(|{present}))"
-
-    def users_with_state(self) -> Iterator[UserEntry | tuple[str, DirectoryError]]:
-        """Every user holding otpgate values (paged); unreadable ones as (dn, error).
-
-        In the container layout the state entries are read and joined with the users
-        they belong to (one paged scan of each); a state entry whose user is gone is
-        yielded under its own DN."""
-        conn = self.directory.write()
-        container = self.mapper.container
-        if container is None:
-            for found in conn.paged_search(
-                self.config.base_dn, self.state_filter(), self.mapper.user_attributes
-            ):
-                try:
-                    yield self.mapper.entry(found)
-                except DirectoryError as exc:
-                    yield found.dn, exc
-            return
-        users: dict[bytes, SearchEntry] = {}
-        id_attribute = self.config.profile.id_attribute
-        for found in conn.paged_search(
-            self.config.base_dn, self.config.user_filter, self.mapper.user_attributes
-        ):
-            entry_id = found.first(id_attribute)
-            if entry_id:
-                users[entry_id] = found
-        for found in conn.paged_search(
-            container, self.state_filter(), (*self.mapper.state_attributes, "cn")
-        ):
-            try:
-                state = self.mapper.state_entry(found)
-                user_found = users.get(state.entry_id)
-                if user_found is None:
-                    yield state
-                    continue
-                user = self.mapper.entry(user_found)
-                yield dataclasses.replace(
-                    user,
-                    seed=state.seed,
-                    tokens=state.tokens,
-                    used=state.used,
-                    state_exists=True,
-                    state_classes=state.state_classes,
-                )
-            except DirectoryError as exc:
-                yield found.dn, exc
-
-
-    def user_entries_with_values(self) -> Iterator[SearchEntry]:
-        """Every user entry holding any of the three mapped attributes (paged): what
-        ``migrate-state`` looks at, whatever the layout."""
-        names = (
-            self.config.seed.spec.name,
-            self.config.tokens.spec.name,
-            self.config.used.spec.name,
-        )
-        present = "".join(f"({n}=*)" for n in names)
-        wanted = f"(&{self.config.user_filter}(|{present}))"
-        conn = self.directory.write()
-        yield from conn.paged_search(self.config.base_dn, wanted, self.mapper.user_attributes)
-
-
 class SyncInventory:
     """Unassigned hardware tokens: ``inventory.py``'s steps over ldap3 (cf. ``InventoryStore``)."""
 
@@ -194,8 +119,9 @@ class SyncInventory:
     def serials(self) -> set[str]:
         return {(e.first("cn") or b"").decode("utf-8", "replace").lower() for e in self.entries()}
 
-    def replace(self, item: InventoryItem, token: Token, secret: Secret, last: int) -> None:
-        self.store.run(inv.rewrite(self.mapper, item, token, secret, last))
+    def rewrite(self, serial: str, change: inv.Rewrite) -> InventoryItem | None:
+        """Rewrite ``serial``'s stored token with compare-and-swap (``inventory.rewrite``)."""
+        return self.store.run(inv.rewrite(self.mapper, serial, change))
 
     def delete(self, serial: str) -> None:
         self.store.run(inv.delete(self.mapper, serial))

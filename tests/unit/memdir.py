@@ -13,6 +13,7 @@ Only for tests: the integration tests run the same code against slapd and Samba.
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,7 @@ class MemoryDirectory:
             if op.dn.lower() in self.entries:
                 return ENTRY_EXISTS, "exists"
             attrs = {k.lower(): list(v) for k, v in op.attributes.items()}
+            attrs.setdefault("entryuuid", [str(uuid.uuid4()).encode()])  # as slapd assigns
             self.entries[op.dn.lower()] = (op.dn, attrs)
             return SUCCESS, ""
         if isinstance(op, Delete):

@@ -208,12 +208,12 @@ def test_rekey_pass_counts_rewrites_and_reports_what_it_could_not():
         ("uid=e,dc=x", DirectoryError("unreadable")),
     ]
     store, ticks = Store(new, users, refuse={"uid=b,dc=x"}), Ticks()
-    dry = rekey_pass(store, None, "k2", True, ticks)
+    dry = rekey_pass(store.users_with_state, store, None, "k2", True, ticks)
     assert (dry.scanned, dry.rewritten, dry.current) == (3, 2, 1) and store.rewritten == []
     assert dry.failed == [("uid=e,dc=x", "unreadable")] and dry.old_keys == {"k1"}
     assert (ticks.total, ticks.done, ticks.finished) == (5, 5, 1)
 
-    report = rekey_pass(store, None, "k2", False, Ticks())
+    report = rekey_pass(store.users_with_state, store, None, "k2", False, Ticks())
     assert store.rewritten == ["uid=a,dc=x"]
     assert (report.scanned, report.rewritten, report.current) == (3, 1, 1)
     assert report.failed == [("uid=b,dc=x", "uid=b,dc=x: busy"), ("uid=e,dc=x", "unreadable")]
