@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from otpgate.errors import CodecError as CodecError
-from otpgate.errors import VaultError
+from otpgate.errors import CodecError, VaultError
 from otpgate.vault import Binding, Keyring
 
 

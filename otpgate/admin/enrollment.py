@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode
 
 from otpgate.auth.config import OtpConfig
 from otpgate.directory.records import OtpState, StateChange
-from otpgate.errors import PolicyError as PolicyError
+from otpgate.errors import PolicyError
 from otpgate.otp.oath import Algorithm, check_counter, check_digits, check_period
 from otpgate.tokens import Secret, Token, TokenType, TokenUse, new_token_id
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from otpgate.configfile import ConfigError, Network, Section, non_negative, positive
+from otpgate.configfile import Network, Section, non_negative, positive
+from otpgate.errors import ConfigError
 from otpgate.otp.oath import (
     DEFAULT_HOTP_LOOK_AHEAD,
     DEFAULT_PERIOD,

@@ -21,7 +21,7 @@ from otpgate.auth.verify import (
     split_candidates,
     verify_code,
 )
-from otpgate.directory.state import OtpState, StateChange
+from otpgate.directory.records import OtpState, StateChange
 
 RETRANSMISSION = "retransmission of a request already accepted"
 """The ``why`` of a Verdict that accepts a NAS's retransmission (``retransmit.py``)."""

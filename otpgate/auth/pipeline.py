@@ -45,15 +45,10 @@ from otpgate.auth.requests import (
 from otpgate.auth.retransmit import Retransmission
 from otpgate.auth.sasl import SASL_BIND_IN_PROGRESS, sasl_login
 from otpgate.auth.settings import AuthSettings
-from otpgate.codec import CodecError
-from otpgate.directory.ldapdata import (
-    INVALID_CREDENTIALS,
-    SUCCESS,
-    DirectoryError,
-    DirectoryUnavailable,
-)
-from otpgate.directory.state import OtpState, StateChange, UserEntry
+from otpgate.directory.ldapdata import INVALID_CREDENTIALS, SUCCESS
+from otpgate.directory.records import OtpState, StateChange, UserEntry
 from otpgate.directory.store import OtpStore
+from otpgate.errors import CodecError, DirectoryError, DirectoryUnavailable
 
 V = TypeVar("V")
 

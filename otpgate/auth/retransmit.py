@@ -27,7 +27,7 @@ import hmac
 from dataclasses import dataclass, replace
 
 from otpgate.auth.verify import Match
-from otpgate.directory.state import OtpState
+from otpgate.directory.records import OtpState
 from otpgate.otp.scratch import remaining
 from otpgate.tokens import ACCEPTED_DIGEST_BYTES, MAX_ACCEPTED_REQUESTS, AcceptedRequest, UsedState
 

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from otpgate.auth.settings import AuthSettings
-from otpgate.directory.state import UserEntry
+from otpgate.directory.records import UserEntry
 from otpgate.directory.store import OtpStore
 from otpgate.dn import normalise_dn
 from otpgate.errors import DirectoryError

@@ -20,22 +20,17 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from otpgate import ber
-from otpgate.codec import CodecError
 from otpgate.directory.ldapdata import SCOPE_BASE, SUCCESS, Modification, SearchEntry
-from otpgate.directory.state import (
-    ANY_ENTRY,
+from otpgate.directory.records import (
     CAS_CONFLICTS,
     ENTRY_EXISTS,
-    ConcurrentUpdate,
     Lookup,
     OtpState,
     StateChange,
-    StateMapper,
     UserEntry,
-    escape_filter_value,
 )
-from otpgate.errors import DirectoryError
-from otpgate.errors import WriteRefused as WriteRefused
+from otpgate.directory.state import ANY_ENTRY, StateMapper, escape_filter_value
+from otpgate.errors import CodecError, ConcurrentUpdate, DirectoryError, WriteRefused
 
 T = TypeVar("T")
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from otpgate.errors import DirectoryError as DirectoryError
-from otpgate.errors import DirectoryUnavailable as DirectoryUnavailable
-
 # LDAP result codes used by otpgate (RFC 4511 §4.1.9).
 SUCCESS = 0
 PROTOCOL_ERROR = 2

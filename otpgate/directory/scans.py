@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-from otpgate.directory.ldapdata import DirectoryError, SearchEntry
+from otpgate.directory.ldapdata import SearchEntry
 from otpgate.directory.records import UserEntry
 from otpgate.directory.sync import SyncStore
+from otpgate.errors import DirectoryError
 
 
 def state_filter(store: SyncStore) -> str:

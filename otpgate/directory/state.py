@@ -36,13 +36,14 @@ from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.ldapdata import SCOPE_BASE, SCOPE_SUBTREE, Modification, SearchEntry
 
 # Re-exported for the state engine, the stores and the pipeline, which import them from here.
-from otpgate.directory.records import CAS_CONFLICTS as CAS_CONFLICTS
-from otpgate.directory.records import ENTRY_EXISTS as ENTRY_EXISTS
-from otpgate.directory.records import INITIAL_USED, T
-from otpgate.directory.records import Lookup as Lookup
-from otpgate.directory.records import OtpState as OtpState
-from otpgate.directory.records import StateChange as StateChange
-from otpgate.directory.records import UserEntry as UserEntry
+from otpgate.directory.records import (
+    INITIAL_USED,
+    Lookup,
+    OtpState,
+    StateChange,
+    T,
+    UserEntry,
+)
 from otpgate.errors import (
     AmbiguousUser,
     DirectoryError,
@@ -50,7 +51,6 @@ from otpgate.errors import (
     TamperedState,
     UserNotFound,
 )
-from otpgate.errors import ConcurrentUpdate as ConcurrentUpdate
 from otpgate.tokens import (
     Token,
     TokenType,

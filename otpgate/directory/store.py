@@ -21,15 +21,10 @@ from otpgate.directory.engine import Add, Delete, Modify, Op, Outcome, Search, S
 from otpgate.directory.entrycache import EntryCache
 from otpgate.directory.inventory import InventoryItem, InventoryMapper
 from otpgate.directory.pool import ServerPool
+from otpgate.directory.records import Lookup, OtpState, StateChange, UserEntry
 from otpgate.directory.replication_guard import ReplicationGuard
-from otpgate.directory.state import (
-    ConcurrentUpdate,
-    Lookup,
-    OtpState,
-    StateChange,
-    StateMapper,
-    UserEntry,
-)
+from otpgate.directory.state import StateMapper
+from otpgate.errors import ConcurrentUpdate
 from otpgate.tokens import Secret, Token
 from otpgate.vault import Keyring
 

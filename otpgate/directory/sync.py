@@ -23,13 +23,8 @@ from otpgate.directory.ldap3conn import (
 from otpgate.directory.ldapdata import (
     SearchEntry,
 )
-from otpgate.directory.state import (
-    OtpState,
-    StateChange,
-    StateMapper,
-    UserEntry,
-    escape_filter_value,
-)
+from otpgate.directory.records import OtpState, StateChange, UserEntry
+from otpgate.directory.state import StateMapper, escape_filter_value
 from otpgate.tokens import Secret, Token
 from otpgate.vault import Keyring
 

@@ -8,17 +8,13 @@ from typing import Any
 
 import segno
 
-from otpgate.admin.enrollment import PolicyError, enroll_change, new_oath_token, otpauth_uri
+from otpgate.admin.enrollment import enroll_change, new_oath_token, otpauth_uri
 from otpgate.admin.manage import revoke_change, scratch_change
 from otpgate.auth.requests import Channel, FirstEnrollment, Separate
 from otpgate.auth.verify import confirm_new_device
-from otpgate.directory.ldapdata import DirectoryError
-from otpgate.directory.state import (
-    OtpState,
-    StateChange,
-    UserEntry,
-)
+from otpgate.directory.records import OtpState, StateChange, UserEntry
 from otpgate.dn import normalise_dn
+from otpgate.errors import DirectoryError, PolicyError
 from otpgate.otp.scratch import format_for_print, generate_scratch_list
 from otpgate.tokens import TokenType
 from otpgate.web import render

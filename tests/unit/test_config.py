@@ -5,7 +5,8 @@ import pytest
 
 from otpgate.cli import main
 from otpgate.codec import Format, Syntax
-from otpgate.config import ConfigError, load_config, parse_config
+from otpgate.config import load_config, parse_config
+from otpgate.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "deploy" / "otpgate.example.toml"
 

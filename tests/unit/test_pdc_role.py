@@ -17,7 +17,8 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from otpgate.config import ConfigError, parse_config
+from otpgate.config import parse_config
+from otpgate.errors import ConfigError
 from otpgate.directory import ldap3conn
 from otpgate.directory import pool as pool_module
 from otpgate.directory.connection import TlsSettings
@@ -28,7 +29,8 @@ from otpgate.directory.discovery import (
     pdc_emulator_url,
 )
 from otpgate.directory.drive import run_steps
-from otpgate.directory.ldapdata import DirectoryUnavailable, LdapUrl, SearchEntry
+from otpgate.directory.ldapdata import LdapUrl, SearchEntry
+from otpgate.errors import DirectoryUnavailable
 from otpgate.directory.pool import ServerPool
 
 HEAD = "DC=ad,DC=test"

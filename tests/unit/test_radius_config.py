@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from otpgate.config import ConfigError, parse_config, parse_radius_listen
+from otpgate.config import parse_config, parse_radius_listen
+from otpgate.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "deploy" / "otpgate.example.toml"
 BASE = {

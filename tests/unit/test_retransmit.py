@@ -17,7 +17,7 @@ import pytest
 import pytest_twisted
 
 from otpgate.auth.retransmit import MAX_WINDOW_SECONDS
-from otpgate.config import ConfigError
+from otpgate.errors import ConfigError
 from otpgate.otp.oath import hotp
 from otpgate.otp.scratch import generate_scratch_list
 from otpgate.radius.config import MAX_FAILOVER_REPLAY_SECONDS

@@ -13,7 +13,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.web import resource, server
 
-from otpgate.config import ConfigError, parse_config
+from otpgate.config import parse_config
+from otpgate.errors import ConfigError
 from otpgate.directory.records import OtpState
 from otpgate.stats import DirectoryStats, RadiusCounters
 from otpgate.tokens import Token, TokenType
