@@ -437,6 +437,12 @@ class Authenticator:
         if ready.state is not None and ready.state.tokens:
             why = "no one-time code, and the user has a token: a code is required"
             return _refused(why, user.dn)
+        if user.used:
+            # The use state outlives a reset: this user had OTP state, so the account is
+            # not new, and whoever holds the password must not enroll alone (the help desk
+            # issues a scratch list with the reset).
+            why = "no one-time code, and the user's tokens were reset: a code is required"
+            return _refused(why, user.dn)
         why = "password only, first enrollment"
         result = await self._password(user, request.password, check_password, why)
         return result if result.ok else replace(result, reason=f"{why}: {result.reason}")

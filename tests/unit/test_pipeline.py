@@ -397,3 +397,34 @@ async def test_logins_that_write_nothing_do_not_keep_a_cached_entry_fresh() -> N
         assert not replay.ok and replay.reason == "OTP already used"
     refused = await w.login("alice", PW)
     assert not refused.ok and refused.reason == "no password+OTP in the secret", refused
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_only_first_enrollment_passes_the_prologue() -> None:
+    """The portal's password-only enrollment goes through the same door: allowed only where
+    the settings say (networks, rollout window), only for a user who never had OTP state
+    (a reset keeps the use state: a code from the help desk is needed then), never for a
+    locked-out user, and the password is checked last."""
+    from otpgate.admin.manage import reset_change
+    from tests.logins import first_enrollment
+
+    w = World(config(web={"password_only_enrollment_networks": ["192.0.2.0/24"]}))
+    check = w.directory.check_password
+    w.directory.add_user("newbie", PW)
+    w.directory.add_user("reset", PW)
+    outside = await w.auth.login(first_enrollment("newbie", PW, "198.51.100.1", "198.51.100.1"),
+                                 check)
+    assert not outside.ok and "does not apply" in outside.reason
+    assert (await w.auth.login(first_enrollment("newbie", PW, "192.0.2.9", "192.0.2.9"),
+                               check)).ok
+    wrong = await w.auth.login(first_enrollment("newbie", "nope", "192.0.2.9", "192.0.2.9"), check)
+    assert not wrong.ok
+    key = await w.oath("reset")
+    has_token = await w.auth.login(first_enrollment("reset", PW, "192.0.2.9", "192.0.2.9"), check)
+    assert not has_token.ok and "has a token" in has_token.reason
+    user = await w.store.resolve("reset", fresh=True)
+    await w.store.update(user, reset_change)
+    after_reset = await w.auth.login(first_enrollment("reset", PW, "192.0.2.9", "192.0.2.9"),
+                                     check)
+    assert not after_reset.ok and "reset" in after_reset.reason, after_reset
+    assert key  # the reset user had a real token
