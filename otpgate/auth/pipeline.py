@@ -18,13 +18,14 @@ this module writes for logins.  Passwords, seeds and codes are never logged.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from otpgate.audit import AuditTrail
 from otpgate.auth.bindcache import BindCache
 from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_proof, verify_typed
 from otpgate.auth.lockout import UnrecordedFailures, is_locked
+from otpgate.auth.password import bind_password, password_only
 from otpgate.auth.policy import Decision, Policy, password_only_enrollment
 from otpgate.auth.requests import (
     Appended,
@@ -38,35 +39,19 @@ from otpgate.auth.requests import (
     Proof,
     Sasl,
     Separate,
-    Step,
     Trace,
     Unusable,
 )
 from otpgate.auth.retransmit import Retransmission
 from otpgate.auth.sasl import SASL_BIND_IN_PROGRESS, sasl_login
 from otpgate.auth.settings import AuthSettings
-from otpgate.directory.ldapdata import INVALID_CREDENTIALS, SUCCESS
+from otpgate.auth.trace import Ready, note, noted
+from otpgate.directory.ldapdata import SUCCESS
 from otpgate.directory.records import OtpState, StateChange, UserEntry
 from otpgate.directory.store import OtpStore
 from otpgate.errors import CodecError, DirectoryError, DirectoryUnavailable
 
 V = TypeVar("V")
-
-
-@dataclass(frozen=True)
-class _Ready:
-    """What the prologue found: the entry, the policy's decision and (if an OTP is needed)
-    the decoded state; ``refusal`` when the login cannot go on."""
-
-    user: UserEntry | None
-    decision: Decision
-    state: OtpState | None = None
-    refusal: str | None = None
-
-
-def _note(trace: Trace, name: str, ok: bool | None, detail: str) -> None:
-    if trace is not None:
-        trace.append(Step(name, ok, detail))
 
 
 def _refused(why: str, dn: str | None = None) -> AuthResult:
@@ -105,7 +90,7 @@ class Authenticator:
             result = AuthResult(False, f"{type(exc).__name__}: {exc}")
         self._record(request, result)
         outcome = "accepted: " if result.ok else "rejected: "
-        _note(trace, "pipeline", result.ok, outcome + result.reason)
+        note(trace, "pipeline", result.ok, outcome + result.reason)
         return result
 
     def _record(self, request: AuthRequest, result: AuthResult) -> None:
@@ -181,7 +166,7 @@ class Authenticator:
         code_only: bool = False,
         require_otp: bool = False,
         fresh: bool = False,
-    ) -> _Ready:
+    ) -> Ready:
         """resolve -> policy -> fresh read if the cache could mislead -> decode -> expiry and
         lockout.  ``code_only``: no password will be checked (an exempt DN cannot skip the
         lookup); ``require_otp``: exemptions do not apply."""
@@ -194,17 +179,17 @@ class Authenticator:
         ):
             # An exempt DN (service account, possibly no user entry at all): its password
             # bind is all there is; with admin groups configured it is looked up first.
-            _note(trace, "policy", None, "exempt DN: its password alone, without a lookup")
-            return _Ready(None, Decision(False, "exempt account"))
+            note(trace, "policy", None, "exempt DN: its password alone, without a lookup")
+            return Ready(None, Decision(False, "exempt account"))
         user = await self.store.resolve(request.name, fresh=fresh)
         now = self.clock.seconds()
         if user.expires_at is not None and user.expires_at <= now:
             # AD refuses the password bind of an expired account, but CHAP, MS-CHAPv2 and
             # code-only logins bind nothing: the account's state decides here for all.
-            return self._ready(trace, _Ready(user, Decision(True, "policy"), None, "expired"))
+            return noted(trace, Ready(user, Decision(True, "policy"), None, "expired"))
         decision = self._decide(user, request, require_otp)
         if not decision.needs_otp:
-            return self._ready(trace, _Ready(user, decision))
+            return noted(trace, Ready(user, decision))
         state = self.store.decode(user)
         if user.from_cache and (not state.tokens or is_locked(state.used, now)):
             # A refusal is made on what the directory holds now: a cached entry may predate
@@ -212,27 +197,13 @@ class Authenticator:
             user = await self.store.resolve(request.name, fresh=True)
             decision = self._decide(user, request, require_otp)
             if not decision.needs_otp:
-                return self._ready(trace, _Ready(user, decision))
+                return noted(trace, Ready(user, decision))
             state = self.store.decode(user)
         if not state.tokens:
-            return self._ready(trace, _Ready(user, decision, state, "no token enrolled"))
+            return noted(trace, Ready(user, decision, state, "no token enrolled"))
         if is_locked(state.used, now):
-            return self._ready(trace, _Ready(user, decision, state, "locked out"))
-        return self._ready(trace, _Ready(user, decision, state))
-
-    @staticmethod
-    def _ready(trace: Trace, ready: _Ready) -> _Ready:
-        if trace is not None and ready.user is not None:
-            _note(trace, "resolve", True, f"the entry is {ready.user.dn}")
-            decision = ready.decision
-            need = "OTP required" if decision.needs_otp else "no OTP needed"
-            _note(trace, "policy", None, f"{need} ({decision.reason})")
-            if ready.state is not None:
-                kinds = ", ".join(f"{t.id} {t.type.value}" for t in ready.state.tokens)
-                _note(trace, "tokens", bool(ready.state.tokens), kinds or "none")
-                locked = ready.refusal == "locked out"
-                _note(trace, "lockout", not locked, "locked out" if locked else "not locked")
-        return ready
+            return noted(trace, Ready(user, decision, state, "locked out"))
+        return noted(trace, Ready(user, decision, state))
 
     def _decide(self, user: UserEntry, request: Login, require_otp: bool) -> Decision:
         if require_otp:
@@ -286,11 +257,11 @@ class Authenticator:
         user, decision = ready.user, ready.decision
         password = typed if isinstance(typed, str) else typed[0]
         if user is None:
-            return await self._password_only(request.name, password, check_password)
+            return await password_only(request.name, password, check_password)
         if not decision.needs_otp:
             if code_only:
                 return AuthResult(True, f"no OTP needed: {decision.reason}", user.dn)
-            return await self._password(
+            return await bind_password(
                 user, password, check_password, f"no OTP needed: {decision.reason}"
             )
         if ready.refusal is not None or ready.state is None:
@@ -304,12 +275,12 @@ class Authenticator:
 
         verdict, user = await self._spend(user, change, now)
         if verdict.match is None:
-            _note(trace, "otp", False, verdict.why)
+            note(trace, "otp", False, verdict.why)
             return _refused(verdict.why, user.dn)
         token_id = verdict.match.token.id
         again = verdict.why == RETRANSMISSION
         spent = f"{verdict.why} on another gateway" if again else "recorded as used"
-        _note(trace, "otp", True, f"accepted for token {token_id}, {spent}")
+        note(trace, "otp", True, f"accepted for token {token_id}, {spent}")
         left = verdict.match.scratch_remaining
         if code_only:
             why = f"OTP accepted ({verdict.why})" if again else "OTP accepted"
@@ -317,12 +288,12 @@ class Authenticator:
                 True, why, user.dn, token_id, scratch_remaining=left, retransmission=again
             )
         why = f"password+OTP accepted ({verdict.why})" if again else "password+OTP accepted"
-        result = await self._password(
+        result = await bind_password(
             user, verdict.password, check_password, why, token_id, left, isinstance(typed, str)
         )
         if again and result.ok:
             result = replace(result, retransmission=True)
-        _note(trace, "password", result.ok, "bound upstream" if result.ok else result.reason)
+        note(trace, "password", result.ok, "bound upstream" if result.ok else result.reason)
         return result
 
     def _retransmission(self, request: Login) -> Retransmission | None:
@@ -357,40 +328,6 @@ class Authenticator:
             self.unrecorded.recorded(user.entry_id)
         return result, user
 
-    async def _password_only(
-        self, name: str, password: str, check_password: PasswordCheck | None
-    ) -> AuthResult:
-        if check_password is None or not password:
-            return _refused("no password", name)
-        code, message = await check_password(name, password.encode("utf-8"))
-        if code == SUCCESS:
-            return AuthResult(True, "exempt account: password accepted", name)
-        return _refused(f"exempt account: bind refused ({code}) {message}".rstrip(), name)
-
-    async def _password(
-        self,
-        user: UserEntry,
-        password: str,
-        check_password: PasswordCheck | None,
-        why: str,
-        token_id: str | None = None,
-        scratch_remaining: int | None = None,
-        typed: bool = False,
-    ) -> AuthResult:
-        """``typed``: the password was split off what the user typed (its length comes back,
-        for the bind cache)."""
-        if check_password is None:
-            return _refused("no password check available", user.dn)
-        if not password:
-            return _refused("empty password refused", user.dn)
-        code, message = await check_password(user.dn, password.encode("utf-8"))
-        if code == SUCCESS:
-            length = len(password) if typed else None
-            return AuthResult(True, why, user.dn, token_id, False, scratch_remaining, length)
-        reason = "wrong password" if code == INVALID_CREDENTIALS else f"bind refused ({code})"
-        # AD puts the real reason (data 52e, 533, 701, 775, ...) in the diagnostic message.
-        return AuthResult(False, f"{reason}: {message}".rstrip(": "), user.dn, token_id)
-
     # -- the first step of a challenge --------------------------------------------------------
 
     async def _password_step(
@@ -402,14 +339,14 @@ class Authenticator:
         ready = await self._prologue(request)
         user, decision = ready.user, ready.decision
         if user is None:
-            return await self._password_only(request.name, request.password, check_password)
+            return await password_only(request.name, request.password, check_password)
         if not decision.needs_otp:
             why = f"no OTP needed: {decision.reason}"
-            return await self._password(user, request.password, check_password, why)
+            return await bind_password(user, request.password, check_password, why)
         if ready.refusal is not None:
             return _refused(ready.refusal, user.dn)
         why = "password accepted, OTP next"
-        done = await self._password(user, request.password, check_password, why)
+        done = await bind_password(user, request.password, check_password, why)
         return replace(done, needs_otp=done.ok)
 
     # -- the portal: a first device with the password alone ------------------------------------
@@ -444,7 +381,7 @@ class Authenticator:
             why = "no one-time code, and the user's tokens were reset: a code is required"
             return _refused(why, user.dn)
         why = "password only, first enrollment"
-        result = await self._password(user, request.password, check_password, why)
+        result = await bind_password(user, request.password, check_password, why)
         return result if result.ok else replace(result, reason=f"{why}: {result.reason}")
 
     # -- OTP proofs (CHAP, MS-CHAPv2) ------------------------------------------------------------

@@ -11,7 +11,8 @@ from twisted.application.service import IService
 from otpgate.config import Config
 from otpgate.radius.binds import BindPool
 from otpgate.radius.config import parse_radius_listen
-from otpgate.radius.server import GatewayLike, RadiusProtocol, RadiusServer
+from otpgate.radius.handler import GatewayLike
+from otpgate.radius.server import RadiusProtocol, RadiusServer
 
 COUNTERS_LOG_INTERVAL = 300.0
 
