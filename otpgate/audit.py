@@ -28,6 +28,7 @@ LIMITS = {"reason": 512}
 client sent, and a 250-KB bind name must not become megabytes of log (repr and JSON escape
 each byte again).  What is cut is counted in the event."""
 MAX_FIELD = 256
+_BOUNDED = ("user", "dn", "client", "token", "reason", "front_end", "outcome")
 
 
 def bounded(field: str, value: Any) -> Any:
@@ -87,8 +88,11 @@ class AuditTrail:
             self._file.close()
             self._file = None
 
-    def record(self, **fields: Any) -> None:
-        event = {k: bounded(k, v) for k, v in fields.items()}
+    def record(self, **event: Any) -> None:
+        for key in _BOUNDED:
+            value = event.get(key)
+            if isinstance(value, str) and len(value) > MAX_FIELD:
+                event[key] = bounded(key, value)
         for observer in self.observers:
             observer(event)
         if self._file is None:

@@ -3,7 +3,7 @@ import json
 from twisted.internet.task import Clock
 
 from otpgate.audit import AuditTrail
-from otpgate.config import LoggingConfig
+from otpgate.auditconfig import LoggingConfig
 
 EVENT = dict(outcome="reject", front_end="ldap", user="alice", dn="uid=alice", client="10.0.0.1",
              token=None, reason="wrong OTP")
@@ -122,3 +122,19 @@ def test_sighup_reopens_in_the_reactor_thread_and_is_restored_on_stop():
     finally:
         hangup.stopService()
     assert signal.getsignal(signal.SIGHUP) == before
+
+
+def test_attacker_sized_fields_are_bounded_in_every_form(tmp_path):
+    """A 200-KB bind name (repeated by the directory's error in the reason) wrote 600 KB of
+    log per bind; every field is cut to a bound and says how much was left out."""
+    name = "cn=" + "\\," * 100_000
+    for json_lines in (True, False):
+        path = tmp_path / f"a{json_lines}.log"
+        trail = AuditTrail(LoggingConfig(json=json_lines, file=path, flush_seconds=0), Clock())
+        seen = []
+        trail.observers.append(seen.append)
+        trail.start()
+        trail.record(**{**EVENT, "user": name, "dn": name, "reason": f"no user {name!r}"})
+        trail.stop()
+        assert len(path.read_text()) < 4_000
+        assert seen[0]["user"].endswith("...(+199747 characters)")
