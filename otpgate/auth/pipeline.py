@@ -101,8 +101,6 @@ class Authenticator:
         reason = result.reason
         if isinstance(request, PasswordStep):
             reason = f"password step: {reason}"
-        if request.channel.name:
-            reason = f"{reason} ({request.channel.name})"
         self.audit.record(
             outcome=outcome,
             front_end=request.channel.front_end,

@@ -135,7 +135,10 @@ async def test_directory_down_fails_closed_with_unavailable(backend, tmp_path):
     from tests.netutil import free_port
 
     dead = [f"ldap://127.0.0.1:{free_port()}"]
-    proxy = await start_proxy(backend, tmp_path, {"urls": dead, "start_tls": False})
+    # write_url named: on AD the implicit "discover" needs TLS (it may find a remote DC)
+    proxy = await start_proxy(
+        backend, tmp_path, {"urls": dead, "start_tls": False, "write_url": dead[0]}
+    )
     try:
         assert await proxy.ldap3_bind("uid=x,dc=example,dc=org", "pw123456") == (False, 52)
     finally:

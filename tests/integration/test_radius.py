@@ -478,7 +478,8 @@ async def test_chap_and_mschapv2_refused_unless_enabled(backend, tmp_path):
 async def test_directory_down_no_reply_then_reject(backend, tmp_path):
     from tests.netutil import free_port
 
-    dead = {"urls": [f"ldap://127.0.0.1:{free_port()}"], "start_tls": False}
+    url = f"ldap://127.0.0.1:{free_port()}"
+    dead = {"urls": [url], "start_tls": False, "write_url": url}  # AD: no implicit discover
     radius = await start_radius(backend, tmp_path, directory=dead)
     try:
         _code, out, err = await radius.radclient(pap("someone", "pw123456"), "-t", "1", "-r", "1")

@@ -227,7 +227,8 @@ async def test_ciphertext_copied_to_another_entry_is_rejected(backend):
 async def test_directory_down_fails_closed(backend):
     from tests.netutil import free_port
 
-    gw = gateway(backend, {"urls": [f"ldap://127.0.0.1:{free_port()}"], "start_tls": False})
+    url = f"ldap://127.0.0.1:{free_port()}"  # write_url named: AD has no implicit discover then
+    gw = gateway(backend, {"urls": [url], "start_tls": False, "write_url": url})
     try:
         result = await gw.authenticator.login(otp_only("anyone", "123456"), None)
         assert not result.ok and result.unavailable
