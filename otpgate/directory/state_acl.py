@@ -139,6 +139,8 @@ def probe(url: str) -> Probe:
         return AclFacts(
             url, types, unreadable=f"the service account may not read cn=config ({exc})"
         )
+    if not entries:  # slapd answers noSuchObject where it hides an entry
+        return AclFacts(url, types, unreadable="the service account may not read cn=config")
     return AclFacts(url, types, tuple(database(e) for e in entries))
 
 

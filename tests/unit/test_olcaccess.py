@@ -335,6 +335,8 @@ def test_probe_reads_the_schema_then_the_databases():
     refused, _ = run(probe("ldap://a"), [dse, schema, DirectoryError("50", 50)])
     assert "may not read cn=config" in refused.unreadable
     assert not judge(refused, config()).safe
+    hidden, _ = run(probe("ldap://a"), [dse, schema, []])
+    assert "may not read cn=config" in hidden.unreadable
     nothing, _ = run(probe("ldap://a"), [[SearchEntry("", {})]])
     assert "subschemaSubentry" in nothing.unreadable
     with pytest.raises(DirectoryUnavailable):
