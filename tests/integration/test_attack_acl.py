@@ -283,3 +283,30 @@ listen = ["tcp:{free_port()}:interface=127.0.0.1"]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_doctor_reports_what_the_gateway_finds(home_write, tmp_path, capsys):
+    from tests.integration.test_cli import Cli
+
+    site = home_write
+    doc = Cli(site, tmp_path, capsys).json("doctor", code=1)
+    (check,) = [c for c in doc["checks"] if c["area"].startswith("state ACL")]
+    assert check["status"] == "fail" and f"lets a user write her own {USED}" in check["detail"]
+    assert "refuses every OTP login" in check["detail"] and "state_dn" in check["fix"]
+    accepted = Cli(site, tmp_path, capsys, directory={"allow_self_writable_state": True})
+    (check,) = [c for c in accepted.json("doctor", code=1)["checks"]
+                if c["area"].startswith("state ACL")]
+    assert check["status"] == "fail" and "accept OTP logins anyway" in check["detail"]
+    with Slapd(tmp_path / "hidden", config_read="none") as server:
+        hidden = backend(server, tmp_path)
+        (check,) = [c for c in Cli(hidden, tmp_path, capsys).json("doctor", code=1)["checks"]
+                    if c["area"].startswith("state ACL")]
+        assert check["status"] == "fail" and "may not read cn=config" in check["detail"]
+        assert "acl-openldap-config.conf" in check["fix"]
+        override = Cli(hidden, tmp_path, capsys, directory={"allow_self_writable_state": True})
+        (check,) = [c for c in override.json("doctor")["checks"]
+                    if c["area"].startswith("state ACL")]
+        assert check["status"] == "warn"
+    ok = Cli(backend(home_write.server, tmp_path), tmp_path, capsys,
+             directory={"state_dn": home_write.server.state_dn})
+    assert not [c for c in ok.json("doctor")["checks"] if c["area"].startswith("state ACL")]
