@@ -10,8 +10,10 @@ state attributes of a user entry, every OTP-state write is refused
 (:class:`SelfWritableState`, an "unavailable": fail closed) until the rules are fixed or
 the state moves to a container, or ``allow_self_writable_state = true`` accepts the risk.
 A server that cannot be evaluated (cn=config not readable, rules that cannot be read with
-certainty) counts as writable.  A server that does not answer keeps its last verdict; one
-never judged counts as unproven.  Exempt and no-OTP logins write no state and go on.
+certainty) counts as writable.  A server that does not answer keeps its last verdict (one
+never judged is judged once it answers: nobody writes to it meanwhile); if none answers,
+the check fails closed and is tried again at the next login.  Exempt and no-OTP logins
+write no state and go on.
 """
 
 from __future__ import annotations
@@ -94,10 +96,9 @@ class StateAclGuard(PeriodicGuard):
             raise DirectoryUnavailable(
                 "state ACL check: no directory server answered: " + "; ".join(errors)
             )
-        verdicts = [
-            self._known.get(u.url, AclVerdict(u.url, unproven="not judged yet: it did not answer"))
-            for u in self.urls
-        ]
+        # A server that does not answer now keeps its last verdict; one never judged is
+        # judged when it answers again (no user writes there meanwhile).
+        verdicts = [self._known[u.url] for u in self.urls if u.url in self._known]
         found = evidence(verdicts)
         if found is not None and previous is None:
             log.error(

@@ -120,14 +120,26 @@ async def test_every_server_must_prove_it_and_unreadable_config_refuses():
     b.config_readable = True
     clock.advance(RECHECK_SECONDS)
     await guard.check()
-    # a server that does not answer keeps its verdict; one never judged is unproven
+    # a server that does not answer keeps its verdict...
     b.down = True
     clock.advance(RECHECK_SECONDS)
     await guard.check()
-    c = FakeServer(SHIPPED)
+    b.rules, b.down = [SELF_WRITE], False
+    clock.advance(RECHECK_SECONDS)
+    with pytest.raises(SelfWritableState):
+        await guard.check()
+    b.down = True
+    clock.advance(RECHECK_SECONDS)
+    with pytest.raises(SelfWritableState):
+        await guard.check()
+    # ...one never judged (down at startup) is judged once it answers
+    c = FakeServer([SELF_WRITE])
     c.down = True
-    guard, _pool, _clock = guard_for({"ldap://127.0.0.1:1": a, "ldap://127.0.0.1:3": c})
-    with pytest.raises(SelfWritableState, match="not judged yet"):
+    guard, _pool, clock = guard_for({"ldap://127.0.0.1:1": a, "ldap://127.0.0.1:3": c})
+    await guard.check()
+    c.down = False
+    clock.advance(RECHECK_SECONDS)
+    with pytest.raises(SelfWritableState, match="127.0.0.1:3"):
         await guard.check()
 
 
