@@ -173,9 +173,35 @@ def ordered_rules(values: Iterable[bytes | str], origin: str) -> list[Rule]:
 
 # -- names: attribute types and DNs ----------------------------------------------------
 
-_OID = re.compile(r"^\(\s*([\w.-]+)")
-_NAMES = re.compile(r"\bNAME\s+(?:'([^']*)'|\(\s*((?:'[^']*'\s*)+)\))")
-_SUP = re.compile(r"\bSUP\s+([\w.-]+)")
+_TOKENS = re.compile(r"'[^']*'|[()]|[^\s()']+")
+
+
+def _description(text: str) -> tuple[str, list[str], str | None] | None:
+    """An RFC 4512 AttributeTypeDescription -> (OID, NAMEs, SUP), read token by token so
+    that words inside quoted strings (DESC) are never taken for keywords."""
+    tokens = _TOKENS.findall(text)
+    if len(tokens) < 2 or tokens[0] != "(":
+        return None
+    names: list[str] = []
+    sup: str | None = None
+    i = 2
+    while i < len(tokens):
+        word = tokens[i].upper()
+        if word == "NAME" and i + 1 < len(tokens):
+            if tokens[i + 1] == "(":
+                j = i + 2
+                while j < len(tokens) and tokens[j] != ")":
+                    names.append(tokens[j].strip("'"))
+                    j += 1
+                i = j
+            else:
+                names.append(tokens[i + 1].strip("'"))
+                i += 1
+        elif word == "SUP" and i + 1 < len(tokens):
+            sup = tokens[i + 1].strip("'")
+            i += 1
+        i += 1
+    return tokens[1], names, sup
 
 
 class AttributeTypes:
@@ -185,24 +211,14 @@ class AttributeTypes:
         self._oid: dict[str, str] = {}
         self._sup: dict[str, str] = {}
         for text in descriptions:
-            body = text.strip()
-            oid = _OID.match(body)
-            if oid is None:
+            parsed = _description(text)
+            if parsed is None:
                 continue
-            number = oid.group(1).lower()
-            names = _NAMES.search(body)
-            found: list[str] = []
-            if names is not None:
-                found = (
-                    [names.group(1)]
-                    if names.group(1) is not None
-                    else re.findall(r"'([^']*)'", names.group(2))
-                )
-            for name in (number, *found):
+            number, names, sup = parsed[0].lower(), parsed[1], parsed[2]
+            for name in (number, *names):
                 self._oid[name.lower()] = number
-            sup = _SUP.search(body)
             if sup is not None:
-                self._sup[number] = sup.group(1).lower()
+                self._sup[number] = sup.lower()
 
     def __bool__(self) -> bool:
         return bool(self._oid)

@@ -378,3 +378,8 @@ def test_attribute_types_resolve_names_oids_and_sup():
     assert types.covers("registeredAddress", "postalAddress") is Match.NO
     assert types.covers("name", "cn") is Match.YES and types.covers("cn", "ou") is Match.NO
     assert types.covers("nosuch", "cn") is Match.MAYBE
+    # keywords inside quoted strings are text, not keywords
+    tricky = AttributeTypes([
+        "( 1.1 NAME 'a' DESC 'not SUP b, NAME c' SUP 'b' )", "( 1.2 NAME 'b' )",
+        "( 1.3 NAME 'c' )"])
+    assert tricky.covers("b", "a") is Match.YES and tricky.oid("c") == "1.3"
