@@ -149,6 +149,10 @@ urls = [{q(f"ldap://127.0.0.1:{directory_port}")}]
 base_dn = {q(DEMO_BASE_DN)}
 bind_dn = {q(DEMO_SERVICE_DN)}
 bind_password = {q(DEMO_SERVICE_PASSWORD)}
+# The demo directory has no access rules: any client may write any entry, the users' own
+# OTP state included, so a user could roll it back and replay a code. Acceptable for this
+# throwaway loopback demo only; never set this where real users log in.
+allow_self_writable_state = true
 
 [vault]
 keyring = "keyring.json"

@@ -20,6 +20,7 @@ from otpgate.directory.connection import LdapConnection, TlsSettings
 from otpgate.directory.discovery import confirm_pdc_on, pdc_emulator_url, same_dn
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.replication_guard import ReplicationGuard
+from otpgate.directory.state_acl_guard import StateAclGuard
 from otpgate.directory.store import OtpStore
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
@@ -79,6 +80,9 @@ class Gateway:
         groups = (*cautious, *config.web.helpdesk_groups)
         # Unpinned on OpenLDAP: OTP state is refused if the servers replicate multi-provider.
         self.replication_guard = ReplicationGuard(d, self.write_pool, reactor)
+        # State in the users' own entries on OpenLDAP: refused unless the access rules prove
+        # that users cannot write it.
+        self.state_acl_guard = StateAclGuard(d, self.write_pool, reactor)
         self.store = OtpStore(
             d,
             keyring,
@@ -88,6 +92,7 @@ class Gateway:
             groups,
             cautious,
             self.replication_guard,
+            self.state_acl_guard,
         )
         self.audit = AuditTrail(config.logging, reactor)
         self.authenticator = Authenticator(auth_settings(config), self.store, reactor, self.audit)
@@ -158,9 +163,11 @@ class LoggingService(service.MultiService):
         self._log_file = open_log_file(self.logging)
         if self.gateway is not None:
             self.gateway.audit.start()
-            guard = self.gateway.replication_guard
-            if guard.active:  # unpinned OpenLDAP: say at once if it is multi-provider
-                self.gateway.reactor.callWhenRunning(guard.check_at_startup)
+            # Unpinned or with the state in users' entries on OpenLDAP: say at once if the
+            # directory is unsafe for OTP state.
+            for guard in (self.gateway.replication_guard, self.gateway.state_acl_guard):
+                if guard.active:
+                    self.gateway.reactor.callWhenRunning(guard.check_at_startup)
         service.MultiService.startService(self)
 
     def stopService(self) -> Any:

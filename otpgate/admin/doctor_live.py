@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from otpgate.admin import doctor_olc
 from otpgate.admin.doctor import (
     AdAttributeSchema,
     Check,
@@ -237,6 +238,8 @@ class Doctor:
         if self.d.state_dn is not None:
             self.container()
             return
+        if self.server != "ad":  # what the gateway checks before it accepts OTP logins
+            self.add(*doctor_olc.state_acl_checks(self.d, *doctor_olc.collect(self.d)))
         try:
             entry = self._probe_entry()
         except DirectoryError as exc:

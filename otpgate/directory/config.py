@@ -68,7 +68,9 @@ class DirectoryConfig:
     per user (cn=<entry UUID>) below that container, which only the service account writes."""
     state_classes: tuple[str, ...] = ("top", "organizationalRole")
     allow_self_writable_state: bool = False
-    """AD without state_dn: the admin asserts that users cannot write their own state."""
+    """Without state_dn, accept the risk that users may write their own OTP state (and so
+    replay spent codes): AD refuses to start without it, OpenLDAP refuses OTP logins unless
+    its access rules prove that users cannot write it (``state_acl_guard.py``)."""
     cas_retries: int = 5
     state_cache_seconds: float = 10.0
     """Reuse a user's last-seen raw entry this long instead of searching (0: always search)."""

@@ -9,22 +9,19 @@ replication, every OTP state write is refused (:class:`UnpinnedMultiProvider`, a
 "unavailable": fail closed) until ``write_url`` pins one provider, or
 ``allow_unpinned_multi_provider = true`` accepts the risk.  Exempt and no-OTP logins write
 no state and are not affected.
-
-A verdict is kept for ``RECHECK_SECONDS``, so one busy answer or dropped connection must not
-decide it: a server whose probe failed is asked again after each of ``RETRY_DELAYS``
-(1.5 s in all, however many servers), and only what still fails then counts (fail closed).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.logger import Logger
 
 from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.connection import LdapConnection
 from otpgate.directory.drive import run_steps_async
+from otpgate.directory.guard import RECHECK_SECONDS, GuardRefusal, PeriodicGuard
 from otpgate.directory.ldapdata import LdapUrl
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.replication import (
@@ -39,13 +36,14 @@ from otpgate.errors import DirectoryError, DirectoryUnavailable
 
 log = Logger()
 
-RECHECK_SECONDS = 300.0
 RETRY_DELAYS = (0.5, 1.0)
 """Seconds before each new try of the servers whose probe failed (a refusal such as busy,
 or no answer from any server)."""
 
+__all__ = ["RECHECK_SECONDS", "ReplicationGuard", "UnpinnedMultiProvider", "guard_needed"]
 
-class UnpinnedMultiProvider(DirectoryUnavailable):
+
+class UnpinnedMultiProvider(GuardRefusal):
     """OTP state would be written unpinned to one of several replicating providers."""
 
 
@@ -65,76 +63,23 @@ async def server_facts(conn: LdapConnection, url: str, base_dn: str) -> Replicat
     )
 
 
-class ReplicationGuard:
+class ReplicationGuard(PeriodicGuard):
+    """The periodic check and its waiting logins are ``guard.PeriodicGuard``'s."""
+
+    name = "replication check"
+
     def __init__(self, config: DirectoryConfig, pool: ServerPool, clock: Any) -> None:
+        super().__init__(clock, guard_needed(config))
         self.config = config
         self.pool = pool
-        self.clock = clock
-        self.active = guard_needed(config)
-        self._evidence: str | None = None
-        self._checked_at: float | None = None
-        self._running = False
-        self._waiters: list[defer.Deferred[None]] = []
 
-    @property
-    def refusing(self) -> bool:
-        return self._evidence is not None
+    def refusal(self, evidence: str) -> UnpinnedMultiProvider:
+        return UnpinnedMultiProvider(
+            "OTP state refused: OpenLDAP multi-provider replication and no "
+            f"[directory] write_url ({evidence}); {PIN_FIX}"
+        )
 
-    async def check(self) -> None:
-        """Return if OTP state may be written; raise :class:`UnpinnedMultiProvider` if
-        not, ``DirectoryUnavailable`` if no server could be read (fail closed)."""
-        if not self.active:
-            return
-        now = self.clock.seconds()
-        if self._checked_at is None or now - self._checked_at >= RECHECK_SECONDS:
-            await self._refresh()
-        if self._evidence is not None:
-            raise UnpinnedMultiProvider(
-                "OTP state refused: OpenLDAP multi-provider replication and no "
-                f"[directory] write_url ({self._evidence}); {PIN_FIX}"
-            )
-
-    def check_at_startup(self) -> defer.Deferred[None]:
-        """Run the check as the gateway starts, so that the log says it then, not at the
-        first OTP login; its outcome is kept like any other check's."""
-        d: defer.Deferred[None] = defer.ensureDeferred(self.check())
-
-        def failed(failure: Any) -> None:
-            if failure.check(UnpinnedMultiProvider):
-                return None  # logged by _probe
-            if failure.check(DirectoryError):
-                log.warn(
-                    "replication check at startup: {error}; tried again before the first OTP login",
-                    error=failure.getErrorMessage(),
-                )
-                return None
-            return failure  # type: ignore[no-any-return]
-
-        d.addErrback(failed)
-        return d
-
-    async def _refresh(self) -> None:
-        """One probe at a time; logins that arrive meanwhile wait for its verdict."""
-        if self._running:
-            waiter: defer.Deferred[None] = defer.Deferred()
-            self._waiters.append(waiter)
-            await waiter
-            return
-        self._running = True
-        try:
-            await self._probe()
-        except BaseException as exc:
-            self._running = False
-            waiting, self._waiters = self._waiters, []
-            for w in waiting:
-                w.errback(exc)
-            raise
-        self._running = False
-        waiting, self._waiters = self._waiters, []
-        for w in waiting:
-            w.callback(None)
-
-    async def _probe(self) -> None:
+    async def _probe(self, previous: str | None, first: bool) -> str | None:
         outcomes = {url: await self._probe_one(url) for url in self.pool.urls}
         for delay in RETRY_DELAYS:
             failed = [u for u, o in outcomes.items() if not isinstance(o, ReplicationFacts)]
@@ -165,22 +110,21 @@ class ReplicationGuard:
             evidence = "; ".join(
                 [*([evidence] if evidence else []), "could not be checked: " + "; ".join(refused)]
             )
-        if evidence is not None and self._evidence is None:
+        if evidence is not None and previous is None:
             log.error(
                 "OpenLDAP multi-provider replication and no [directory] write_url: every OTP "
                 "login is refused until OTP state is pinned ({evidence}); {fix}",
                 evidence=evidence,
                 fix=PIN_FIX,
             )
-        elif evidence is None and self._evidence is not None:
+        elif evidence is None and previous is not None:
             log.warn("replication check: no multi-provider replication seen now; OTP logins resume")
-        elif evidence is None and self._checked_at is None and not readable(facts):
+        elif evidence is None and first and not readable(facts):
             log.warn(
                 "replication check: no server showed a naming context for {base}",
                 base=self.config.base_dn,
             )
-        self._evidence = evidence
-        self._checked_at = self.clock.seconds()
+        return evidence
 
     async def _probe_one(self, url: LdapUrl) -> ReplicationFacts | DirectoryError:
         """One server's facts, or why it could not show them (``ProbeRefused`` when it

@@ -24,6 +24,7 @@ from otpgate.directory.pool import ServerPool
 from otpgate.directory.records import Lookup, OtpState, StateChange, UserEntry
 from otpgate.directory.replication_guard import ReplicationGuard
 from otpgate.directory.state import StateMapper
+from otpgate.directory.state_acl_guard import StateAclGuard
 from otpgate.errors import ConcurrentUpdate
 from otpgate.tokens import Secret, Token
 from otpgate.vault import Keyring
@@ -42,6 +43,7 @@ class OtpStore:
         groups: tuple[str, ...] = (),
         cautious: tuple[str, ...] = (),
         guard: ReplicationGuard | None = None,
+        acl_guard: StateAclGuard | None = None,
     ) -> None:
         """``groups``: the groups the policy and the portal ask about (required, admin and
         help-desk groups): each resolved entry carries which of them it belongs to.  Where a
@@ -59,6 +61,7 @@ class OtpStore:
         self._user_filter: bytes = ldapfilter.parseFilter(config.user_filter).toWire()
         self._any = ber.filter_present(b"objectClass")
         self.guard = guard
+        self.acl_guard = acl_guard
 
     # -- the driver -------------------------------------------------------------------------
 
@@ -98,6 +101,12 @@ class OtpStore:
         while unpinned on multi-provider replication (``replication_guard.py``)."""
         if self.guard is not None and self.guard.active:
             await self.guard.check()
+
+    async def check_state_acl(self) -> None:
+        """Before any write of a user's OTP state: refused (SelfWritableState) while users
+        may write their own state (``state_acl_guard.py``)."""
+        if self.acl_guard is not None and self.acl_guard.active:
+            await self.acl_guard.check()
 
     async def _run(self, step: Step[T], conn: LdapConnection | None = None) -> T:
         """Run an engine step on the OTP-state server (the write pool).  Private: writes go
@@ -145,6 +154,7 @@ class OtpStore:
     ) -> tuple[T, UserEntry]:
         """Apply ``change`` with compare-and-swap (``engine.update``); keeps the cache true."""
         await self.check_replication()
+        await self.check_state_acl()
         step = engine.update(
             self.mapper,
             user,

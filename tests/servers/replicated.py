@@ -61,8 +61,9 @@ class MultiProvider:
         config_readable: bool = False,
         **slapd: Any,
     ) -> None:
-        """``config_readable``: provider ``b`` lets the service account read its cn=config
-        (olcServerID, olcMultiProvider); ``a`` and the consumer never do."""
+        """``config_readable``: provider ``b`` lets the service account read all of its
+        cn=config (olcServerID, olcMultiProvider); ``a`` and the consumer only the access
+        rules (``schema/acl-openldap-config.conf``), never the replication settings."""
         root = Path(workdir)
         self.a = Slapd(root / "provider-a", schema, **slapd)
         shared = {
@@ -80,9 +81,7 @@ class MultiProvider:
                 + "multiprovider on\n"
             )
         if config_readable:
-            self.b.global_config += (
-                f'database config\naccess to * by dn.exact="{self.b.service_dn}" read by * none\n'
-            )
+            self.b.config_read = "all"
         self.consumer.extra_config += _syncrepl(100, self.a) + f"updateref {self.a.url}\n"
 
     @property

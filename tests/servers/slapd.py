@@ -11,7 +11,11 @@ Usage::
 The directory runs the ACLs shipped in ``schema/acl-openldap.conf`` (with the
 otpgate-schema block removed for ``schema="stock"``), so tests see what a site
 that follows our documentation sees: only ``cn=otpgate,ou=services,<suffix>``
-can touch otpgate state, ``ou=tokens`` and the stock-profile attributes.
+can touch otpgate state, ``ou=tokens`` and the stock-profile attributes; and
+``schema/acl-openldap-config.conf`` in cn=config, so that the service account may
+read the access rules (the gateway proves from them that users cannot write their
+own OTP state).  ``cn=config`` is the config database's rootdn (the admin password):
+tests change the running configuration with :meth:`Slapd.modify_config`.
 """
 
 from __future__ import annotations
@@ -117,13 +121,17 @@ class Slapd:
         admin_password: str | None = None,
         service_password: str | None = None,
         populate: bool = True,
+        config_read: Literal["shipped", "all", "none"] = "shipped",
     ) -> None:
         """``acl="self-write"``: a permissive site where every user may write their own entry
         (only the state and token containers are kept for the service account), as many
         sites run; the attack tests use it.
 
         ``admin_password``/``service_password`` (default: random) and ``populate=False``
-        (no base tree: it arrives by replication) are for replicas (``replicated.py``)."""
+        (no base tree: it arrives by replication) are for replicas (``replicated.py``).
+
+        ``config_read``: what the service account may read in cn=config: the access rules
+        (``schema/acl-openldap-config.conf``), all of it, or nothing."""
         if schema not in ("stock", "otpgate"):
             raise ValueError(f"schema must be 'stock' or 'otpgate', not {schema!r}")
         if not re.fullmatch(r"dc=[a-z0-9-]+(,dc=[a-z0-9-]+)*", suffix):
@@ -138,6 +146,7 @@ class Slapd:
         """slapd.conf lines for the global section (e.g. authz-regexp, sasl-secprops)."""
         self.acl_prefix = acl_prefix
         """Access rules put before the project's ACLs (slapd stops at the first match)."""
+        self.config_read = config_read
         self.host = LOOPBACK
         self.port = free_port()
         self.ldaps_port = free_port()
@@ -254,6 +263,10 @@ class Slapd:
         """Apply LDIF as the rootdn (``ldapmodify -a``: add records, or any changetype)."""
         self._ldap_tool("ldapmodify", ["-a"], text)
 
+    def modify_config(self, text: str) -> None:
+        """Apply LDIF to the running cn=config as its rootdn (not kept across restarts)."""
+        self._ldap_tool("ldapmodify", [], text, bind_dn="cn=config")
+
     def add_user(
         self,
         uid: str,
@@ -361,6 +374,20 @@ access to *
                 raise RuntimeError("schema/acl-openldap.conf lost its '# >>> otpgate schema' block")
         return self.acl_prefix + text.replace("dc=example,dc=org", self.suffix)
 
+    def _config_database(self) -> str:
+        """The config database: rootdn cn=config, and what the service account reads."""
+        if self.config_read == "none":
+            rules = ""
+        elif self.config_read == "all":
+            rules = f'access to * by dn.exact="{self.service_dn}" read by * none\n'
+        else:
+            text = (REPO_SCHEMA_DIR / "acl-openldap-config.conf").read_text()
+            rules = text.replace("dc=example,dc=org", self.suffix)
+        return f"""database config
+rootdn "cn=config"
+rootpw "{ssha(self.admin_password)}"
+{rules}"""
+
     def _config(self) -> str:
         schemas = [
             SYSTEM_SCHEMA_DIR / f"{n}.schema" for n in ("core", "cosine", "inetorgperson", "nis")
@@ -381,6 +408,7 @@ TLSCACertificateFile "{tls.ca_file}"
 TLSCertificateFile "{tls.cert_file}"
 TLSCertificateKeyFile "{tls.key_file}"
 {self.global_config}
+{self._config_database()}
 database mdb
 maxsize 268435456
 suffix "{self.suffix}"
@@ -427,8 +455,9 @@ index entryCSN eq
         )
         return "\n".join(records)
 
-    def _ldap_tool(self, tool: str, args: list[str], stdin: str) -> str:
-        cmd = [tool, "-x", "-H", self.url, "-D", self.admin_dn, "-y", str(self._admin_pw_file)]
+    def _ldap_tool(self, tool: str, args: list[str], stdin: str, bind_dn: str = "") -> str:
+        bind = bind_dn or self.admin_dn
+        cmd = [tool, "-x", "-H", self.url, "-D", bind, "-y", str(self._admin_pw_file)]
         result = subprocess.run(
             cmd + args,
             input=stdin.encode(),
