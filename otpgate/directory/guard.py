@@ -35,6 +35,8 @@ class PeriodicGuard:
     :meth:`refusal`, the exception a write gets while refused."""
 
     name = "directory check"
+    health_name = "directory check"
+    """How ``/healthz`` names the guard while it refuses."""
 
     def __init__(self, clock: Any, active: bool) -> None:
         self.clock = clock

@@ -67,6 +67,7 @@ class ReplicationGuard(PeriodicGuard):
     """The periodic check and its waiting logins are ``guard.PeriodicGuard``'s."""
 
     name = "replication check"
+    health_name = "replication guard"
 
     def __init__(self, config: DirectoryConfig, pool: ServerPool, clock: Any) -> None:
         super().__init__(clock, guard_needed(config))

@@ -64,6 +64,7 @@ async def server_verdict(conn: LdapConnection, url: str, config: DirectoryConfig
 
 class StateAclGuard(PeriodicGuard):
     name = "state ACL check"
+    health_name = "state access guard"
 
     def __init__(self, config: DirectoryConfig, pool: ServerPool, clock: Any) -> None:
         super().__init__(clock, guard_needed(config))

@@ -4,12 +4,13 @@
 asking for no attributes) within ``HEALTH_TIMEOUT`` seconds, on the read servers *and* on
 the server that holds OTP state (``write_url``, or the discovered PDC emulator: a gateway
 that cannot write state fails every OTP login closed), and while the replication guard
-(``directory/replication_guard.py``) lets OTP state be written; 503 otherwise, with one of
-two fixed reasons (``DIRECTORY``, ``OTP_STATE_REFUSED``).  The body says nothing else (no
+(``directory/replication_guard.py``) and the state access guard (``state_acl_guard.py``) let
+OTP state be written; 503 otherwise, with one of a few fixed reasons (``DIRECTORY``,
+``OTP_STATE_REFUSED`` naming the guard).  The body says nothing else (no
 server names, no errors): the check is unauthenticated, for load balancers.  An
 unauthenticated endpoint must not become a way to load the directory, so at most one check
-runs at a time and its answer is reused for ``KEEP_SECONDS``; the guard reads the servers'
-replication at most as often as it would for logins (``RECHECK_SECONDS``).
+runs at a time and its answer is reused for ``KEEP_SECONDS``; the guards read the
+servers at most as often as they would for logins (``RECHECK_SECONDS``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from otpgate import ber
+from otpgate.directory.guard import GuardRefusal, PeriodicGuard
 from otpgate.directory.ldapdata import SCOPE_BASE
 from otpgate.directory.pool import ServerPool
-from otpgate.directory.replication_guard import ReplicationGuard, UnpinnedMultiProvider
 from otpgate.errors import DirectoryError
 
 log = Logger()
@@ -34,9 +35,9 @@ KEEP_SECONDS = 1.0
 OK = "ok"
 DIRECTORY = "directory not answering"
 """A pool did not answer the read in time (or the guard could read no server)."""
-OTP_STATE_REFUSED = "OTP state writes refused (replication guard)"
-"""Unpinned on multi-provider replication (or a server that would not show it): every OTP
-login is refused until ``write_url`` pins one provider."""
+OTP_STATE_REFUSED = "OTP state writes refused (%s)"
+"""A guard refuses every OTP login: unpinned on multi-provider replication ("replication
+guard"), or users who may write their own OTP state ("state access guard")."""
 _ANY_OBJECT = ber.filter_present(b"objectClass")
 
 
@@ -46,12 +47,12 @@ class HealthCheck:
         clock: Any,
         pools: tuple[ServerPool, ...],
         base_dn: str,
-        guard: ReplicationGuard | None = None,
+        guards: tuple[PeriodicGuard, ...] = (),
     ) -> None:
         self.clock = clock
         self.pools = pools
         self.base_dn = base_dn
-        self.guard = guard
+        self.guards = guards
         self._answer: str | None = None
         self._at = 0.0
         self._running = False
@@ -81,13 +82,14 @@ class HealthCheck:
         for pool in self.pools:
             conn = await pool.connection()
             await conn.search(self.base_dn, _ANY_OBJECT, ["1.1"], scope=SCOPE_BASE)
-        if self.guard is not None and self.guard.active:
-            # Its kept verdict, or a new probe once it is RECHECK_SECONDS old: a gateway the
-            # balancer took out (no logins) still sees the replication change back.
-            try:
-                await self.guard.check()
-            except UnpinnedMultiProvider:
-                return OTP_STATE_REFUSED
+        for guard in self.guards:
+            if guard.active:
+                # Its kept verdict, or a new probe once it is RECHECK_SECONDS old: a gateway
+                # the balancer took out (no logins) still sees the directory change back.
+                try:
+                    await guard.check()
+                except GuardRefusal:
+                    return OTP_STATE_REFUSED % guard.health_name
         return OK
 
     def _finished(self, result: Any) -> None:
@@ -115,6 +117,5 @@ def health_check(gateway: Any, clock: Any) -> HealthCheck:
     pools: tuple[ServerPool, ...] = (gateway.read_pool,)
     if gateway.write_pool is not gateway.read_pool:
         pools = (gateway.read_pool, gateway.write_pool)
-    return HealthCheck(
-        clock, pools, gateway.config.directory.base_dn, gateway.replication_guard
-    )
+    guards = (gateway.replication_guard, gateway.state_acl_guard)
+    return HealthCheck(clock, pools, gateway.config.directory.base_dn, guards)

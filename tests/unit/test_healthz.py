@@ -115,6 +115,7 @@ class Guard:
     def __init__(self, refusing=False, active=True, fail=False):
         self.refusing, self.active, self.fail = refusing, active, fail
         self.checks = 0
+        self.health_name = "replication guard"
 
     async def check(self):
         self.checks += 1
@@ -129,9 +130,9 @@ def test_unavailable_while_the_replication_guard_refuses_otp_state():
     take the gateway out, and see it back once the guard lets OTP state through again (the
     guard is asked on every check: its own recheck runs even with no logins coming)."""
     clock, pool, guard = Clock(), Pool(), Guard(refusing=True)
-    health = HealthCheck(clock, (pool,), "dc=x", guard)
-    assert result(health.check()) == OTP_STATE_REFUSED and guard.checks == 1
-    assert result(health.check()) == OTP_STATE_REFUSED and guard.checks == 1  # kept a second
+    health = HealthCheck(clock, (pool,), "dc=x", (guard,))
+    assert result(health.check()) == OTP_STATE_REFUSED % "replication guard" and guard.checks == 1
+    assert result(health.check()) == OTP_STATE_REFUSED % "replication guard" and guard.checks == 1  # kept a second
     guard.refusing = False
     clock.advance(KEEP_SECONDS)
     assert result(health.check()) == OK and guard.checks == 2
@@ -145,5 +146,5 @@ def test_unavailable_while_the_replication_guard_refuses_otp_state():
 
 def test_an_inactive_guard_is_not_asked():
     clock, guard = Clock(), Guard(refusing=True, active=False)
-    assert result(HealthCheck(clock, (Pool(),), "dc=x", guard).check()) == OK
+    assert result(HealthCheck(clock, (Pool(),), "dc=x", (guard,)).check()) == OK
     assert guard.checks == 0
