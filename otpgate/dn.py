@@ -123,3 +123,15 @@ def normalise_dn(dn: str) -> str:
     they never equal a real DN's canonical form by accident."""
     key = dn_key(dn)
     return ",".join(key) if key is not None else "\x00" + dn.lower()
+
+
+def below(dn: str, base: str) -> bool:
+    """``dn`` is ``base`` or an entry below it (compared RDN by RDN); an unparsable name is
+    below nothing.  An empty ``base`` (the root) holds every DN."""
+    key = dn_key(dn)
+    if key is None:
+        return False
+    if not base:
+        return True
+    root = dn_key(base)
+    return root is not None and len(key) >= len(root) and key[len(key) - len(root) :] == root

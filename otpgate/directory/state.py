@@ -27,6 +27,7 @@ not there, tokens without their secret) is refused as tampered.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from dataclasses import replace
@@ -34,8 +35,6 @@ from dataclasses import replace
 from otpgate.codec import AttributeCodec, Purpose
 from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.ldapdata import SCOPE_BASE, SCOPE_SUBTREE, Modification, SearchEntry
-
-# Re-exported for the state engine, the stores and the pipeline, which import them from here.
 from otpgate.directory.records import (
     INITIAL_USED,
     Lookup,
@@ -44,6 +43,9 @@ from otpgate.directory.records import (
     T,
     UserEntry,
 )
+
+# Re-exported for the state engine, the stores and the pipeline, which import them from here.
+from otpgate.dn import below
 from otpgate.errors import (
     AmbiguousUser,
     DirectoryError,
@@ -128,6 +130,10 @@ class StateMapper:
         """Where and how to search for the entry a client-supplied name means."""
         cfg = self.config
         if _DN_LIKE.fullmatch(name) and "\\" not in name.split("=", 1)[0]:
+            if not below(name, cfg.base_dn):
+                # Users are the entries below base_dn, whatever the name form: the proof that
+                # users cannot write their state covers only those.
+                raise UserNotFound(f"{name!r} is not below {cfg.base_dn}")
             return Lookup(name, SCOPE_BASE, cfg.user_filter)
         if "\\" in name:
             domain, _, user = name.partition("\\")
@@ -190,6 +196,8 @@ class StateMapper:
     def entry(self, found: SearchEntry) -> UserEntry:
         """A user entry from a search; in the container layout its state is read next."""
         cfg = self.config
+        if not below(found.dn, cfg.base_dn):
+            raise UserNotFound(f"{found.dn!r} is not below {cfg.base_dn}")
         id_value = found.first(cfg.profile.id_attribute)
         if not id_value:
             raise DirectoryError(
@@ -342,18 +350,21 @@ class StateMapper:
         ]
         if not states:
             return UsedState()
-        # Several values (a multi-valued attribute written outside otpgate): keep the most
-        # advanced state of each token, so nothing can move backwards; the next write repairs it.
+        # Several values (a multi-valued attribute written outside otpgate, or two writers
+        # merged by replication): keep the most advanced state of each token and every spent
+        # scratch code of either, so nothing can move backwards; the next write repairs it.
         merged = states[0]
         for state in states[1:]:
             for tid, use in state.tokens.items():
-                if use.last > merged.use_of(tid).last:
-                    merged = merged.with_use(tid, use)
+                mine = merged.use_of(tid)
+                ahead = use if use.last > mine.last else mine
+                spent = mine.scratch_used | use.scratch_used
+                merged = merged.with_use(tid, dataclasses.replace(ahead, scratch_used=spent))
             merged = UsedState(
                 merged.tokens,
                 max(merged.failures, state.failures),
                 max(merged.locked_until, state.locked_until),
-                merged.accepted,
+                tuple(dict.fromkeys((*merged.accepted, *state.accepted))),
             )
         return merged
 

@@ -428,3 +428,47 @@ async def test_password_only_first_enrollment_passes_the_prologue() -> None:
                                      check)
     assert not after_reset.ok and "reset" in after_reset.reason, after_reset
     assert key  # the reset user had a real token
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_use_values_keep_every_spent_scratch_code(world: World) -> None:
+    """Two values of the use state (replication merging two writers, or one written back
+    beside the current one): the merge keeps the spent scratch codes of both, so neither
+    code is accepted again (the merge kept only the first value's before)."""
+    codes, scratch = generate_scratch_list(5, 8)
+    await world.enroll("alice", Token(id="s1", type=TokenType.SCRATCH, created=0,
+                                      scratch=scratch), None)
+    user = await world.store.resolve("alice", fresh=True)
+    key, attribute = user.state_dn.lower(), world.config.directory.used.spec.name.lower()
+
+    def values() -> list[bytes]:
+        return list(world.directory.entries[key][1][attribute])
+
+    def put(new: list[bytes]) -> None:
+        world.directory.entries[key][1][attribute] = new
+        world.store.cache.drop(user)
+
+    before = values()
+    assert (await world.login("alice", PW + codes[0])).ok
+    after_first = values()
+    put(before)  # rolled back, then the other code spent
+    assert (await world.login("alice", PW + codes[1])).ok
+    put(after_first + values())
+    for code in codes[:2]:
+        again = await world.login("alice", PW + code)
+        assert not again.ok and again.reason == "OTP already used", again
+
+
+@pytest_twisted.ensureDeferred
+async def test_names_outside_base_dn_are_no_users() -> None:
+    """A DN-form name is looked up only below base_dn: the proof that users cannot write
+    their own OTP state covers the entries below it, and nothing else."""
+    w = World(config(directory={"base_dn": "ou=people,dc=x"}))
+    w.directory.entries["uid=carol,ou=staff,dc=x"] = ("uid=carol,ou=staff,dc=x", {
+        "objectclass": [b"inetOrgPerson"], "uid": [b"carol"],
+        "entryuuid": [b"00000000-0000-4000-8000-00000000ca01"]})
+    refused = await w.login("uid=carol,ou=staff,dc=x", PW + "123456")
+    assert not refused.ok and "not below" in refused.reason, refused
+    w.directory.add_user("alice", PW)
+    key = await w.oath("alice")
+    assert (await w.login("uid=alice,ou=people,dc=x", PW + hotp(key, 0))).ok
