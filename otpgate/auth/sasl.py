@@ -3,7 +3,8 @@
 For SASL the directory takes the identity from the credentials, not from the bind name, so
 a bind *named* as an exempt account could carry anyone's credentials.  Rules:
 
-* only with ``[policy] allow_sasl_for_exempt``, and only for a bind named as an exempt DN;
+* only with ``[policy] allow_sasl_for_exempt``, and only for a bind named as an exempt DN
+  that is no administrator (``admin_groups``: admins always need a code);
 * after the directory's success, Who Am I? (RFC 4532) on the same connection must name that
   entry (``dn:`` compared by RDNs; AD's ``u:DOMAIN\\user`` resolved through the user lookup);
   anything else is refused and the connection, bound as someone else, is closed;
@@ -31,6 +32,13 @@ async def sasl_login(policy: Policy, store: OtpStore, request: Sasl) -> AuthResu
         return AuthResult(False, f"{mech}: SASL is off (allow_sasl_for_exempt)")
     if not request.name or not policy.is_exempt(request.name):
         return AuthResult(False, f"{mech}: not an exempt account")
+    if policy.config.admin_groups:
+        # An exempt account that is also an administrator needs a code, which SASL cannot
+        # carry: looked up first, like an exempt password bind with admin groups set.
+        user = await store.resolve(request.name)
+        decision = policy.decide(user.dn, user.groups, request.client)
+        if decision.needs_otp:
+            return AuthResult(False, f"{mech}: {decision.reason} needs a code", user.dn)
     code = await request.forward()
     if code == SASL_BIND_IN_PROGRESS:
         return AuthResult(False, f"{mech}: challenge", directory_code=code)

@@ -42,8 +42,9 @@ _INDEX = re.compile(r"^\{(-?\d+)\}")
 
 
 def words(text: str) -> list[str]:
-    """Split a rule as slapd does: white space separates, double quotes group (and are
-    dropped), a backslash keeps the next character as it is."""
+    """Split a rule as slapd does: spaces and tabs separate, double quotes group (and are
+    dropped), a backslash keeps the next character as it is.  Any other white space or
+    control character makes the rule unprovable."""
     out: list[str] = []
     current: list[str] = []
     started = quoted = False
@@ -55,10 +56,15 @@ def words(text: str) -> list[str]:
             started = True
             i += 2
             continue
+        if c not in " \t" and (c.isspace() or ord(c) < 32 or ord(c) == 127):
+            # slapd separates words by space and tab only: a no-break space, a control
+            # character or a Unicode space would be part of a word for slapd, and a word
+            # boundary for str.split; no reading of such a rule can be trusted.
+            raise Unprovable(f"a character slapd does not read as white space in {text!r}")
         if c == '"':
             quoted = not quoted
             started = True
-        elif c.isspace() and not quoted:
+        elif c in " \t" and not quoted:
             if started:
                 out.append("".join(current))
                 current, started = [], False

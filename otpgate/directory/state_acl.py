@@ -163,6 +163,19 @@ def state_attributes(config: DirectoryConfig) -> tuple[str, ...]:
     return (config.seed.spec.name, config.tokens.spec.name, config.used.spec.name)
 
 
+PROXY_AUTHZ = "authzTo"
+"""A user who may write her own ``authzTo`` names the service account there and, where
+``olcAuthzPolicy`` is ``to``, ``any`` or ``all``, writes her state as the service account
+with the proxied authorization control (RFC 4370): as good as writing it herself.  The
+policy is not read (its default is not shown in cn=config, so "none" and "hidden" look the
+same): ``authzTo`` is held to the state attributes' rule instead."""
+
+
+def guarded_extra(types: AttributeTypes) -> tuple[str, ...]:
+    """Attributes besides the state whose write by a user would let her write the state."""
+    return (PROXY_AUTHZ,) if types.oid(PROXY_AUTHZ) is not None else ()
+
+
 def judge(facts: AclFacts, config: DirectoryConfig) -> AclVerdict:
     """The verdict on one server's facts for the state attributes of ``config``."""
     if facts.unreadable is not None:
@@ -205,9 +218,9 @@ def _findings(facts: AclFacts, config: DirectoryConfig) -> list[str]:
     types = AttributeTypes(facts.attribute_types)
     if not types:
         raise Unprovable("the subschema shows no attribute types")
-    frontend: list[Rule] = []
+    frontend: list[Rule] | None = None  # None: not visible to the service account
     for db in facts.databases:
-        if db.frontend:
+        if db.frontend and db.access:
             frontend = ordered_rules(db.access, db.name)
     findings: dict[tuple[str, str, str, bool], Finding] = {}
     for db, region in _holders(facts, types, config.base_dn):
@@ -218,11 +231,19 @@ def _findings(facts: AclFacts, config: DirectoryConfig) -> list[str]:
                 f"{db.name}: no olcAccess is visible: either it has none (then everybody may "
                 "read the OTP state) or the service account may not read them"
             )
-        rules = ordered_rules(db.access, db.name) + frontend
+        rules = ordered_rules(db.access, db.name)
+        if frontend is None and not _ends_for_everyone(rules):
+            # slapd goes on with the frontend's (global) rules after the database's: rules
+            # the service account cannot see may grant anything there.
+            raise Unprovable(
+                f"{db.name}: its rules can end without a decision and the frontend's "
+                "(olcDatabase={-1}frontend) access rules are not visible to the service account"
+            )
+        rules = rules + (frontend or [])
         # The service account and the rootdn write every user's state anyway.
         names = (parse_name(dn, types) for dn in (config.bind_dn, *db.root_dns))
         trusted = frozenset(dn for dn in names if dn is not None)
-        for attribute in state_attributes(config):
+        for attribute in (*state_attributes(config), *guarded_extra(types)):
             target = Target(region, attribute, trusted, types)
             for requester in REQUESTERS:
                 finding = evaluate(rules, target, requester)
@@ -234,6 +255,18 @@ def _findings(facts: AclFacts, config: DirectoryConfig) -> list[str]:
                     findings[key] = finding
                     break
     return [str(f) for f in findings.values()]
+
+
+def _ends_for_everyone(rules: list[Rule]) -> bool:
+    """The last rule is ``to * ... by * <access>`` with no control after it: every request
+    stops there, and the frontend's rules are never consulted."""
+    if not rules:
+        return False
+    last = rules[-1]
+    if [w.lower() for w in last.what] != ["*"] or not last.clauses:
+        return False
+    final = last.clauses[-1]
+    return final.who == ("*",) and final.control == "stop"
 
 
 def evidence(verdicts: Sequence[AclVerdict]) -> str | None:

@@ -98,9 +98,14 @@ class StateAclGuard(PeriodicGuard):
             raise DirectoryUnavailable(
                 "state ACL check: no directory server answered: " + "; ".join(errors)
             )
-        # A server that does not answer now keeps its last verdict; one never judged is
-        # judged when it answers again (no user writes there meanwhile).
-        verdicts = [self._known[u.url] for u in self.urls if u.url in self._known]
+        # A server that does not answer now keeps its last verdict.  One never judged
+        # refuses: users may reach it when the gateway cannot (another network path, a
+        # certificate the gateway refuses), and a value rolled back there replicates.
+        verdicts = [
+            self._known.get(u.url)
+            or AclVerdict(u.url, unproven="never answered the check: " + _why(u.url, errors))
+            for u in self.urls
+        ]
         found = evidence(verdicts)
         if found is not None and previous is None:
             log.error(
@@ -114,3 +119,7 @@ class StateAclGuard(PeriodicGuard):
                 "state ACL check: users cannot write their own OTP state now; OTP logins resume"
             )
         return found
+
+
+def _why(url: str, errors: list[str]) -> str:
+    return next((e for e in errors if url in e), "no answer")

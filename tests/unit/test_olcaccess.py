@@ -73,7 +73,10 @@ def mdb(rules, suffix=SUFFIX, n=1, root=ROOT):
     )
 
 
-def frontend(rules=()):
+FRONTEND_DEFAULT = ('to dn.base="" by * read',)
+
+
+def frontend(rules=FRONTEND_DEFAULT):
     access = tuple(f"{{{i}}}{r}".encode() for i, r in enumerate(rules))
     return Database("olcDatabase={-1}frontend,cn=config", access=access, frontend=True)
 
@@ -385,3 +388,41 @@ def test_attribute_types_resolve_names_oids_and_sup():
         "( 1.1 NAME 'a' DESC 'not SUP b, NAME c' SUP 'b' )", "( 1.2 NAME 'b' )",
         "( 1.3 NAME 'c' )"])
     assert tricky.covers("b", "a") is Match.YES and tricky.oid("c") == "1.3"
+
+
+@pytest.mark.parametrize("front", [(), None])
+def test_frontend_rules_the_service_account_cannot_see_are_unproven(front):
+    """slapd goes on with the frontend's rules after the database's: a frontend entry that is
+    not shown, or shows no rules (hidden by a narrower read grant), may hold `to * by self
+    write`.  Only database rules that end with `to * ... by * <access>` make that moot."""
+    shown = () if front is None else (frontend(front),)
+    open_end = AclFacts("ldap://a", TYPES, (*shown, mdb([PASSWORDS, STATE])))
+    got = judge(open_end, config())
+    assert not got.safe and "frontend" in (got.unproven or ""), got
+    closed = AclFacts("ldap://a", TYPES, (*shown, mdb(SHIPPED)))
+    assert judge(closed, config()).safe
+
+
+def test_only_space_and_tab_separate_words_as_in_slapd():
+    """slapd reads `by dn.exact=cn=nobody<NBSP>none<NBSP>by<NBSP>*<NBSP>none by self write` as
+    one odd <who> followed by `by self write`; splitting on every Unicode space would read an
+    early `by * none` and call it safe."""
+    nbsp = "\u00a0"
+    rule = (f"to attrs=postalAddress,registeredAddress,homePostalAddress by "
+            f"dn.exact=cn=nobody{nbsp}none{nbsp}by{nbsp}*{nbsp}none by self write")
+    got = judge(AclFacts("ldap://a", TYPES, (frontend(), mdb([PASSWORDS, rule]))), config())
+    assert not got.safe and "does not read as white space" in (got.unproven or ""), got
+
+
+def test_a_user_who_may_write_her_own_authzto_may_write_her_state():
+    """`authz-policy to` and a `to * by self write` tail: the state attributes are closed, but
+    alice names the service account in her own authzTo and writes her state as it with the
+    proxied authorization control (done on slapd 2.5: rc=0).  authzTo is held to the state's
+    rule wherever the schema has it."""
+    authz = "( 1.3.6.1.4.1.4203.666.1.8 NAME 'authzTo' SYNTAX 1.3.6.1.4.1.4203.666.2.7 )"
+    tail = f"to * by {SVC} write by self write by users read by * none"
+    facts = AclFacts("ldap://a", (*TYPES, authz), (frontend(), mdb([PASSWORDS, STATE, tail])))
+    got = judge(facts, config())
+    assert not got.safe and any("authzTo" in f for f in got.findings), got
+    shipped = AclFacts("ldap://a", (*TYPES, authz), (frontend(), mdb(SHIPPED)))
+    assert judge(shipped, config()).safe

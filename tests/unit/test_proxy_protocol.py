@@ -582,3 +582,22 @@ def test_a_refused_first_bind_sends_no_reset():
     h.send(bind(1, ALICE, ""))
     assert _codes(h.client_got()) == [(1, ber.BIND_RESPONSE, 49)]
     assert h.upstream_got() == []
+
+
+def test_sasl_for_an_exempt_account_that_is_an_administrator_is_refused():
+    """Admins always need a code, which a SASL bind cannot carry: an exempt account that is
+    also in an admin group is refused before anything is forwarded."""
+    admins = "cn=admins,dc=example,dc=org"
+    gateway = FakeGateway(policy={"allow_sasl_for_exempt": True, "admin_groups": [admins]})
+    gateway.directory.add_group(admins, [SVC])
+    h = Harness(gateway)
+    h.send(sasl_bind(1, SVC))
+    assert _codes(h.client_got()) == [(1, ber.BIND_RESPONSE, 49)]
+    assert h.upstream_got() == []
+    (event,) = h.gateway.audit.events
+    assert event["outcome"] == "reject" and "administrator needs a code" in event["reason"]
+    plain = FakeGateway(policy={"allow_sasl_for_exempt": True, "admin_groups": [admins]})
+    plain.directory.add_group(admins, [])
+    h = Harness(plain)
+    h.send(sasl_bind(1, SVC))
+    assert [hd.op_tag for hd, _ in h.upstream_got()] == [ber.BIND_REQUEST]  # forwarded

@@ -134,12 +134,17 @@ async def test_every_server_must_prove_it_and_unreadable_config_refuses():
     clock.advance(RECHECK_SECONDS)
     with pytest.raises(SelfWritableState):
         await guard.check()
-    # ...one never judged (down at startup) is judged once it answers
-    c = FakeServer([SELF_WRITE])
+    # ...one never judged (down at startup) refuses until it has shown safe rules: users may
+    # reach it when the gateway cannot, and a value rolled back there replicates
+    c = FakeServer(SHIPPED)
     c.down = True
     guard, _pool, clock = guard_for({"ldap://127.0.0.1:1": a, "ldap://127.0.0.1:3": c})
-    await guard.check()
+    with pytest.raises(SelfWritableState, match="127.0.0.1:3: cannot be proven: never answered"):
+        await guard.check()
     c.down = False
+    clock.advance(RECHECK_SECONDS)
+    await guard.check()
+    c.rules = [SELF_WRITE]
     clock.advance(RECHECK_SECONDS)
     with pytest.raises(SelfWritableState, match="127.0.0.1:3"):
         await guard.check()
