@@ -4,7 +4,7 @@ The DC is the test suite's :class:`tests.servers.samba.SambaDC` (realm OTPGATE.T
 CA, loopback only, fixed ports 389/636/3268/3269 on 127.0.0.1), with two changes:
 
 * Samba's default process model, ``prefork`` (the tests use ``single``, which Samba does
-  not recommend for production): every Samba process is counted, see :func:`samba_pids`.
+  not recommend for production): every Samba process is counted, see :func:`samba_processes`.
 * ``ldap server require strong auth = no``, so that simple binds are accepted on plain
   ``ldap://`` too: ``../shared/bench/ldapbind_load.py`` speaks no TLS, and the direct target
   binds with it.  otpgate still reaches the DC over LDAPS, certificate verified.
