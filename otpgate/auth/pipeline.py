@@ -54,6 +54,9 @@ from otpgate.errors import CodecError, DirectoryError, DirectoryUnavailable
 V = TypeVar("V")
 
 
+_WITH_PASSWORD = (Separate, PasswordStep, FirstEnrollment)
+
+
 def _refused(why: str, dn: str | None = None) -> AuthResult:
     return AuthResult(False, why, dn)
 
@@ -120,9 +123,13 @@ class Authenticator:
         if channel.require_tls and not channel.tls:
             # RFC 4513 §5.1.2/§6.3.1: credentials on a plain connection are not looked at.
             return AuthResult(False, "credentials without TLS (require_tls)", tls_required=True)
-        if isinstance(request, Appended | Separate | PasswordStep | FirstEnrollment) and not (
-            request.typed if isinstance(request, Appended) else request.password
-        ):
+        if isinstance(request, Appended):
+            given = request.typed
+        elif isinstance(request, _WITH_PASSWORD):
+            given = request.password
+        else:
+            given = None
+        if given == "":
             # An empty password is an unauthenticated bind: never looked up nor forwarded.
             return _refused("empty password refused")
         if isinstance(request, Proof) and request.kind not in channel.proofs:

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet import protocol, ssl
 from twisted.logger import Logger
 
+from otpgate.auth.requests import Channel
 from otpgate.directory.ldapdata import LdapUrl
 from otpgate.ldapproxy.config import LdapProxyConfig
 from otpgate.ldapproxy.proxy import LdapProxyProtocol
@@ -43,6 +44,10 @@ class ProxyFactory(protocol.Factory):
         self.config = gateway.config.ldap_proxy
         self.tls_options = server_tls_options(self.config)
         self.is_tls_listener = tls_listener
+        require = self.config.require_tls_for_binds
+        self.channels: dict[bool, Channel] = {  # by "the connection is TLS"
+            tls: Channel("ldap", tls=tls, require_tls=require) for tls in (False, True)
+        }
         directory = gateway.config.directory
         self._urls = [LdapUrl.parse(u) for u in directory.urls]
         self._connections: set[LdapProxyProtocol] = set()

@@ -325,8 +325,8 @@ class LdapProxyProtocol(protocol.Protocol):
         self._drain()
 
     def _channel(self) -> Channel:
-        config = self.factory.config
-        return Channel("ldap", tls=self._tls, require_tls=config.require_tls_for_binds)
+        channel: Channel = self.factory.channels[self._tls]
+        return channel
 
     async def _bind_and_reset(self, pdu: bytes, header: ber.Header) -> None:
         """A bind, then, if the proxy refused it on a connection bound upstream as someone,

@@ -95,6 +95,7 @@ class AccessHandler:
         self.authenticator = gateway.authenticator
         self.challenges = challenges
         self.clock = clock
+        self._channels: dict[tuple[int, str], Channel] = {}
 
     async def handle(
         self, request: Request, login: Login, client: RadiusClient, source: str
@@ -107,14 +108,19 @@ class AccessHandler:
             return await self._mschapv2(request, login, client, source)
         return await self._refuse(login, client, source, login.why)
 
-    @staticmethod
-    def _channel(client: RadiusClient, front_end: str = FRONT_END) -> Channel:
-        proofs = frozenset(
-            kind
-            for kind, allowed in (("chap", client.allow_chap), ("mschapv2", client.allow_mschapv2))
-            if allowed
-        )
-        return Channel(front_end, name=client.name or str(client.network), proofs=proofs)
+    def _channel(self, client: RadiusClient, front_end: str = FRONT_END) -> Channel:
+        """The NAS as the pipeline sees it (made once per NAS and front end)."""
+        key = (id(client), front_end)
+        channel = self._channels.get(key)
+        if channel is None:
+            proofs = frozenset(
+                kind
+                for kind, on in (("chap", client.allow_chap), ("mschapv2", client.allow_mschapv2))
+                if on
+            )
+            name = client.name or str(client.network)
+            channel = self._channels[key] = Channel(front_end, name=name, proofs=proofs)
+        return channel
 
     async def _refuse(self, login: Login, client: RadiusClient, source: str, why: str) -> Outcome:
         """A request with nothing to log in with: the pipeline refuses and audits it."""
