@@ -119,6 +119,12 @@ class ServerPool:
         """A service-account connection, checked within ``recheck`` seconds if the pool
         has ``verify``: a connection whose server fails the check again is closed with all
         the others, and a new one (discovered and checked) is handed out instead."""
+        conns = self._connections
+        if self._verify is None and len(conns) >= self.size and all(c.connected for c in conns):
+            # The steady state with nothing to check (every login asks, several times):
+            # round robin without another coroutine.
+            self._next = (self._next + 1) % len(conns)
+            return conns[self._next]
         conn = await self._any_connection()
         if not self._due(conn) or await self._still_good(conn):
             return conn

@@ -19,6 +19,7 @@ from otpgate.directory.connection import LdapConnection
 from otpgate.directory.drive import run_steps_async
 from otpgate.directory.engine import Add, Delete, Modify, Op, Outcome, Search, Step
 from otpgate.directory.entrycache import EntryCache
+from otpgate.directory.guard import PeriodicGuard
 from otpgate.directory.inventory import InventoryItem, InventoryMapper
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.records import Lookup, OtpState, StateChange, UserEntry
@@ -62,6 +63,9 @@ class OtpStore:
         self._any = ber.filter_present(b"objectClass")
         self.guard = guard
         self.acl_guard = acl_guard
+        self._guards: tuple[PeriodicGuard, ...] = tuple(
+            g for g in (guard, acl_guard) if g is not None
+        )
 
     # -- the driver -------------------------------------------------------------------------
 
@@ -101,12 +105,6 @@ class OtpStore:
         while unpinned on multi-provider replication (``replication_guard.py``)."""
         if self.guard is not None and self.guard.active:
             await self.guard.check()
-
-    async def check_state_acl(self) -> None:
-        """Before any write of a user's OTP state: refused (SelfWritableState) while users
-        may write their own state (``state_acl_guard.py``)."""
-        if self.acl_guard is not None and self.acl_guard.active:
-            await self.acl_guard.check()
 
     async def _run(self, step: Step[T], conn: LdapConnection | None = None) -> T:
         """Run an engine step on the OTP-state server (the write pool).  Private: writes go
@@ -153,8 +151,9 @@ class OtpStore:
         unreadable_as_empty: bool = False,
     ) -> tuple[T, UserEntry]:
         """Apply ``change`` with compare-and-swap (``engine.update``); keeps the cache true."""
-        await self.check_replication()
-        await self.check_state_acl()
+        for guard in self._guards:  # inline: an inactive guard costs no coroutine per login
+            if guard.active:
+                await guard.check()
         step = engine.update(
             self.mapper,
             user,
