@@ -206,6 +206,32 @@ async def test_user_writable_layout_is_replayable_which_is_why_ad_refuses_it(sit
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_reset_user_cannot_enroll_with_the_password_alone(site, tmp_path):
+    """Attack: the help desk resets alice's tokens (lost phone); whoever phished her password
+    signs in to the portal's password-only enrollment first and enrolls their own phone.
+    The reset keeps her use state: the door refuses a password-only first enrollment for a
+    user who had OTP state (a code from the help desk is needed), while a new user may."""
+    from otpgate.admin.manage import reset_change
+
+    proxy = await started(site, tmp_path, container(site))
+    try:
+        gw = proxy.gateway
+        auth = gw.authenticator
+        auth.settings = dataclasses.replace(auth.settings, enrollment_until=time.time() + 600)
+        name, _dn = site.new_user("reset")
+        key = await enroll(proxy, name)
+        user = await gw.store.resolve(name, fresh=True)
+        await gw.store.update(user, reset_change)
+        refused = await auth.login(first_enrollment(name, PW), gw.check_password)
+        assert not refused.ok and "reset" in refused.reason, refused
+        fresh, _ = site.new_user("fresh")
+        assert (await auth.login(first_enrollment(fresh, PW), gw.check_password)).ok
+        assert key
+    finally:
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_deleted_tokens_fail_closed(site, tmp_path):
     """The attacker deletes their own token records (user layout): no login with any code,
     and no password-only login either."""
