@@ -324,6 +324,16 @@ class LdapProxyProtocol(protocol.Protocol):
             return
         self._drain()
 
+    def _tls_required(self, mid: int) -> None:
+        """RFC 4513 §5.1.2/§6.3.1: credentials on a plain connection where TLS is required."""
+        self.factory.count("bind_without_tls")
+        self._answer(
+            mid,
+            ber.BIND_RESPONSE,
+            CONFIDENTIALITY_REQUIRED,
+            b"TLS is required for binds: use StartTLS or LDAPS",
+        )
+
     def _channel(self) -> Channel:
         channel: Channel = self.factory.channels[self._tls]
         return channel
@@ -385,13 +395,7 @@ class LdapProxyProtocol(protocol.Protocol):
             self._bound = True
             self._answer(mid, ber.BIND_RESPONSE, SUCCESS)
         elif result.tls_required:
-            self.factory.count("bind_without_tls")
-            self._answer(
-                mid,
-                ber.BIND_RESPONSE,
-                CONFIDENTIALITY_REQUIRED,
-                b"TLS is required for binds: use StartTLS or LDAPS",
-            )
+            self._tls_required(mid)
         elif result.unavailable:
             self._answer(mid, ber.BIND_RESPONSE, UNAVAILABLE, b"directory unavailable")
         else:
@@ -451,13 +455,7 @@ class LdapProxyProtocol(protocol.Protocol):
             self._bound = self._upstream_identity = True
             self._write(response[0])
         elif done.tls_required:
-            self.factory.count("bind_without_tls")
-            self._answer(
-                mid,
-                ber.BIND_RESPONSE,
-                CONFIDENTIALITY_REQUIRED,
-                b"TLS is required for binds: use StartTLS or LDAPS",
-            )
+            self._tls_required(mid)
         elif in_progress or (response and not done.disconnect):
             self._write(response[0])  # a challenge, or the directory's own refusal
         elif done.unavailable:
