@@ -1,8 +1,9 @@
 """Configuration: one TOML file loaded into typed, validated, immutable objects.
 
 Each section is parsed beside the code it configures (``directory/config.py``,
-``auth/config.py``, ``ldapproxy/config.py``, ``radius/config.py``, ``web/config.py``);
-this module puts them together.  Every error is a :class:`ConfigError` whose message
+``auth/config.py``, ``ldapproxy/config.py``, ``radius/config.py``, ``web/config.py``,
+``outofband/config.py``); this module puts them together.  Every error is a
+:class:`ConfigError` whose message
 names the key (as ``[section].key``) and says what is allowed; nothing else is raised for
 a bad file.  A key that still works but moved is reported in ``Config.deprecations``
 (printed by ``otpgate check-config`` and logged when the gateway starts).  No global
@@ -47,6 +48,7 @@ from otpgate.ldapproxy.config import (
     deprecated_delimiter,
     parse_ldap_proxy,
 )
+from otpgate.outofband.config import DeliveryConfig, parse_delivery
 from otpgate.radius.config import (
     RADIUS_MODES,
     RadiusClient,
@@ -63,6 +65,7 @@ __all__ = [
     "AuthSettings",
     "Config",
     "ConfigError",
+    "DeliveryConfig",
     "DirectoryConfig",
     "LdapProxyConfig",
     "ListenAddress",
@@ -96,6 +99,8 @@ class Config:
     radius: RadiusConfig = field(default_factory=RadiusConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    delivery: DeliveryConfig | None = None
+    """``[delivery]``: e-mail and SMS gateways; None: nothing is ever sent."""
     deprecations: tuple[str, ...] = ()
     """Keys that still work but have moved: one line each, to show the operator."""
 
@@ -133,6 +138,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
         radius=parse_radius(top.sub("radius"), base),
         logging=parse_logging(top.sub("logging"), base),
         web=parse_web(top.sub("web"), base),
+        delivery=parse_delivery(top.sub("delivery"), base),
         deprecations=(DEPRECATED_DELIMITER,) if delimiter is not None else (),
     )
     top.done()

@@ -1,0 +1,1 @@
+"""Codes and scratch lists sent to users by e-mail and SMS (config, senders, masking)."""
