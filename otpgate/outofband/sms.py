@@ -21,6 +21,7 @@ from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     FileBodyProducer,
+    RequestTransmissionFailed,
     ResponseFailed,
     readBody,
 )
@@ -76,8 +77,10 @@ def _reason(value: BaseException) -> str:
         return "connect timed out"
     if isinstance(value, error.DNSLookupError):
         return "host name not found"
-    if isinstance(value, ResponseFailed):
+    if isinstance(value, ResponseFailed | RequestTransmissionFailed):
         for inner in value.reasons:
+            if isinstance(inner.value, defer.CancelledError):
+                return "timed out"
             tls = tls_reason(inner.value)
             if tls is not None:
                 return tls
