@@ -1,0 +1,144 @@
+"""The ``[delivery]`` section: each bad value is one ConfigError naming its key; masking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from otpgate.configfile import Section
+from otpgate.errors import ConfigError
+from otpgate.outofband.config import parse_delivery
+from otpgate.outofband.mask import mask, mask_email, mask_phone
+from otpgate.outofband.result import Attempt, Delivery
+from otpgate.outofband.sms import SmsMessage, email_address, render_body
+
+SMTP = {"host": "mail.example.org", "from": "otpgate@example.org"}
+SMS = {"url": "https://sms.example.net/send", "body": {"to": "{to}", "text": "{code}"}}
+
+
+def parse(tmp_path: Path, doc: dict):
+    (tmp_path / "secret").write_text("token\n")
+    (tmp_path / "ca.pem").write_text("not checked here\n")
+    return parse_delivery(Section(doc, "delivery"), tmp_path)
+
+
+def test_absent_section_means_no_delivery(tmp_path):
+    assert parse(tmp_path, {}) is None
+
+
+def test_a_full_section(tmp_path):
+    config = parse(
+        tmp_path,
+        {
+            "mail_attribute": "otherMailbox",
+            "smtp": [
+                {**SMTP, "username": "u", "password_file": "secret", "ca_file": "ca.pem"},
+                {**SMTP, "host": "127.0.0.1", "security": "none"},
+                {**SMTP, "security": "tls"},
+            ],
+            "sms_http": [
+                {
+                    **SMS,
+                    "headers": {"Authorization": "Bearer {secret}"},
+                    "secret_file": "secret",
+                    "format": "form",
+                    "ok_status": [200],
+                    "ok_body": "OK",
+                }
+            ],
+            "sms_email": {"address": "{to}@sms.example.net"},
+        },
+    )
+    assert config is not None and config.mail_attribute == "otherMailbox"
+    assert [(s.port, s.security) for s in config.smtp] == [
+        (587, "starttls"),
+        (25, "none"),
+        (465, "tls"),
+    ]
+    assert config.smtp[0].password == "token" and "token" not in repr(config)
+    assert config.sms_http[0].headers == (("Authorization", "Bearer token"),)
+    assert config.sms_http[0].name == "https://sms.example.net/send"
+
+
+BAD = [
+    ({"smtp": [{"from": "a@b"}]}, "delivery.smtp[0].host"),
+    ({"smtp": [{"host": "h"}]}, "delivery.smtp[0].from"),
+    ({"smtp": [{**SMTP, "from": "nobody"}]}, "delivery.smtp[0].from"),
+    ({"smtp": [{**SMTP, "security": "ssl"}]}, "delivery.smtp[0].security"),
+    ({"smtp": [{**SMTP, "security": "none"}]}, "delivery.smtp[0].security"),
+    ({"smtp": [{**SMTP, "port": 0}]}, "delivery.smtp[0].port"),
+    ({"smtp": [{**SMTP, "timeout": 0}]}, "delivery.smtp[0].timeout"),
+    ({"smtp": [{**SMTP, "password": "pw"}]}, "delivery.smtp[0].password"),
+    ({"smtp": [{**SMTP, "username": "u"}]}, "delivery.smtp[0].username"),
+    ({"smtp": [{**SMTP, "username": "u", "password_file": "nope"}]}, "password_file"),
+    ({"smtp": [{**SMTP, "ca_file": "missing.pem"}]}, "delivery.smtp[0].ca_file"),
+    ({"smtp": [{**SMTP, "colour": "red"}]}, "delivery.smtp[0].colour"),
+    ({"smtp": {"host": "h"}}, "[delivery].smtp"),
+    ({"sms_http": [{**SMS, "url": "http://sms.example.net/"}]}, "delivery.sms_http[0].url"),
+    ({"sms_http": [{**SMS, "url": "ftp://sms.example.net/"}]}, "delivery.sms_http[0].url"),
+    ({"sms_http": [{**SMS, "method": "GET"}]}, "delivery.sms_http[0].method"),
+    ({"sms_http": [{**SMS, "format": "xml"}]}, "delivery.sms_http[0].format"),
+    ({"sms_http": [{**SMS, "ok_status": [99]}]}, "delivery.sms_http[0].ok_status"),
+    ({"sms_http": [{**SMS, "timeout": -1}]}, "delivery.sms_http[0].timeout"),
+    ({"sms_http": [{**SMS, "body": {"to": "{phone}"}}]}, "delivery.sms_http[0].body.to"),
+    ({"sms_http": [{**SMS, "body": {"to": "{to}"}}]}, "delivery.sms_http[0].body"),
+    (
+        {"sms_http": [{**SMS, "headers": {"Authorization": "Bearer {secret}"}}]},
+        "delivery.sms_http[0].headers.Authorization",
+    ),
+    ({"sms_http": [{**SMS, "secret_file": "secret"}]}, "delivery.sms_http[0].secret_file"),
+    ({"sms_email": {"address": "{to}@sms.example.net"}}, "[delivery].sms_email"),
+    ({"smtp": [SMTP], "sms_email": {"address": "sms.example.net"}}, "[delivery.sms_email].address"),
+    ({"mail_attribute": "mail)(uid=*"}, "[delivery].mail_attribute"),
+    ({"mail_subject": "a\nBcc: x"}, "[delivery].mail_subject"),
+    ({"smtps": []}, "[delivery].smtps"),
+]
+
+
+@pytest.mark.parametrize(("doc", "key"), BAD, ids=[key for _, key in BAD])
+def test_each_error_names_its_key(tmp_path, doc, key):
+    with pytest.raises(ConfigError) as caught:
+        parse(tmp_path, doc)
+    assert key in str(caught.value)
+    assert "token" not in str(caught.value)
+
+
+def test_load_config_reads_the_section(tmp_path):
+    from otpgate.config import load_config
+
+    (tmp_path / "keyring").write_text("")
+    (tmp_path / "otpgate.toml").write_text(
+        '[directory]\nprofile = "openldap"\nurls = ["ldap://127.0.0.1"]\nbase_dn = "dc=x"\n'
+        'bind_dn = "cn=otpgate,dc=x"\nbind_password = "x"\n'
+        '[vault]\nkeyring = "keyring"\n'
+        '[[delivery.smtp]]\nhost = "mail.example.org"\nfrom = "otpgate@example.org"\n'
+    )
+    config = load_config(tmp_path / "otpgate.toml")
+    assert config.delivery is not None and config.delivery.smtp[0].host == "mail.example.org"
+
+
+def test_masks():
+    assert mask_phone("+491511234589") == "+\u2022\u2022\u2022\u2022\u202289"
+    assert mask_phone("0151 123 45 89") == "\u2022\u2022\u2022\u2022\u202289"
+    assert mask_phone("12") == "\u2022" * 5
+    assert mask_email("alice@example.org") == "a\u2022\u2022\u2022@example.org"
+    assert mask_email("nobody") == "\u2022\u2022\u2022"
+    assert mask("bob@example.org") == "b\u2022\u2022\u2022@example.org"
+    assert mask("+4412345678") == "+\u2022\u2022\u2022\u2022\u202278"
+
+
+def test_bodies_and_reprs_keep_the_code_out():
+    message = SmsMessage("+491511234589", "alice", "123456")
+    assert "123456" not in repr(message)
+    config = parse_delivery(Section({"sms_http": [SMS]}, "delivery"), Path("."))
+    assert config is not None
+    body, kind = render_body(config.sms_http[0], message)
+    assert kind == b"application/json" and b'"text": "123456"' in body
+    assert (
+        email_address("{to}@sms.example.net", "+49 151 1234589") == "491511234589@sms.example.net"
+    )
+    failed = Delivery(
+        "sms", "+\u2022\u2022\u2022\u2022\u202289", (Attempt("https://a", "status 500"),)
+    )
+    assert not failed.ok and "status 500" in failed.summary()
