@@ -313,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--count", type=int, default=10, help="how many codes (1-100, default 10)")
     sc.add_argument("--length", type=int, default=8, help="digits per code (6-12, default 8)")
     sc.add_argument("--card", metavar="FILE.html", help="also write a print-ready HTML card")
+    sc.add_argument(
+        "--mail",
+        action="store_true",
+        help="send the list to the user's own e-mail address ([delivery]) instead of printing it",
+    )
     _common(sc)
     sc.set_defaults(func=Command("users", "cmd_scratch"))
 

@@ -1,5 +1,6 @@
 """Commands on one user's OTP state: enroll, show, list, revoke/reset, resync, unlock and
-scratch.  The state changes themselves are ``otpgate.admin``'s (enrollment, manage)."""
+scratch (``--mail``: ``scratchmail.py``).  The state changes themselves are
+``otpgate.admin``'s (enrollment, manage)."""
 
 from __future__ import annotations
 
@@ -197,6 +198,10 @@ def cmd_scratch(args: argparse.Namespace) -> int:
     from otpgate.admin.render import scratch_card_html
     from otpgate.otp.scratch import format_for_print, generate_scratch_list
 
+    if getattr(args, "mail", False):
+        from otpgate.cli.scratchmail import cmd_scratch_mail
+
+        return cmd_scratch_mail(args)
     if args.card and Path(args.card).suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--card {args.card}: the card is HTML (give a .html file name)")
     try:
