@@ -40,11 +40,18 @@ def test_example_parses_apart_from_files():
     doc["directory"]["bind_password"] = "x"
     doc["radius"]["clients"][0].pop("secret_file")
     doc["radius"]["clients"][0]["secret"] = "0123456789abcdef"
+    doc["delivery"]["smtp"][0].pop("password_file")
+    doc["delivery"]["smtp"][0].pop("username")
+    doc["delivery"]["sms_http"][0].pop("secret_file")
+    doc["delivery"]["sms_http"][0]["headers"] = {"X-Api": "no secret here"}
     config = parse(doc)
     assert config.directory.seed.spec.name == "postalAddress"
     assert config.directory.tokens.spec.syntax is Syntax.OCTET
     assert config.directory.used.spec.max_size == 2048
     assert config.radius.clients[0].mode == "append"
+    assert config.delivery is not None
+    assert [s.security for s in config.delivery.smtp] == ["starttls", "tls"]
+    assert config.delivery.sms_email is not None
 
 
 def test_minimal_defaults():
