@@ -142,3 +142,21 @@ def test_bodies_and_reprs_keep_the_code_out():
         "sms", "+\u2022\u2022\u2022\u2022\u202289", (Attempt("https://a", "status 500"),)
     )
     assert not failed.ok and "status 500" in failed.summary()
+
+
+def test_only_one_plain_address_is_mailed_to():
+    from otpgate.outofband.scratchmail import scratch_mail, valid_address
+
+    assert valid_address("alice@example.org") and valid_address("a.b+c@mail.example.org")
+    for bad in (
+        "Alice <alice@example.org>",
+        "a@example.org, b@example.org",
+        "a@example.org\r\nBcc: x@example.net",
+        "a b@example.org",
+        "nobody",
+        "a@",
+    ):
+        assert not valid_address(bad), bad
+    content = scratch_mail("alice", "ACME", ["12345678", "87654321"], "Codes", 0.0)
+    assert "1234 5678" in content.text and "8765 4321" in content.html
+    assert "12345678" not in repr(content)
