@@ -3,11 +3,10 @@
 Each section is parsed beside the code it configures (``directory/config.py``,
 ``auth/config.py``, ``ldapproxy/config.py``, ``radius/config.py``, ``web/config.py``,
 ``outofband/config.py``); this module puts them together.  Every error is a
-:class:`ConfigError` whose message
-names the key (as ``[section].key``) and says what is allowed; nothing else is raised for
-a bad file.  A key that still works but moved is reported in ``Config.deprecations``
-(printed by ``otpgate check-config`` and logged when the gateway starts).  No global
-state: ``load_config(path)`` returns a :class:`Config`.
+:class:`ConfigError` whose message names the key (as ``[section].key``) and says what is
+allowed; nothing else is raised for a bad file.  A key that still works but moved is
+reported in ``Config.deprecations`` (printed by ``otpgate check-config`` and logged when
+the gateway starts).  No global state: ``load_config(path)`` returns a :class:`Config`.
 """
 
 from __future__ import annotations
