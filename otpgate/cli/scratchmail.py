@@ -33,17 +33,23 @@ def _address(ctx: Any, dn: str, attribute: str) -> str | None:
     conn = ctx.store.directory.write()
     entries = conn.search(dn, "(objectClass=*)", [attribute], scope=SCOPE_BASE)
     for entry in entries:
-        value = entry.first(attribute)
-        if value is not None:
-            return bytes(value).decode("utf-8", "replace").strip()
+        values = entry.attributes.get(attribute.lower(), [])
+        if len(values) > 1:  # which one is "the" address is not ours to guess
+            raise CommandFailed(
+                f"{dn} has {len(values)} {attribute} values: one address is needed; "
+                "nothing was changed"
+            )
+        if values:
+            return bytes(values[0]).decode("utf-8", "replace").strip()
     return None
 
 
 def cmd_scratch_mail(args: argparse.Namespace) -> int:
     from otpgate.admin.manage import scratch_change
     from otpgate.otp.scratch import generate_scratch_list
+    from otpgate.outofband.mail import valid_address
     from otpgate.outofband.mask import mask_email
-    from otpgate.outofband.scratchmail import scratch_mail, valid_address
+    from otpgate.outofband.scratchmail import scratch_mail
 
     if args.card:
         raise UsageError("give --mail or --card, not both (the mailed list is not printed here)")

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
+
 from otpgate.configfile import Section, in_range, is_loopback_host, positive
 from otpgate.errors import ConfigError
 
@@ -147,8 +149,14 @@ def _ca_file(sec: Section, base: Path) -> Path | None:
     if not text:
         return None
     path = base / text
-    if not path.is_file():
-        raise ConfigError(f"{sec.key('ca_file')}: {path} is not a readable file")
+    try:
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{sec.key('ca_file')}: cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:  # found when the config is read, not at the first send
+        raise ConfigError(f"{sec.key('ca_file')}: {path} holds no PEM certificate") from exc
+    if not certificates:
+        raise ConfigError(f"{sec.key('ca_file')}: {path} holds no PEM certificate")
     return path
 
 

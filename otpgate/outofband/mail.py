@@ -14,6 +14,7 @@ an exception text.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -29,6 +30,17 @@ from otpgate.outofband.config import SmtpServer
 from otpgate.outofband.mask import mask_email
 from otpgate.outofband.result import Attempt, Delivery, GatewayFailed
 from otpgate.outofband.tlsutil import client_tls, tls_reason
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+")
+
+
+def valid_address(value: str) -> bool:
+    """One plain ASCII addr-spec (dot-atom local part, host name domain): no display name,
+    no quotes, brackets, routes, second address, control character or header.  What the
+    SMTP envelope carries is then exactly what the header and the masked output say."""
+    return len(value) <= 254 and _ADDRESS.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -55,16 +67,37 @@ def build_message(sender: str, to: str, content: MailContent) -> bytes:
     return msg.as_bytes()
 
 
+class StartTlsInjection(Exception):
+    """Bytes arrived with the server's answer to STARTTLS, before any TLS."""
+
+
 class _Sender(smtp.ESMTPSender):
     """Twisted's ESMTP sender, which also fails the send when the connection is lost first
     (a TLS handshake refused, the server hanging up): behind an endpoint nothing else would."""
 
+    def esmtpState_starttls(self, code: int, resp: bytes) -> None:
+        """The server's "220" to STARTTLS: anything that came with it was sent before TLS,
+        by whoever sits on the path (a forged "250 queued" would report a delivery that
+        never happened), so the send fails instead of reading it as protected."""
+        if self._buffer:  # LineReceiver's unread bytes after the 220 line
+            self._buffer = b""
+            transport: Any = self.transport
+            transport.abortConnection()  # nothing more is said on this connection
+            _fail(self.factory, StartTlsInjection())
+            return
+        smtp.ESMTPSender.esmtpState_starttls(self, code, resp)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         smtp.ESMTPSender.connectionLost(self, reason)
-        factory: Any = self.factory
-        if not factory.sendFinished and not factory.result.called:
-            factory.sendFinished = True
-            factory.result.errback(reason)
+        _fail(self.factory, reason)
+
+
+def _fail(factory: Any, why: Any) -> None:
+    """Fail the send unless it has an outcome (Twisted drops ``result`` once it fired)."""
+    result = getattr(factory, "result", None)
+    if not factory.sendFinished and result is not None and not result.called:
+        factory.sendFinished = True
+        result.errback(why)
 
 
 class _SenderFactory(smtp.ESMTPSenderFactory):
@@ -84,6 +117,8 @@ def _reason(value: BaseException) -> str:
     tls = tls_reason(value)
     if tls is not None:
         return tls
+    if isinstance(value, StartTlsInjection):
+        return "bytes before the TLS handshake after STARTTLS (an injection on the path)"
     if isinstance(value, smtp.AUTHDeclinedError):
         return f"AUTH refused (reply {value.code})"
     if isinstance(value, smtp.AUTHRequiredError):
@@ -101,6 +136,15 @@ def _reason(value: BaseException) -> str:
 
 async def send_via(reactor: Any, server: SmtpServer, to: str, data: bytes) -> None:
     """Send ``data`` to ``to`` through one server; :class:`GatewayFailed` says why not."""
+    try:
+        await _send_via(reactor, server, to, data)
+    except GatewayFailed:
+        raise
+    except Exception as exc:  # set-up errors too (a CA file that cannot be read, ...)
+        raise GatewayFailed(_reason(exc)) from None
+
+
+async def _send_via(reactor: Any, server: SmtpServer, to: str, data: bytes) -> None:
     result: defer.Deferred[Any] = defer.Deferred()
     auth = bool(server.username)
     tls_options: Any = (
@@ -151,7 +195,11 @@ async def send_via(reactor: Any, server: SmtpServer, to: str, data: bytes) -> No
 async def send_mail(
     reactor: Any, servers: tuple[SmtpServer, ...], to: str, content: MailContent
 ) -> Delivery:
-    """Try ``servers`` in order until one accepts the message for ``to``."""
+    """Try ``servers`` in order until one accepts the message for ``to``.  ``to`` must be
+    one plain ASCII address (``valid_address``): anything else is refused before any server
+    is asked, since the envelope and the header could read it differently."""
+    if not valid_address(to):
+        return Delivery("email", mask_email(to), (Attempt("-", "not one plain address"),))
     attempts: list[Attempt] = []
     for server in servers:
         data = build_message(server.sender, to, content)

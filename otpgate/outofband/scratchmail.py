@@ -3,17 +3,9 @@ HTML) and the address read from the user's own entry."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from otpgate.outofband.mail import MailContent
-
-_ADDRESS = re.compile(r"^[^\s@<>\"(),;:\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
-
-
-def valid_address(value: str) -> bool:
-    """One plain addr-spec (local@domain): no display name, no second address, no header."""
-    return len(value) <= 254 and bool(_ADDRESS.match(value))
 
 
 def scratch_mail(

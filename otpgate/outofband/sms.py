@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlencode
@@ -138,8 +139,15 @@ def email_address(template: str, number: str) -> str:
     return template.format(to="".join(c for c in number if c.isdigit()))
 
 
+PHONE = re.compile(r"\+[1-9][0-9]{6,14}")
+"""One E.164 number: a user who may edit her own ``mobile`` cannot list several recipients
+(gateways take comma-separated lists) or sneak separators into the request."""
+
+
 async def send_sms(reactor: Any, config: DeliveryConfig, message: SmsMessage) -> Delivery:
     """Try the HTTP gateways in order, then the e-mail-to-SMS gateway."""
+    if PHONE.fullmatch(message.to) is None:
+        return Delivery("sms", mask_phone(message.to), (Attempt("-", "not one +E.164 number"),))
     attempts: list[Attempt] = []
     for gateway in config.sms_http:
         try:

@@ -227,3 +227,50 @@ async def test_starttls_required_is_never_skipped(tmp_path, logs):
         result = await send_mail(reactor, config.smtp, TO, content())
         assert server.messages == []
     assert not result.ok and "STARTTLS" in result.attempts[0].reason, result.summary()
+
+
+class _InjectingServer:
+    """A server on the path that answers STARTTLS with "220" and, in the same segment, a
+    whole forged exchange ending in "250 queued", without ever doing TLS."""
+
+    def __init__(self) -> None:
+        from twisted.internet import protocol
+
+        seen: list[bytes] = []
+        self.seen = seen
+
+        class Fake(protocol.Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(b"220 fake ESMTP\r\n")
+
+            def dataReceived(self, data: bytes) -> None:
+                seen.append(data)
+                if data.upper().startswith(b"EHLO"):
+                    self.transport.write(b"250-fake\r\n250 STARTTLS\r\n")
+                elif data.upper().startswith(b"STARTTLS"):
+                    self.transport.write(b"220 go ahead\r\n250-fake\r\n250 AUTH PLAIN\r\n"
+                                         b"250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n")
+
+        factory = protocol.Factory.forProtocol(Fake)
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_replies_injected_with_the_starttls_answer_fail_the_send(tmp_path, tls, logs):
+    """Attack: whoever sits on the path answers STARTTLS with "220" and, in the same TCP
+    segment, a forged "250 queued": the client used to read those plain bytes as if they
+    came over TLS and report the message delivered (nothing left the machine).  Bytes that
+    come with the STARTTLS answer now fail the send, and the next server is tried."""
+    fake = _InjectingServer()
+    try:
+        config = delivery(
+            tmp_path,
+            {"port": fake.port.getHost().port, "security": "starttls", "ca_file": str(tls.ca_file)},
+        )
+        result = await send_mail(reactor, config.smtp, TO, content())
+        assert not result.ok, result.summary()
+        assert "injection" in result.attempts[0].reason
+        assert not any(CODE.encode() in data for data in fake.seen)
+        assert_no_secret(result, logs)
+    finally:
+        await fake.port.stopListening()

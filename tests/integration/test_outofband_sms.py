@@ -226,3 +226,14 @@ async def test_email_to_sms_gateway_after_http_gateways(tmp_path, tls, logs):
     assert got.rcpt_tos == ["491511234589@sms.example.net"]
     assert CODE in got.message.get_body(("plain",)).get_content()
     assert_no_secret(result, logs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_number_is_one_e164_number_or_nothing_is_sent():
+    """A user who may edit her own `mobile` lists several recipients (gateways take comma
+    lists) or a premium number behind a separator: refused before any gateway is asked."""
+    cfg = DeliveryConfig()
+    for bad in ("+491511234589,+4990012345678", "+49 151 1234589", "01511234589",
+                "+491511234589\n", "+49151;1234589"):
+        result = await send_sms(reactor, cfg, SmsMessage(bad, "alice", CODE))
+        assert not result.ok and result.attempts[0].reason == "not one +E.164 number", bad

@@ -19,7 +19,11 @@ SMS = {"url": "https://sms.example.net/send", "body": {"to": "{to}", "text": "{c
 
 def parse(tmp_path: Path, doc: dict):
     (tmp_path / "secret").write_text("token\n")
-    (tmp_path / "ca.pem").write_text("not checked here\n")
+    if not (tmp_path / "ca.pem").exists():
+        from tests.servers.tlsca import make_server_tls
+
+        ca = make_server_tls(tmp_path / "tls", dns_names=["localhost"]).ca_file
+        (tmp_path / "ca.pem").write_bytes(ca.read_bytes())
     return parse_delivery(Section(doc, "delivery"), tmp_path)
 
 
@@ -145,7 +149,8 @@ def test_bodies_and_reprs_keep_the_code_out():
 
 
 def test_only_one_plain_address_is_mailed_to():
-    from otpgate.outofband.scratchmail import scratch_mail, valid_address
+    from otpgate.outofband.mail import valid_address
+    from otpgate.outofband.scratchmail import scratch_mail
 
     assert valid_address("alice@example.org") and valid_address("a.b+c@mail.example.org")
     for bad in (
@@ -155,8 +160,22 @@ def test_only_one_plain_address_is_mailed_to():
         "a b@example.org",
         "nobody",
         "a@",
+        "bob[x]@corp.example",  # the envelope read it as <bob>
+        "bob\x00eve@corp.example",
+        "bob@corp.example\n",
+        "bøb@corp.example",
+        "bob@localhost",  # a host name with no dot: no public domain
+        "\"bob\"@corp.example",
     ):
         assert not valid_address(bad), bad
     content = scratch_mail("alice", "ACME", ["12345678", "87654321"], "Codes", 0.0)
     assert "1234 5678" in content.text and "8765 4321" in content.html
     assert "12345678" not in repr(content)
+
+
+def test_a_ca_file_without_a_certificate_is_refused_when_the_config_is_read(tmp_path):
+    (tmp_path / "bad.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n"
+                                      "-----END CERTIFICATE-----\n")
+    (tmp_path / "secret").write_text("token\n")
+    with pytest.raises(ConfigError, match=r"delivery.smtp\[0\].ca_file: .* no PEM certificate"):
+        parse_delivery(Section({"smtp": [{**SMTP, "ca_file": "bad.pem"}]}, "delivery"), tmp_path)
