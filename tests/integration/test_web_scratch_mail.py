@@ -1,6 +1,6 @@
 """The help desk sends a new scratch list to a user's own address, over HTTP against the
 portal (a subprocess on loopback) on slapd and Samba AD, with a real SMTP server (aiosmtpd,
-STARTTLS and AUTH) whose received message the test reads.
+STARTTLS and AUTH) whose received message the test reads; once under ``twistd otpgate``.
 
 - the list arrives with the codes; the codes are in no page, audit line or log line;
 - administrators and help-desk members are refused, nothing written, nothing sent;
@@ -176,6 +176,7 @@ def test_helpdesk_scratch_mail_when_every_server_fails(
             tmp_path,
             {"helpdesk_groups": [group]},
             delivery=delivery(tmp_path, tls, free_port(), server.port),  # down; AUTH refused
+            twistd=True,  # the real service, as deployed
         ) as portal:
             client = WebClient(portal)
             assert client.sign_in(desk, USER_PASSWORD, code(desk_key)) == 303
