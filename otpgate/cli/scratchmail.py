@@ -28,28 +28,25 @@ if TYPE_CHECKING:
     from otpgate.outofband.result import Delivery
 
 
-def _address(ctx: Any, dn: str, attribute: str) -> str | None:
-    """The first value of ``attribute`` in the entry ``dn`` (the user's own), as text."""
+def _values(ctx: Any, dn: str, attribute: str) -> list[bytes]:
+    """The values of ``attribute`` in the entry ``dn`` (the user's own)."""
     conn = ctx.store.directory.write()
     entries = conn.search(dn, "(objectClass=*)", [attribute], scope=SCOPE_BASE)
     for entry in entries:
-        values = entry.attributes.get(attribute.lower(), [])
-        if len(values) > 1:  # which one is "the" address is not ours to guess
-            raise CommandFailed(
-                f"{dn} has {len(values)} {attribute} values: one address is needed; "
-                "nothing was changed"
-            )
-        if values:
-            return bytes(values[0]).decode("utf-8", "replace").strip()
-    return None
+        return list(entry.attributes.get(attribute.lower(), []))
+    return []
 
 
 def cmd_scratch_mail(args: argparse.Namespace) -> int:
-    from otpgate.admin.manage import scratch_change
     from otpgate.otp.scratch import generate_scratch_list
-    from otpgate.outofband.mail import valid_address
     from otpgate.outofband.mask import mask_email
-    from otpgate.outofband.scratchmail import scratch_mail
+    from otpgate.outofband.scratchmail import (
+        NoMailAddress,
+        mail_address,
+        new_list_change,
+        outcome_text,
+        scratch_mail,
+    )
 
     if args.card:
         raise UsageError("give --mail or --card, not both (the mailed list is not printed here)")
@@ -65,17 +62,12 @@ def cmd_scratch_mail(args: argparse.Namespace) -> int:
             )
         attribute = delivery.mail_attribute
         user = ctx.store.resolve(args.user)
-        address = _address(ctx, user.dn, attribute)
-        if not address:
-            raise CommandFailed(
-                f"{args.user} has no {attribute} attribute in the directory; nothing was changed"
-            )
-        if not valid_address(address):
-            raise CommandFailed(
-                f"{args.user}'s {attribute} is not one plain e-mail address; nothing was changed"
-            )
+        try:
+            address = mail_address(args.user, attribute, _values(ctx, user.dn, attribute))
+        except NoMailAddress as exc:
+            raise CommandFailed(str(exc)) from None
         now = time.time()
-        token, user = ctx.store.update(user, lambda s: scratch_change(s, scratch, now))
+        token, user = ctx.store.update(user, lambda s: new_list_change(s, scratch, now))
         issuer = ctx.config.otp.issuer
     content = scratch_mail(args.user, issuer, codes, delivery.mail_subject, now)
     del codes
@@ -95,11 +87,10 @@ def cmd_scratch_mail(args: argparse.Namespace) -> int:
         )
         emit(args, doc, text)
         return 0
-    failures = "; ".join(f"{a.gateway}: {a.reason}" for a in result.attempts)
     emit(args, doc, "")
     raise CommandFailed(
-        f"the new scratch list {token.id} is active but could not be sent to {masked} "
-        f"({failures}); the previous list no longer works and nobody has the new one: issue "
+        f"the new scratch list {token.id} is active but {outcome_text(result)}; "
+        "the previous list no longer works and nobody has the new one: issue "
         f"another with otpgate scratch {args.user} --card FILE.html (or --mail once mail works)"
     )
 

@@ -1,5 +1,6 @@
 """The portal's help desk: find a user, see their devices, revoke, reset, unlock, issue a
-scratch list, assign an inventory token; never for administrators or help-desk members."""
+scratch list (shown, or sent to the user's own address), assign an inventory token; never
+for administrators or help-desk members."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from otpgate import ber
 from otpgate.admin.inventory import assign_token
 from otpgate.admin.manage import reset_change, revoke_change, unlock_change
+from otpgate.directory.ldapdata import SCOPE_BASE
 from otpgate.directory.records import OtpState, StateChange, UserEntry
 from otpgate.errors import (
     AmbiguousUser,
@@ -17,6 +19,16 @@ from otpgate.errors import (
     InventoryError,
     PolicyError,
     UserNotFound,
+)
+from otpgate.otp.scratch import generate_scratch_list
+from otpgate.outofband.config import SmtpServer
+from otpgate.outofband.mail import send_mail
+from otpgate.outofband.scratchmail import (
+    NoMailAddress,
+    mail_address,
+    new_list_change,
+    outcome_text,
+    scratch_mail,
 )
 from otpgate.web import render
 from otpgate.web.base import MATCHES, SIZE_LIMIT_EXCEEDED, Reply
@@ -55,6 +67,7 @@ class HelpDesk(SelfService):
                     self.now(),
                     self.inventory is not None,
                     protected=protected,
+                    mail=self._mail_servers() is not None,
                 )
                 self.audit(session, client, "view", "looked at the user", user=query, dn=user.dn)
             except (UserNotFound, AmbiguousUser):
@@ -176,6 +189,74 @@ class HelpDesk(SelfService):
             token=token_id,
         )
         return self._page("Scratch codes", render.scratch_codes(codes, target), session)
+
+    def _mail_servers(self) -> tuple[SmtpServer, ...] | None:
+        delivery = self.config.delivery
+        return delivery.smtp if delivery is not None and delivery.smtp else None
+
+    async def _mail_values(self, dn: str, attribute: str) -> list[bytes]:
+        """The values of ``attribute`` in the user's own entry, read from the write server
+        (where the list is written), by the service account."""
+        conn = await self.gateway.write_pool.connection()
+        entries = await conn.search(
+            dn, ber.filter_present(b"objectClass"), [attribute], scope=SCOPE_BASE
+        )
+        for entry in entries:
+            return list(entry.attributes.get(attribute.lower(), []))
+        return []
+
+    async def hd_scratch_mail(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        """A new list sent to the user's own address: read and check the address (nothing
+        written otherwise), write the list, send it; the page and the audit trail show the
+        masked address and the outcome, never a code."""
+        target = form.get("user", "")
+        servers = self._mail_servers()
+        delivery = self.config.delivery
+        if servers is None or delivery is None:
+            return await self.get_helpdesk(
+                None, session, client, target, error="No e-mail servers are configured."
+            )
+        user = await self._hd_target(form, session, client, "scratch-mail")
+        if isinstance(user, Reply):
+            return user
+        attribute = delivery.mail_attribute
+        try:
+            address = mail_address(target, attribute, await self._mail_values(user.dn, attribute))
+            codes, scratch = generate_scratch_list()
+            now = self.now()
+            token, _u = await self.gateway.store.update(
+                user, lambda s: new_list_change(s, scratch, now)
+            )
+        except (NoMailAddress, PolicyError, DirectoryError, CodecError) as exc:
+            return await self.get_helpdesk(None, session, client, target, error=str(exc))
+        content = scratch_mail(target, self.config.otp.issuer, codes, delivery.mail_subject, now)
+        del codes
+        result = await send_mail(self.gateway.reactor, servers, address, content)
+        del content
+        outcome = outcome_text(result)
+        self.audit(
+            session,
+            client,
+            "helpdesk-scratch-mail",
+            f"new scratch list {outcome}",
+            user=target,
+            dn=user.dn,
+            token=token.id,
+        )
+        if result.ok:
+            return await self.get_helpdesk(
+                None,
+                session,
+                client,
+                target,
+                notice=f"New scratch list {token.id} {outcome}. Any previous list no longer works.",
+            )
+        message = (
+            f"The new scratch list {token.id} is active but {outcome}. The previous list no "
+            "longer works and nobody has the new one: issue another (shown here, or sent "
+            "again once mail works)."
+        )
+        return await self.get_helpdesk(None, session, client, target, error=message)
 
     async def hd_assign(self, form: dict[str, str], session: Session, client: str) -> Reply:
         target = form.get("user", "")

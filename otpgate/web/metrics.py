@@ -44,6 +44,7 @@ WEB_ACTIONS = (
     "helpdesk-reset",
     "helpdesk-unlock",
     "helpdesk-scratch",
+    "helpdesk-scratch-mail",
     "helpdesk-assign",
 )
 REASON_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -93,6 +93,7 @@ class Portal(HelpDesk):
             b"/helpdesk/reset": self.hd_reset,
             b"/helpdesk/unlock": self.hd_unlock,
             b"/helpdesk/scratch": self.hd_scratch,
+            b"/helpdesk/scratch-mail": self.hd_scratch_mail,
             b"/helpdesk/assign": self.hd_assign,
         }
         post = posts.get(path)

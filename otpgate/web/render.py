@@ -216,9 +216,11 @@ def helpdesk_user(
     now: float,
     inventory: bool,
     protected: str | None = None,
+    mail: bool = False,
 ) -> Markup:
     """A user's devices and lockout, with the help-desk actions unless ``protected`` says why
-    the help desk may not change this user (the server refuses them anyway)."""
+    the help desk may not change this user (the server refuses them anyway); ``mail``: e-mail
+    servers are configured, so a new list may be sent to the user's own address."""
     used = state.used
     locked = used.locked_until > now
     lock = (
@@ -257,6 +259,16 @@ def helpdesk_user(
         + action("unlock", "Unlock")
         + action("reset", "Reset all devices", "Remove every device of this user?")
         + action("scratch", "Issue a scratch list")
+        + (
+            action(
+                "scratch-mail",
+                "Send a new list by e-mail",
+                "Send a new scratch list to the user's own e-mail address? The previous "
+                "list stops working.",
+            )
+            if mail
+            else ""
+        )
         + "</p>"
         + assign
     )

@@ -30,7 +30,12 @@ CHROMIUM_ARGS = [
 
 
 def toml_value(value: Any) -> str:
-    return json.dumps(value)  # TOML basic strings, numbers, booleans and arrays look like JSON
+    """TOML basic strings, numbers, booleans and arrays look like JSON; tables are inline."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:

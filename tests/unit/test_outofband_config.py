@@ -179,3 +179,25 @@ def test_a_ca_file_without_a_certificate_is_refused_when_the_config_is_read(tmp_
     (tmp_path / "secret").write_text("token\n")
     with pytest.raises(ConfigError, match=r"delivery.smtp\[0\].ca_file: .* no PEM certificate"):
         parse_delivery(Section({"smtp": [{**SMTP, "ca_file": "bad.pem"}]}, "delivery"), tmp_path)
+
+
+def test_the_address_rules_shared_by_the_cli_and_the_help_desk():
+    from otpgate.outofband.result import Attempt, Delivery
+    from otpgate.outofband.scratchmail import NoMailAddress, mail_address, outcome_text
+
+    assert mail_address("alice", "mail", [b" alice@example.org "]) == "alice@example.org"
+    for values, why in (
+        (None, "alice has no mail attribute"),
+        ([], "alice has no mail attribute"),
+        ([b""], "alice has no mail attribute"),
+        ([b"a@example.org", b"b@example.org"], "alice has 2 mail values"),
+        ([b"Alice <alice@example.org>"], "alice's mail is not one plain e-mail address"),
+    ):
+        with pytest.raises(NoMailAddress, match=why) as caught:
+            mail_address("alice", "mail", values)
+        assert "nothing was changed" in str(caught.value)
+    sent = Delivery("email", "a•••@example.org", (Attempt("smtp://a:25", "refused"),
+                                                   Attempt("smtp://b:25", "")))
+    assert outcome_text(sent) == "sent to a•••@example.org by smtp://b:25"
+    failed = Delivery("email", "a•••@example.org", (Attempt("smtp://a:25", "refused"),))
+    assert outcome_text(failed) == "could not be sent to a•••@example.org (smtp://a:25: refused)"

@@ -354,3 +354,15 @@ def test_body_cap_passes_small_bodies():
                        + body)
     assert transport.value().startswith(b"HTTP/1.1 200 ")
     assert leaf.bodies == [b"hello", b"hello", body]
+
+
+def test_the_mail_action_is_offered_only_with_mail_servers_and_never_for_protected_users():
+    state = OtpState()
+    plain = render.helpdesk_user("uid=a,dc=x", state, "tok", 0.0, False).html
+    assert "hd-scratch" in plain and "hd-scratch-mail" not in plain
+    mail = render.helpdesk_user("uid=a,dc=x", state, "tok", 0.0, False, mail=True).html
+    assert 'action="/helpdesk/scratch-mail"' in mail and 'id="hd-scratch-mail"' in mail
+    protected = render.helpdesk_user(
+        "uid=a,dc=x", state, "tok", 0.0, False, protected="an administrator", mail=True
+    ).html
+    assert "hd-scratch-mail" not in protected
