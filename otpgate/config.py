@@ -115,6 +115,7 @@ def auth_settings(config: Config) -> AuthSettings:
         helpdesk_groups=config.web.helpdesk_groups,
         enrollment_networks=config.web.password_only_enrollment_networks,
         enrollment_until=config.web.password_only_enrollment_until,
+        scratch_warning=config.delivery is not None and config.delivery.scratch_warning,
     )
 
 

@@ -204,6 +204,9 @@ class TokenUse:
     used_at: int = 0
     """Unix time of the last accepted code (0: never)."""
     scratch_used: frozenset[int] = frozenset()
+    warned: bool = False
+    """A scratch list: its low-codes warning was claimed (``[delivery] scratch_warning``),
+    so no gateway sends it again for this list."""
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"l": self.last}
@@ -213,6 +216,8 @@ class TokenUse:
             doc["t"] = self.used_at
         if self.scratch_used:
             doc["x"] = sorted(self.scratch_used)
+        if self.warned:
+            doc["w"] = True
         return doc
 
     @classmethod
@@ -229,6 +234,7 @@ class TokenUse:
             drift=_opt(doc, "d", int, what) or 0,
             used_at=_opt(doc, "t", int, what) or 0,
             scratch_used=frozenset(used),
+            warned=_opt(doc, "w", bool, what) or False,
         )
 
 

@@ -6,7 +6,7 @@ sees the state as it is in the directory now and may run more than once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from otpgate.auth.lockout import is_locked, record_failure, record_success, with_unrecorded
@@ -33,6 +33,8 @@ class Verdict:
     password: str
     """The password part of the accepted candidate (append mode)."""
     why: str
+    warn: bool = False
+    """This write claims the scratch list's one low-codes warning (``low_scratch_claim``)."""
 
 
 Typed = str | tuple[str, str]
@@ -47,6 +49,14 @@ def candidates_of(typed: Typed, state: OtpState, delimiter: str) -> list[tuple[s
     if isinstance(typed, tuple):
         return [typed] if typed[1] else []
     return [(pw, code) for pw, code in split_candidates(typed, state.tokens, delimiter) if pw]
+
+
+def low_scratch_claim(match: Match, threshold: int) -> bool:
+    """Whether spending ``match`` takes its scratch list below ``threshold`` codes left for
+    the first time: the list's one warning is claimed in the same write that spends the
+    code, so of several gateways only the one whose write wins sends it."""
+    left = match.scratch_remaining
+    return left is not None and left < threshold and not match.use.warned
 
 
 def verify_typed(
@@ -75,10 +85,13 @@ def verify_typed(
     for password, code in candidates:
         match = verify_code(state.tokens, state.secrets, state.used, code, now, otp)
         if match is not None:
+            warn = config.scratch_warning and low_scratch_claim(match, otp.scratch_low_threshold)
+            if warn:
+                match = replace(match, use=replace(match.use, warned=True))
             spent = record_success(used, match.token.id, match.use)
             if retransmission is not None:
                 spent = remember(spent, retransmission, match.token.id, code, now)
-            return StateChange(Verdict(match, password, "ok"), used=spent)
+            return StateChange(Verdict(match, password, "ok", warn), used=spent)
     if retransmission is not None:
         again = recognise(state, candidates, retransmission, now)
         if again is not None:

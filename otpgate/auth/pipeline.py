@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from twisted.logger import Logger
+
 from otpgate.audit import AuditTrail
 from otpgate.auth.bindcache import BindCache
 from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_proof, verify_typed
@@ -34,6 +36,7 @@ from otpgate.auth.requests import (
     CodeOnly,
     FirstEnrollment,
     Login,
+    LowScratchNotifier,
     PasswordCheck,
     PasswordStep,
     Proof,
@@ -53,6 +56,8 @@ from otpgate.errors import CodecError, DirectoryError, DirectoryUnavailable
 
 V = TypeVar("V")
 
+log = Logger()
+
 
 _WITH_PASSWORD = (Separate, PasswordStep, FirstEnrollment)
 
@@ -63,9 +68,17 @@ def _refused(why: str, dn: str | None = None) -> AuthResult:
 
 class Authenticator:
     def __init__(
-        self, settings: AuthSettings, store: OtpStore, clock: Any, audit: AuditTrail
+        self,
+        settings: AuthSettings,
+        store: OtpStore,
+        clock: Any,
+        audit: AuditTrail,
+        notify_low_scratch: LowScratchNotifier | None = None,
     ) -> None:
         self.settings = settings
+        self.notify_low_scratch = notify_low_scratch
+        """Called (dn, token id, codes left) after a login claimed a scratch list's one
+        low-codes warning; the gateway sends it by e-mail in the background."""
         self.store = store
         self.policy = Policy(settings.policy)
         self.clock = clock
@@ -92,6 +105,7 @@ class Authenticator:
         except (CodecError, DirectoryError) as exc:
             result = AuthResult(False, f"{type(exc).__name__}: {exc}")
         self._record(request, result)
+        self._warn(result)
         outcome = "accepted: " if result.ok else "rejected: "
         note(trace, "pipeline", result.ok, outcome + result.reason)
         return result
@@ -113,6 +127,17 @@ class Authenticator:
             token=result.token_id,
             reason=reason,
         )
+
+    def _warn(self, result: AuthResult) -> None:
+        """Hand a claimed low-scratch warning to the notifier (it only schedules the send:
+        the login's answer never waits for it, nor changes with it)."""
+        left, notify = result.low_scratch_warning, self.notify_low_scratch
+        if left is None or notify is None or result.dn is None or result.token_id is None:
+            return
+        try:
+            notify(result.dn, result.token_id, left)
+        except Exception:
+            log.failure("the low-scratch warning could not be scheduled")
 
     def _admission(self, request: AuthRequest) -> AuthResult | None:
         """What is refused before anything is parsed, looked up or forwarded."""
@@ -287,10 +312,17 @@ class Authenticator:
         spent = f"{verdict.why} on another gateway" if again else "recorded as used"
         note(trace, "otp", True, f"accepted for token {token_id}, {spent}")
         left = verdict.match.scratch_remaining
+        warning = left if verdict.warn else None
         if code_only:
             why = f"OTP accepted ({verdict.why})" if again else "OTP accepted"
             return AuthResult(
-                True, why, user.dn, token_id, scratch_remaining=left, retransmission=again
+                True,
+                why,
+                user.dn,
+                token_id,
+                scratch_remaining=left,
+                retransmission=again,
+                low_scratch_warning=warning,
             )
         why = f"password+OTP accepted ({verdict.why})" if again else "password+OTP accepted"
         result = await bind_password(
@@ -298,6 +330,8 @@ class Authenticator:
         )
         if again and result.ok:
             result = replace(result, retransmission=True)
+        if warning is not None:
+            result = replace(result, low_scratch_warning=warning, token_id=token_id)
         note(trace, "password", result.ok, "bound upstream" if result.ok else result.reason)
         return result
 

@@ -168,6 +168,14 @@ class AuthResult:
     """``Sasl``: the directory's answer to the forwarded bind (None: not forwarded)."""
     disconnect: bool = False
     """``Sasl``: the upstream connection is bound as someone else: close it."""
+    low_scratch_warning: int | None = None
+    """The codes left on a scratch list whose one low-codes warning this login claimed
+    (``[delivery] scratch_warning``), whatever the password's outcome: the code was spent."""
+
+
+LowScratchNotifier = Callable[[str, str, int], None]
+"""(dn, scratch token id, codes left): warn the user that the list runs low.  Returns at
+once; the sending happens in the background and never changes a login's result."""
 
 
 @dataclass(frozen=True)

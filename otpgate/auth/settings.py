@@ -28,3 +28,6 @@ class AuthSettings:
     """``[web] password_only_enrollment_networks``."""
     enrollment_until: float | None = None
     """``[web] password_only_enrollment_until``."""
+    scratch_warning: bool = False
+    """``[delivery] scratch_warning``: a scratch list falling below ``scratch_low_threshold``
+    is claimed for one warning in the write that spends its code."""

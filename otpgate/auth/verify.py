@@ -7,7 +7,7 @@ the new use state returned with a match.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from otpgate.auth.config import OtpConfig
 from otpgate.otp.oath import MAX_DRIFT_STEPS, hotp, time_step, verify_hotp, verify_totp
@@ -94,7 +94,7 @@ def _verify_one(
     elif token.type is TokenType.SCRATCH and token.scratch is not None:
         index = verify_scratch(token.scratch, code, use.scratch_used)
         if index is not None:
-            new = TokenUse(use.last, 0, stamp, use.scratch_used | {index})
+            new = replace(use, drift=0, used_at=stamp, scratch_used=use.scratch_used | {index})
             return Match(token, new, remaining(token.scratch, new.scratch_used))
     return None
 

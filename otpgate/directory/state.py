@@ -351,15 +351,19 @@ class StateMapper:
         if not states:
             return UsedState()
         # Several values (a multi-valued attribute written outside otpgate, or two writers
-        # merged by replication): keep the most advanced state of each token and every spent
-        # scratch code of either, so nothing can move backwards; the next write repairs it.
+        # merged by replication): keep the most advanced state of each token, every spent
+        # scratch code and a low-scratch warning claim of either, so nothing can move
+        # backwards; the next write repairs it.
         merged = states[0]
         for state in states[1:]:
             for tid, use in state.tokens.items():
                 mine = merged.use_of(tid)
                 ahead = use if use.last > mine.last else mine
                 spent = mine.scratch_used | use.scratch_used
-                merged = merged.with_use(tid, dataclasses.replace(ahead, scratch_used=spent))
+                warned = mine.warned or use.warned  # a list's warning is never claimed twice
+                merged = merged.with_use(
+                    tid, dataclasses.replace(ahead, scratch_used=spent, warned=warned)
+                )
             merged = UsedState(
                 merged.tokens,
                 max(merged.failures, state.failures),

@@ -83,6 +83,9 @@ class DeliveryConfig:
     mail_attribute: str = "mail"
     """The attribute of the user's own entry that holds the e-mail address."""
     mail_subject: str = "Your one-time codes"
+    scratch_warning: bool = False
+    """E-mail the user once per scratch list when its codes left fall below ``[otp]
+    scratch_low_threshold`` (needs ``[[delivery.smtp]]`` servers)."""
 
     @property
     def can_mail(self) -> bool:
@@ -106,8 +109,13 @@ def parse_delivery(sec: Section, base: Path) -> DeliveryConfig | None:
         raise ConfigError(f"{sec.key('mail_attribute')}: {attribute!r} is not an attribute name")
     subject = sec.value(DeliveryConfig, "mail_subject", str)
     _one_line(sec, "mail_subject", subject)
+    scratch_warning = sec.value(DeliveryConfig, "scratch_warning", bool)
+    if scratch_warning and not smtp:
+        raise ConfigError(
+            f"{sec.key('scratch_warning')}: needs [[delivery.smtp]] servers to send the warning"
+        )
     sec.done()
-    return DeliveryConfig(smtp, sms_http, sms_email, attribute, subject)
+    return DeliveryConfig(smtp, sms_http, sms_email, attribute, subject, scratch_warning)
 
 
 def _tables(sec: Section, name: str) -> list[Section]:
