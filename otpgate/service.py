@@ -13,11 +13,13 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.runner.procmon import ProcessMonitor
 
+from otpgate import ber
 from otpgate.audit import AuditTrail
 from otpgate.auth.pipeline import Authenticator
 from otpgate.config import Config, auth_settings
 from otpgate.directory.connection import LdapConnection, TlsSettings
 from otpgate.directory.discovery import confirm_pdc_on, pdc_emulator_url, same_dn
+from otpgate.directory.ldapdata import SCOPE_BASE
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.replication_guard import ReplicationGuard
 from otpgate.directory.state_acl_guard import StateAclGuard
@@ -25,6 +27,7 @@ from otpgate.directory.store import OtpStore
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
 from otpgate.logs import LogFile, ReopenOnHangup, close_log_file, open_log_file
+from otpgate.outofband.lowscratch import LowScratchMailer
 from otpgate.procstats import PeerStats, StatsFolder, stats_folder
 from otpgate.radius.service import radius_services
 from otpgate.stats import DirectoryStats, RadiusCounters
@@ -95,7 +98,15 @@ class Gateway:
             self.state_acl_guard,
         )
         self.audit = AuditTrail(config.logging, reactor)
-        self.authenticator = Authenticator(auth_settings(config), self.store, reactor, self.audit)
+        delivery = config.delivery
+        self.low_scratch_mailer: LowScratchMailer | None = None
+        if delivery is not None and delivery.scratch_warning:
+            self.low_scratch_mailer = LowScratchMailer(
+                reactor, delivery, config.otp.issuer, self.entry_values, self.audit
+            )
+        self.authenticator = Authenticator(
+            auth_settings(config), self.store, reactor, self.audit, self.low_scratch_mailer
+        )
 
     async def _discover_pdc(self) -> list[str]:
         conn = await self.read_pool.connection()
@@ -114,6 +125,17 @@ class Gateway:
 
     async def _check_pdc(self, conn: LdapConnection) -> None:
         await confirm_pdc_on(conn, self.config.directory.base_dn)
+
+    async def entry_values(self, dn: str, attribute: str) -> list[bytes]:
+        """The values of ``attribute`` in the entry ``dn`` itself (read by the service
+        account; [] when the entry or the attribute is not there)."""
+        conn = await self.read_pool.connection()
+        entries = await conn.search(
+            dn, ber.filter_present(b"objectClass"), [attribute], scope=SCOPE_BASE
+        )
+        for entry in entries:
+            return list(entry.attributes.get(attribute.lower(), []))
+        return []
 
     async def check_password(self, dn: str, password: bytes) -> tuple[int, str]:
         """A simple bind as the user on a fresh connection (for front ends without one)."""

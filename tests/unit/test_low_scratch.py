@@ -1,6 +1,6 @@
 """The low-scratch warning (``[delivery] scratch_warning``): claimed once per list inside the
 compare-and-swap that spends the code, on an in-memory directory; the use state's ``w``
-round trip; the config rule."""
+round trip; the config rule; the message text."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from otpgate.configfile import Section
 from otpgate.errors import ConfigError
 from otpgate.otp.scratch import generate_scratch_list
 from otpgate.outofband.config import parse_delivery
+from otpgate.outofband.lowscratch import low_scratch_mail
 from otpgate.tokens import Token, TokenType, TokenUse, UsedState
 from tests.logins import code_only
 from tests.unit.test_pipeline import PW, World, config
@@ -150,3 +151,9 @@ def test_the_warning_needs_mail_servers(tmp_path: Path) -> None:
     on = parse_delivery(Section({"smtp": [SMTP], "scratch_warning": True}, "delivery"), tmp_path)
     assert on is not None and on.scratch_warning
 
+
+def test_the_message_says_how_many_and_what_to_do() -> None:
+    text = low_scratch_mail(2, "Example").text
+    assert "Only 2 backup codes left" in text and "help desk" in text and "portal" in text
+    assert "1 backup code left" in low_scratch_mail(1, "Example").text
+    assert "No backup codes are left" in low_scratch_mail(0, "Example").text
