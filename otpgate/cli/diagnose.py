@@ -105,6 +105,8 @@ async def _test_auth(
     try:
         result_ok = await _walk(gateway, reactor, args, password, otp, step)
     finally:
+        if gateway.low_scratch_mailer is not None:  # a warning this login claimed goes out
+            await gateway.low_scratch_mailer.drain()
         gateway.close()
     if args.json:
         out.write(json.dumps({"user": args.user, "ok": result_ok, "steps": steps}, indent=2) + "\n")

@@ -65,13 +65,19 @@ class LowScratchMailer:
         self.read_values = read_values
         self.audit = audit
         self.pending: set[defer.Deferred[None]] = set()
-        """Sends under way (tests wait for them; nothing else does)."""
+        """Sends under way (``drain``)."""
 
     def __call__(self, dn: str, token_id: str, left: int) -> None:
         sending = defer.ensureDeferred(self.send(dn, token_id, left))
         self.pending.add(sending)
         sending.addErrback(lambda f: log.failure("low-scratch warning for {dn}", f, dn=dn))
         sending.addBoth(lambda _: self.pending.discard(sending))
+
+    async def drain(self) -> None:
+        """Wait for the sends under way (a command that stops the reactor after one login,
+        ``otpgate test-auth``; tests)."""
+        while self.pending:
+            await defer.DeferredList(list(self.pending))
 
     async def send(self, dn: str, token_id: str, left: int) -> None:
         attribute = self.delivery.mail_attribute

@@ -15,7 +15,7 @@ from otpgate.otp.scratch import generate_scratch_list
 from otpgate.service import Gateway
 from otpgate.tokens import TokenType
 from otpgate.vault import Keyring
-from tests.integration.backends import make_backend
+from tests.integration.backends import USER_PASSWORD, make_backend
 from tests.logins import code_only
 from tests.netutil import free_port
 from tests.servers import make_server_tls
@@ -81,9 +81,7 @@ async def sent(*gws: Gateway) -> None:
     """Wait for the gateways' background sends (the login never waited for them)."""
     for gw in gws:
         assert gw.low_scratch_mailer is not None
-        pending = list(gw.low_scratch_mailer.pending)
-        if pending:
-            await defer.gatherResults(pending)
+        await gw.low_scratch_mailer.drain()
 
 
 def notices(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -190,3 +188,24 @@ async def test_every_server_failing_changes_nothing_and_is_not_retried(backend, 
     (event,) = notices(events)
     assert "could not be sent" in event["reason"] and "connection refused" in event["reason"]
 
+
+
+def test_test_auth_waits_for_the_warning_it_claimed(backend, tls, mail, tmp_path, capsys):
+    """``otpgate test-auth`` stops its reactor after the login: the claimed warning still
+    goes out first."""
+    from tests.integration.test_cli import Cli
+    from tests.integration.test_cli_scratch_mail import run, with_delivery
+
+    cli = Cli(backend, tmp_path, capsys, otp={"scratch_low_threshold": THRESHOLD})
+    with_delivery(cli, tls, mail.port, attribute="mail")
+    cli.config.write_text(
+        cli.config.read_text().replace("[delivery]\n", "[delivery]\nscratch_warning = true\n")
+    )
+    name, _dn = backend.new_user("lt")
+    codes = cli.json("scratch", name, "--count", "3")["codes"]
+    user_password = tmp_path / "user-password"
+    user_password.write_text(USER_PASSWORD + "\n")
+    done = run(cli, "test-auth", name, "--password-file", str(user_password), "--otp", codes[0])
+    assert done.returncode == 0, done.stdout + done.stderr
+    (got,) = mail.messages
+    assert "Only 2 backup codes left" in got.message.get_body(("plain",)).get_content()
