@@ -19,7 +19,7 @@ from tests.integration.backends import USER_PASSWORD, make_backend
 from tests.logins import code_only
 from tests.netutil import free_port
 from tests.servers import make_server_tls
-from tests.servers.mailserver import MailServer
+from tests.servers.mailserver import MailServer, smtp_tables
 
 THRESHOLD = 3
 DOT3 = "\u2022" * 3
@@ -42,20 +42,7 @@ def mail(tls):
 
 
 def gateway(backend, tls, tmp_path, *ports: int) -> tuple[Gateway, list[dict[str, Any]]]:
-    password = tmp_path / "smtp-password"
-    password.write_text("mail-pw\n")
-    servers = [
-        {
-            "host": "localhost",
-            "port": port,
-            "ca_file": str(tls.ca_file),
-            "username": "otpgate",
-            "password_file": str(password),
-            "from": "otpgate@example.org",
-            "timeout": 5,
-        }
-        for port in ports
-    ]
+    servers = smtp_tables(tmp_path, tls, *ports)
     config = backend.config(
         otp={"scratch_low_threshold": THRESHOLD},
         delivery={"scratch_warning": True, "smtp": servers},

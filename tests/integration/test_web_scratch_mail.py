@@ -27,7 +27,7 @@ from tests.integration.test_web_attacks import audit_lines, new_group, raw_state
 from tests.integration.test_web_browser import code, enroll_directly
 from tests.netutil import free_port
 from tests.servers import make_server_tls
-from tests.servers.mailserver import MailServer
+from tests.servers.mailserver import MailServer, smtp_tables
 
 DOT3 = "\u2022" * 3
 
@@ -39,20 +39,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def delivery(tmp: Path, tls: Any, *ports: int) -> dict[str, Any]:
     """[delivery] with SMTP servers in this order (STARTTLS, AUTH, the test CA)."""
-    password = tmp / "smtp-password"
-    password.write_text("mail-pw\n")
-    servers = [
-        {
-            "host": "localhost",
-            "port": port,
-            "ca_file": str(tls.ca_file),
-            "username": "otpgate",
-            "password_file": str(password),
-            "from": "otpgate@example.org",
-            "timeout": 5,
-        }
-        for port in ports
-    ]
+    servers = smtp_tables(tmp, tls, *ports)
     return {"smtp": servers}
 
 

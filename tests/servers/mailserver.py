@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -133,3 +134,22 @@ class MailServer:
                     return list(self.messages)
             time.sleep(0.05)
         raise AssertionError(f"expected {count} message(s), got {len(self.messages)}")
+
+
+def smtp_tables(workdir: Path, tls: TLSPaths, *ports: int) -> list[dict[str, Any]]:
+    """``[[delivery.smtp]]`` tables for MailServers on ``ports`` (in this order): STARTTLS,
+    AUTH as otpgate/mail-pw (its password in a file under ``workdir``), the test CA."""
+    password = workdir / "smtp-password"
+    password.write_text("mail-pw\n")
+    return [
+        {
+            "host": "localhost",
+            "port": port,
+            "ca_file": str(tls.ca_file),
+            "username": "otpgate",
+            "password_file": str(password),
+            "from": "otpgate@example.org",
+            "timeout": 5,
+        }
+        for port in ports
+    ]
