@@ -13,6 +13,7 @@ the next login.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 from twisted.internet import defer
@@ -29,7 +30,7 @@ class GuardRefusal(DirectoryUnavailable):
     """OTP state refused by a guard's verdict (logged by the guard when it turned)."""
 
 
-class PeriodicGuard:
+class PeriodicGuard(ABC):
     """Subclasses set ``active``, ``name`` and implement :meth:`_probe`, which returns the
     evidence for a refusal (None: writes allowed) and logs a change of verdict, and
     :meth:`refusal`, the exception a write gets while refused."""
@@ -51,11 +52,13 @@ class PeriodicGuard:
     def refusing(self) -> bool:
         return self._evidence is not None
 
+    @abstractmethod
     def refusal(self, evidence: str) -> GuardRefusal:
-        raise NotImplementedError
+        """The exception an OTP-state write gets while the verdict is ``evidence``."""
 
+    @abstractmethod
     async def _probe(self, previous: str | None, first: bool) -> str | None:
-        raise NotImplementedError
+        """Read the servers: the evidence for a refusal, or None; log a turned verdict."""
 
     async def check(self) -> None:
         """Return if OTP state may be written; raise the guard's refusal if not,
