@@ -18,12 +18,13 @@ from otpgate.audit import AuditTrail
 from otpgate.auth.pipeline import Authenticator
 from otpgate.config import Config, auth_settings
 from otpgate.directory.connection import LdapConnection, TlsSettings
-from otpgate.directory.discovery import confirm_pdc_on, pdc_emulator_url, same_dn
+from otpgate.directory.discovery import confirm_pdc_on, pdc_emulator_url
 from otpgate.directory.ldapdata import SCOPE_BASE
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.replication_guard import ReplicationGuard
 from otpgate.directory.state_acl_guard import StateAclGuard
 from otpgate.directory.store import OtpStore
+from otpgate.dn import same_dn
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
 from otpgate.logs import LogFile, ReopenOnHangup, close_log_file, open_log_file

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from otpgate import ber
 from otpgate.directory.drive import run_steps_async
 from otpgate.directory.ldapdata import SCOPE_BASE, LdapUrl, SearchEntry, parent_dn
+from otpgate.dn import same_dn
 from otpgate.errors import DirectoryError, DirectoryUnavailable
 
 if TYPE_CHECKING:
@@ -47,10 +48,6 @@ class Pdc(NamedTuple):
     """Its host name, or "this server" (the DC asked holds the role)."""
     owner: str
     """The role owner: the PDC emulator's NTDS Settings DN (its root DSE's dsServiceName)."""
-
-
-def same_dn(a: str, b: str) -> bool:
-    return a.replace(" ", "").lower() == b.replace(" ", "").lower()
 
 
 def pdc_emulator(
