@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,7 @@ def auth_settings(config: Config) -> AuthSettings:
         enrollment_networks=config.web.password_only_enrollment_networks,
         enrollment_until=config.web.password_only_enrollment_until,
         scratch_warning=config.delivery is not None and config.delivery.scratch_warning,
+        codes=config.delivery.codes if config.delivery is not None else None,
     )
 
 
@@ -142,6 +143,9 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
         deprecations=(DEPRECATED_DELIMITER,) if delimiter is not None else (),
     )
     top.done()
+    if config.delivery is not None:
+        lifetime = config.delivery.codes.lifetime
+        config = replace(config, otp=replace(config.otp, sent_code_lifetime=lifetime))
     return config
 
 

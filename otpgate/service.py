@@ -28,6 +28,7 @@ from otpgate.dn import same_dn
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
 from otpgate.logs import LogFile, ReopenOnHangup, close_log_file, open_log_file
+from otpgate.outofband.codes import OutOfBandSender
 from otpgate.outofband.lowscratch import LowScratchMailer
 from otpgate.procstats import PeerStats, StatsFolder, stats_folder
 from otpgate.radius.service import radius_services
@@ -105,8 +106,18 @@ class Gateway:
             self.low_scratch_mailer = LowScratchMailer(
                 reactor, delivery, config.otp.issuer, self.entry_values, self.audit
             )
+        self.code_sender: OutOfBandSender | None = None
+        if delivery is not None and (delivery.can_mail or delivery.can_sms):
+            self.code_sender = OutOfBandSender(
+                reactor, delivery, config.otp.issuer, self.entry_values
+            )
         self.authenticator = Authenticator(
-            auth_settings(config), self.store, reactor, self.audit, self.low_scratch_mailer
+            auth_settings(config),
+            self.store,
+            reactor,
+            self.audit,
+            self.low_scratch_mailer,
+            self.code_sender,
         )
 
     async def _discover_pdc(self) -> list[str]:

@@ -32,6 +32,13 @@ class TokenType(StrEnum):
     HOTP = "hotp"
     YUBICO = "yubico"
     SCRATCH = "scratch"
+    EMAIL = "email"
+    SMS = "sms"
+
+
+OUT_OF_BAND = frozenset({TokenType.EMAIL, TokenType.SMS})
+"""Token types whose codes are sent to the user (``otpgate/auth/oob.py``)."""
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
 
 
 def b64e(data: bytes) -> str:
@@ -99,11 +106,19 @@ class Token:
     public_id: str = ""
     """Yubico OTP public id (modhex)."""
     scratch: ScratchList | None = None
+    attribute: str = ""
+    """E-mail/SMS: the attribute of the user's own entry that holds the destination (the
+    address is read from it at each send, never copied here)."""
 
     def __post_init__(self) -> None:
         check_label(self.label)
         if self.type in (TokenType.TOTP, TokenType.HOTP):
             check_digits(self.digits)
+        if self.type in OUT_OF_BAND:
+            if not 6 <= self.digits <= 8:
+                raise ValueError(f"digits: {self.digits} (6 to 8 for sent codes)")
+            if not ATTRIBUTE_NAME.match(self.attribute):
+                raise ValueError(f"attribute: {self.attribute!r} is not an attribute name")
         if self.type is TokenType.TOTP:
             check_period(self.period)
         if self.type is TokenType.SCRATCH and self.scratch is None:
@@ -127,6 +142,9 @@ class Token:
         if self.type in (TokenType.TOTP, TokenType.HOTP):
             doc["digits"] = self.digits
             doc["algorithm"] = self.algorithm.value
+        if self.type in OUT_OF_BAND:
+            doc["digits"] = self.digits
+            doc["attribute"] = self.attribute
         if self.type is TokenType.TOTP:
             doc["period"] = self.period
         if self.public_id:
@@ -157,6 +175,7 @@ class Token:
             period=_opt(doc, "period", int, what) or 30,
             public_id=_opt(doc, "public_id", str, what) or "",
             scratch=None if scratch_doc is None else ScratchList.from_dict(scratch_doc),
+            attribute=_opt(doc, "attribute", str, what) or "",
         )
 
 
@@ -207,6 +226,14 @@ class TokenUse:
     warned: bool = False
     """A scratch list: its low-codes warning was claimed (``[delivery] scratch_warning``),
     so no gateway sends it again for this list."""
+    code: bytes = b""
+    """E-mail/SMS: the keyed digest of the code last sent (``auth/oob.py``); b"": none."""
+    sent: int = 0
+    """E-mail/SMS: Unix time that code was sent.  It is outstanding while ``last`` differs
+    (``last`` is set to ``sent`` when the code is accepted) and the code has not expired."""
+    request: bytes = b""
+    """E-mail/SMS: a keyed identity of the RADIUS request that caused the send, so that a
+    NAS retransmitting that request to another gateway causes no second message."""
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"l": self.last}
@@ -218,6 +245,11 @@ class TokenUse:
             doc["x"] = sorted(self.scratch_used)
         if self.warned:
             doc["w"] = True
+        if self.code:
+            doc["c"] = b64e(self.code)
+            doc["s"] = self.sent
+        if self.request:
+            doc["q"] = b64e(self.request)
         return doc
 
     @classmethod
@@ -235,6 +267,9 @@ class TokenUse:
             used_at=_opt(doc, "t", int, what) or 0,
             scratch_used=frozenset(used),
             warned=_opt(doc, "w", bool, what) or False,
+            code=b64d(_get(doc, "c", str, what), f"{what}.c") if "c" in doc else b"",
+            sent=_opt(doc, "s", int, what) or 0,
+            request=b64d(_get(doc, "q", str, what), f"{what}.q") if "q" in doc else b"",
         )
 
 
@@ -286,14 +321,15 @@ class UsedState:
     locked_until: int = 0
     accepted: tuple[AcceptedRequest, ...] = ()
     """Recently accepted RADIUS requests (empty unless failover_replay_seconds is set)."""
+    sends: tuple[int, ...] = ()
+    """Unix times of the codes sent to this user by e-mail or SMS in the last hour (the
+    per-user cooldown and hourly limit, shared by every gateway)."""
 
     def use_of(self, token_id: str) -> TokenUse:
         return self.tokens.get(token_id, TokenUse())
 
     def with_use(self, token_id: str, use: TokenUse) -> UsedState:
-        return UsedState(
-            {**self.tokens, token_id: use}, self.failures, self.locked_until, self.accepted
-        )
+        return replace(self, tokens={**self.tokens, token_id: use})
 
     def without(self, token_ids: set[str]) -> UsedState:
         return replace(self, tokens={k: v for k, v in self.tokens.items() if k not in token_ids})
@@ -309,6 +345,8 @@ class UsedState:
             doc["lk"] = self.locked_until
         if self.accepted:
             doc["r"] = [a.to_list() for a in self.accepted]
+        if self.sends:
+            doc["sn"] = list(self.sends)
         return doc
 
     @classmethod
@@ -322,4 +360,17 @@ class UsedState:
             failures=_opt(doc, "f", int, "used") or 0,
             locked_until=_opt(doc, "lk", int, "used") or 0,
             accepted=tuple(AcceptedRequest.from_list(a) for a in accepted),
+            sends=_sends(_opt(doc, "sn", list, "used") or []),
         )
+
+
+MAX_SENDS_KEPT = 100
+"""At most this many send times are kept (``sends_per_hour`` is at most this)."""
+
+
+def _sends(doc: list[Any]) -> tuple[int, ...]:
+    if len(doc) > MAX_SENDS_KEPT or not all(
+        isinstance(t, int) and not isinstance(t, bool) for t in doc
+    ):
+        raise ValueError(f"used.sn: expected at most {MAX_SENDS_KEPT} integer times")
+    return tuple(doc)

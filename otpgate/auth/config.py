@@ -31,6 +31,27 @@ class OtpConfig:
     otp_delimiter: str = ""
     """Where password and code meet in what a user types ("": by the code lengths of the
     user's own tokens).  Every front end that takes password+code uses it."""
+    sent_code_lifetime: int = 300
+    """Seconds a code sent by e-mail or SMS stays valid (``[delivery] code_lifetime``)."""
+
+
+@dataclass(frozen=True)
+class CodeRules:
+    """When codes are sent by e-mail or SMS, and how often (``[delivery]``)."""
+
+    lifetime: int = 300
+    """Seconds a sent code stays valid."""
+    digits: int = 6
+    """Digits of the codes of a new e-mail/SMS token (6 to 8)."""
+    cooldown: int = 60
+    """Seconds between two sends to one user (every gateway: kept in the use state)."""
+    per_hour: int = 6
+    """Sends to one user in any hour."""
+    per_minute: int = 60
+    """Sends by one gateway process in any minute, all users together."""
+    triggers: tuple[tuple[str, str], ...] = (("sms", "sms"), ("email", "email"))
+    """(word, channel): the password followed by ``otp_delimiter`` and the word asks for a
+    code by that channel (an LDAP bind; RADIUS in append mode)."""
 
 
 @dataclass(frozen=True)

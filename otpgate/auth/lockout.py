@@ -21,9 +21,7 @@ def record_failure(used: UsedState, now: float, rules: LockoutConfig) -> UsedSta
 
 
 def record_success(used: UsedState, token_id: str, use: TokenUse) -> UsedState:
-    return UsedState(
-        {**used.tokens, token_id: use}, failures=0, locked_until=0, accepted=used.accepted
-    )
+    return replace(used, tokens={**used.tokens, token_id: use}, failures=0, locked_until=0)
 
 
 def unlock(used: UsedState) -> UsedState:

@@ -27,6 +27,7 @@ from otpgate.audit import AuditTrail
 from otpgate.auth.bindcache import BindCache
 from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_proof, verify_typed
 from otpgate.auth.lockout import UnrecordedFailures, is_locked
+from otpgate.auth.oob import only_sent_codes
 from otpgate.auth.password import bind_password, password_only
 from otpgate.auth.policy import Decision, Policy, password_only_enrollment
 from otpgate.auth.requests import (
@@ -34,6 +35,7 @@ from otpgate.auth.requests import (
     AuthRequest,
     AuthResult,
     CodeOnly,
+    CodeSender,
     FirstEnrollment,
     Login,
     LowScratchNotifier,
@@ -41,12 +43,14 @@ from otpgate.auth.requests import (
     PasswordStep,
     Proof,
     Sasl,
+    SendCode,
     Separate,
     Trace,
     Unusable,
 )
 from otpgate.auth.retransmit import Retransmission
 from otpgate.auth.sasl import SASL_BIND_IN_PROGRESS, sasl_login
+from otpgate.auth.sendcode import send_code, wanted_send
 from otpgate.auth.settings import AuthSettings
 from otpgate.auth.trace import Ready, note, noted
 from otpgate.directory.ldapdata import SUCCESS
@@ -60,6 +64,7 @@ log = Logger()
 
 
 _WITH_PASSWORD = (Separate, PasswordStep, FirstEnrollment)
+"""Requests whose ``password`` must not be empty (``SendCode``'s may be None)."""
 
 
 def _refused(why: str, dn: str | None = None) -> AuthResult:
@@ -74,8 +79,11 @@ class Authenticator:
         clock: Any,
         audit: AuditTrail,
         notify_low_scratch: LowScratchNotifier | None = None,
+        code_sender: CodeSender | None = None,
     ) -> None:
         self.settings = settings
+        self.code_sender = code_sender
+        """Sends codes by e-mail/SMS (``auth/sendcode.py``); None: no [delivery] gateways."""
         self.notify_low_scratch = notify_low_scratch
         """Called (dn, token id, codes left) after a login claimed a scratch list's one
         low-codes warning; the gateway sends it by e-mail in the background."""
@@ -111,13 +119,16 @@ class Authenticator:
         return result
 
     def _record(self, request: AuthRequest, result: AuthResult) -> None:
-        challenge = (result.ok and result.needs_otp) or (
-            result.directory_code == SASL_BIND_IN_PROGRESS
+        challenge = (
+            (result.ok and result.needs_otp)
+            or bool(result.challenge)
+            or result.directory_code == SASL_BIND_IN_PROGRESS
         )
         outcome = "challenge" if challenge else ("accept" if result.ok else "reject")
         reason = result.reason
         if isinstance(request, PasswordStep):
             reason = f"password step: {reason}"
+        extra = {} if result.sent is None else {"send": result.sent.audit}
         self.audit.record(
             outcome=outcome,
             front_end=request.channel.front_end,
@@ -126,6 +137,7 @@ class Authenticator:
             client=request.client,
             token=result.token_id,
             reason=reason,
+            **extra,
         )
 
     def _warn(self, result: AuthResult) -> None:
@@ -148,12 +160,11 @@ class Authenticator:
         if channel.require_tls and not channel.tls:
             # RFC 4513 §5.1.2/§6.3.1: credentials on a plain connection are not looked at.
             return AuthResult(False, "credentials without TLS (require_tls)", tls_required=True)
+        given: str | None = None
         if isinstance(request, Appended):
             given = request.typed
-        elif isinstance(request, _WITH_PASSWORD):
+        elif isinstance(request, (*_WITH_PASSWORD, SendCode)):
             given = request.password
-        else:
-            given = None
         if given == "":
             # An empty password is an unauthenticated bind: never looked up nor forwarded.
             return _refused("empty password refused")
@@ -176,6 +187,8 @@ class Authenticator:
             return await self._login(request, ("", request.code), None, trace)
         if isinstance(request, PasswordStep):
             return await self._password_step(request, check_password)
+        if isinstance(request, SendCode):
+            return await self._send_code(request, check_password)
         if isinstance(request, Proof):
             return await self._proof(request)
         if isinstance(request, Sasl):
@@ -297,13 +310,21 @@ class Authenticator:
         if ready.refusal is not None or ready.state is None:
             return _refused(ready.refusal or "no state", user.dn)
         now, settings, entry_id = self.clock.seconds(), self.settings, user.entry_id
+        if isinstance(request, Appended):
+            wanted = wanted_send(self, request, ready.state, now)
+            if wanted is not None:
+                identity = request.retransmission
+                password, kind = wanted
+                return await send_code(
+                    self, request, user, ready.state, kind, password, check_password, identity
+                )
         retransmission = self._retransmission(request)
 
         def change(state: OtpState) -> StateChange[Verdict]:
             pending = self.unrecorded.count(entry_id, now)
             return verify_typed(state, typed, now, settings, pending, retransmission)
 
-        verdict, user = await self._spend(user, change, now)
+        verdict, user = await self.spend(user, change, now)
         if verdict.match is None:
             note(trace, "otp", False, verdict.why)
             return _refused(verdict.why, user.dn)
@@ -344,7 +365,7 @@ class Authenticator:
             return None
         return Retransmission(identity, window)
 
-    async def _spend(
+    async def spend(
         self, user: UserEntry, change: Callable[[OtpState], StateChange[V]], now: float
     ) -> tuple[V, UserEntry]:
         """The engine's compare-and-swap of ``change``: the one way a login writes state.  A
@@ -384,9 +405,33 @@ class Authenticator:
             return await bind_password(user, request.password, check_password, why)
         if ready.refusal is not None:
             return _refused(ready.refusal, user.dn)
+        if ready.state is not None and only_sent_codes(ready.state):
+            return await send_code(
+                self, request, user, ready.state, None, request.password, check_password,
+                request.retransmission, ok=True,
+            )  # fmt: skip
         why = "password accepted, OTP next"
         done = await bind_password(user, request.password, check_password, why)
         return replace(done, needs_otp=done.ok)
+
+    # -- a code sent on demand -------------------------------------------------------------------
+
+    async def _send_code(
+        self, request: SendCode, check_password: PasswordCheck | None
+    ) -> AuthResult:
+        """The portal's code step: an OTP is always required here (exemptions do not apply);
+        without ``password`` the first step of the same sign-in checked it."""
+        code_only = request.password is None
+        ready = await self._prologue(request, code_only=code_only, require_otp=True)
+        user = ready.user
+        if user is None:  # not reached: require_otp always looks the name up
+            return _refused("no entry")
+        if ready.refusal is not None or ready.state is None:
+            return _refused(f"no code sent: {ready.refusal or 'no state'}", user.dn)
+        return await send_code(
+            self, request, user, ready.state, request.kind, request.password, check_password,
+            request.retransmission,
+        )  # fmt: skip
 
     # -- the portal: a first device with the password alone ------------------------------------
 
@@ -443,7 +488,7 @@ class Authenticator:
             pending = self.unrecorded.count(entry_id, now)
             return verify_proof(state, request.check, now, settings, pending)
 
-        (match, value, why), user = await self._spend(user, change, now)
+        (match, value, why), user = await self.spend(user, change, now)
         if match is None or value is None:
             return _refused(why, user.dn)
         return AuthResult(True, "OTP proof accepted", user.dn, match.token.id, proof=value)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+
+from otpgate.tokens import Token
 
 PasswordCheck = Callable[[str, bytes], Awaitable[tuple[int, str]]]
 """(dn, password) -> (LDAP result code, diagnostic) of a simple bind upstream."""
@@ -45,6 +47,9 @@ class Channel:
     """Credentials over a plain transport are refused (``require_tls_for_binds``)."""
     proofs: frozenset[str] = frozenset()
     """The proof kinds this channel accepts: "chap", "mschapv2"."""
+    challenges: bool = False
+    """The front end can ask for a code after the password (RADIUS Access-Challenge): a
+    password alone from a user whose only factors are sent codes sends one."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,9 +100,23 @@ class CodeOnly(Login):
 @dataclass(frozen=True, kw_only=True)
 class PasswordStep(Login):
     """The password alone, as the first step of a challenge (RADIUS challenge mode): a
-    result with ``needs_otp`` asks the front end for the code."""
+    result with ``needs_otp`` asks the front end for the code.  For a user whose only
+    factors are sent codes, one is sent (``AuthResult.challenge`` says where)."""
 
     password: str = field(repr=False)
+    retransmission: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SendCode(Login):
+    """Send the user a code by e-mail or SMS (the portal's second step, "send again").
+    ``password``: checked upstream before anything is sent; None where the first step of
+    the same sign-in checked it (like ``CodeOnly``).  ``kind``: "email", "sms" or None (the
+    user's first such token).  Never carries a destination: it is read from the entry."""
+
+    password: str | None = field(default=None, repr=False)
+    kind: str | None = None
+    retransmission: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,8 +160,57 @@ class Unusable(Login):
 
 
 AuthRequest = (
-    Appended | Separate | CodeOnly | PasswordStep | Proof | Sasl | FirstEnrollment | Unusable
+    Appended
+    | Separate
+    | CodeOnly
+    | PasswordStep
+    | SendCode
+    | Proof
+    | Sasl
+    | FirstEnrollment
+    | Unusable
 )
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What became of a code the pipeline meant to send (never the code itself)."""
+
+    channel: str
+    """"email" or "sms"."""
+    destination: str
+    """Masked ("+•••••89", "a•••@example.org"); "" when none could be read."""
+    outcome: str
+    """"sent", "failed" (every gateway), "refused" (no usable destination), "limited"
+    (cooldown, hourly limit, global budget) or "repeat" (already sent for this request)."""
+    gateway: str = ""
+    """Which gateway delivered it."""
+    detail: str = ""
+    """Why it was not sent: each gateway's reason, or the destination's fault."""
+
+    @property
+    def audit(self) -> dict[str, str]:
+        doc = {"channel": self.channel, "destination": self.destination, "outcome": self.outcome}
+        if self.gateway:
+            doc["gateway"] = self.gateway
+        return doc
+
+
+class CodeSender(Protocol):
+    """Sends codes for the pipeline (``otpgate/outofband/codes.py``): reads the destination
+    from the user's own entry, never from the request."""
+
+    def take_budget(self, now: float) -> bool:
+        """One send of the gateway's per-minute budget (False: spent)."""
+        ...
+
+    async def send(self, dn: str, user: str, token: Token, code: str) -> Sent:
+        """Deliver ``code``; never raises (a failure is an outcome)."""
+        ...
+
+    async def destination(self, dn: str, token: Token) -> str:
+        """The masked destination ("" when it cannot be read)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -171,6 +239,13 @@ class AuthResult:
     low_scratch_warning: int | None = None
     """The codes left on a scratch list whose one low-codes warning this login claimed
     (``[delivery] scratch_warning``), whatever the password's outcome: the code was spent."""
+    challenge: str = ""
+    """A code was sent: what to tell the user ("Code sent by SMS to +•••••89").  The login
+    is not accepted (``ok`` is False, except for ``PasswordStep``, whose ``needs_otp`` asks
+    for the code as usual): RADIUS answers Access-Challenge, LDAP invalidCredentials with
+    this diagnostic, the portal its code step."""
+    sent: Sent | None = None
+    """The send this login made or refused (audited as its ``send`` field)."""
 
 
 LowScratchNotifier = Callable[[str, str, int], None]

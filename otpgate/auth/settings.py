@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from otpgate.auth.config import LockoutConfig, OtpConfig, PolicyConfig
+from otpgate.auth.config import CodeRules, LockoutConfig, OtpConfig, PolicyConfig
 from otpgate.configfile import Network
 
 
@@ -31,3 +31,5 @@ class AuthSettings:
     scratch_warning: bool = False
     """``[delivery] scratch_warning``: a scratch list falling below ``scratch_low_threshold``
     is claimed for one warning in the write that spends its code."""
+    codes: CodeRules | None = None
+    """``[delivery]``: the rules of codes sent by e-mail or SMS; None: none are sent."""

@@ -10,10 +10,11 @@ import hmac
 from dataclasses import dataclass, field, replace
 
 from otpgate.auth.config import OtpConfig
+from otpgate.auth.oob import is_spent_code, verify_sent
 from otpgate.otp.oath import MAX_DRIFT_STEPS, hotp, time_step, verify_hotp, verify_totp
 from otpgate.otp.scratch import remaining, verify_scratch
 from otpgate.otp.yubico import looks_like_yubico_otp, verify_yubico
-from otpgate.tokens import Secret, Token, TokenType, TokenUse, UsedState
+from otpgate.tokens import OUT_OF_BAND, Secret, Token, TokenType, TokenUse, UsedState
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,10 @@ def _verify_one(
         if index is not None:
             new = replace(use, drift=0, used_at=stamp, scratch_used=use.scratch_used | {index})
             return Match(token, new, remaining(token.scratch, new.scratch_used))
+    elif token.type in OUT_OF_BAND and secret is not None:
+        sent = verify_sent(token, secret, use, code, now, otp.sent_code_lifetime)
+        if sent is not None:
+            return Match(token, sent)
     return None
 
 
@@ -178,10 +183,15 @@ def is_replay(
         if token.code_length != len(code) or token.type not in (
             TokenType.SCRATCH,
             TokenType.YUBICO,
+            *OUT_OF_BAND,
         ):
             continue
         use = used.use_of(token.id)
         secret = secrets.get(token.id)
+        if token.type in OUT_OF_BAND:
+            if secret is not None and is_spent_code(secret, use, code):
+                return True
+            continue
         try:
             if token.type is TokenType.SCRATCH and token.scratch is not None:
                 index = verify_scratch(token.scratch, code, frozenset())

@@ -54,6 +54,7 @@ from otpgate.errors import (
     UserNotFound,
 )
 from otpgate.tokens import (
+    MAX_SENDS_KEPT,
     Token,
     TokenType,
     UsedState,
@@ -358,7 +359,7 @@ class StateMapper:
         for state in states[1:]:
             for tid, use in state.tokens.items():
                 mine = merged.use_of(tid)
-                ahead = use if use.last > mine.last else mine
+                ahead = use if (use.last, use.sent) > (mine.last, mine.sent) else mine
                 spent = mine.scratch_used | use.scratch_used
                 warned = mine.warned or use.warned  # a list's warning is never claimed twice
                 merged = merged.with_use(
@@ -369,6 +370,7 @@ class StateMapper:
                 max(merged.failures, state.failures),
                 max(merged.locked_until, state.locked_until),
                 tuple(dict.fromkeys((*merged.accepted, *state.accepted))),
+                tuple(sorted({*merged.sends, *state.sends}))[-MAX_SENDS_KEPT:],
             )
         return merged
 

@@ -18,14 +18,18 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
+from otpgate.auth.config import CodeRules
 from otpgate.configfile import Section, in_range, is_loopback_host, positive
 from otpgate.errors import ConfigError
+from otpgate.tokens import ATTRIBUTE_NAME
 
 SMTP_SECURITY = ("starttls", "tls", "none")
 HTTP_METHODS = ("POST", "PUT", "GET")
 BODY_FORMATS = ("json", "form")
 PLACEHOLDERS = frozenset({"to", "code", "user"})
 _NAME = re.compile(r"^[A-Za-z0-9-]+$")
+_PREFIX = re.compile(r"^\+[1-9][0-9]{0,5}$")
+_WORD = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 _FIELD = re.compile(r"\{([^{}]*)\}")
 
 
@@ -86,10 +90,23 @@ class DeliveryConfig:
     scratch_warning: bool = False
     """E-mail the user once per scratch list when its codes left fall below ``[otp]
     scratch_low_threshold`` (needs ``[[delivery.smtp]]`` servers)."""
+    codes: CodeRules = field(default_factory=CodeRules)
+    """Sent one-time codes: lifetime, digits, the per-user and global limits, triggers."""
+    sms_attributes: tuple[str, ...] = ("mobile", "telephoneNumber")
+    """Where a new SMS token finds the number: the first of these the entry has."""
+    sms_country_prefixes: tuple[str, ...] = ()
+    """The only numbers SMS is sent to ("+49", "+4930"...): required with an SMS gateway."""
 
     @property
     def can_mail(self) -> bool:
         return bool(self.smtp)
+
+    @property
+    def can_sms(self) -> bool:
+        return bool(self.sms_http) or self.sms_email is not None
+
+    def can_send(self, channel: str) -> bool:
+        return self.can_mail if channel == "email" else self.can_sms
 
 
 def parse_delivery(sec: Section, base: Path) -> DeliveryConfig | None:
@@ -114,8 +131,63 @@ def parse_delivery(sec: Section, base: Path) -> DeliveryConfig | None:
         raise ConfigError(
             f"{sec.key('scratch_warning')}: needs [[delivery.smtp]] servers to send the warning"
         )
+    codes = _codes(sec)
+    sms_attributes = sec.strings("sms_attributes", DeliveryConfig.sms_attributes)
+    for name in sms_attributes:
+        if not ATTRIBUTE_NAME.match(name):
+            raise ConfigError(f"{sec.key('sms_attributes')}: {name!r} is not an attribute name")
+    if not sms_attributes:
+        raise ConfigError(f"{sec.key('sms_attributes')}: name at least one attribute")
+    prefixes = sec.strings("sms_country_prefixes")
+    for prefix in prefixes:
+        if not _PREFIX.match(prefix):
+            raise ConfigError(
+                f"{sec.key('sms_country_prefixes')}: {prefix!r} is not a prefix such as \"+49\""
+            )
+    if (sms_http or sms_email is not None) and not prefixes:
+        raise ConfigError(
+            f"{sec.key('sms_country_prefixes')}: an SMS gateway needs the list of country "
+            'prefixes it may send to, e.g. ["+49", "+43"] (SMS pumping: numbers anywhere '
+            "else are refused)"
+        )
     sec.done()
-    return DeliveryConfig(smtp, sms_http, sms_email, attribute, subject, scratch_warning)
+    return DeliveryConfig(
+        smtp,
+        sms_http,
+        sms_email,
+        attribute,
+        subject,
+        scratch_warning,
+        codes,
+        sms_attributes,
+        prefixes,
+    )
+
+
+def _codes(sec: Section) -> CodeRules:
+    lifetime = sec.get("code_lifetime", int, CodeRules.lifetime)
+    sec.check("code_lifetime", lifetime, in_range(1, 3600))
+    digits = sec.get("code_digits", int, CodeRules.digits)
+    sec.check("code_digits", digits, in_range(6, 8))
+    cooldown = sec.get("send_cooldown", int, CodeRules.cooldown)
+    sec.check("send_cooldown", cooldown, in_range(1, 3600))
+    per_hour = sec.get("sends_per_hour", int, CodeRules.per_hour)
+    sec.check("sends_per_hour", per_hour, in_range(1, 100))
+    per_minute = sec.get("sends_per_minute", int, CodeRules.per_minute)
+    sec.check("sends_per_minute", per_minute, in_range(1, 100_000))
+    triggers = []
+    for channel in ("sms", "email"):
+        word = sec.get(f"trigger_{channel}", str, channel)
+        if word and not _WORD.match(word):
+            raise ConfigError(
+                f"{sec.key('trigger_' + channel)}: {word!r} must be a word starting with a "
+                'letter (it can never be taken for a code), or "" to turn it off'
+            )
+        if word:
+            triggers.append((word, channel))
+    if len({w.lower() for w, _ in triggers}) != len(triggers):
+        raise ConfigError(f"{sec.key('trigger_email')}: the same word as trigger_sms")
+    return CodeRules(lifetime, digits, cooldown, per_hour, per_minute, tuple(triggers))
 
 
 def _tables(sec: Section, name: str) -> list[Section]:

@@ -86,7 +86,11 @@ async def serve(site_resource, tls=None):
 
 def config(tmp_path: Path, *gateways: dict, **extra) -> DeliveryConfig:
     (tmp_path / "sms-token").write_text("s3cret-token\n")
-    doc = {"sms_http": [{"timeout": 2, **g} for g in gateways], **extra}
+    doc = {
+        "sms_http": [{"timeout": 2, **g} for g in gateways],
+        "sms_country_prefixes": ["+49"],
+        **extra,
+    }
     parsed = parse_delivery(Section(doc, "delivery"), tmp_path)
     assert parsed is not None
     return parsed

@@ -52,9 +52,11 @@ def test_a_full_section(tmp_path):
                 }
             ],
             "sms_email": {"address": "{to}@sms.example.net"},
+            "sms_country_prefixes": ["+49", "+4930"],
         },
     )
     assert config is not None and config.mail_attribute == "otherMailbox"
+    assert config.sms_country_prefixes == ("+49", "+4930")
     assert [(s.port, s.security) for s in config.smtp] == [
         (587, "starttls"),
         (25, "none"),
@@ -135,7 +137,8 @@ def test_masks():
 def test_bodies_and_reprs_keep_the_code_out():
     message = SmsMessage("+491511234589", "alice", "123456")
     assert "123456" not in repr(message)
-    config = parse_delivery(Section({"sms_http": [SMS]}, "delivery"), Path("."))
+    doc = {"sms_http": [SMS], "sms_country_prefixes": ["+49"]}
+    config = parse_delivery(Section(doc, "delivery"), Path("."))
     assert config is not None
     body, kind = render_body(config.sms_http[0], message)
     assert kind == b"application/json" and b'"text": "123456"' in body

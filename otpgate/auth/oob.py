@@ -1,0 +1,151 @@
+"""Codes sent by e-mail or SMS (pure): making one, the write that sends it, checking it.
+
+A sent code is random, single use and valid ``[delivery] code_lifetime`` seconds.  The use
+state keeps only a keyed digest of it (HMAC-SHA-256 with the token's own key from the
+encrypted seed, bound to the time of the send), so neither a reader of the directory nor
+the user editing her own attributes learns or plants one.  A send is a compare-and-swap
+like every spent code (``plan_send``): it checks lockout, the per-user cooldown and hourly
+limit on the state as the directory holds it now, replaces any outstanding code of the
+user, and records the send time, so that two gateways cannot both send past a limit.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass, replace
+
+from otpgate.auth.config import CodeRules
+from otpgate.auth.lockout import is_locked
+from otpgate.directory.records import OtpState, StateChange
+from otpgate.tokens import OUT_OF_BAND, Secret, Token, TokenUse, UsedState
+
+CONTEXT = b"otpgate sent code v1\x00"
+DIGEST_BYTES = 16
+HOUR = 3600
+
+
+def new_code(digits: int) -> str:
+    """A uniformly random code of ``digits`` digits."""
+    return f"{secrets.randbelow(10**digits):0{digits}d}"
+
+
+def code_digest(key: bytes, sent: int, code: str) -> bytes:
+    """What the use state keeps of a code sent at ``sent``."""
+    message = CONTEXT + sent.to_bytes(8, "big") + code.encode("ascii", "replace")
+    return hmac.digest(key, message, "sha256")[:DIGEST_BYTES]
+
+
+def outstanding(use: TokenUse, now: float, lifetime: int) -> bool:
+    """A code was sent, is not spent, and has not expired."""
+    return bool(use.code) and use.last != use.sent and now < use.sent + lifetime
+
+
+def verify_sent(
+    token: Token, secret: Secret, use: TokenUse, code: str, now: float, lifetime: int
+) -> TokenUse | None:
+    """The token's new use if ``code`` is its outstanding code: spent by setting ``last``
+    to the time it was sent (the digest stays, to recognise a replay)."""
+    if not outstanding(use, now, lifetime) or len(code) != token.digits:
+        return None
+    if not hmac.compare_digest(code_digest(secret.key, use.sent, code), use.code):
+        return None
+    return replace(use, last=use.sent, used_at=int(now), request=b"")
+
+
+def is_spent_code(secret: Secret, use: TokenUse, code: str) -> bool:
+    """``code`` is the token's last sent code, already accepted (a replay, not a guess)."""
+    if not use.code or use.last != use.sent:
+        return False
+    return hmac.compare_digest(code_digest(secret.key, use.sent, code), use.code)
+
+
+def sent_tokens(state: OtpState, channel: str | None = None) -> list[Token]:
+    """The user's e-mail/SMS tokens (of ``channel`` only, if given), in enrollment order."""
+    return [
+        t
+        for t in state.tokens
+        if t.type in OUT_OF_BAND and (channel is None or t.type.value == channel)
+    ]
+
+
+def only_sent_codes(state: OtpState) -> bool:
+    """Every factor the user has is a sent code: a password alone asks for one."""
+    return bool(state.tokens) and all(t.type in OUT_OF_BAND for t in state.tokens)
+
+
+def any_outstanding(state: OtpState, now: float, lifetime: int) -> bool:
+    return any(outstanding(state.used.use_of(t.id), now, lifetime) for t in sent_tokens(state))
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """What ``plan_send`` decided: send ``sent`` (the time bound into the digest), say that
+    this very request's code went out already (``repeat``), or refuse (``why``)."""
+
+    ok: bool
+    why: str
+    sent: int = 0
+    repeat: bool = False
+    sends_this_hour: int = 0
+
+
+def recent_sends(used: UsedState, now: float) -> tuple[int, ...]:
+    return tuple(t for t in used.sends if now - HOUR < t <= now + 60)
+
+
+def plan_send(
+    state: OtpState,
+    token: Token,
+    digest_of: dict[int, bytes] | None,
+    code: str,
+    now: float,
+    rules: CodeRules,
+    request: bytes = b"",
+) -> StateChange[SendPlan]:
+    """The write that sends ``code`` for ``token``, on the state as it is now.
+
+    Refused while the user is locked out, within ``cooldown`` of the last send, or after
+    ``per_hour`` sends in the last hour.  ``request``: a keyed identity of a RADIUS request
+    that a NAS may retransmit to another gateway: when the outstanding code was sent for
+    that same request, nothing is written and nothing is sent again.  ``digest_of``
+    collects the digest by send time (the caller needs it only to cancel)."""
+    used = state.used
+    if is_locked(used, now):
+        return StateChange(SendPlan(False, "locked out: no code is sent"))
+    secret = state.secrets.get(token.id)
+    if secret is None:
+        return StateChange(SendPlan(False, "the token has no key"))
+    use = used.use_of(token.id)
+    if request and use.request == request and outstanding(use, now, rules.lifetime):
+        return StateChange(SendPlan(True, "code already sent for this request", use.sent, True))
+    recent = recent_sends(used, now)
+    if recent and now - recent[-1] < rules.cooldown:
+        wait = int(recent[-1] + rules.cooldown - now) + 1
+        return StateChange(SendPlan(False, f"send refused: cooldown ({wait} s left)"))
+    if len(recent) >= rules.per_hour:
+        why = f"send refused: hourly limit ({rules.per_hour} per hour) reached"
+        return StateChange(SendPlan(False, why))
+    sent = max(int(now), use.sent + 1)
+    digest = code_digest(secret.key, sent, code)
+    if digest_of is not None:
+        digest_of[sent] = digest
+    tokens = dict(used.tokens)
+    for other in sent_tokens(state):  # a new send replaces every outstanding code
+        old = tokens.get(other.id)
+        if old is not None and other.id != token.id and old.code and old.last != old.sent:
+            tokens[other.id] = replace(old, code=b"", request=b"")
+    tokens[token.id] = replace(use, code=digest, sent=sent, request=request)
+    sends = (*recent, sent)
+    new = replace(used, tokens=tokens, sends=sends)
+    return StateChange(SendPlan(True, "ok", sent, False, len(sends)), used=new)
+
+
+def cancel_send(state: OtpState, token_id: str, sent: int) -> StateChange[bool]:
+    """Withdraw the code sent at ``sent`` when no gateway took it: nobody has it, and no
+    outstanding code remains.  The send still counts towards the limits (a gateway that
+    timed out may have delivered it)."""
+    use = state.used.use_of(token_id)
+    if use.sent != sent or not use.code or use.last == use.sent:
+        return StateChange(False)
+    return StateChange(True, used=state.used.with_use(token_id, replace(use, code=b"")))

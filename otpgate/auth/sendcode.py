@@ -1,0 +1,145 @@
+"""Sending a code by e-mail or SMS: a step of the pipeline, never a way in of its own.
+
+Reached only from ``Authenticator``'s branches, after the admission and the prologue (so a
+locked-out user, an expired account or a user without such a token gets nothing):
+
+* ``SendCode`` (the portal's code step and its "send again");
+* ``Appended`` whose secret ends with ``otp_delimiter`` and a trigger word (``secret,sms``),
+  for a user who has a token of that channel;
+* ``Appended`` on a channel that can challenge (RADIUS), from a user whose only factors are
+  sent codes, when the secret holds no code for an outstanding one;
+* ``PasswordStep`` (RADIUS challenge mode) for such a user.
+
+Order: the password is checked upstream (unless the first step of the same sign-in did),
+the gateway's global budget is taken, the send is written with the state engine's
+compare-and-swap (``oob.plan_send``: lockout, cooldown, hourly limit, one outstanding
+code), and only then is the code handed to the sender.  When no gateway took it, the code
+is withdrawn with a second compare-and-swap and the login fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+
+from otpgate.auth.decide import candidates_of
+from otpgate.auth.oob import (
+    SendPlan,
+    any_outstanding,
+    cancel_send,
+    new_code,
+    only_sent_codes,
+    plan_send,
+    sent_tokens,
+)
+from otpgate.auth.password import bind_password
+from otpgate.auth.requests import Appended, AuthResult, Login, PasswordCheck, Sent
+from otpgate.directory.records import OtpState, StateChange, UserEntry
+from otpgate.errors import DirectoryUnavailable
+
+if TYPE_CHECKING:
+    from otpgate.auth.pipeline import Authenticator
+
+log = Logger()
+
+CHANNEL_NAMES = {"sms": "SMS", "email": "e-mail"}
+
+
+def wanted_send(
+    auth: Authenticator, request: Appended, state: OtpState, now: float
+) -> tuple[str, str | None] | None:
+    """(password, channel) when ``request`` asks for a code rather than carrying one."""
+    settings = auth.settings
+    rules = settings.codes
+    if rules is None:
+        return None
+    delimiter = settings.otp.otp_delimiter
+    if delimiter:
+        password, sep, word = request.typed.rpartition(delimiter)
+        channel = next((c for w, c in rules.triggers if w.lower() == word.lower()), None)
+        if sep and password and channel is not None and sent_tokens(state, channel):
+            return password, channel
+    if not request.channel.challenges or not only_sent_codes(state):
+        return None
+    lifetime = settings.otp.sent_code_lifetime
+    if any_outstanding(state, now, lifetime) and candidates_of(request.typed, state, delimiter):
+        return None  # password + the code that was sent: verified as any code is
+    return request.typed, None
+
+
+def _sent_text(sent: Sent) -> str:
+    return f"Code sent by {CHANNEL_NAMES.get(sent.channel, sent.channel)} to {sent.destination}"
+
+
+async def send_code(
+    auth: Authenticator,
+    request: Login,
+    user: UserEntry,
+    state: OtpState,
+    channel: str | None,
+    password: str | None,
+    check_password: PasswordCheck | None,
+    retransmission: bytes | None,
+    ok: bool = False,
+) -> AuthResult:
+    """Send the user a code (see the module).  ``ok``: what a successful send answers
+    (True only for a ``PasswordStep``, whose ``needs_otp`` carries the meaning)."""
+    tokens = sent_tokens(state, channel)
+    what = CHANNEL_NAMES.get(channel or "", "e-mail or SMS")
+    if not tokens:
+        return AuthResult(False, f"no {what} token to send a code to", user.dn)
+    token = tokens[0]
+    kind = token.type.value
+    if password is not None:
+        checked = await bind_password(user, password, check_password, "password accepted")
+        if not checked.ok:
+            return replace(checked, reason=f"no code sent: {checked.reason}")
+    rules, sender = auth.settings.codes, auth.code_sender
+    if rules is None or sender is None:
+        return AuthResult(False, "no code sent: no [delivery] gateways", user.dn, token.id)
+    now = auth.clock.seconds()
+    if not sender.take_budget(now):
+        sent = Sent(kind, "", "limited", detail="global budget")
+        why = f"no code sent: the gateway's budget ({rules.per_minute} per minute) is spent"
+        return AuthResult(False, why, user.dn, token.id, sent=sent)
+    code = new_code(token.digits)
+    identity = retransmission or b""
+
+    def change(fresh: OtpState) -> StateChange[SendPlan]:
+        return plan_send(fresh, token, None, code, now, rules, identity)
+
+    plan, user = await auth.spend(user, change, now)
+    if not plan.ok:
+        sent = Sent(kind, "", "limited", detail=plan.why)
+        return AuthResult(False, plan.why, user.dn, token.id, sent=sent)
+    if plan.repeat:
+        sent = Sent(kind, await sender.destination(user.dn, token), "repeat")
+        return AuthResult(
+            ok, f"{kind} {plan.why}", user.dn, token.id, needs_otp=ok,
+            challenge=_sent_text(sent), sent=sent,
+        )  # fmt: skip
+    sent = await sender.send(user.dn, request.name, token, code)
+    if sent.outcome != "sent":
+        await _withdraw(auth, user, token.id, plan.sent, now)
+        why = f"{kind} code not sent: {sent.detail or sent.outcome}"
+        return AuthResult(False, why, user.dn, token.id, sent=sent)
+    why = (
+        f"{kind} code sent to {sent.destination} by {sent.gateway} "
+        f"({plan.sends_this_hour} of {rules.per_hour} this hour)"
+    )
+    return AuthResult(
+        ok, why, user.dn, token.id, needs_otp=ok, challenge=_sent_text(sent), sent=sent
+    )
+
+
+async def _withdraw(
+    auth: Authenticator, user: UserEntry, token_id: str, sent: int, now: float
+) -> None:
+    """No gateway took the code: withdraw it (nobody has it).  If the directory cannot be
+    reached now, the code simply expires unused."""
+    try:
+        await auth.spend(user, lambda fresh: cancel_send(fresh, token_id, sent), now)
+    except DirectoryUnavailable:
+        log.warn("a code no gateway took could not be withdrawn; it expires unused")
