@@ -91,6 +91,8 @@ class AuthCounts:
         """(front end, reason class)"""
         self.lockouts = 0
         self.web_actions: Counter[str] = Counter()
+        self.sends: Counter[tuple[str, str]] = Counter()
+        """(channel, outcome) of codes sent by e-mail/SMS"""
 
     @property
     def total(self) -> int:
@@ -103,11 +105,13 @@ class AuthCounts:
             "rejections": [[f, r, n] for (f, r), n in self.rejections.items()],
             "lockouts": self.lockouts,
             "web_actions": dict(self.web_actions),
+            "sends": [[c, o, n] for (c, o), n in self.sends.items()],
         }
 
     def add(self, doc: Mapping[str, Any]) -> None:
         """Add another process's ``to_dict`` (ValueError if it is not one)."""
-        for name, target in (("auth", self.auth), ("rejections", self.rejections)):
+        pairs = (("auth", self.auth), ("rejections", self.rejections), ("sends", self.sends))
+        for name, target in pairs:
             rows = doc.get(name, [])
             if not isinstance(rows, list):
                 raise ValueError(f"{name}: expected a list")

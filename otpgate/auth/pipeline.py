@@ -184,7 +184,8 @@ class Authenticator:
             given = (request.password, request.code)
             return await self._login(request, given, check_password, trace, request.require_otp)
         if isinstance(request, CodeOnly):
-            return await self._login(request, ("", request.code), None, trace)
+            given = ("", request.code)
+            return await self._login(request, given, None, trace, request.require_otp)
         if isinstance(request, PasswordStep):
             return await self._password_step(request, check_password)
         if isinstance(request, SendCode):

@@ -95,6 +95,8 @@ class CodeOnly(Login):
 
     code: str = field(repr=False)
     retransmission: bytes | None = field(default=None, repr=False)
+    require_otp: bool = False
+    """Exemptions do not apply and a code must be verified (the portal's code step)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -46,10 +46,16 @@ WEB_ACTIONS = (
     "helpdesk-scratch",
     "helpdesk-scratch-mail",
     "helpdesk-assign",
+    "enroll-sent-start",
+    "enroll-sent",
+    "helpdesk-enroll-sent-start",
+    "helpdesk-enroll-sent",
 )
+SEND_CHANNELS = ("email", "sms")
+SEND_OUTCOMES = ("sent", "failed", "refused", "limited", "repeat")
 REASON_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # (class, reason prefixes or fragments, checked in this order)
-    ("rate_limited", ("rate limit",)),
+    ("rate_limited", ("rate limit", "send refused", "budget")),
     ("directory", ("directory unavailable", "DirectoryError", "ConcurrentUpdate")),
     ("tampered", ("TamperedState", "StateNotMigrated", "CodecError", "not an otpgate state")),
     ("unknown_user", ("UserNotFound", "AmbiguousUser")),
@@ -61,6 +67,7 @@ REASON_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("wrong_password", ("wrong password", "bind refused")),
     ("otp_required", ("no one-time code", "no OTP needed")),
     ("malformed", ("no password", "empty password", "malformed", "unknown, used or expired")),
+    ("not_sent", ("code not sent", "no code sent")),
 )
 
 
@@ -100,6 +107,10 @@ def count_event(counts: AuthCounts, event: dict[str, Any]) -> None:
         counts.web_actions[label(outcome, WEB_ACTIONS)] += 1
     if "now locked out" in str(event.get("reason") or ""):
         counts.lockouts += 1
+    send = event.get("send")
+    if isinstance(send, dict):
+        key = (label(send.get("channel"), SEND_CHANNELS), label(send.get("outcome"), SEND_OUTCOMES))
+        counts.sends[key] += 1
 
 
 class GatewayCollector(Collector):
@@ -181,6 +192,14 @@ class GatewayCollector(Collector):
         yield _counters(
             "otpgate_web_actions", "Portal actions by kind", ["action"],
             sorted(counts.web_actions.items()),
+        )
+        yield _counters(
+            "otpgate_codes_sent",
+            "Codes sent by e-mail/SMS, by channel and outcome (sent, failed on every gateway, "
+            "refused for the destination, limited by cooldown/hourly/global limits, repeat of "
+            "a retransmitted request)",
+            ["channel", "outcome"],
+            sorted(counts.sends.items()),
         )
 
     @staticmethod
