@@ -25,11 +25,12 @@ from twisted.logger import Logger
 
 from otpgate.audit import AuditTrail
 from otpgate.auth.bindcache import BindCache
-from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_proof, verify_typed
+from otpgate.auth.branches import first_enrollment, proof_login
+from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_typed
 from otpgate.auth.lockout import UnrecordedFailures, is_locked
 from otpgate.auth.oob import only_sent_codes
 from otpgate.auth.password import bind_password, password_only
-from otpgate.auth.policy import Decision, Policy, password_only_enrollment
+from otpgate.auth.policy import Decision, Policy
 from otpgate.auth.requests import (
     Appended,
     AuthRequest,
@@ -50,7 +51,7 @@ from otpgate.auth.requests import (
 )
 from otpgate.auth.retransmit import Retransmission
 from otpgate.auth.sasl import SASL_BIND_IN_PROGRESS, sasl_login
-from otpgate.auth.sendcode import send_code, wanted_send
+from otpgate.auth.sendcode import send_code, send_code_request, wanted_send
 from otpgate.auth.settings import AuthSettings
 from otpgate.auth.trace import Ready, note, noted
 from otpgate.directory.ldapdata import SUCCESS
@@ -189,20 +190,20 @@ class Authenticator:
         if isinstance(request, PasswordStep):
             return await self._password_step(request, check_password)
         if isinstance(request, SendCode):
-            return await self._send_code(request, check_password)
+            return await send_code_request(self, request, check_password)
         if isinstance(request, Proof):
-            return await self._proof(request)
+            return await proof_login(self, request)
         if isinstance(request, Sasl):
             return await sasl_login(self.policy, self.store, request)
         if isinstance(request, FirstEnrollment):
-            return await self._first_enrollment(request, check_password)
+            return await first_enrollment(self, request, check_password)
         if isinstance(request, Unusable):
             return _refused(request.why)
         raise TypeError(f"not a login request: {request!r}")
 
     # -- the prologue ------------------------------------------------------------------------
 
-    async def _prologue(
+    async def prologue(
         self,
         request: Login,
         trace: Trace = None,
@@ -297,7 +298,7 @@ class Authenticator:
         """``typed``: the secret as typed (Appended) or (password, code); ("", code) for a
         code alone, whose password was checked elsewhere (nothing is bound here)."""
         code_only = isinstance(request, CodeOnly)
-        ready = await self._prologue(request, trace, code_only=code_only, require_otp=require_otp)
+        ready = await self.prologue(request, trace, code_only=code_only, require_otp=require_otp)
         user, decision = ready.user, ready.decision
         password = typed if isinstance(typed, str) else typed[0]
         if user is None:
@@ -397,7 +398,7 @@ class Authenticator:
         """``needs_otp`` False with ``ok``: a complete login (exempt, trusted network...).
         With ``needs_otp`` the front end asks for the code and sends it as ``CodeOnly``.  A
         locked-out user or one without a token is refused before the password is tried."""
-        ready = await self._prologue(request)
+        ready = await self.prologue(request)
         user, decision = ready.user, ready.decision
         if user is None:
             return await password_only(request.name, request.password, check_password)
@@ -414,82 +415,3 @@ class Authenticator:
         why = "password accepted, OTP next"
         done = await bind_password(user, request.password, check_password, why)
         return replace(done, needs_otp=done.ok)
-
-    # -- a code sent on demand -------------------------------------------------------------------
-
-    async def _send_code(
-        self, request: SendCode, check_password: PasswordCheck | None
-    ) -> AuthResult:
-        """The portal's code step: an OTP is always required here (exemptions do not apply);
-        without ``password`` the first step of the same sign-in checked it."""
-        code_only = request.password is None
-        ready = await self._prologue(request, code_only=code_only, require_otp=True)
-        user = ready.user
-        if user is None:  # not reached: require_otp always looks the name up
-            return _refused("no entry")
-        if ready.refusal is not None or ready.state is None:
-            return _refused(f"no code sent: {ready.refusal or 'no state'}", user.dn)
-        return await send_code(
-            self, request, user, ready.state, request.kind, request.password, check_password,
-            request.retransmission,
-        )  # fmt: skip
-
-    # -- the portal: a first device with the password alone ------------------------------------
-
-    async def _first_enrollment(
-        self, request: FirstEnrollment, check_password: PasswordCheck | None
-    ) -> AuthResult:
-        """Success opens nothing but the first enrollment.  A user who has a token, is locked
-        out or expired is refused before the password is tried (no password oracle without
-        the second factor)."""
-        settings = self.settings
-        if not password_only_enrollment(
-            request.network,
-            self.clock.seconds(),
-            settings.enrollment_networks,
-            settings.enrollment_until,
-        ):
-            return _refused("no one-time code (password-only enrollment does not apply)")
-        ready = await self._prologue(request, require_otp=True, fresh=True)
-        user = ready.user
-        if user is None:  # not reached: require_otp always looks the name up
-            return _refused("no entry")
-        if ready.refusal not in (None, "no token enrolled"):
-            return _refused(f"password-only enrollment: {ready.refusal}", user.dn)
-        if ready.state is not None and ready.state.tokens:
-            why = "no one-time code, and the user has a token: a code is required"
-            return _refused(why, user.dn)
-        if user.used:
-            # The use state outlives a reset: this user had OTP state, so the account is
-            # not new, and whoever holds the password must not enroll alone (the help desk
-            # issues a scratch list with the reset).
-            why = "no one-time code, and the user's tokens were reset: a code is required"
-            return _refused(why, user.dn)
-        why = "password only, first enrollment"
-        result = await bind_password(user, request.password, check_password, why)
-        return result if result.ok else replace(result, reason=f"{why}: {result.reason}")
-
-    # -- OTP proofs (CHAP, MS-CHAPv2) ------------------------------------------------------------
-
-    async def _proof(self, request: Proof) -> AuthResult:
-        """The first code of the window whose proof matches is spent exactly like a typed
-        one; ``check``'s value for it comes back in ``AuthResult.proof``.  A user who needs
-        no OTP is refused: a proof can carry nothing else to check."""
-        ready = await self._prologue(request, code_only=True)
-        user, decision = ready.user, ready.decision
-        if user is None or not decision.needs_otp:
-            kind = request.kind.upper()
-            why = f"no OTP needed ({decision.reason}), and a {kind} proof holds only one"
-            return _refused(why, user.dn if user else None)
-        if ready.refusal is not None:
-            return _refused(ready.refusal, user.dn)
-        now, settings, entry_id = self.clock.seconds(), self.settings, user.entry_id
-
-        def change(state: OtpState) -> StateChange[tuple[Any, Any, str]]:
-            pending = self.unrecorded.count(entry_id, now)
-            return verify_proof(state, request.check, now, settings, pending)
-
-        (match, value, why), user = await self.spend(user, change, now)
-        if match is None or value is None:
-            return _refused(why, user.dn)
-        return AuthResult(True, "OTP proof accepted", user.dn, match.token.id, proof=value)

@@ -35,7 +35,7 @@ from otpgate.auth.oob import (
     sent_tokens,
 )
 from otpgate.auth.password import bind_password
-from otpgate.auth.requests import Appended, AuthResult, Login, PasswordCheck, Sent
+from otpgate.auth.requests import Appended, AuthResult, Login, PasswordCheck, SendCode, Sent
 from otpgate.directory.records import OtpState, StateChange, UserEntry
 from otpgate.errors import DirectoryUnavailable
 
@@ -143,3 +143,21 @@ async def _withdraw(
         await auth.spend(user, lambda fresh: cancel_send(fresh, token_id, sent), now)
     except DirectoryUnavailable:
         log.warn("a code no gateway took could not be withdrawn; it expires unused")
+
+
+async def send_code_request(
+    auth: Authenticator, request: SendCode, check_password: PasswordCheck | None
+) -> AuthResult:
+    """The portal's code step: an OTP is always required here (exemptions do not apply);
+    without ``password`` the first step of the same sign-in checked it."""
+    code_only = request.password is None
+    ready = await auth.prologue(request, code_only=code_only, require_otp=True)
+    user = ready.user
+    if user is None:  # not reached: require_otp always looks the name up
+        return AuthResult(False, "no entry")
+    if ready.refusal is not None or ready.state is None:
+        return AuthResult(False, f"no code sent: {ready.refusal or 'no state'}", user.dn)
+    return await send_code(
+        auth, request, user, ready.state, request.kind, request.password, check_password,
+        request.retransmission,
+    )  # fmt: skip
