@@ -5,12 +5,12 @@
    channel does not allow;
 2. the prologue: resolve the name to one entry (keyed by its immutable id) -> policy -> a
    fresh read when a cached entry could mislead -> decode -> expiry and lockout;
-3. verify the code and record its use with a compare-and-swap write (``_spend``), before
+3. verify the code and record its use with a compare-and-swap write (``spend``), before
    anything else happens;
 4. only then check the static password (a simple bind upstream).
 
 Each request type (``requests.py``) is one branch of ``_dispatch``; all of them pass the
-admission and the prologue, every write goes through ``_spend``.  Every failure is the
+admission and the prologue, every write goes through ``spend``.  Every failure is the
 same ``AuthResult(ok=False)`` to the client; the reason goes to the audit trail, which only
 this module writes for logins.  Passwords, seeds and codes are never logged.
 """
