@@ -109,6 +109,10 @@ class Token:
     attribute: str = ""
     """E-mail/SMS: the attribute of the user's own entry that holds the destination (the
     address is read from it at each send, never copied here)."""
+    bound: bytes = b""
+    """E-mail/SMS: a digest of the destination the enrollment proof went to
+    (``auth/oob.destination_binding``): a code is sent only while the attribute still holds
+    it, so a user who may write her own ``mobile`` cannot redirect the codes."""
 
     def __post_init__(self) -> None:
         check_label(self.label)
@@ -145,6 +149,7 @@ class Token:
         if self.type in OUT_OF_BAND:
             doc["digits"] = self.digits
             doc["attribute"] = self.attribute
+            doc["bound"] = b64e(self.bound)
         if self.type is TokenType.TOTP:
             doc["period"] = self.period
         if self.public_id:
@@ -176,6 +181,7 @@ class Token:
             public_id=_opt(doc, "public_id", str, what) or "",
             scratch=None if scratch_doc is None else ScratchList.from_dict(scratch_doc),
             attribute=_opt(doc, "attribute", str, what) or "",
+            bound=b64d(_opt(doc, "bound", str, what) or "", f"{what}.bound"),
         )
 
 

@@ -4,7 +4,8 @@ enrolls it.
 A token of type ``email`` or ``sms`` holds no destination: it names the attribute of the
 user's own entry that does (``mail``; the first of ``sms_attributes`` the entry has), and
 a random key of its own that keys the digests of its codes.  It becomes active only when
-the code sent to that destination is typed back (``EnrollmentProof``): the CLI, the help
+the code sent to that destination is typed back (``EnrollmentProof``; ``delivered`` binds
+the token to the destination the code went to): the CLI, the help
 desk and the self-service page all enroll through the same proof, and only then write the
 token with ``sent_enroll_change`` (one compare-and-swap; a user has at most one token per
 channel, a new one replaces the old).
@@ -16,9 +17,10 @@ import hmac
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from otpgate.auth.oob import code_digest, new_code
+from otpgate.auth.requests import Sent
 from otpgate.directory.records import OtpState, StateChange
 from otpgate.errors import PolicyError
 from otpgate.tokens import OUT_OF_BAND, Secret, Token, TokenType, new_token_id
@@ -101,11 +103,20 @@ class EnrollmentProof:
     def void(self) -> bool:
         return self.attempts >= PROOF_ATTEMPTS
 
+    def delivered(self, sent: Sent) -> None:
+        """The code went out (``sent.outcome == "sent"``): the token will be bound to the
+        destination it went to, and to no other."""
+        if sent.outcome != "sent" or not sent.binding:
+            raise ValueError("the enrollment code was not sent")
+        self.token = replace(self.token, bound=sent.binding)
+
 
 def sent_enroll_change(state: OtpState, token: Token, secret: Secret) -> StateChange[Token]:
     """Add the proven ``token``, replacing the user's token of the same channel."""
     if token.type not in OUT_OF_BAND:
         raise ValueError(f"{token.type.value} is not an e-mail/SMS token")
+    if not token.bound:
+        raise ValueError("the token's destination was never proven (no code was sent to it)")
     replaced = {t.id for t in state.tokens if t.type is token.type}
     kept = tuple(t for t in state.tokens if t.id not in replaced)
     secrets_after = {k: v for k, v in state.secrets.items() if k not in replaced}

@@ -11,6 +11,7 @@ user, and records the send time, so that two gateways cannot both send past a li
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, replace
@@ -34,6 +35,20 @@ def code_digest(key: bytes, sent: int, code: str) -> bytes:
     """What the use state keeps of a code sent at ``sent``."""
     message = CONTEXT + sent.to_bytes(8, "big") + code.encode("ascii", "replace")
     return hmac.digest(key, message, "sha256")[:DIGEST_BYTES]
+
+
+def destination_binding(token_id: str, destination: str) -> bytes:
+    """What a token keeps of the destination its enrollment proof went to: a digest, not a
+    copy (the token record is encrypted as well)."""
+    message = b"otpgate destination v1\x00" + token_id.encode() + b"\x00" + destination.encode()
+    return hashlib.sha256(message).digest()[:DIGEST_BYTES]
+
+
+def still_bound(token: Token, destination: str) -> bool:
+    """The entry still holds the destination ``token`` was enrolled with."""
+    if not token.bound:
+        return False
+    return hmac.compare_digest(destination_binding(token.id, destination), token.bound)
 
 
 def outstanding(use: TokenUse, now: float, lifetime: int) -> bool:

@@ -189,6 +189,9 @@ class Sent:
     """Which gateway delivered it."""
     detail: str = ""
     """Why it was not sent: each gateway's reason, or the destination's fault."""
+    binding: bytes = field(default=b"", repr=False)
+    """Sent: the digest of the destination it went to (``oob.destination_binding``), which
+    an enrollment keeps in the new token."""
 
     @property
     def audit(self) -> dict[str, str]:
@@ -207,7 +210,8 @@ class CodeSender(Protocol):
         ...
 
     async def send(self, dn: str, user: str, token: Token, code: str) -> Sent:
-        """Deliver ``code``; never raises (a failure is an outcome)."""
+        """Deliver ``code``; never raises (a failure is an outcome).  A token enrolled with
+        a destination (``Token.bound``) is sent to only while the entry still holds it."""
         ...
 
     async def destination(self, dn: str, token: Token) -> str:

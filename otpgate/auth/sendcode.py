@@ -92,6 +92,8 @@ async def send_code(
         return AuthResult(False, f"no {what} token to send a code to", user.dn)
     token = tokens[0]
     kind = token.type.value
+    if not token.bound:  # not written by otpgate's enrollment: never sent to
+        return AuthResult(False, f"the {kind} token has no enrolled destination", user.dn)
     if password is not None:
         checked = await bind_password(user, password, check_password, "password accepted")
         if not checked.ok:

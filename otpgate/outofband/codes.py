@@ -1,7 +1,10 @@
 """The gateway's code sender: the I/O side of ``otpgate/auth/sendcode.py``.
 
 The destination is read from the user's own entry, in the attribute the token names, at
-each send: a client never supplies it, and a changed number takes effect at once.  Exactly
+each send: a client never supplies it.  A token keeps a digest of the destination its
+enrollment proof went to, and a code is sent only while the attribute still holds that one:
+on AD every user may write her own ``mobile`` and ``telephoneNumber`` (the Personal
+Information property set), so a number changed with a phished password gets nothing.  Exactly
 one value is accepted (gateways take comma-separated lists; which of several values is
 meant is not ours to guess).  An SMS number is normalised (spaces, hyphens, dots and
 parentheses removed, as E.123 writes them), must be one +E.164 number, and must start with
@@ -17,6 +20,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from otpgate.auth.oob import destination_binding, still_bound
 from otpgate.auth.requests import Sent
 from otpgate.errors import OtpgateError
 from otpgate.outofband.config import DeliveryConfig
@@ -115,6 +119,12 @@ class OutOfBandSender:
             return Sent(channel, "", "refused", detail=str(exc))
         except OtpgateError as exc:
             return Sent(channel, "", "failed", detail=f"the entry could not be read: {exc}")
+        if token.bound and not still_bound(token, to):
+            why = (
+                f"{token.attribute} holds {masked}, not the destination the token was "
+                "enrolled with: enroll the token again"
+            )
+            return Sent(channel, masked, "refused", detail=why)
         try:
             if token.type is TokenType.SMS:
                 delivery = await send_sms(self.reactor, self.delivery, SmsMessage(to, user, code))
@@ -124,11 +134,11 @@ class OutOfBandSender:
         except Exception:  # a sender bug must not crash the login: it fails closed
             log.failure("sending a code to {masked} failed", masked=masked)
             return Sent(channel, masked, "failed", detail="internal error")
-        return _sent(channel, masked, delivery)
+        return _sent(channel, masked, delivery, destination_binding(token.id, to))
 
 
-def _sent(channel: str, masked: str, delivery: Delivery) -> Sent:
+def _sent(channel: str, masked: str, delivery: Delivery, binding: bytes) -> Sent:
     if delivery.delivered_by is not None:
-        return Sent(channel, masked, "sent", delivery.delivered_by)
+        return Sent(channel, masked, "sent", delivery.delivered_by, binding=binding)
     failures = "; ".join(f"{a.gateway}: {a.reason}" for a in delivery.attempts)
     return Sent(channel, masked, "failed", detail=failures or "no gateway is configured")

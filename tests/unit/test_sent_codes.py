@@ -7,6 +7,7 @@ through real SMTP and HTTP gateways."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,12 +20,13 @@ from otpgate.admin.sentcodes import (
     new_sent_token,
     sent_enroll_change,
 )
-from otpgate.auth.oob import code_digest, plan_send
+from otpgate.auth.oob import code_digest, destination_binding, plan_send
 from otpgate.auth.pipeline import Authenticator
 from otpgate.auth.requests import Channel, PasswordStep, SendCode, Sent
 from otpgate.config import auth_settings
+from otpgate.directory.records import OtpState
 from otpgate.errors import PolicyError
-from otpgate.outofband.codes import NoDestination, phone_number
+from otpgate.outofband.codes import NoDestination, OutOfBandSender, phone_number
 from otpgate.tokens import Token, TokenType, UsedState
 from tests.logins import appended, code_only
 from tests.unit.test_pipeline import PW, World, config
@@ -79,6 +81,7 @@ def sending_world(cfg: Any = None, directory: Any = None) -> tuple[World, Record
 async def enroll_sent(world: World, name: str, kind: TokenType = TokenType.EMAIL) -> Token:
     attribute = "mail" if kind is TokenType.EMAIL else "mobile"
     token, secret = new_sent_token(kind, attribute, 6, now=world.clock.seconds())
+    token = replace(token, bound=destination_binding(token.id, "alice@x"))
     user = await world.store.resolve(name, fresh=True)
     await world.store.update(user, lambda s: sent_enroll_change(s, token, secret))
     return token
@@ -302,7 +305,6 @@ async def test_audit_has_the_send_but_never_the_code(sending) -> None:
 def test_plan_send_refuses_without_a_key_and_keeps_sends_bounded() -> None:
     token, secret = new_sent_token(TokenType.SMS, "mobile", 6, now=0)
     from otpgate.auth.config import CodeRules
-    from otpgate.directory.records import OtpState
 
     state = OtpState((token,), {}, UsedState())
     assert not plan_send(state, token, None, "123456", 100, CodeRules()).result.ok
@@ -353,3 +355,45 @@ def test_token_and_use_round_trip() -> None:
     assert UsedState.from_dict(used.to_dict()) == used
     with pytest.raises(ValueError):
         UsedState.from_dict({"v": 1, "u": {}, "sn": list(range(101))})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_changed_destination_gets_no_code() -> None:
+    """On AD every user may write her own mobile: a number changed after enrollment (with a
+    phished password) is refused before any gateway is asked."""
+    gateway = {"url": "http://127.0.0.1:9/x", "body": {"to": "{to}", "text": "{code}"}}
+    cfg = config(delivery={**DELIVERY, "sms_http": [gateway], "sms_country_prefixes": ["+49"]})
+    assert cfg.delivery is not None
+    values = {"mobile": [b"+49 151 1234589"]}
+
+    async def read(dn: str, attribute: str) -> list[bytes]:
+        return values.get(attribute, [])
+
+    sender = OutOfBandSender(None, cfg.delivery, "otpgate", read)
+    token, secret = new_sent_token(TokenType.SMS, "mobile", 6, now=0)
+    proof, _code = EnrollmentProof.start(token, secret, 0.0, 300)
+    with pytest.raises(ValueError, match="never proven"):
+        sent_enroll_change(OtpState(), token, secret)
+    bound = replace(token, bound=destination_binding(token.id, "+491511234589"))
+    values["mobile"] = [b"+49 170 0000000"]  # the attacker's phone
+    sent = await sender.send("uid=alice,dc=x", "alice", bound, "123456")
+    assert sent.outcome == "refused" and "enroll the token again" in sent.detail
+    with pytest.raises(ValueError):
+        proof.delivered(sent)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_without_an_enrolled_destination_is_never_sent_to(sending) -> None:
+    world, sender = sending
+    token, secret = new_sent_token(TokenType.EMAIL, "mail", 6, now=world.clock.seconds())
+    change = sent_enroll_change(
+        OtpState(), replace(token, bound=b"x" * 16), secret
+    )  # what enrollment writes, then the binding is lost as if by an old writer
+    assert change.tokens is not None
+    user = await world.store.resolve("alice", fresh=True)
+    await world.store.update(
+        user,
+        lambda s: type(change)(token, used=s.used, tokens=(token,), secrets={token.id: secret}),
+    )
+    result = await world.login("alice", PW + ",email")
+    assert not result.ok and "no enrolled destination" in result.reason and sender.sent == []
