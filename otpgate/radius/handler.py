@@ -310,5 +310,3 @@ class AccessHandler:
             message = f"Only {left} scratch code{'s' if left != 1 else ''} left: print a new list"
             return Outcome(ACCESS_ACCEPT, ((REPLY_MESSAGE, text(message)),))
         return Outcome(ACCESS_ACCEPT)
-
-
