@@ -1,7 +1,14 @@
 """One Access-Request's login: the RADIUS front end's translation of a classified request
 (PAP in append, challenge or otp-only mode; CHAP; MS-CHAPv2) into the pipeline's request
 types, and of the pipeline's result into an Outcome (a reply code and attributes).  No
-packet I/O here (``server.py``), no decision (``auth/``)."""
+packet I/O here (``server.py``), no decision (``auth/``).
+
+Codes sent by e-mail or SMS: PAP in append and challenge mode can ask for a code after the
+password (``Channel.challenges``), so the pipeline may send one.  Its result's ``challenge``
+text ("Code sent by SMS to +•••••89") becomes the Access-Challenge's Reply-Message, with a
+State that the NAS returns with the code; that answer is a ``CodeOnly`` for the entry whose
+password was checked, in both modes.  CHAP, MS-CHAPv2 and otp-only carry no password the
+gateway could check first, so nothing is ever sent there."""
 
 from __future__ import annotations
 
@@ -52,6 +59,8 @@ from otpgate.stats import RadiusCounters
 FRONT_END = "radius"
 MPPE_ENCRYPTION_ALLOWED = 1
 MPPE_TYPES_40_128 = 6  # what FreeRADIUS sends with require_strong = no
+CHALLENGING_MODES = ("append", "challenge")
+"""PAP modes that can answer with an Access-Challenge (and take its State back)."""
 
 
 class GatewayLike(Protocol):
@@ -119,7 +128,12 @@ class AccessHandler:
                 if on
             )
             name = client.name or str(client.network)
-            channel = self._channels[key] = Channel(front_end, name=name, proofs=proofs)
+            # PAP append and challenge mode have the password and can answer with an
+            # Access-Challenge: there a code may be sent after the password is checked.
+            challenges = front_end == FRONT_END and client.mode in CHALLENGING_MODES
+            channel = self._channels[key] = Channel(
+                front_end, name=name, proofs=proofs, challenges=challenges
+            )
         return channel
 
     async def _refuse(self, login: Login, client: RadiusClient, source: str, why: str) -> Outcome:
@@ -146,6 +160,8 @@ class AccessHandler:
             return await self._refuse(login, client, source, "User-Password is not UTF-8 text")
         auth = self.authenticator
         channel = self._channel(client)
+        if login.state is not None and client.mode in CHALLENGING_MODES:
+            return await self._answer(login, login.state, secret, client, source)
         if client.mode == "append":
             result = await auth.login(
                 Appended(
@@ -157,6 +173,8 @@ class AccessHandler:
                 ),
                 self.check_password,
             )
+            if result.challenge and result.dn is not None:  # a code was sent: ask for it
+                return self._challenge(login, result.dn, source, result.challenge)
             return self._counted(result)
         if client.mode == "otp-only":
             result = await auth.login(
@@ -169,20 +187,15 @@ class AccessHandler:
                 )
             )
             return self._counted(result)
-        # challenge mode
-        now = self.clock.seconds()
-        if login.state is not None:
-            pending = self.challenges.take(login.state, login.name, source, now)
-            if pending is None:
-                return await self._refuse(login, client, source, "unknown, used or expired State")
-            result = await auth.login(
-                CodeOnly(name=pending.dn, client=source, channel=channel, code=secret)
-            )
-            if result.unavailable:  # an outage must not cost the user the State
-                self.challenges.restore(login.state, pending, self.clock.seconds())
-            return self._finish(result)
+        # challenge mode, first step
         first = await auth.login(
-            PasswordStep(name=login.name, client=source, channel=channel, password=secret),
+            PasswordStep(
+                name=login.name,
+                client=source,
+                channel=channel,
+                password=secret,
+                retransmission=self._identity(request, client, source),
+            ),
             self.check_password,
         )
         if first.unavailable:
@@ -193,11 +206,31 @@ class AccessHandler:
             return Outcome(ACCESS_ACCEPT)
         if first.dn is None:  # needs_otp comes with the entry's DN; refuse rather than guess
             return REJECT
-        state = self.challenges.issue(login.name, first.dn, source, self.clock.seconds())
+        return self._challenge(login, first.dn, source, first.challenge)
+
+    async def _answer(
+        self, login: Pap, state: bytes, code: str, client: RadiusClient, source: str
+    ) -> Outcome:
+        """The answer to an Access-Challenge: the code, with the State issued for the entry
+        whose password was checked (single use, same User-Name and NAS)."""
+        pending = self.challenges.take(state, login.name, source, self.clock.seconds())
+        if pending is None:
+            return await self._refuse(login, client, source, "unknown, used or expired State")
+        result = await self.authenticator.login(
+            CodeOnly(name=pending.dn, client=source, channel=self._channel(client), code=code)
+        )
+        if result.unavailable:  # an outage must not cost the user the State
+            self.challenges.restore(state, pending, self.clock.seconds())
+        return self._finish(result)
+
+    def _challenge(self, login: Pap, dn: str, source: str, sent: str) -> Outcome:
+        """Access-Challenge with a new State for ``dn``; the Reply-Message says where a code
+        was sent (``sent``), or asks for the code of the user's own device."""
+        state = self.challenges.issue(login.name, dn, source, self.clock.seconds())
         return Outcome(
             ACCESS_CHALLENGE,
             (
-                (REPLY_MESSAGE, text(self.radius.challenge_message)),
+                (REPLY_MESSAGE, text(sent or self.radius.challenge_message)),
                 (STATE, state),
                 (SESSION_TIMEOUT, integer(max(1, int(self.radius.challenge_timeout)))),
             ),
@@ -277,5 +310,3 @@ class AccessHandler:
             message = f"Only {left} scratch code{'s' if left != 1 else ''} left: print a new list"
             return Outcome(ACCESS_ACCEPT, ((REPLY_MESSAGE, text(message)),))
         return Outcome(ACCESS_ACCEPT)
-
-

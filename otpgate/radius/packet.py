@@ -204,8 +204,9 @@ def encode_reply(
 
 
 def text(value: str) -> bytes:
-    """A text attribute value, cut to what fits in one attribute."""
-    return value.encode("utf-8")[:MAX_TEXT_LENGTH]
+    """A text attribute value, cut to what fits in one attribute (at a character boundary:
+    RFC 8044 text is UTF-8, and a masked destination holds multi-octet characters)."""
+    return value.encode("utf-8")[:MAX_TEXT_LENGTH].decode("utf-8", "ignore").encode("utf-8")
 
 
 def integer(value: int) -> bytes:

@@ -118,7 +118,7 @@ def client_table(mode: str = "append", **options: Any) -> dict[str, Any]:
 async def start_radius(backend: Any, tmp_path: Path, clients: list[dict[str, Any]] | None = None,
                        directory: dict[str, Any] | None = None, **radius: Any) -> Radius:
     sections: dict[str, Any] = {}
-    for name in ("otp", "lockout", "policy"):
+    for name in ("otp", "lockout", "policy", "delivery"):
         if name in radius:
             sections[name] = radius.pop(name)
     config = backend.config(

@@ -24,6 +24,7 @@ from otpgate.radius.packet import (
     encode_reply,
     hide_password,
     salt_encrypt,
+    text,
     verify_message_authenticator,
 )
 
@@ -162,3 +163,13 @@ def test_reply_to_wrong_secret_fails_pyrad_verification():
     out = encode_reply(request, ACCESS_ACCEPT)
     reply = pp.AuthPacket(packet=out, secret=SECRET, dict=Dictionary())
     assert not pkt.VerifyReply(reply, out, enforce_ma=True)
+
+
+def test_text_is_cut_at_a_character_boundary():
+    assert text("Code sent by SMS to +\u2022\u2022\u2022\u2022\u202289") == (
+        "Code sent by SMS to +\u2022\u2022\u2022\u2022\u202289".encode()
+    )
+    long = "a" * 252 + "\u2022"  # the bullet's three octets would end past 253
+    assert text(long) == b"a" * 252
+    assert len(text("\u2022" * 100)) == 252
+    text("\u2022" * 100).decode("utf-8")

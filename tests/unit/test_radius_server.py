@@ -461,3 +461,125 @@ def test_failover_identity_names_the_exact_request_only_when_enabled():
     server.datagram(raw, NAS, send)
     assert server.counters.failover_retransmissions == 1
     assert decode(pkt, sent[0][0]).code == ACCESS_ACCEPT
+
+
+# -- codes sent by e-mail/SMS: the Access-Challenge says where ----------------------------
+
+SENT_SMS = "Code sent by SMS to +\u2022\u2022\u2022\u2022\u202289"
+SENT_MAIL = "Code sent by e-mail to a\u2022\u2022\u2022@x"
+
+
+def test_only_pap_append_and_challenge_channels_can_challenge():
+    """A code may be sent only where the NAS gave us the password and can take a challenge:
+    never on otp-only, CHAP or MS-CHAPv2."""
+    clients = [
+        {"address": "192.0.2.1", "secret": SECRET.decode(), "mode": "append",
+         "allow_chap": True, "allow_mschapv2": True},
+        {"address": "192.0.2.2", "secret": SECRET.decode(), "mode": "challenge"},
+        {"address": "192.0.2.3", "secret": SECRET.decode(), "mode": "otp-only"},
+    ]
+    server, auth, _clock, _sent, send = make_server(clients)
+    for host in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+        server.datagram(request()[1], (host, 1), send)
+    server.datagram(chap_request("123456")[1], ("192.0.2.1", 1), send)
+    channels = [(type(req).__name__, req.channel.challenges) for _, req in auth.calls]
+    assert channels == [("Appended", True), ("PasswordStep", True), ("CodeOnly", False),
+                        ("Proof", False)]
+
+
+def test_challenge_mode_reply_message_names_where_the_code_went():
+    clients = [{"address": "192.0.2.0/24", "secret": SECRET.decode(), "mode": "challenge"}]
+    server, auth, _clock, sent, send = make_server(clients, failover_replay_seconds=5)
+    auth.first = AuthResult(True, "sent", "uid=alice,dc=x", needs_otp=True, challenge=SENT_SMS)
+    pkt, raw = request(password="static-pw")
+    server.datagram(raw, NAS, send)
+    reply = decode(pkt, sent[-1][0])
+    assert reply.code == ACCESS_CHALLENGE and reply.get(REPLY_MESSAGE) == [SENT_SMS.encode()]
+    (_, step), = auth.calls
+    assert isinstance(step, PasswordStep) and step.retransmission is not None
+    assert len(step.retransmission) == 32  # another gateway recognises this request
+    (state,) = reply.get(STATE)
+    pkt, raw = request(password="123456", attrs=[(STATE, state)])
+    server.datagram(raw, NAS, send)
+    assert decode(pkt, sent[-1][0]).code == ACCESS_ACCEPT
+    assert isinstance(auth.calls[-1][1], CodeOnly) and auth.calls[-1][1].code == "123456"
+
+
+def test_challenge_mode_send_refused_is_a_reject():
+    clients = [{"address": "192.0.2.0/24", "secret": SECRET.decode(), "mode": "challenge"}]
+    server, auth, _clock, sent, send = make_server(clients)
+    auth.first = AuthResult(False, "email code not sent: smtp down", "uid=alice,dc=x")
+    pkt, raw = request(password="static-pw")
+    server.datagram(raw, NAS, send)
+    assert decode(pkt, sent[-1][0]).code == ACCESS_REJECT and len(server.challenges) == 0
+
+
+def test_append_mode_sent_code_challenges_then_takes_the_code_with_the_state():
+    server, auth, clock, sent, send = make_server(challenge_timeout=90)
+    auth.result = AuthResult(False, "email code sent", "uid=alice,dc=x", challenge=SENT_MAIL)
+    pkt, raw = request(password="static-pw,email")
+    server.datagram(raw, NAS, send)
+    reply = decode(pkt, sent[-1][0])
+    assert reply.code == ACCESS_CHALLENGE
+    assert reply.get(REPLY_MESSAGE) == [SENT_MAIL.encode()]
+    assert reply.get(SESSION_TIMEOUT) == [(90).to_bytes(4, "big")]
+    (state,) = reply.get(STATE)
+    # the NAS retransmits the same packet: the same Access-Challenge, nothing asked again
+    server.datagram(raw, NAS, send)
+    assert sent[-1][0] == sent[-2][0] and len(auth.calls) == 1
+    assert server.counters.challenged == 1
+
+    auth.result = AuthResult(True, "OTP accepted", "uid=alice,dc=x", "t1")
+    pkt, raw = request(password="482913", attrs=[(STATE, state)])
+    server.datagram(raw, NAS, send)
+    assert decode(pkt, sent[-1][0]).code == ACCESS_ACCEPT
+    kind, answer = auth.calls[-1]
+    assert isinstance(answer, CodeOnly)
+    assert (answer.name, answer.code) == ("uid=alice,dc=x", "482913")
+    assert answer.channel.front_end == "radius"
+
+    # the same State again, and a State never issued: refused without a login, audited
+    calls = len(auth.calls)
+    for state_value in (state, os.urandom(16)):
+        pkt, raw = request(password="482913", attrs=[(STATE, state_value)])
+        server.datagram(raw, NAS, send)
+        assert decode(pkt, sent[-1][0]).code == ACCESS_REJECT
+    assert len(auth.calls) == calls
+    assert [e["reason"] for e in auth.audit.events] == [
+        "unknown, used or expired State (NAS nas)"] * 2
+
+    # expired
+    auth.result = AuthResult(False, "email code sent", "uid=alice,dc=x", challenge=SENT_MAIL)
+    pkt, raw = request(password="static-pw")
+    server.datagram(raw, NAS, send)
+    (state,) = decode(pkt, sent[-1][0]).get(STATE)
+    clock.advance(91)
+    pkt, raw = request(password="482913", attrs=[(STATE, state)])
+    server.datagram(raw, NAS, send)
+    assert decode(pkt, sent[-1][0]).code == ACCESS_REJECT
+
+
+def test_append_mode_state_survives_an_outage():
+    server, auth, _clock, sent, send = make_server(unavailable_reply="reject")
+    auth.result = AuthResult(False, "sms code sent", "uid=alice,dc=x", challenge=SENT_SMS)
+    pkt, raw = request(password="static-pw")
+    server.datagram(raw, NAS, send)
+    (state,) = decode(pkt, sent[-1][0]).get(STATE)
+    auth.result = AuthResult(False, "directory unavailable", unavailable=True)
+    pkt, raw = request(password="482913", attrs=[(STATE, state)])
+    server.datagram(raw, NAS, send)
+    assert decode(pkt, sent[-1][0]).code == ACCESS_REJECT
+    auth.result = AuthResult(True, "OTP accepted", "uid=alice,dc=x", "t1")
+    pkt, raw = request(password="482913", attrs=[(STATE, state)])
+    server.datagram(raw, NAS, send)
+    assert decode(pkt, sent[-1][0]).code == ACCESS_ACCEPT
+
+
+def test_otp_only_mode_ignores_a_state():
+    clients = [{"address": "192.0.2.0/24", "secret": SECRET.decode(), "mode": "otp-only"}]
+    server, auth, _clock, sent, send = make_server(clients)
+    pkt, raw = request(password="123456", attrs=[(STATE, os.urandom(16))])
+    server.datagram(raw, NAS, send)
+    assert decode(pkt, sent[-1][0]).code == ACCESS_ACCEPT
+    (_, req), = auth.calls
+    assert isinstance(req, CodeOnly) and req.name == "alice"
