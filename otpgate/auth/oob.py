@@ -103,6 +103,8 @@ class SendPlan:
     sent: int = 0
     repeat: bool = False
     sends_this_hour: int = 0
+    again: bool = False
+    """A repeat because the user asked again (not a retransmission of the same request)."""
 
 
 def recent_sends(used: UsedState, now: float) -> tuple[int, ...]:
@@ -121,9 +123,11 @@ def plan_send(
     """The write that sends ``code`` for ``token``, on the state as it is now.
 
     Refused while the user is locked out, within ``cooldown`` of the last send, or after
-    ``per_hour`` sends in the last hour.  ``request``: a keyed identity of a RADIUS request
-    that a NAS may retransmit to another gateway: when the outstanding code was sent for
-    that same request, nothing is written and nothing is sent again.  ``digest_of``
+    ``per_hour`` sends in the last hour; within those limits a code of this token that is
+    still valid is pointed to again (``repeat``) rather than refused.  ``request``: a keyed
+    identity of a RADIUS request that a NAS may retransmit to another gateway: when the
+    outstanding code was sent for that same request, nothing is written and nothing is sent
+    again.  ``digest_of``
     collects the digest by send time (the caller needs it only to cancel)."""
     used = state.used
     if is_locked(used, now):
@@ -135,6 +139,12 @@ def plan_send(
     if request and use.request == request and outstanding(use, now, rules.lifetime):
         return StateChange(SendPlan(True, "code already sent for this request", use.sent, True))
     recent = recent_sends(used, now)
+    limited = (recent and now - recent[-1] < rules.cooldown) or len(recent) >= rules.per_hour
+    if limited and outstanding(use, now, rules.lifetime):
+        # The code sent a moment ago is still valid (a typo spent a RADIUS State, a second
+        # window asked again): point to it instead of refusing, and send nothing.
+        again = SendPlan(True, "code already sent, still valid", use.sent, True, again=True)
+        return StateChange(again)
     if recent and now - recent[-1] < rules.cooldown:
         wait = int(recent[-1] + rules.cooldown - now) + 1
         return StateChange(SendPlan(False, f"send refused: cooldown ({wait} s left)"))

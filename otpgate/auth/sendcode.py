@@ -69,8 +69,12 @@ def wanted_send(
     return request.typed, None
 
 
-def _sent_text(sent: Sent) -> str:
-    return f"Code sent by {CHANNEL_NAMES.get(sent.channel, sent.channel)} to {sent.destination}"
+def _sent_text(sent: Sent, again: bool = False) -> str:
+    """What the user is told; a retransmitted request gets the very text of the first."""
+    by = CHANNEL_NAMES.get(sent.channel, sent.channel)
+    if again:
+        return f"Code already sent by {by} to {sent.destination}"
+    return f"Code sent by {by} to {sent.destination}"
 
 
 async def send_code(
@@ -120,7 +124,7 @@ async def send_code(
         sent = Sent(kind, await sender.destination(user.dn, token), "repeat")
         return AuthResult(
             ok, f"{kind} {plan.why}", user.dn, token.id, needs_otp=ok,
-            challenge=_sent_text(sent), sent=sent,
+            challenge=_sent_text(sent, plan.again), sent=sent,
         )  # fmt: skip
     sent = await sender.send(user.dn, request.name, token, code)
     if sent.outcome != "sent":

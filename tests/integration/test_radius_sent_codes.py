@@ -27,7 +27,7 @@ from pyrad.dictionary import Dictionary
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from otpgate.admin.sentcodes import new_sent_token, sent_enroll_change
+from otpgate.admin.sentcodes import sent_enroll_change
 from otpgate.auth.oob import outstanding
 from otpgate.otp.oath import hotp
 from otpgate.tokens import Token, TokenType
@@ -42,6 +42,7 @@ from tests.integration.test_radius import (
     start_radius,
 )
 from tests.netutil import free_port
+from tests.sentcodes import proven_token
 from tests.servers import make_server_tls
 from tests.servers.mailserver import MailServer, Received, smtp_tables
 
@@ -82,7 +83,8 @@ def mail_user(backend: Any, prefix: str) -> tuple[str, str]:
 
 async def enroll_email(radius: Radius, name: str) -> Token:
     gw = radius.gateway
-    token, secret = new_sent_token(TokenType.EMAIL, "mail", 6, now=reactor.seconds())
+    address = f"{name}@example.org"
+    token, secret = proven_token(TokenType.EMAIL, "mail", address, now=reactor.seconds())
     user = await gw.store.resolve(name, fresh=True)
     await gw.store.update(user, lambda s: sent_enroll_change(s, token, secret))
     return token
