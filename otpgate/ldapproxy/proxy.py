@@ -398,6 +398,8 @@ class LdapProxyProtocol(protocol.Protocol):
             self._tls_required(mid)
         elif result.unavailable:
             self._answer(mid, ber.BIND_RESPONSE, UNAVAILABLE, b"directory unavailable")
+        elif result.challenge:  # a code was sent: say where, the user binds again with it
+            self._answer(mid, ber.BIND_RESPONSE, INVALID_CREDENTIALS, result.challenge.encode())
         else:
             self._answer(mid, ber.BIND_RESPONSE, INVALID_CREDENTIALS, INVALID)
 
