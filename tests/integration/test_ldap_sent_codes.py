@@ -32,13 +32,13 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.web import resource, server
 
-from otpgate.admin.sentcodes import new_sent_token, sent_enroll_change
 from otpgate.tokens import Token, TokenType
 from otpgate.vault import keygen
 from otpgate.web.service import web_services
 from tests.integration.backends import USER_PASSWORD
 from tests.integration.proxyhelp import Proxy, start_proxy
 from tests.netutil import free_port
+from tests.sentcodes import enroll_proven
 from tests.servers import SambaDC, make_server_tls
 from tests.servers.mailserver import MailServer, smtp_tables
 
@@ -119,11 +119,7 @@ def set_values(backend: Any, dn: str, **values: str) -> None:
 async def enroll(proxy: Proxy, dn: str, kind: TokenType = TokenType.EMAIL) -> Token:
     """An e-mail or SMS token, written through the gateway's own store."""
     attribute = "mail" if kind is TokenType.EMAIL else "mobile"
-    token, secret = new_sent_token(kind, attribute, 6)
-    store = proxy.gateway.store
-    user = await store.resolve(dn, fresh=True)
-    await store.update(user, lambda s: sent_enroll_change(s, token, secret))
-    return token
+    return await enroll_proven(proxy.gateway, dn, kind, attribute)
 
 
 async def bind(proxy: Proxy, backend: Any, name: str, password: str) -> tuple[bool, str]:
@@ -242,26 +238,29 @@ async def test_cooldown_and_hourly_limit_are_audited_and_counted(backend, tmp_pa
         await enroll(proxy, dn)
         answers = []
         answers.append(await bind(proxy, backend, dn, PW + ",email"))  # sent
+        answers.append(await bind(proxy, backend, dn, PW + ",email"))  # the same code again
+        (first,) = (code_of(m) for m in mail.wait_for(1))
+        assert (await bind(proxy, backend, dn, PW + "," + first))[0]  # spent
         answers.append(await bind(proxy, backend, dn, PW + ",email"))  # cooldown
         await sleep(2.5)
         answers.append(await bind(proxy, backend, dn, PW + ",email"))  # sent (2 of 2)
+        second = code_of(mail.wait_for(2)[1])
+        assert (await bind(proxy, backend, dn, PW + "," + second))[0]
         await sleep(2.5)
         answers.append(await bind(proxy, backend, dn, PW + ",email"))  # hourly limit
-        assert [bound for bound, _ in answers] == [False] * 4
-        said = ["Code sent by e-mail" in err for _, err in answers]
-        assert said == [True, False, True, False], answers
-        assert len(mail.wait_for(2)) == 2
+        assert [bound for bound, _ in answers] == [False] * 5
+        said = [
+            "Code already sent" if "Code already sent" in err else "Code sent" in err
+            for _, err in answers
+        ]
+        assert said == [True, "Code already sent", False, True, False], answers
         await sleep(0.5)
         assert len(mail.messages) == 2
         events = [e for e in audit(tmp_path) if "send" in e]
-        assert [e["send"]["outcome"] for e in events] == ["sent", "limited", "sent", "limited"]
-        assert "cooldown" in events[1]["reason"] and events[1]["outcome"] == "reject"
-        assert "hourly limit (2 per hour)" in events[3]["reason"]
-        # the second code replaced the first: only the last one logs in
-        first, second = (code_of(m) for m in mail.messages)
-        if first != second:
-            assert not (await bind(proxy, backend, dn, PW + "," + first))[0]
-        assert (await bind(proxy, backend, dn, PW + "," + second))[0]
+        outcomes = [e["send"]["outcome"] for e in events]
+        assert outcomes == ["sent", "repeat", "limited", "sent", "limited"]
+        assert "cooldown" in events[2]["reason"] and events[2]["outcome"] == "reject"
+        assert "hourly limit (2 per hour)" in events[4]["reason"]
         text = await scrape(web)
         assert metric(text, SENT % "sent") == 2, text
         assert metric(text, SENT % "limited") == 2, text
@@ -384,10 +383,12 @@ async def test_sms_goes_to_the_entrys_own_number(backend, tmp_path):
 
 
 ENROLL = """
+import dataclasses
 import sys
 from pathlib import Path
 from twisted.internet import task, defer
 from otpgate.admin.sentcodes import new_sent_token, sent_enroll_change
+from otpgate.auth.oob import destination_binding
 from otpgate.config import load_config
 from otpgate.service import Gateway
 from otpgate.tokens import TokenType
@@ -398,7 +399,10 @@ async def main(reactor):
     gw = Gateway(config, Keyring.load(config.keyring), reactor)
     for dn in sys.argv[2:]:
         user = await gw.store.resolve(dn)
+        (address,) = await gw.entry_values(user.dn, "mail")
         token, secret = new_sent_token(TokenType.EMAIL, "mail", 6)
+        bound = destination_binding(token.id, address.decode().strip())
+        token = dataclasses.replace(token, bound=bound)
         await gw.store.update(user, lambda s: sent_enroll_change(s, token, secret))
     gw.close()
 
@@ -462,7 +466,7 @@ send_cooldown = 60
         assert workers() and _listening(port), "gateway or worker did not start"
         time.sleep(1)
         for i, dn in enumerate(users):
-            for _ in range(3):  # three connections: the cooldown, whichever process answers
+            for _ in range(3):  # three connections: sent, then the same code pointed to
                 run = whoami(dn, PW + ",email")
                 assert run.returncode == 49, run.stderr
             codes = [code_of(m) for m in mail.wait_for(i + 1)]
@@ -473,11 +477,12 @@ send_cooldown = 60
         assert [m.rcpt_tos for m in mail.messages] == [[f"{n}@example.org"] for n in names]
         deadline = time.monotonic() + 15  # workers write their counters every second
         text = scrape()
-        while metric(text, SENT % "limited") < 12 and time.monotonic() < deadline:
+        while metric(text, SENT % "limited") < 4 and time.monotonic() < deadline:
             time.sleep(0.3)
             text = scrape()
         assert metric(text, SENT % "sent") == 4, text
-        assert metric(text, SENT % "limited") == 12, text
+        assert metric(text, SENT % "repeat") == 8, text
+        assert metric(text, SENT % "limited") == 4, text  # spent, then within the cooldown
         main = metric(text, 'otpgate_process_authentications_total{process="main"}')
         worker = metric(text, 'otpgate_process_authentications_total{process="1"}')
         assert main > 0 and worker > 0 and main + worker == 20, (main, worker)

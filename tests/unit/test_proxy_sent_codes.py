@@ -15,10 +15,11 @@ from dataclasses import replace
 import pytest_twisted
 
 from otpgate import ber
-from otpgate.admin.sentcodes import new_sent_token, sent_enroll_change
+from otpgate.admin.sentcodes import sent_enroll_change
 from otpgate.auth.config import CodeRules
 from otpgate.config import auth_settings
 from otpgate.tokens import Token, TokenType
+from tests.sentcodes import proven_token
 from tests.unit.test_proxy_protocol import (
     ALICE,
     FakeGateway,
@@ -31,7 +32,7 @@ from tests.unit.test_proxy_protocol import (
 from tests.unit.test_sent_codes import RecordingSender
 
 PW = "alice-password"
-RULES = CodeRules(lifetime=300, digits=6, cooldown=30, per_hour=4, per_minute=100)
+RULES = CodeRules(lifetime=20, digits=6, cooldown=30, per_hour=4, per_minute=100)
 GENERIC = b"invalid credentials"
 
 
@@ -49,7 +50,7 @@ def sending_gateway(**proxy: object) -> tuple[FakeGateway, RecordingSender]:
 
 
 async def enroll_email(gateway: FakeGateway) -> Token:
-    token, secret = new_sent_token(TokenType.EMAIL, "mail", 6, now=gateway.reactor.seconds())
+    token, secret = proven_token(TokenType.EMAIL, "mail", "alice@x", now=gateway.reactor.seconds())
     user = await gateway.store.resolve(ALICE, fresh=True)
     await gateway.store.update(user, lambda s: sent_enroll_change(s, token, secret))
     return token
@@ -113,6 +114,7 @@ async def test_every_other_refusal_keeps_the_generic_answer():
     assert bind_answer(h)[1].startswith(b"Code sent by e-mail")
     h.upstream_got()
     h.answer(bind_response(3, 0))  # the identity reset
+    gateway.reactor.advance(21)  # the code expired; the cooldown has not
     h.send(bind(4, ALICE, PW + ",email"))  # within the cooldown: limited, said to nobody
     h.upstream_got()
     h.answer(bind_response(4, 0))
@@ -134,7 +136,7 @@ async def test_every_other_refusal_keeps_the_generic_answer():
 @pytest_twisted.ensureDeferred
 async def test_the_bind_cache_never_remembers_a_trigger_bind():
     """With the bind cache on, a trigger bind repeated at once is no cached success: it is
-    decided again (here: the cooldown), and a cached success of the code itself does not
+    decided again (here: the code already sent), and a cached success of the code itself does not
     make a later trigger bind succeed either."""
     gateway, sender = sending_gateway(bind_cache_seconds=30)
     await enroll_email(gateway)
@@ -150,7 +152,8 @@ async def test_the_bind_cache_never_remembers_a_trigger_bind():
         return answer
 
     assert trigger(1)[0] == 49 and len(sender.sent) == 1
-    assert trigger(2) == (49, GENERIC)  # the cooldown, not the cache
+    again = trigger(2)  # decided again, not the cache: the code still outstanding
+    assert again[0] == 49 and again[1].startswith(b"Code already sent") and len(sender.sent) == 1
     h.send(bind(3, ALICE, PW + "," + sender.last))
     h.upstream_got()
     h.answer(bind_response(3, 0))
