@@ -401,3 +401,25 @@ def test_totp_rows_carry_no_sent_code_fields() -> None:
     state = OtpState(tokens=(token,), secrets={}, used=UsedState())
     (row,) = summarise("bob", "uid=bob", state, now=0).to_dict(0)["tokens"]
     assert "destination" not in row and "code" not in row
+
+
+def test_on_a_terminal_the_code_is_asked_for_without_echo(bench: Bench) -> None:
+    import otpgate.cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    bench.user()
+    asked: list[str] = []
+
+    def prompt(text: str) -> str:
+        asked.append(text)
+        return bench.code()
+
+    bench.monkeypatch.setattr(otpgate.cli, "prompt_secret", prompt)
+    bench.monkeypatch.setattr("sys.stdin", Terminal(""))
+    bench.capsys.readouterr()
+    assert main(["enroll", "alice", "--type", "email", "--config", "unused.toml"]) == 0
+    assert asked == [f"code from the e-mail to a{DOT3}@example.org: "]
+    assert len(bench.state().tokens) == 1
