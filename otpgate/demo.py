@@ -8,7 +8,8 @@ answers the Who Am I? extended operation so ``ldapwhoami`` works.
 
 The demo's config is a real config file (``demo_config_text``), written with a fresh
 keyring to a temporary folder while the demo runs, so that the ``otpgate`` CLI can be
-pointed at the demo directory too.
+pointed at the demo directory too.  Its e-mail server is the demo's mail sink
+(``demomail.py``), which prints what it receives on the console.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ DEMO_EXEMPT_PASSWORD = "app-password"  # noqa: S105
 DEMO_HELPDESK_DN = "uid=dana,ou=people,dc=demo,dc=otpgate"
 DEMO_HELPDESK_PASSWORD = "dana-password"  # noqa: S105
 DEMO_HELPDESK_GROUP = "cn=helpdesk,ou=groups,dc=demo,dc=otpgate"
+DEMO_MAIL_USER_DN = "uid=carol,ou=people,dc=demo,dc=otpgate"
+DEMO_MAIL_USER_PASSWORD = "carol-password"  # noqa: S105
+DEMO_DELIMITER = ","
+"""``[otp] otp_delimiter``: "password,code", and "password,email" asks for a code."""
 DEMO_RADIUS_SECRET = "otpgate-demo-nas-secret"  # noqa: S105 (the demo NAS's, printed)
 WHO_AM_I_OID = b"1.3.6.1.4.1.4203.1.11.3"
 
@@ -133,8 +138,9 @@ class DemoPorts:
                 sock.close()
 
 
-def demo_config_text(directory_port: int, ports: DemoPorts) -> str:
-    """The demo gateway's config file (the keyring beside it, as ``keyring.json``)."""
+def demo_config_text(directory_port: int, ports: DemoPorts, mail_port: int) -> str:
+    """The demo gateway's config file (the keyring beside it, as ``keyring.json``);
+    ``mail_port``: the demo's mail sink (``demomail.py``) on 127.0.0.1."""
 
     def q(value: Any) -> str:
         return json.dumps(value)  # TOML basic strings and arrays of them look like JSON
@@ -159,6 +165,21 @@ keyring = "keyring.json"
 
 [otp]
 issuer = "otpgate demo"
+# Password and code are typed as "password,code" on every front end; "password,email"
+# asks for a code by e-mail instead (carol).
+otp_delimiter = {q(DEMO_DELIMITER)}
+
+[delivery]
+# Codes sent by e-mail go to the demo's own mail sink, which prints them on its console.
+# A short cooldown between two sends to one user, so that trying it out needs no waiting.
+send_cooldown = 10
+
+[[delivery.smtp]]
+host = "127.0.0.1"
+port = {mail_port}
+security = "none"
+from = "otpgate@demo.otpgate"
+timeout = 5
 
 [policy]
 exempt_dns = [{q(DEMO_EXEMPT_DN)}]

@@ -18,9 +18,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from otpgate.admin.enrollment import enroll_change, new_oath_token, otpauth_uri
+from otpgate.admin.sentcodes import new_sent_token, sent_enroll_change
 from otpgate.config import Config, load_config
 from otpgate.demo import (
+    DEMO_DELIMITER,
     DEMO_HELPDESK_PASSWORD,
+    DEMO_MAIL_USER_DN,
+    DEMO_MAIL_USER_PASSWORD,
     DEMO_RADIUS_SECRET,
     DEMO_USER_DN,
     DEMO_USER_PASSWORD,
@@ -29,8 +33,10 @@ from otpgate.demo import (
     demo_config_text,
     load_demo_tree,
 )
+from otpgate.demomail import MailSink
 from otpgate.errors import ConfigError, VaultError
 from otpgate.service import Gateway, LoggingService, make_service
+from otpgate.tokens import TokenType
 from otpgate.vault import keygen
 
 log = Logger()
@@ -61,7 +67,8 @@ class DemoToken:
 
 
 class DemoService(service.MultiService):
-    """The demo directory on a free loopback port and the whole gateway in front of it.
+    """The demo directory and its mail sink on free loopback ports, and the whole gateway
+    in front of them.
 
     The gateway is the one ``twistd otpgate --config`` runs (``make_service``), on a config
     file and keyring written to a temporary folder that is removed when the service stops
@@ -73,6 +80,7 @@ class DemoService(service.MultiService):
         self.ports = ports
         self.folder: Path | None = None
         self.directory_port: Any = None
+        self.mail_port: Any = None
         self.gateway: Gateway | None = None
         self.ready: defer.Deferred[None] | None = None
 
@@ -93,12 +101,17 @@ class DemoService(service.MultiService):
         self.directory_port = self.reactor.listenTCP(
             0, DemoDirectoryFactory(tree), interface="127.0.0.1"
         )
+        self.mail_port = self.reactor.listenTCP(0, MailSink(show_mail), interface="127.0.0.1")
         self.folder = folder = Path(tempfile.mkdtemp(prefix="otpgate-demo-"))  # mode 0700
         keygen(folder / "keyring.json", "demo")  # mode 0600
         config_path = folder / "otpgate.toml"
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as config_file:
-            config_file.write(demo_config_text(self.directory_port.getHost().port, self.ports))
+            config_file.write(
+                demo_config_text(
+                    self.directory_port.getHost().port, self.ports, self.mail_port.getHost().port
+                )
+            )
         config = load_config(config_path)
         gateway_service = make_service(config, self.reactor, config_path)
         gateway = gateway_service.gateway if isinstance(gateway_service, LoggingService) else None
@@ -108,6 +121,7 @@ class DemoService(service.MultiService):
         gateway_service.setServiceParent(self)  # running: the listeners start now
         alice = await enroll_demo_token(gateway, config, "alice", "demo phone")
         dana = await enroll_demo_token(gateway, config, "dana", "help desk phone")
+        await enroll_demo_mail_token(gateway, config, "carol")
         if self.running:
             out = sys.__stdout__ or sys.stdout
             out.write(demo_banner(self.ports, alice, dana, config_path))
@@ -123,9 +137,8 @@ class DemoService(service.MultiService):
             self.gateway.close()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
-        if self.directory_port is None:
-            return result
-        d = defer.maybeDeferred(self.directory_port.stopListening)
+        ports = [p for p in (self.directory_port, self.mail_port) if p is not None]
+        d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
         d.addBoth(lambda _: result)
         return d
 
@@ -137,6 +150,29 @@ async def enroll_demo_token(gateway: Gateway, config: Config, name: str, label: 
     await gateway.store.update(user, lambda s: enroll_change(s, token, secret, max_tokens))
     secret_b32 = base64.b32encode(secret.key).decode().rstrip("=")
     return DemoToken(name, otpauth_uri(token, secret, name, config.otp.issuer), secret_b32)
+
+
+async def enroll_demo_mail_token(gateway: Gateway, config: Config, name: str) -> None:
+    """An e-mail token for ``name``, written directly: its mailbox is the demo's own mail
+    sink, so the proof an enrollment asks for elsewhere (a code typed back) shows nothing
+    here.  ``otpgate enroll carol --type email`` against the demo does it the real way."""
+    delivery = config.delivery
+    if delivery is None:
+        raise RuntimeError("the demo config has no [delivery]")
+    user = await gateway.store.resolve(name)
+    token, secret = new_sent_token(
+        TokenType.EMAIL, delivery.mail_attribute, delivery.codes.digits, "demo mailbox"
+    )
+    await gateway.store.update(user, lambda s: sent_enroll_change(s, token, secret))
+
+
+def show_mail(recipient: str, text: str) -> None:
+    """What the demo's mail sink received, on the console (a demo's mailbox only)."""
+    out = sys.__stdout__ or sys.stdout
+    lines = [f"otpgate demo: mail for {recipient}, received by the demo's mail sink:"]
+    lines += [f"  | {line}" for line in text.splitlines()]
+    out.write("\n".join(lines) + "\n")
+    out.flush()
 
 
 def otpgate_command() -> str:
@@ -163,8 +199,9 @@ def qr_text(uri: str) -> str:
 def demo_banner(ports: DemoPorts, alice: DemoToken, dana: DemoToken, config: Path) -> str:
     """What the person at the terminal reads: one line per front end, then the QR codes."""
     cli = otpgate_command()
-    code = f"$({cli} code --secret {alice.secret_b32})"
+    code = f"{DEMO_DELIMITER}$({cli} code --secret {alice.secret_b32})"
     web = f"http://127.0.0.1:{ports.web}"
+    ask = f"{DEMO_MAIL_USER_PASSWORD}{DEMO_DELIMITER}email"
     lines = [
         "",
         "otpgate demo: every front end on 127.0.0.1, the directory in memory, nothing kept.",
@@ -177,9 +214,12 @@ def demo_banner(ports: DemoPorts, alice: DemoToken, dana: DemoToken, config: Pat
         f"help desk: dana / {DEMO_HELPDESK_PASSWORD} + dana's code",
         f"  metrics  curl {web}/metrics",
         f"  CLI      {cli} show alice --config {config}",
+        f"  e-mail   ldapwhoami -x -H ldap://127.0.0.1:{ports.ldap} -D {DEMO_MAIL_USER_DN} "
+        f"-w {ask}",
         "",
         "Each code works once, on every front end: run a line twice and the second is refused;",
-        "the next front end needs the next code (30 s).",
+        "the next front end needs the next code (30 s). carol's code comes by e-mail: the line",
+        f"above prints it here; then bind with -w {DEMO_MAIL_USER_PASSWORD}{DEMO_DELIMITER}CODE.",
         "",
         f"alice's token: scan it into an authenticator app (or: {cli} code --secret "
         f"{alice.secret_b32})",

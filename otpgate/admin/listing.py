@@ -1,17 +1,24 @@
-"""What ``show`` and ``list`` print (pure): token rows without secrets, as text or JSON."""
+"""What ``show`` and ``list`` print (pure): token rows without secrets, as text or JSON.
+
+An e-mail/SMS token's row names the attribute its codes go to and, in ``show``, the masked
+destination read from the entry (the caller reads it: ``admin.sentcodes.shown_destination``),
+the outstanding code's send and expiry times (never the code or its digest), and the user's
+sends in the last hour."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from otpgate.admin.rekey import has_otpgate_values
+from otpgate.auth.config import OtpConfig
+from otpgate.auth.oob import outstanding, recent_sends
 from otpgate.directory.records import OtpState, UserEntry
 from otpgate.errors import CodecError
 from otpgate.otp.scratch import remaining
-from otpgate.tokens import Token, TokenType, escape_unsafe
+from otpgate.tokens import OUT_OF_BAND, Token, TokenType, escape_unsafe
 
 
 @dataclass(frozen=True)
@@ -30,8 +37,32 @@ class TokenRow:
     drift: int
     scratch_remaining: int | None
     details: str
+    attribute: str = ""
+    """E-mail/SMS: the attribute of the user's entry its codes go to."""
+    destination: str | None = None
+    """E-mail/SMS: the masked destination read from the entry, or why it is unusable
+    ("no value", "2 values"); None: not read (``list``)."""
+    code_sent: int = 0
+    """E-mail/SMS: when the outstanding code was sent; 0: none outstanding."""
+    code_expires: int = 0
+
+    @property
+    def sent_by_code(self) -> bool:
+        return self.type in {t.value for t in OUT_OF_BAND}
+
+    def code_text(self) -> str:
+        if not self.code_sent:
+            return "none outstanding"
+        return f"code sent at {when(self.code_sent)}, expires {when(self.code_expires)}"
 
     def to_dict(self) -> dict[str, Any]:
+        sent = {
+            "attribute": self.attribute,
+            "destination": self.destination,
+            "code": {"sent": self.code_sent, "expires": self.code_expires}
+            if self.code_sent
+            else None,
+        }
         return {
             "user": self.user,
             "dn": self.dn,
@@ -45,6 +76,7 @@ class TokenRow:
             "drift": self.drift,
             "scratch_remaining": self.scratch_remaining,
             "details": self.details,
+            **(sent if self.sent_by_code else {}),
         }
 
 
@@ -55,6 +87,8 @@ class UserSummary:
     tokens: tuple[TokenRow, ...]
     failures: int
     locked_until: int
+    sends_last_hour: int = 0
+    """Codes sent to the user by e-mail or SMS in the hour before the summary was made."""
 
     def locked(self, now: float) -> bool:
         return self.locked_until > now
@@ -72,6 +106,7 @@ class UserSummary:
             "locked_until": self.locked_until or None,
             "failures": self.failures,
             "tokens": [t.to_dict() for t in self.tokens],
+            "sends_last_hour": self.sends_last_hour,
         }
 
 
@@ -82,15 +117,28 @@ def _details(token: Token) -> str:
         return f"{token.digits} digits, {token.algorithm.value}"
     if token.type is TokenType.YUBICO:
         return f"public id {token.public_id}"
+    if token.type in OUT_OF_BAND:
+        return f"{token.digits} digits, sent to {token.attribute}"
     if token.scratch is not None:
         return f"{len(token.scratch.hashes)} codes of {token.scratch.length} digits"
     return ""
 
 
-def summarise(user: str, dn: str, state: OtpState) -> UserSummary:
+def summarise(
+    user: str,
+    dn: str,
+    state: OtpState,
+    now: float | None = None,
+    lifetime: int = OtpConfig.sent_code_lifetime,
+    destinations: Mapping[str, str] | None = None,
+) -> UserSummary:
+    """``now``/``lifetime`` (``[delivery] code_lifetime``): which sent code is outstanding;
+    ``destinations``: token id -> the shown destination of e-mail/SMS tokens."""
+    now = time.time() if now is None else now
     rows = []
     for token in state.tokens:
         use = state.used.use_of(token.id)
+        sent = use.sent if outstanding(use, now, lifetime) else 0
         left = (
             remaining(token.scratch, use.scratch_used)
             if token.type is TokenType.SCRATCH and token.scratch is not None
@@ -110,9 +158,16 @@ def summarise(user: str, dn: str, state: OtpState) -> UserSummary:
                 use.drift,
                 left,
                 _details(token),
+                token.attribute,
+                (destinations or {}).get(token.id),
+                sent,
+                sent + lifetime if sent else 0,
             )
         )
-    return UserSummary(user, dn, tuple(rows), state.used.failures, state.used.locked_until)
+    used = state.used
+    return UserSummary(
+        user, dn, tuple(rows), used.failures, used.locked_until, len(recent_sends(used, now))
+    )
 
 
 def user_label(dn: str) -> str:
@@ -126,6 +181,7 @@ def collect_summaries(
     decode: Callable[[UserEntry], OtpState],
     now: float,
     locked_only: bool = False,
+    lifetime: int = OtpConfig.sent_code_lifetime,
 ) -> tuple[list[UserSummary], list[dict[str, str]]]:
     """The summaries of ``users`` (``users_with_state()``: entries, or (dn, error) for an
     unreadable one) sorted by name, and the unreadable ones as {"dn", "error"}.  Entries
@@ -143,7 +199,7 @@ def collect_summaries(
         except CodecError as exc:
             problems.append({"dn": item.dn, "error": str(exc)})
             continue
-        summary = summarise(user_label(item.dn), item.dn, state)
+        summary = summarise(user_label(item.dn), item.dn, state, now, lifetime)
         if locked_only and not summary.locked(now):
             continue
         summaries.append(summary)
@@ -198,7 +254,16 @@ def show_text(summary: UserSummary, now: float) -> str:
     head = f"{printable(summary.user)} ({printable(summary.dn)})\nlockout: {summary.lockout(now)}\n"
     if not summary.tokens:
         return head + "no tokens"
-    return head + table(TOKEN_HEADERS, [token_cells(r) for r in summary.tokens])
+    lines = [table(TOKEN_HEADERS, [token_cells(r) for r in summary.tokens])]
+    sent = [r for r in summary.tokens if r.sent_by_code]
+    for row in sent:
+        where = "not read" if row.destination is None else row.destination
+        lines.append(
+            printable(f"{row.type} {row.id}: to {row.attribute} {where}; {row.code_text()}")
+        )
+    if sent or summary.sends_last_hour:
+        lines.append(f"codes sent in the last hour: {summary.sends_last_hour}")
+    return head + "\n".join(lines)
 
 
 def list_text(summaries: Sequence[UserSummary], now: float) -> str:

@@ -124,3 +124,29 @@ def sent_enroll_change(state: OtpState, token: Token, secret: Secret) -> StateCh
     return StateChange(
         token, used=state.used.without(replaced), tokens=(*kept, token), secrets=secrets_after
     )
+
+
+def shown_destination(token: Token, values: Sequence[bytes], prefixes: Sequence[str]) -> str:
+    """Where ``token``'s codes would go, as ``show`` prints it: the masked destination in
+    ``values`` (the entry's values of ``token.attribute``, read now), or why none would be
+    sent ("no value", "2 values", ...).  Never the whole address or number."""
+    from otpgate.outofband.codes import NoDestination, phone_number
+    from otpgate.outofband.mail import valid_address
+    from otpgate.outofband.mask import mask_email, mask_phone
+
+    if not values:
+        return "no value"
+    if len(values) > 1:
+        return f"{len(values)} values"
+    if token.type is TokenType.SMS:
+        try:  # the form first ("+" starts every +E.164 number), then the allowed prefixes
+            number = phone_number(values, token.attribute, ("+",))
+        except NoDestination:
+            return "not one +E.164 number"
+        try:
+            phone_number(values, token.attribute, prefixes)
+        except NoDestination:
+            return f"{mask_phone(number)} (outside sms_country_prefixes)"
+        return mask_phone(number)
+    address = bytes(values[0]).decode("utf-8", "replace").strip()
+    return mask_email(address) if valid_address(address) else "not one plain e-mail address"

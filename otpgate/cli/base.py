@@ -15,12 +15,13 @@ import getpass
 import importlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from otpgate.config import Config, load_config
 from otpgate.errors import OtpgateError
@@ -30,6 +31,8 @@ from otpgate.tokens import escape_unsafe as printable
 if TYPE_CHECKING:
     from otpgate.admin.render import PrivateFile
     from otpgate.directory.sync import SyncInventory, SyncStore
+
+T = TypeVar("T")
 
 DEFAULT_CONFIG = "/etc/otpgate/otpgate.toml"
 CONFIG_ENV = "OTPGATE_CONFIG"
@@ -87,6 +90,31 @@ def fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
     return code
 
 
+def run_reactor(work: Callable[[Any], Awaitable[T]], failure: str) -> T:
+    """Run the Twisted reactor for one piece of asynchronous work (a send) and return its
+    result.  The CLI has no reactor of its own, and a reactor runs once per process: a
+    command calls this at most once.  ``failure``: the one line when the work raised."""
+    from twisted.internet import defer, task
+
+    outcome: dict[str, T] = {}
+
+    async def run(reactor: Any) -> None:
+        outcome["result"] = await work(reactor)
+
+    # The reactor installs its own SIGINT/SIGTERM handlers and leaves them when it stops:
+    # put the previous ones back, so that Ctrl-C still interrupts a prompt that follows.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    except SystemExit as exc:
+        if exc.code not in (0, None) or "result" not in outcome:
+            raise CommandFailed(failure) from None
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return outcome["result"]
+
+
 # -- directory commands -------------------------------------------------------------------
 
 
@@ -117,6 +145,16 @@ class Admin:
         if self._inventory is None:
             self._inventory = SyncInventory.open(self.store)
         return self._inventory
+
+    def entry_values(self, dn: str, attributes: Sequence[str]) -> dict[str, list[bytes]]:
+        """The values of ``attributes`` in the entry ``dn`` itself (the user's own), by the
+        names as given; [] for an attribute the entry does not have."""
+        from otpgate.directory.ldapdata import SCOPE_BASE
+
+        conn = self.store.directory.write()
+        entries = conn.search(dn, "(objectClass=*)", list(attributes), scope=SCOPE_BASE)
+        found = entries[0].attributes if entries else {}
+        return {name: list(found.get(name.lower(), [])) for name in attributes}
 
     def close(self) -> None:
         if self._store is not None:
@@ -220,9 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--config", required=True)
     cc.set_defaults(func=Command("offline", "cmd_check_config"))
 
-    en = sub.add_parser("enroll", help="enroll a TOTP/HOTP software token, print its QR code")
+    en = sub.add_parser(
+        "enroll",
+        help="enroll a TOTP/HOTP software token (print its QR code), or an e-mail/SMS token "
+        "(send a code, enroll once it is typed back)",
+    )
     en.add_argument("user")
-    en.add_argument("--type", choices=("totp", "hotp"), default="totp")
+    en.add_argument("--type", choices=("totp", "hotp", "email", "sms"), default="totp")
+    en.add_argument(
+        "--attribute",
+        metavar="NAME",
+        help="email/sms: the attribute of the user's entry the codes go to (default: "
+        "[delivery] mail_attribute; the first of sms_attributes the entry has)",
+    )
     en.add_argument("--secret", help="use this Base32 key instead of a new random one")
     en.add_argument("--digits", type=int, help="6-8 (default: [otp].digits)")
     en.add_argument("--algorithm", choices=[a.value for a in Algorithm])

@@ -17,24 +17,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from otpgate.cli.base import CommandFailed, UsageError, admin, emit
-from otpgate.directory.ldapdata import SCOPE_BASE
+from otpgate.cli.base import CommandFailed, UsageError, admin, emit, run_reactor
 
 if TYPE_CHECKING:
     from otpgate.outofband.config import SmtpServer
     from otpgate.outofband.mail import MailContent
     from otpgate.outofband.result import Delivery
-
-
-def _values(ctx: Any, dn: str, attribute: str) -> list[bytes]:
-    """The values of ``attribute`` in the entry ``dn`` (the user's own)."""
-    conn = ctx.store.directory.write()
-    entries = conn.search(dn, "(objectClass=*)", [attribute], scope=SCOPE_BASE)
-    for entry in entries:
-        return list(entry.attributes.get(attribute.lower(), []))
-    return []
 
 
 def cmd_scratch_mail(args: argparse.Namespace) -> int:
@@ -63,7 +53,8 @@ def cmd_scratch_mail(args: argparse.Namespace) -> int:
         attribute = delivery.mail_attribute
         user = ctx.store.resolve(args.user)
         try:
-            address = mail_address(args.user, attribute, _values(ctx, user.dn, attribute))
+            values = ctx.entry_values(user.dn, [attribute])[attribute]
+            address = mail_address(args.user, attribute, values)
         except NoMailAddress as exc:
             raise CommandFailed(str(exc)) from None
         now = time.time()
@@ -96,19 +87,9 @@ def cmd_scratch_mail(args: argparse.Namespace) -> int:
 
 
 def _send(servers: tuple[SmtpServer, ...], address: str, content: MailContent) -> Delivery:
-    """Run the reactor for one send (the CLI has no reactor of its own)."""
-    from twisted.internet import defer, task
-
     from otpgate.outofband.mail import send_mail
 
-    outcome: dict[str, Delivery] = {}
-
-    async def run(reactor: Any) -> None:
-        outcome["result"] = await send_mail(reactor, servers, address, content)
-
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
-    except SystemExit as exc:
-        if exc.code not in (0, None) or "result" not in outcome:
-            raise CommandFailed("the e-mail could not be sent (internal error)") from None
-    return outcome["result"]
+    return run_reactor(
+        lambda reactor: send_mail(reactor, servers, address, content),
+        "the e-mail could not be sent (internal error)",
+    )

@@ -1,6 +1,6 @@
-"""Commands on one user's OTP state: enroll, show, list, revoke/reset, resync, unlock and
-scratch (``--mail``: ``scratchmail.py``).  The state changes themselves are
-``otpgate.admin``'s (enrollment, manage)."""
+"""Commands on one user's OTP state: enroll (``--type email|sms``: ``sentcodes.py``), show,
+list, revoke/reset, resync, unlock and scratch (``--mail``: ``scratchmail.py``).  The state
+changes themselves are ``otpgate.admin``'s (enrollment, manage)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 def cmd_enroll(args: argparse.Namespace) -> int:
     from otpgate.admin.render import qr_bytes, qr_terminal
 
+    if args.type in ("email", "sms"):
+        from otpgate.cli.sentcodes import cmd_enroll_sent
+
+        return cmd_enroll_sent(args)
+    if args.attribute is not None:
+        raise UsageError(f"--attribute is for email/sms tokens, not --type {args.type}")
     key = decode_base32(args.secret) if args.secret else None
     if args.qr and Path(args.qr).suffix.lower() not in (".png", ".svg"):
         raise UsageError(f"--qr {args.qr}: give a .png or .svg file name")
@@ -98,21 +104,29 @@ def _enroll(
     return enrolled, gone, user, uri
 
 
-def _summary(ctx: Admin, name: str) -> UserSummary:
+def _summary(ctx: Admin, name: str, now: float) -> UserSummary:
     from otpgate.admin.listing import summarise
+    from otpgate.admin.sentcodes import shown_destination
+    from otpgate.auth.oob import sent_tokens
 
     user = ctx.store.resolve(name)
     # Listing never decrypts a seed: decode without it.
     state = ctx.store.decode(user, with_secrets=False)
-    return summarise(name, user.dn, state)
+    # E-mail/SMS tokens: where their codes would go now, read from the entry, masked.
+    sent = sent_tokens(state)
+    values = ctx.entry_values(user.dn, sorted({t.attribute for t in sent})) if sent else {}
+    delivery = ctx.config.delivery
+    prefixes = delivery.sms_country_prefixes if delivery is not None else ()
+    shown = {t.id: shown_destination(t, values[t.attribute], prefixes) for t in sent}
+    return summarise(name, user.dn, state, now, ctx.config.otp.sent_code_lifetime, shown)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from otpgate.admin.listing import show_text
 
-    with admin(args) as ctx:
-        summary = _summary(ctx, args.user)
     now = time.time()
+    with admin(args) as ctx:
+        summary = _summary(ctx, args.user, now)
     emit(args, summary.to_dict(now), show_text(summary, now))
     return 0
 
@@ -129,6 +143,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             lambda user: store.decode(user, with_secrets=False),
             now,
             args.locked,
+            ctx.config.otp.sent_code_lifetime,
         )
     text = list_text(summaries, now)
     if problems:

@@ -1,6 +1,7 @@
 """The README's first command: `./scripts/demo` (that is `twistd otpgate --demo`) and everything
 its banner says to try, with real clients: ldapwhoami, radtest, Chromium (Playwright) on the
-portal and the help desk, curl on /metrics, and the printed `otpgate` CLI line."""
+portal and the help desk, curl on /metrics, the printed `otpgate` CLI line, and carol's code
+sent by e-mail to the demo's mail sink, read off the demo's console."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ from tests.netutil import free_port
 
 TWISTD = Path(sys.executable).with_name("twistd")
 ALICE = "uid=alice,ou=people,dc=demo,dc=otpgate"
+CAROL = "uid=carol,ou=people,dc=demo,dc=otpgate"
+MAILED = re.compile(
+    r"otpgate demo: mail for carol@demo\.otpgate, received by the demo's mail sink:\n"
+    r"  \| Subject: Your one-time code for otpgate demo\n"
+    r"  \| Your one-time code for otpgate demo: (\d{6})\n"
+)
 PERIOD = 30
 
 
@@ -71,6 +78,16 @@ class Demo:
         shell = f"--secret {self.secret('alice')})"
         assert shell in command, command
         return command.replace(shell, f"--secret {self.secret('alice')} --time {step * PERIOD})")
+
+    def mailed(self, count: int, timeout: float = 20) -> str:
+        """The code in the ``count``-th message the demo's console shows for carol."""
+        deadline = time.monotonic() + timeout
+        while True:
+            codes = MAILED.findall("".join(self.log))
+            if len(codes) >= count:
+                return str(codes[count - 1])
+            assert time.monotonic() < deadline, "".join(self.log)[-3000:]
+            time.sleep(0.1)
 
     def run(self, command: str) -> subprocess.CompletedProcess[str]:
         """A printed line, run as the reader would: by a shell, from the demo's directory."""
@@ -168,7 +185,7 @@ def test_everything_the_banner_says(tmp_path: Path) -> None:
 
         # Wrong codes over LDAP lock alice out (5 failures by default).
         for _ in range(5):
-            bad = f"alice-password{wrong_code(alice_key, step)}"
+            bad = f"alice-password,{wrong_code(alice_key, step)}"
             refused = demo.run(f"ldapwhoami -x -H ldap://127.0.0.1:{demo.ports[0]} -D {ALICE} "
                                f"-w {bad}")
             assert refused.returncode == 49
@@ -221,15 +238,66 @@ def test_everything_the_banner_says(tmp_path: Path) -> None:
         assert "demo phone" in show.stdout and "laptop" not in show.stdout
         assert re.search(r"scratch\s.*\s10\b", show.stdout), show.stdout
 
-        # The banner stays short: one line per front end before the QR codes.
+        # The banner stays short: one line per front end (and carol's e-mail) before the QR
+        # codes.
         head = banner[: banner.index("otpauth://")]
-        assert len(head.splitlines()) <= 14, head
+        assert len(head.splitlines()) <= 15, head
     assert demo.process.returncode == -signal.SIGTERM  # twistd ends by the signal it got
     assert not folder.exists()  # the config and keyring went with the demo
     log = "".join(demo.log)
     assert "auth accept radius user='alice'" in log  # the audit trail, in twistd's log
     for secret in ("alice-password", "dana-password", demo.secret("alice"), demo.secret("dana")):
         assert secret not in log
+
+
+def test_carol_gets_her_code_by_email(tmp_path: Path) -> None:
+    """The banner's e-mail line: `-w carol-password,email` makes the gateway send carol a
+    code; the demo's mail sink prints it on the console; the next bind with
+    `-w carol-password,CODE` works, once.  The same over RADIUS (append mode), then the
+    CLI's own e-mail enrollment against the demo, with the code from the console."""
+    with run_demo(tmp_path) as demo:
+        ask = demo.line("e-mail")
+        assert ask.endswith(f"-D {CAROL} -w carol-password,email"), ask
+        asked = demo.run(ask)
+        assert asked.returncode != 0, asked  # no bind: a code was sent instead
+        code = demo.mailed(1)
+        with_code = ask.replace("carol-password,email", f"carol-password,{code}")
+        bound = demo.run(with_code)
+        assert bound.returncode == 0, bound.stderr
+        assert bound.stdout.strip() == f"dn:{CAROL}"
+        assert demo.run(with_code).returncode == 49  # spent
+
+        # RADIUS, append mode: the same trigger word, once the cooldown (10 s) is over.
+        time.sleep(10.5)
+        radius = (f"radtest -x carol carol-password,{{}} 127.0.0.1:{demo.ports[1]} 0 "
+                  "otpgate-demo-nas-secret")
+        sent = demo.run(radius.format("email"))
+        assert "Received Access-Accept" not in sent.stdout, sent.stdout
+        code = demo.mailed(2)
+        accepted = demo.run(radius.format(code))
+        assert "Received Access-Accept" in accepted.stdout, accepted.stdout + accepted.stderr
+
+        # The CLI enrolls carol's e-mail token again, the code typed back from the console.
+        show = demo.line("CLI")
+        otpgate, config = show.split(" show alice --config ")
+        enroll = subprocess.Popen(
+            ["bash", "-c", f"{otpgate} enroll carol --type email --config {config}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=demo.cwd,
+        )
+        code = demo.mailed(3)
+        out, err = enroll.communicate(f"{code}\n", timeout=60)
+        assert enroll.returncode == 0, err
+        assert out.startswith("code sent to c\u2022\u2022\u2022@demo.otpgate by smtp://127.0.0.1:")
+        assert "replaced:" in out
+        shown = demo.run(f"{otpgate} show carol --config {config}")
+        assert re.search(r"email \w+: to mail c\u2022+@demo\.otpgate; none outstanding",
+                         shown.stdout), shown.stdout
+        assert "codes sent in the last hour: 2" in shown.stdout
+        assert "carol@demo" not in shown.stdout
+    log = "".join(demo.log)
+    assert "auth accept ldap user='uid=carol" in log and "auth accept radius user='carol'" in log
+    assert "carol-password" not in log
 
 
 def sign_in(page: Any, url: str, name: str, password: str, otp: str) -> None:

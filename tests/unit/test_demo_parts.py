@@ -9,23 +9,28 @@ from pathlib import Path
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.testing import StringTransport
 
 from otpgate.config import parse_config
 from otpgate.configfile import parse_listen
 from otpgate.demo import (
     DEMO_HELPDESK_DN,
     DEMO_HELPDESK_GROUP,
+    DEMO_MAIL_USER_DN,
     DEMO_RADIUS_SECRET,
     DemoPorts,
     demo_config_text,
     load_demo_tree,
 )
+from otpgate.demomail import MailSink, message_text
 from otpgate.errors import ConfigError
+from otpgate.outofband.codes import code_mail
+from otpgate.outofband.mail import build_message
 from otpgate.twistd import DemoToken, demo_banner
 
 
 def test_demo_config_is_a_real_config_on_loopback(tmp_path: Path) -> None:
-    text = demo_config_text(40000, DemoPorts(20389, 21812, 20080))
+    text = demo_config_text(40000, DemoPorts(20389, 21812, 20080), 40025)
     config = parse_config(tomllib.loads(text), tmp_path)
     assert config.directory.urls == ("ldap://127.0.0.1:40000",)
     assert config.directory.profile.name == "openldap"
@@ -40,6 +45,12 @@ def test_demo_config_is_a_real_config_on_loopback(tmp_path: Path) -> None:
     assert (web.interface, web.port, web.tls) == ("127.0.0.1", 20080, False)
     assert config.web.helpdesk_groups == (DEMO_HELPDESK_GROUP.lower(),)
     assert [str(n) for n in config.web.metrics_networks] == ["127.0.0.0/8"]
+    # carol's codes: by e-mail to the demo's mail sink, asked for with "password,email".
+    assert config.otp.otp_delimiter == ","
+    assert config.delivery is not None
+    (smtp,) = config.delivery.smtp
+    assert (smtp.host, smtp.port, smtp.security) == ("127.0.0.1", 40025, "none")
+    assert ("email", "email") in [(w, c) for w, c in config.delivery.codes.triggers]
 
 
 def test_demo_directory_has_the_help_desk_group_and_its_member() -> None:
@@ -86,10 +97,44 @@ def test_banner_one_line_per_front_end_then_the_qr_codes(tmp_path: Path) -> None
     dana = DemoToken("dana", "otpauth://totp/otpgate%20demo:dana?secret=DDDD", "DDDD")
     config = tmp_path / "otpgate.toml"
     banner = demo_banner(DemoPorts(1, 2, 3), alice, dana, config)
-    labels = re.findall(r"^  (\w+) ", banner, re.M)
-    assert labels == ["LDAP", "RADIUS", "portal", "metrics", "CLI"]
-    assert "radtest -x alice alice-password$(" in banner and "127.0.0.1:2 0 " in banner
+    labels = re.findall(r"^  ([\w-]+) ", banner, re.M)
+    assert labels == ["LDAP", "RADIUS", "portal", "metrics", "CLI", "e-mail"]
+    assert "radtest -x alice alice-password,$(" in banner and "127.0.0.1:2 0 " in banner
+    assert f"-D {DEMO_MAIL_USER_DN} -w carol-password,email" in banner
+    assert "-w carol-password,CODE" in banner
     assert "http://127.0.0.1:3 " in banner and "curl http://127.0.0.1:3/metrics" in banner
     assert f"show alice --config {config}" in banner
     assert "dana-password" in banner and "code --secret DDDD" in banner
     assert banner.index("CLI") < banner.index("█")  # commands first, QR codes after
+
+
+def test_demo_directory_has_carol_with_one_mail_address() -> None:
+    results: list[object] = []
+    defer.ensureDeferred(load_demo_tree()).addBoth(results.append)
+    (tree,) = results
+    found: list[object] = []
+    tree.lookup(DEMO_MAIL_USER_DN).addBoth(found.append)
+    assert found[0][b"mail"] == [b"carol@demo.otpgate"]  # type: ignore[index]
+
+
+def test_mail_sink_shows_what_it_received() -> None:
+    shown: list[tuple[str, str]] = []
+    server = MailSink(lambda to, text: shown.append((to, text))).buildProtocol(None)
+    transport = StringTransport()
+    server.makeConnection(transport)
+    message = build_message("otpgate@demo.otpgate", "carol@demo.otpgate",
+                            code_mail("12345678", "otpgate demo", 300))
+    data = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    server.dataReceived(
+        b"EHLO client\r\nMAIL FROM:<otpgate@demo.otpgate>\r\n"
+        b"RCPT TO:<carol@demo.otpgate>\r\nDATA\r\n" + data + b".\r\nQUIT\r\n"
+    )
+    replies = [line.split(" ")[0] for line in transport.value().decode().splitlines()]
+    assert replies == ["220", "250", "250", "250", "354", "250", "221"]
+    ((to, text),) = shown
+    assert to == "carol@demo.otpgate"
+    assert text.splitlines()[:2] == [
+        "Subject: Your one-time code for otpgate demo",
+        "Your one-time code for otpgate demo: 12345678",
+    ]
+    assert message_text(b"Subject: x\n\nbody\n") == "Subject: x\nbody"
