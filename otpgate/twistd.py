@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from otpgate.admin.enrollment import enroll_change, new_oath_token, otpauth_uri
 from otpgate.admin.sentcodes import new_sent_token, sent_enroll_change
+from otpgate.auth.oob import destination_binding
 from otpgate.config import Config, load_config
 from otpgate.demo import (
     DEMO_DELIMITER,
@@ -163,6 +164,9 @@ async def enroll_demo_mail_token(gateway: Gateway, config: Config, name: str) ->
     token, secret = new_sent_token(
         TokenType.EMAIL, delivery.mail_attribute, delivery.codes.digits, "demo mailbox"
     )
+    (address,) = await gateway.entry_values(user.dn, delivery.mail_attribute)
+    bound = destination_binding(token.id, address.decode("utf-8").strip())
+    token = replace(token, bound=bound)  # the entry's own address, as a proof would bind it
     await gateway.store.update(user, lambda s: sent_enroll_change(s, token, secret))
 
 

@@ -213,6 +213,7 @@ def cmd_enroll_sent(args: argparse.Namespace) -> int:
         del code
         if sent.outcome != "sent":
             raise CommandFailed(refusal(sent))
+        proof.delivered(sent)  # the token is bound to the destination the code went to
         # Typing the code back may take minutes: no connection is held open meanwhile.
         ctx.store.directory.close()
         note = f"code sent to {sent.destination} by {sent.gateway}"

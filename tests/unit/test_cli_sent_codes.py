@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -39,6 +40,7 @@ from otpgate.directory.records import OtpState
 from otpgate.directory.sync import SyncStore
 from otpgate.outofband.result import Attempt, Delivery
 from otpgate.tokens import Secret, Token, TokenType, TokenUse, UsedState
+from tests.sentcodes import proven_token
 from tests.unit.memdir import MemoryDirectory
 from tests.unit.test_pipeline import KEYRING, PW, config
 
@@ -184,7 +186,7 @@ def test_email_token_is_written_only_after_the_code_comes_back(bench: Bench) -> 
 
 def test_a_new_email_token_replaces_the_old_one_and_json(bench: Bench) -> None:
     bench.user()
-    old, secret = new_sent_token(TokenType.EMAIL, "mail", 6)
+    old, secret = proven_token(TokenType.EMAIL, "mail", "alice@x")
     user = bench.store.resolve("alice")
     bench.store.update(user, lambda s: sent_enroll_change(s, old, secret))
     bench.monkeypatch.setattr(sentcodes, "read_line", lambda prompt: bench.code())
@@ -332,8 +334,9 @@ def test_show_masks_the_destination_read_now_and_tells_the_outstanding_code(
     cfg = config(delivery=delivery(sms_http=SMS_HTTP, sms_country_prefixes=["+49"]))
     bench = Bench(monkeypatch, capsys, cfg)
     bench.user(mail=["alice.smith@example.org"], mobile=["+49 151 1234589"])
-    mail, mail_secret = new_sent_token(TokenType.EMAIL, "mail", 6, label="inbox")
-    sms, sms_secret = new_sent_token(TokenType.SMS, "mobile", 6)
+    mail, mail_secret = proven_token(TokenType.EMAIL, "mail", "alice.smith@example.org")
+    mail = replace(mail, label="inbox")
+    sms, sms_secret = proven_token(TokenType.SMS, "mobile", "+491511234589")
     user = bench.store.resolve("alice")
     user = bench.store.update(user, lambda s: sent_enroll_change(s, mail, mail_secret))[1]
     now = int(__import__("time").time())
