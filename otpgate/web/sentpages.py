@@ -20,6 +20,12 @@ TITLE = "Add a code by e-mail or SMS"
 NOTHING_WAITING = "No code is waiting to be typed back: start again."
 
 
+def _kind(form: dict[str, str]) -> str:
+    """The channel the form asks for; anything else is named "unknown" (audit text)."""
+    kind = form.get("kind", "")
+    return kind if kind in CHANNEL_LABELS else "unknown"
+
+
 def _started(kind: str, token_id: str, sent: Sent) -> str:
     return f"new {kind} token {token_id}: code sent to {sent.destination} by {sent.gateway}"
 
@@ -32,7 +38,7 @@ class SentTokenPages(HelpDesk):
     # -- self-service ----------------------------------------------------------------------------
 
     async def post_enroll_sent(self, form: dict[str, str], session: Session, client: str) -> Reply:
-        kind = form.get("kind", "")
+        kind = _kind(form)
         try:
             pending, sent = await self.enroller.start(session.dn, session.name, kind, self.now())
         except SentRefused as exc:
@@ -85,7 +91,7 @@ class SentTokenPages(HelpDesk):
 
     async def hd_enroll_sent(self, form: dict[str, str], session: Session, client: str) -> Reply:
         target = form.get("user", "")
-        kind = form.get("kind", "")
+        kind = _kind(form)
         user = await self._hd_target(form, session, client, "enroll-sent")
         if isinstance(user, Reply):
             return user
