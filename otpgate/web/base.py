@@ -16,6 +16,7 @@ from ldaptor import ldapfilter
 from twisted.logger import Logger
 from twisted.web import resource
 
+from otpgate.auth.requests import Channel, Sent
 from otpgate.auth.rights import Rights
 from otpgate.config import Config
 from otpgate.directory.store import InventoryStore
@@ -24,6 +25,7 @@ from otpgate.web.bodycap import MAX_BODY
 from otpgate.web.clientaddr import ClientAddress, client_address
 from otpgate.web.health import health_check
 from otpgate.web.metrics import Metrics
+from otpgate.web.sentenroll import SentEnroller
 from otpgate.web.sessions import RateLimiter, Session, SessionStore
 
 log = Logger()
@@ -36,12 +38,19 @@ STATIC = {
     b"/static/app.css": ("app.css", b"text/css; charset=utf-8"),
     b"/static/app.js": ("app.js", b"text/javascript; charset=utf-8"),
 }
+WEB = Channel("web")
+"""The portal's way in: HTTPS (or loopback), its own rules on where it listens."""
 MATCHES = 20
 SIZE_LIMIT_EXCEEDED = 4
 FAILED = "Sign-in failed: check your user name, password and code."
 CODE_NEEDED = (
     "Sign-in failed. Type your password and the one-time code from your device: the "
     "password alone only signs in to enroll a first device, where that is allowed."
+)
+CODE_NEEDED_OR_SEND = (
+    "Sign-in failed. Type your password and the one-time code from your device, or press "
+    '"Send me a code" to have one sent: the password alone only signs in to enroll a first '
+    "device, where that is allowed."
 )
 
 
@@ -81,6 +90,14 @@ class PortalBase(resource.Resource):
         self.sessions = SessionStore(
             self.web.session_idle_seconds, self.web.session_max_seconds, self.web.max_sessions
         )
+        # Sign-ins waiting for a code that was sent: a store of their own, so that such a
+        # session is no session anywhere else (it opens only its code step).
+        self.code_steps = SessionStore(
+            self.web.session_idle_seconds, self.web.session_max_seconds, self.web.max_sessions
+        )
+        self.enroller = SentEnroller(gateway, config)
+        self.can_send = gateway.code_sender is not None
+        """Codes can be sent: the sign-in form offers "Send me a code"."""
         self.by_client = RateLimiter(self.web.sign_in_attempts_per_minute)
         self.by_name = RateLimiter(self.web.sign_in_attempts_per_minute)
         # Per directory entry, whatever name form was typed (alice, DOMAIN\alice, UPN, DN).
@@ -132,7 +149,7 @@ class PortalBase(resource.Resource):
             parts.append(f"Max-Age={max_age}")
         return "; ".join(parts)
 
-    def _session(self, request: Any) -> Session | None:
+    def _cookie_value(self, request: Any) -> str | None:
         raw = request.getHeader(b"cookie")
         if not raw:
             return None
@@ -142,7 +159,17 @@ class PortalBase(resource.Resource):
         except CookieError:
             return None
         morsel = jar.get(self.cookie_name)
-        return self.sessions.get(morsel.value if morsel else None, self.now())
+        return morsel.value if morsel else None
+
+    def _session(self, request: Any) -> Session | None:
+        return self.sessions.get(self._cookie_value(request), self.now())
+
+    def _code_step(self, request: Any) -> Session | None:
+        """The sign-in waiting for a sent code that the cookie names, if any."""
+        return self.code_steps.get(self._cookie_value(request), self.now())
+
+    def _sign_in_page(self, error: str | None = None, name: str = "", status: int = 200) -> Reply:
+        return Reply(render.page("Sign in", render.sign_in(error, name, self.can_send)), status)
 
     @staticmethod
     def _form(request: Any) -> dict[str, str] | None:
@@ -193,8 +220,12 @@ class PortalBase(resource.Resource):
         user: str | None = None,
         dn: str | None = None,
         token: str | None = None,
+        send: Sent | None = None,
     ) -> None:
+        """A portal action's audit event; ``send``: a code it sent or tried to (the audit's
+        ``send`` field, counted in /metrics like the sign-in sends)."""
         actor = session.name if session is not None else None
+        extra = {} if send is None else {"send": send.audit}
         self.gateway.audit.record(
             outcome=outcome,
             front_end="web",
@@ -203,4 +234,5 @@ class PortalBase(resource.Resource):
             client=client,
             token=token,
             reason=reason if user is None else f"by {actor}: {reason}",
+            **extra,
         )

@@ -1,6 +1,6 @@
 """The portal's help desk: find a user, see their devices, revoke, reset, unlock, issue a
-scratch list (shown, or sent to the user's own address), assign an inventory token; never
-for administrators or help-desk members."""
+scratch list (shown, or sent to the user's own address), assign an inventory token (adding
+an e-mail/SMS token is ``sentpages``); never for administrators or help-desk members."""
 
 from __future__ import annotations
 
@@ -68,6 +68,8 @@ class HelpDesk(SelfService):
                     self.inventory is not None,
                     protected=protected,
                     mail=self._mail_servers() is not None,
+                    channels=self.enroller.channels,
+                    destinations=await self.enroller.destinations(user.dn, state),
                 )
                 self.audit(session, client, "view", "looked at the user", user=query, dn=user.dn)
             except (UserNotFound, AmbiguousUser):

@@ -15,12 +15,16 @@ from twisted.web import server
 from otpgate.auth.policy import in_networks
 from otpgate.web import health, render
 from otpgate.web.base import Reply
-from otpgate.web.helpdesk import HelpDesk
+from otpgate.web.codestep import CODE_STEP_POSTS
 from otpgate.web.metrics import CONTENT_TYPE
+from otpgate.web.sentpages import SentTokenPages
 from otpgate.web.sessions import Session, csrf_ok
 
+ENROLL_ONLY_POSTS = (b"/signout", b"/enroll", b"/enroll/confirm", b"/enroll/cancel")
+"""What a password-only (first enrollment) session may do."""
 
-class Portal(HelpDesk):
+
+class Portal(SentTokenPages):
     def render(self, request: Any) -> Any:
         d = defer.ensureDeferred(self._handle(request))
         d.addErrback(self._crashed, request)
@@ -72,7 +76,10 @@ class Portal(HelpDesk):
         if form is None:
             return Reply(b"bad request\n", 400, b"text/plain")
         if path == b"/signin":
-            return await self.post_signin(form, session, client, address.network)
+            step = self._code_step(request)
+            return await self.post_signin(form, session, client, address.network, step)
+        if path in CODE_STEP_POSTS:
+            return await self.post_code_step(path, form, self._code_step(request), client)
         if session is None:
             return self._redirect("/signin")
         if not csrf_ok(session, form.get("csrf")):
@@ -89,12 +96,18 @@ class Portal(HelpDesk):
             b"/enroll/cancel": self.post_cancel,
             b"/revoke": self.post_revoke,
             b"/scratch": self.post_scratch,
+            b"/enroll-sent": self.post_enroll_sent,
+            b"/enroll-sent/confirm": self.post_enroll_sent_confirm,
+            b"/enroll-sent/cancel": self.post_enroll_sent_cancel,
             b"/helpdesk/revoke": self.hd_revoke,
             b"/helpdesk/reset": self.hd_reset,
             b"/helpdesk/unlock": self.hd_unlock,
             b"/helpdesk/scratch": self.hd_scratch,
             b"/helpdesk/scratch-mail": self.hd_scratch_mail,
             b"/helpdesk/assign": self.hd_assign,
+            b"/helpdesk/enroll-sent": self.hd_enroll_sent,
+            b"/helpdesk/enroll-sent/confirm": self.hd_enroll_sent_confirm,
+            b"/helpdesk/enroll-sent/cancel": self.hd_enroll_sent_cancel,
         }
         post = posts.get(path)
         if post is None:
@@ -103,12 +116,7 @@ class Portal(HelpDesk):
             # Cannot happen (every other session verified an OTP): refuse rather than trust it.
             self.audit(session, client, "refused", "session without a verified OTP")
             return self._page("Refused", render.message("Sign in with a code."), session, 403)
-        if session.enroll_only and path not in (
-            b"/signout",
-            b"/enroll",
-            b"/enroll/confirm",
-            b"/enroll/cancel",
-        ):
+        if session.enroll_only and path not in ENROLL_ONLY_POSTS:
             self.audit(
                 session,
                 client,

@@ -7,7 +7,7 @@ inline SVG element (not an image URL), so no ``data:`` URI is needed either.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from urllib.parse import urlencode
@@ -67,17 +67,30 @@ def message(text: str | None, kind: str = "error") -> str:
     return f'<p class="{h(kind)}" id="{h(kind)}">{h(text)}</p>'
 
 
-def sign_in(error: str | None = None, name: str = "") -> str:
+def sign_in(error: str | None = None, name: str = "", send: bool = False) -> str:
+    """The sign-in form; ``send``: codes can be sent by e-mail/SMS, so a second button asks
+    for one instead of typing it (the first button stays the one Enter presses)."""
+    hint = "leave empty for a first enrollment if allowed"
+    button = ""
+    if send:
+        hint = "or leave it empty and have a code sent to you"
+        button = (
+            ' <button id="send-code" name="send" value="1" type="submit">Send me a code'
+            "</button>"
+        )
     return (
         message(error) + '<form method="post" action="/signin" autocomplete="off">'
         '<label for="username">User name</label>'
         f'<input type="text" id="username" name="username" value="{h(name)}" required>'
         '<label for="password">Password</label>'
         '<input type="password" id="password" name="password" required>'
-        '<label for="otp">One-time code (leave empty for a first enrollment if allowed)</label>'
+        f'<label for="otp">One-time code ({h(hint)})</label>'
         '<input type="text" id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code">'
-        '<p><button id="signin" type="submit">Sign in</button></p></form>'
+        f'<p><button id="signin" type="submit">Sign in</button>{button}</p></form>'
     )
+
+
+CHANNEL_LABELS = {"email": "e-mail", "sms": "SMS"}
 
 
 def token_kind(token: Token) -> str:
@@ -86,6 +99,8 @@ def token_kind(token: Token) -> str:
         TokenType.HOTP: "HOTP token",
         TokenType.YUBICO: "YubiKey",
         TokenType.SCRATCH: "scratch list",
+        TokenType.EMAIL: "code by e-mail",
+        TokenType.SMS: "code by SMS",
     }.get(token.type, token.type.value)
 
 
@@ -95,7 +110,9 @@ def devices_table(
     revoke_action: str,
     extra: Sequence[tuple[str, str]] = (),
     read_only: bool = False,
+    destinations: Mapping[str, str] | None = None,
 ) -> str:
+    """``destinations``: token id -> where its codes go, masked (e-mail/SMS tokens)."""
     if not state.tokens:
         return '<p id="no-devices">No devices enrolled.</p>'
     rows = []
@@ -110,8 +127,12 @@ def devices_table(
             f'{csrf_field(csrf)}{hidden}<input type="hidden" name="token" value="{h(t.id)}">'
             f'<button type="submit" id="revoke-{h(t.id)}">Revoke</button></form>'
         )
+        kind = h(token_kind(t))
+        to = (destinations or {}).get(t.id)
+        if to:
+            kind += f' to <span class="destination">{h(to)}</span>'
         rows.append(
-            f'<tr data-token="{h(t.id)}"><td>{h(t.id)}</td><td>{h(token_kind(t))}</td>'
+            f'<tr data-token="{h(t.id)}"><td>{h(t.id)}</td><td>{kind}</td>'
             f"<td>{h(t.label)}</td><td>{h(t.serial)}</td><td>{h(when(t.created))}</td>"
             f"<td>{h(when(use.used_at))}</td><td>{h(use.drift)}</td><td>{revoke}</td></tr>"
         )
@@ -129,7 +150,10 @@ def my_devices(
     enroll_only: bool,
     notice: str | None = None,
     error: str | None = None,
+    channels: Sequence[str] = (),
+    destinations: Mapping[str, str] | None = None,
 ) -> str:
+    """``channels``: "email"/"sms" that can send codes (an e-mail/SMS token may be added)."""
     parts = [message(notice, "notice"), message(error)]
     if enroll_only:
         parts.append(
@@ -137,7 +161,8 @@ def my_devices(
             "device. Enroll it now; then sign in again with a code.</p>"
         )
     else:
-        parts.append("<h2>Your devices</h2>" + devices_table(state, csrf, "/revoke"))
+        table = devices_table(state, csrf, "/revoke", destinations=destinations)
+        parts.append("<h2>Your devices</h2>" + table)
     parts.append(
         '<h2>Add an authenticator app</h2><form method="post" action="/enroll">'
         f'{csrf_field(csrf)}<label for="label">Name of the device</label>'
@@ -151,7 +176,30 @@ def my_devices(
             f'<form method="post" action="/scratch">{csrf_field(csrf)}'
             '<button id="scratch" type="submit">Print a new scratch list</button></form>'
         )
+        if channels:
+            parts.append(
+                "<h2>Codes by e-mail or SMS</h2><p>Have a code sent to the address or number "
+                "the directory holds for you when you sign in. It is added once you type back "
+                "the code sent to it; a new one replaces the old one of the same kind.</p>"
+                + sent_buttons(csrf, "/enroll-sent", "enroll", channels)
+            )
     return "".join(parts)
+
+
+def sent_buttons(
+    csrf: str, action: str, prefix: str, channels: Sequence[str], user: str | None = None
+) -> str:
+    """One form, a button per channel (``kind``), to start enrolling an e-mail/SMS token."""
+    target = "" if user is None else f'<input type="hidden" name="user" value="{h(user)}">'
+    buttons = " ".join(
+        f'<button type="submit" name="kind" value="{h(c)}" id="{h(prefix)}-{h(c)}">'
+        f"Add {h(CHANNEL_LABELS.get(c, c))} token</button>"
+        for c in channels
+    )
+    return (
+        f'<form class="inline" method="post" action="{h(action)}">{csrf_field(csrf)}'
+        f"{target}{buttons}</form>"
+    )
 
 
 def enroll(svg: str, secret_b32: str, csrf: str, error: str | None = None) -> str:
@@ -217,10 +265,13 @@ def helpdesk_user(
     inventory: bool,
     protected: str | None = None,
     mail: bool = False,
+    channels: Sequence[str] = (),
+    destinations: Mapping[str, str] | None = None,
 ) -> Markup:
     """A user's devices and lockout, with the help-desk actions unless ``protected`` says why
     the help desk may not change this user (the server refuses them anyway); ``mail``: e-mail
-    servers are configured, so a new list may be sent to the user's own address."""
+    servers are configured, so a new list may be sent to the user's own address;
+    ``channels``: an e-mail/SMS token may be added (the user reads the code back)."""
     used = state.used
     locked = used.locked_until > now
     lock = (
@@ -250,11 +301,11 @@ def helpdesk_user(
             f'<h2 id="user-dn">{h(dn)}</h2><p>Lockout: {lock}</p>'
             f'<p class="notice" id="protected">This user is {h(protected)}: the help desk '
             "cannot change their devices. Ask a directory administrator (otpgate CLI).</p>"
-            + devices_table(state, csrf, "", read_only=True)
+            + devices_table(state, csrf, "", read_only=True, destinations=destinations)
         )
     html = (
         f'<h2 id="user-dn">{h(dn)}</h2><p>Lockout: {lock}</p>'
-        + devices_table(state, csrf, "/helpdesk/revoke", (("user", dn),))
+        + devices_table(state, csrf, "/helpdesk/revoke", (("user", dn),), False, destinations)
         + "<p>"
         + action("unlock", "Unlock")
         + action("reset", "Reset all devices", "Remove every device of this user?")
@@ -272,4 +323,7 @@ def helpdesk_user(
         + "</p>"
         + assign
     )
+    if channels:
+        html += "<p>" + sent_buttons(csrf, "/helpdesk/enroll-sent", "hd-enroll", channels, dn)
+        html += " (a code is sent to the user, who reads it back to you)</p>"
     return Markup(html)

@@ -1,5 +1,6 @@
 """The portal's sign-in and self-service pages: sign in and out, my devices, enroll a device
-(confirmed by its first code), revoke, print a scratch list."""
+(confirmed by its first code), revoke, print a scratch list.  The second step of a sign-in
+whose code is sent is ``codestep``; adding an e-mail/SMS token is ``sentpages``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import segno
 
 from otpgate.admin.enrollment import enroll_change, new_oath_token, otpauth_uri
 from otpgate.admin.manage import revoke_change, scratch_change
-from otpgate.auth.requests import Channel, FirstEnrollment, Separate
+from otpgate.auth.requests import FirstEnrollment, Separate
 from otpgate.auth.verify import confirm_new_device
 from otpgate.directory.records import OtpState, StateChange, UserEntry
 from otpgate.dn import normalise_dn
@@ -18,14 +19,14 @@ from otpgate.errors import DirectoryError, PolicyError
 from otpgate.otp.scratch import format_for_print, generate_scratch_list
 from otpgate.tokens import TokenType
 from otpgate.web import render
-from otpgate.web.base import CODE_NEEDED, FAILED, PortalBase, Reply
+from otpgate.web.base import CODE_NEEDED, CODE_NEEDED_OR_SEND, FAILED, WEB, Reply
+from otpgate.web.codestep import SignInCodes
 from otpgate.web.sessions import PendingEnrollment, Session
 
-WEB = Channel("web")
-"""The portal's way in: HTTPS (or loopback), its own rules on where it listens."""
+__all__ = ["WEB", "SelfService"]
 
 
-class SelfService(PortalBase):
+class SelfService(SignInCodes):
     # -- sign in / out -------------------------------------------------------------------------
 
     async def get_root(self, request: Any, session: Session | None, client: str) -> Reply:
@@ -34,35 +35,43 @@ class SelfService(PortalBase):
     async def get_signin(self, request: Any, session: Session | None, client: str) -> Reply:
         if session is not None:
             return self._redirect("/me")
-        return self._page("Sign in", render.sign_in(), None)
+        step = self._code_step(request) if request is not None else None
+        if step is not None:
+            return self.code_step_page(step)
+        return self._sign_in_page()
 
     async def post_signin(
-        self, form: dict[str, str], old: Session | None, client: str, network: str | None
+        self,
+        form: dict[str, str],
+        old: Session | None,
+        client: str,
+        network: str | None,
+        step: Session | None = None,
     ) -> Reply:
+        """Password and code; the password alone (a first enrollment); or the password and
+        "Send me a code" (``send``: the code step of ``codestep``)."""
         name = form.get("username", "").strip()
         password = form.get("password", "")
         otp = form.get("otp", "").strip().replace(" ", "")
         if old is not None:
             self.sessions.drop(old)  # a new session id at every sign-in (no fixation)
+        if step is not None:
+            self.code_steps.drop(step)  # a new sign-in ends a code step under way
         now = self.now()
         if not self.by_client.allow(client, now) or not self.by_name.allow(name.lower(), now):
             return self._rate_limited(name, client, "address or typed name")
         if not name or not password or len(name) > 256 or len(password) > 1024:
-            return self._page("Sign in", render.sign_in(FAILED, name), None, 401)
+            return self._sign_in_page(FAILED, name, 401)
         entry = await self._entry_key(name)
         if entry is not None and not self.by_entry.allow(entry, now):
             return self._rate_limited(name, client, "account")
+        if form.get("send") and self.can_send:
+            return await self.send_first_code(name, password, client, entry)
         session = await self._sign_in(name, password, otp, client, network)
         if session is None:
-            message = FAILED if otp else CODE_NEEDED
-            return self._page("Sign in", render.sign_in(message, name), None, 401)
+            message = FAILED if otp else CODE_NEEDED_OR_SEND if self.can_send else CODE_NEEDED
+            return self._sign_in_page(message, name, 401)
         return self._redirect("/me", self._cookie(session.id))
-
-    def _rate_limited(self, name: str, client: str, bucket: str) -> Reply:
-        self.audit(None, client, "reject", f"web sign-in rate limit ({bucket})", user=name)
-        return self._page(
-            "Sign in", render.sign_in("Too many attempts; wait a minute.", name), None, 429
-        )
 
     async def _entry_key(self, name: str) -> str | None:
         """The directory entry ``name`` resolves to (its immutable id), for the per-entry limit.
@@ -99,7 +108,7 @@ class SelfService(PortalBase):
         result = await gw.authenticator.login(request, gw.check_password)
         if not result.ok or result.dn is None or result.token_id is None:
             return None
-        helpdesk = await self._is_helpdesk(result.dn)
+        helpdesk = await self.rights.is_helpdesk(result.dn)
         return self.sessions.new(name, result.dn, self.now(), helpdesk=helpdesk, otp_verified=True)
 
     async def _first_enrollment(
@@ -119,10 +128,9 @@ class SelfService(PortalBase):
     async def _helpdesk_now(self, session: Session) -> bool:
         """Help-desk rights for this request: granted at an OTP sign-in and still a member
         (read again, so removing someone from the group takes effect at once)."""
-        return session.helpdesk and session.otp_verified and await self._is_helpdesk(session.dn)
-
-    async def _is_helpdesk(self, dn: str) -> bool:
-        return await self.rights.is_helpdesk(dn)
+        return (
+            session.helpdesk and session.otp_verified and await self.rights.is_helpdesk(session.dn)
+        )
 
     async def post_signout(self, form: dict[str, str], session: Session, client: str) -> Reply:
         self.sessions.drop(session)
@@ -146,7 +154,16 @@ class SelfService(PortalBase):
         if session is None:
             return self._redirect("/signin")
         _user, state = await self._state(session.dn)
-        body = render.my_devices(state, session.csrf, session.enroll_only, notice, error)
+        enroll_only = session.enroll_only
+        body = render.my_devices(
+            state,
+            session.csrf,
+            enroll_only,
+            notice,
+            error,
+            channels=() if enroll_only else self.enroller.channels,
+            destinations=await self.enroller.destinations(session.dn, state),
+        )
         return self._page("My devices", body, session)
 
     async def post_enroll(self, form: dict[str, str], session: Session, client: str) -> Reply:
@@ -225,13 +242,10 @@ class SelfService(PortalBase):
         )
         if enroll_only:
             self.sessions.drop(session)
-            body = (
-                render.message(
-                    "Your device is active. Sign in with your password and a code from it.",
-                    "notice",
-                )
-                + render.sign_in()
-            )
+            body = render.message(
+                "Your device is active. Sign in with your password and a code from it.",
+                "notice",
+            ) + render.sign_in(send=self.can_send)
             return Reply(render.page("Sign in", body), cookie=self._cookie("", max_age=0))
         return await self.get_me(None, session, client, notice=f"Device {token.id} is active.")
 
@@ -240,7 +254,7 @@ class SelfService(PortalBase):
         self.sessions.drop(session)
         self.audit(session, client, "refused", f"enroll-only session ended: {why}")
         body = render.message("You have a device now: sign in with a code from it.") + (
-            render.sign_in()
+            render.sign_in(send=self.can_send)
         )
         return Reply(render.page("Sign in", body), 403, cookie=self._cookie("", max_age=0))
 

@@ -1,8 +1,9 @@
 """Server-side portal sessions, CSRF tokens and sign-in rate limits (pure: no I/O).
 
 Sessions live only in this process's memory, keyed by a random id (the cookie).
-A pending enrollment (a secret shown but not yet confirmed) lives only here,
-never in a cookie, URL or log.
+A pending enrollment (a secret shown but not yet confirmed, a code sent to prove an e-mail
+address or phone number) and the pending second step of a sign-in whose code was sent live
+only here, never in a cookie, URL or log.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import secrets
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from otpgate.admin.sentcodes import EnrollmentProof
 from otpgate.tokens import Secret, Token
 
 
@@ -20,6 +22,41 @@ class PendingEnrollment:
     token: Token
     secret: Secret = field(repr=False)
     """Rendered once (the enroll page); afterwards only used to check the confirmation code."""
+
+
+@dataclass
+class PendingSent:
+    """An e-mail/SMS token waiting for the code sent to its destination to be typed back."""
+
+    proof: EnrollmentProof
+    dn: str
+    """Whose entry: the session's own, or the help desk's target."""
+    user: str
+    """That user as named (the help desk's target as typed: the audit trail's ``user``)."""
+    destination: str
+    """Masked, as the sender reported it ("+•••••89")."""
+    helpdesk: bool = False
+    """Started by the help desk for ``dn`` (the user reads the code back to the agent)."""
+
+
+@dataclass
+class CodeStep:
+    """The second step of a sign-in whose code was sent by e-mail/SMS.  Holds the entry
+    whose password the first step checked and when, never the password; it is kept in its
+    own store, so that it opens nothing but this step."""
+
+    dn: str
+    entry: str | None
+    """The entry's key for the per-entry sign-in limit."""
+    kind: str
+    """The channel the code went by ("email", "sms"): "send again" uses the same."""
+    challenge: str
+    """What to tell the user ("Code sent by SMS to +•••••89")."""
+    expires: float
+    """The last code's lifetime: after it, the step is over (sign in again)."""
+
+    def live(self, now: float) -> bool:
+        return now < self.expires
 
 
 @dataclass
@@ -38,6 +75,9 @@ class Session:
     """The sign-in verified (and spent) a one-time code: required for every change of a user
     who has a token, and for the help desk."""
     pending: PendingEnrollment | None = None
+    pending_sent: PendingSent | None = None
+    code_step: CodeStep | None = None
+    """Set only on the sessions of the code-step store (``Portal.code_steps``)."""
 
 
 class SessionStore:
