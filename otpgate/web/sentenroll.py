@@ -148,6 +148,7 @@ class SentEnroller:
             raise SentRefused(
                 f"The code could not be sent{to}: {sent.detail or sent.outcome}.", sent
             )
+        proof.delivered(sent)  # the token is bound to the destination the code went to
         return PendingSent(proof, dn, user, sent.destination, helpdesk), sent
 
     async def finish(self, pending: PendingSent, code: str, now: float) -> Token:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from otpgate.admin.sentcodes import new_sent_token, sent_enroll_change
+from otpgate.admin.sentcodes import sent_enroll_change
 from otpgate.directory.sync import open_store
 from otpgate.tokens import TokenType
 from otpgate.vault import Keyring
@@ -31,6 +31,7 @@ from tests.browser.portal import WebClient, browser, run_portal
 from tests.integration.backends import USER_PASSWORD, make_backend
 from tests.integration.test_web_attacks import audit_lines, new_group, raw_state
 from tests.integration.test_web_browser import code, enroll_directly, shoot
+from tests.sentcodes import normalised, proven_token
 from tests.servers import make_server_tls
 from tests.servers.mailserver import MailServer, smtp_tables
 from tests.servers.smsgateway import SmsGateway
@@ -49,8 +50,10 @@ def enroll_sent_directly(backend: Any, name: str, kind: TokenType, attribute: st
     config = backend.config()
     store = open_store(config.directory, Keyring.load(backend.keyring))
     try:
-        token, secret = new_sent_token(kind, attribute, 6)
-        store.update(store.resolve(name), lambda s: sent_enroll_change(s, token, secret))
+        user = store.resolve(name)
+        (value,) = backend.raw_values(user.dn, attribute)
+        token, secret = proven_token(kind, attribute, normalised(kind, value))
+        store.update(user, lambda s: sent_enroll_change(s, token, secret))
     finally:
         store.directory.close()
 

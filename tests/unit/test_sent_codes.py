@@ -57,7 +57,8 @@ class RecordingSender:
         if self.fail:
             return Sent(kind, "a\u2022\u2022\u2022@x", "failed", detail="smtp: refused")
         self.sent.append((dn, token.type.value, code))
-        return Sent(kind, "a\u2022\u2022\u2022@x", "sent", "smtp://127.0.0.1:25")
+        binding = destination_binding(token.id, "alice@x")
+        return Sent(kind, "a\u2022\u2022\u2022@x", "sent", "smtp://127.0.0.1:25", binding=binding)
 
     async def destination(self, dn: str, token: Token) -> str:
         return "a\u2022\u2022\u2022@x"
