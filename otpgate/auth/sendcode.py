@@ -11,7 +11,8 @@ locked-out user, an expired account or a user without such a token gets nothing)
 * ``PasswordStep`` (RADIUS challenge mode) for such a user.
 
 Order: the password is checked upstream (unless the first step of the same sign-in did),
-the gateway's global budget is taken, the send is written with the state engine's
+the destination is checked in the entry (none usable: nothing is written or counted), the
+gateway's global budget is taken, the send is written with the state engine's
 compare-and-swap (``oob.plan_send``: lockout, cooldown, hourly limit, one outstanding
 code), and only then is the code handed to the sender.  When no gateway took it, the code
 is withdrawn with a second compare-and-swap and the login fails.
@@ -105,6 +106,10 @@ async def send_code(
     rules, sender = auth.settings.codes, auth.code_sender
     if rules is None or sender is None:
         return AuthResult(False, "no code sent: no [delivery] gateways", user.dn, token.id)
+    refused = await sender.check(user.dn, token)
+    if refused is not None:  # nothing to send to: nothing written, nothing counted
+        why = f"{kind} code not sent: {refused.detail or refused.outcome}"
+        return AuthResult(False, why, user.dn, token.id, sent=refused)
     now = auth.clock.seconds()
     if not sender.take_budget(now):
         sent = Sent(kind, "", "limited", detail="global budget")

@@ -109,7 +109,8 @@ class OutOfBandSender:
         except OtpgateError:
             return ""
 
-    async def send(self, dn: str, user: str, token: Token, code: str) -> Sent:
+    async def _usable(self, dn: str, token: Token) -> tuple[str, str] | Sent:
+        """(destination, masked), or the refusal."""
         channel = token.type.value
         if not self.delivery.can_send(channel):
             return Sent(channel, "", "refused", detail=f"no {channel} gateway is configured")
@@ -125,6 +126,18 @@ class OutOfBandSender:
                 "enrolled with: enroll the token again"
             )
             return Sent(channel, masked, "refused", detail=why)
+        return to, masked
+
+    async def check(self, dn: str, token: Token) -> Sent | None:
+        found = await self._usable(dn, token)
+        return found if isinstance(found, Sent) else None
+
+    async def send(self, dn: str, user: str, token: Token, code: str) -> Sent:
+        channel = token.type.value
+        found = await self._usable(dn, token)  # again: the entry may have changed since
+        if isinstance(found, Sent):
+            return found
+        to, masked = found
         try:
             if token.type is TokenType.SMS:
                 delivery = await send_sms(self.reactor, self.delivery, SmsMessage(to, user, code))

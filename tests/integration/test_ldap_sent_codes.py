@@ -379,6 +379,48 @@ async def test_sms_goes_to_the_entrys_own_number(backend, tmp_path):
         await proxy.stop()
 
 
+@pytest.mark.parametrize("backend", ["samba"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_a_user_who_rewrites_her_own_mobile_gets_no_code(backend, tmp_path):
+    """The insider with a phished password: on AD, SELF may write its own ``mobile`` (the
+    Personal Information property set), so she points it at her own phone and asks for a
+    code.  The token is bound to the number its enrollment proved: nothing is sent."""
+    import ldap3
+
+    gateway = SmsGateway()
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.Site(gateway))
+    sms = {
+        "url": f"http://127.0.0.1:{port.getHost().port}/sms",
+        "body": {"to": "{to}", "text": "Your code: {code}"},
+        "ok_body": "queued",
+        "timeout": 5,
+    }
+    proxy = await start(backend, tmp_path, {"sms_http": [sms], "sms_country_prefixes": ["+49"]})
+    try:
+        _name, dn, _address = new_user(backend, "oobself", mobile="+49 151 2345 6789")
+        await enroll(proxy, dn, TokenType.SMS)
+        own = backend.server.connect(dn, PW)  # the user herself, with her password alone
+        try:
+            changed = own.modify(dn, {"mobile": [(ldap3.MODIFY_REPLACE, ["+49 170 6666666"])]})
+            assert changed, own.result  # AD's default: SELF writes its own mobile
+        finally:
+            own.unbind()
+        bound, err = await bind(proxy, backend, dn, PW + ",sms")
+        assert not bound and "Code sent" not in err
+        assert gateway.received == []
+        (refused,) = sends(tmp_path)
+        assert refused["outcome"] == "refused"
+        assert "enroll the token again" in audit(tmp_path)[-1]["reason"]
+        assert not audit_holds(tmp_path, "6666666", "2345 6789")
+        # the number changed back by the administrator: codes go out again
+        set_values(backend, dn, mobile="+49 151 2345 6789")
+        bound, err = await bind(proxy, backend, dn, PW + ",sms")
+        assert not bound and "Code sent by SMS" in err and len(gateway.received) == 1
+    finally:
+        await port.stopListening()
+        await proxy.stop()
+
+
 # -- two proxy processes (twistd) ---------------------------------------------------------------
 
 

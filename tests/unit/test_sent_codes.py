@@ -47,6 +47,10 @@ class RecordingSender:
         self.sent: list[tuple[str, str, str]] = []
         self.fail = False
         self.budget = 1000
+        self.refuse: Sent | None = None
+
+    async def check(self, dn: str, token: Token) -> Sent | None:
+        return self.refuse
 
     def take_budget(self, now: float) -> bool:
         self.budget -= 1
@@ -404,3 +408,18 @@ async def test_a_token_without_an_enrolled_destination_is_never_sent_to(sending)
     )
     result = await world.login("alice", PW + ",email")
     assert not result.ok and "no enrolled destination" in result.reason and sender.sent == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_usable_destination_writes_and_counts_nothing(sending) -> None:
+    world, sender = sending
+    token = await enroll_sent(world, "alice")
+    sender.refuse = Sent("email", "", "refused", detail="2 mail values")
+    for _ in range(3):
+        result = await world.login("alice", PW + ",email")
+        assert not result.ok and "2 mail values" in result.reason and not result.challenge
+    user = await world.store.resolve("alice", fresh=True)
+    used = world.store.decode(user).used
+    assert used.sends == () and used.use_of(token.id).code == b""
+    sender.refuse = None
+    assert (await world.login("alice", PW + ",email")).challenge  # no cooldown was spent
