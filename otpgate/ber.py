@@ -246,8 +246,9 @@ def _encode_int(tag: int, value: int) -> bytes:
     return tlv(tag, value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=True))
 
 
-def message(message_id: int, op: bytes) -> bytes:
-    return tlv(SEQUENCE, _encode_int(INTEGER, message_id) + op)
+def message(message_id: int, op: bytes, controls: bytes = b"") -> bytes:
+    """An LDAPMessage; ``controls``: the encoded ``[0] Controls`` element, if any."""
+    return tlv(SEQUENCE, _encode_int(INTEGER, message_id) + op + controls)
 
 
 def ldap_result(
@@ -354,6 +355,7 @@ def search_request(
     attributes: tuple[bytes, ...],
     size_limit: int = 0,
     time_limit: int = 0,
+    controls: bytes = b"",
 ) -> bytes:
     body = (
         _octets(base)
@@ -365,7 +367,56 @@ def search_request(
         + filter_ber
         + tlv(SEQUENCE, b"".join(_octets(a) for a in attributes))
     )
-    return message(message_id, tlv(SEARCH_REQUEST, body))
+    return message(message_id, tlv(SEARCH_REQUEST, body), controls)
+
+
+PAGED_RESULTS_OID = b"1.2.840.113556.1.4.319"
+"""RFC 2696 simple paged results (AD answers at most MaxPageSize entries per search)."""
+
+
+def paged_results_control(size: int, cookie: bytes) -> bytes:
+    """The ``[0] Controls`` of a search that asks for one page of ``size`` entries
+    (``cookie``: b"" for the first page, then what the previous page's answer carried).
+    Not critical: a server without paging answers the whole search at once."""
+    value = tlv(SEQUENCE, _encode_int(INTEGER, size) + _octets(cookie))
+    return tlv(0xA0, tlv(SEQUENCE, _octets(PAGED_RESULTS_OID) + _octets(value)))
+
+
+def paged_results_cookie(pdu: bytes, header: Header) -> bytes:
+    """The cookie of the paged-results control of a SearchResultDone: b"" when it carries
+    none (the last page, or a server that did not page)."""
+    end = len(pdu)
+    if header.op_end >= end:
+        return b""
+    tag, pos, controls_end = _tlv(pdu, header.op_end, end)
+    if tag != 0xA0:
+        raise BerError(f"unexpected element 0x{tag:02x} after the protocolOp")
+    while pos < controls_end:
+        tag, start, control_end = _tlv(pdu, pos, controls_end)
+        tag, o_start, o_end = _tlv(pdu, start, control_end)
+        value: bytes | None = None
+        inner = o_end
+        while inner < control_end:
+            tag, v_start, v_end = _tlv(pdu, inner, control_end)
+            if tag == OCTET_STRING:
+                value = bytes(pdu[v_start:v_end])
+            inner = v_end
+        if pdu[o_start:o_end] == PAGED_RESULTS_OID and value is not None:
+            tag, s_start, s_end = _tlv(value, 0, len(value))
+            if tag != SEQUENCE:
+                raise BerError("paged-results value is not a SEQUENCE")
+            tag, _i_start, i_end = _tlv(value, s_start, s_end)
+            tag, c_start, c_end = _tlv(value, i_end, s_end)
+            if tag != OCTET_STRING:
+                raise BerError("paged-results cookie is not an OCTET STRING")
+            return value[c_start:c_end]
+        pos = control_end
+    return b""
+
+
+def filter_greater_or_equal(attribute: bytes, value: bytes) -> bytes:
+    """RFC 4511 greaterOrEqual filter (attribute>=value)."""
+    return tlv(0xA5, _octets(attribute) + _octets(value))
 
 
 def _attribute(name: bytes, values: tuple[bytes, ...]) -> bytes:

@@ -318,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("import", help="import hardware tokens into the directory inventory")
     im.add_argument("file")
-    im.add_argument("--format", required=True, choices=("pskc", "oath-csv", "yubico-csv"))
+    im.add_argument(
+        "--format", required=True, choices=("pskc", "oath-csv", "yubico-csv", "otpauth")
+    )
     im.add_argument(
         "--password",
         nargs="?",
@@ -340,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     asg.add_argument("user")
     _common(asg)
     asg.set_defaults(func=Command("inventory", "cmd_assign"))
+
+    ua = sub.add_parser(
+        "unassign", help="return a user's hardware token to the inventory, with its counter"
+    )
+    ua.add_argument("user")
+    ua.add_argument("token", help="token id, serial or label")
+    _common(ua)
+    ua.set_defaults(func=Command("inventory", "cmd_unassign"))
 
     rn = sub.add_parser("rename", help="change the label of an inventory token")
     rn.add_argument("serial")

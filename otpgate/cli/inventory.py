@@ -1,10 +1,10 @@
-"""Hardware-token inventory commands: import, assign, rename, delete, inventory.  The
-import flow (clashes, the error file, rollback) lives in ``otpgate.admin.imports``."""
+"""Hardware-token inventory commands: import, assign, unassign, rename, delete, inventory.
+The import flow (clashes, users, the error file, rollback, assignment) lives in
+``otpgate.admin.imports``."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,18 +14,20 @@ from otpgate.cli.base import CommandFailed, UsageError, admin, emit
 from otpgate.errors import CodecError, DirectoryError
 
 if TYPE_CHECKING:
-    from otpgate.directory.inventory import InventoryItem
     from otpgate.importers import ImportResult
-    from otpgate.tokens import Secret, Token
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from otpgate.admin.imports import ImportRefused, import_tokens
+    from otpgate.admin.imports import Assigning, ImportRefused, import_tokens
     from otpgate.admin.render import Progress
 
     path = Path(args.file)
     data, result = _read_tokens(args, path)
     with admin(args) as ctx:
+        store = ctx.store
+        assigning = Assigning(
+            store.mapper, ctx.config.otp.max_tokens_per_user, store.config.cas_retries
+        )
         try:
             outcome = import_tokens(
                 ctx.inventory,
@@ -37,6 +39,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                 progress=lambda total: Progress(
                     total, "importing", sys.stderr, None if not args.json else False
                 ),
+                assigning=assigning,
             )
         except ImportRefused as exc:
             raise CommandFailed(str(exc)) from exc
@@ -54,23 +57,41 @@ def cmd_import(args: argparse.Namespace) -> int:
         text = f"imported {len(outcome.imported)} token(s) into {ctx.config.directory.inventory_dn}"
         if result.problems:
             text += f"; {len(result.problems)} row(s) skipped, marked in {outcome.error_path}"
+        for done in outcome.assigned:
+            if done.token is not None:
+                text += f"\nassigned {done.serial} to {done.user} (token id {done.token.id})"
+            else:
+                text += f"\nnot assigned {done.serial} to {done.user} (kept in the inventory): "
+                text += done.error
         emit(
             args,
             {
                 "imported": outcome.imported,
                 "skipped": [{"row": p.row, "error": p.message} for p in result.problems],
                 "error_file": str(outcome.error_path) if result.problems else None,
+                "assigned": [
+                    {"serial": d.serial, "user": d.user, "token": d.token.id}
+                    for d in outcome.assigned
+                    if d.token is not None
+                ],
+                "not_assigned": [
+                    {"serial": d.serial, "user": d.user, "error": d.error}
+                    for d in outcome.assigned
+                    if d.token is None
+                ],
             },
             text,
         )
+        if any(d.token is None for d in outcome.assigned):
+            return 1
         return 0
 
 
 def _read_tokens(args: argparse.Namespace, path: Path) -> tuple[bytes, ImportResult]:
     """The import file's bytes and what the parser of ``--format`` makes of them."""
+    from otpgate.errors import ImportFormatError
     from otpgate.importers import MAX_IMPORT_BYTES
-    from otpgate.importers.csvfiles import parse_oath_csv, parse_yubico_csv
-    from otpgate.importers.pskc import parse_pskc
+    from otpgate.importers.formats import parse_file
 
     try:
         if path.stat().st_size > MAX_IMPORT_BYTES:
@@ -78,27 +99,26 @@ def _read_tokens(args: argparse.Namespace, path: Path) -> tuple[bytes, ImportRes
         data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
-    if args.format == "pskc":
-        psk = None
-        if args.psk:
-            try:
-                psk = bytes.fromhex(args.psk)
-            except ValueError as exc:
-                raise UsageError("--psk must be hexadecimal (32 hex digits for AES-128)") from exc
-        password = None
-        if args.password_file:
-            password = cli.read_secret_file(args.password_file)
-        elif args.password is not None:
-            password = args.password or cli.prompt_secret("PSKC password: ")
-        return data, parse_pskc(data, psk=psk, password=password)
-    if args.psk or args.password is not None or args.password_file:
-        raise UsageError("--psk and --password are for --format pskc")
+    psk = None
+    password = None
+    if args.format != "pskc":
+        if args.psk or args.password is not None or args.password_file:
+            raise UsageError("--psk and --password are for --format pskc")
+    elif args.psk:
+        try:
+            psk = bytes.fromhex(args.psk)
+        except ValueError as exc:
+            raise UsageError("--psk must be hexadecimal (32 hex digits for AES-128)") from exc
+    if args.format == "pskc" and args.password_file:
+        password = cli.read_secret_file(args.password_file)
+    elif args.format == "pskc" and args.password is not None:
+        password = args.password or cli.prompt_secret("PSKC password: ")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path} is not UTF-8 text") from exc
-    parser = parse_oath_csv if args.format == "oath-csv" else parse_yubico_csv
-    return data, parser(text)
+        return data, parse_file(args.format, data, psk=psk, password=password)
+    except ImportFormatError as exc:
+        if args.format != "pskc" and "UTF-8" in str(exc):
+            raise UsageError(f"{path} is not UTF-8 text") from exc
+        raise
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
@@ -109,17 +129,28 @@ def cmd_assign(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_rename(args: argparse.Namespace) -> int:
+def cmd_unassign(args: argparse.Namespace) -> int:
     with admin(args) as ctx:
-        def relabelled(item: InventoryItem) -> tuple[Token, Secret, int] | None:
-            if item.token is None or item.secret is None:
-                return None
-            try:
-                return dataclasses.replace(item.token, label=args.name), item.secret, item.last
-            except ValueError as exc:
-                raise UsageError(str(exc)) from exc
+        token, _secret, last = ctx.inventory.unassign(args.user, args.token)
+    counter = f", last used counter {last}" if last >= 0 else ""
+    text = f"returned {token.type.value} token {token.serial} of {args.user} to the inventory"
+    emit(
+        args,
+        {"serial": token.serial, "user": args.user, "token": token.id, "last": last},
+        text + counter,
+    )
+    return 0
 
-        if ctx.inventory.rewrite(args.serial, relabelled) is None:
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    from otpgate.admin.inventory import relabel
+
+    try:
+        change = relabel(args.name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    with admin(args) as ctx:
+        if ctx.inventory.rewrite(args.serial, change) is None:
             raise CommandFailed(f"serial {args.serial} is being assigned right now")
     emit(args, {"serial": args.serial, "label": args.name}, f"{args.serial}: label {args.name!r}")
     return 0

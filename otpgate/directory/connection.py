@@ -79,6 +79,8 @@ class _Operation:
     start_tls: bool = False
     """The StartTLS request: its answer must come alone, and nothing is read after it."""
     deadline: float = 0.0
+    paged: bool = False
+    """A search that asked for one page: answered with (entries, the next page's cookie)."""
 
 
 def no_delay(transport: Any) -> None:
@@ -189,14 +191,14 @@ class LdapClientProtocol(protocol.Protocol):
         return self.tls_established()
 
     def request(
-        self, build: Any, search: bool = False, start_tls: bool = False
+        self, build: Any, search: bool = False, start_tls: bool = False, paged: bool = False
     ) -> defer.Deferred[Any]:
         """Send ``build(message_id)``; the deferred fires with the decoded response."""
         if not self.connected:
             return defer.fail(DirectoryUnavailable("not connected"))
         self._next_id = self._next_id % 0x7FFFFFFF + 1
         mid = self._next_id
-        op = _Operation(defer.Deferred(), [] if search else None, start_tls)
+        op = _Operation(defer.Deferred(), [] if search else None, start_tls, paged=paged)
         if self.clock is not None and self.timeout > 0:
             op.deadline = self.clock.seconds() + self.timeout
             if self._timer is None:
@@ -249,6 +251,10 @@ class LdapClientProtocol(protocol.Protocol):
         del self._operations[header.message_id]
         code, _matched, diagnostic = ber.decode_result(pdu, header)
         message = diagnostic.decode("utf-8", "replace")
+        if op.paged:
+            cookie = ber.paged_results_cookie(pdu, header)
+            op.deferred.callback((code, message, (op.entries, cookie)))
+            return
         op.deferred.callback((code, message, op.entries))
 
 
@@ -282,11 +288,18 @@ class LdapConnection:
             self.client.connected = 0
 
     async def _call(
-        self, operation: str, build: Any, search: bool = False, start_tls: bool = False
+        self,
+        operation: str,
+        build: Any,
+        search: bool = False,
+        start_tls: bool = False,
+        paged: bool = False,
     ) -> tuple[int, str, Any]:
         start = time.monotonic()
         try:
-            result: tuple[int, str, Any] = await self.client.request(build, search, start_tls)
+            result: tuple[int, str, Any] = await self.client.request(
+                build, search, start_tls, paged
+            )
         except OperationTimedOut as exc:
             self.stats.error("timeout")
             self.close()
@@ -333,6 +346,33 @@ class LdapConnection:
             raise DirectoryError(f"search under {base} failed: {code} {message}", code)
         found: list[SearchEntry] = entries
         return found
+
+    async def search_page(
+        self,
+        base: str,
+        filter_ber: bytes,
+        attributes: Sequence[str],
+        scope: int,
+        page_size: int,
+        cookie: bytes,
+    ) -> tuple[list[SearchEntry], bytes]:
+        """One page of a paged search (RFC 2696) and the cookie of the next (b"": done).
+        The pages of one search must be asked for on the same connection."""
+        attrs = tuple(a.encode() for a in attributes)
+        control = ber.paged_results_control(page_size, cookie)
+        code, message, (entries, next_cookie) = await self._call(
+            "search",
+            lambda mid: ber.search_request(
+                mid, base.encode(), scope, filter_ber, attrs, 0, int(self.timeout) + 1, control
+            ),
+            search=True,
+            paged=True,
+        )
+        if code == NO_SUCH_OBJECT:
+            return [], b""
+        if code != SUCCESS:
+            raise DirectoryError(f"search under {base} failed: {code} {message}", code)
+        return entries, next_cookie
 
     async def modify(self, dn: str, changes: Sequence[Modification]) -> tuple[int, str]:
         """One Modify operation (applied atomically by the server); returns (code, message)."""

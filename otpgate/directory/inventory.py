@@ -9,9 +9,10 @@ that entry's own GUID/UUID.  The directory stays the one source of truth.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from otpgate import ber
 from otpgate.codec import AttributeCodec, Purpose
 from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.engine import Add, Delete, Modify, Search, Step
@@ -146,8 +147,43 @@ def entries(mapper: InventoryMapper) -> Step[list[SearchEntry]]:
     )
 
 
+def read_entries(mapper: InventoryMapper, serials: Sequence[str]) -> Step[list[SearchEntry]]:
+    """The entries of ``serials`` that are there, in one search (a page of the portal's
+    list: only the rows shown are read, and decrypted by the caller)."""
+    names = [check_serial(s) for s in serials]
+    if not names:
+        return []
+    text = "(|" + "".join(f"(cn={n})" for n in names) + ")"  # serials need no escaping
+    wire = ber.filter_or(*(ber.filter_equal(b"cn", n.encode()) for n in names))
+    lookup = Lookup(mapper.container, SCOPE_SUBTREE, text, user_filter=False, filter_ber=wire)
+    found: list[SearchEntry] = yield Search(lookup, mapper.attributes)
+    container = mapper.container.lower()
+    return [e for e in found if e.dn.lower() != container]
+
+
 def list_items(mapper: InventoryMapper, decrypt: bool = True) -> Step[list[InventoryItem]]:
     return [mapper.item(e, decrypt) for e in (yield from entries(mapper))]
+
+
+def reserve(mapper: InventoryMapper, serial: str) -> Step[str]:
+    """Create ``cn=<serial>`` without a token: taken for whoever fills it (``fill``); nobody
+    can claim an empty entry.  Its DN; InventoryError if the serial is already there."""
+    dn = mapper.dn(serial)
+    code, message = yield Add(dn, mapper.new_entry(serial))
+    if code == ENTRY_ALREADY_EXISTS:
+        raise InventoryError(f"serial {serial} is already in the inventory", code)
+    if code != SUCCESS:
+        raise InventoryError(f"cannot add {dn}: {code} {message}", code)
+    return dn
+
+
+def fill(mapper: InventoryMapper, token: Token, secret: Secret, last: int = -1) -> Step[None]:
+    """Store the token in its reserved entry (bound to that entry's own id)."""
+    item = yield from read_item(mapper, token.serial, decrypt=False)
+    raw = mapper.encode(item.dn, item.entry_id, token, secret, last)
+    code, message = yield Modify(item.dn, tuple(mapper.store_change(raw)))
+    if code != SUCCESS:
+        raise InventoryError(f"cannot store token {token.serial}: {code} {message}", code)
 
 
 def add_item(
@@ -156,18 +192,9 @@ def add_item(
     """Create ``cn=<serial>`` and store the token in it (bound to the new entry's id)."""
     if not token.serial:
         raise InventoryError("an inventory token needs a serial")
-    dn = mapper.dn(token.serial)
-    code, message = yield Add(dn, mapper.new_entry(token.serial))
-    if code == ENTRY_ALREADY_EXISTS:
-        raise InventoryError(f"serial {token.serial} is already in the inventory", code)
-    if code != SUCCESS:
-        raise InventoryError(f"cannot add {dn}: {code} {message}", code)
+    dn = yield from reserve(mapper, token.serial)
     try:
-        item = yield from read_item(mapper, token.serial, decrypt=False)
-        raw = mapper.encode(dn, item.entry_id, token, secret, last)
-        code, message = yield Modify(dn, tuple(mapper.store_change(raw)))
-        if code != SUCCESS:
-            raise InventoryError(f"cannot store token {token.serial}: {code} {message}", code)
+        yield from fill(mapper, token, secret, last)
     except Exception:
         yield Delete(dn)  # leave no empty entry behind
         raise

@@ -6,7 +6,7 @@ module performs the requests a step yields, keeps the entry cache and counts con
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ldaptor import ldapfilter
@@ -21,6 +21,7 @@ from otpgate.directory.engine import Add, Delete, Modify, Op, Outcome, Search, S
 from otpgate.directory.entrycache import EntryCache
 from otpgate.directory.guard import PeriodicGuard
 from otpgate.directory.inventory import InventoryItem, InventoryMapper
+from otpgate.directory.ldapdata import SearchEntry
 from otpgate.directory.pool import ServerPool
 from otpgate.directory.records import Lookup, OtpState, StateChange, UserEntry
 from otpgate.directory.replication_guard import ReplicationGuard
@@ -209,13 +210,28 @@ class InventoryStore:
         await self.store.check_replication()
         await self.store._run(inv.delete(self.mapper, serial))
 
-    async def flow(self, step: Step[T], user_name: str) -> T:
-        """A flow that writes the inventory and ``user_name``'s state in one step (the
-        assignment, ``admin.inventory.assign``), through the replication guard; the user's
-        cached entry is dropped afterwards (its state changed under the cache)."""
+    async def rewrite(self, serial: str, change: inv.Rewrite) -> InventoryItem | None:
+        """Rewrite ``serial``'s stored token with compare-and-swap (``inventory.rewrite``)."""
+        await self.store.check_replication()
+        return await self.store._run(inv.rewrite(self.mapper, serial, change))
+
+    async def check(self, step: Step[T]) -> T:
+        """A step that only reads (an import's checks of its users)."""
+        return await self.store._run(step)
+
+    async def read_entries(self, serials: Sequence[str]) -> Sequence[SearchEntry]:
+        """The entries of ``serials`` still there, in one search (not decrypted)."""
+        return await self.store._run(inv.read_entries(self.mapper, serials))
+
+    async def flow(self, step: Step[T], *user_names: str) -> T:
+        """A flow that writes the inventory and users' state in one step (the assignment,
+        ``admin.inventory.assign``; the import's ``admin.imports`` steps), through the
+        replication guard; the users' cached entries are dropped afterwards (their state
+        changed under the cache)."""
         store = self.store
         await store.check_replication()
         try:
             return await store._run(step)
         finally:
-            store.forget(user_name)
+            for name in user_names:
+                store.forget(name)

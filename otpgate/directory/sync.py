@@ -109,7 +109,20 @@ class SyncInventory:
         return self.store.run(inv.read_item(self.mapper, serial, decrypt))
 
     def entries(self) -> list[SearchEntry]:
-        return self.store.run(inv.entries(self.mapper))
+        """Every inventory entry, sorted by serial: a paged search (a plain one stops at the
+        server's size limit, AD's MaxPageSize or OpenLDAP's sizelimit, and ldap3 would hand
+        out what came before it as if that were all)."""
+        conn = self.store.directory.write()
+        container = self.mapper.container.lower()
+        found = conn.paged_search(self.mapper.container, "(objectClass=*)", self.mapper.attributes)
+        return sorted(
+            (e for e in found if e.dn.lower() != container),
+            key=lambda e: (e.first("cn") or b"").lower(),
+        )
+
+    def run(self, step: Step[T]) -> T:
+        """An inventory step (the import's ``admin.imports`` steps) on the OTP-state server."""
+        return self.store.run(step)
 
     def serials(self) -> set[str]:
         return {(e.first("cn") or b"").decode("utf-8", "replace").lower() for e in self.entries()}
@@ -120,6 +133,14 @@ class SyncInventory:
 
     def delete(self, serial: str) -> None:
         self.store.run(inv.delete(self.mapper, serial))
+
+    def unassign(self, user_name: str, ref: str) -> tuple[Token, Secret, int]:
+        from otpgate.admin.inventory import unassign
+
+        store = self.store
+        return store.run(
+            unassign(store.mapper, self.mapper, user_name, ref, store.config.cas_retries)
+        )
 
     def assign(self, serial: str, user_name: str, max_tokens: int) -> Token:
         from otpgate.admin.inventory import assign  # the flow lives with the admin tasks

@@ -1,4 +1,5 @@
-"""Token import files (pure): PSKC (RFC 6030), OATH CSV and Yubico personalization CSV.
+"""Token import files (pure): PSKC (RFC 6030), OATH CSV, Yubico personalization CSV and
+lists of ``otpauth://`` key URIs.
 
 Every parser reads the whole file and returns an :class:`ImportResult`: the tokens it
 understood and one :class:`RowProblem` per row (CSV line, PSKC KeyPackage) it did not.
@@ -29,6 +30,9 @@ class ImportedToken:
     secret: Secret = field(repr=False)
     last: int = -1
     """Last used HOTP counter (the file's counter minus one); -1 for a fresh token."""
+    user: str = ""
+    """The user the row assigns the token to once imported (the OATH CSV user column);
+    "": the token stays in the inventory."""
 
     def __post_init__(self) -> None:
         if self.last != -1:

@@ -2,9 +2,10 @@
 
 OATH CSV, one token per line::
 
-    serial, seed-hex[, totp|hotp[, digits[, period]]]
+    serial, seed-hex[, totp|hotp[, digits[, period[, user]]]]
 
-(defaults: hotp, 6 digits, 30 s).  Yubico personalization tool, "Traditional format"
+(defaults: hotp, 6 digits, 30 s; a user, given as the login name, UPN or quoted DN,
+gets the token once it is imported).  Yubico personalization tool, "Traditional format"
 log lines::
 
     Yubico OTP,<time>,<slot>,<public id modhex>,<private id hex>,<AES key hex>,...
@@ -40,7 +41,10 @@ from otpgate.otp.yubico import (
     TOKEN_CHARS,
     modhex_decode,
 )
-from otpgate.tokens import Secret, Token, TokenType, new_token_id
+from otpgate.tokens import UNSAFE_TEXT, Secret, Token, TokenType, new_token_id
+
+MAX_USER_CHARS = 1024
+"""A user column holds a login name, UPN or DN (a DN of a deep tree stays far below)."""
 
 
 def _hex(text: str, what: str) -> bytes:
@@ -104,9 +108,10 @@ def parse_oath_csv(text: str, now: float | None = None) -> ImportResult:
 
 
 def _oath_row(number: int, fields: list[str], created: int) -> ImportedToken:
-    if not 2 <= len(fields) <= 5:
+    if not 2 <= len(fields) <= 6:
         raise ValueError(
-            f"expected serial, seed-hex[, totp|hotp[, digits[, period]]]: got {len(fields)} fields"
+            "expected serial, seed-hex[, totp|hotp[, digits[, period[, user]]]]: got "
+            f"{len(fields)} fields"
         )
     serial = _serial(fields[0])
     key = check_key(_hex(fields[1], "seed"), "seed")
@@ -120,6 +125,7 @@ def _oath_row(number: int, fields: list[str], created: int) -> ImportedToken:
         if kind is TokenType.HOTP:
             raise ValueError("a period is for totp tokens only")
         period = check_period(_int(fields[4], "period"))
+    user = _user(fields[5]) if len(fields) > 5 else ""
     token = Token(
         id=new_token_id(),
         type=kind,
@@ -129,7 +135,17 @@ def _oath_row(number: int, fields: list[str], created: int) -> ImportedToken:
         digits=digits,
         period=period,
     )
-    return ImportedToken(number, token, Secret(key))
+    return ImportedToken(number, token, Secret(key), user=user)
+
+
+def _user(text: str) -> str:
+    """The user column: a name to resolve later (login name, UPN, DN), one line of text."""
+    if len(text) > MAX_USER_CHARS:
+        raise ValueError(f"user is {len(text)} characters, more than {MAX_USER_CHARS}")
+    found = UNSAFE_TEXT.search(text)
+    if found is not None:
+        raise ValueError(f"user: character U+{ord(found[0]):04X} is not allowed")
+    return text
 
 
 MAX_PUBLIC_ID_BYTES = (MAX_OTP_CHARS - TOKEN_CHARS) // 2

@@ -61,6 +61,8 @@ class Reply:
     content_type: bytes = b"text/html; charset=utf-8"
     location: str | None = None
     cookie: str | None = None
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    """More response headers (a download's Content-Disposition)."""
 
 
 class PortalBase(resource.Resource):
@@ -138,6 +140,8 @@ class PortalBase(resource.Resource):
             request.setHeader(b"set-cookie", reply.cookie.encode())
         if reply.location is not None:
             request.setHeader(b"location", reply.location.encode())
+        for name, value in reply.headers:
+            request.setHeader(name, value)
         request.write(reply.body)
         request.finish()
 
@@ -150,7 +154,10 @@ class PortalBase(resource.Resource):
         return "; ".join(parts)
 
     def _cookie_value(self, request: Any) -> str | None:
-        raw = request.getHeader(b"cookie")
+        return self._cookie_in(request.getHeader(b"cookie"))
+
+    def _cookie_in(self, raw: bytes | None) -> str | None:
+        """The session id in a Cookie header's value."""
         if not raw:
             return None
         jar: SimpleCookie = SimpleCookie()

@@ -7,6 +7,8 @@ long as a 100 MB upload takes.  ``CappedRequest`` refuses a ``Content-Length`` a
 as soon as the headers are in (before any ``100 Continue``), stops at the first chunk that
 takes a chunked or otherwise unbounded body over the cap, answers ``413`` and closes the
 connection without reading further.  Bodies are kept in memory only (they are small).
+The one larger body is the help desk's import upload (``MAX_UPLOAD``), allowed only on its
+path and only with the cookie of a live help-desk session (``Portal.body_limit``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ log = Logger()
 
 MAX_BODY = 16 * 1024
 """The portal's forms are a few hundred bytes."""
+MAX_UPLOAD = 4 * 1024 * 1024
+"""An import file uploaded by the help desk: about 2,500 encrypted PSKC KeyPackages or
+40,000 OATH CSV lines, parsed in memory and kept in the session until imported; a larger
+batch is split, or imported with ``otpgate import`` (64 MiB)."""
 TOO_LARGE = (
     b"HTTP/1.1 413 Content Too Large\r\n"
     b"Content-Type: text/plain\r\n"
@@ -44,8 +50,21 @@ class CappedRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         self.content = self._body  # never a temporary file
+        self.max_body = self._limit()
         if length is not None and length > self.max_body:
             self._refuse(f"Content-Length {length}")
+
+    def _limit(self) -> int:
+        """The cap of this request: the class's, unless the resource allows this path more
+        (``body_limit(path, headers)``: the portal's upload form, for a help-desk session),
+        decided on the request line and headers, before any of the body is read."""
+        channel = self.channel
+        resource = getattr(getattr(channel, "site", None), "resource", None)
+        decide = getattr(resource, "body_limit", None)
+        if decide is None:
+            return self.max_body
+        allowed = decide(getattr(channel, "_path", b""), self.requestHeaders)
+        return self.max_body if allowed is None else int(allowed)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.refused:

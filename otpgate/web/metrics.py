@@ -50,6 +50,12 @@ WEB_ACTIONS = (
     "enroll-sent",
     "helpdesk-enroll-sent-start",
     "helpdesk-enroll-sent",
+    "helpdesk-inventory-add",
+    "helpdesk-inventory-rename",
+    "helpdesk-inventory-delete",
+    "helpdesk-unassign",
+    "helpdesk-import-check",
+    "helpdesk-import",
 )
 SEND_CHANNELS = ("email", "sms")
 SEND_OUTCOMES = ("sent", "failed", "refused", "limited", "repeat")

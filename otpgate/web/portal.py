@@ -16,6 +16,7 @@ from otpgate.auth.policy import in_networks
 from otpgate.web import health, render
 from otpgate.web.base import Reply
 from otpgate.web.codestep import CODE_STEP_POSTS
+from otpgate.web.importpages import IMPORT_UPLOAD, TEMPLATE_PATHS, ImportPages
 from otpgate.web.metrics import CONTENT_TYPE
 from otpgate.web.sentpages import SentTokenPages
 from otpgate.web.sessions import Session, csrf_ok
@@ -24,7 +25,7 @@ ENROLL_ONLY_POSTS = (b"/signout", b"/enroll", b"/enroll/confirm", b"/enroll/canc
 """What a password-only (first enrollment) session may do."""
 
 
-class Portal(SentTokenPages):
+class Portal(SentTokenPages, ImportPages):
     def render(self, request: Any) -> Any:
         d = defer.ensureDeferred(self._handle(request))
         d.addErrback(self._crashed, request)
@@ -65,6 +66,9 @@ class Portal(SentTokenPages):
                 b"/signin": self.get_signin,
                 b"/me": self.get_me,
                 b"/helpdesk": self.get_helpdesk,
+                b"/helpdesk/inventory": self.get_inventory,
+                b"/helpdesk/inventory/token": self.get_inventory_token,
+                **{template: self.get_template for template in TEMPLATE_PATHS},
             }
             handler = gets.get(path)
             if handler is None:
@@ -72,7 +76,7 @@ class Portal(SentTokenPages):
             return await handler(request, session, client)
         if method != b"POST":
             return Reply(b"method not allowed\n", 405, b"text/plain")
-        form = self._form(request)
+        form, files = self._post_form(request)  # the import upload: multipart, with a file
         if form is None:
             return Reply(b"bad request\n", 400, b"text/plain")
         if path == b"/signin":
@@ -108,6 +112,15 @@ class Portal(SentTokenPages):
             b"/helpdesk/enroll-sent": self.hd_enroll_sent,
             b"/helpdesk/enroll-sent/confirm": self.hd_enroll_sent_confirm,
             b"/helpdesk/enroll-sent/cancel": self.hd_enroll_sent_cancel,
+            b"/helpdesk/inventory/add": self.inv_add,
+            b"/helpdesk/inventory/rename": self.inv_rename,
+            b"/helpdesk/inventory/delete": self.inv_delete,
+            b"/helpdesk/inventory/assign": self.inv_assign,
+            b"/helpdesk/inventory/unassign": self.inv_unassign,
+            IMPORT_UPLOAD: lambda f, s, c: self.inv_upload(f, files, s, c),
+            b"/helpdesk/inventory/import/confirm": self.inv_import,
+            b"/helpdesk/inventory/import/cancel": self.inv_import_cancel,
+            b"/helpdesk/inventory/import/error": self.inv_error_file,
         }
         post = posts.get(path)
         if post is None:

@@ -2,8 +2,8 @@
 
 Sessions live only in this process's memory, keyed by a random id (the cookie).
 A pending enrollment (a secret shown but not yet confirmed, a code sent to prove an e-mail
-address or phone number) and the pending second step of a sign-in whose code was sent live
-only here, never in a cookie, URL or log.
+address or phone number), the pending second step of a sign-in whose code was sent and an
+uploaded import file waiting to be imported live only here, never in a cookie, URL or log.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from otpgate.admin.sentcodes import EnrollmentProof
+from otpgate.importers import ImportResult
 from otpgate.tokens import Secret, Token
 
 
@@ -22,6 +23,25 @@ class PendingEnrollment:
     token: Token
     secret: Secret = field(repr=False)
     """Rendered once (the enroll page); afterwards only used to check the confirmation code."""
+
+
+@dataclass
+class PendingImport:
+    """An uploaded import file, parsed and checked, waiting for the help desk to import it
+    (or after the import, for its ``Error_`` file to be downloaded).  Holds every seed of
+    the file: it lives only here, is replaced by the next upload and dropped with the
+    session, never in a page, a hidden field or a log."""
+
+    filename: str
+    kind: str
+    data: bytes = field(repr=False)
+    result: ImportResult = field(repr=False)
+    """What the last check found (after the import: what was left out)."""
+    uploaded: float
+    parsed: ImportResult = field(repr=False)
+    """What the parser made of the file, before any check: checked again at the import."""
+    imported: bool = False
+    """Already imported: only the ``Error_`` file of what was left out remains."""
 
 
 @dataclass
@@ -78,6 +98,7 @@ class Session:
     pending_sent: PendingSent | None = None
     code_step: CodeStep | None = None
     """Set only on the sessions of the code-step store (``Portal.code_steps``)."""
+    pending_import: PendingImport | None = None
 
 
 class SessionStore:
@@ -133,6 +154,14 @@ class SessionStore:
             return None
         session.last_seen = now
         self._sessions.move_to_end(session_id)
+        return session
+
+    def peek(self, session_id: str | None, now: float) -> Session | None:
+        """The live session for the cookie value, without touching it (a request that is
+        not handled yet: the body cap decides on it before the body arrives)."""
+        session = self._sessions.get(session_id) if session_id else None
+        if session is None or self._expired(session, now):
+            return None
         return session
 
     def drop(self, session: Session) -> None:

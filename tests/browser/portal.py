@@ -152,8 +152,9 @@ class WebClient:
         self.headers = dict(headers or {})
         self.cookies: dict[str, str] = {}
         self.last_headers: Any = None
+        self.last_body = b""
 
-    def request(self, method: str, path: str, fields: dict[str, str] | None = None,
+    def request(self, method: str, path: str, fields: dict[str, str] | bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, str]:
         if self.https:
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -165,14 +166,17 @@ class WebClient:
         send = {**self.headers, **(headers or {})}
         if self.cookies:
             send["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        body = None
-        if fields is not None:
+        body: Any = None
+        if isinstance(fields, dict):
             body = urllib.parse.urlencode(fields)
             send["Content-Type"] = "application/x-www-form-urlencoded"
+        if isinstance(fields, bytes):  # an encoded body of its own (multipart)
+            body = fields
         try:
             conn.request(method, path, body, send)
             reply = conn.getresponse()
-            text = reply.read().decode("utf-8", "replace")
+            self.last_body = reply.read()
+            text = self.last_body.decode("utf-8", "replace")
         finally:
             conn.close()
         self.last_headers = reply.headers
@@ -201,3 +205,20 @@ class WebClient:
              csrf: str | None = None) -> tuple[int, str]:
         token = csrf if csrf is not None else self.csrf()
         return self.request("POST", path, {"csrf": token, **(fields or {})})
+
+    def upload(self, path: str, fields: dict[str, str], name: str, filename: str,
+               data: bytes) -> tuple[int, str]:
+        """A multipart/form-data POST, as a browser sends a form with a file."""
+        boundary = "----otpgate" + os.urandom(8).hex()
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+            for k, v in fields.items()
+        ]
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+            + data + b"\r\n"
+        )
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        return self.request("POST", path, body,
+                            {"Content-Type": f"multipart/form-data; boundary={boundary}"})

@@ -18,6 +18,12 @@ from otpgate.errors import DirectoryError
 from otpgate.importers.csvfiles import parse_oath_csv
 from otpgate.tokens import TokenType
 from otpgate.vault import Keyring
+from otpgate.directory.drive import run_steps
+from otpgate.directory.engine import Add, Delete, Search
+from otpgate.directory.inventory import InventoryMapper
+from otpgate.directory.records import Lookup
+from tests.unit.memdir import MemoryDirectory
+from tests.unit.test_pipeline import KEYRING, config
 
 
 class Ticks:
@@ -37,32 +43,43 @@ class Ticks:
         self.finished += 1
 
 
+INVENTORY = "ou=inventory,dc=x"
+
+
 class Inventory:
-    """Adds refuse the serials in ``refuse`` (DirectoryError) or raise ``crash``."""
+    """The import's inventory over the in-memory directory: adding the serials in
+    ``refuse`` is refused by the directory (53), adding ``crash`` stops the run."""
 
     def __init__(self, refuse=(), crash=None) -> None:
-        self.serials: list[str] = []
+        self.directory = MemoryDirectory()
+        self.directory.entries[INVENTORY] = (INVENTORY, {"objectclass": [b"organizationalUnit"]})
+        self.mapper = InventoryMapper(config(directory={"inventory_dn": INVENTORY}).directory, KEYRING)
         self.refuse = set(refuse)
         self.crash = crash
         self.deleted: list[str] = []
 
     @property
-    def mapper(self):
-        raise AssertionError("no entries: nothing to decode")
+    def serials(self) -> list[str]:
+        return [dn.split(",", 1)[0][3:] for dn, _ in self.directory.entries.values()
+                if dn != INVENTORY]
 
     def entries(self):
-        return []
+        return [e for e in self.directory.search(Search(Lookup(
+            INVENTORY, 2, "(objectClass=*)", user_filter=False), self.mapper.attributes))]
 
-    def add(self, token, secret, last=-1):
-        if token.serial == self.crash:
-            raise KeyboardInterrupt
-        if token.serial in self.refuse:
-            raise DirectoryError(f"serial {token.serial} refused")
-        self.serials.append(token.serial)
+    def run(self, step):
+        return run_steps(step, self.perform)
 
-    def delete(self, serial):
-        self.deleted.append(serial)
-        self.serials.remove(serial)
+    def perform(self, op):
+        if isinstance(op, Add):
+            serial = op.attributes["cn"][0].decode()
+            if serial == self.crash:
+                raise KeyboardInterrupt
+            if serial in self.refuse:
+                return 53, f"serial {serial} refused"
+        if isinstance(op, Delete):
+            self.deleted.append(op.dn.split(",", 1)[0][3:])
+        return self.directory.perform(op)
 
 
 def _csv(tmp_path: Path, *lines: str) -> tuple[Path, bytes]:
@@ -119,7 +136,8 @@ def test_partial_reports_rows_the_directory_refused(tmp_path):
     inventory = Inventory(refuse={"d1"})
     outcome = _run(inventory, path, data, partial=True)
     assert outcome.imported == ["d2"]
-    assert [(p.row, p.message) for p in outcome.result.problems] == [(1, "serial d1 refused")]
+    assert [(p.row, p.message) for p in outcome.result.problems] == [
+        (1, f"cannot add cn=d1,{INVENTORY}: 53 serial d1 refused")]
     assert "serial d1 refused" in outcome.error_path.read_text()
 
 

@@ -1,0 +1,164 @@
+"""The portal's indexes (``otpgate.admin.invindex``) kept up to date from the directory.
+
+* The first use reads the whole container once (paged, RFC 2696) and decodes every entry.
+* Each later use (at most once a ``DELTA_SECONDS``) reads only the entries whose change
+  stamp is at or above the watermark (entryCSN on OpenLDAP, indexed for syncprov;
+  uSNChanged on AD): a search that finds nothing costs the gateway about a millisecond.
+  Entries whose values did not change (same fingerprint) are not decoded again.
+* Entries deleted by someone else (another gateway, the CLI) are not seen by such a read:
+  every ``RECONCILE_SECONDS`` of use the whole container is read again, in the background,
+  and each page reads the rows it shows (a row whose entry is gone is dropped at once).
+  The portal's own deletions are dropped from the index as they are made.
+
+Reads go to the OTP-state server (the write pool), where the inventory is written; if that
+server changes, the stamps mean nothing there and the next use reads everything again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from otpgate import ber
+from otpgate.admin.invindex import Row, RowIndex, Source, Watermark, fingerprint
+from otpgate.directory.ldapdata import SearchEntry
+from otpgate.directory.paged import paged_search
+
+log = Logger()
+
+DELTA_SECONDS = 1.0
+RECONCILE_SECONDS = 300.0
+
+
+class LiveIndex:
+    """One ``RowIndex`` (the inventory, or the tokens users hold) and how to refresh it."""
+
+    def __init__(
+        self,
+        pool: Any,
+        clock: Any,
+        source: Source,
+        base: str,
+        scope: int,
+        filter_ber: bytes,
+        attributes: Sequence[str],
+        stamp_attribute: str,
+        ad: bool,
+    ) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.source = source
+        self.base = base
+        self.scope = scope
+        self.filter = filter_ber
+        self.stamp = stamp_attribute
+        self.attributes = (*attributes, stamp_attribute)
+        self.ad = ad
+        self.index = RowIndex()
+        self.watermark = Watermark(ad)
+        self.built_at: float | None = None
+        self.refreshed_at = 0.0
+        self.server: str | None = None
+        self._waiters: list[defer.Deferred[None]] | None = None
+        self.reads = {"full": 0, "delta": 0, "decoded": 0, "shown": 0}
+        """How often each kind of read ran, how many entries it decoded, and how many were
+        decoded for pages (tests, bench)."""
+
+    def _now(self) -> float:
+        return float(self.clock.seconds())
+
+    async def current(self) -> RowIndex:
+        """The index, brought up to date: read whole the first time, else by change stamps
+        (at most once a ``DELTA_SECONDS``); read whole again in the background once the
+        last full read is ``RECONCILE_SECONDS`` old."""
+        now = self._now()
+        if self.built_at is None:
+            await self._exclusive(self._full)
+        elif now - self.refreshed_at >= DELTA_SECONDS:
+            await self._exclusive(self._delta)
+        built = self.built_at
+        if built is not None and self._now() - built >= RECONCILE_SECONDS and not self._waiters:
+            d = defer.ensureDeferred(self._exclusive(self._full))
+            d.addErrback(lambda f: log.failure("reading the index again failed", f))
+        return self.index
+
+    def shown(self, found: SearchEntry) -> tuple[Row, ...]:
+        """The rows of an entry a page shows, decoded now from what was just read (the
+        index learns of a change it had not seen yet)."""
+        rows = self.source.rows(found)
+        self.reads["shown"] += 1
+        marker = fingerprint(self.source.values(found))
+        if self.index.fingerprint(found.dn) != marker:
+            self.index.put(found.dn, marker, rows)
+        return rows
+
+    def changed(self) -> None:
+        """The portal itself just wrote: the next use reads the changes, however soon."""
+        self.refreshed_at = float("-inf")
+
+    def drop(self, entry: str) -> None:
+        """An entry the portal itself deleted."""
+        self.index.drop(entry)
+
+    async def _exclusive(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` unless a refresh is under way; then wait for that one instead."""
+        if self._waiters is not None:
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._waiters.append(waiter)
+            await waiter
+            return
+        self._waiters = []
+        try:
+            await work()
+        except Exception as exc:
+            waiters, self._waiters = self._waiters, None
+            for w in waiters:
+                w.errback(exc)
+            raise
+        waiters, self._waiters = self._waiters, None
+        for w in waiters:
+            w.callback(None)
+
+    def _take(self, found: SearchEntry, watermark: Watermark) -> None:
+        watermark.see(found.first(self.stamp))
+        marker = fingerprint(self.source.values(found))
+        if self.index.fingerprint(found.dn) == marker:
+            return
+        self.reads["decoded"] += 1
+        self.index.put(found.dn, marker, self.source.rows(found))
+
+    async def _full(self) -> None:
+        conn = await self.pool.connection()
+        watermark = Watermark(self.ad)
+        seen: list[str] = []
+        base = self.base.lower()
+        async for page in paged_search(conn, self.base, self.filter, self.attributes, self.scope):
+            for found in page:
+                if found.dn.lower() != base:
+                    self._take(found, watermark)
+                    seen.append(found.dn)
+        self.index.keep_only(seen)
+        self.watermark = watermark
+        self.server = conn.url.url
+        self.built_at = self.refreshed_at = self._now()
+        self.reads["full"] += 1
+
+    async def _delta(self) -> None:
+        since = self.watermark.since()
+        conn = await self.pool.connection()
+        if since is None or conn.url.url != self.server:
+            await self._full()
+            return
+        wanted = ber.filter_and(
+            self.filter, ber.filter_greater_or_equal(self.stamp.encode(), since)
+        )
+        base = self.base.lower()
+        async for page in paged_search(conn, self.base, wanted, self.attributes, self.scope):
+            for found in page:
+                if found.dn.lower() != base:
+                    self._take(found, self.watermark)
+        self.refreshed_at = self._now()
+        self.reads["delta"] += 1
