@@ -41,6 +41,7 @@ def page(
         links = '<a href="/me">My devices</a>'
         if helpdesk:
             links += ' | <a href="/helpdesk">Help desk</a>'
+            links += ' | <a id="nav-inventory" href="/helpdesk/inventory">Inventory</a>'
         nav = (
             f'<nav>{links} | signed in as <span id="who">{h(who)}</span> '
             f'<form class="inline" method="post" action="/signout">{csrf_field(csrf)}'
