@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, insort
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 from otpgate.admin.inventory import HARDWARE
 from otpgate.directory.inventory import InventoryMapper
@@ -74,14 +74,34 @@ def _sort_key(row: Row, sort: str) -> tuple[str, ...]:
 
 class RowIndex:
     """Rows by directory entry, with one list per sort order kept sorted as entries come,
-    change and go (``bisect``: a change costs a few µs at 100,000 rows; sorting anew
-    60-140 ms)."""
+    change and go (``bisect``: a change costs a few µs at 100,000 rows).  Rows that arrive
+    in bulk (the first read) are sorted in once, when a page is next asked for."""
+
+    BULK = 64
+    """More new rows than this are appended and sorted at once, not inserted one by one (an
+    insertion moves half the list: 100,000 of them took seconds)."""
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[bytes, tuple[Row, ...]]] = {}
         self._rows: dict[str, Row] = {}
+        self._hay: dict[str, str] = {}
+        """What a search looks in: serial and label, lower-cased once."""
         self._sorted: dict[str, list[tuple[str, ...]]] = {s: [] for s in SORTS}
+        self._pending: dict[str, list[tuple[str, ...]]] = {s: [] for s in SORTS}
         self._by_serial: dict[str, set[str]] = {}
+
+    def _flush(self) -> None:
+        for sort, pending in self._pending.items():
+            if not pending:
+                continue
+            ordered = self._sorted[sort]
+            if len(pending) <= self.BULK:
+                for key in pending:
+                    insort(ordered, key)
+            else:
+                ordered.extend(pending)
+                ordered.sort()
+            pending.clear()
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -101,8 +121,9 @@ class RowIndex:
         for row in rows:
             uid = _uid(key, row)
             self._rows[uid] = row
-            for sort, ordered in self._sorted.items():
-                insort(ordered, (*_sort_key(row, sort), uid))
+            self._hay[uid] = f"{row.serial}\0{row.label}".lower()
+            for sort, pending in self._pending.items():
+                pending.append((*_sort_key(row, sort), uid))
             self._by_serial.setdefault(row.serial.lower(), set()).add(uid)
 
     def drop(self, entry: str) -> None:
@@ -110,9 +131,11 @@ class RowIndex:
         held = self._entries.pop(key, None)
         if held is None:
             return
+        self._flush()
         for row in held[1]:
             uid = _uid(key, row)
             del self._rows[uid]
+            del self._hay[uid]
             for sort, ordered in self._sorted.items():
                 wanted = (*_sort_key(row, sort), uid)
                 at = bisect_left(ordered, wanted)
@@ -146,6 +169,7 @@ class RowIndex:
     ) -> tuple[list[Row], int]:
         """Rows ``offset`` to ``offset + size`` in ``sort`` order, of those whose serial or
         label contain ``query`` (case-insensitive; "" for all), and how many there are."""
+        self._flush()
         ordered = self._sorted[sort if sort in SORTS else "serial"]
         wanted = query.lower()
         if not wanted:
@@ -156,10 +180,11 @@ class RowIndex:
             else:
                 chosen = ordered[offset : offset + size]
             return [self._rows[k[-1]] for k in chosen], total
+        hay = self._hay
         matches = [
-            uid
-            for *_key, uid in (reversed(ordered) if descending else ordered)
-            if wanted in self._rows[uid].serial.lower() or wanted in self._rows[uid].label.lower()
+            key[-1]
+            for key in (reversed(ordered) if descending else ordered)
+            if wanted in hay[key[-1]]
         ]
         return [self._rows[uid] for uid in matches[offset : offset + size]], len(matches)
 
@@ -242,19 +267,26 @@ def assigned_source(mapper: StateMapper) -> Source:
 
 # -- where the next refresh starts ------------------------------------------------------------
 
-AD_MARGIN = 1000
-"""uSNChanged values a refresh reaches back (a change committed after a later-numbered one)."""
-CSN_MARGIN = timedelta(seconds=60)
-"""The same on OpenLDAP, in the time of the entryCSN."""
+MARGIN_SECONDS = 5.0
+"""How far back in time a delta read reaches: a write's stamp is taken when it starts,
+milliseconds before it commits, so a write that commits just after a read may carry a stamp
+below the highest that read saw."""
 
 
 class Watermark:
-    """The highest change stamp seen, and where the next delta read starts: a margin
-    below it, so a write committed after one with a later stamp is still found."""
+    """Where the next delta read starts: the highest change stamp that was already the
+    highest ``MARGIN_SECONDS`` ago (by the portal's clock, not the stamps' own time).  So a
+    write committed late is still found, and after a large import the reads go back to
+    finding only what changed within a few seconds (a margin in stamp time would make every
+    read fetch a recent import again until something newer is written).  What a delta read
+    still misses (a write that raced the full read itself, one replicated in late from
+    another provider) the next full read finds, and a page reads its own rows anyway."""
 
-    def __init__(self, ad: bool) -> None:
+    def __init__(self, ad: bool, margin: float = MARGIN_SECONDS) -> None:
         self.ad = ad
+        self.margin = margin
         self.high: bytes | None = None
+        self._settled: deque[tuple[float, bytes]] = deque()
 
     def see(self, stamp: bytes | None) -> None:
         if not stamp:
@@ -269,15 +301,17 @@ class Watermark:
         elif self.high is None or stamp > self.high:
             self.high = stamp
 
-    def since(self) -> bytes | None:
-        """The lower bound of the next delta read; None: nothing seen (read everything)."""
+    def settle(self, now: float) -> None:
+        """A read is complete at ``now``: what it saw is the highest as of then."""
         if self.high is None:
+            return
+        self._settled.append((now, self.high))
+        while len(self._settled) > 1 and now - self._settled[1][0] >= self.margin:
+            self._settled.popleft()  # the newest one old enough is all that is needed
+
+    def since(self, now: float) -> bytes | None:
+        """The lower bound of the next delta read; None: nothing seen (read everything)."""
+        if not self._settled:
             return None
-        if self.ad:
-            return str(max(int(self.high) - AD_MARGIN, 0)).encode()
-        try:
-            when = datetime.strptime(self.high[:14].decode("ascii"), "%Y%m%d%H%M%S")
-        except (UnicodeDecodeError, ValueError):
-            return None
-        start = when.replace(tzinfo=UTC) - CSN_MARGIN
-        return start.strftime("%Y%m%d%H%M%S.000000Z#000000#000#000000").encode()
+        ready = [high for at, high in self._settled if now - at >= self.margin]
+        return ready[-1] if ready else self._settled[0][1]

@@ -15,6 +15,8 @@ import base64
 import binascii
 from typing import Any
 
+from twisted.logger import Logger
+
 from otpgate import ber
 from otpgate.admin.imports import clash_problems
 from otpgate.admin.inventory import assign_token, relabel, unassign_token
@@ -31,6 +33,8 @@ from otpgate.web.helpdesk import HelpDesk
 from otpgate.web.invlive import LiveIndex
 from otpgate.web.render_inventory import Holder, ListView, TokenView, inventory_page, token_page
 from otpgate.web.sessions import Session
+
+log = Logger()
 
 PAGE_SIZE = 50
 MAX_PAGE = 100_000
@@ -82,6 +86,18 @@ class InventoryPages(HelpDesk):
             pool, self.clock, assigned_source(state), base, SCOPE_SUBTREE, wanted, attributes,
             stamp, ad,
         )  # fmt: skip
+
+    async def warm_inventory(self) -> None:
+        """Read the inventory (and the tokens users hold) into the indexes once, soon after
+        the gateway starts, so that the first help-desk view does not wait for it (at
+        100,000 tokens that first read takes seconds: docs/DECISIONS.md)."""
+        if self.inventory is None:
+            return
+        for which in ("stock", "held"):
+            try:
+                await self._live(which).current()
+            except (DirectoryError, CodecError) as exc:  # the first view will try again
+                log.warn("reading the {which} index failed: {error}", which=which, error=exc)
 
     def _wrote(self, *which: str) -> None:
         """This portal changed the inventory (or users' tokens): the next page reads it."""

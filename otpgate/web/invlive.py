@@ -3,7 +3,7 @@
 * The first use reads the whole container once (paged, RFC 2696) and decodes every entry.
 * Each later use (at most once a ``DELTA_SECONDS``) reads only the entries whose change
   stamp is at or above the watermark (entryCSN on OpenLDAP, indexed for syncprov;
-  uSNChanged on AD): a search that finds nothing costs the gateway about a millisecond.
+  uSNChanged on AD; ``invindex.Watermark``): the entries changed in the last seconds.
   Entries whose values did not change (same fingerprint) are not decoded again.
 * Entries deleted by someone else (another gateway, the CLI) are not seen by such a read:
   every ``RECONCILE_SECONDS`` of use the whole container is read again, in the background,
@@ -141,13 +141,14 @@ class LiveIndex:
                     self._take(found, watermark)
                     seen.append(found.dn)
         self.index.keep_only(seen)
+        watermark.settle(self._now())
         self.watermark = watermark
         self.server = conn.url.url
         self.built_at = self.refreshed_at = self._now()
         self.reads["full"] += 1
 
     async def _delta(self) -> None:
-        since = self.watermark.since()
+        since = self.watermark.since(self._now())
         conn = await self.pool.connection()
         if since is None or conn.url.url != self.server:
             await self._full()
@@ -160,5 +161,6 @@ class LiveIndex:
             for found in page:
                 if found.dn.lower() != base:
                     self._take(found, self.watermark)
+        self.watermark.settle(self._now())
         self.refreshed_at = self._now()
         self.reads["delta"] += 1

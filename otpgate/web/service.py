@@ -10,7 +10,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.application import internet, service
-from twisted.internet import endpoints, ssl
+from twisted.internet import defer, endpoints, ssl
 from twisted.web import server
 
 from otpgate.config import Config
@@ -24,6 +24,9 @@ from otpgate.web.metrics import Metrics
 from otpgate.web.portal import Portal
 
 __all__ = ["web_services"]
+
+WARM_SECONDS = 2.0
+"""When the portal reads the inventory into its index after the start."""
 
 
 class _AuditObserverService(service.Service):
@@ -82,6 +85,8 @@ def web_services(
     # HTTPS for browsers: a TLS listener here, or TLS terminated by a reverse proxy in front.
     https = web.tls_terminated_by_proxy or any(parse_listen(d).tls for d in web.listen)
     portal = Portal(gateway, config, reactor, metrics, https=https, inventory=inventory)
+    if inventory is not None:  # the inventory pages' index, read in the background
+        reactor.callLater(WARM_SECONDS, lambda: defer.ensureDeferred(portal.warm_inventory()))
     # Bodies are capped while they arrive (bodycap.py), never spooled to a temporary file.
     site = server.Site(portal, requestFactory=CappedRequest)
     site.displayTracebacks = False

@@ -110,6 +110,8 @@ def test_pskc_dry_run_error_file_equals_the_cli_and_the_fixed_file_imports(
         assert client.last_headers["content-disposition"] == (
             'attachment; filename="Error_tokens.pskc"')
         assert client.last_body == cli_error
+        assert client.last_headers["content-type"] == "application/octet-stream"
+        assert client.last_headers["x-content-type-options"] == "nosniff"
         # Fixed where it is marked (the marker stays: it is a comment), it imports.
         fixed = client.last_body.replace(OCRA.encode(), b"urn:ietf:params:xml:ns:keyprov:pskc:hotp")
         status, page = client.upload("/helpdesk/inventory/import", fields, "file",
@@ -320,5 +322,22 @@ def test_refused_without_help_desk_csrf_or_rights_over_the_target(
         assert status == 409
         status, page = desk_client.request("GET", "/helpdesk/inventory?q=" + tag)
         assert rows_of(page) == [serial]
+        status, page = desk_client.post("/helpdesk/inventory/unassign",
+                                        {"user": colleague_dn, "token": "0badc0de"}, csrf=real)
+        assert status == 403 and "help-desk member" in page
+        # Text from a file is shown escaped, never as markup.
+        uris = (f"otpauth://totp/ACME:<script>alert(1)</script>?secret=JBSWY3DPEHPK3PXP\n"
+                f"otpauth://totp/<img src=x onerror=alert(2)>?secret=JBSWY3DPEHPK3PXP"
+                f"&serial={tag}-Z\n").encode()
+        status, page = desk_client.upload("/helpdesk/inventory/import",
+                                          {"csrf": real, "format": "otpauth"}, "file",
+                                          '"><svg onload=alert(3)>.txt', uris)
+        assert status == 200, page
+        assert "<script>alert" not in page and "<img src=x" not in page and "<svg" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x" in page
+        status, _page = desk_client.post("/helpdesk/inventory/import/error", csrf=real)
+        assert desk_client.last_headers["content-disposition"] == (
+            'attachment; filename="Error____svg_onload_alert_3__.txt"')
+        desk_client.post("/helpdesk/inventory/import/cancel", csrf=real)
         desk_client.post("/helpdesk/inventory/delete", {"serial": serial}, csrf=real)
     assert "'refused'" in portal.audit.read_text()

@@ -109,22 +109,26 @@ def test_import_clashes_from_the_index_are_the_cli_rules():
     ]
 
 
-@pytest.mark.parametrize(
-    ("ad", "stamps", "since"),
-    [
-        (False, [b"20260101120000.000000Z#000000#000#000000",
-                 b"20260101120500.123456Z#000000#001#000000"],
-         b"20260101120400.000000Z#000000#000#000000"),
-        (True, [b"5000", b"12345", b"900", b"junk"], b"11345"),
-        (True, [b"10"], b"0"),
-    ],
-)
-def test_watermark_reaches_back_a_margin(ad, stamps, since):
-    mark = Watermark(ad)
-    assert mark.since() is None
+@pytest.mark.parametrize("ad", [False, True])
+def test_watermark_reaches_back_a_few_seconds_of_the_portals_clock(ad):
+    stamps = ([b"900", b"12345", b"junk", b"5000"] if ad else
+              [b"20260101120000.000000Z#000000#000#000000", b"20260101120500.1Z#000000#001#000000"])
+    high = b"12345" if ad else stamps[1]
+    mark = Watermark(ad, margin=5)
+    assert mark.since(0) is None
     for stamp in stamps:
         mark.see(stamp)
-    assert mark.since() == since
+    assert mark.since(0) is None  # nothing settled: read everything
+    mark.settle(100)
+    assert mark.since(101) == high  # the first read's own high
+    newer = b"99999" if ad else b"20260101121000.0Z#000000#000#000000"
+    mark.see(newer)
+    mark.settle(102)
+    assert mark.since(103) == high  # the newer high is not 5 s old yet: reach back
+    assert mark.since(107) == newer  # now it is: an import read once is not read again
+    mark.settle(108)
+    mark.settle(120)
+    assert len(mark._settled) <= 3
 
 
 # -- decoding entries -------------------------------------------------------------------------
