@@ -62,3 +62,37 @@ def test_otpauth_import_user_column_and_unassign(backend: Any, tmp_path: Any, ca
     assert out["last"] == -1  # never used
     for n in (1, 2, 4):
         cli("delete", f"{tag}-{n}")
+
+
+def test_import_checks_every_inventory_entry_past_the_size_limit(
+    request: Any, tmp_path: Any, capsys: Any
+) -> None:
+    """The duplicate-key check reads the whole inventory, paged: a plain search stopped at
+    slapd's sizelimit (500) and ldap3 handed out those 500 as if they were all, so a key
+    already in stock past the 500th token was imported a second time.  Without a paged
+    limit for the service account the import now fails rather than check half."""
+    from tests.integration.backends import Backend
+    from tests.servers import Slapd
+
+    with Slapd(tmp_path / "slapd") as server:  # its own: its limits are changed below
+        backend = Backend("slapd-stock", "openldap", server, tmp_path / "keyring.json")
+        from otpgate.vault import keygen
+
+        keygen(backend.keyring, "k1")
+        cli = Cli(backend, tmp_path, capsys, directory={"inventory_dn": server.tokens_dn})
+        keys = [os.urandom(20) for _ in range(520)]
+        stock = tmp_path / "stock.csv"
+        stock.write_text("".join(f"L{n:04d}, {k.hex()}\n" for n, k in enumerate(keys)))
+        assert len(cli.json("import", str(stock), "--format", "oath-csv")["imported"]) == 520
+        again = tmp_path / "again.csv"
+        again.write_text(f"NEW1, {keys[519].hex()}\n")
+        cli("import", str(again), "--format", "oath-csv", code=1)
+        assert "4 sizeLimitExceeded" in cli.err  # refused, not checked against 500 of 520
+        server.modify_config(
+            "dn: olcDatabase={1}mdb,cn=config\nchangetype: modify\nadd: olcLimits\n"
+            f'olcLimits: dn.exact="{server.service_dn}" size.prtotal=unlimited\n'
+        )
+        cli("import", str(again), "--format", "oath-csv", code=1)
+        assert "already in the inventory as serial L0519" in (
+            tmp_path / "Error_again.csv").read_text()
+        assert len(cli.json("inventory")["tokens"]) == 520
