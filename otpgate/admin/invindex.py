@@ -25,9 +25,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from otpgate.admin.inventory import HARDWARE
-from otpgate.directory.inventory import InventoryMapper
+from otpgate.directory.inventory import SERIAL, InventoryMapper
 from otpgate.directory.ldapdata import SearchEntry
 from otpgate.directory.state import StateMapper
+from otpgate.dn import same_dn
 from otpgate.errors import CodecError, DirectoryError, VaultError
 from otpgate.importers import key_fingerprint
 from otpgate.tokens import Token
@@ -147,6 +148,11 @@ class RowIndex:
                 if not uids:
                     del self._by_serial[row.serial.lower()]
 
+    def drop_serial(self, serial: str) -> None:
+        """Forget the entries holding ``serial`` (one, in the inventory)."""
+        for uid in list(self._by_serial.get(serial.lower(), ())):
+            self.drop(uid.split("\0", 1)[0])
+
     def keep_only(self, entries: Iterable[str]) -> None:
         """Forget every entry not in ``entries`` (what a full read no longer found)."""
         seen = {e.lower() for e in entries}
@@ -217,7 +223,9 @@ def stock_source(mapper: InventoryMapper) -> Source:
         return [*found.attributes.get(name, []), b"cn=" + (found.first("cn") or b"")]
 
     def rows(found: SearchEntry) -> tuple[Row, ...]:
-        serial = (found.first("cn") or b"?").decode("utf-8", "replace")
+        serial = (found.first("cn") or b"").decode("utf-8", "replace")
+        if not SERIAL.fullmatch(serial) or not same_dn(found.dn, mapper.dn(serial)):
+            return ()  # not an inventory entry otpgate made (a sub-container, a stray entry)
         try:
             item = mapper.item(found)
         except _UNREADABLE:

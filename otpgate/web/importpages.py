@@ -26,7 +26,7 @@ from otpgate.admin.imports import (
     remove_rows,
     user_problems,
 )
-from otpgate.errors import CodecError, DirectoryError, ImportFormatError
+from otpgate.errors import CodecError, DirectoryError, ImportFormatError, PskcKeyError
 from otpgate.importers import ImportResult, RowProblem, with_problems
 from otpgate.importers.errorfile import error_file_name
 from otpgate.importers.formats import FORMATS, TEMPLATES, parse_file
@@ -136,6 +136,14 @@ class ImportPages(InventoryPages):
                 psk=psk, password=password,
             )  # fmt: skip
             result = await self._checked(parsed)
+        except PskcKeyError:
+            why = (
+                "it is encrypted, and the password or pre-shared key given does not decrypt it"
+                if psk is not None or password is not None
+                else "it is encrypted: give its PSKC password or pre-shared key"
+            )
+            self.audit(session, client, "helpdesk-import-check", f"{name}: not decrypted")
+            return await self._refused(session, client, f"{name} cannot be read: {why}.")
         except ImportFormatError as exc:
             self.audit(session, client, "helpdesk-import-check", f"{name}: unreadable: {exc}")
             return await self._refused(session, client, f"{name} cannot be imported: {exc}")
@@ -218,7 +226,7 @@ class ImportPages(InventoryPages):
         done = await self.inventory.flow(assign_rows(assigning, mapper, result, set(added)), *users)
         for a in done:
             if a.token is not None:
-                self._live("stock").drop(mapper.dn(a.serial))
+                self._live("stock").drop(a.serial)
         self._wrote("held")
         return done
 

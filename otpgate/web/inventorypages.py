@@ -149,14 +149,13 @@ class InventoryPages(HelpDesk):
             offset = (view.page - 1) * view.size
             rows, total = index.page(view.sort, view.descending, view.query, offset, view.size)
             found = await self.inventory.read_entries([r.serial for r in rows])
-            fresh = {e.dn.lower(): e for e in found}
+            fresh = {(e.first("cn") or b"").decode("utf-8", "replace").lower(): e for e in found}
             shown: list[Row] = []
             gone = False
             for row in rows:
-                dn = self.inventory.mapper.dn(row.serial).lower()
-                entry = fresh.get(dn)
+                entry = fresh.get(row.serial.lower())
                 if entry is None:
-                    live.drop(dn)
+                    live.drop(row.serial)
                     gone = True
                     continue
                 shown.extend(live.shown(entry))
@@ -201,6 +200,10 @@ class InventoryPages(HelpDesk):
             index = await self._live("stock").current()
             rows, total = await self._shown(index, view)
             view = ListView(view.query, view.sort, view.descending, view.page, view.size, total)
+            if not rows and view.page > view.pages:  # past the end (the list got shorter)
+                view = ListView(view.query, view.sort, view.descending, view.pages, view.size, 0)
+                rows, total = await self._shown(index, view)
+                view = ListView(view.query, view.sort, view.descending, view.page, view.size, total)
             if query:
                 holders, more = await self._holders(query, exact=False)
         except (DirectoryError, CodecError) as exc:
@@ -309,7 +312,7 @@ class InventoryPages(HelpDesk):
             return await self.get_inventory_token(
                 None, session, client, serial, error=f"Not removed: {exc}", status=400
             )
-        self._live("stock").drop(self.inventory.mapper.dn(serial))
+        self._live("stock").drop(serial)
         self.audit(session, client, "helpdesk-inventory-delete", f"removed {serial}")
         return await self.get_inventory(None, session, client, notice=f"Removed {serial}.")
 
@@ -333,7 +336,7 @@ class InventoryPages(HelpDesk):
             return await self.get_inventory_token(
                 None, session, client, serial, error=f"Not assigned: {exc}", status=400
             )
-        self._live("stock").drop(self.inventory.mapper.dn(serial))
+        self._live("stock").drop(serial)
         self._wrote("held")
         self.audit(
             session, client, "helpdesk-assign", f"assigned serial {serial}",

@@ -99,9 +99,9 @@ class LiveIndex:
         """The portal itself just wrote: the next use reads the changes, however soon."""
         self.refreshed_at = float("-inf")
 
-    def drop(self, entry: str) -> None:
-        """An entry the portal itself deleted."""
-        self.index.drop(entry)
+    def drop(self, serial: str) -> None:
+        """A token the portal itself took out of the inventory."""
+        self.index.drop_serial(serial)
 
     async def _exclusive(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run ``work`` unless a refresh is under way; then wait for that one instead."""

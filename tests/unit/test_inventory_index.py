@@ -163,6 +163,15 @@ def test_stock_rows_available_being_assigned_and_unreadable():
     moved = _stock_entry(mapper, "G4")
     moved.attributes["entryuuid"] = [b"another entry"]  # a value copied to another entry
     assert source.rows(moved)[0].state == UNREADABLE
+    # Entries otpgate did not make are not listed: a name that is no serial, a deeper entry.
+    stray = _stock_entry(mapper, "G5")
+    assert source.rows(SearchEntry("cn=a b," + INVENTORY, {"cn": [b"a b"]})) == ()
+    assert source.rows(SearchEntry("cn=G5,ou=sub," + INVENTORY, stray.attributes)) == ()
+    assert source.rows(SearchEntry("CN=G5,OU=Tokens,DC=x", stray.attributes))[0].serial == "G5"
+    index = RowIndex()
+    index.put("CN=G5,OU=Tokens,DC=x", b"1", source.rows(stray))
+    index.drop_serial("g5")
+    assert len(index) == 0
 
 
 @pytest.mark.parametrize("layout", ["user", "container"])
