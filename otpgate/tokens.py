@@ -158,6 +158,13 @@ class Token:
             doc["scratch"] = self.scratch.to_dict()
         return doc
 
+    def shown(self) -> dict[str, Any]:
+        """``to_dict`` for output (``--json``): without the destination's binding, which is
+        for the sender's comparison only."""
+        doc = self.to_dict()
+        doc.pop("bound", None)
+        return doc
+
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Token:
         what = "token"

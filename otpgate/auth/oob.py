@@ -11,7 +11,6 @@ user, and records the send time, so that two gateways cannot both send past a li
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, replace
@@ -37,18 +36,19 @@ def code_digest(key: bytes, sent: int, code: str) -> bytes:
     return hmac.digest(key, message, "sha256")[:DIGEST_BYTES]
 
 
-def destination_binding(token_id: str, destination: str) -> bytes:
-    """What a token keeps of the destination its enrollment proof went to: a digest, not a
-    copy (the token record is encrypted as well)."""
-    message = b"otpgate destination v1\x00" + token_id.encode() + b"\x00" + destination.encode()
-    return hashlib.sha256(message).digest()[:DIGEST_BYTES]
+def destination_binding(key: bytes, destination: str) -> bytes:
+    """What a token keeps of the destination its enrollment proof went to: an HMAC keyed
+    with the token's own key (from the encrypted seed), not a copy, and not a plain hash a
+    phone number could be recovered from by trying them all."""
+    message = b"otpgate destination v1\x00" + destination.encode()
+    return hmac.digest(key, message, "sha256")[:DIGEST_BYTES]
 
 
-def still_bound(token: Token, destination: str) -> bool:
+def still_bound(token: Token, secret: Secret, destination: str) -> bool:
     """The entry still holds the destination ``token`` was enrolled with."""
     if not token.bound:
         return False
-    return hmac.compare_digest(destination_binding(token.id, destination), token.bound)
+    return hmac.compare_digest(destination_binding(secret.key, destination), token.bound)
 
 
 def outstanding(use: TokenUse, now: float, lifetime: int) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from otpgate.tokens import Token
+from otpgate.tokens import Secret, Token
 
 PasswordCheck = Callable[[str, bytes], Awaitable[tuple[int, str]]]
 """(dn, password) -> (LDAP result code, diagnostic) of a simple bind upstream."""
@@ -209,13 +209,13 @@ class CodeSender(Protocol):
         """One send of the gateway's per-minute budget (False: spent)."""
         ...
 
-    async def check(self, dn: str, token: Token) -> Sent | None:
+    async def check(self, dn: str, token: Token, secret: Secret) -> Sent | None:
         """None when the entry holds a destination a code may go to now; otherwise the
         refusal (no single value, not a number under the prefixes, not the destination the
         token was enrolled with, no gateway for the channel), before anything is written."""
         ...
 
-    async def send(self, dn: str, user: str, token: Token, code: str) -> Sent:
+    async def send(self, dn: str, user: str, token: Token, secret: Secret, code: str) -> Sent:
         """Deliver ``code``; never raises (a failure is an outcome).  A token enrolled with
         a destination (``Token.bound``) is sent to only while the entry still holds it."""
         ...

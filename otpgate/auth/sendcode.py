@@ -38,6 +38,7 @@ from otpgate.auth.oob import (
 from otpgate.auth.password import bind_password
 from otpgate.auth.requests import Appended, AuthResult, Login, PasswordCheck, SendCode, Sent
 from otpgate.directory.records import OtpState, StateChange, UserEntry
+from otpgate.dn import first_rdn_value
 from otpgate.errors import DirectoryUnavailable
 
 if TYPE_CHECKING:
@@ -106,7 +107,10 @@ async def send_code(
     rules, sender = auth.settings.codes, auth.code_sender
     if rules is None or sender is None:
         return AuthResult(False, "no code sent: no [delivery] gateways", user.dn, token.id)
-    refused = await sender.check(user.dn, token)
+    secret = state.secrets.get(token.id)
+    if secret is None:
+        return AuthResult(False, f"the {kind} token has no key", user.dn, token.id)
+    refused = await sender.check(user.dn, token, secret)
     if refused is not None:  # nothing to send to: nothing written, nothing counted
         why = f"{kind} code not sent: {refused.detail or refused.outcome}"
         return AuthResult(False, why, user.dn, token.id, sent=refused)
@@ -131,7 +135,7 @@ async def send_code(
             ok, f"{kind} {plan.why}", user.dn, token.id, needs_otp=ok,
             challenge=_sent_text(sent, plan.again), sent=sent,
         )  # fmt: skip
-    sent = await sender.send(user.dn, request.name, token, code)
+    sent = await sender.send(user.dn, first_rdn_value(user.dn), token, secret, code)
     if sent.outcome != "sent":
         await _withdraw(auth, user, token.id, plan.sent, now)
         why = f"{kind} code not sent: {sent.detail or sent.outcome}"

@@ -172,7 +172,13 @@ def enroll_change(
 
 
 def send_code(
-    ctx: Admin, delivery: DeliveryConfig, user: UserEntry, name: str, token: Token, code: str
+    ctx: Admin,
+    delivery: DeliveryConfig,
+    user: UserEntry,
+    name: str,
+    token: Token,
+    secret: Secret,
+    code: str,
 ) -> Sent:
     """One send through the gateway's sender, the reactor run for it."""
     from otpgate.outofband.codes import OutOfBandSender
@@ -183,7 +189,7 @@ def send_code(
     issuer = ctx.config.otp.issuer
     return run_reactor(
         lambda reactor: OutOfBandSender(reactor, delivery, issuer, read_values).send(
-            user.dn, name, token, code
+            user.dn, name, token, secret, code
         ),
         f"the code could not be sent (internal error); {UNCHANGED}",
     )
@@ -209,7 +215,7 @@ def cmd_enroll_sent(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         proof, code = EnrollmentProof.start(token, secret, now, delivery.codes.lifetime)
-        sent = send_code(ctx, delivery, user, args.user, token, code)
+        sent = send_code(ctx, delivery, user, args.user, token, secret, code)
         del code
         if sent.outcome != "sent":
             raise CommandFailed(refusal(sent))
@@ -230,7 +236,7 @@ def cmd_enroll_sent(args: argparse.Namespace) -> int:
     doc = {
         "user": args.user,
         "dn": user.dn,
-        "token": enrolled.to_dict(),
+        "token": enrolled.shown(),
         "replaced": [t.id for t in gone],
         "sent_to": sent.destination,
         "delivered_by": sent.gateway,

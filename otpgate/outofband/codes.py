@@ -29,7 +29,7 @@ from otpgate.outofband.mask import mask_email, mask_phone
 from otpgate.outofband.result import Delivery
 from otpgate.outofband.scratchmail import NoMailAddress, mail_address
 from otpgate.outofband.sms import PHONE, SmsMessage, send_sms
-from otpgate.tokens import Token, TokenType
+from otpgate.tokens import Secret, Token, TokenType
 
 log = Logger()
 
@@ -109,7 +109,7 @@ class OutOfBandSender:
         except OtpgateError:
             return ""
 
-    async def _usable(self, dn: str, token: Token) -> tuple[str, str] | Sent:
+    async def _usable(self, dn: str, token: Token, secret: Secret) -> tuple[str, str] | Sent:
         """(destination, masked), or the refusal."""
         channel = token.type.value
         if not self.delivery.can_send(channel):
@@ -120,7 +120,7 @@ class OutOfBandSender:
             return Sent(channel, "", "refused", detail=str(exc))
         except OtpgateError as exc:
             return Sent(channel, "", "failed", detail=f"the entry could not be read: {exc}")
-        if token.bound and not still_bound(token, to):
+        if token.bound and not still_bound(token, secret, to):
             why = (
                 f"{token.attribute} holds {masked}, not the destination the token was "
                 "enrolled with: enroll the token again"
@@ -128,13 +128,13 @@ class OutOfBandSender:
             return Sent(channel, masked, "refused", detail=why)
         return to, masked
 
-    async def check(self, dn: str, token: Token) -> Sent | None:
-        found = await self._usable(dn, token)
+    async def check(self, dn: str, token: Token, secret: Secret) -> Sent | None:
+        found = await self._usable(dn, token, secret)
         return found if isinstance(found, Sent) else None
 
-    async def send(self, dn: str, user: str, token: Token, code: str) -> Sent:
+    async def send(self, dn: str, user: str, token: Token, secret: Secret, code: str) -> Sent:
         channel = token.type.value
-        found = await self._usable(dn, token)  # again: the entry may have changed since
+        found = await self._usable(dn, token, secret)  # again: the entry may have changed since
         if isinstance(found, Sent):
             return found
         to, masked = found
@@ -147,7 +147,7 @@ class OutOfBandSender:
         except Exception:  # a sender bug must not crash the login: it fails closed
             log.failure("sending a code to {masked} failed", masked=masked)
             return Sent(channel, masked, "failed", detail="internal error")
-        return _sent(channel, masked, delivery, destination_binding(token.id, to))
+        return _sent(channel, masked, delivery, destination_binding(secret.key, to))
 
 
 def _sent(channel: str, masked: str, delivery: Delivery, binding: bytes) -> Sent:

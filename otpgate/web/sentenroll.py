@@ -141,7 +141,7 @@ class SentEnroller:
             raise SentRefused(f"No code was sent: {why}.", Sent(kind, "", "limited", detail=why))
         token, secret = new_sent_token(token_type, attribute, self.rules.digits, now=now)
         proof, code = EnrollmentProof.start(token, secret, now, self.rules.lifetime)
-        sent = await sender.send(dn, user, token, code)
+        sent = await sender.send(dn, user, token, secret, code)
         del code
         if sent.outcome != "sent":
             to = f" to {sent.destination}" if sent.destination else ""

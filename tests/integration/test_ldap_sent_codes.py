@@ -443,7 +443,7 @@ async def main(reactor):
         user = await gw.store.resolve(dn)
         (address,) = await gw.entry_values(user.dn, "mail")
         token, secret = new_sent_token(TokenType.EMAIL, "mail", 6)
-        bound = destination_binding(token.id, address.decode().strip())
+        bound = destination_binding(secret.key, address.decode().strip())
         token = dataclasses.replace(token, bound=bound)
         await gw.store.update(user, lambda s: sent_enroll_change(s, token, secret))
     gw.close()

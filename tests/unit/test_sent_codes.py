@@ -27,7 +27,7 @@ from otpgate.config import auth_settings
 from otpgate.directory.records import OtpState
 from otpgate.errors import PolicyError
 from otpgate.outofband.codes import NoDestination, OutOfBandSender, phone_number
-from otpgate.tokens import Token, TokenType, UsedState
+from otpgate.tokens import Secret, Token, TokenType, UsedState
 from tests.logins import appended, code_only
 from tests.unit.test_pipeline import PW, World, config
 
@@ -49,19 +49,19 @@ class RecordingSender:
         self.budget = 1000
         self.refuse: Sent | None = None
 
-    async def check(self, dn: str, token: Token) -> Sent | None:
+    async def check(self, dn: str, token: Token, secret: Secret) -> Sent | None:
         return self.refuse
 
     def take_budget(self, now: float) -> bool:
         self.budget -= 1
         return self.budget >= 0
 
-    async def send(self, dn: str, user: str, token: Token, code: str) -> Sent:
+    async def send(self, dn: str, user: str, token: Token, secret: Secret, code: str) -> Sent:
         kind = token.type.value
         if self.fail:
             return Sent(kind, "a\u2022\u2022\u2022@x", "failed", detail="smtp: refused")
         self.sent.append((dn, token.type.value, code))
-        binding = destination_binding(token.id, "alice@x")
+        binding = destination_binding(secret.key, "alice@x")
         return Sent(kind, "a\u2022\u2022\u2022@x", "sent", "smtp://127.0.0.1:25", binding=binding)
 
     async def destination(self, dn: str, token: Token) -> str:
@@ -86,7 +86,7 @@ def sending_world(cfg: Any = None, directory: Any = None) -> tuple[World, Record
 async def enroll_sent(world: World, name: str, kind: TokenType = TokenType.EMAIL) -> Token:
     attribute = "mail" if kind is TokenType.EMAIL else "mobile"
     token, secret = new_sent_token(kind, attribute, 6, now=world.clock.seconds())
-    token = replace(token, bound=destination_binding(token.id, "alice@x"))
+    token = replace(token, bound=destination_binding(secret.key, "alice@x"))
     user = await world.store.resolve(name, fresh=True)
     await world.store.update(user, lambda s: sent_enroll_change(s, token, secret))
     return token
@@ -385,9 +385,9 @@ async def test_a_changed_destination_gets_no_code() -> None:
     proof, _code = EnrollmentProof.start(token, secret, 0.0, 300)
     with pytest.raises(ValueError, match="never proven"):
         sent_enroll_change(OtpState(), token, secret)
-    bound = replace(token, bound=destination_binding(token.id, "+491511234589"))
+    bound = replace(token, bound=destination_binding(secret.key, "+491511234589"))
     values["mobile"] = [b"+49 170 0000000"]  # the attacker's phone
-    sent = await sender.send("uid=alice,dc=x", "alice", bound, "123456")
+    sent = await sender.send("uid=alice,dc=x", "alice", bound, secret, "123456")
     assert sent.outcome == "refused" and "enroll the token again" in sent.detail
     with pytest.raises(ValueError):
         proof.delivered(sent)
