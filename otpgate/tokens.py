@@ -247,6 +247,9 @@ class TokenUse:
     request: bytes = b""
     """E-mail/SMS: a keyed identity of the RADIUS request that caused the send, so that a
     NAS retransmitting that request to another gateway causes no second message."""
+    misses: int = 0
+    """E-mail/SMS: wrong codes typed while this code was outstanding; at ``MAX_MISSES`` the
+    code is withdrawn (``auth/oob.py``), whatever the lockout settings."""
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"l": self.last}
@@ -263,6 +266,8 @@ class TokenUse:
             doc["s"] = self.sent
         if self.request:
             doc["q"] = b64e(self.request)
+        if self.misses:
+            doc["m"] = self.misses
         return doc
 
     @classmethod
@@ -283,6 +288,7 @@ class TokenUse:
             code=b64d(_get(doc, "c", str, what), f"{what}.c") if "c" in doc else b"",
             sent=_opt(doc, "s", int, what) or 0,
             request=b64d(_get(doc, "q", str, what), f"{what}.q") if "q" in doc else b"",
+            misses=_opt(doc, "m", int, what) or 0,
         )
 
 

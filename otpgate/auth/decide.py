@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from otpgate.auth.lockout import is_locked, record_failure, record_success, with_unrecorded
+from otpgate.auth.oob import count_miss
 from otpgate.auth.requests import ProofCheck
 from otpgate.auth.retransmit import Retransmission, recognise, remember, without_stale
 from otpgate.auth.settings import AuthSettings
@@ -103,6 +104,7 @@ def verify_typed(
         # A spent code sent again (e.g. retried after an outage): refused, not a guess.
         return StateChange(Verdict(None, "", "OTP already used"))
     used = record_failure(used, now, config.lockout)
+    used = count_miss(state, used, now, otp.sent_code_lifetime)
     why = "wrong OTP" + (" (now locked out)" if used.locked_until else "")
     return StateChange(Verdict(None, "", why), used=used)
 

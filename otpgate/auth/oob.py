@@ -21,6 +21,10 @@ from otpgate.directory.records import OtpState, StateChange
 from otpgate.tokens import OUT_OF_BAND, Secret, Token, TokenUse, UsedState
 
 CONTEXT = b"otpgate sent code v1\x00"
+MAX_MISSES = 3
+"""Wrong codes typed while a sent code is outstanding before it is withdrawn: a sent code
+is a few digits, so the guesses at it are bounded even where the lockout is short and the
+code long-lived."""
 DIGEST_BYTES = 16
 HOUR = 3600
 
@@ -160,17 +164,37 @@ def plan_send(
         old = tokens.get(other.id)
         if old is not None and other.id != token.id and old.code and old.last != old.sent:
             tokens[other.id] = replace(old, code=b"", request=b"")
-    tokens[token.id] = replace(use, code=digest, sent=sent, request=request)
+    tokens[token.id] = replace(use, code=digest, sent=sent, request=request, misses=0)
     sends = (*recent, sent)
     new = replace(used, tokens=tokens, sends=sends)
     return StateChange(SendPlan(True, "ok", sent, False, len(sends)), used=new)
 
 
-def cancel_send(state: OtpState, token_id: str, sent: int) -> StateChange[bool]:
-    """Withdraw the code sent at ``sent`` when no gateway took it: nobody has it, and no
-    outstanding code remains.  The send still counts towards the limits (a gateway that
-    timed out may have delivered it)."""
+def cancel_send(
+    state: OtpState, token_id: str, sent: int, uncount: bool = False
+) -> StateChange[bool]:
+    """Withdraw the code sent at ``sent``: nobody has it, and no outstanding code remains.
+    When no gateway took it, the send still counts towards the limits (a gateway that timed
+    out may have delivered it); ``uncount``: it was never handed to a gateway (the global
+    budget was spent), so it counts towards nothing."""
     use = state.used.use_of(token_id)
     if use.sent != sent or not use.code or use.last == use.sent:
         return StateChange(False)
-    return StateChange(True, used=state.used.with_use(token_id, replace(use, code=b"")))
+    used = state.used.with_use(token_id, replace(use, code=b""))
+    if uncount:
+        used = replace(used, sends=tuple(t for t in used.sends if t != sent))
+    return StateChange(True, used=used)
+
+
+def count_miss(state: OtpState, used: UsedState, now: float, lifetime: int) -> UsedState:
+    """A wrong code was typed: each outstanding sent code takes a miss, and one that
+    reaches ``MAX_MISSES`` is withdrawn."""
+    tokens = dict(used.tokens)
+    for token in sent_tokens(state):
+        use = tokens.get(token.id)
+        if use is None or not outstanding(use, now, lifetime):
+            continue
+        misses = use.misses + 1
+        code = b"" if misses >= MAX_MISSES else use.code
+        tokens[token.id] = replace(use, misses=misses, code=code)
+    return replace(used, tokens=tokens)

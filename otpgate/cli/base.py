@@ -271,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="email/sms: the attribute of the user's entry the codes go to (default: "
         "[delivery] mail_attribute; the first of sms_attributes the entry has)",
     )
+    en.add_argument(
+        "--destination-changed",
+        action="store_true",
+        help="email/sms: re-enroll although the address or number in the entry is not the "
+        "one the user's current token was enrolled with (verify the user by other means "
+        "first: on AD users may change their own mobile)",
+    )
     en.add_argument("--secret", help="use this Base32 key instead of a new random one")
     en.add_argument("--digits", type=int, help="6-8 (default: [otp].digits)")
     en.add_argument("--algorithm", choices=[a.value for a in Algorithm])

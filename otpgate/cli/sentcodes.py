@@ -195,6 +195,38 @@ def send_code(
     )
 
 
+def refuse_moved(
+    ctx: Admin, delivery: DeliveryConfig, user: UserEntry, kind: TokenType, accepted: bool
+) -> None:
+    """Refuse to re-enroll a token whose destination changed since its enrollment unless
+    ``--destination-changed`` says the user was verified by other means: whoever changed
+    it may hold only the user's password."""
+    from otpgate.auth.oob import still_bound
+    from otpgate.errors import OtpgateError
+    from otpgate.outofband.codes import destination_of
+
+    if accepted:
+        return
+    state = ctx.store.decode(user)
+    for token in state.tokens:
+        secret = state.secrets.get(token.id)
+        if token.type is not kind or secret is None:
+            continue
+        values = ctx.entry_values(user.dn, [token.attribute])[token.attribute]
+        try:
+            to, masked = destination_of(user.dn, token, values, delivery.sms_country_prefixes)
+        except OtpgateError:
+            return  # nothing usable there now: the send below says why
+        if not still_bound(token, secret, to):
+            raise CommandFailed(
+                f"{token.attribute} of {user.dn} holds {masked}, not the destination the "
+                f"current {CHANNEL_NAMES[kind.value]} token {token.id} was enrolled with: "
+                "it changed since, possibly by someone with only the user's password. "
+                "Verify the user by other means, then run again with --destination-changed; "
+                f"{UNCHANGED}"
+            )
+
+
 def cmd_enroll_sent(args: argparse.Namespace) -> int:
     from otpgate.admin.sentcodes import EnrollmentProof, new_sent_token
 
@@ -214,6 +246,7 @@ def cmd_enroll_sent(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+        refuse_moved(ctx, delivery, user, kind, args.destination_changed)
         proof, code = EnrollmentProof.start(token, secret, now, delivery.codes.lifetime)
         sent = send_code(ctx, delivery, user, args.user, token, secret, code)
         del code

@@ -57,6 +57,7 @@ from otpgate.tokens import (
     MAX_SENDS_KEPT,
     Token,
     TokenType,
+    TokenUse,
     UsedState,
     secrets_from_dict,
     secrets_to_dict,
@@ -89,6 +90,11 @@ def _account_expiry(raw: bytes | None) -> float | None:
 def escape_filter_value(value: str) -> str:
     """RFC 4515 escaping of an assertion value."""
     return "".join(f"\\{ord(c):02x}" if c in "*()\\\x00" else c for c in value)
+
+
+def _order(use: TokenUse) -> tuple[int, int, bool, int]:
+    """Which of two values of one token's use is ahead after a replication conflict."""
+    return (use.last, use.sent, not use.code, use.misses)
 
 
 class StateMapper:
@@ -359,7 +365,9 @@ class StateMapper:
         for state in states[1:]:
             for tid, use in state.tokens.items():
                 mine = merged.use_of(tid)
-                ahead = use if (use.last, use.sent) > (mine.last, mine.sent) else mine
+                # On a tie, the value without an outstanding code wins: a code withdrawn
+                # or replaced on one server must not come back from the other.
+                ahead = use if _order(use) > _order(mine) else mine
                 spent = mine.scratch_used | use.scratch_used
                 warned = mine.warned or use.warned  # a list's warning is never claimed twice
                 merged = merged.with_use(

@@ -423,3 +423,64 @@ async def test_no_usable_destination_writes_and_counts_nothing(sending) -> None:
     assert used.sends == () and used.use_of(token.id).code == b""
     sender.refuse = None
     assert (await world.login("alice", PW + ",email")).challenge  # no cooldown was spent
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_a_message_that_goes_out_takes_the_gateways_budget(sending) -> None:
+    """One user asking again and again (answered with the code already sent) must not spend
+    the budget every other user needs; a send refused for the budget counts for nobody."""
+    world, sender = sending
+    world.directory.add_user("bob", PW)
+    await enroll_sent(world, "alice")
+    bob = await enroll_sent(world, "bob")
+    sender.budget = 1
+    assert (await world.login("alice", PW + ",email")).challenge
+    for _ in range(20):
+        again = await world.login("alice", PW + ",email")
+        assert again.sent is not None and again.sent.outcome == "repeat"
+    refused = await world.login("bob", PW + ",email")
+    assert not refused.ok and "budget" in refused.reason and len(sender.sent) == 1
+    used = world.store.decode(await world.store.resolve("bob", fresh=True)).used
+    assert used.sends == () and used.use_of(bob.id).code == b""
+    sender.budget = 1
+    assert (await world.login("bob", PW + ",email")).challenge  # no cooldown was spent
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_passwords_on_a_send_path_count_towards_lockout(sending) -> None:
+    """"guess,email" answers differently for a right password: each wrong one counts."""
+    world, sender = sending
+    await enroll_sent(world, "alice")
+    for _ in range(world.config.lockout.max_failures):
+        assert not (await world.login("alice", f"guess{_},email")).ok
+    locked = await world.login("alice", PW + ",email")
+    assert not locked.ok and "locked out" in locked.reason and sender.sent == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sent_code_is_withdrawn_after_three_wrong_codes() -> None:
+    world, sender = sending_world(
+        config(delivery=dict(DELIVERY), otp={"otp_delimiter": ","}, lockout={"max_failures": 50})
+    )
+    world.directory.add_user("alice", PW)
+    token = await enroll_sent(world, "alice")
+    await world.login("alice", PW + ",email")
+    code = sender.last
+    wrong = "000000" if code != "000000" else "111111"
+    for _ in range(3):
+        assert not (await world.login("alice", PW + "," + wrong)).ok
+    assert not (await world.login("alice", PW + "," + code)).ok  # withdrawn
+    use = world.store.decode(await world.store.resolve("alice", fresh=True)).used.use_of(token.id)
+    assert use.code == b"" and use.misses == 3
+
+
+def test_a_replication_conflict_never_brings_back_a_withdrawn_code() -> None:
+    from otpgate.directory.state import _order
+    from otpgate.tokens import TokenUse
+
+    outstanding_use = TokenUse(last=5, sent=9, code=b"c" * 16)
+    withdrawn = TokenUse(last=5, sent=9, code=b"")
+    assert _order(withdrawn) > _order(outstanding_use)
+    spent = TokenUse(last=9, sent=9, code=b"c" * 16)
+    newer = TokenUse(last=5, sent=12, code=b"d" * 16)
+    assert _order(spent) > _order(outstanding_use) and _order(newer) > _order(withdrawn)
