@@ -48,6 +48,7 @@ class RecordingSender:
         self.fail = False
         self.budget = 1000
         self.refuse: Sent | None = None
+        self.users: list[str] = []
 
     async def check(self, dn: str, token: Token, secret: Secret) -> Sent | None:
         return self.refuse
@@ -61,6 +62,7 @@ class RecordingSender:
         if self.fail:
             return Sent(kind, "a\u2022\u2022\u2022@x", "failed", detail="smtp: refused")
         self.sent.append((dn, token.type.value, code))
+        self.users.append(user)
         binding = destination_binding(secret.key, "alice@x")
         return Sent(kind, "a\u2022\u2022\u2022@x", "sent", "smtp://127.0.0.1:25", binding=binding)
 
@@ -484,3 +486,17 @@ def test_a_replication_conflict_never_brings_back_a_withdrawn_code() -> None:
     spent = TokenUse(last=9, sent=9, code=b"c" * 16)
     newer = TokenUse(last=5, sent=12, code=b"d" * 16)
     assert _order(spent) > _order(outstanding_use) and _order(newer) > _order(withdrawn)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_message_names_the_entry_never_the_name_typed(sending) -> None:
+    """``{user}`` in an SMS body: the entry's own name, not attacker-chosen text."""
+    world, sender = sending
+    await enroll_sent(world, "alice")
+    dn = "uid=alice,ou=people,dc=x"
+    assert (await world.login(dn.upper().replace("UID=ALICE", "uid=alice"), PW + ",email")).challenge
+    assert sender.users == ["alice"]
+    from otpgate.dn import first_rdn_value
+
+    assert first_rdn_value("CN=Smith\\, Alice,OU=People,DC=x") == "Smith, Alice"
+    assert first_rdn_value("not a dn") == ""
