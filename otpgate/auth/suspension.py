@@ -90,3 +90,19 @@ def ended(used: UsedState, now: float) -> UsedState:
     if held is used.suspension and len(keep) == len(used.suspensions):
         return used
     return replace(used, suspension=held, suspensions=keep)
+
+
+def status(used: UsedState, token: Token, now: float) -> str:
+    """What the token's state is now, for people: "active", "suspended until ...", a
+    temporary list's expiry."""
+    own = used.suspensions.get(token.id)
+    if own is not None and own.active(now):
+        return f"suspended {until_text(own)}"
+    held = user_suspension(used, now)
+    if held is not None:
+        return f"suspended with all of the user's OTP, {until_text(held)}"
+    if token.expires:
+        if now >= token.expires:
+            return f"temporary list, expired {iso(token.expires)}"
+        return f"temporary list, works until {iso(token.expires)}"
+    return "active"
