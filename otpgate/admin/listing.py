@@ -57,7 +57,7 @@ class TokenRow:
         if self.suspended is not None:
             return describe(self.suspended)
         if self.expires:
-            verb = "expired" if now >= self.expires else "expires"
+            verb = "expired" if now >= self.expires else "works until"
             return f"temporary list, {verb} {when(self.expires)}"
         return "active"
 
