@@ -386,8 +386,8 @@ class StateMapper:
                 max(merged.locked_until, state.locked_until),
                 tuple(dict.fromkeys((*merged.accepted, *state.accepted))),
                 tuple(sorted({*merged.sends, *state.sends}))[-MAX_SENDS_KEPT:],
-                suspension,
-                suspensions,
+                suspension=suspension,
+                suspensions=suspensions,
             )
         return merged
 
