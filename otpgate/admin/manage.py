@@ -94,8 +94,9 @@ def resync_change(
 def scratch_change(
     state: OtpState, scratch: ScratchList, now: float, label: str = "scratch list"
 ) -> StateChange[Token]:
-    """A new scratch list; the previous one (and its used codes) is gone."""
-    old = {t.id for t in state.tokens if t.type is TokenType.SCRATCH}
+    """A new scratch list; the previous one (and its used codes) is gone.  A temporary list
+    (given for a lost device, ``suspend.lost_change``) stays until it expires."""
+    old = {t.id for t in state.tokens if t.type is TokenType.SCRATCH and not t.expires}
     token = Token(
         id=new_token_id(), type=TokenType.SCRATCH, created=int(now), label=label, scratch=scratch
     )

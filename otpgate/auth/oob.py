@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from otpgate.auth.config import CodeRules
 from otpgate.auth.lockout import is_locked
+from otpgate.auth.suspension import inactive, refusal, usable
 from otpgate.directory.records import OtpState, StateChange
 from otpgate.tokens import OUT_OF_BAND, Secret, Token, TokenUse, UsedState
 
@@ -79,18 +80,24 @@ def is_spent_code(secret: Secret, use: TokenUse, code: str) -> bool:
     return hmac.compare_digest(code_digest(secret.key, use.sent, code), use.code)
 
 
-def sent_tokens(state: OtpState, channel: str | None = None) -> list[Token]:
-    """The user's e-mail/SMS tokens (of ``channel`` only, if given), in enrollment order."""
+def sent_tokens(
+    state: OtpState, channel: str | None = None, now: float | None = None
+) -> list[Token]:
+    """The user's e-mail/SMS tokens (of ``channel`` only, if given), in enrollment order;
+    with ``now``, only those that may be used now (a suspended token gets no code)."""
     return [
         t
         for t in state.tokens
-        if t.type in OUT_OF_BAND and (channel is None or t.type.value == channel)
+        if t.type in OUT_OF_BAND
+        and (channel is None or t.type.value == channel)
+        and (now is None or inactive(state.used, t, now) is None)
     ]
 
 
-def only_sent_codes(state: OtpState) -> bool:
-    """Every factor the user has is a sent code: a password alone asks for one."""
-    return bool(state.tokens) and all(t.type in OUT_OF_BAND for t in state.tokens)
+def only_sent_codes(state: OtpState, now: float) -> bool:
+    """Every factor the user may use now is a sent code: a password alone asks for one."""
+    tokens = usable(state.tokens, state.used, now)
+    return bool(tokens) and all(t.type in OUT_OF_BAND for t in tokens)
 
 
 def any_outstanding(state: OtpState, now: float, lifetime: int) -> bool:
@@ -126,7 +133,8 @@ def plan_send(
 ) -> StateChange[SendPlan]:
     """The write that sends ``code`` for ``token``, on the state as it is now.
 
-    Refused while the user is locked out, within ``cooldown`` of the last send, or after
+    Refused while the user or the token is suspended, while the user is locked out, within
+    ``cooldown`` of the last send, or after
     ``per_hour`` sends in the last hour; within those limits a code of this token that is
     still valid is pointed to again (``repeat``) rather than refused.  ``request``: a keyed
     identity of a RADIUS request that a NAS may retransmit to another gateway: when the
@@ -134,6 +142,11 @@ def plan_send(
     again.  ``digest_of``
     collects the digest by send time (the caller needs it only to cancel)."""
     used = state.used
+    suspended = refusal(state, now)
+    if suspended is not None:
+        return StateChange(SendPlan(False, f"{suspended}: no code is sent"))
+    if inactive(used, token, now) is not None:
+        return StateChange(SendPlan(False, f"token {token.id} suspended: no code is sent"))
     if is_locked(used, now):
         return StateChange(SendPlan(False, "locked out: no code is sent"))
     secret = state.secrets.get(token.id)

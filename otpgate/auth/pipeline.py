@@ -4,7 +4,7 @@
    credentials over a plain transport where the channel needs TLS; proof kinds the
    channel does not allow;
 2. the prologue: resolve the name to one entry (keyed by its immutable id) -> policy -> a
-   fresh read when a cached entry could mislead -> decode -> expiry and lockout;
+   fresh read when a cached entry could mislead -> decode -> expiry, suspension and lockout;
 3. verify the code and record its use with a compare-and-swap write (``spend``), before
    anything else happens;
 4. only then check the static password (a simple bind upstream).
@@ -53,6 +53,7 @@ from otpgate.auth.retransmit import Retransmission
 from otpgate.auth.sasl import SASL_BIND_IN_PROGRESS, sasl_login
 from otpgate.auth.sendcode import send_code, send_code_request, wanted_send
 from otpgate.auth.settings import AuthSettings
+from otpgate.auth.suspension import refusal as suspension_refusal
 from otpgate.auth.trace import Ready, note, noted
 from otpgate.directory.ldapdata import SUCCESS
 from otpgate.directory.records import OtpState, StateChange, UserEntry
@@ -236,9 +237,11 @@ class Authenticator:
         if not decision.needs_otp:
             return noted(trace, Ready(user, decision))
         state = self.store.decode(user)
-        if user.from_cache and (not state.tokens or is_locked(state.used, now)):
+        if user.from_cache and (
+            not state.tokens or is_locked(state.used, now) or suspension_refusal(state, now)
+        ):
             # A refusal is made on what the directory holds now: a cached entry may predate
-            # an enrollment or an unlock.
+            # an enrollment, an unlock or a resume.
             user = await self.store.resolve(request.name, fresh=True)
             decision = self._decide(user, request, require_otp)
             if not decision.needs_otp:
@@ -246,6 +249,9 @@ class Authenticator:
             state = self.store.decode(user)
         if not state.tokens:
             return noted(trace, Ready(user, decision, state, "no token enrolled"))
+        suspended = suspension_refusal(state, now)  # no working factor: refused (fail closed)
+        if suspended is not None:
+            return noted(trace, Ready(user, decision, state, suspended))
         if is_locked(state.used, now):
             return noted(trace, Ready(user, decision, state, "locked out"))
         return noted(trace, Ready(user, decision, state))
@@ -407,7 +413,7 @@ class Authenticator:
             return await bind_password(user, request.password, check_password, why)
         if ready.refusal is not None:
             return _refused(ready.refusal, user.dn)
-        if ready.state is not None and only_sent_codes(ready.state):
+        if ready.state is not None and only_sent_codes(ready.state, self.clock.seconds()):
             return await send_code(
                 self, request, user, ready.state, None, request.password, check_password,
                 request.retransmission, ok=True,

@@ -64,9 +64,9 @@ def wanted_send(
     if delimiter:
         password, sep, word = request.typed.rpartition(delimiter)
         channel = next((c for w, c in rules.triggers if w.lower() == word.lower()), None)
-        if sep and password and channel is not None and sent_tokens(state, channel):
+        if sep and password and channel is not None and sent_tokens(state, channel, now):
             return password, channel
-    if not request.channel.challenges or not only_sent_codes(state):
+    if not request.channel.challenges or not only_sent_codes(state, now):
         return None
     lifetime = settings.otp.sent_code_lifetime
     if any_outstanding(state, now, lifetime) and candidates_of(request.typed, state, delimiter):
@@ -94,9 +94,12 @@ async def send_code(
     ok: bool = False,
 ) -> AuthResult:
     """Send the user a code (see the module).  ``ok``: what a successful send answers
-    (True only for a ``PasswordStep``, whose ``needs_otp`` carries the meaning)."""
-    tokens = sent_tokens(state, channel)
+    (True only for a ``PasswordStep``, whose ``needs_otp`` carries the meaning).  A suspended
+    token gets none (``plan_send`` checks again on the state it writes)."""
+    tokens = sent_tokens(state, channel, auth.clock.seconds())
     what = CHANNEL_NAMES.get(channel or "", "e-mail or SMS")
+    if not tokens and sent_tokens(state, channel):
+        return AuthResult(False, f"no code sent: the {what} token is suspended", user.dn)
     if not tokens:
         return AuthResult(False, f"no {what} token to send a code to", user.dn)
     token = tokens[0]

@@ -381,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ul)
     ul.set_defaults(func=Command("users", "cmd_unlock"))
 
+    from otpgate.cli.suspend import add_parsers  # suspend, resume, lost
+
+    add_parsers(sub, _common)
+
     rk = sub.add_parser("rekey", help="re-encrypt every stored value under the current key")
     rk.add_argument("--dry-run", action="store_true", help="count, change nothing")
     rk.add_argument(

@@ -336,7 +336,7 @@ class StateMapper:
                 f"{who}: the use state was reset to its first value while tokens are stored "
                 "(written outside otpgate); refusing it (an admin can `otpgate reset` the user)"
             )
-        if set(used.tokens) - ids:
+        if set(used.tokens) - ids or set(used.suspensions) - ids:
             raise TamperedState(f"{who}: use state of tokens that are not stored; refusing it")
         if with_secrets:
             needs_secret = {t.id for t in tokens if t.type is not TokenType.SCRATCH}
@@ -373,12 +373,21 @@ class StateMapper:
                 merged = merged.with_use(
                     tid, dataclasses.replace(ahead, scratch_used=spent, warned=warned)
                 )
+            # A suspension in either value holds (fail closed), the longer one of each.
+            suspensions = dict(merged.suspensions)
+            for tid, held in state.suspensions.items():
+                suspensions[tid] = held.longer(suspensions.get(tid))
+            suspension = merged.suspension
+            if state.suspension is not None:
+                suspension = state.suspension.longer(suspension)
             merged = UsedState(
                 merged.tokens,
                 max(merged.failures, state.failures),
                 max(merged.locked_until, state.locked_until),
                 tuple(dict.fromkeys((*merged.accepted, *state.accepted))),
                 tuple(sorted({*merged.sends, *state.sends}))[-MAX_SENDS_KEPT:],
+                suspension=suspension,
+                suspensions=suspensions,
             )
         return merged
 

@@ -1,6 +1,7 @@
 """The portal's help desk: find a user, see their devices, revoke, reset, unlock, issue a
 scratch list (shown, or sent to the user's own address), assign an inventory token (adding
-an e-mail/SMS token is ``sentpages``); never for administrators or help-desk members."""
+an e-mail/SMS token is ``sentpages``; suspend, resume and lost devices ``suspendpages``);
+never for administrators or help-desk members."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from otpgate.outofband.scratchmail import (
     outcome_text,
     scratch_mail,
 )
-from otpgate.web import render
+from otpgate.web import render, render_suspend
 from otpgate.web.base import MATCHES, SIZE_LIMIT_EXCEEDED, Reply
 from otpgate.web.selfservice import SelfService
 from otpgate.web.sessions import Session
@@ -70,6 +71,12 @@ class HelpDesk(SelfService):
                     mail=self._mail_servers() is not None,
                     channels=self.enroller.channels,
                     destinations=await self.enroller.destinations(user.dn, state),
+                    suspension=render_suspend.user_suspension_block(
+                        user.dn, state, session.csrf, self.now(), protected is not None
+                    ),
+                    row_actions=render_suspend.device_actions(
+                        user.dn, state, session.csrf, self.now()
+                    ),
                 )
                 self.audit(session, client, "view", "looked at the user", user=query, dn=user.dn)
             except (UserNotFound, AmbiguousUser):

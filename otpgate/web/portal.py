@@ -19,12 +19,13 @@ from otpgate.web.codestep import CODE_STEP_POSTS
 from otpgate.web.metrics import CONTENT_TYPE
 from otpgate.web.sentpages import SentTokenPages
 from otpgate.web.sessions import Session, csrf_ok
+from otpgate.web.suspendpages import SuspendPages
 
 ENROLL_ONLY_POSTS = (b"/signout", b"/enroll", b"/enroll/confirm", b"/enroll/cancel")
 """What a password-only (first enrollment) session may do."""
 
 
-class Portal(SentTokenPages):
+class Portal(SentTokenPages, SuspendPages):
     def render(self, request: Any) -> Any:
         d = defer.ensureDeferred(self._handle(request))
         d.addErrback(self._crashed, request)
@@ -52,6 +53,10 @@ class Portal(SentTokenPages):
             self.metrics.sessions.set(len(self.sessions))
             return Reply(self.metrics.text(), content_type=CONTENT_TYPE.encode())
         session = self._session(request)
+        if session is not None:
+            ended = await self.session_check(session, client)
+            if ended is not None:
+                return ended
         if (
             session is not None
             and (path == b"/helpdesk" or path.startswith(b"/helpdesk/"))
@@ -105,6 +110,9 @@ class Portal(SentTokenPages):
             b"/helpdesk/scratch": self.hd_scratch,
             b"/helpdesk/scratch-mail": self.hd_scratch_mail,
             b"/helpdesk/assign": self.hd_assign,
+            b"/helpdesk/suspend": self.hd_suspend,
+            b"/helpdesk/resume": self.hd_resume,
+            b"/helpdesk/lost": self.hd_lost,
             b"/helpdesk/enroll-sent": self.hd_enroll_sent,
             b"/helpdesk/enroll-sent/confirm": self.hd_enroll_sent_confirm,
             b"/helpdesk/enroll-sent/cancel": self.hd_enroll_sent_cancel,

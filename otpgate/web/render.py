@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from html import escape
 from urllib.parse import urlencode
 
+from otpgate.auth.suspension import status
 from otpgate.directory.records import OtpState
 from otpgate.tokens import Token, TokenType
 
@@ -111,10 +112,14 @@ def devices_table(
     extra: Sequence[tuple[str, str]] = (),
     read_only: bool = False,
     destinations: Mapping[str, str] | None = None,
+    now: float | None = None,
+    row_actions: Mapping[str, Markup] | None = None,
 ) -> str:
-    """``destinations``: token id -> where its codes go, masked (e-mail/SMS tokens)."""
+    """``destinations``: token id -> where its codes go, masked (e-mail/SMS tokens);
+    ``row_actions``: token id -> more buttons of its row (the help desk's suspend/resume)."""
     if not state.tokens:
         return '<p id="no-devices">No devices enrolled.</p>'
+    now = time.time() if now is None else now
     rows = []
     hidden = "".join(f'<input type="hidden" name="{h(k)}" value="{h(v)}">' for k, v in extra)
     for t in state.tokens:
@@ -131,14 +136,18 @@ def devices_table(
         to = (destinations or {}).get(t.id)
         if to:
             kind += f' to <span class="destination">{h(to)}</span>'
+        more = (row_actions or {}).get(t.id)
+        state_text = status(state.used, t, now)
         rows.append(
             f'<tr data-token="{h(t.id)}"><td>{h(t.id)}</td><td>{kind}</td>'
             f"<td>{h(t.label)}</td><td>{h(t.serial)}</td><td>{h(when(t.created))}</td>"
-            f"<td>{h(when(use.used_at))}</td><td>{h(use.drift)}</td><td>{revoke}</td></tr>"
+            f"<td>{h(when(use.used_at))}</td><td>{h(use.drift)}</td>"
+            f'<td class="status">{h(state_text)}</td>'
+            f"<td>{revoke}{more.html if more is not None else ''}</td></tr>"
         )
     return (
         '<table id="devices"><tr><th>id</th><th>kind</th><th>label</th><th>serial</th>'
-        "<th>enrolled</th><th>last used</th><th>drift (steps)</th><th></th></tr>"
+        "<th>enrolled</th><th>last used</th><th>drift (steps)</th><th>status</th><th></th></tr>"
         + "".join(rows)
         + "</table>"
     )
@@ -152,6 +161,7 @@ def my_devices(
     error: str | None = None,
     channels: Sequence[str] = (),
     destinations: Mapping[str, str] | None = None,
+    now: float | None = None,
 ) -> str:
     """``channels``: "email"/"sms" that can send codes (an e-mail/SMS token may be added)."""
     parts = [message(notice, "notice"), message(error)]
@@ -161,7 +171,7 @@ def my_devices(
             "device. Enroll it now; then sign in again with a code.</p>"
         )
     else:
-        table = devices_table(state, csrf, "/revoke", destinations=destinations)
+        table = devices_table(state, csrf, "/revoke", destinations=destinations, now=now)
         parts.append("<h2>Your devices</h2>" + table)
     parts.append(
         '<h2>Add an authenticator app</h2><form method="post" action="/enroll">'
@@ -267,11 +277,15 @@ def helpdesk_user(
     mail: bool = False,
     channels: Sequence[str] = (),
     destinations: Mapping[str, str] | None = None,
+    suspension: Markup | None = None,
+    row_actions: Mapping[str, Markup] | None = None,
 ) -> Markup:
     """A user's devices and lockout, with the help-desk actions unless ``protected`` says why
     the help desk may not change this user (the server refuses them anyway); ``mail``: e-mail
     servers are configured, so a new list may be sent to the user's own address;
-    ``channels``: an e-mail/SMS token may be added (the user reads the code back)."""
+    ``channels``: an e-mail/SMS token may be added (the user reads the code back);
+    ``suspension``: the user's suspension and its buttons, ``row_actions`` each device's
+    (``render_suspend``)."""
     used = state.used
     locked = used.locked_until > now
     lock = (
@@ -301,11 +315,22 @@ def helpdesk_user(
             f'<h2 id="user-dn">{h(dn)}</h2><p>Lockout: {lock}</p>'
             f'<p class="notice" id="protected">This user is {h(protected)}: the help desk '
             "cannot change their devices. Ask a directory administrator (otpgate CLI).</p>"
-            + devices_table(state, csrf, "", read_only=True, destinations=destinations)
+            + (suspension.html if suspension is not None else "")
+            + devices_table(state, csrf, "", read_only=True, destinations=destinations, now=now)
         )
     html = (
         f'<h2 id="user-dn">{h(dn)}</h2><p>Lockout: {lock}</p>'
-        + devices_table(state, csrf, "/helpdesk/revoke", (("user", dn),), False, destinations)
+        + (suspension.html if suspension is not None else "")
+        + devices_table(
+            state,
+            csrf,
+            "/helpdesk/revoke",
+            (("user", dn),),
+            False,
+            destinations,
+            now,
+            row_actions,
+        )
         + "<p>"
         + action("unlock", "Unlock")
         + action("reset", "Reset all devices", "Remove every device of this user?")

@@ -109,7 +109,11 @@ class SelfService(SignInCodes):
         if not result.ok or result.dn is None or result.token_id is None:
             return None
         helpdesk = await self.rights.is_helpdesk(result.dn)
-        return self.sessions.new(name, result.dn, self.now(), helpdesk=helpdesk, otp_verified=True)
+        session = self.sessions.new(
+            name, result.dn, self.now(), helpdesk=helpdesk, otp_verified=True
+        )
+        session.token = result.token_id
+        return session
 
     async def _first_enrollment(
         self, name: str, password: str, client: str, network: str | None
@@ -163,6 +167,7 @@ class SelfService(SignInCodes):
             error,
             channels=() if enroll_only else self.enroller.channels,
             destinations=await self.enroller.destinations(session.dn, state),
+            now=self.now(),
         )
         return self._page("My devices", body, session)
 
