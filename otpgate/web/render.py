@@ -7,8 +7,9 @@ inline SVG element (not an image URL), so no ``data:`` URI is needed either.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from html import escape
 from urllib.parse import urlencode
 
@@ -111,8 +112,11 @@ def devices_table(
     extra: Sequence[tuple[str, str]] = (),
     read_only: bool = False,
     destinations: Mapping[str, str] | None = None,
+    actions: Callable[[Token], str] | None = None,
 ) -> str:
-    """``destinations``: token id -> where its codes go, masked (e-mail/SMS tokens)."""
+    """``destinations``: token id -> where its codes go, masked (e-mail/SMS tokens);
+    ``actions``: more of a row's actions (HTML from this package's renderers), before revoke.
+    Each cell names its column (``data-label``): on a narrow screen a row is a card."""
     if not state.tokens:
         return '<p id="no-devices">No devices enrolled.</p>'
     rows = []
@@ -131,16 +135,22 @@ def devices_table(
         to = (destinations or {}).get(t.id)
         if to:
             kind += f' to <span class="destination">{h(to)}</span>'
+        more = actions(t) if actions is not None else ""
         rows.append(
-            f'<tr data-token="{h(t.id)}"><td>{h(t.id)}</td><td>{kind}</td>'
-            f"<td>{h(t.label)}</td><td>{h(t.serial)}</td><td>{h(when(t.created))}</td>"
-            f"<td>{h(when(use.used_at))}</td><td>{h(use.drift)}</td><td>{revoke}</td></tr>"
+            f'<tr data-token="{h(t.id)}"><td data-label="id">{h(t.id)}</td>'
+            f'<td data-label="kind">{kind}</td><td data-label="label">{h(t.label)}</td>'
+            f'<td data-label="serial">{h(t.serial)}</td>'
+            f'<td data-label="enrolled">{h(when(t.created))}</td>'
+            f'<td data-label="last used">{h(when(use.used_at))}</td>'
+            f'<td data-label="drift (steps)">{h(use.drift)}</td>'
+            f'<td class="actions">{more}{revoke}</td></tr>'
         )
     return (
-        '<table id="devices"><tr><th>id</th><th>kind</th><th>label</th><th>serial</th>'
-        "<th>enrolled</th><th>last used</th><th>drift (steps)</th><th></th></tr>"
-        + "".join(rows)
-        + "</table>"
+        '<table id="devices" class="devices"><thead><tr><th scope="col">id</th>'
+        '<th scope="col">kind</th><th scope="col">label</th><th scope="col">serial</th>'
+        '<th scope="col">enrolled</th><th scope="col">last used</th>'
+        '<th scope="col">drift (steps)</th><th scope="col"><span class="visually-hidden">'
+        "actions</span></th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
 
 
@@ -152,8 +162,12 @@ def my_devices(
     error: str | None = None,
     channels: Sequence[str] = (),
     destinations: Mapping[str, str] | None = None,
+    hardware: str = "",
+    actions: Callable[[Token], str] | None = None,
 ) -> str:
-    """``channels``: "email"/"sms" that can send codes (an e-mail/SMS token may be added)."""
+    """``channels``: "email"/"sms" that can send codes (an e-mail/SMS token may be added);
+    ``hardware``: the section that adds an inventory token (``render_tokens``); ``actions``:
+    a device's own actions besides revoke (rename, resynchronise)."""
     parts = [message(notice, "notice"), message(error)]
     if enroll_only:
         parts.append(
@@ -161,7 +175,7 @@ def my_devices(
             "device. Enroll it now; then sign in again with a code.</p>"
         )
     else:
-        table = devices_table(state, csrf, "/revoke", destinations=destinations)
+        table = devices_table(state, csrf, "/revoke", destinations=destinations, actions=actions)
         parts.append("<h2>Your devices</h2>" + table)
     parts.append(
         '<h2>Add an authenticator app</h2><form method="post" action="/enroll">'
@@ -169,6 +183,7 @@ def my_devices(
         '<input type="text" id="label" name="label" maxlength="64" value="phone">'
         '<p><button id="enroll" type="submit">Enroll an authenticator app</button></p></form>'
     )
+    parts.append(hardware)
     if not enroll_only:
         parts.append(
             "<h2>Scratch codes</h2><p>A printed list of one-time codes for when your phone "
@@ -245,16 +260,29 @@ def helpdesk(
     )
 
 
-def matches(found: Sequence[tuple[str, str]]) -> Markup:
-    """Users found by a search, each a link to its help-desk page (GET: no secret in it)."""
+def matches(found: Sequence[tuple[str, ...]]) -> Markup:
+    """Users found by a search: (DN, login name[, UPN/mail[, display name]]), each a link to
+    its help-desk page (GET: no secret in it), with the name, UPN and DN beside it."""
     if not found:
         return Markup('<p id="matches">No user matches.</p>')
-    items = "".join(
-        f'<li><a href="/helpdesk?{h(urlencode({"q": dn}))}">{h(login or dn)}</a> '
-        f"<small>{h(dn)}</small></li>"
-        for dn, login in found
+    items = []
+    for dn, login, *more in found:
+        upn = more[0] if more else ""
+        name = more[1] if len(more) > 1 else ""
+        details = "".join(
+            f'<span class="{cls}"><span class="visually-hidden">{what}: </span>{h(text)}</span>'
+            for cls, what, text in (("match-name", "name", name), ("match-upn", "UPN", upn))
+            if text and text != login
+        )
+        items.append(
+            f'<li><a href="/helpdesk?{h(urlencode({"q": dn}))}">{h(login or dn)}</a>{details}'
+            f'<span class="match-dn"><span class="visually-hidden">DN: </span>{h(dn)}</span></li>'
+        )
+    count = f"{len(found)} user{'s' if len(found) != 1 else ''} match"
+    return Markup(
+        f'<p class="hint" id="matches-count">{h(count)}: pick one.</p>'
+        f'<ul id="matches" class="matches" aria-describedby="matches-count">{"".join(items)}</ul>'
     )
-    return Markup(f'<ul id="matches">{items}</ul>')
 
 
 def helpdesk_user(
@@ -327,3 +355,67 @@ def helpdesk_user(
         html += "<p>" + sent_buttons(csrf, "/helpdesk/enroll-sent", "hd-enroll", channels, dn)
         html += " (a code is sent to the user, who reads it back to you)</p>"
     return Markup(html)
+
+
+# -- shared form parts: labels, hints and errors next to their field ------------------------------
+
+
+@dataclass(frozen=True)
+class FormState:
+    """A form shown again after a refusal: the values to keep (never a code or password) and
+    one error per field, keyed by the field's id."""
+
+    values: Mapping[str, str] = dataclass_field(default_factory=dict)
+    errors: Mapping[str, str] = dataclass_field(default_factory=dict)
+
+    def value(self, ident: str, default: str = "") -> str:
+        return self.values.get(ident, default)
+
+    def error(self, ident: str) -> str | None:
+        return self.errors.get(ident)
+
+    def any_error(self, *idents: str) -> bool:
+        return any(i in self.errors for i in idents)
+
+
+NO_FORM = FormState()
+
+
+def attributes(extra: Mapping[str, str]) -> str:
+    """HTML attributes, each name and value escaped (an empty value: the bare name)."""
+    return "".join(f' {h(k)}="{h(v)}"' if v else f" {h(k)}" for k, v in extra.items())
+
+
+def field(
+    ident: str,
+    name: str,
+    label: str,
+    *,
+    value: str = "",
+    error: str | None = None,
+    hint: str | None = None,
+    kind: str = "text",
+    extra: Mapping[str, str] | None = None,
+    css: str = "",
+) -> str:
+    """A labelled input with its hint above it and its error right after it, both named by
+    the input's ``aria-describedby`` (screen readers read them with the field)."""
+    described = []
+    hint_html = error_html = ""
+    if hint:
+        described.append(f"{ident}-hint")
+        hint_html = f'<p class="hint" id="{h(ident)}-hint">{h(hint)}</p>'
+    if error:
+        described.append(f"{ident}-error")
+        error_html = f'<p class="field-error" id="{h(ident)}-error">{h(error)}</p>'
+    attrs: dict[str, str] = {"type": kind, "id": ident, "name": name, "value": value}
+    if described:
+        attrs["aria-describedby"] = " ".join(described)
+    if error:
+        attrs["aria-invalid"] = "true"
+    attrs.update(extra or {})
+    classes = " ".join(c for c in ("field", css, "has-error" if error else "") if c)
+    return (
+        f'<div class="{h(classes)}"><label for="{h(ident)}">{h(label)}</label>{hint_html}'
+        f"<input{attributes(attrs)}>{error_html}</div>"
+    )
