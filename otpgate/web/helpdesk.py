@@ -128,6 +128,7 @@ class HelpDesk(SelfService):
             raise DirectoryError(
                 f"more than {MATCHES} users match: type more", exc.result_code
             ) from exc
+
         def first(entry: Any, *names: str) -> str:
             for name in names:
                 values = entry.attributes.get(name.lower())

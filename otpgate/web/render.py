@@ -65,7 +65,8 @@ def csrf_field(csrf: str) -> str:
 def message(text: str | None, kind: str = "error") -> str:
     if not text:
         return ""
-    return f'<p class="{h(kind)}" id="{h(kind)}">{h(text)}</p>'
+    role = "alert" if kind == "error" else "status"
+    return f'<p class="{h(kind)}" id="{h(kind)}" role="{role}">{h(text)}</p>'
 
 
 def sign_in(error: str | None = None, name: str = "", send: bool = False) -> str:
@@ -76,18 +77,35 @@ def sign_in(error: str | None = None, name: str = "", send: bool = False) -> str
     if send:
         hint = "or leave it empty and have a code sent to you"
         button = (
-            ' <button id="send-code" name="send" value="1" type="submit">Send me a code'
-            "</button>"
+            ' <button id="send-code" name="send" value="1" type="submit">Send me a code</button>'
         )
+    # The error is about the three fields together: each names it (aria-describedby).
+    about = {"aria-describedby": "error"} if error else {}
     return (
-        message(error) + '<form method="post" action="/signin" autocomplete="off">'
-        '<label for="username">User name</label>'
-        f'<input type="text" id="username" name="username" value="{h(name)}" required>'
-        '<label for="password">Password</label>'
-        '<input type="password" id="password" name="password" required>'
-        f'<label for="otp">One-time code ({h(hint)})</label>'
-        '<input type="text" id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code">'
-        f'<p><button id="signin" type="submit">Sign in</button>{button}</p></form>'
+        message(error)
+        + '<form method="post" action="/signin" autocomplete="off" class="stack">'
+        + field(
+            "username",
+            "username",
+            "User name",
+            value=name,
+            extra={**about, "required": "", "autocomplete": "username"},
+        )
+        + field(
+            "password",
+            "password",
+            "Password",
+            kind="password",
+            extra={**about, "required": "", "autocomplete": "current-password"},
+        )
+        + field(
+            "otp",
+            "otp",
+            "One-time code",
+            hint=hint,
+            extra={**about, "inputmode": "numeric", "autocomplete": "one-time-code"},
+        )
+        + f'<p><button id="signin" type="submit">Sign in</button>{button}</p></form>'
     )
 
 
@@ -228,11 +246,19 @@ def enroll(svg: str, secret_b32: str, csrf: str, error: str | None = None) -> st
 
 
 def confirm_form(csrf: str, error: str | None = None) -> str:
+    """``error``: shown at the top (``#error``) and named by the code field."""
+    about = {"aria-describedby": "error", "aria-invalid": "true"} if error else {}
     return (
-        message(error) + '<form method="post" action="/enroll/confirm" autocomplete="off">'
-        f'{csrf_field(csrf)}<label for="code">Code shown by the app</label>'
-        '<input type="text" id="code" name="code" inputmode="numeric" required>'
-        '<p><button id="confirm" type="submit">Activate</button></p></form>'
+        message(error)
+        + '<form method="post" action="/enroll/confirm" autocomplete="off">'
+        + csrf_field(csrf)
+        + field(
+            "code",
+            "code",
+            "Code shown by the app",
+            extra={**about, "inputmode": "numeric", "required": ""},
+        )
+        + '<p><button id="confirm" type="submit">Activate</button></p></form>'
         '<form method="post" action="/enroll/cancel">'
         f'{csrf_field(csrf)}<button type="submit">Cancel</button></form>'
     )
@@ -253,9 +279,16 @@ def helpdesk(
     return (
         message(notice, "notice")
         + message(error)
-        + '<form method="get" action="/helpdesk"><label for="q">User (name, e-mail/UPN or DN)'
-        f'</label><input type="text" id="q" name="q" value="{h(query)}">'
-        '<button id="search" type="submit">Find</button></form>'
+        + '<form method="get" action="/helpdesk" role="search" class="stack">'
+        + field(
+            "q",
+            "q",
+            "Find a user",
+            value=query,
+            hint="The start of a login name, e-mail/UPN or name, or an exact DN.",
+            extra={"autocomplete": "off", "spellcheck": "false"},
+        )
+        + '<button id="search" type="submit">Find</button></form>'
         + (found.html if found is not None else "")
     )
 
