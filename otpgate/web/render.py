@@ -34,6 +34,14 @@ def when(unix: int | float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
 
 
+def when_html(unix: int | float) -> str:
+    """``when`` as HTML whose line breaks only between the date and the time."""
+    date, _sp, rest = when(unix).partition(" ")
+    if not rest:
+        return h(date)
+    return f'<span class="nowrap">{h(date)}</span> <span class="nowrap">{h(rest)}</span>'
+
+
 def page(
     title: str, body: str, who: str | None = None, csrf: str | None = None, helpdesk: bool = False
 ) -> bytes:
@@ -158,8 +166,8 @@ def devices_table(
             f'<tr data-token="{h(t.id)}"><td data-label="id">{h(t.id)}</td>'
             f'<td data-label="kind">{kind}</td><td data-label="label">{h(t.label)}</td>'
             f'<td data-label="serial">{h(t.serial)}</td>'
-            f'<td data-label="enrolled">{h(when(t.created))}</td>'
-            f'<td data-label="last used">{h(when(use.used_at))}</td>'
+            f'<td data-label="enrolled">{when_html(t.created)}</td>'
+            f'<td data-label="last used">{when_html(use.used_at)}</td>'
             f'<td data-label="drift (steps)">{h(use.drift)}</td>'
             f'<td class="actions">{more}{revoke}</td></tr>'
         )

@@ -207,13 +207,13 @@ class TokenPages(SelfService):
             token=token.id,
         )
         await self._not_before(started)
-        name = token.label or token.serial
+        name = token.label if token.label and token.label != serial else ""
+        added = f"{name} (serial {serial})" if name else f"the token with serial {serial}"
         return await self.get_me(
             None,
             session,
             client,
-            notice=f"Added {name} (serial {serial}). Sign in with the codes that follow the "
-            "ones you typed.",
+            notice=f"Added {added}. Sign in with the codes that follow the ones you typed.",
         )
 
     async def _claim(

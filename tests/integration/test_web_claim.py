@@ -126,6 +126,8 @@ def test_claim_an_hotp_fob_then_bind_resync_and_rename(backend: Any, tmp_path: P
         row = page.locator("#devices tr[data-token]", has_text=serial)
         assert row.count() == 1 and "HOTP token" in row.inner_text()
         token_id = row.get_attribute("data-token")
+        no_sideways = "document.documentElement.scrollWidth <= window.innerWidth + 1"
+        assert page.evaluate(no_sideways)
         shoot(page, backend, "claim-done")
         # The proving codes never log in; the next code binds through the LDAP proxy.
         assert not ldap_bind(port, dn, PW + proving[2])
@@ -163,7 +165,7 @@ def test_claim_an_hotp_fob_then_bind_resync_and_rename(backend: Any, tmp_path: P
         # A phone-width layout: no sideways scrolling, the devices as cards.
         page.set_viewport_size({"width": 390, "height": 844})
         page.goto(portal.url + "/me")
-        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        assert page.evaluate(no_sideways)
         assert page.evaluate(
             "getComputedStyle(document.querySelector('#devices tr[data-token]')).display"
         ) == "block"
