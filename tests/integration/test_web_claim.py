@@ -287,3 +287,37 @@ def test_two_claims_at_once_and_serial_probing(backend: Any, tmp_path: Path) -> 
     assert "codes do not prove it" in audit and "(now locked out)" in audit
     for secret in (*codes, fob):
         assert secret not in audit
+
+
+def test_a_password_only_session_cannot_claim(slapd: Any, tmp_path: Path, request: Any) -> None:
+    """A phished password (and a fob taken from the shelf) is not enough: the enroll-only
+    session of a password-only first enrollment cannot claim; the token stays in stock."""
+    from otpgate.directory.sync import SyncInventory, open_store
+    from otpgate.vault import Keyring
+    from tests.integration.backends import make_backend
+
+    backend = make_backend("slapd-stock", request, tmp_path)
+    name, _dn = backend.new_user("newbie")
+    serial = unique("SHELF")
+    fob = os.urandom(20).hex()
+    import_tokens(backend, tmp_path, f"{serial},{fob}\n", "oath-csv")
+    web = {"password_only_enrollment_networks": ["127.0.0.1/32"]}
+    with run_portal(backend, tmp_path, web, directory=inventory_section(backend)) as portal:
+        client = WebClient(portal)
+        assert client.sign_in(name, PW) == 303  # the enroll-only session
+        status, text = client.request("GET", "/me")
+        assert status == 200 and 'id="claim-form"' not in text
+        codes = oathtool(fob, 0, 3)
+        status, _text = client.post("/claim", {"serial": serial, "kind": "hotp", "code1": codes[0],
+                                               "code2": codes[1], "code3": codes[2]})  # fmt: skip
+        assert status == 403
+        status, _text = client.post("/rename", {"token": "x", "label": "y"})
+        assert status == 403
+    assert "in a password-only (enroll-only) session" in portal.audit.read_text()
+    config = backend.config({"inventory_dn": backend.inventory_dn()})
+    store = open_store(config.directory, Keyring.load(backend.keyring))
+    try:
+        item = SyncInventory.open(store).get(serial)
+        assert item.secret is not None and item.secret.key.hex() == fob
+    finally:
+        store.directory.close()

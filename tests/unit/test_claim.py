@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 import otpgate.otp.oath as oath
 from otpgate.admin import claim as claim_module
@@ -336,3 +337,52 @@ async def test_a_claim_whose_enrollment_fails_puts_the_token_back() -> None:
     with pytest.raises(PolicyError, match="locked out"):
         await claim_token(store, back, "alice", proof, 5, now)
     assert await claimable(store, "FOB7") is not None
+
+
+class Refusing:
+    """A guard of OTP-state writes that refuses (state the users may write themselves)."""
+
+    active = True
+
+    async def check(self) -> None:
+        from otpgate.errors import DirectoryUnavailable
+
+        raise DirectoryUnavailable("refused by the guard")
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_and_assignments_pass_every_guard_of_state_writes() -> None:
+    """The flows that write a user's state beside the inventory pass the same guards as
+    ``OtpStore.update``: where the self-writable-state guard refuses, nothing is claimed."""
+    from otpgate.admin.inventory import assign_token
+    from otpgate.errors import DirectoryUnavailable
+
+    w, store = world()
+    key = await fob(store)
+    item = await claimable(store, "FOB7")
+    assert item is not None
+    now = w.clock.seconds()
+    proof = prove(item, ClaimKind.HOTP, codes_at(key, 0), now)
+    assert proof is not None
+    w.store._guards = (Refusing(),)  # type: ignore[assignment]
+    with pytest.raises(DirectoryUnavailable):
+        await claim_token(store, item, "alice", proof, 5, now)
+    with pytest.raises(DirectoryUnavailable):
+        await assign_token(store, "FOB7", "alice", 5)
+    assert await claimable(store, "FOB7") is not None
+    w.store._guards = ()
+    assert not w.store.decode(await w.store.resolve("alice", fresh=True)).tokens
+
+
+@pytest_twisted.ensureDeferred
+async def test_proofs_run_one_at_a_time_and_a_full_queue_is_busy() -> None:
+    from otpgate.web.tokenpages import MAX_WAITING, Busy, ProofRunner
+
+    runner = ProofRunner(reactor=None)  # no thread pool: the proof runs inline
+    assert await runner.run(lambda a, b=0: a + b, 1, b=2) == 3
+    await runner.lock.acquire()  # a proof running
+    waiting = [defer.ensureDeferred(runner.run(lambda: "done")) for _ in range(MAX_WAITING)]
+    with pytest.raises(Busy):
+        await runner.run(lambda: "one too many")
+    runner.lock.release()
+    assert [await d for d in waiting] == ["done"] * MAX_WAITING
