@@ -6,6 +6,7 @@ each function sees the freshly read state and may be called more than once.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import replace
 
 from otpgate.auth.lockout import unlock
@@ -13,7 +14,7 @@ from otpgate.directory.records import OtpState, StateChange
 from otpgate.errors import NoSuchToken, PolicyError
 from otpgate.otp.oath import RESYNC_WINDOW, resync_hotp
 from otpgate.otp.scratch import ScratchList
-from otpgate.tokens import Token, TokenType, TokenUse, UsedState, new_token_id
+from otpgate.tokens import Token, TokenType, TokenUse, UsedState, check_label, new_token_id
 
 
 def find_token(state: OtpState, ref: str | None, kinds: tuple[TokenType, ...] = ()) -> Token:
@@ -106,3 +107,47 @@ def scratch_change(
         tokens=(*(t for t in state.tokens if t.id not in old), token),
         secrets={k: v for k, v in state.secrets.items() if k not in old},
     )
+
+
+MAX_LABEL = 64
+"""Characters of a device's name (the portal's field, ``otpgate`` labels)."""
+
+
+def rename_change(state: OtpState, token_id: str, label: str) -> StateChange[Token]:
+    """Give one of the user's tokens (by its id) a new label: 1 to ``MAX_LABEL`` characters,
+    no control, separator or bidi characters (``tokens.check_label``)."""
+    label = label.strip()
+    try:
+        check_label(label)
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from exc
+    if not label or len(label) > MAX_LABEL:
+        raise PolicyError(f"a device name has 1 to {MAX_LABEL} characters")
+    token = next((t for t in state.tokens if t.id == token_id), None)
+    if token is None:
+        raise NoSuchToken(f"you have no token {token_id!r}")
+    renamed = replace(token, label=label)
+    return StateChange(
+        renamed, tokens=tuple(renamed if t.id == token_id else t for t in state.tokens)
+    )
+
+
+def advance_change(
+    state: OtpState, token_id: str, key: bytes, counter: int, now: float
+) -> StateChange[tuple[Token, bool]]:
+    """Record ``counter`` as an HOTP token's last used counter: what a resynchronisation
+    found outside the compare-and-swap (the portal runs the search in a thread).  Forward
+    only: a counter at or before the one stored now (a login meanwhile) writes nothing.
+    ``key`` must still be the token's key (it was not replaced meanwhile).  The result says
+    whether the counter moved."""
+    token = next((t for t in state.tokens if t.id == token_id), None)
+    secret = state.secrets.get(token_id)
+    if token is None or token.type is not TokenType.HOTP or secret is None:
+        raise NoSuchToken(f"you have no HOTP token {token_id!r}")
+    if not hmac.compare_digest(secret.key, key):
+        raise PolicyError(f"token {token_id} changed meanwhile; type three new codes")
+    use = state.used.use_of(token_id)
+    if counter <= use.last:
+        return StateChange((token, False))
+    new = TokenUse(last=counter, drift=0, used_at=int(now), scratch_used=use.scratch_used)
+    return StateChange((token, True), used=state.used.with_use(token_id, new))

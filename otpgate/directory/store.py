@@ -211,10 +211,14 @@ class InventoryStore:
 
     async def flow(self, step: Step[T], user_name: str) -> T:
         """A flow that writes the inventory and ``user_name``'s state in one step (the
-        assignment, ``admin.inventory.assign``), through the replication guard; the user's
-        cached entry is dropped afterwards (its state changed under the cache)."""
+        assignment, ``admin.inventory.assign``; a self-service claim, ``admin.claim``),
+        through every guard of OTP-state writes, as ``OtpStore.update`` (the replication
+        guard, and the one that refuses state users may write themselves); the user's cached
+        entry is dropped afterwards (its state changed under the cache)."""
         store = self.store
-        await store.check_replication()
+        for guard in store._guards:
+            if guard.active:
+                await guard.check()
         try:
             return await store._run(step)
         finally:

@@ -53,6 +53,11 @@ WEB_ACTIONS = (
     "enroll-sent",
     "helpdesk-enroll-sent-start",
     "helpdesk-enroll-sent",
+    "claim",
+    "claim-reject",
+    "resync",
+    "resync-reject",
+    "rename",
 )
 SEND_CHANNELS = ("email", "sms")
 SEND_OUTCOMES = ("sent", "failed", "refused", "limited", "repeat")

@@ -20,12 +20,13 @@ from otpgate.web.metrics import CONTENT_TYPE
 from otpgate.web.sentpages import SentTokenPages
 from otpgate.web.sessions import Session, csrf_ok
 from otpgate.web.suspendpages import SuspendPages
+from otpgate.web.tokenpages import TokenPages
 
 ENROLL_ONLY_POSTS = (b"/signout", b"/enroll", b"/enroll/confirm", b"/enroll/cancel")
 """What a password-only (first enrollment) session may do."""
 
 
-class Portal(SentTokenPages, SuspendPages):
+class Portal(SentTokenPages, SuspendPages, TokenPages):
     def render(self, request: Any) -> Any:
         d = defer.ensureDeferred(self._handle(request))
         d.addErrback(self._crashed, request)
@@ -104,6 +105,9 @@ class Portal(SentTokenPages, SuspendPages):
             b"/enroll-sent": self.post_enroll_sent,
             b"/enroll-sent/confirm": self.post_enroll_sent_confirm,
             b"/enroll-sent/cancel": self.post_enroll_sent_cancel,
+            b"/claim": self.post_claim,
+            b"/resync": self.post_resync,
+            b"/rename": self.post_rename,
             b"/helpdesk/revoke": self.hd_revoke,
             b"/helpdesk/reset": self.hd_reset,
             b"/helpdesk/unlock": self.hd_unlock,
