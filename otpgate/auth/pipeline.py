@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from twisted.logger import Logger
 
 from otpgate.audit import AuditTrail
+from otpgate.auth.authorize import authorized
 from otpgate.auth.bindcache import BindCache
 from otpgate.auth.branches import first_enrollment, proof_login
 from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_typed
@@ -96,6 +97,9 @@ class Authenticator:
         self.unrecorded = UnrecordedFailures(settings.lockout)
         seconds = settings.bind_cache_seconds
         self.bind_cache: BindCache | None = BindCache(seconds) if seconds > 0 else None
+        self._resolved: dict[int, UserEntry] = {}
+        """The entry each login in progress resolved, by ``id(request)``, for requests with an
+        ``authorize`` (dropped when the login ends)."""
 
     # -- the door ----------------------------------------------------------------------------
 
@@ -110,10 +114,14 @@ class Authenticator:
         the steps (``otpgate test-auth``)."""
         try:
             result = await self._dispatch(request, check_password, trace)
+            if request.authorize is not None:
+                result = authorized(request, result, self._resolved.get(id(request)))
         except DirectoryUnavailable as exc:
             result = AuthResult(False, f"directory unavailable: {exc}", unavailable=True)
         except (CodecError, DirectoryError) as exc:
             result = AuthResult(False, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._resolved.pop(id(request), None)
         self._record(request, result)
         self._warn(result)
         outcome = "accepted: " if result.ok else "rejected: "
@@ -130,7 +138,9 @@ class Authenticator:
         reason = result.reason
         if isinstance(request, PasswordStep):
             reason = f"password step: {reason}"
-        extra = {} if result.sent is None else {"send": result.sent.audit}
+        extra: dict[str, Any] = {} if result.sent is None else {"send": result.sent.audit}
+        if request.login_id:
+            extra["login_id"] = request.login_id
         self.audit.record(
             outcome=outcome,
             front_end=request.channel.front_end,
@@ -227,7 +237,7 @@ class Authenticator:
             # bind is all there is; with admin groups configured it is looked up first.
             note(trace, "policy", None, "exempt DN: its password alone, without a lookup")
             return Ready(None, Decision(False, "exempt account"))
-        user = await self.store.resolve(request.name, fresh=fresh)
+        user = await self._resolve(request, fresh)
         now = self.clock.seconds()
         if user.expires_at is not None and user.expires_at <= now:
             # AD refuses the password bind of an expired account, but CHAP, MS-CHAPv2 and
@@ -242,7 +252,7 @@ class Authenticator:
         ):
             # A refusal is made on what the directory holds now: a cached entry may predate
             # an enrollment, an unlock or a resume.
-            user = await self.store.resolve(request.name, fresh=True)
+            user = await self._resolve(request, True)
             decision = self._decide(user, request, require_otp)
             if not decision.needs_otp:
                 return noted(trace, Ready(user, decision))
@@ -255,6 +265,13 @@ class Authenticator:
         if is_locked(state.used, now):
             return noted(trace, Ready(user, decision, state, "locked out"))
         return noted(trace, Ready(user, decision, state))
+
+    async def _resolve(self, request: Login, fresh: bool) -> UserEntry:
+        """The request's entry; kept for its ``authorize`` (``authorize.py``) when it has one."""
+        user = await self.store.resolve(request.name, fresh=fresh)
+        if request.authorize is not None:
+            self._resolved[id(request)] = user
+        return user
 
     def _decide(self, user: UserEntry, request: Login, require_otp: bool) -> Decision:
         if require_otp:

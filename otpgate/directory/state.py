@@ -100,7 +100,11 @@ def _order(use: TokenUse) -> tuple[int, int, bool, int]:
 class StateMapper:
     """Reads user entries into OTP state and plans the operations that write it back."""
 
-    def __init__(self, config: DirectoryConfig, keyring: Keyring) -> None:
+    def __init__(
+        self, config: DirectoryConfig, keyring: Keyring, extra_attributes: tuple[str, ...] = ()
+    ) -> None:
+        """``extra_attributes``: read with every user entry for the front ends (RADIUS reply
+        rules) and kept in ``UserEntry.attributes``."""
         self.config = config
         self.seed_codec = AttributeCodec(
             config.seed.spec, config.seed.format, Purpose.SEED, keyring
@@ -125,6 +129,9 @@ class StateMapper:
         # state kept there before still waits to be migrated (``otpgate migrate-state``).
         self.user_attributes = (*identity, *self.state_attributes[:3])
         self._ad = config.profile.server == "ad"
+        read = {a.lower() for a in self.user_attributes}
+        self.extra = tuple(dict.fromkeys(a.lower() for a in extra_attributes))
+        self.user_attributes += tuple(a for a in self.extra if a not in read)
 
     @property
     def attributes(self) -> tuple[str, ...]:
@@ -177,7 +184,7 @@ class StateMapper:
         entry = self.entry(found[0])
         if entry.entry_id != user.entry_id:
             raise UserNotFound(f"{user.dn} is now another entry")
-        return replace(entry, groups=user.groups)
+        return replace(entry, groups=user.groups, unknown_groups=user.unknown_groups)
 
     # -- where state entries are ----------------------------------------------------
 
@@ -217,6 +224,7 @@ class StateMapper:
             v.decode("utf-8", "replace").lower() for v in found.attributes.get("memberof", [])
         )
         expires_at = _account_expiry(found.first("accountExpires"))
+        extra = tuple((a, tuple(found.attributes.get(a, ()))) for a in self.extra)
         if self.container is not None:
             return UserEntry(
                 dn=found.dn,
@@ -227,6 +235,7 @@ class StateMapper:
                 state_exists=False,
                 expires_at=expires_at,
                 unmigrated=bool(self.own_values(found)),
+                attributes=extra,
             )
         user = UserEntry(
             dn=found.dn,
@@ -234,6 +243,7 @@ class StateMapper:
             groups=groups,
             object_classes=classes,
             expires_at=expires_at,
+            attributes=extra,
         )
         return self._with_values(
             user,
