@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -91,6 +92,8 @@ class Outcome:
     code: int | None
     """ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE, or None for no reply."""
     attributes: tuple[tuple[AttributeKey, bytes], ...] = field(default=(), repr=False)
+    encoded: bytes = field(default=b"", repr=False)
+    """Attributes already on the wire, after ``attributes`` (the NAS's reply rules)."""
 
 
 REJECT = Outcome(ACCESS_REJECT)
@@ -146,6 +149,8 @@ class AccessHandler:
         rules = client.reply
         if rules is None:
             return None
+        if not OrderedDict.__contains__(request.packet, PROXY_STATE):
+            return rules.reply
         room = MAX_REPLY - sum(len(v) + 2 for v in request.values(PROXY_STATE))
         return partial(rules.reply, room=room)
 
@@ -385,6 +390,4 @@ class AccessHandler:
         if grant.client.accept_message:
             attributes.append((REPLY_MESSAGE, text(grant.client.accept_message)))
         attributes.append((CLASS, CLASS_PREFIX + grant.login_id.encode()))
-        if result.authorized:
-            attributes.extend(result.authorized)
-        return Outcome(ACCESS_ACCEPT, tuple(attributes))
+        return Outcome(ACCESS_ACCEPT, tuple(attributes), result.authorized or b"")

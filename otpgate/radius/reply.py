@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyrad.dictionary import Dictionary
@@ -37,7 +37,7 @@ from otpgate.radius.attributes import (
     encode_value,
     reply_attribute,
 )
-from otpgate.radius.packet import AttributeKey
+from otpgate.radius.packet import AttributeKey, encode_attribute
 
 REPLY_MATCHES = ("first", "all")
 MAX_MATCHED = 1024
@@ -48,7 +48,7 @@ MAX_REPLY = 4096 - 20 - 18 - 800
 the header, the Message-Authenticator and room for otpgate's own attributes (Class, the
 Reply-Messages, MS-CHAPv2's answer); the request's Proxy-States come off it too."""
 
-Pair = tuple[AttributeKey, bytes]
+NO_VALUES: dict[str, tuple[bytes, ...]] = {}
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ class Add:
     key: AttributeKey
     value: bytes
     single: bool
+
+    @property
+    def wire(self) -> bytes:
+        return encode_attribute(self.key, self.value)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,18 @@ class Rule:
     names: tuple[tuple[str, tuple[Add, ...]], ...] = ()
     """Per ``member_of`` group: its name as each ``group_names`` attribute."""
     fall_through: bool = False
+
+    def __post_init__(self) -> None:
+        # On the wire once, here: a login that matches the rule copies these bytes.
+        wire = b"".join(add.wire for add in self.adds)
+        named = tuple((g, b"".join(add.wire for add in adds)) for g, adds in self.names)
+        object.__setattr__(self, "wire", wire)
+        object.__setattr__(self, "named_wire", named)
+        object.__setattr__(self, "conditional", bool(self.groups) or self.attribute is not None)
+
+    wire: bytes = field(init=False, repr=False, compare=False)
+    named_wire: tuple[tuple[str, bytes], ...] = field(init=False, repr=False, compare=False)
+    conditional: bool = field(init=False, repr=False, compare=False)
 
     def holds(
         self,
@@ -118,6 +134,24 @@ class ReplyRules:
     rules: tuple[Rule, ...]
     first: bool = True
 
+    def __post_init__(self) -> None:
+        # Only where a single-valued attribute can get two values (two rules, a rule's static
+        # value and a copy, several groups' names) does a login need the slower path that
+        # keeps the first; most NASes' rules never do.
+        counts: dict[AttributeKey, int] = {}
+        for rule in self.rules:
+            adds = [*rule.adds, *(add for _group, named in rule.names for add in named)]
+            keys = [a.key for a in adds if a.single]
+            keys += [c.attribute.key for c in rule.copies if c.attribute.single]
+            for key in keys:
+                counts[key] = counts.get(key, 0) + 1
+        object.__setattr__(self, "keep_first", any(n > 1 for n in counts.values()))
+        reads = any(r.attribute is not None or r.copies for r in self.rules)
+        object.__setattr__(self, "reads", reads)
+
+    keep_first: bool = field(init=False, repr=False, compare=False)
+    reads: bool = field(init=False, repr=False, compare=False)
+
     @property
     def groups(self) -> tuple[str, ...]:
         """The groups whose membership every resolved entry must carry."""
@@ -130,26 +164,47 @@ class ReplyRules:
         names += [copy.source for rule in self.rules for copy in rule.copies]
         return tuple(dict.fromkeys(names))
 
-    def reply(self, facts: Entitlement, room: int = MAX_REPLY) -> tuple[Pair, ...]:
-        """The attributes the rules give this entry; AuthorizationRefused when that cannot be
-        decided or does not fit in ``room`` octets."""
-        groups, unknown = facts.groups, facts.unknown_groups
-        values = dict(facts.attributes)
-        out: list[Pair] = []
+    def reply(self, facts: Entitlement, room: int = MAX_REPLY) -> bytes:
+        """The attributes the rules give this entry, on the wire (Type, Length, Value each);
+        AuthorizationRefused when that cannot be decided or does not fit in ``room``
+        octets."""
+        if self.keep_first:
+            return self._reply_keeping_first(facts, room)
+        groups = facts.groups
+        values = dict(facts.attributes) if self.reads else NO_VALUES
+        chunks: list[bytes] = []
+        for rule in self.rules:
+            if rule.conditional and not rule.holds(groups, facts.unknown_groups, values):
+                continue
+            chunks.append(rule.wire)
+            for group, wire in rule.named_wire:
+                if group in groups:
+                    chunks.append(wire)
+            for copy in rule.copies:
+                key = copy.attribute.key
+                for value in _copied(copy, values.get(copy.source, ())):
+                    chunks.append(encode_attribute(key, value))
+            if self.first and not rule.fall_through:
+                break
+        return _fitting(b"".join(chunks), room)
+
+    def _reply_keeping_first(self, facts: Entitlement, room: int) -> bytes:
+        """``reply`` where a single-valued attribute (RFC 2865 "0-1") may get several
+        values: the first one stays."""
+        groups = facts.groups
+        values = dict(facts.attributes) if self.reads else NO_VALUES
         given: set[AttributeKey] = set()
-        size = 0
+        chunks: list[bytes] = []
 
         def add(key: AttributeKey, value: bytes, single: bool) -> None:
-            nonlocal size
             if single:
                 if key in given:
-                    return  # RFC 2865 "0-1": the first value stays
+                    return
                 given.add(key)
-            size += len(value) + (8 if isinstance(key, tuple) else 2)
-            out.append((key, value))
+            chunks.append(encode_attribute(key, value))
 
         for rule in self.rules:
-            if not rule.holds(groups, unknown, values):
+            if rule.conditional and not rule.holds(groups, facts.unknown_groups, values):
                 continue
             for item in rule.adds:
                 add(item.key, item.value, item.single)
@@ -162,11 +217,15 @@ class ReplyRules:
                     add(copy.attribute.key, value, copy.attribute.single)
             if self.first and not rule.fall_through:
                 break
-        if size > room:
-            raise AuthorizationRefused(
-                f"the reply attributes take {size} octets, more than the {room} a reply holds"
-            )
-        return tuple(out)
+        return _fitting(b"".join(chunks), room)
+
+
+def _fitting(wire: bytes, room: int) -> bytes:
+    if len(wire) > room:
+        raise AuthorizationRefused(
+            f"the reply attributes take {len(wire)} octets, more than the {room} a reply holds"
+        )
+    return wire
 
 
 def _copied(copy: Copy, found: tuple[bytes, ...]) -> list[bytes]:
