@@ -72,7 +72,9 @@ async def test_vlan_by_group_class_vendor_attributes_and_entry_values(backend, t
                         "Cisco-AVPair": ["shell:priv-lvl=15", "shell:roles=admin"],
                         "Fortinet-Group-Name": "vpn-staff", "Session-Timeout": 28800},
          "from_entry": {target: source}},
-        {"attributes": {**VLAN_ATTRIBUTES, "Tunnel-Private-Group-Id:1": "99"}},
+        # no tag (RFC 3580 wants 0 when only the VLAN is assigned)
+        {"attributes": {"Tunnel-Type": "VLAN", "Tunnel-Medium-Type": "IEEE-802",
+                        "Tunnel-Private-Group-Id": "99"}},
     ]
     radius = await start_radius(
         backend, tmp_path, [client(reply=rules, accept_message="Welcome to the VPN")]
@@ -107,7 +109,9 @@ async def test_vlan_by_group_class_vendor_attributes_and_entry_values(backend, t
         key = await enroll(radius, other_name)
         _code, out, err = await radius.radclient(pap(other_name, PW + hotp(key, 0)), "-x")
         assert replies(out) == ["Access-Accept"], out + err
-        assert values(out, "Tunnel-Private-Group-Id:1") == ["99"], out
+        assert values(out, "Tunnel-Type:0") == ["VLAN"], out
+        assert values(out, "Tunnel-Medium-Type:0") == ["IEEE-802"], out
+        assert values(out, "Tunnel-Private-Group-Id:0") == ["99"], out
         assert classes(out)[1:] == [f"vpn-users-{tag}".encode()], out
         assert not values(out, "Cisco-AVPair") and not values(out, target), out
 
