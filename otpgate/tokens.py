@@ -387,6 +387,10 @@ class UsedState:
     suspensions: Mapping[str, Suspension] = field(default_factory=dict)
     """Suspended tokens, by token id.  Beside ``tokens`` rather than in a ``TokenUse``, which
     a login replaces whole: every write of the use state keeps them."""
+    proof_failures: tuple[int, ...] = ()
+    """Unix times of failed proofs of possession (claiming an inventory token, resynchronising
+    one) in the last day: unlike ``failures``, a successful login does not clear them, so the
+    daily cap (``admin/claim.py``) bounds the guesses at a token one does not hold."""
 
     def use_of(self, token_id: str) -> TokenUse:
         return self.tokens.get(token_id, TokenUse())
@@ -418,6 +422,8 @@ class UsedState:
             doc["ss"] = self.suspension.to_list()
         if self.suspensions:
             doc["st"] = {k: v.to_list() for k, v in sorted(self.suspensions.items())}
+        if self.proof_failures:
+            doc["pf"] = list(self.proof_failures)
         return doc
 
     @classmethod
@@ -437,6 +443,7 @@ class UsedState:
                 str(k): Suspension.from_list(v, f"used.st.{k}")
                 for k, v in (_opt(doc, "st", dict, "used") or {}).items()
             },
+            proof_failures=_sends(_opt(doc, "pf", list, "used") or []),
         )
 
 

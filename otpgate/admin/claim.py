@@ -57,7 +57,7 @@ from otpgate.otp.yubico import (
     looks_like_yubico_otp,
     verify_yubico,
 )
-from otpgate.tokens import Token, TokenType, TokenUse
+from otpgate.tokens import Token, TokenType, TokenUse, UsedState
 
 CLAIM_TOTP_SECONDS = 600
 """A TOTP token is claimed with a code within 10 minutes of the gateway's clock."""
@@ -193,16 +193,36 @@ def prove(
 # -- what is written ----------------------------------------------------------------------------
 
 
+MAX_PROOF_FAILURES_PER_DAY = 10
+"""Failed proofs of possession a user may make in any 24 hours.  The lockout alone does not
+bound them: a successful login clears it, so an insider who logs in with her own device
+between tries could guess at a token she does not hold for ever (a TOTP claim accepts any
+of the 41 codes of its wide window)."""
+DAY = 86400
+
+
+def recent_proof_failures(used: UsedState, now: float) -> tuple[int, ...]:
+    return tuple(t for t in used.proof_failures if now - DAY < t <= now + 60)
+
+
+def proofs_capped(used: UsedState, now: float) -> bool:
+    """The user made ``MAX_PROOF_FAILURES_PER_DAY`` failed proofs in the last day."""
+    return len(recent_proof_failures(used, now)) >= MAX_PROOF_FAILURES_PER_DAY
+
+
 def failure_change(now: float, rules: LockoutConfig) -> Callable[[OtpState], StateChange[bool]]:
     """A failed proof (a claim or a resynchronisation with wrong codes, an unknown or taken
-    serial) counts towards the user's lockout, as a wrong login code does.  The result says
-    whether the user is locked out now; nothing is written while locked already."""
+    serial) counts towards the user's lockout, as a wrong login code does, and towards the
+    daily cap of failed proofs.  The result says whether the user may not try again now
+    (locked out, or capped); nothing is written while locked already."""
 
     def change(state: OtpState) -> StateChange[bool]:
         if is_locked(state.used, now):
             return StateChange(True)
         used = record_failure(state.used, now, rules)
-        return StateChange(bool(used.locked_until), used=used)
+        failures = (*recent_proof_failures(used, now), int(now))[-MAX_PROOF_FAILURES_PER_DAY:]
+        used = replace(used, proof_failures=failures)
+        return StateChange(bool(used.locked_until) or proofs_capped(used, now), used=used)
 
     return change
 
@@ -215,7 +235,7 @@ def claim_change(
     token, secret = claimed_token(item)
 
     def change(state: OtpState) -> StateChange[Token]:
-        if is_locked(state.used, now):
+        if is_locked(state.used, now) or proofs_capped(state.used, now):
             raise PolicyError("locked out: too many failed codes; try again later")
         planned = enroll_change(state, token, secret, max_tokens, replace_software=False)
         use = TokenUse(last=proof.last, drift=proof.drift, used_at=int(now))

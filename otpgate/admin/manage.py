@@ -17,9 +17,14 @@ from otpgate.otp.scratch import ScratchList
 from otpgate.tokens import Token, TokenType, TokenUse, UsedState, check_label, new_token_id
 
 
-def find_token(state: OtpState, ref: str | None, kinds: tuple[TokenType, ...] = ()) -> Token:
-    """The token ``ref`` names (id, serial or label, case-insensitive); with no ``ref``,
-    the user's only token (of ``kinds``, if given)."""
+def find_token(
+    state: OtpState,
+    ref: str | None,
+    kinds: tuple[TokenType, ...] = (),
+    fields: tuple[str, ...] = ("id", "serial", "label"),
+) -> Token:
+    """The token ``ref`` names (id, serial or label, case-insensitive; ``fields`` narrows
+    that); with no ``ref``, the user's only token (of ``kinds``, if given)."""
     candidates = [t for t in state.tokens if not kinds or t.type in kinds]
     what = "/".join(k.value for k in kinds) + " " if kinds else ""
     if ref is None:
@@ -30,7 +35,7 @@ def find_token(state: OtpState, ref: str | None, kinds: tuple[TokenType, ...] = 
         ids = ", ".join(f"{t.id} ({t.type.value})" for t in candidates)
         raise NoSuchToken(f"the user has {len(candidates)} {what}tokens: name one of {ids}")
     wanted = ref.lower()
-    for field in ("id", "serial", "label"):
+    for field in fields:
         hits = [t for t in candidates if getattr(t, field).lower() == wanted]
         if len(hits) == 1:
             return hits[0]

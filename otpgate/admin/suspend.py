@@ -21,6 +21,10 @@ from otpgate.errors import PolicyError
 from otpgate.otp.scratch import ScratchList
 from otpgate.tokens import Suspension, Token, TokenType, new_token_id
 
+BY_ID_OR_SERIAL = ("id", "serial")
+"""How suspend, resume and lost name a token: never by its label, which the user (possibly
+the thief, in a session opened with the lost device) may have renamed to mislead."""
+
 DAY = 86400
 MAX_SUSPEND_DAYS = 3650
 MAX_TEMPORARY_DAYS = 90
@@ -75,7 +79,7 @@ class Suspended:
 def suspend_change(
     state: OtpState, ref: str | None, until: int, now: float
 ) -> StateChange[Suspended]:
-    """Suspend the token ``ref`` names (id, serial or label), or with no ``ref`` all of the
+    """Suspend the token ``ref`` names (id or serial), or with no ``ref`` all of the
     user's OTP (tokens enrolled later included), until ``until`` (0: until resumed).  A
     suspension already there is replaced by this one."""
     if until and until <= now:
@@ -84,7 +88,7 @@ def suspend_change(
     held = Suspension(int(now), until)
     if ref is None:
         return StateChange(Suspended(None, held), used=replace(used, suspension=held))
-    token = find_token(state, ref)
+    token = find_token(state, ref, fields=BY_ID_OR_SERIAL)
     suspensions = {**used.suspensions, token.id: held}
     return StateChange(Suspended(token, held), used=replace(used, suspensions=suspensions))
 
@@ -101,7 +105,7 @@ def resume_change(state: OtpState, ref: str | None, now: float) -> StateChange[S
             also = f"; suspended tokens: {named} (resume each by its id)" if named else ""
             raise PolicyError(f"the user's OTP is not suspended{also}")
         return StateChange(Suspended(None, held), used=replace(used, suspension=None))
-    token = find_token(state, ref)
+    token = find_token(state, ref, fields=BY_ID_OR_SERIAL)
     held = used.suspensions.get(token.id)
     if held is None:
         whole = " (all of the user's OTP is: resume the user)" if used.suspension else ""
@@ -130,7 +134,7 @@ def lost_change(
     if until <= now:
         raise BadEndDate(f"{iso(until)} is not in the future")
     devices = tuple(t for t in state.tokens if not t.expires)
-    token = find_token(replace(state, tokens=devices), ref)
+    token = find_token(replace(state, tokens=devices), ref, fields=BY_ID_OR_SERIAL)
     used = ended(state.used, now)
     held = used.suspensions.get(token.id)
     if held is None or held.until:

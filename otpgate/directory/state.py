@@ -398,6 +398,9 @@ class StateMapper:
                 tuple(sorted({*merged.sends, *state.sends}))[-MAX_SENDS_KEPT:],
                 suspension=suspension,
                 suspensions=suspensions,
+                proof_failures=tuple(
+                    sorted({*merged.proof_failures, *state.proof_failures})
+                )[-MAX_SENDS_KEPT:],
             )
         return merged
 

@@ -97,9 +97,10 @@ class SuspendPages(HelpDesk):
         return self._page("Temporary codes", body, session)
 
     async def session_check(self, session: Session, client: str) -> Reply | None:
-        """A signed-in session ends when the user's OTP is suspended, or the token it
-        signed in with is suspended or expired: otherwise whoever holds a lost device and
-        signed in with it before the help desk suspended it could enroll a device of their
+        """A signed-in session ends when the user's OTP is suspended; when the token it
+        signed in with is suspended, expired or gone (revoked, reset); and when any of the
+        user's devices was suspended after it opened: otherwise whoever holds a lost device
+        and signed in with it before the help desk reacted could enroll a device of their
         own in the session still open.  Read fresh at every request."""
         if not session.otp_verified or session.enroll_only:
             return None
@@ -112,10 +113,19 @@ class SuspendPages(HelpDesk):
         why: str | None = None
         token = state.token(session.token) if session.token else None
         gone = None if token is None else inactive(state.used, token, now)
+        since = session.created
         if user_suspension(state.used, now) is not None:
             why = "the user's OTP is suspended"
+        elif session.token and token is None:
+            # Revoked, or removed by a help-desk reset ("lost phone"): whoever signed in
+            # with it must not go on in this session; the user simply signs in again.
+            why = f"token {session.token}, which it signed in with, is gone"
         elif token is not None and gone is not None:
             why = f"token {token.id}, which it signed in with, is {gone}"
+        elif any(s.since >= int(since) and s.active(now) for s in state.used.suspensions.values()):
+            # The help desk reacted to a lost device after this session opened (whatever
+            # the device it signed in with is called now): the session may be the thief's.
+            why = "a device of the user was suspended after it opened"
         if why is None:
             return None
         self.sessions.drop(session)

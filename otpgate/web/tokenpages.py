@@ -23,6 +23,7 @@ from otpgate.admin.claim import (
     claimable,
     code_problem,
     failure_change,
+    proofs_capped,
     prove,
 )
 from otpgate.admin.manage import advance_change, rename_change
@@ -108,6 +109,11 @@ class TokenPages(SelfService):
         return bool(locked)
 
     def _locked_text(self, state: OtpState) -> str:
+        if state.used.locked_until <= self.now():  # the daily cap of failed proofs
+            return (
+                "Too many failed tries today: adding and resynchronising tokens is closed "
+                "for a day. Ask the help desk if you need it sooner."
+            )
         return (
             "Too many failed codes: adding and resynchronising tokens is locked until "
             f"{when(state.used.locked_until)}."
@@ -155,7 +161,7 @@ class TokenPages(SelfService):
             )
         now = self.now()
         user, state = await self._state(session.dn)
-        if is_locked(state.used, now):
+        if is_locked(state.used, now) or proofs_capped(state.used, now):
             self.audit(session, client, "claim-reject", f"serial {serial}: locked out")
             return await self.get_me(
                 None, session, client, error=self._locked_text(state), status=403
@@ -244,7 +250,7 @@ class TokenPages(SelfService):
         if errors:
             return await self.get_me(None, session, client, form=FormState({}, errors), status=400)
         now = self.now()
-        if is_locked(state.used, now):
+        if is_locked(state.used, now) or proofs_capped(state.used, now):
             self.audit(session, client, "resync-reject", "locked out", token=token_id)
             return await self.get_me(
                 None, session, client, error=self._locked_text(state), status=403
