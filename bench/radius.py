@@ -12,6 +12,10 @@ target (asyncio, Message-Authenticator, no busy polling), same concurrency for a
                  enrolled by otpgate with the same keys: one compare-and-swap write per login
   otpgate-replay the same users again within the same 30-s step: every request must be
                  rejected (the codes are spent)
+  otpgate-reply  otpgate again (its own processes, its own 30-s step), with the VPN reply rules
+                 of docs/RADIUS.md on its NAS: a group's VLAN (every user is a member: one more
+                 group search per cold login), vendor attributes, the group's name as Class;
+                 its otpgate CPU µs next to otpgate's is the cost of the reply rules
 
 The targets take turns over --rounds rounds (a slow spell of this shared machine falls on all
 of them alike); a row sums its rounds and each ratio is printed over the sums and per round.
@@ -22,7 +26,7 @@ seconds per second: 1.0 is a saturated core); the busiest is named.  Writes
 bench/results/radius.json.  Bounded: --secs per target, --users requests per TOTP target.
 
 usage: bench/radius.py [--users 12000] [--conc 32] [--secs 8] [--rounds 3] [--processes 1]
-                       [--profile F] [--targets fr-pap,fr-totp,fr-totp-write,otpgate]
+                       [--profile F] [--targets fr-pap,fr-totp,fr-totp-write,otpgate,otpgate-reply]
 """
 
 from __future__ import annotations
@@ -54,6 +58,45 @@ from bench.fixtures import combine_rounds as combine  # noqa: E402
 from bench.radius_freeradius import FreeRadius, free_udp_port  # noqa: E402
 
 SECRET = "bench-radius-secret-0123456789"
+GROUP = "cn=vpn-staff,ou=totp,dc=example,dc=org"
+REPLY_RULES = f"""
+reply_match = "first"
+accept_message = "Welcome to the VPN"
+[[radius.clients.reply]]
+member_of = "{GROUP}"
+group_names = ["Class", "Fortinet-Group-Name"]
+[radius.clients.reply.attributes]
+"Tunnel-Type:1" = "VLAN"
+"Tunnel-Medium-Type:1" = "IEEE-802"
+"Tunnel-Private-Group-Id:1" = "10"
+"Cisco-AVPair" = "shell:priv-lvl=15"
+"Session-Timeout" = 28800
+[[radius.clients.reply]]
+attributes = {{ "Tunnel-Type:1" = "VLAN", "Tunnel-Private-Group-Id:1" = "20" }}
+"""
+
+
+def radius_config(directory: str, port: int, log: str, rules: str = "") -> str:
+    return directory + f"""
+[radius]
+listen = ["127.0.0.1:{port}"]
+[[radius.clients]]
+address = "127.0.0.1"
+secret = "{SECRET}"
+mode = "append"
+{rules}
+[logging]
+file = "{log}"
+"""
+
+
+def add_group(slapd_port: int, users: Path) -> None:
+    """``GROUP`` with every TOTP user as a member (groupOfNames)."""
+    members = "".join(f"member: {u['dn']}\n" for u in json.loads(users.read_text()))
+    subprocess.run(["ldapadd", "-x", "-H", f"ldap://127.0.0.1:{slapd_port}", "-D",
+                    "cn=admin,dc=example,dc=org", "-w", "secret"],
+                   input=f"dn: {GROUP}\nobjectClass: groupOfNames\ncn: vpn-staff\n{members}",
+                   text=True, check=True, capture_output=True)
 
 
 def radius_load(port: int, users: Path, mode: str, args: argparse.Namespace,
@@ -119,18 +162,15 @@ def main() -> None:
         subprocess.run([sys.executable, str(SHARED / "add_totp_users.py"), str(slapd_port),
                         str(args.users), str(totp)], check=True, capture_output=True)
         config = work / "otpgate.toml"
-        config.write_text(directory_sections(work, slapd_port) + f"""
-[radius]
-listen = ["127.0.0.1:{radius_port}"]
-[[radius.clients]]
-address = "127.0.0.1"
-secret = "{SECRET}"
-mode = "append"
-[logging]
-file = "otpgate.log"
-""")
-        if "otpgate" in wanted:
+        directory = directory_sections(work, slapd_port)
+        config.write_text(radius_config(directory, radius_port, "otpgate.log"))
+        reply_port = free_udp_port()
+        reply_config = work / "otpgate-reply.toml"
+        reply_config.write_text(radius_config(directory, reply_port, "reply.log", REPLY_RULES))
+        if wanted & {"otpgate", "otpgate-reply"}:
             enroll(config, totp, "totp")
+        if "otpgate-reply" in wanted:
+            add_group(slapd_port, totp)
         rounds: dict[str, list[dict]] = {}
         fr_ports: dict[str, tuple[int, int]] = {}
         for mode in ("read", "write"):  # both FreeRADIUS + LDAP + TOTP servers, kept running
@@ -154,6 +194,17 @@ file = "otpgate.log"
             time.sleep(1 if args.processes > 1 else 0)  # every process is listening
             pids = {f"otpgate{i or ''}": p.pid for i, p in enumerate(servers)}
             pids["slapd"] = slapd_pid
+        reply_pids: dict[str, int] = {}
+        if "otpgate-reply" in wanted:
+            shared = ["--shared"] if args.processes > 1 else []
+            started = [subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "radius_server.py"), str(reply_config),
+                 *shared], cwd=work) for _ in range(args.processes)]
+            servers.extend(started)
+            wait_radius(reply_port)
+            time.sleep(1 if args.processes > 1 else 0)
+            reply_pids = {f"otpgate{i or ''}": p.pid for i, p in enumerate(started)}
+            reply_pids["slapd"] = slapd_pid
         for turn in range(args.rounds):
             if fr is not None and fr.proc is not None:
                 rounds.setdefault("fr-pap", []).append(radius_load(
@@ -183,11 +234,19 @@ file = "otpgate.log"
                 if int(time.time()) // 30 != int(time.time() - run["secs"] - 1) // 30:
                     replay["note"] = "crossed a 30-s step: not a replay check"
                 rounds.setdefault("otpgate-replay", []).append(replay)
+            if "otpgate-reply" in wanted:
+                after_boundary()
+                rounds.setdefault("otpgate-reply", []).append(
+                    radius_load(reply_port, totp, "totp", args, reply_pids, args.users))
         runs = {name: combine(each) for name, each in rounds.items()}
         per_round = {f"otpgate/{b}": [round(x["rate"] / y["rate"], 3) for x, y in
                                       zip(rounds["otpgate"], rounds[b], strict=True)]
                      for b in ("fr-totp-write", "fr-totp", "fr-pap")
                      if b in rounds and "otpgate" in rounds}
+        if "otpgate" in rounds and "otpgate-reply" in rounds:
+            per_round["otpgate-reply - otpgate"] = [
+                round(r["cpu_us_otpgate"] - o["cpu_us_otpgate"], 1)
+                for o, r in zip(rounds["otpgate"], rounds["otpgate-reply"], strict=True)]
         report(runs, per_round, args)
     finally:
         for proc in servers:
@@ -239,6 +298,11 @@ def report(runs: dict[str, dict], per_round: dict[str, list[float]],
         print(f"otpgate / FreeRADIUS {label}: {result[key]}  (rounds: {each or '-'})")
     if "otpgate-replay" in runs:
         print(f"replay accepted: {runs['otpgate-replay']['ok']} (must be 0)")
+    if "otpgate" in runs and "otpgate-reply" in runs:
+        extra = runs["otpgate-reply"]["cpu_us_otpgate"] - runs["otpgate"]["cpu_us_otpgate"]
+        result["reply_rules_otpgate_us_per_login"] = round(extra, 1)
+        each = " ".join(str(x) for x in per_round.get("otpgate-reply - otpgate", []))
+        print(f"reply rules: {extra:+.1f} otpgate CPU µs per login (rounds: {each})")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "radius.json").write_text(json.dumps(result, indent=2))

@@ -37,6 +37,13 @@ def bounded(field: str, value: Any) -> Any:
         return f"{value[:limit]}...(+{len(value) - limit} characters)"
     return value
 _TEXT = " ".join(f"{k}={{{k}!r}}" for k in FIELDS)
+OPTIONAL = ("login_id",)
+"""Fields only some events have, shown after the others when present (RADIUS: the id its
+Access-Accept carries as Class, which joins the NAS's accounting records to the login)."""
+
+
+def _tail(event: dict[str, Any]) -> str:
+    return "".join(f" {k}={event[k]!r}" for k in OPTIONAL if k in event)
 
 
 class AuditTrail:
@@ -102,8 +109,9 @@ class AuditTrail:
         if self._file is None:
             log.info(
                 "auth {outcome} {front_end} user={user!r} dn={dn!r} client={client} "
-                "token={token} reason={reason}",
+                "token={token} reason={reason}{tail}",
                 **{k: event.get(k) for k in FIELDS},
+                tail=_tail(event),
             )
             return
         now = time.time()
@@ -115,7 +123,7 @@ class AuditTrail:
                 self._second = second
                 self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ [otpgate.audit] auth ",
                                             time.gmtime(second))
-            line = self._stamp + _TEXT.format_map({k: event.get(k) for k in FIELDS})
+            line = self._stamp + _TEXT.format_map({k: event.get(k) for k in FIELDS}) + _tail(event)
         self._buffer.append(line + "\n")
         if self.config.flush_seconds <= 0 or len(self._buffer) >= 4096:
             self.flush()

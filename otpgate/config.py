@@ -52,6 +52,7 @@ from otpgate.radius.config import (
     RADIUS_MODES,
     RadiusClient,
     RadiusConfig,
+    check_reply_sources,
     parse_radius,
     parse_radius_listen,
 )
@@ -143,6 +144,7 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
         deprecations=(DEPRECATED_DELIMITER,) if delimiter is not None else (),
     )
     top.done()
+    check_reply_sources(config.radius, directory)
     if config.delivery is not None:
         lifetime = config.delivery.codes.lifetime
         config = replace(config, otp=replace(config.otp, sent_code_lifetime=lifetime))

@@ -135,3 +135,20 @@ def below(dn: str, base: str) -> bool:
         return True
     root = dn_key(base)
     return root is not None and len(key) >= len(root) and key[len(key) - len(root) :] == root
+
+
+def first_rdn_value(dn: str) -> str:
+    """The value of the DN's first attribute as written, unescaped ("Alice Smith" of
+    "CN=Alice Smith,OU=People,..."); "" when ``dn`` is not a DN.  For text shown to the
+    user herself (an SMS's ``{user}``): the entry's own name, never the name a client typed."""
+    i = dn.find("=")
+    if i <= 0:
+        return ""
+    i += 1
+    while i < len(dn) and dn[i] == " ":
+        i += 1
+    try:
+        value, _end = _attribute_value(dn, i)
+    except _NotADn:
+        return ""
+    return value.strip()

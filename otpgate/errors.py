@@ -6,7 +6,8 @@
   ``TamperedState``), a keyring or envelope (``VaultError``), an import file
   (``ImportFormatError``), a protocol message (``BerError``, ``MalformedPacket``,
   ``ldapproxy.proxyheader.ProxyHeaderError``), a Yubico OTP (``InvalidYubicoOtp``).
-* ``PolicyError``: an admin action the rules do not allow (too many devices, no such token).
+* ``PolicyError``: an admin action the rules do not allow (too many devices, no such token),
+  or a login a front end's authorization refuses (``AuthorizationRefused``).
 
 A caller that must fail closed on "anything otpgate refuses" catches ``OtpgateError``; one
 that must tell the cases apart catches a family.  Import them from here.
@@ -118,3 +119,9 @@ class PolicyError(OtpgateError, ValueError):
 
 class NoSuchToken(PolicyError):
     pass
+
+
+class AuthorizationRefused(PolicyError):
+    """A login the pipeline would accept, refused by what its front end derives from the
+    entry (RADIUS reply rules: a group membership that could not be read, a value that does
+    not convert).  The message is the audited reason; it never reaches the client."""

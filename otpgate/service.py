@@ -83,6 +83,8 @@ class Gateway:
         policy = config.policy
         cautious = (*policy.require_otp_groups, *policy.admin_groups)
         groups = (*cautious, *config.web.helpdesk_groups)
+        # RADIUS reply rules: their groups and attributes come with every resolved entry.
+        groups = (*groups, *config.radius.reply_groups)
         # Unpinned on OpenLDAP: OTP state is refused if the servers replicate multi-provider.
         self.replication_guard = ReplicationGuard(d, self.write_pool, reactor)
         # State in the users' own entries on OpenLDAP: refused unless the access rules prove
@@ -98,6 +100,7 @@ class Gateway:
             cautious,
             self.replication_guard,
             self.state_acl_guard,
+            attributes=config.radius.reply_attributes,
         )
         self.audit = AuditTrail(config.logging, reactor)
         delivery = config.delivery

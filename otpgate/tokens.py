@@ -5,7 +5,7 @@ Three stored things, each in one mapped attribute:
 * ``seed``   (single value): the secrets of all the user's tokens, by token id;
 * ``tokens`` (one value per token): type, parameters, label, serial, scratch hashes;
 * ``used``   (single value): last accepted counter/step per token, drift,
-  used scratch codes, and the lockout state.
+  used scratch codes, the lockout state and the suspensions (of the user, of a token).
 
 Secrets live apart from metadata so listing tokens never decrypts a seed,
 and verification writes only ``used``.  Plain dataclasses with JSON-ready
@@ -113,9 +113,14 @@ class Token:
     """E-mail/SMS: a digest of the destination the enrollment proof went to
     (``auth/oob.destination_binding``): a code is sent only while the attribute still holds
     it, so a user who may write her own ``mobile`` cannot redirect the codes."""
+    expires: int = 0
+    """Unix time from which the token's codes are refused (a temporary scratch list given
+    for a lost device, ``admin/suspend.py``); 0: never."""
 
     def __post_init__(self) -> None:
         check_label(self.label)
+        if self.expires < 0:
+            raise ValueError(f"expires: {self.expires} (a Unix time, or 0 for never)")
         if self.type in (TokenType.TOTP, TokenType.HOTP):
             check_digits(self.digits)
         if self.type in OUT_OF_BAND:
@@ -156,6 +161,15 @@ class Token:
             doc["public_id"] = self.public_id
         if self.scratch is not None:
             doc["scratch"] = self.scratch.to_dict()
+        if self.expires:
+            doc["expires"] = self.expires
+        return doc
+
+    def shown(self) -> dict[str, Any]:
+        """``to_dict`` for output (``--json``): without the destination's binding, which is
+        for the sender's comparison only."""
+        doc = self.to_dict()
+        doc.pop("bound", None)
         return doc
 
     @classmethod
@@ -182,6 +196,7 @@ class Token:
             scratch=None if scratch_doc is None else ScratchList.from_dict(scratch_doc),
             attribute=_opt(doc, "attribute", str, what) or "",
             bound=b64d(_opt(doc, "bound", str, what) or "", f"{what}.bound"),
+            expires=_opt(doc, "expires", int, what) or 0,
         )
 
 
@@ -240,6 +255,9 @@ class TokenUse:
     request: bytes = b""
     """E-mail/SMS: a keyed identity of the RADIUS request that caused the send, so that a
     NAS retransmitting that request to another gateway causes no second message."""
+    misses: int = 0
+    """E-mail/SMS: wrong codes typed while this code was outstanding; at ``MAX_MISSES`` the
+    code is withdrawn (``auth/oob.py``), whatever the lockout settings."""
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"l": self.last}
@@ -256,6 +274,8 @@ class TokenUse:
             doc["s"] = self.sent
         if self.request:
             doc["q"] = b64e(self.request)
+        if self.misses:
+            doc["m"] = self.misses
         return doc
 
     @classmethod
@@ -276,6 +296,7 @@ class TokenUse:
             code=b64d(_get(doc, "c", str, what), f"{what}.c") if "c" in doc else b"",
             sent=_opt(doc, "s", int, what) or 0,
             request=b64d(_get(doc, "q", str, what), f"{what}.q") if "q" in doc else b"",
+            misses=_opt(doc, "m", int, what) or 0,
         )
 
 
@@ -319,6 +340,37 @@ class AcceptedRequest:
 
 
 @dataclass(frozen=True)
+class Suspension:
+    """An admin's suspension of a token or of all of a user's OTP: its codes are refused from
+    ``since`` until ``until`` (0: until resumed).  Kept in the encrypted use state."""
+
+    since: int
+    until: int = 0
+
+    def active(self, now: float) -> bool:
+        return self.until == 0 or now < self.until
+
+    def to_list(self) -> list[int]:
+        return [self.since, self.until]
+
+    def longer(self, other: Suspension | None) -> Suspension:
+        """Of two suspensions, the one that lasts longer (merging two use values)."""
+        if other is None or self.until == 0:
+            return self
+        return other if other.until == 0 or other.until > self.until else self
+
+    @classmethod
+    def from_list(cls, doc: Any, what: str) -> Suspension:
+        if (
+            not isinstance(doc, list)
+            or len(doc) != 2
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in doc)
+        ):
+            raise ValueError(f"{what}: expected [since, until] (non-negative integer times)")
+        return cls(doc[0], doc[1])
+
+
+@dataclass(frozen=True)
 class UsedState:
     """The one-time-use cache and lockout state of one user."""
 
@@ -330,6 +382,15 @@ class UsedState:
     sends: tuple[int, ...] = ()
     """Unix times of the codes sent to this user by e-mail or SMS in the last hour (the
     per-user cooldown and hourly limit, shared by every gateway)."""
+    suspension: Suspension | None = None
+    """All of the user's OTP is suspended: no token works (``auth/suspension.py``)."""
+    suspensions: Mapping[str, Suspension] = field(default_factory=dict)
+    """Suspended tokens, by token id.  Beside ``tokens`` rather than in a ``TokenUse``, which
+    a login replaces whole: every write of the use state keeps them."""
+    proof_failures: tuple[int, ...] = ()
+    """Unix times of failed proofs of possession (claiming an inventory token, resynchronising
+    one) in the last day: unlike ``failures``, a successful login does not clear them, so the
+    daily cap (``admin/claim.py``) bounds the guesses at a token one does not hold."""
 
     def use_of(self, token_id: str) -> TokenUse:
         return self.tokens.get(token_id, TokenUse())
@@ -338,7 +399,11 @@ class UsedState:
         return replace(self, tokens={**self.tokens, token_id: use})
 
     def without(self, token_ids: set[str]) -> UsedState:
-        return replace(self, tokens={k: v for k, v in self.tokens.items() if k not in token_ids})
+        return replace(
+            self,
+            tokens={k: v for k, v in self.tokens.items() if k not in token_ids},
+            suspensions={k: v for k, v in self.suspensions.items() if k not in token_ids},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -353,6 +418,12 @@ class UsedState:
             doc["r"] = [a.to_list() for a in self.accepted]
         if self.sends:
             doc["sn"] = list(self.sends)
+        if self.suspension is not None:
+            doc["ss"] = self.suspension.to_list()
+        if self.suspensions:
+            doc["st"] = {k: v.to_list() for k, v in sorted(self.suspensions.items())}
+        if self.proof_failures:
+            doc["pf"] = list(self.proof_failures)
         return doc
 
     @classmethod
@@ -367,6 +438,12 @@ class UsedState:
             locked_until=_opt(doc, "lk", int, "used") or 0,
             accepted=tuple(AcceptedRequest.from_list(a) for a in accepted),
             sends=_sends(_opt(doc, "sn", list, "used") or []),
+            suspension=None if "ss" not in doc else Suspension.from_list(doc["ss"], "used.ss"),
+            suspensions={
+                str(k): Suspension.from_list(v, f"used.st.{k}")
+                for k, v in (_opt(doc, "st", dict, "used") or {}).items()
+            },
+            proof_failures=_sends(_opt(doc, "pf", list, "used") or []),
         )
 
 

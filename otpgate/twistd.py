@@ -165,7 +165,7 @@ async def enroll_demo_mail_token(gateway: Gateway, config: Config, name: str) ->
         TokenType.EMAIL, delivery.mail_attribute, delivery.codes.digits, "demo mailbox"
     )
     (address,) = await gateway.entry_values(user.dn, delivery.mail_attribute)
-    bound = destination_binding(token.id, address.decode("utf-8").strip())
+    bound = destination_binding(secret.key, address.decode("utf-8").strip())
     token = replace(token, bound=bound)  # the entry's own address, as a proof would bind it
     await gateway.store.update(user, lambda s: sent_enroll_change(s, token, secret))
 

@@ -18,7 +18,7 @@ def proven_token(
     """A new token of ``kind`` naming ``attribute``, bound to ``destination`` (normalised as
     the sender normalises it: "+491511234589", "alice@example.org")."""
     token, secret = new_sent_token(kind, attribute, digits, now=now)
-    return replace(token, bound=destination_binding(token.id, destination)), secret
+    return replace(token, bound=destination_binding(secret.key, destination)), secret
 
 
 def normalised(kind: TokenType, value: bytes) -> str:

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from otpgate.admin.rekey import has_otpgate_values
+from otpgate.admin.suspend import describe
 from otpgate.auth.config import OtpConfig
 from otpgate.auth.oob import outstanding, recent_sends
+from otpgate.auth.suspension import user_suspension
 from otpgate.directory.records import OtpState, UserEntry
 from otpgate.errors import CodecError
 from otpgate.otp.scratch import remaining
-from otpgate.tokens import OUT_OF_BAND, Token, TokenType, escape_unsafe
+from otpgate.tokens import OUT_OF_BAND, Suspension, Token, TokenType, escape_unsafe
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,19 @@ class TokenRow:
     code_sent: int = 0
     """E-mail/SMS: when the outstanding code was sent; 0: none outstanding."""
     code_expires: int = 0
+    suspended: Suspension | None = None
+    """The token's own suspension, while it lasts (the user's is ``UserSummary``'s)."""
+    expires: int = 0
+    """A temporary list: when its codes stop working; 0: never."""
+
+    def status(self, now: float) -> str:
+        """"active", "suspended ..." or a temporary list's expiry."""
+        if self.suspended is not None:
+            return describe(self.suspended)
+        if self.expires:
+            verb = "expired" if now >= self.expires else "works until"
+            return f"temporary list, {verb} {when(self.expires)}"
+        return "active"
 
     @property
     def sent_by_code(self) -> bool:
@@ -76,8 +91,14 @@ class TokenRow:
             "drift": self.drift,
             "scratch_remaining": self.scratch_remaining,
             "details": self.details,
+            "suspended": _suspension_doc(self.suspended),
+            "expires": self.expires or None,
             **(sent if self.sent_by_code else {}),
         }
+
+
+def _suspension_doc(held: Suspension | None) -> dict[str, int | None] | None:
+    return None if held is None else {"since": held.since, "until": held.until or None}
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,8 @@ class UserSummary:
     locked_until: int
     sends_last_hour: int = 0
     """Codes sent to the user by e-mail or SMS in the hour before the summary was made."""
+    suspension: Suspension | None = None
+    """All of the user's OTP is suspended (while it lasts)."""
 
     def locked(self, now: float) -> bool:
         return self.locked_until > now
@@ -107,6 +130,7 @@ class UserSummary:
             "failures": self.failures,
             "tokens": [t.to_dict() for t in self.tokens],
             "sends_last_hour": self.sends_last_hour,
+            "suspended": _suspension_doc(self.suspension),
         }
 
 
@@ -162,12 +186,25 @@ def summarise(
                 (destinations or {}).get(token.id),
                 sent,
                 sent + lifetime if sent else 0,
+                _own_suspension(state, token.id, now),
+                token.expires,
             )
         )
     used = state.used
     return UserSummary(
-        user, dn, tuple(rows), used.failures, used.locked_until, len(recent_sends(used, now))
+        user,
+        dn,
+        tuple(rows),
+        used.failures,
+        used.locked_until,
+        len(recent_sends(used, now)),
+        user_suspension(used, now),
     )
+
+
+def _own_suspension(state: OtpState, token_id: str, now: float) -> Suspension | None:
+    held = state.used.suspensions.get(token_id)
+    return held if held is not None and held.active(now) else None
 
 
 def user_label(dn: str) -> str:
@@ -234,10 +271,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-TOKEN_HEADERS = ("ID", "TYPE", "SERIAL", "LABEL", "CREATED", "LAST USED", "DRIFT", "SCRATCH LEFT")
+TOKEN_HEADERS = (
+    "ID", "TYPE", "SERIAL", "LABEL", "CREATED", "LAST USED", "DRIFT", "SCRATCH LEFT", "STATUS",
+)  # fmt: skip
 
 
-def token_cells(row: TokenRow) -> list[str]:
+def token_cells(row: TokenRow, now: float) -> list[str]:
+    status = "active"
+    if row.suspended is not None:
+        status = "suspended"
+    elif row.expires:
+        status = "expired" if now >= row.expires else "temporary"
     return [
         row.id,
         row.type,
@@ -247,14 +291,20 @@ def token_cells(row: TokenRow) -> list[str]:
         when(row.last_used),
         str(row.drift) if row.type == "totp" else "-",
         "-" if row.scratch_remaining is None else str(row.scratch_remaining),
+        status,
     ]
 
 
 def show_text(summary: UserSummary, now: float) -> str:
     head = f"{printable(summary.user)} ({printable(summary.dn)})\nlockout: {summary.lockout(now)}\n"
+    if summary.suspension is not None:
+        head += f"all OTP {describe(summary.suspension)}: every token is refused\n"
     if not summary.tokens:
         return head + "no tokens"
-    lines = [table(TOKEN_HEADERS, [token_cells(r) for r in summary.tokens])]
+    lines = [table(TOKEN_HEADERS, [token_cells(r, now) for r in summary.tokens])]
+    for row in summary.tokens:
+        if row.status(now) != "active":
+            lines.append(printable(f"{row.type} {row.id}: {row.status(now)}"))
     sent = [r for r in summary.tokens if r.sent_by_code]
     for row in sent:
         where = "not read" if row.destination is None else row.destination
@@ -270,8 +320,8 @@ def list_text(summaries: Sequence[UserSummary], now: float) -> str:
     headers = ("USER", *TOKEN_HEADERS, "LOCKOUT")
     rows = []
     for s in summaries:
-        lock = s.lockout(now)
+        lock = s.lockout(now) + ("; all OTP suspended" if s.suspension is not None else "")
         if not s.tokens:
             rows.append([s.user, *(["-"] * len(TOKEN_HEADERS)), lock])
-        rows.extend([s.user, *token_cells(r), lock] for r in s.tokens)
+        rows.extend([s.user, *token_cells(r, now), lock] for r in s.tokens)
     return table(headers, rows) if rows else "no user has OTP state"

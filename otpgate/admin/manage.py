@@ -6,6 +6,7 @@ each function sees the freshly read state and may be called more than once.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import replace
 
 from otpgate.auth.lockout import unlock
@@ -13,12 +14,17 @@ from otpgate.directory.records import OtpState, StateChange
 from otpgate.errors import NoSuchToken, PolicyError
 from otpgate.otp.oath import RESYNC_WINDOW, resync_hotp
 from otpgate.otp.scratch import ScratchList
-from otpgate.tokens import Token, TokenType, TokenUse, UsedState, new_token_id
+from otpgate.tokens import Token, TokenType, TokenUse, UsedState, check_label, new_token_id
 
 
-def find_token(state: OtpState, ref: str | None, kinds: tuple[TokenType, ...] = ()) -> Token:
-    """The token ``ref`` names (id, serial or label, case-insensitive); with no ``ref``,
-    the user's only token (of ``kinds``, if given)."""
+def find_token(
+    state: OtpState,
+    ref: str | None,
+    kinds: tuple[TokenType, ...] = (),
+    fields: tuple[str, ...] = ("id", "serial", "label"),
+) -> Token:
+    """The token ``ref`` names (id, serial or label, case-insensitive; ``fields`` narrows
+    that); with no ``ref``, the user's only token (of ``kinds``, if given)."""
     candidates = [t for t in state.tokens if not kinds or t.type in kinds]
     what = "/".join(k.value for k in kinds) + " " if kinds else ""
     if ref is None:
@@ -29,7 +35,7 @@ def find_token(state: OtpState, ref: str | None, kinds: tuple[TokenType, ...] = 
         ids = ", ".join(f"{t.id} ({t.type.value})" for t in candidates)
         raise NoSuchToken(f"the user has {len(candidates)} {what}tokens: name one of {ids}")
     wanted = ref.lower()
-    for field in ("id", "serial", "label"):
+    for field in fields:
         hits = [t for t in candidates if getattr(t, field).lower() == wanted]
         if len(hits) == 1:
             return hits[0]
@@ -94,8 +100,9 @@ def resync_change(
 def scratch_change(
     state: OtpState, scratch: ScratchList, now: float, label: str = "scratch list"
 ) -> StateChange[Token]:
-    """A new scratch list; the previous one (and its used codes) is gone."""
-    old = {t.id for t in state.tokens if t.type is TokenType.SCRATCH}
+    """A new scratch list; the previous one (and its used codes) is gone.  A temporary list
+    (given for a lost device, ``suspend.lost_change``) stays until it expires."""
+    old = {t.id for t in state.tokens if t.type is TokenType.SCRATCH and not t.expires}
     token = Token(
         id=new_token_id(), type=TokenType.SCRATCH, created=int(now), label=label, scratch=scratch
     )
@@ -105,3 +112,47 @@ def scratch_change(
         tokens=(*(t for t in state.tokens if t.id not in old), token),
         secrets={k: v for k, v in state.secrets.items() if k not in old},
     )
+
+
+MAX_LABEL = 64
+"""Characters of a device's name (the portal's field, ``otpgate`` labels)."""
+
+
+def rename_change(state: OtpState, token_id: str, label: str) -> StateChange[Token]:
+    """Give one of the user's tokens (by its id) a new label: 1 to ``MAX_LABEL`` characters,
+    no control, separator or bidi characters (``tokens.check_label``)."""
+    label = label.strip()
+    try:
+        check_label(label)
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from exc
+    if not label or len(label) > MAX_LABEL:
+        raise PolicyError(f"a device name has 1 to {MAX_LABEL} characters")
+    token = next((t for t in state.tokens if t.id == token_id), None)
+    if token is None:
+        raise NoSuchToken(f"you have no token {token_id!r}")
+    renamed = replace(token, label=label)
+    return StateChange(
+        renamed, tokens=tuple(renamed if t.id == token_id else t for t in state.tokens)
+    )
+
+
+def advance_change(
+    state: OtpState, token_id: str, key: bytes, counter: int, now: float
+) -> StateChange[tuple[Token, bool]]:
+    """Record ``counter`` as an HOTP token's last used counter: what a resynchronisation
+    found outside the compare-and-swap (the portal runs the search in a thread).  Forward
+    only: a counter at or before the one stored now (a login meanwhile) writes nothing.
+    ``key`` must still be the token's key (it was not replaced meanwhile).  The result says
+    whether the counter moved."""
+    token = next((t for t in state.tokens if t.id == token_id), None)
+    secret = state.secrets.get(token_id)
+    if token is None or token.type is not TokenType.HOTP or secret is None:
+        raise NoSuchToken(f"you have no HOTP token {token_id!r}")
+    if not hmac.compare_digest(secret.key, key):
+        raise PolicyError(f"token {token_id} changed meanwhile; type three new codes")
+    use = state.used.use_of(token_id)
+    if counter <= use.last:
+        return StateChange((token, False))
+    new = TokenUse(last=counter, drift=0, used_at=int(now), scratch_used=use.scratch_used)
+    return StateChange((token, True), used=state.used.with_use(token_id, new))

@@ -10,12 +10,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from otpgate.auth.lockout import is_locked, record_failure, record_success, with_unrecorded
+from otpgate.auth.oob import count_miss
 from otpgate.auth.requests import ProofCheck
 from otpgate.auth.retransmit import Retransmission, recognise, remember, without_stale
 from otpgate.auth.settings import AuthSettings
+from otpgate.auth.suspension import inactive, inactive_reason, refusal
 from otpgate.auth.verify import (
     Match,
     candidate_codes,
+    inactive_candidates,
+    inactive_match,
     is_replay,
     last_codes,
     split_candidates,
@@ -54,9 +58,11 @@ def candidates_of(typed: Typed, state: OtpState, delimiter: str) -> list[tuple[s
 def low_scratch_claim(match: Match, threshold: int) -> bool:
     """Whether spending ``match`` takes its scratch list below ``threshold`` codes left for
     the first time: the list's one warning is claimed in the same write that spends the
-    code, so of several gateways only the one whose write wins sends it."""
+    code, so of several gateways only the one whose write wins sends it.  A temporary list
+    (it expires by itself) is not one to print again: no warning."""
     left = match.scratch_remaining
-    return left is not None and left < threshold and not match.use.warned
+    temporary = bool(match.token.expires)
+    return left is not None and left < threshold and not match.use.warned and not temporary
 
 
 def verify_typed(
@@ -73,8 +79,12 @@ def verify_typed(
     they count, and the next write records them.  ``retransmission`` (a RADIUS request,
     ``[radius] failover_replay_seconds``): an accept records the request; a spent code is
     accepted again, writing nothing, when it is this very request, accepted within the
-    window (``retransmit.py``)."""
+    window (``retransmit.py``).  Suspended tokens and expired temporary lists match nothing;
+    a code right for one of them is refused, not counted (``suspension.py``)."""
     used = without_stale(with_unrecorded(state.used, pending, now, config.lockout), now)
+    suspended = refusal(state, now)
+    if suspended is not None:
+        return StateChange(Verdict(None, "", suspended))
     if is_locked(used, now):
         return StateChange(Verdict(None, "", "locked out"))
     candidates = candidates_of(typed, state, config.otp.otp_delimiter)
@@ -94,8 +104,14 @@ def verify_typed(
             return StateChange(Verdict(match, password, "ok", warn), used=spent)
     if retransmission is not None:
         again = recognise(state, candidates, retransmission, now)
-        if again is not None:
+        if again is not None and inactive(state.used, again[0].token, now) is None:
             return StateChange(Verdict(again[0], again[1], RETRANSMISSION))
+    for _pw, code in candidates:
+        found = inactive_match(state.tokens, state.secrets, state.used, code, now, otp)
+        if found is not None:
+            # Right, but for a token that may not be used now: refused, and no guess (the
+            # holder of a lost device must not lock its owner out of her temporary list).
+            return StateChange(Verdict(None, "", inactive_reason(*found)))
     if any(
         is_replay(state.tokens, state.secrets, state.used, code, now, otp)
         for _pw, code in candidates
@@ -103,6 +119,7 @@ def verify_typed(
         # A spent code sent again (e.g. retried after an outage): refused, not a guess.
         return StateChange(Verdict(None, "", "OTP already used"))
     used = record_failure(used, now, config.lockout)
+    used = count_miss(state, used, now, otp.sent_code_lifetime)
     why = "wrong OTP" + (" (now locked out)" if used.locked_until else "")
     return StateChange(Verdict(None, "", why), used=used)
 
@@ -113,6 +130,9 @@ def verify_proof(
     """A proof computed from the code (CHAP, MS-CHAPv2): every candidate code of the window
     is tried (no early exit), the first match is spent."""
     used = without_stale(with_unrecorded(state.used, pending, now, config.lockout), now)
+    suspended = refusal(state, now)
+    if suspended is not None:
+        return StateChange((None, None, suspended))
     if is_locked(used, now):
         return StateChange((None, None, "locked out"))
     hit: tuple[Match, Any] | None = None
@@ -125,6 +145,11 @@ def verify_proof(
         return StateChange(
             (match, value, "ok"), used=record_success(used, match.token.id, match.use)
         )
+    for candidate in inactive_candidates(state.tokens, state.secrets, state.used, now, config.otp):
+        token = candidate.match.token
+        why = inactive(state.used, token, now)
+        if why is not None and proof(candidate.code) is not None:  # refused, and no guess
+            return StateChange((None, None, f"proof: {inactive_reason(token, why)}"))
     spent = last_codes(state.tokens, state.secrets, state.used, now, config.otp)
     if [code for code in spent if proof(code) is not None]:
         return StateChange((None, None, "proof of an OTP already used"))

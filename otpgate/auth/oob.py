@@ -11,17 +11,21 @@ user, and records the send time, so that two gateways cannot both send past a li
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, replace
 
 from otpgate.auth.config import CodeRules
 from otpgate.auth.lockout import is_locked
+from otpgate.auth.suspension import inactive, refusal, usable
 from otpgate.directory.records import OtpState, StateChange
 from otpgate.tokens import OUT_OF_BAND, Secret, Token, TokenUse, UsedState
 
 CONTEXT = b"otpgate sent code v1\x00"
+MAX_MISSES = 3
+"""Wrong codes typed while a sent code is outstanding before it is withdrawn: a sent code
+is a few digits, so the guesses at it are bounded even where the lockout is short and the
+code long-lived."""
 DIGEST_BYTES = 16
 HOUR = 3600
 
@@ -37,18 +41,19 @@ def code_digest(key: bytes, sent: int, code: str) -> bytes:
     return hmac.digest(key, message, "sha256")[:DIGEST_BYTES]
 
 
-def destination_binding(token_id: str, destination: str) -> bytes:
-    """What a token keeps of the destination its enrollment proof went to: a digest, not a
-    copy (the token record is encrypted as well)."""
-    message = b"otpgate destination v1\x00" + token_id.encode() + b"\x00" + destination.encode()
-    return hashlib.sha256(message).digest()[:DIGEST_BYTES]
+def destination_binding(key: bytes, destination: str) -> bytes:
+    """What a token keeps of the destination its enrollment proof went to: an HMAC keyed
+    with the token's own key (from the encrypted seed), not a copy, and not a plain hash a
+    phone number could be recovered from by trying them all."""
+    message = b"otpgate destination v1\x00" + destination.encode()
+    return hmac.digest(key, message, "sha256")[:DIGEST_BYTES]
 
 
-def still_bound(token: Token, destination: str) -> bool:
+def still_bound(token: Token, secret: Secret, destination: str) -> bool:
     """The entry still holds the destination ``token`` was enrolled with."""
     if not token.bound:
         return False
-    return hmac.compare_digest(destination_binding(token.id, destination), token.bound)
+    return hmac.compare_digest(destination_binding(secret.key, destination), token.bound)
 
 
 def outstanding(use: TokenUse, now: float, lifetime: int) -> bool:
@@ -75,18 +80,24 @@ def is_spent_code(secret: Secret, use: TokenUse, code: str) -> bool:
     return hmac.compare_digest(code_digest(secret.key, use.sent, code), use.code)
 
 
-def sent_tokens(state: OtpState, channel: str | None = None) -> list[Token]:
-    """The user's e-mail/SMS tokens (of ``channel`` only, if given), in enrollment order."""
+def sent_tokens(
+    state: OtpState, channel: str | None = None, now: float | None = None
+) -> list[Token]:
+    """The user's e-mail/SMS tokens (of ``channel`` only, if given), in enrollment order;
+    with ``now``, only those that may be used now (a suspended token gets no code)."""
     return [
         t
         for t in state.tokens
-        if t.type in OUT_OF_BAND and (channel is None or t.type.value == channel)
+        if t.type in OUT_OF_BAND
+        and (channel is None or t.type.value == channel)
+        and (now is None or inactive(state.used, t, now) is None)
     ]
 
 
-def only_sent_codes(state: OtpState) -> bool:
-    """Every factor the user has is a sent code: a password alone asks for one."""
-    return bool(state.tokens) and all(t.type in OUT_OF_BAND for t in state.tokens)
+def only_sent_codes(state: OtpState, now: float) -> bool:
+    """Every factor the user may use now is a sent code: a password alone asks for one."""
+    tokens = usable(state.tokens, state.used, now)
+    return bool(tokens) and all(t.type in OUT_OF_BAND for t in tokens)
 
 
 def any_outstanding(state: OtpState, now: float, lifetime: int) -> bool:
@@ -122,7 +133,8 @@ def plan_send(
 ) -> StateChange[SendPlan]:
     """The write that sends ``code`` for ``token``, on the state as it is now.
 
-    Refused while the user is locked out, within ``cooldown`` of the last send, or after
+    Refused while the user or the token is suspended, while the user is locked out, within
+    ``cooldown`` of the last send, or after
     ``per_hour`` sends in the last hour; within those limits a code of this token that is
     still valid is pointed to again (``repeat``) rather than refused.  ``request``: a keyed
     identity of a RADIUS request that a NAS may retransmit to another gateway: when the
@@ -130,6 +142,11 @@ def plan_send(
     again.  ``digest_of``
     collects the digest by send time (the caller needs it only to cancel)."""
     used = state.used
+    suspended = refusal(state, now)
+    if suspended is not None:
+        return StateChange(SendPlan(False, f"{suspended}: no code is sent"))
+    if inactive(used, token, now) is not None:
+        return StateChange(SendPlan(False, f"token {token.id} suspended: no code is sent"))
     if is_locked(used, now):
         return StateChange(SendPlan(False, "locked out: no code is sent"))
     secret = state.secrets.get(token.id)
@@ -160,17 +177,37 @@ def plan_send(
         old = tokens.get(other.id)
         if old is not None and other.id != token.id and old.code and old.last != old.sent:
             tokens[other.id] = replace(old, code=b"", request=b"")
-    tokens[token.id] = replace(use, code=digest, sent=sent, request=request)
+    tokens[token.id] = replace(use, code=digest, sent=sent, request=request, misses=0)
     sends = (*recent, sent)
     new = replace(used, tokens=tokens, sends=sends)
     return StateChange(SendPlan(True, "ok", sent, False, len(sends)), used=new)
 
 
-def cancel_send(state: OtpState, token_id: str, sent: int) -> StateChange[bool]:
-    """Withdraw the code sent at ``sent`` when no gateway took it: nobody has it, and no
-    outstanding code remains.  The send still counts towards the limits (a gateway that
-    timed out may have delivered it)."""
+def cancel_send(
+    state: OtpState, token_id: str, sent: int, uncount: bool = False
+) -> StateChange[bool]:
+    """Withdraw the code sent at ``sent``: nobody has it, and no outstanding code remains.
+    When no gateway took it, the send still counts towards the limits (a gateway that timed
+    out may have delivered it); ``uncount``: it was never handed to a gateway (the global
+    budget was spent), so it counts towards nothing."""
     use = state.used.use_of(token_id)
     if use.sent != sent or not use.code or use.last == use.sent:
         return StateChange(False)
-    return StateChange(True, used=state.used.with_use(token_id, replace(use, code=b"")))
+    used = state.used.with_use(token_id, replace(use, code=b""))
+    if uncount:
+        used = replace(used, sends=tuple(t for t in used.sends if t != sent))
+    return StateChange(True, used=used)
+
+
+def count_miss(state: OtpState, used: UsedState, now: float, lifetime: int) -> UsedState:
+    """A wrong code was typed: each outstanding sent code takes a miss, and one that
+    reaches ``MAX_MISSES`` is withdrawn."""
+    tokens = dict(used.tokens)
+    for token in sent_tokens(state):
+        use = tokens.get(token.id)
+        if use is None or not outstanding(use, now, lifetime):
+            continue
+        misses = use.misses + 1
+        code = b"" if misses >= MAX_MISSES else use.code
+        tokens[token.id] = replace(use, misses=misses, code=code)
+    return replace(used, tokens=tokens)

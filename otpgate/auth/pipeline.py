@@ -4,7 +4,7 @@
    credentials over a plain transport where the channel needs TLS; proof kinds the
    channel does not allow;
 2. the prologue: resolve the name to one entry (keyed by its immutable id) -> policy -> a
-   fresh read when a cached entry could mislead -> decode -> expiry and lockout;
+   fresh read when a cached entry could mislead -> decode -> expiry, suspension and lockout;
 3. verify the code and record its use with a compare-and-swap write (``spend``), before
    anything else happens;
 4. only then check the static password (a simple bind upstream).
@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from twisted.logger import Logger
 
 from otpgate.audit import AuditTrail
+from otpgate.auth.authorize import authorized
 from otpgate.auth.bindcache import BindCache
 from otpgate.auth.branches import first_enrollment, proof_login
 from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_typed
@@ -53,6 +54,7 @@ from otpgate.auth.retransmit import Retransmission
 from otpgate.auth.sasl import SASL_BIND_IN_PROGRESS, sasl_login
 from otpgate.auth.sendcode import send_code, send_code_request, wanted_send
 from otpgate.auth.settings import AuthSettings
+from otpgate.auth.suspension import refusal as suspension_refusal
 from otpgate.auth.trace import Ready, note, noted
 from otpgate.directory.ldapdata import SUCCESS
 from otpgate.directory.records import OtpState, StateChange, UserEntry
@@ -95,6 +97,9 @@ class Authenticator:
         self.unrecorded = UnrecordedFailures(settings.lockout)
         seconds = settings.bind_cache_seconds
         self.bind_cache: BindCache | None = BindCache(seconds) if seconds > 0 else None
+        self._resolved: dict[int, UserEntry] = {}
+        """The entry each login in progress resolved, by ``id(request)``, for requests with an
+        ``authorize`` (dropped when the login ends)."""
 
     # -- the door ----------------------------------------------------------------------------
 
@@ -109,10 +114,14 @@ class Authenticator:
         the steps (``otpgate test-auth``)."""
         try:
             result = await self._dispatch(request, check_password, trace)
+            if request.authorize is not None:
+                result = authorized(request, result, self._resolved.get(id(request)))
         except DirectoryUnavailable as exc:
             result = AuthResult(False, f"directory unavailable: {exc}", unavailable=True)
         except (CodecError, DirectoryError) as exc:
             result = AuthResult(False, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._resolved.pop(id(request), None)
         self._record(request, result)
         self._warn(result)
         outcome = "accepted: " if result.ok else "rejected: "
@@ -129,7 +138,9 @@ class Authenticator:
         reason = result.reason
         if isinstance(request, PasswordStep):
             reason = f"password step: {reason}"
-        extra = {} if result.sent is None else {"send": result.sent.audit}
+        extra: dict[str, Any] = {} if result.sent is None else {"send": result.sent.audit}
+        if request.login_id:
+            extra["login_id"] = request.login_id
         self.audit.record(
             outcome=outcome,
             front_end=request.channel.front_end,
@@ -226,7 +237,7 @@ class Authenticator:
             # bind is all there is; with admin groups configured it is looked up first.
             note(trace, "policy", None, "exempt DN: its password alone, without a lookup")
             return Ready(None, Decision(False, "exempt account"))
-        user = await self.store.resolve(request.name, fresh=fresh)
+        user = await self._resolve(request, fresh)
         now = self.clock.seconds()
         if user.expires_at is not None and user.expires_at <= now:
             # AD refuses the password bind of an expired account, but CHAP, MS-CHAPv2 and
@@ -236,19 +247,31 @@ class Authenticator:
         if not decision.needs_otp:
             return noted(trace, Ready(user, decision))
         state = self.store.decode(user)
-        if user.from_cache and (not state.tokens or is_locked(state.used, now)):
+        if user.from_cache and (
+            not state.tokens or is_locked(state.used, now) or suspension_refusal(state, now)
+        ):
             # A refusal is made on what the directory holds now: a cached entry may predate
-            # an enrollment or an unlock.
-            user = await self.store.resolve(request.name, fresh=True)
+            # an enrollment, an unlock or a resume.
+            user = await self._resolve(request, True)
             decision = self._decide(user, request, require_otp)
             if not decision.needs_otp:
                 return noted(trace, Ready(user, decision))
             state = self.store.decode(user)
         if not state.tokens:
             return noted(trace, Ready(user, decision, state, "no token enrolled"))
+        suspended = suspension_refusal(state, now)  # no working factor: refused (fail closed)
+        if suspended is not None:
+            return noted(trace, Ready(user, decision, state, suspended))
         if is_locked(state.used, now):
             return noted(trace, Ready(user, decision, state, "locked out"))
         return noted(trace, Ready(user, decision, state))
+
+    async def _resolve(self, request: Login, fresh: bool) -> UserEntry:
+        """The request's entry; kept for its ``authorize`` (``authorize.py``) when it has one."""
+        user = await self.store.resolve(request.name, fresh=fresh)
+        if request.authorize is not None:
+            self._resolved[id(request)] = user
+        return user
 
     def _decide(self, user: UserEntry, request: Login, require_otp: bool) -> Decision:
         if require_otp:
@@ -407,7 +430,7 @@ class Authenticator:
             return await bind_password(user, request.password, check_password, why)
         if ready.refusal is not None:
             return _refused(ready.refusal, user.dn)
-        if ready.state is not None and only_sent_codes(ready.state):
+        if ready.state is not None and only_sent_codes(ready.state, self.clock.seconds()):
             return await send_code(
                 self, request, user, ready.state, None, request.password, check_password,
                 request.retransmission, ok=True,

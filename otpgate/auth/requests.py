@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from otpgate.tokens import Token
+from otpgate.tokens import Secret, Token
 
 PasswordCheck = Callable[[str, bytes], Awaitable[tuple[int, str]]]
 """(dn, password) -> (LDAP result code, diagnostic) of a simple bind upstream."""
@@ -52,6 +52,29 @@ class Channel:
     password alone from a user whose only factors are sent codes sends one."""
 
 
+@dataclass(frozen=True)
+class Entitlement:
+    """What the entry a login resolved says about its user, for a front end that derives an
+    authorization from it (RADIUS reply attributes): plain data read with the entry, so the
+    front end needs no second lookup."""
+
+    dn: str | None
+    groups: tuple[str, ...] = ()
+    """The entry's memberOf values (lower case) and, as configured, each configured group
+    the user is a member of (nested and primary groups included)."""
+    unknown_groups: tuple[str, ...] = ()
+    """Configured groups whose membership could not be read."""
+    attributes: tuple[tuple[str, tuple[bytes, ...]], ...] = ()
+    """The further attributes the gateway reads with every user entry (lower-case names),
+    with the values this entry holds."""
+
+
+Authorize = Callable[[Entitlement], Any]
+"""Called when a login is about to be accepted, with what its entry holds; what it returns
+comes back in ``AuthResult.authorized``.  Raising ``errors.AuthorizationRefused`` refuses the
+login, with the message as the audited reason."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Login:
     """What every request says: who, from where, through which channel."""
@@ -59,6 +82,11 @@ class Login:
     name: str
     client: str | None
     channel: Channel
+    login_id: str = ""
+    """An id the front end gave this login, recorded in its audit event (RADIUS: the Class
+    of the Access-Accept, which the NAS repeats in its accounting records)."""
+    authorize: Authorize | None = field(default=None, repr=False, compare=False)
+    """The front end's authorization, derived from the entry (see ``Authorize``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,13 +237,13 @@ class CodeSender(Protocol):
         """One send of the gateway's per-minute budget (False: spent)."""
         ...
 
-    async def check(self, dn: str, token: Token) -> Sent | None:
+    async def check(self, dn: str, token: Token, secret: Secret) -> Sent | None:
         """None when the entry holds a destination a code may go to now; otherwise the
         refusal (no single value, not a number under the prefixes, not the destination the
         token was enrolled with, no gateway for the channel), before anything is written."""
         ...
 
-    async def send(self, dn: str, user: str, token: Token, code: str) -> Sent:
+    async def send(self, dn: str, user: str, token: Token, secret: Secret, code: str) -> Sent:
         """Deliver ``code``; never raises (a failure is an outcome).  A token enrolled with
         a destination (``Token.bound``) is sent to only while the entry still holds it."""
         ...
@@ -258,6 +286,9 @@ class AuthResult:
     this diagnostic, the portal its code step."""
     sent: Sent | None = None
     """The send this login made or refused (audited as its ``send`` field)."""
+    authorized: Any = None
+    """What the request's ``authorize`` returned for this accepted login (RADIUS: the reply
+    attributes)."""
 
 
 LowScratchNotifier = Callable[[str, str, int], None]

@@ -1,7 +1,8 @@
 """Which token, if any, a typed code belongs to; and how a typed value splits.
 
 Pure: the caller supplies the decoded state and the time, and writes back
-the new use state returned with a match.
+the new use state returned with a match.  Suspended tokens and expired temporary lists
+(``suspension.py``) match nothing; ``inactive_match`` says which of them a code is right for.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from otpgate.auth.config import OtpConfig
 from otpgate.auth.oob import is_spent_code, verify_sent
+from otpgate.auth.suspension import inactive
 from otpgate.otp.oath import MAX_DRIFT_STEPS, hotp, time_step, verify_hotp, verify_totp
 from otpgate.otp.scratch import remaining, verify_scratch
 from otpgate.otp.yubico import looks_like_yubico_otp, verify_yubico
@@ -118,9 +120,9 @@ def verify_code(
     now: float,
     otp: OtpConfig,
 ) -> Match | None:
-    """The first token ``code`` is valid for, with its advanced use state."""
+    """The first usable token ``code`` is valid for, with its advanced use state."""
     for token in tokens:
-        if token.code_length != len(code):
+        if token.code_length != len(code) or inactive(used, token, now) is not None:
             continue
         try:
             match = _verify_one(token, secrets.get(token.id), used.use_of(token.id), code, now, otp)
@@ -128,6 +130,30 @@ def verify_code(
             continue
         if match is not None:
             return match
+    return None
+
+
+def inactive_match(
+    tokens: tuple[Token, ...],
+    secrets: dict[str, Secret],
+    used: UsedState,
+    code: str,
+    now: float,
+    otp: OtpConfig,
+) -> tuple[Token, str] | None:
+    """The first suspended token or expired temporary list ``code`` is right for, and why it
+    is refused (``suspension.SUSPENDED``/``EXPIRED``); nothing is spent.  Called only after
+    ``verify_code`` found no match: such a code is refused without counting as a guess."""
+    for token in tokens:
+        why = inactive(used, token, now)
+        if why is None or token.code_length != len(code):
+            continue
+        try:
+            match = _verify_one(token, secrets.get(token.id), used.use_of(token.id), code, now, otp)
+        except _BAD_TOKEN_DATA:
+            continue
+        if match is not None:
+            return token, why
     return None
 
 
@@ -247,17 +273,41 @@ def candidate_codes(
     now: float,
     otp: OtpConfig,
 ) -> list[Candidate]:
-    """Every code currently valid for the user's HOTP and TOTP tokens, in ``verify_code`` order.
+    """Every code currently valid for the user's usable HOTP and TOTP tokens, in
+    ``verify_code`` order (suspended tokens give none).
 
     Accepts nothing: the caller tests each code against a proof (a CHAP or
     MS-CHAPv2 response) and records the first match's use like a typed code's.
     The windows are exactly ``verify_hotp``'s and ``verify_totp``'s.  Scratch codes
     (stored as hashes) and Yubico OTPs (random per press) cannot be enumerated.
     """
+    return _enumerate(tokens, secrets, used, now, otp, False)
+
+
+def inactive_candidates(
+    tokens: tuple[Token, ...],
+    secrets: dict[str, Secret],
+    used: UsedState,
+    now: float,
+    otp: OtpConfig,
+) -> list[Candidate]:
+    """The codes ``candidate_codes`` would give for the HOTP/TOTP tokens that are suspended
+    now (to tell a proof of such a token's code from a guess); nothing of them is spent."""
+    return _enumerate(tokens, secrets, used, now, otp, True)
+
+
+def _enumerate(
+    tokens: tuple[Token, ...],
+    secrets: dict[str, Secret],
+    used: UsedState,
+    now: float,
+    otp: OtpConfig,
+    inactive_ones: bool,
+) -> list[Candidate]:
     found: list[Candidate] = []
     for token in tokens:
         secret = secrets.get(token.id)
-        if secret is None:
+        if secret is None or (inactive(used, token, now) is not None) != inactive_ones:
             continue
         try:
             found += _candidates(token, secret, used.use_of(token.id), now, otp)

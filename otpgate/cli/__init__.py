@@ -12,6 +12,7 @@ Layout: ``base`` (the parser, printing, errors, prompts, :class:`Admin`) and one
 group of commands, imported only when one of its commands runs: ``offline`` (code, keygen,
 check-config), ``users`` (enroll, show, list, revoke, reset, resync, unlock, scratch;
 with ``sentcodes`` for e-mail/SMS tokens and ``scratchmail`` for ``scratch --mail``),
+``suspend`` (suspend, resume, lost),
 ``inventory`` (import, assign, rename, delete, inventory), ``keys`` (rekey) and
 ``diagnose`` (doctor, test-auth).  What the commands do is ``otpgate.admin``'s; they parse
 their arguments, call it and print.

@@ -271,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="email/sms: the attribute of the user's entry the codes go to (default: "
         "[delivery] mail_attribute; the first of sms_attributes the entry has)",
     )
+    en.add_argument(
+        "--destination-changed",
+        action="store_true",
+        help="email/sms: re-enroll although the address or number in the entry is not the "
+        "one the user's current token was enrolled with (verify the user by other means "
+        "first: on AD users may change their own mobile)",
+    )
     en.add_argument("--secret", help="use this Base32 key instead of a new random one")
     en.add_argument("--digits", type=int, help="6-8 (default: [otp].digits)")
     en.add_argument("--algorithm", choices=[a.value for a in Algorithm])
@@ -383,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     ul.add_argument("user")
     _common(ul)
     ul.set_defaults(func=Command("users", "cmd_unlock"))
+
+    from otpgate.cli.suspend import add_parsers  # suspend, resume, lost
+
+    add_parsers(sub, _common)
 
     rk = sub.add_parser("rekey", help="re-encrypt every stored value under the current key")
     rk.add_argument("--dry-run", action="store_true", help="count, change nothing")

@@ -125,7 +125,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
     with admin(args) as ctx:
         token = ctx.inventory.assign(args.serial, args.user, ctx.config.otp.max_tokens_per_user)
     text = f"assigned {token.type.value} token {args.serial} to {args.user} (token id {token.id})"
-    emit(args, {"serial": args.serial, "user": args.user, "token": token.to_dict()}, text)
+    emit(args, {"serial": args.serial, "user": args.user, "token": token.shown()}, text)
     return 0
 
 

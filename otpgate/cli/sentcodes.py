@@ -172,7 +172,13 @@ def enroll_change(
 
 
 def send_code(
-    ctx: Admin, delivery: DeliveryConfig, user: UserEntry, name: str, token: Token, code: str
+    ctx: Admin,
+    delivery: DeliveryConfig,
+    user: UserEntry,
+    name: str,
+    token: Token,
+    secret: Secret,
+    code: str,
 ) -> Sent:
     """One send through the gateway's sender, the reactor run for it."""
     from otpgate.outofband.codes import OutOfBandSender
@@ -183,10 +189,42 @@ def send_code(
     issuer = ctx.config.otp.issuer
     return run_reactor(
         lambda reactor: OutOfBandSender(reactor, delivery, issuer, read_values).send(
-            user.dn, name, token, code
+            user.dn, name, token, secret, code
         ),
         f"the code could not be sent (internal error); {UNCHANGED}",
     )
+
+
+def refuse_moved(
+    ctx: Admin, delivery: DeliveryConfig, user: UserEntry, kind: TokenType, accepted: bool
+) -> None:
+    """Refuse to re-enroll a token whose destination changed since its enrollment unless
+    ``--destination-changed`` says the user was verified by other means: whoever changed
+    it may hold only the user's password."""
+    from otpgate.auth.oob import still_bound
+    from otpgate.errors import OtpgateError
+    from otpgate.outofband.codes import destination_of
+
+    if accepted:
+        return
+    state = ctx.store.decode(user)
+    for token in state.tokens:
+        secret = state.secrets.get(token.id)
+        if token.type is not kind or secret is None:
+            continue
+        values = ctx.entry_values(user.dn, [token.attribute])[token.attribute]
+        try:
+            to, masked = destination_of(user.dn, token, values, delivery.sms_country_prefixes)
+        except OtpgateError:
+            return  # nothing usable there now: the send below says why
+        if not still_bound(token, secret, to):
+            raise CommandFailed(
+                f"{token.attribute} of {user.dn} holds {masked}, not the destination the "
+                f"current {CHANNEL_NAMES[kind.value]} token {token.id} was enrolled with: "
+                "it changed since, possibly by someone with only the user's password. "
+                "Verify the user by other means, then run again with --destination-changed; "
+                f"{UNCHANGED}"
+            )
 
 
 def cmd_enroll_sent(args: argparse.Namespace) -> int:
@@ -208,8 +246,9 @@ def cmd_enroll_sent(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+        refuse_moved(ctx, delivery, user, kind, args.destination_changed)
         proof, code = EnrollmentProof.start(token, secret, now, delivery.codes.lifetime)
-        sent = send_code(ctx, delivery, user, args.user, token, code)
+        sent = send_code(ctx, delivery, user, args.user, token, secret, code)
         del code
         if sent.outcome != "sent":
             raise CommandFailed(refusal(sent))
@@ -230,7 +269,7 @@ def cmd_enroll_sent(args: argparse.Namespace) -> int:
     doc = {
         "user": args.user,
         "dn": user.dn,
-        "token": enrolled.to_dict(),
+        "token": enrolled.shown(),
         "replaced": [t.id for t in gone],
         "sent_to": sent.destination,
         "delivered_by": sent.gateway,

@@ -52,7 +52,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     doc = {
         "user": args.user,
         "dn": user.dn,
-        "token": enrolled.to_dict(),
+        "token": enrolled.shown(),
         "replaced": [t.id for t in gone],
         "uri": uri,
         "qr_file": None if qr_error else args.qr,

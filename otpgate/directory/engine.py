@@ -177,7 +177,8 @@ def memberships(
         for g, answer in answers.items()
         if answer or (answer is None and g.lower() in cautious)
     ]
-    return replace(user, groups=(*user.groups, *member))
+    unknown = tuple(g for g, answer in answers.items() if answer is None)
+    return replace(user, groups=(*user.groups, *member), unknown_groups=unknown)
 
 
 def _group_fact(group: str, attribute: str, known: dict[str, bytes]) -> Step[bytes | None]:

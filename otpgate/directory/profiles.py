@@ -96,3 +96,47 @@ PROFILES = {
         state_classes=("top", "organizationalRole", "otpgateUser"),
     ),
 }
+
+
+AD_SELF_WRITABLE = frozenset(
+    name.lower()
+    for name in """
+    assistant c facsimileTelephoneNumber homePhone homePostalAddress info
+    internationalISDNNumber ipPhone l mSMQDigests mSMQSignCertificates mobile
+    msDS-ExternalDirectoryObjectId msDS-FailedInteractiveLogonCount
+    msDS-FailedInteractiveLogonCountAtLastSuccessfulLogon msDS-GeoCoordinatesAltitude
+    msDS-GeoCoordinatesLatitude msDS-GeoCoordinatesLongitude msDS-HostServiceAccount
+    msDS-LastFailedInteractiveLogonTime msDS-LastSuccessfulInteractiveLogonTime
+    msDS-SupportedEncryptionTypes msDS-cloudExtensionAttribute1 msDS-cloudExtensionAttribute2
+    msDS-cloudExtensionAttribute3 msDS-cloudExtensionAttribute4 msDS-cloudExtensionAttribute5
+    msDS-cloudExtensionAttribute6 msDS-cloudExtensionAttribute7 msDS-cloudExtensionAttribute8
+    msDS-cloudExtensionAttribute9 msDS-cloudExtensionAttribute10
+    msDS-cloudExtensionAttribute11 msDS-cloudExtensionAttribute12
+    msDS-cloudExtensionAttribute13 msDS-cloudExtensionAttribute14
+    msDS-cloudExtensionAttribute15 msDS-cloudExtensionAttribute16
+    msDS-cloudExtensionAttribute17 msDS-cloudExtensionAttribute18
+    msDS-cloudExtensionAttribute19 msDS-cloudExtensionAttribute20
+    otherFacsimileTelephoneNumber otherHomePhone otherIpPhone otherMobile otherPager
+    otherTelephone pager personalTitle physicalDeliveryOfficeName postOfficeBox postalAddress
+    postalCode preferredDeliveryMethod primaryInternationalISDNNumber primaryTelexNumber
+    registeredAddress st street streetAddress telephoneNumber teletexTerminalIdentifier
+    telexNumber thumbnailPhoto userCert userCertificate userSMIMECertificate userSharedFolder
+    userSharedFolderOther x121Address
+    url wWWHomePage
+    """.split()  # noqa: SIM905 - a list of names, as the schema spells them
+)
+"""Attributes every AD user may write in their own entry: the members of the
+Personal-Information and Web-Information property sets (MS-ADTS 3.1.1.2.3.3; the
+attributeSecurityGUID of each attribute in the Windows Server 2016 AD DS schema), which
+the default security descriptor of the user class lets SELF write.  Nothing that decides
+what a user may reach is read from them."""
+
+SECRET_ATTRIBUTES = frozenset(
+    name.lower()
+    for name in """
+    userPassword unicodePwd dBCSPwd supplementalCredentials ntPwdHistory lmPwdHistory
+    msDS-ManagedPassword ms-Mcs-AdmPwd msLAPS-Password msLAPS-EncryptedPassword
+    sambaNTPassword sambaLMPassword sambaPasswordHistory
+    """.split()  # noqa: SIM905 - a list of names
+)
+"""Password attributes: never copied into anything otpgate sends."""

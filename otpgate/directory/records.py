@@ -42,6 +42,11 @@ class UserEntry:
     unmigrated: bool = False
     """Container layout: the user's own entry still holds otpgate values (a state kept there
     before ``state_dn`` was set), and no state entry exists: refused until migrated."""
+    unknown_groups: tuple[str, ...] = ()
+    """Configured groups whose membership could not be read (``engine.memberships``)."""
+    attributes: tuple[tuple[str, tuple[bytes, ...]], ...] = ()
+    """Further attributes of the user's entry that the gateway reads for its front ends
+    (RADIUS reply rules), lower-case names in the order asked, with their values."""
     from_cache: bool = field(default=False, compare=False)
     """Served by the gateway's entry cache: may be up to state_cache_seconds old."""
     decoded: OtpState | None = field(default=None, compare=False, repr=False)

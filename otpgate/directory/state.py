@@ -57,6 +57,7 @@ from otpgate.tokens import (
     MAX_SENDS_KEPT,
     Token,
     TokenType,
+    TokenUse,
     UsedState,
     secrets_from_dict,
     secrets_to_dict,
@@ -91,10 +92,19 @@ def escape_filter_value(value: str) -> str:
     return "".join(f"\\{ord(c):02x}" if c in "*()\\\x00" else c for c in value)
 
 
+def _order(use: TokenUse) -> tuple[int, int, bool, int]:
+    """Which of two values of one token's use is ahead after a replication conflict."""
+    return (use.last, use.sent, not use.code, use.misses)
+
+
 class StateMapper:
     """Reads user entries into OTP state and plans the operations that write it back."""
 
-    def __init__(self, config: DirectoryConfig, keyring: Keyring) -> None:
+    def __init__(
+        self, config: DirectoryConfig, keyring: Keyring, extra_attributes: tuple[str, ...] = ()
+    ) -> None:
+        """``extra_attributes``: read with every user entry for the front ends (RADIUS reply
+        rules) and kept in ``UserEntry.attributes``."""
         self.config = config
         self.seed_codec = AttributeCodec(
             config.seed.spec, config.seed.format, Purpose.SEED, keyring
@@ -119,6 +129,9 @@ class StateMapper:
         # state kept there before still waits to be migrated (``otpgate migrate-state``).
         self.user_attributes = (*identity, *self.state_attributes[:3])
         self._ad = config.profile.server == "ad"
+        read = {a.lower() for a in self.user_attributes}
+        self.extra = tuple(dict.fromkeys(a.lower() for a in extra_attributes))
+        self.user_attributes += tuple(a for a in self.extra if a not in read)
 
     @property
     def attributes(self) -> tuple[str, ...]:
@@ -171,7 +184,7 @@ class StateMapper:
         entry = self.entry(found[0])
         if entry.entry_id != user.entry_id:
             raise UserNotFound(f"{user.dn} is now another entry")
-        return replace(entry, groups=user.groups)
+        return replace(entry, groups=user.groups, unknown_groups=user.unknown_groups)
 
     # -- where state entries are ----------------------------------------------------
 
@@ -211,6 +224,7 @@ class StateMapper:
             v.decode("utf-8", "replace").lower() for v in found.attributes.get("memberof", [])
         )
         expires_at = _account_expiry(found.first("accountExpires"))
+        extra = tuple((a, tuple(found.attributes.get(a, ()))) for a in self.extra)
         if self.container is not None:
             return UserEntry(
                 dn=found.dn,
@@ -221,6 +235,7 @@ class StateMapper:
                 state_exists=False,
                 expires_at=expires_at,
                 unmigrated=bool(self.own_values(found)),
+                attributes=extra,
             )
         user = UserEntry(
             dn=found.dn,
@@ -228,6 +243,7 @@ class StateMapper:
             groups=groups,
             object_classes=classes,
             expires_at=expires_at,
+            attributes=extra,
         )
         return self._with_values(
             user,
@@ -330,7 +346,7 @@ class StateMapper:
                 f"{who}: the use state was reset to its first value while tokens are stored "
                 "(written outside otpgate); refusing it (an admin can `otpgate reset` the user)"
             )
-        if set(used.tokens) - ids:
+        if set(used.tokens) - ids or set(used.suspensions) - ids:
             raise TamperedState(f"{who}: use state of tokens that are not stored; refusing it")
         if with_secrets:
             needs_secret = {t.id for t in tokens if t.type is not TokenType.SCRATCH}
@@ -359,18 +375,32 @@ class StateMapper:
         for state in states[1:]:
             for tid, use in state.tokens.items():
                 mine = merged.use_of(tid)
-                ahead = use if (use.last, use.sent) > (mine.last, mine.sent) else mine
+                # On a tie, the value without an outstanding code wins: a code withdrawn
+                # or replaced on one server must not come back from the other.
+                ahead = use if _order(use) > _order(mine) else mine
                 spent = mine.scratch_used | use.scratch_used
                 warned = mine.warned or use.warned  # a list's warning is never claimed twice
                 merged = merged.with_use(
                     tid, dataclasses.replace(ahead, scratch_used=spent, warned=warned)
                 )
+            # A suspension in either value holds (fail closed), the longer one of each.
+            suspensions = dict(merged.suspensions)
+            for tid, held in state.suspensions.items():
+                suspensions[tid] = held.longer(suspensions.get(tid))
+            suspension = merged.suspension
+            if state.suspension is not None:
+                suspension = state.suspension.longer(suspension)
             merged = UsedState(
                 merged.tokens,
                 max(merged.failures, state.failures),
                 max(merged.locked_until, state.locked_until),
                 tuple(dict.fromkeys((*merged.accepted, *state.accepted))),
                 tuple(sorted({*merged.sends, *state.sends}))[-MAX_SENDS_KEPT:],
+                suspension=suspension,
+                suspensions=suspensions,
+                proof_failures=tuple(
+                    sorted({*merged.proof_failures, *state.proof_failures})
+                )[-MAX_SENDS_KEPT:],
             )
         return merged
 

@@ -46,16 +46,20 @@ class OtpStore:
         cautious: tuple[str, ...] = (),
         guard: ReplicationGuard | None = None,
         acl_guard: StateAclGuard | None = None,
+        *,
+        attributes: tuple[str, ...] = (),
     ) -> None:
         """``groups``: the groups the policy and the portal ask about (required, admin and
         help-desk groups): each resolved entry carries which of them it belongs to.  Where a
         membership cannot be read, the user counts as a member of the ``cautious`` ones
-        (those that add a requirement: required and admin groups) and of no other."""
+        (those that add a requirement: required and admin groups) and of no other.
+        ``attributes``: further attributes read with every user entry (RADIUS reply
+        rules), in ``UserEntry.attributes``: no second lookup per login."""
         self.config = config
         self.groups = tuple(dict.fromkeys(groups))
         self.cautious = frozenset(g.lower() for g in cautious)
         self._group_facts: dict[str, bytes] = {}
-        self.mapper = StateMapper(config, keyring)
+        self.mapper = StateMapper(config, keyring, attributes)
         self.clock = clock
         self.cache = EntryCache(config.state_cache_seconds if clock is not None else 0)
         self.read_pool = read_pool
@@ -225,11 +229,15 @@ class InventoryStore:
 
     async def flow(self, step: Step[T], *user_names: str) -> T:
         """A flow that writes the inventory and users' state in one step (the assignment,
-        ``admin.inventory.assign``; the import's ``admin.imports`` steps), through the
-        replication guard; the users' cached entries are dropped afterwards (their state
+        ``admin.inventory.assign``; a self-service claim, ``admin.claim``; the import's
+        ``admin.imports`` steps), through every guard of OTP-state writes, as
+        ``OtpStore.update`` (the replication guard, and the one that refuses state users may
+        write themselves); the users' cached entries are dropped afterwards (their state
         changed under the cache)."""
         store = self.store
-        await store.check_replication()
+        for guard in store._guards:
+            if guard.active:
+                await guard.check()
         try:
             return await store._run(step)
         finally:

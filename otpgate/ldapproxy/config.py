@@ -11,12 +11,23 @@ from otpgate.configfile import (
     Section,
     in_range,
     is_loopback_host,
-    non_negative,
     parse_listen,
     path_or_none,
     positive,
 )
 from otpgate.errors import ConfigError
+
+MAX_BIND_CACHE_SECONDS = 300.0
+"""The bind cache accepts a repeated bind without reading the OTP state: a revocation or a
+suspension reaches it only when the entry expires, so it may not be kept for long."""
+
+
+def bind_cache_limit(value: float) -> None:
+    if not 0 <= value <= MAX_BIND_CACHE_SECONDS:
+        raise ValueError(
+            f"must be 0 to {MAX_BIND_CACHE_SECONDS:g} seconds (a revocation or suspension "
+            f"reaches a cached bind only when it expires), not {value:g}"
+        )
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,7 @@ def parse_ldap_proxy(sec: Section, base: Path) -> LdapProxyConfig:
         max_connections=sec.value(cls, "max_connections", int, positive),
         max_connections_per_client=sec.value(cls, "max_connections_per_client", int, positive),
         idle_timeout=sec.value(cls, "idle_timeout", float, positive),
-        bind_cache_seconds=sec.value(cls, "bind_cache_seconds", float, non_negative),
+        bind_cache_seconds=sec.value(cls, "bind_cache_seconds", float, bind_cache_limit),
         processes=_processes(sec, listen),
         require_tls_for_binds=_require_tls_for_binds(sec, listen, has_cert),
         max_queued_requests=sec.value(cls, "max_queued_requests", int, positive),

@@ -29,7 +29,7 @@ from otpgate.outofband.mask import mask_email, mask_phone
 from otpgate.outofband.result import Delivery
 from otpgate.outofband.scratchmail import NoMailAddress, mail_address
 from otpgate.outofband.sms import PHONE, SmsMessage, send_sms
-from otpgate.tokens import Token, TokenType
+from otpgate.tokens import Secret, Token, TokenType
 
 log = Logger()
 
@@ -37,6 +37,8 @@ ReadValues = Callable[[str, str], Awaitable[list[bytes]]]
 """(dn, attribute) -> the values of ``attribute`` in that entry."""
 
 SEPARATORS = str.maketrans("", "", " -.()/\u00a0")
+MOVED = "not the destination the token was enrolled with"
+"""In a refusal's detail: the entry's value changed since the token's enrollment proof."""
 
 
 class NoDestination(OtpgateError):
@@ -55,6 +57,21 @@ def phone_number(values: Sequence[bytes], attribute: str, prefixes: Sequence[str
     if not any(number.startswith(prefix) for prefix in prefixes):
         raise NoDestination(f"{mask_phone(number)} is outside sms_country_prefixes")
     return number
+
+
+def destination_of(
+    dn: str, token: Token, values: Sequence[bytes], prefixes: Sequence[str]
+) -> tuple[str, str]:
+    """(destination, masked) of ``token`` from its attribute's ``values``, as the sender
+    compares and uses it; NoDestination when there is no single usable one."""
+    if token.type is TokenType.SMS:
+        number = phone_number(values, token.attribute, prefixes)
+        return number, mask_phone(number)
+    try:
+        address = mail_address(dn, token.attribute, values)
+    except NoMailAddress as exc:
+        raise NoDestination(str(exc).replace("; nothing was changed", "")) from None
+    return address, mask_email(address)
 
 
 def code_mail(code: str, issuer: str, lifetime: int) -> MailContent:
@@ -94,14 +111,13 @@ class OutOfBandSender:
     async def _destination(self, dn: str, token: Token) -> tuple[str, str]:
         """(destination, masked) from the entry; NoDestination or a directory error."""
         values = await self.read_values(dn, token.attribute)
-        if token.type is TokenType.SMS:
-            number = phone_number(values, token.attribute, self.delivery.sms_country_prefixes)
-            return number, mask_phone(number)
-        try:
-            address = mail_address(dn, token.attribute, values)
-        except NoMailAddress as exc:
-            raise NoDestination(str(exc).replace("; nothing was changed", "")) from None
-        return address, mask_email(address)
+        return destination_of(dn, token, values, self.delivery.sms_country_prefixes)
+
+    async def moved(self, dn: str, token: Token, secret: Secret) -> bool:
+        """The entry's value is usable but not the one ``token`` was enrolled with: someone
+        changed it since (on AD, the user herself may)."""
+        refused = await self.check(dn, token, secret)
+        return refused is not None and MOVED in refused.detail
 
     async def destination(self, dn: str, token: Token) -> str:
         try:
@@ -109,7 +125,7 @@ class OutOfBandSender:
         except OtpgateError:
             return ""
 
-    async def _usable(self, dn: str, token: Token) -> tuple[str, str] | Sent:
+    async def _usable(self, dn: str, token: Token, secret: Secret) -> tuple[str, str] | Sent:
         """(destination, masked), or the refusal."""
         channel = token.type.value
         if not self.delivery.can_send(channel):
@@ -120,21 +136,18 @@ class OutOfBandSender:
             return Sent(channel, "", "refused", detail=str(exc))
         except OtpgateError as exc:
             return Sent(channel, "", "failed", detail=f"the entry could not be read: {exc}")
-        if token.bound and not still_bound(token, to):
-            why = (
-                f"{token.attribute} holds {masked}, not the destination the token was "
-                "enrolled with: enroll the token again"
-            )
+        if token.bound and not still_bound(token, secret, to):
+            why = f"{token.attribute} holds {masked}, {MOVED}: enroll the token again"
             return Sent(channel, masked, "refused", detail=why)
         return to, masked
 
-    async def check(self, dn: str, token: Token) -> Sent | None:
-        found = await self._usable(dn, token)
+    async def check(self, dn: str, token: Token, secret: Secret) -> Sent | None:
+        found = await self._usable(dn, token, secret)
         return found if isinstance(found, Sent) else None
 
-    async def send(self, dn: str, user: str, token: Token, code: str) -> Sent:
+    async def send(self, dn: str, user: str, token: Token, secret: Secret, code: str) -> Sent:
         channel = token.type.value
-        found = await self._usable(dn, token)  # again: the entry may have changed since
+        found = await self._usable(dn, token, secret)  # again: the entry may have changed since
         if isinstance(found, Sent):
             return found
         to, masked = found
@@ -147,7 +160,7 @@ class OutOfBandSender:
         except Exception:  # a sender bug must not crash the login: it fails closed
             log.failure("sending a code to {masked} failed", masked=masked)
             return Sent(channel, masked, "failed", detail="internal error")
-        return _sent(channel, masked, delivery, destination_binding(token.id, to))
+        return _sent(channel, masked, delivery, destination_binding(secret.key, to))
 
 
 def _sent(channel: str, masked: str, delivery: Delivery, binding: bytes) -> Sent:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
+from pyrad.dictionary import Dictionary
+
 from otpgate.configfile import Network, Section, network, non_negative, positive, secret
+from otpgate.directory.config import DirectoryConfig
+from otpgate.directory.profiles import AD_SELF_WRITABLE, SECRET_ATTRIBUTES
 from otpgate.errors import ConfigError
+from otpgate.radius.attributes import dictionary_error, load_dictionary
+from otpgate.radius.reply import ReplyRules, check_sources, parse_rules
 
 RADIUS_MODES = ("append", "challenge", "otp-only")
 RADIUS_UNAVAILABLE_REPLIES = ("none", "reject")
@@ -24,6 +32,10 @@ class RadiusClient:
     allow_chap: bool = False
     allow_mschapv2: bool = False
     require_message_authenticator: bool = True
+    reply: ReplyRules | None = None
+    """``reply`` and ``reply_match``: the attributes its Access-Accepts carry (reply.py)."""
+    accept_message: str = ""
+    """Reply-Message of every Access-Accept ("": none), for NASes that show one."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,21 @@ class RadiusConfig:
     failover_replay_seconds: float = 0.0
     """Seconds during which the identical Access-Request (a NAS failing over from another
     gateway) is accepted again after its login (0: off; at most 30).  See docs/RADIUS.md."""
+    dictionaries: tuple[Path, ...] = ()
+    """RADIUS dictionary files read after otpgate's own (FreeRADIUS syntax), for the
+    attributes of other vendors in reply rules."""
+
+    @property
+    def reply_groups(self) -> tuple[str, ...]:
+        """The groups the clients' reply rules test: every resolved entry carries them."""
+        return tuple(dict.fromkeys(g for c in self.clients if c.reply for g in c.reply.groups))
+
+    @property
+    def reply_attributes(self) -> tuple[str, ...]:
+        """The attributes the clients' reply rules read: read with every user entry."""
+        return tuple(
+            dict.fromkeys(a for c in self.clients if c.reply for a in c.reply.attributes)
+        )
 
 
 def parse_radius_listen(spec: str) -> tuple[str, int]:
@@ -69,7 +96,9 @@ def parse_radius_listen(spec: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _client(sec: Section, base: Path) -> RadiusClient:
+def _client(
+    sec: Section, base: Path, dictionary: Callable[[], Dictionary] = load_dictionary
+) -> RadiusClient:
     shared = secret(sec, "secret", base)
     if not shared:
         raise ConfigError(f"{sec.key('secret')} (or secret_file) is required")
@@ -84,9 +113,29 @@ def _client(sec: Section, base: Path) -> RadiusClient:
         allow_chap=sec.value(cls, "allow_chap", bool),
         allow_mschapv2=sec.value(cls, "allow_mschapv2", bool),
         require_message_authenticator=sec.value(cls, "require_message_authenticator", bool),
+        reply=parse_rules(sec, dictionary),
+        accept_message=sec.value(cls, "accept_message", str),
     )
+    if len(client.accept_message.encode()) > 253:
+        raise ConfigError(f"{sec.key('accept_message')}: at most 253 octets of UTF-8")
     sec.done()
     return client
+
+
+def _dictionary_loader(key: str, files: tuple[Path, ...]) -> Callable[[], Dictionary]:
+    """The RADIUS dictionaries, read once, on first use (a configuration without reply rules
+    reads none); the operator's files are read now, so that their errors show."""
+
+    @cache
+    def load() -> Dictionary:
+        try:
+            return load_dictionary(files)
+        except Exception as exc:  # pyrad raises ParseError, OSError, ValueError, KeyError...
+            raise ConfigError(f"{key}: {dictionary_error(exc)}") from exc
+
+    if files:
+        load()
+    return load
 
 
 def parse_radius(sec: Section, base: Path) -> RadiusConfig:
@@ -94,11 +143,13 @@ def parse_radius(sec: Section, base: Path) -> RadiusConfig:
     if not isinstance(clients_raw, list):
         raise ConfigError(f"{sec.key('clients')}: expected [[radius.clients]] tables")
     clients: list[RadiusClient] = []
+    dictionaries = tuple(base / name for name in sec.strings("dictionaries"))
+    dictionary = _dictionary_loader(sec.key("dictionaries"), dictionaries)
     for i, raw in enumerate(clients_raw):
         if not isinstance(raw, dict):
             raise ConfigError(f"{sec.key('clients')}[{i}]: expected a table")
         csec = Section(raw, f"{sec.path}.clients[{i}]")
-        clients.append(_client(csec, base))
+        clients.append(_client(csec, base, dictionary))
         for j, other in enumerate(clients[:-1]):
             if other.network == clients[-1].network:
                 raise ConfigError(f"{csec.key('address')}: {other.network} is already clients[{j}]")
@@ -124,6 +175,7 @@ def parse_radius(sec: Section, base: Path) -> RadiusConfig:
         ),
         bind_connections=sec.value(cls, "bind_connections", int, non_negative),
         failover_replay_seconds=sec.value(cls, "failover_replay_seconds", float, non_negative),
+        dictionaries=dictionaries,
     )
     if result.failover_replay_seconds > MAX_FAILOVER_REPLAY_SECONDS:
         raise ConfigError(
@@ -139,3 +191,24 @@ def parse_radius(sec: Section, base: Path) -> RadiusConfig:
         )
     sec.done()
     return result
+
+
+def check_reply_sources(radius: RadiusConfig, directory: DirectoryConfig) -> None:
+    """The attributes reply rules read must be neither otpgate's own state, nor passwords,
+    nor (on AD) attributes every user may write in their own entry: an insider would grant
+    herself a VLAN, an address or a group name by editing her entry."""
+    forbidden = dict.fromkeys(SECRET_ATTRIBUTES, "a password attribute is never read for a reply")
+    for mapped in (directory.seed, directory.tokens, directory.used, directory.inventory):
+        forbidden[mapped.spec.name.lower()] = (
+            f"{mapped.spec.name} holds otpgate's encrypted state ([directory.attributes])"
+        )
+    if directory.profile.server == "ad":
+        for name in AD_SELF_WRITABLE:
+            forbidden.setdefault(
+                name,
+                f"every AD user may write their own {name} (Personal-Information and "
+                "Web-Information property sets): it cannot decide what a user gets",
+            )
+    for client in radius.clients:
+        if client.reply is not None:
+            check_sources(client.reply, forbidden)

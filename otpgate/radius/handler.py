@@ -13,12 +13,16 @@ gateway could check first, so nothing is ever sent there."""
 from __future__ import annotations
 
 import hmac
+import secrets
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from otpgate.auth.pipeline import Authenticator
 from otpgate.auth.requests import (
     Appended,
+    Authorize,
     AuthResult,
     Channel,
     CodeOnly,
@@ -38,12 +42,14 @@ from otpgate.radius.packet import (
     ACCESS_ACCEPT,
     ACCESS_CHALLENGE,
     ACCESS_REJECT,
+    CLASS,
     MS_CHAP2_SUCCESS,
     MS_CHAP_ERROR,
     MS_MPPE_ENCRYPTION_POLICY,
     MS_MPPE_ENCRYPTION_TYPES,
     MS_MPPE_RECV_KEY,
     MS_MPPE_SEND_KEY,
+    PROXY_STATE,
     REPLY_MESSAGE,
     SESSION_TIMEOUT,
     STATE,
@@ -54,6 +60,7 @@ from otpgate.radius.packet import (
     salt_encrypt,
     text,
 )
+from otpgate.radius.reply import MAX_REPLY
 from otpgate.stats import RadiusCounters
 
 FRONT_END = "radius"
@@ -61,6 +68,10 @@ MPPE_ENCRYPTION_ALLOWED = 1
 MPPE_TYPES_40_128 = 6  # what FreeRADIUS sends with require_strong = no
 CHALLENGING_MODES = ("append", "challenge")
 """PAP modes that can answer with an Access-Challenge (and take its State back)."""
+CLASS_PREFIX = b"otpgate:"
+"""Every Access-Accept carries Class = otpgate:<login id>, the id its audit event records as
+``login_id``: the NAS repeats Class in its accounting records (RFC 2865 section 5.25), which
+so join the login.  Random per login, nothing of the user in it."""
 
 
 class GatewayLike(Protocol):
@@ -81,10 +92,23 @@ class Outcome:
     code: int | None
     """ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE, or None for no reply."""
     attributes: tuple[tuple[AttributeKey, bytes], ...] = field(default=(), repr=False)
+    encoded: bytes = field(default=b"", repr=False)
+    """Attributes already on the wire, after ``attributes`` (the NAS's reply rules)."""
 
 
 REJECT = Outcome(ACCESS_REJECT)
 NO_REPLY = Outcome(None)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one request's Access-Accept needs besides the pipeline's result."""
+
+    login_id: str
+    """Audited with the login, sent as its Class."""
+    authorize: Authorize | None
+    """The NAS's reply rules for this request (None: it has none)."""
+    client: RadiusClient
 
 
 class AccessHandler:
@@ -109,13 +133,26 @@ class AccessHandler:
     async def handle(
         self, request: Request, login: Login, client: RadiusClient, source: str
     ) -> Outcome:
+        grant = Grant(secrets.token_hex(12), self._authorize(request, client), client)
         if isinstance(login, Pap):
-            return await self._pap(request, login, client, source)
+            return await self._pap(request, login, client, source, grant)
         if isinstance(login, Chap):
-            return await self._chap(login, client, source)
+            return await self._chap(login, client, source, grant)
         if isinstance(login, MsChapV2):
-            return await self._mschapv2(request, login, client, source)
-        return await self._refuse(login, client, source, login.why)
+            return await self._mschapv2(request, login, client, source, grant)
+        return await self._refuse(login, client, source, login.why, grant)
+
+    @staticmethod
+    def _authorize(request: Request, client: RadiusClient) -> Authorize | None:
+        """The NAS's reply rules for this request (None without rules), with the room its
+        Proxy-States leave."""
+        rules = client.reply
+        if rules is None:
+            return None
+        if not OrderedDict.__contains__(request.packet, PROXY_STATE):
+            return rules.reply
+        room = MAX_REPLY - sum(len(v) + 2 for v in request.values(PROXY_STATE))
+        return partial(rules.reply, room=room)
 
     def _channel(self, client: RadiusClient, front_end: str = FRONT_END) -> Channel:
         """The NAS as the pipeline sees it (made once per NAS and front end)."""
@@ -136,7 +173,9 @@ class AccessHandler:
             )
         return channel
 
-    async def _refuse(self, login: Login, client: RadiusClient, source: str, why: str) -> Outcome:
+    async def _refuse(
+        self, login: Login, client: RadiusClient, source: str, why: str, grant: Grant
+    ) -> Outcome:
         """A request with nothing to log in with: the pipeline refuses and audits it."""
         nas = client.name or client.network
         await self.authenticator.login(
@@ -145,23 +184,25 @@ class AccessHandler:
                 client=source,
                 channel=self._channel(client),
                 why=f"{why} (NAS {nas})",
+                login_id=grant.login_id,
             )
         )
         return REJECT
 
     async def _pap(
-        self, request: Request, login: Pap, client: RadiusClient, source: str
+        self, request: Request, login: Pap, client: RadiusClient, source: str, grant: Grant
     ) -> Outcome:
         try:
             secret = decrypt_password(
                 login.hidden_password, client.secret, request.authenticator
             ).decode("utf-8")
         except (MalformedPacket, UnicodeDecodeError):
-            return await self._refuse(login, client, source, "User-Password is not UTF-8 text")
+            why = "User-Password is not UTF-8 text"
+            return await self._refuse(login, client, source, why, grant)
         auth = self.authenticator
         channel = self._channel(client)
         if login.state is not None and client.mode in CHALLENGING_MODES:
-            return await self._answer(login, login.state, secret, client, source)
+            return await self._answer(login, login.state, secret, client, source, grant)
         if client.mode == "append":
             result = await auth.login(
                 Appended(
@@ -170,12 +211,14 @@ class AccessHandler:
                     channel=channel,
                     typed=secret,
                     retransmission=self._identity(request, client, source),
+                    login_id=grant.login_id,
+                    authorize=grant.authorize,
                 ),
                 self.check_password,
             )
             if result.challenge and result.dn is not None:  # a code was sent: ask for it
                 return self._challenge(login, result.dn, source, result.challenge)
-            return self._counted(result)
+            return self._counted(result, grant)
         if client.mode == "otp-only":
             result = await auth.login(
                 CodeOnly(
@@ -184,9 +227,11 @@ class AccessHandler:
                     channel=channel,
                     code=secret,
                     retransmission=self._identity(request, client, source),
+                    login_id=grant.login_id,
+                    authorize=grant.authorize,
                 )
             )
-            return self._counted(result)
+            return self._counted(result, grant)
         # challenge mode, first step
         first = await auth.login(
             PasswordStep(
@@ -195,6 +240,8 @@ class AccessHandler:
                 channel=channel,
                 password=secret,
                 retransmission=self._identity(request, client, source),
+                login_id=grant.login_id,
+                authorize=grant.authorize,
             ),
             self.check_password,
         )
@@ -203,25 +250,39 @@ class AccessHandler:
         if not first.ok:
             return REJECT
         if not first.needs_otp:
-            return Outcome(ACCESS_ACCEPT)
+            return self._accept(first, grant)
         if first.dn is None:  # needs_otp comes with the entry's DN; refuse rather than guess
             return REJECT
         return self._challenge(login, first.dn, source, first.challenge)
 
     async def _answer(
-        self, login: Pap, state: bytes, code: str, client: RadiusClient, source: str
+        self,
+        login: Pap,
+        state: bytes,
+        code: str,
+        client: RadiusClient,
+        source: str,
+        grant: Grant,
     ) -> Outcome:
         """The answer to an Access-Challenge: the code, with the State issued for the entry
         whose password was checked (single use, same User-Name and NAS)."""
         pending = self.challenges.take(state, login.name, source, self.clock.seconds())
         if pending is None:
-            return await self._refuse(login, client, source, "unknown, used or expired State")
+            why = "unknown, used or expired State"
+            return await self._refuse(login, client, source, why, grant)
         result = await self.authenticator.login(
-            CodeOnly(name=pending.dn, client=source, channel=self._channel(client), code=code)
+            CodeOnly(
+                name=pending.dn,
+                client=source,
+                channel=self._channel(client),
+                code=code,
+                login_id=grant.login_id,
+                authorize=grant.authorize,
+            )
         )
         if result.unavailable:  # an outage must not cost the user the State
             self.challenges.restore(state, pending, self.clock.seconds())
-        return self._finish(result)
+        return self._finish(result, grant)
 
     def _challenge(self, login: Pap, dn: str, source: str, sent: str) -> Outcome:
         """Access-Challenge with a new State for ``dn``; the Reply-Message says where a code
@@ -236,10 +297,10 @@ class AccessHandler:
             ),
         )
 
-    def _counted(self, result: AuthResult) -> Outcome:
+    def _counted(self, result: AuthResult, grant: Grant) -> Outcome:
         if result.ok and result.retransmission:
             self.gateway.radius_counters.failover_retransmissions += 1
-        return self._finish(result)
+        return self._finish(result, grant)
 
     def _identity(self, request: Request, client: RadiusClient, source: str) -> bytes | None:
         """This exact request, for ``failover_replay_seconds``: the NAS address, Identifier
@@ -250,7 +311,7 @@ class AccessHandler:
         message = b"%s\x00%d\x00%s" % (source.encode(), request.id, request.authenticator)
         return hmac.digest(client.secret, b"otpgate radius request v1\x00" + message, "sha256")
 
-    async def _chap(self, login: Chap, client: RadiusClient, source: str) -> Outcome:
+    async def _chap(self, login: Chap, client: RadiusClient, source: str, grant: Grant) -> Outcome:
         result = await self.authenticator.login(
             Proof(
                 name=login.name,
@@ -258,12 +319,14 @@ class AccessHandler:
                 channel=self._channel(client, FRONT_END + "-chap"),
                 kind="chap",
                 check=chap_proof(login.chap_password, login.challenge),
+                login_id=grant.login_id,
+                authorize=grant.authorize,
             )
         )
-        return self._finish(result)
+        return self._finish(result, grant)
 
     async def _mschapv2(
-        self, request: Request, login: MsChapV2, client: RadiusClient, source: str
+        self, request: Request, login: MsChapV2, client: RadiusClient, source: str, grant: Grant
     ) -> Outcome:
         result = await self.authenticator.login(
             Proof(
@@ -272,6 +335,8 @@ class AccessHandler:
                 channel=self._channel(client, FRONT_END + "-mschapv2"),
                 kind="mschapv2",
                 check=mschap2_proof(login.raw_name, login.challenge, login.response),
+                login_id=grant.login_id,
+                authorize=grant.authorize,
             )
         )
         if result.unavailable:
@@ -282,7 +347,7 @@ class AccessHandler:
             return Outcome(
                 ACCESS_REJECT, ((MS_CHAP_ERROR, bytes((login.response.ident,)) + error),)
             )
-        return Outcome(ACCESS_ACCEPT, self._mschapv2_attributes(request, client, success))
+        return self._accept(result, grant, self._mschapv2_attributes(request, client, success))
 
     @staticmethod
     def _mschapv2_attributes(
@@ -300,13 +365,29 @@ class AccessHandler:
     def _unavailable(self) -> Outcome:
         return REJECT if self.radius.unavailable_reply == "reject" else NO_REPLY
 
-    def _finish(self, result: AuthResult) -> Outcome:
+    def _finish(self, result: AuthResult, grant: Grant) -> Outcome:
         if result.unavailable:
             return self._unavailable()
         if not result.ok:
             return REJECT
+        return self._accept(result, grant)
+
+    def _accept(
+        self,
+        result: AuthResult,
+        grant: Grant,
+        own: tuple[tuple[AttributeKey, bytes], ...] = (),
+    ) -> Outcome:
+        """The Access-Accept: ``own`` (MS-CHAPv2's answer), the low-scratch warning and the
+        NAS's ``accept_message`` (Reply-Message), Class = otpgate:<login id>, then what the
+        NAS's reply rules gave this entry (``result.authorized``).  A Reject carries none of
+        it: its reason stays in the audit trail."""
+        attributes = list(own)
         left = result.scratch_remaining
         if left is not None and left < self.config.otp.scratch_low_threshold:
             message = f"Only {left} scratch code{'s' if left != 1 else ''} left: print a new list"
-            return Outcome(ACCESS_ACCEPT, ((REPLY_MESSAGE, text(message)),))
-        return Outcome(ACCESS_ACCEPT)
+            attributes.append((REPLY_MESSAGE, text(message)))
+        if grant.client.accept_message:
+            attributes.append((REPLY_MESSAGE, text(grant.client.accept_message)))
+        attributes.append((CLASS, CLASS_PREFIX + grant.login_id.encode()))
+        return Outcome(ACCESS_ACCEPT, tuple(attributes), result.authorized or b"")

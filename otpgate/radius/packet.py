@@ -1,19 +1,21 @@
 """RADIUS packets (RFC 2865, 2869, 3579, 5997): strict decoding and signed replies.
 
-Pure: bytes in, bytes out.  pyrad does the attribute mapping, the
-Message-Authenticator check and the reply encoding (it puts the
-Message-Authenticator first in every reply and copies Proxy-State in order, as
-BlastRADIUS / CVE-2024-3596 countermeasures want).  Two things are written out
-here because pyrad's are not strict enough for a server that faces the
-network: the layout check before decoding (pyrad silently truncates an
-attribute that runs past the packet, accepts several Message-Authenticators
-and packets up to 8192 octets) and the User-Password decryption (pyrad decodes
-it as UTF-8 with errors ignored, which silently drops octets of the password).
+Pure: bytes in, bytes out.  pyrad does the attribute mapping and the
+Message-Authenticator check of requests.  Written out here: the layout check
+before decoding (pyrad silently truncates an attribute that runs past the packet,
+accepts several Message-Authenticators and packets up to 8192 octets), the
+User-Password decryption (pyrad decodes it as UTF-8 with errors ignored, which
+silently drops octets of the password), and the reply encoding (pyrad encodes
+every attribute twice, about 2 µs each: the reply attributes of a NAS's rules
+would have cost more than the rules).  Every reply has the Message-Authenticator
+first and the request's Proxy-States in order, as BlastRADIUS / CVE-2024-3596
+countermeasures want; tests check each reply with pyrad and radclient.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ USER_PASSWORD = 2
 CHAP_PASSWORD = 3
 REPLY_MESSAGE = 18
 STATE = 24
+CLASS = 25
 VENDOR_SPECIFIC = 26
 SESSION_TIMEOUT = 27
 PROXY_STATE = 33
@@ -186,21 +189,53 @@ def salt_encrypt(value: bytes, secret: bytes, request_authenticator: bytes) -> b
     return encrypted
 
 
-def encode_reply(
-    request: Request, code: int, attributes: Sequence[tuple[AttributeKey, bytes]] = ()
-) -> bytes:
-    """A signed reply: Message-Authenticator first, then Proxy-State copied, then ``attributes``.
+_EMPTY_AUTHENTICATOR = bytes((MESSAGE_AUTHENTICATOR, 18)) + bytes(16)
 
-    pyrad computes the Message-Authenticator (with the Request Authenticator) and
-    the Response Authenticator.
-    """
-    reply = request.packet.CreateReply()
-    reply.code = code
-    reply.message_authenticator = True
-    for key, value in attributes:
-        reply.setdefault(key, []).append(value)
-    raw: bytes = reply.ReplyPacket()
-    return raw
+
+def encode_reply(
+    request: Request,
+    code: int,
+    attributes: Sequence[tuple[AttributeKey, bytes]] = (),
+    encoded: bytes = b"",
+) -> bytes:
+    """A signed reply: Message-Authenticator first, then Proxy-State copied, then ``attributes``
+    (a vendor's (vendor id, type) in a Vendor-Specific of its own, RFC 2865 section 5.26),
+    then ``encoded``: attributes already on the wire (``encode_attribute``).
+
+    The Message-Authenticator is HMAC-MD5 with the shared secret over the reply with the
+    Request Authenticator in place and the Message-Authenticator zeroed (RFC 3579 section
+    3.2); then the Response Authenticator is MD5(Code, Identifier, Length, Request
+    Authenticator, attributes, secret) (RFC 2865 section 3).  ValueError for a reply that
+    would not fit in a packet (4096 octets) or an attribute that would not fit in one."""
+    secret: bytes = request.packet.secret
+    parts = [_EMPTY_AUTHENTICATOR]
+    parts.extend(encode_attribute(PROXY_STATE, value) for value in request.values(PROXY_STATE))
+    parts.extend(encode_attribute(key, value) for key, value in attributes)
+    parts.append(encoded)
+    body = b"".join(parts)
+    length = HEADER_LENGTH + len(body)
+    if length > MAX_PACKET_LENGTH:
+        raise ValueError(f"a reply of {length} octets is over {MAX_PACKET_LENGTH}")
+    head = struct.pack("!BBH", code, request.id, length)
+    signature = hmac.digest(secret, head + request.authenticator + body, "md5")
+    body = _EMPTY_AUTHENTICATOR[:2] + signature + body[18:]
+    response = hashlib.md5(
+        head + request.authenticator + body + secret, usedforsecurity=False
+    ).digest()
+    return head + response + body
+
+
+def encode_attribute(key: AttributeKey, value: bytes) -> bytes:
+    """One attribute on the wire: Type, Length, Value; a vendor attribute inside its own
+    Vendor-Specific (Type 26, Length, Vendor-Id, vendor type, vendor length, value)."""
+    size = len(value)
+    if isinstance(key, tuple):
+        if size > MAX_TEXT_LENGTH - 6:
+            raise ValueError(f"vendor attribute {key}: {size} octets do not fit")
+        return struct.pack("!BBIBB", VENDOR_SPECIFIC, size + 8, key[0], key[1], size + 2) + value
+    if size > MAX_TEXT_LENGTH:
+        raise ValueError(f"attribute {key}: {size} octets do not fit")
+    return bytes((key, size + 2)) + value
 
 
 def text(value: str) -> bytes:

@@ -181,7 +181,7 @@ class RadiusServer:
             counters.no_reply_unavailable += 1
             self.duplicates.finish(key, None, self.reactor.seconds())
             return
-        raw = encode_reply(request, outcome.code, outcome.attributes)
+        raw = encode_reply(request, outcome.code, outcome.attributes, outcome.encoded)
         if outcome.code == ACCESS_ACCEPT:
             counters.accepted += 1
         elif outcome.code == ACCESS_CHALLENGE:

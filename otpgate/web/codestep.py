@@ -170,6 +170,7 @@ class SignInCodes(PortalBase):
         session = self.sessions.new(
             step.name, result.dn, self.now(), helpdesk=helpdesk, otp_verified=True
         )
+        session.token = result.token_id
         return self._redirect("/me", self._cookie(session.id))
 
     def _rate_limited(self, name: str, client: str, bucket: str) -> Reply:

@@ -1,6 +1,7 @@
 """The portal's help desk: find a user, see their devices, revoke, reset, unlock, issue a
 scratch list (shown, or sent to the user's own address), assign an inventory token (adding
-an e-mail/SMS token is ``sentpages``); never for administrators or help-desk members."""
+an e-mail/SMS token is ``sentpages``; suspend, resume and lost devices ``suspendpages``);
+never for administrators or help-desk members."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from otpgate.outofband.scratchmail import (
     outcome_text,
     scratch_mail,
 )
-from otpgate.web import render
+from otpgate.web import render, render_suspend
 from otpgate.web.base import MATCHES, SIZE_LIMIT_EXCEEDED, Reply
 from otpgate.web.selfservice import SelfService
 from otpgate.web.sessions import Session
@@ -70,6 +71,12 @@ class HelpDesk(SelfService):
                     mail=self._mail_servers() is not None,
                     channels=self.enroller.channels,
                     destinations=await self.enroller.destinations(user.dn, state),
+                    suspension=render_suspend.user_suspension_block(
+                        user.dn, state, session.csrf, self.now(), protected is not None
+                    ),
+                    row_actions=render_suspend.device_actions(
+                        user.dn, state, session.csrf, self.now()
+                    ),
                 )
                 self.audit(session, client, "view", "looked at the user", user=query, dn=user.dn)
             except (UserNotFound, AmbiguousUser):
@@ -110,8 +117,9 @@ class HelpDesk(SelfService):
         page = await self.get_helpdesk(None, session, client, target, error=message)
         return Reply(page.body, 403, page.content_type)
 
-    async def _search_users(self, query: str) -> list[tuple[str, str]]:
-        """(DN, login name) of users whose login name, UPN/mail or cn start with ``query``."""
+    async def _search_users(self, query: str) -> list[tuple[str, str, str, str]]:
+        """(DN, login name, UPN/mail, display name or cn) of users whose login name, UPN/mail
+        or cn start with ``query``, sorted by login name."""
         d = self.config.directory
         prefix = query.encode("utf-8")[:128]
         names = (d.search_attribute, d.upn_attribute, "cn")
@@ -119,17 +127,31 @@ class HelpDesk(SelfService):
         wanted = ber.filter_and(self._user_filter, ber.filter_or(*prefixes))
         conn = await self.gateway.read_pool.connection()
         try:
-            found = await conn.search(d.base_dn, wanted, [d.search_attribute], size_limit=MATCHES)
+            shown = [d.search_attribute, d.upn_attribute, "displayName", "cn"]
+            found = await conn.search(d.base_dn, wanted, shown, size_limit=MATCHES)
         except DirectoryError as exc:
             if exc.result_code != SIZE_LIMIT_EXCEEDED:
                 raise
             raise DirectoryError(
                 f"more than {MATCHES} users match: type more", exc.result_code
             ) from exc
-        result = []
-        for entry in found:
-            login = entry.attributes.get(d.search_attribute.lower(), [b""])[0]
-            result.append((entry.dn, login.decode("utf-8", "replace")))
+
+        def first(entry: Any, *names: str) -> str:
+            for name in names:
+                values = entry.attributes.get(name.lower())
+                if values:
+                    return str(values[0].decode("utf-8", "replace"))
+            return ""
+
+        result = [
+            (
+                entry.dn,
+                first(entry, d.search_attribute),
+                first(entry, d.upn_attribute),
+                first(entry, "displayName", "cn"),
+            )
+            for entry in found
+        ]
         return sorted(result, key=lambda r: r[1].lower())
 
     async def _hd_change(

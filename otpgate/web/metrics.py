@@ -46,6 +46,9 @@ WEB_ACTIONS = (
     "helpdesk-scratch",
     "helpdesk-scratch-mail",
     "helpdesk-assign",
+    "helpdesk-suspend",
+    "helpdesk-resume",
+    "helpdesk-lost",
     "enroll-sent-start",
     "enroll-sent",
     "helpdesk-enroll-sent-start",
@@ -56,6 +59,11 @@ WEB_ACTIONS = (
     "helpdesk-unassign",
     "helpdesk-import-check",
     "helpdesk-import",
+    "claim",
+    "claim-reject",
+    "resync",
+    "resync-reject",
+    "rename",
 )
 SEND_CHANNELS = ("email", "sms")
 SEND_OUTCOMES = ("sent", "failed", "refused", "limited", "repeat")
@@ -68,6 +76,7 @@ REASON_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("wrong_otp", ("wrong OTP", "no valid OTP", "wrong confirmation code")),
     ("replayed", ("already used",)),
     ("locked_out", ("locked out",)),
+    ("suspended", ("suspended", "temporary list", "every token expired")),
     ("account", ("expired",)),
     ("no_token", ("no token enrolled", "has a token")),
     ("wrong_password", ("wrong password", "bind refused")),

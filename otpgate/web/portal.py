@@ -20,12 +20,14 @@ from otpgate.web.importpages import IMPORT_UPLOAD, TEMPLATE_PATHS, ImportPages
 from otpgate.web.metrics import CONTENT_TYPE
 from otpgate.web.sentpages import SentTokenPages
 from otpgate.web.sessions import Session, csrf_ok
+from otpgate.web.suspendpages import SuspendPages
+from otpgate.web.tokenpages import TokenPages
 
 ENROLL_ONLY_POSTS = (b"/signout", b"/enroll", b"/enroll/confirm", b"/enroll/cancel")
 """What a password-only (first enrollment) session may do."""
 
 
-class Portal(SentTokenPages, ImportPages):
+class Portal(SentTokenPages, SuspendPages, TokenPages, ImportPages):
     def render(self, request: Any) -> Any:
         d = defer.ensureDeferred(self._handle(request))
         d.addErrback(self._crashed, request)
@@ -53,6 +55,10 @@ class Portal(SentTokenPages, ImportPages):
             self.metrics.sessions.set(len(self.sessions))
             return Reply(self.metrics.text(), content_type=CONTENT_TYPE.encode())
         session = self._session(request)
+        if session is not None:
+            ended = await self.session_check(session, client)
+            if ended is not None:
+                return ended
         if (
             session is not None
             and (path == b"/helpdesk" or path.startswith(b"/helpdesk/"))
@@ -103,12 +109,18 @@ class Portal(SentTokenPages, ImportPages):
             b"/enroll-sent": self.post_enroll_sent,
             b"/enroll-sent/confirm": self.post_enroll_sent_confirm,
             b"/enroll-sent/cancel": self.post_enroll_sent_cancel,
+            b"/claim": self.post_claim,
+            b"/resync": self.post_resync,
+            b"/rename": self.post_rename,
             b"/helpdesk/revoke": self.hd_revoke,
             b"/helpdesk/reset": self.hd_reset,
             b"/helpdesk/unlock": self.hd_unlock,
             b"/helpdesk/scratch": self.hd_scratch,
             b"/helpdesk/scratch-mail": self.hd_scratch_mail,
             b"/helpdesk/assign": self.hd_assign,
+            b"/helpdesk/suspend": self.hd_suspend,
+            b"/helpdesk/resume": self.hd_resume,
+            b"/helpdesk/lost": self.hd_lost,
             b"/helpdesk/enroll-sent": self.hd_enroll_sent,
             b"/helpdesk/enroll-sent/confirm": self.hd_enroll_sent_confirm,
             b"/helpdesk/enroll-sent/cancel": self.hd_enroll_sent_cancel,

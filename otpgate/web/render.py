@@ -7,13 +7,18 @@ inline SVG element (not an image URL), so no ``data:`` URI is needed either.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from urllib.parse import urlencode
 
+from otpgate.auth.suspension import status
 from otpgate.directory.records import OtpState
 from otpgate.tokens import Token, TokenType
+from otpgate.web.render_forms import NO_FORM as NO_FORM
+from otpgate.web.render_forms import FormState as FormState
+from otpgate.web.render_forms import attributes as attributes
+from otpgate.web.render_forms import field as field
 
 
 def h(value: object) -> str:
@@ -31,6 +36,14 @@ def when(unix: int | float) -> str:
     if not unix:
         return "never"
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
+
+
+def when_html(unix: int | float) -> str:
+    """``when`` as HTML whose line breaks only between the date and the time."""
+    date, _sp, rest = when(unix).partition(" ")
+    if not rest:
+        return h(date)
+    return f'<span class="nowrap">{h(date)}</span> <span class="nowrap">{h(rest)}</span>'
 
 
 def page(
@@ -65,7 +78,8 @@ def csrf_field(csrf: str) -> str:
 def message(text: str | None, kind: str = "error") -> str:
     if not text:
         return ""
-    return f'<p class="{h(kind)}" id="{h(kind)}">{h(text)}</p>'
+    role = "alert" if kind == "error" else "status"
+    return f'<p class="{h(kind)}" id="{h(kind)}" role="{role}">{h(text)}</p>'
 
 
 def sign_in(error: str | None = None, name: str = "", send: bool = False) -> str:
@@ -76,18 +90,35 @@ def sign_in(error: str | None = None, name: str = "", send: bool = False) -> str
     if send:
         hint = "or leave it empty and have a code sent to you"
         button = (
-            ' <button id="send-code" name="send" value="1" type="submit">Send me a code'
-            "</button>"
+            ' <button id="send-code" name="send" value="1" type="submit">Send me a code</button>'
         )
+    # The error is about the three fields together: each names it (aria-describedby).
+    about = {"aria-describedby": "error"} if error else {}
     return (
-        message(error) + '<form method="post" action="/signin" autocomplete="off">'
-        '<label for="username">User name</label>'
-        f'<input type="text" id="username" name="username" value="{h(name)}" required>'
-        '<label for="password">Password</label>'
-        '<input type="password" id="password" name="password" required>'
-        f'<label for="otp">One-time code ({h(hint)})</label>'
-        '<input type="text" id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code">'
-        f'<p><button id="signin" type="submit">Sign in</button>{button}</p></form>'
+        message(error)
+        + '<form method="post" action="/signin" autocomplete="off" class="stack">'
+        + field(
+            "username",
+            "username",
+            "User name",
+            value=name,
+            extra={**about, "required": "", "autocomplete": "username"},
+        )
+        + field(
+            "password",
+            "password",
+            "Password",
+            kind="password",
+            extra={**about, "required": "", "autocomplete": "current-password"},
+        )
+        + field(
+            "otp",
+            "otp",
+            "One-time code",
+            hint=hint,
+            extra={**about, "inputmode": "numeric", "autocomplete": "one-time-code"},
+        )
+        + f'<p><button id="signin" type="submit">Sign in</button>{button}</p></form>'
     )
 
 
@@ -112,10 +143,17 @@ def devices_table(
     extra: Sequence[tuple[str, str]] = (),
     read_only: bool = False,
     destinations: Mapping[str, str] | None = None,
+    now: float | None = None,
+    row_actions: Mapping[str, Markup] | None = None,
+    actions: Callable[[Token], str] | None = None,
 ) -> str:
-    """``destinations``: token id -> where its codes go, masked (e-mail/SMS tokens)."""
+    """``destinations``: token id -> where its codes go, masked (e-mail/SMS tokens);
+    ``row_actions``: token id -> more buttons of its row (the help desk's suspend/resume);
+    ``actions``: more of a row's actions (HTML from this package's renderers), before revoke.
+    Each cell names its column (``data-label``): on a narrow screen a row is a card."""
     if not state.tokens:
         return '<p id="no-devices">No devices enrolled.</p>'
+    now = time.time() if now is None else now
     rows = []
     hidden = "".join(f'<input type="hidden" name="{h(k)}" value="{h(v)}">' for k, v in extra)
     for t in state.tokens:
@@ -132,16 +170,28 @@ def devices_table(
         to = (destinations or {}).get(t.id)
         if to:
             kind += f' to <span class="destination">{h(to)}</span>'
+        desk = (row_actions or {}).get(t.id)
+        more = (actions(t) if actions is not None else "") + (
+            desk.html if desk is not None else ""
+        )
+        state_text = status(state.used, t, now)
         rows.append(
-            f'<tr data-token="{h(t.id)}"><td>{h(t.id)}</td><td>{kind}</td>'
-            f"<td>{h(t.label)}</td><td>{h(t.serial)}</td><td>{h(when(t.created))}</td>"
-            f"<td>{h(when(use.used_at))}</td><td>{h(use.drift)}</td><td>{revoke}</td></tr>"
+            f'<tr data-token="{h(t.id)}"><td data-label="id">{h(t.id)}</td>'
+            f'<td data-label="kind">{kind}</td><td data-label="label">{h(t.label)}</td>'
+            f'<td data-label="serial">{h(t.serial)}</td>'
+            f'<td data-label="enrolled">{when_html(t.created)}</td>'
+            f'<td data-label="last used">{when_html(use.used_at)}</td>'
+            f'<td data-label="drift (steps)">{h(use.drift)}</td>'
+            f'<td class="status" data-label="status">{h(state_text)}</td>'
+            f'<td class="actions">{more}{revoke}</td></tr>'
         )
     return (
-        '<table id="devices"><tr><th>id</th><th>kind</th><th>label</th><th>serial</th>'
-        "<th>enrolled</th><th>last used</th><th>drift (steps)</th><th></th></tr>"
-        + "".join(rows)
-        + "</table>"
+        '<table id="devices" class="devices"><thead><tr><th scope="col">id</th>'
+        '<th scope="col">kind</th><th scope="col">label</th><th scope="col">serial</th>'
+        '<th scope="col">enrolled</th><th scope="col">last used</th>'
+        '<th scope="col">drift (steps)</th><th scope="col">status</th>'
+        '<th scope="col"><span class="visually-hidden">'
+        "actions</span></th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
 
 
@@ -153,8 +203,13 @@ def my_devices(
     error: str | None = None,
     channels: Sequence[str] = (),
     destinations: Mapping[str, str] | None = None,
+    now: float | None = None,
+    hardware: str = "",
+    actions: Callable[[Token], str] | None = None,
 ) -> str:
-    """``channels``: "email"/"sms" that can send codes (an e-mail/SMS token may be added)."""
+    """``channels``: "email"/"sms" that can send codes (an e-mail/SMS token may be added);
+    ``hardware``: the section that adds an inventory token (``render_tokens``); ``actions``:
+    a device's own actions besides revoke (rename, resynchronise)."""
     parts = [message(notice, "notice"), message(error)]
     if enroll_only:
         parts.append(
@@ -162,7 +217,9 @@ def my_devices(
             "device. Enroll it now; then sign in again with a code.</p>"
         )
     else:
-        table = devices_table(state, csrf, "/revoke", destinations=destinations)
+        table = devices_table(
+            state, csrf, "/revoke", destinations=destinations, now=now, actions=actions
+        )
         parts.append("<h2>Your devices</h2>" + table)
     parts.append(
         '<h2>Add an authenticator app</h2><form method="post" action="/enroll">'
@@ -170,6 +227,7 @@ def my_devices(
         '<input type="text" id="label" name="label" maxlength="64" value="phone">'
         '<p><button id="enroll" type="submit">Enroll an authenticator app</button></p></form>'
     )
+    parts.append(hardware)
     if not enroll_only:
         parts.append(
             "<h2>Scratch codes</h2><p>A printed list of one-time codes for when your phone "
@@ -214,11 +272,19 @@ def enroll(svg: str, secret_b32: str, csrf: str, error: str | None = None) -> st
 
 
 def confirm_form(csrf: str, error: str | None = None) -> str:
+    """``error``: shown at the top (``#error``) and named by the code field."""
+    about = {"aria-describedby": "error", "aria-invalid": "true"} if error else {}
     return (
-        message(error) + '<form method="post" action="/enroll/confirm" autocomplete="off">'
-        f'{csrf_field(csrf)}<label for="code">Code shown by the app</label>'
-        '<input type="text" id="code" name="code" inputmode="numeric" required>'
-        '<p><button id="confirm" type="submit">Activate</button></p></form>'
+        message(error)
+        + '<form method="post" action="/enroll/confirm" autocomplete="off">'
+        + csrf_field(csrf)
+        + field(
+            "code",
+            "code",
+            "Code shown by the app",
+            extra={**about, "inputmode": "numeric", "required": ""},
+        )
+        + '<p><button id="confirm" type="submit">Activate</button></p></form>'
         '<form method="post" action="/enroll/cancel">'
         f'{csrf_field(csrf)}<button type="submit">Cancel</button></form>'
     )
@@ -239,23 +305,43 @@ def helpdesk(
     return (
         message(notice, "notice")
         + message(error)
-        + '<form method="get" action="/helpdesk"><label for="q">User (name, e-mail/UPN or DN)'
-        f'</label><input type="text" id="q" name="q" value="{h(query)}">'
-        '<button id="search" type="submit">Find</button></form>'
+        + '<form method="get" action="/helpdesk" role="search" class="stack">'
+        + field(
+            "q",
+            "q",
+            "Find a user",
+            value=query,
+            hint="The start of a login name, e-mail/UPN or name, or an exact DN.",
+            extra={"autocomplete": "off", "spellcheck": "false"},
+        )
+        + '<button id="search" type="submit">Find</button></form>'
         + (found.html if found is not None else "")
     )
 
 
-def matches(found: Sequence[tuple[str, str]]) -> Markup:
-    """Users found by a search, each a link to its help-desk page (GET: no secret in it)."""
+def matches(found: Sequence[tuple[str, ...]]) -> Markup:
+    """Users found by a search: (DN, login name[, UPN/mail[, display name]]), each a link to
+    its help-desk page (GET: no secret in it), with the name, UPN and DN beside it."""
     if not found:
         return Markup('<p id="matches">No user matches.</p>')
-    items = "".join(
-        f'<li><a href="/helpdesk?{h(urlencode({"q": dn}))}">{h(login or dn)}</a> '
-        f"<small>{h(dn)}</small></li>"
-        for dn, login in found
+    items = []
+    for dn, login, *more in found:
+        upn = more[0] if more else ""
+        name = more[1] if len(more) > 1 else ""
+        details = "".join(
+            f'<span class="{cls}"><span class="visually-hidden">{what}: </span>{h(text)}</span>'
+            for cls, what, text in (("match-name", "name", name), ("match-upn", "UPN", upn))
+            if text and text != login
+        )
+        items.append(
+            f'<li><a href="/helpdesk?{h(urlencode({"q": dn}))}">{h(login or dn)}</a>{details}'
+            f'<span class="match-dn"><span class="visually-hidden">DN: </span>{h(dn)}</span></li>'
+        )
+    count = f"{len(found)} user{'s' if len(found) != 1 else ''} match"
+    return Markup(
+        f'<p class="hint" id="matches-count">{h(count)}: pick one.</p>'
+        f'<ul id="matches" class="matches" aria-describedby="matches-count">{"".join(items)}</ul>'
     )
-    return Markup(f'<ul id="matches">{items}</ul>')
 
 
 def helpdesk_user(
@@ -268,11 +354,15 @@ def helpdesk_user(
     mail: bool = False,
     channels: Sequence[str] = (),
     destinations: Mapping[str, str] | None = None,
+    suspension: Markup | None = None,
+    row_actions: Mapping[str, Markup] | None = None,
 ) -> Markup:
     """A user's devices and lockout, with the help-desk actions unless ``protected`` says why
     the help desk may not change this user (the server refuses them anyway); ``mail``: e-mail
     servers are configured, so a new list may be sent to the user's own address;
-    ``channels``: an e-mail/SMS token may be added (the user reads the code back)."""
+    ``channels``: an e-mail/SMS token may be added (the user reads the code back);
+    ``suspension``: the user's suspension and its buttons, ``row_actions`` each device's
+    (``render_suspend``)."""
     used = state.used
     locked = used.locked_until > now
     lock = (
@@ -302,11 +392,22 @@ def helpdesk_user(
             f'<h2 id="user-dn">{h(dn)}</h2><p>Lockout: {lock}</p>'
             f'<p class="notice" id="protected">This user is {h(protected)}: the help desk '
             "cannot change their devices. Ask a directory administrator (otpgate CLI).</p>"
-            + devices_table(state, csrf, "", read_only=True, destinations=destinations)
+            + (suspension.html if suspension is not None else "")
+            + devices_table(state, csrf, "", read_only=True, destinations=destinations, now=now)
         )
     html = (
         f'<h2 id="user-dn">{h(dn)}</h2><p>Lockout: {lock}</p>'
-        + devices_table(state, csrf, "/helpdesk/revoke", (("user", dn),), False, destinations)
+        + (suspension.html if suspension is not None else "")
+        + devices_table(
+            state,
+            csrf,
+            "/helpdesk/revoke",
+            (("user", dn),),
+            False,
+            destinations,
+            now,
+            row_actions,
+        )
         + "<p>"
         + action("unlock", "Unlock")
         + action("reset", "Reset all devices", "Remove every device of this user?")

@@ -56,3 +56,18 @@ def sent_proof(
         f'<form method="post" action="{h(base)}/cancel">'
         f'{csrf_field(csrf)}<button id="sent-cancel" type="submit">Cancel</button></form>'
     )
+
+
+def moved_confirm(warning: str, kind: str, user: str, csrf: str) -> str:
+    """The help desk's stop before re-enrolling a token whose destination changed: the
+    warning, and the same request again with the agent's confirmation that the caller was
+    verified by other means."""
+    return (
+        message(warning)
+        + '<form method="post" action="/helpdesk/enroll-sent">'
+        f'{csrf_field(csrf)}<input type="hidden" name="user" value="{h(user)}">'
+        f'<input type="hidden" name="kind" value="{h(kind)}">'
+        '<p><input type="checkbox" id="verified" name="verified" value="yes" required> '
+        '<label for="verified">I verified the caller by other means</label></p>'
+        '<p><button id="send-verified" type="submit">Send the code</button></p></form>'
+    )

@@ -18,7 +18,7 @@ from otpgate.dn import normalise_dn
 from otpgate.errors import DirectoryError, PolicyError
 from otpgate.otp.scratch import format_for_print, generate_scratch_list
 from otpgate.tokens import TokenType
-from otpgate.web import render
+from otpgate.web import render, render_tokens
 from otpgate.web.base import CODE_NEEDED, CODE_NEEDED_OR_SEND, FAILED, WEB, Reply
 from otpgate.web.codestep import SignInCodes
 from otpgate.web.sessions import PendingEnrollment, Session
@@ -109,7 +109,11 @@ class SelfService(SignInCodes):
         if not result.ok or result.dn is None or result.token_id is None:
             return None
         helpdesk = await self.rights.is_helpdesk(result.dn)
-        return self.sessions.new(name, result.dn, self.now(), helpdesk=helpdesk, otp_verified=True)
+        session = self.sessions.new(
+            name, result.dn, self.now(), helpdesk=helpdesk, otp_verified=True
+        )
+        session.token = result.token_id
+        return session
 
     async def _first_enrollment(
         self, name: str, password: str, client: str, network: str | None
@@ -150,21 +154,33 @@ class SelfService(SignInCodes):
         client: str,
         notice: str | None = None,
         error: str | None = None,
+        form: render.FormState = render.NO_FORM,
+        status: int = 200,
     ) -> Reply:
+        """``form``: a form of this page that comes back with errors by its fields."""
         if session is None:
             return self._redirect("/signin")
         _user, state = await self._state(session.dn)
         enroll_only = session.enroll_only
+        csrf = session.csrf
+        hardware = (
+            render_tokens.claim_form(csrf, form)
+            if self.inventory is not None and not enroll_only
+            else ""
+        )
         body = render.my_devices(
             state,
-            session.csrf,
+            csrf,
             enroll_only,
             notice,
             error,
             channels=() if enroll_only else self.enroller.channels,
             destinations=await self.enroller.destinations(session.dn, state),
+            now=self.now(),
+            hardware=hardware,
+            actions=lambda token: render_tokens.device_actions(token, csrf, form),
         )
-        return self._page("My devices", body, session)
+        return self._page("My devices", body, session, status)
 
     async def post_enroll(self, form: dict[str, str], session: Session, client: str) -> Reply:
         if session.enroll_only:

@@ -54,6 +54,20 @@ class SentRefused(PolicyError):
         self.over = over
 
 
+class DestinationMoved(SentRefused):
+    """The help desk is about to re-enroll a token whose destination changed since its
+    enrollment: the agent must say the caller was verified by other means first."""
+
+
+MOVED_WARNING = (
+    "The {attribute} in the directory is not the one this user's {kind} token was enrolled "
+    "with: it changed since. Users may be able to change it themselves (on Active "
+    "Directory, by default), so whoever now asks may be someone with only the user's "
+    "password who put their own {kind} destination there. Verify the caller by other means "
+    "(in person, or by calling back a number from your HR records) before you continue."
+)
+
+
 class SendLimits:
     """Sends per key (an entry): ``cooldown`` seconds apart, at most ``per_hour`` in any
     hour.  Bounded to ``max_keys`` keys (the oldest go first)."""
@@ -105,6 +119,19 @@ class SentEnroller:
         self.rules = rules
         self.limits = SendLimits(rules.cooldown, rules.per_hour)
 
+    async def _moved(self, dn: str, token_type: TokenType, sender: Any) -> bool:
+        """The user's current token of this channel no longer matches the entry's value."""
+        store = self.gateway.store
+        try:
+            state = store.decode(await store.resolve(dn, fresh=True))
+        except (DirectoryError, PolicyError):
+            return True  # cannot tell: ask for the verification
+        for token in state.tokens:
+            secret = state.secrets.get(token.id)
+            if token.type is token_type and secret is not None:
+                return bool(await sender.moved(dn, token, secret))
+        return False
+
     @property
     def channels(self) -> tuple[str, ...]:
         """The channels a token can be enrolled for: gateways configured, a sender running."""
@@ -114,7 +141,13 @@ class SentEnroller:
         return tuple(c for c in CHANNELS if delivery.can_send(c))
 
     async def start(
-        self, dn: str, user: str, kind: str, now: float, helpdesk: bool = False
+        self,
+        dn: str,
+        user: str,
+        kind: str,
+        now: float,
+        helpdesk: bool = False,
+        verified: bool = False,
     ) -> tuple[PendingSent, Sent]:
         """Send the code that proves a new ``kind`` token of the entry ``dn`` (``user``: its
         name for the message and the audit).  SentRefused when nothing can be sent or no
@@ -134,6 +167,9 @@ class SentEnroller:
             )
         except (DirectoryError, PolicyError) as exc:
             raise SentRefused(f"No code was sent: {exc}.") from None
+        if helpdesk and not verified and await self._moved(dn, token_type, sender):
+            what = "SMS" if token_type is TokenType.SMS else "e-mail"
+            raise DestinationMoved(MOVED_WARNING.format(attribute=attribute, kind=what))
         why = self.limits.take(normalise_dn(dn), now)
         if why is None and not sender.take_budget(now):
             why = "the gateway is sending too many codes right now: try again in a minute"
@@ -141,7 +177,7 @@ class SentEnroller:
             raise SentRefused(f"No code was sent: {why}.", Sent(kind, "", "limited", detail=why))
         token, secret = new_sent_token(token_type, attribute, self.rules.digits, now=now)
         proof, code = EnrollmentProof.start(token, secret, now, self.rules.lifetime)
-        sent = await sender.send(dn, user, token, code)
+        sent = await sender.send(dn, user, token, secret, code)
         del code
         if sent.outcome != "sent":
             to = f" to {sent.destination}" if sent.destination else ""

@@ -13,7 +13,7 @@ from otpgate.web import render_codes
 from otpgate.web.base import Reply
 from otpgate.web.helpdesk import HelpDesk
 from otpgate.web.render import CHANNEL_LABELS
-from otpgate.web.sentenroll import SentRefused
+from otpgate.web.sentenroll import DestinationMoved, SentRefused
 from otpgate.web.sessions import PendingSent, Session
 
 TITLE = "Add a code by e-mail or SMS"
@@ -96,7 +96,19 @@ class SentTokenPages(HelpDesk):
         if isinstance(user, Reply):
             return user
         try:
-            pending, sent = await self.enroller.start(user.dn, target, kind, self.now(), True)
+            verified = form.get("verified") == "yes"
+            pending, sent = await self.enroller.start(
+                user.dn, target, kind, self.now(), True, verified
+            )
+        except DestinationMoved as exc:
+            self.audit(
+                session, client, "refused",
+                f"{kind} token enrollment: the destination changed since enrollment; "
+                "verification of the caller asked",
+                user=target, dn=user.dn,
+            )  # fmt: skip
+            body = render_codes.moved_confirm(str(exc), kind, target, session.csrf)
+            return self._page(f"Help desk: {TITLE.lower()}", body, session)
         except SentRefused as exc:
             self.audit(
                 session, client, "refused", f"{kind} token enrollment: {exc}",

@@ -98,6 +98,8 @@ class Session:
     pending_sent: PendingSent | None = None
     code_step: CodeStep | None = None
     """Set only on the sessions of the code-step store (``Portal.code_steps``)."""
+    token: str = ""
+    """The token whose code opened the session: its suspension ends the session."""
     pending_import: PendingImport | None = None
 
 

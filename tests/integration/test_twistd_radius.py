@@ -49,6 +49,8 @@ listen = ["127.0.0.1:{radius_port}"]
 address = "127.0.0.1/32"
 secret = "{SECRET}"
 mode = "append"
+[[radius.clients.reply]]
+attributes = {{ "Tunnel-Type:1" = "VLAN", "Tunnel-Medium-Type:1" = "IEEE-802", "Tunnel-Private-Group-Id:1" = "7" }}
 [web]
 listen = ["tcp:{web_port}:interface=127.0.0.1"]
 metrics_networks = ["127.0.0.1/32"]
@@ -73,6 +75,8 @@ metrics_networks = ["127.0.0.1/32"]
                 break
             time.sleep(0.3)
         assert "Access-Accept" in out, out
+        # the reply rule, encoded with the dictionaries installed with otpgate
+        assert 'Tunnel-Private-Group-Id:1 = "7"' in out and "Tunnel-Type:1 = VLAN" in out, out
         assert "Access-Reject" in radclient(radius_port, request)  # the code is spent
         radclient(radius_port, request, secret="not-the-secret")  # dropped: no reply
         url = f"http://127.0.0.1:{web_port}/metrics"

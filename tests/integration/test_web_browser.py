@@ -162,6 +162,8 @@ def test_helpdesk_unlock_and_reset(backend: Any, tmp_path: Path) -> None:
             # Search by the start of the name, then pick the user from the matches.
             page.fill("#q", user[:-1])
             page.click("#search")
+            assert page.locator("#matches li").count() >= 1
+            shoot(page, backend, "helpdesk-search")
             page.click(f"#matches a:text-is('{user}')")
             assert "locked until" in page.inner_text("#lock")
             shoot(page, backend, "helpdesk")

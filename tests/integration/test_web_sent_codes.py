@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import ldap3
 import pytest
 
 from otpgate.admin.sentcodes import sent_enroll_change
@@ -276,9 +277,33 @@ def test_helpdesk_enrolls_sms_and_the_user_signs_in_with_it_on_samba(
             assert status == 303 and client.last_headers["location"] == "/me"
             status, text = client.request("GET", "/me")
             assert status == 200 and "code by SMS to" in text
+
+            # The insider with the phished password points her own mobile at her phone
+            # (AD lets SELF write it), then calls the help desk as the user: the agent is
+            # stopped and told; nothing is sent until the caller was verified otherwise.
+            own = backend.server.connect(_user_dn, USER_PASSWORD)
+            try:
+                mobile = {"mobile": [(ldap3.MODIFY_REPLACE, ["+49 170 9999921"])]}
+                assert own.modify(_user_dn, mobile), own.result
+            finally:
+                own.unbind()
+            sent_before = len(up.requests)
+            status, page = desk_client.post(
+                "/helpdesk/enroll-sent", {"user": user, "kind": "sms"}, csrf=csrf
+            )
+            assert status == 200 and "Verify the caller by other means" in page
+            assert 'id="verified"' in page and len(up.requests) == sent_before
+            assert audit_lines(portal, "'refused'", "verification of the caller asked")
+            status, page = desk_client.post(
+                "/helpdesk/enroll-sent",
+                {"user": user, "kind": "sms", "verified": "yes"},
+                csrf=csrf,
+            )
+            assert status == 200 and f"Code sent to +{DOT5}21." in page
+            assert up.wait_for(sent_before + 1)[-1]["json"]["to"] == "+491709999921"
             counted = metrics(portal)
     assert 'otpgate_web_actions_total{action="helpdesk-enroll-sent"} 1.0' in counted
-    assert 'otpgate_codes_sent_total{channel="sms",outcome="sent"} 4.0' in counted
+    assert 'otpgate_codes_sent_total{channel="sms",outcome="sent"} 5.0' in counted
     logs = portal.log.read_text() + portal.audit.read_text()
     for secret in (enroll_code, first, newest):
         assert secret not in logs

@@ -161,8 +161,11 @@ class MemoryStore(OtpStore):
         pool: Any = _NoPool()
         policy = config.policy
         cautious = (*policy.require_otp_groups, *policy.admin_groups)
-        groups = (*cautious, *config.web.helpdesk_groups)
-        super().__init__(config.directory, keyring, pool, pool, clock, groups, cautious)
+        groups = (*cautious, *config.web.helpdesk_groups, *config.radius.reply_groups)
+        super().__init__(
+            config.directory, keyring, pool, pool, clock, groups, cautious,
+            attributes=config.radius.reply_attributes,
+        )
         self.directory = directory
 
     async def _perform(self, conn: Any, op: Op) -> Any:

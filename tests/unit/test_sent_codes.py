@@ -27,7 +27,7 @@ from otpgate.config import auth_settings
 from otpgate.directory.records import OtpState
 from otpgate.errors import PolicyError
 from otpgate.outofband.codes import NoDestination, OutOfBandSender, phone_number
-from otpgate.tokens import Token, TokenType, UsedState
+from otpgate.tokens import Secret, Token, TokenType, UsedState
 from tests.logins import appended, code_only
 from tests.unit.test_pipeline import PW, World, config
 
@@ -48,20 +48,22 @@ class RecordingSender:
         self.fail = False
         self.budget = 1000
         self.refuse: Sent | None = None
+        self.users: list[str] = []
 
-    async def check(self, dn: str, token: Token) -> Sent | None:
+    async def check(self, dn: str, token: Token, secret: Secret) -> Sent | None:
         return self.refuse
 
     def take_budget(self, now: float) -> bool:
         self.budget -= 1
         return self.budget >= 0
 
-    async def send(self, dn: str, user: str, token: Token, code: str) -> Sent:
+    async def send(self, dn: str, user: str, token: Token, secret: Secret, code: str) -> Sent:
         kind = token.type.value
         if self.fail:
             return Sent(kind, "a\u2022\u2022\u2022@x", "failed", detail="smtp: refused")
         self.sent.append((dn, token.type.value, code))
-        binding = destination_binding(token.id, "alice@x")
+        self.users.append(user)
+        binding = destination_binding(secret.key, "alice@x")
         return Sent(kind, "a\u2022\u2022\u2022@x", "sent", "smtp://127.0.0.1:25", binding=binding)
 
     async def destination(self, dn: str, token: Token) -> str:
@@ -86,7 +88,7 @@ def sending_world(cfg: Any = None, directory: Any = None) -> tuple[World, Record
 async def enroll_sent(world: World, name: str, kind: TokenType = TokenType.EMAIL) -> Token:
     attribute = "mail" if kind is TokenType.EMAIL else "mobile"
     token, secret = new_sent_token(kind, attribute, 6, now=world.clock.seconds())
-    token = replace(token, bound=destination_binding(token.id, "alice@x"))
+    token = replace(token, bound=destination_binding(secret.key, "alice@x"))
     user = await world.store.resolve(name, fresh=True)
     await world.store.update(user, lambda s: sent_enroll_change(s, token, secret))
     return token
@@ -385,9 +387,9 @@ async def test_a_changed_destination_gets_no_code() -> None:
     proof, _code = EnrollmentProof.start(token, secret, 0.0, 300)
     with pytest.raises(ValueError, match="never proven"):
         sent_enroll_change(OtpState(), token, secret)
-    bound = replace(token, bound=destination_binding(token.id, "+491511234589"))
+    bound = replace(token, bound=destination_binding(secret.key, "+491511234589"))
     values["mobile"] = [b"+49 170 0000000"]  # the attacker's phone
-    sent = await sender.send("uid=alice,dc=x", "alice", bound, "123456")
+    sent = await sender.send("uid=alice,dc=x", "alice", bound, secret, "123456")
     assert sent.outcome == "refused" and "enroll the token again" in sent.detail
     with pytest.raises(ValueError):
         proof.delivered(sent)
@@ -423,3 +425,78 @@ async def test_no_usable_destination_writes_and_counts_nothing(sending) -> None:
     assert used.sends == () and used.use_of(token.id).code == b""
     sender.refuse = None
     assert (await world.login("alice", PW + ",email")).challenge  # no cooldown was spent
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_a_message_that_goes_out_takes_the_gateways_budget(sending) -> None:
+    """One user asking again and again (answered with the code already sent) must not spend
+    the budget every other user needs; a send refused for the budget counts for nobody."""
+    world, sender = sending
+    world.directory.add_user("bob", PW)
+    await enroll_sent(world, "alice")
+    bob = await enroll_sent(world, "bob")
+    sender.budget = 1
+    assert (await world.login("alice", PW + ",email")).challenge
+    for _ in range(20):
+        again = await world.login("alice", PW + ",email")
+        assert again.sent is not None and again.sent.outcome == "repeat"
+    refused = await world.login("bob", PW + ",email")
+    assert not refused.ok and "budget" in refused.reason and len(sender.sent) == 1
+    used = world.store.decode(await world.store.resolve("bob", fresh=True)).used
+    assert used.sends == () and used.use_of(bob.id).code == b""
+    sender.budget = 1
+    assert (await world.login("bob", PW + ",email")).challenge  # no cooldown was spent
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_passwords_on_a_send_path_count_towards_lockout(sending) -> None:
+    """"guess,email" answers differently for a right password: each wrong one counts."""
+    world, sender = sending
+    await enroll_sent(world, "alice")
+    for _ in range(world.config.lockout.max_failures):
+        assert not (await world.login("alice", f"guess{_},email")).ok
+    locked = await world.login("alice", PW + ",email")
+    assert not locked.ok and "locked out" in locked.reason and sender.sent == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sent_code_is_withdrawn_after_three_wrong_codes() -> None:
+    world, sender = sending_world(
+        config(delivery=dict(DELIVERY), otp={"otp_delimiter": ","}, lockout={"max_failures": 50})
+    )
+    world.directory.add_user("alice", PW)
+    token = await enroll_sent(world, "alice")
+    await world.login("alice", PW + ",email")
+    code = sender.last
+    wrong = "000000" if code != "000000" else "111111"
+    for _ in range(3):
+        assert not (await world.login("alice", PW + "," + wrong)).ok
+    assert not (await world.login("alice", PW + "," + code)).ok  # withdrawn
+    use = world.store.decode(await world.store.resolve("alice", fresh=True)).used.use_of(token.id)
+    assert use.code == b"" and use.misses == 3
+
+
+def test_a_replication_conflict_never_brings_back_a_withdrawn_code() -> None:
+    from otpgate.directory.state import _order
+    from otpgate.tokens import TokenUse
+
+    outstanding_use = TokenUse(last=5, sent=9, code=b"c" * 16)
+    withdrawn = TokenUse(last=5, sent=9, code=b"")
+    assert _order(withdrawn) > _order(outstanding_use)
+    spent = TokenUse(last=9, sent=9, code=b"c" * 16)
+    newer = TokenUse(last=5, sent=12, code=b"d" * 16)
+    assert _order(spent) > _order(outstanding_use) and _order(newer) > _order(withdrawn)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_message_names_the_entry_never_the_name_typed(sending) -> None:
+    """``{user}`` in an SMS body: the entry's own name, not attacker-chosen text."""
+    world, sender = sending
+    await enroll_sent(world, "alice")
+    dn = "uid=alice,ou=people,dc=x"
+    assert (await world.login(dn.upper().replace("UID=ALICE", "uid=alice"), PW + ",email")).challenge
+    assert sender.users == ["alice"]
+    from otpgate.dn import first_rdn_value
+
+    assert first_rdn_value("CN=Smith\\, Alice,OU=People,DC=x") == "Smith, Alice"
+    assert first_rdn_value("not a dn") == ""

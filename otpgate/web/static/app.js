@@ -6,3 +6,27 @@ document.addEventListener("submit", function (event) {
     event.preventDefault();
   }
 });
+
+// Adding a hardware token: show the second and third code fields only for HOTP tokens
+// (without script every field stays visible and the server ignores the ones not needed).
+function otpgateShowCodes(form) {
+  var chosen = form.querySelector("input[name=kind]:checked");
+  var kind = chosen ? chosen.value : "hotp";
+  var fields = form.querySelectorAll("[data-kinds]");
+  for (var i = 0; i < fields.length; i++) {
+    var wanted = fields[i].getAttribute("data-kinds").split(" ").indexOf(kind) >= 0;
+    var box = fields[i].closest(".field") || fields[i];
+    box.hidden = !wanted;
+  }
+}
+document.addEventListener("change", function (event) {
+  if (event.target.name === "kind" && event.target.form) {
+    otpgateShowCodes(event.target.form);
+  }
+});
+document.addEventListener("DOMContentLoaded", function () {
+  var form = document.getElementById("claim-form");
+  if (form) {
+    otpgateShowCodes(form);
+  }
+});

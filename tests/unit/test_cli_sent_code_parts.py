@@ -186,7 +186,7 @@ def test_email_token_is_written_only_after_the_code_comes_back(bench: Bench) -> 
 
 def test_a_new_email_token_replaces_the_old_one_and_json(bench: Bench) -> None:
     bench.user()
-    old, secret = proven_token(TokenType.EMAIL, "mail", "alice@x")
+    old, secret = proven_token(TokenType.EMAIL, "mail", "alice@example.org")
     user = bench.store.resolve("alice")
     bench.store.update(user, lambda s: sent_enroll_change(s, old, secret))
     bench.monkeypatch.setattr(sentcodes, "read_line", lambda prompt: bench.code())
@@ -426,3 +426,19 @@ def test_on_a_terminal_the_code_is_asked_for_without_echo(bench: Bench) -> None:
     assert main(["enroll", "alice", "--type", "email", "--config", "unused.toml"]) == 0
     assert asked == [f"code from the e-mail to a{DOT3}@example.org: "]
     assert len(bench.state().tokens) == 1
+
+
+def test_re_enrolling_after_the_destination_changed_needs_the_flag(bench: Bench) -> None:
+    """The insider with a phished password put her own address in ``mail``: the admin's
+    re-enrollment stops and says so; with --destination-changed (after verifying the user
+    by other means) it goes on."""
+    bench.user(mail=["mallory@example.org"])
+    old, secret = proven_token(TokenType.EMAIL, "mail", "alice@example.org")
+    user = bench.store.resolve("alice")
+    bench.store.update(user, lambda s: sent_enroll_change(s, old, secret))
+    bench.monkeypatch.setattr(sentcodes, "read_line", lambda prompt: bench.code())
+    code, _out, err = bench.run("enroll", "alice", "--type", "email")
+    assert code == 1 and "--destination-changed" in err and "not the destination" in err
+    assert [t.id for t in bench.state().tokens] == [old.id]  # nothing written, nothing sent
+    code, _out, err = bench.run("enroll", "alice", "--type", "email", "--destination-changed")
+    assert code == 0, err
