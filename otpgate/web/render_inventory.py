@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from otpgate.admin.invindex import AVAILABLE, SORTS, Row
 from otpgate.importers.formats import FORMAT_NAMES, FORMATS
 from otpgate.web.render import csrf_field, h, message, when
+from otpgate.web.render_forms import field
 
 BASE = "/helpdesk/inventory"
 REMOVE = BASE + "/delete"
@@ -146,26 +147,25 @@ def inventory_page(
 
 
 def add_form(csrf: str) -> str:
+    number = {"inputmode": "numeric"}
     return (
         f'<h2>Add a token by hand</h2><form method="post" action="{BASE}/add" '
         f'autocomplete="off">{csrf_field(csrf)}'
-        '<label for="add-serial">Serial</label>'
-        '<input type="text" id="add-serial" name="serial" maxlength="64" required>'
-        '<label for="add-key">Key (Base32)</label>'
-        '<input type="password" id="add-key" name="key" required>'
-        '<label for="add-type">Type</label><select id="add-type" name="type">'
+        + field("add-serial", "serial", "Serial", hint="As printed on the token",
+                extra={"maxlength": "64", "required": ""})
+        + field("add-key", "key", "Key (Base32)", kind="password", hint="Shown only here, "
+                "never again", extra={"required": ""})
+        + '<label for="add-type">Type</label><select id="add-type" name="type">'
         '<option value="totp">TOTP (time)</option><option value="hotp">HOTP (counter)</option>'
         "</select>"
-        '<label for="add-digits">Digits</label>'
-        '<input type="text" id="add-digits" name="digits" value="6" inputmode="numeric">'
-        '<label for="add-period">Period in seconds (TOTP)</label>'
-        '<input type="text" id="add-period" name="period" value="30" inputmode="numeric">'
-        '<label for="add-counter">Next counter (HOTP: the counter of the next code)</label>'
-        '<input type="text" id="add-counter" name="counter" value="0" inputmode="numeric">'
-        '<label for="add-label">Label (optional)</label>'
-        '<input type="text" id="add-label" name="label" maxlength="64">'
-        '<p><button id="add" type="submit">Add to the inventory</button></p></form>'
-    )
+        + field("add-digits", "digits", "Digits", value="6", extra=number)
+        + field("add-period", "period", "Period in seconds", value="30", hint="TOTP only",
+                extra=number)
+        + field("add-counter", "counter", "Next counter", value="0",
+                hint="HOTP only: the counter of the next code the token shows", extra=number)
+        + field("add-label", "label", "Label (optional)", extra={"maxlength": "64"})
+        + '<p><button id="add" type="submit">Add to the inventory</button></p></form>'
+    )  # fmt: skip
 
 
 def import_form(csrf: str) -> str:
@@ -176,16 +176,16 @@ def import_form(csrf: str) -> str:
         f'<label for="imp-format">Format</label><select id="imp-format" name="format">{options}'
         '</select><label for="imp-file">File</label>'
         '<input type="file" id="imp-file" name="file" required>'
-        '<label for="imp-password">PSKC password (password-encrypted PSKC files)</label>'
-        '<input type="password" id="imp-password" name="password">'
-        '<label for="imp-psk">PSKC pre-shared key in hex (PSKC files encrypted with a key)'
-        '</label><input type="password" id="imp-psk" name="psk">'
-        '<p><button id="imp-check" type="submit">Check the file</button> (nothing is imported '
-        "until you confirm)</p></form>"
+        + field("imp-password", "password", "PSKC password", kind="password",
+                hint="For a password-encrypted PSKC file")
+        + field("imp-psk", "psk", "PSKC pre-shared key", kind="password",
+                hint="In hexadecimal, for a PSKC file encrypted with a key")
+        + '<p><button id="imp-check" type="submit">Check the file</button> (nothing is '
+        "imported until you confirm)</p></form>"
         "<p>CSV templates: "
         f'<a id="tpl-oath" href="{BASE}/template/oath.csv" download>OATH CSV</a>, '
         f'<a id="tpl-yubico" href="{BASE}/template/yubico.csv" download>Yubico CSV</a>.</p>'
-    )
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
