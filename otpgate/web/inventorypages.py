@@ -15,14 +15,10 @@ import base64
 import binascii
 from typing import Any
 
-from twisted.logger import Logger
-
-from otpgate import ber
 from otpgate.admin.imports import clash_problems
 from otpgate.admin.inventory import assign_token, relabel, unassign_token
-from otpgate.admin.invindex import SORTS, Row, RowIndex, assigned_source, stock_source
+from otpgate.admin.invindex import SORTS, Row, RowIndex
 from otpgate.directory.inventory import check_serial
-from otpgate.directory.ldapdata import SCOPE_SUBTREE
 from otpgate.errors import CodecError, DirectoryError, InventoryError, PolicyError
 from otpgate.importers import ImportedToken, ImportResult, check_key
 from otpgate.otp.oath import check_counter, check_digits, check_period
@@ -30,11 +26,9 @@ from otpgate.tokens import Secret, Token, TokenType, check_label, new_token_id
 from otpgate.web import render
 from otpgate.web.base import Reply
 from otpgate.web.helpdesk import HelpDesk
-from otpgate.web.invlive import LiveIndex
+from otpgate.web.invlive import LiveIndex, PortalIndexes
 from otpgate.web.render_inventory import Holder, ListView, TokenView, inventory_page, token_page
 from otpgate.web.sessions import Session
-
-log = Logger()
 
 PAGE_SIZE = 50
 MAX_PAGE = 100_000
@@ -53,91 +47,31 @@ def _arg(request: Any, name: str) -> str:
 class InventoryPages(HelpDesk):
     # -- the indexes -------------------------------------------------------------------------
 
+    @property
+    def _indexes(self) -> PortalIndexes:
+        """Made at first use: a portal nobody asks for the inventory reads nothing."""
+        made: PortalIndexes | None = self.__dict__.get("_portal_indexes")
+        if made is None:
+            assert self.inventory is not None
+            made = PortalIndexes(self.gateway, self.clock, self.inventory, self._user_filter)
+            self.__dict__["_portal_indexes"] = made
+        return made
+
     def _live(self, which: str) -> LiveIndex:
-        """The index of the inventory ("stock") or of the tokens users hold ("held"),
-        made at first use (a portal nobody asks for the inventory reads nothing)."""
-        made: dict[str, LiveIndex] = self.__dict__.setdefault("_live_indexes", {})
-        if which not in made:
-            made[which] = self._new_index(which)
-        return made[which]
-
-    def _new_index(self, which: str) -> LiveIndex:
-        assert self.inventory is not None
-        d = self.config.directory
-        ad = d.profile.server == "ad"
-        stamp = "uSNChanged" if ad else "entryCSN"
-        pool = self.gateway.write_pool
-        if which == "stock":
-            mapper = self.inventory.mapper
-            return LiveIndex(
-                pool, self.clock, stock_source(mapper), mapper.container, SCOPE_SUBTREE,
-                ber.filter_present(b"cn"), mapper.attributes, stamp, ad,
-            )  # fmt: skip
-        state = self.gateway.store.mapper
-        # Every holder of OTP state (its ``used`` value is always there), not only those
-        # with tokens: a user whose last token was taken must be read again too.
-        holders = ber.filter_present(state.config.used.spec.name.encode())
-        if state.container is not None:
-            base, wanted = state.container, holders
-        else:
-            base, wanted = d.base_dn, ber.filter_and(self._user_filter, holders)
-        attributes = ("cn", d.profile.id_attribute, state.config.tokens.spec.name)
-        return LiveIndex(
-            pool, self.clock, assigned_source(state), base, SCOPE_SUBTREE, wanted, attributes,
-            stamp, ad,
-        )  # fmt: skip
-
-    async def warm_inventory(self) -> None:
-        """Read the inventory (and the tokens users hold) into the indexes once, soon after
-        the gateway starts, so that the first help-desk view does not wait for it (at
-        100,000 tokens that first read takes seconds: docs/DECISIONS.md)."""
-        if self.inventory is None:
-            return
-        for which in ("stock", "held"):
-            try:
-                await self._live(which).current()
-            except (DirectoryError, CodecError) as exc:  # the first view will try again
-                log.warn("reading the {which} index failed: {error}", which=which, error=exc)
+        return self._indexes.live(which)
 
     def _wrote(self, *which: str) -> None:
         """This portal changed the inventory (or users' tokens): the next page reads it."""
-        made: dict[str, LiveIndex] = self.__dict__.get("_live_indexes", {})
-        for name in which:
-            if name in made:
-                made[name].changed()
+        if self.inventory is not None:
+            self._indexes.wrote(*which)
 
-    async def _holder(self, entry: str) -> str:
-        """The DN of the user whose state ``entry`` holds ("" when there is none)."""
-        mapper = self.gateway.store.mapper
-        if mapper.container is None:
-            return entry
-        known: dict[str, str] = self.__dict__.setdefault("_holder_dns", {})
-        if entry.lower() in known:
-            return known[entry.lower()]
-        try:
-            entry_id = mapper.entry_id_of_rdn(entry.split(",", 1)[0].split("=", 1)[1])
-        except (IndexError, ValueError):
-            return ""
-        d = self.config.directory
-        wanted = ber.filter_and(
-            self._user_filter, ber.filter_equal(d.profile.id_attribute.encode(), entry_id)
-        )
-        conn = await self.gateway.read_pool.connection()
-        found = await conn.search(d.base_dn, wanted, [d.profile.id_attribute], size_limit=2)
-        dn = found[0].dn if len(found) == 1 else ""
-        if len(known) > 10_000:
-            known.clear()
-        known[entry.lower()] = dn
-        return dn
+    async def warm_inventory(self) -> None:
+        """Read the indexes once, soon after the gateway starts (``service.py``)."""
+        if self.inventory is not None:
+            await self._indexes.warm()
 
     async def _holders(self, serial_or_query: str, exact: bool) -> tuple[list[Holder], int]:
-        index = await self._live("held").current()
-        if exact:
-            rows = index.find(serial_or_query)
-            total = len(rows)
-        else:
-            rows, total = index.page("serial", False, serial_or_query, 0, HOLDERS_SHOWN)
-        return [Holder(r, await self._holder(r.holder)) for r in rows], total - len(rows)
+        return await self._indexes.holders(serial_or_query, exact, HOLDERS_SHOWN)
 
     async def _shown(self, index: RowIndex, view: ListView) -> tuple[list[Row], int]:
         """The rows of ``view``'s page, read from the directory and decrypted now (only

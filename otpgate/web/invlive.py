@@ -23,9 +23,19 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from otpgate import ber
-from otpgate.admin.invindex import Row, RowIndex, Source, Watermark, fingerprint
-from otpgate.directory.ldapdata import SearchEntry
+from otpgate.admin.invindex import (
+    Row,
+    RowIndex,
+    Source,
+    Watermark,
+    assigned_source,
+    fingerprint,
+    stock_source,
+)
+from otpgate.directory.ldapdata import SCOPE_SUBTREE, SearchEntry
 from otpgate.directory.paged import paged_search
+from otpgate.errors import DirectoryError
+from otpgate.web.render_inventory import Holder
 
 log = Logger()
 
@@ -164,3 +174,95 @@ class LiveIndex:
         self.watermark.settle(self._now())
         self.refreshed_at = self._now()
         self.reads["delta"] += 1
+
+
+class PortalIndexes:
+    """The inventory pages' two indexes: the stock ("stock") and the hardware tokens users
+    hold ("held"), each made at first use; and which user a state entry belongs to."""
+
+    def __init__(self, gateway: Any, clock: Any, inventory: Any, user_filter: bytes) -> None:
+        self.gateway = gateway
+        self.clock = clock
+        self.inventory = inventory
+        self.user_filter = user_filter
+        self._made: dict[str, LiveIndex] = {}
+        self._users: dict[str, str] = {}
+
+    def live(self, which: str) -> LiveIndex:
+        if which not in self._made:
+            self._made[which] = self._new(which)
+        return self._made[which]
+
+    def _new(self, which: str) -> LiveIndex:
+        state = self.gateway.store.mapper
+        d = state.config
+        ad = d.profile.server == "ad"
+        stamp = "uSNChanged" if ad else "entryCSN"
+        pool = self.gateway.write_pool
+        if which == "stock":
+            mapper = self.inventory.mapper
+            return LiveIndex(
+                pool, self.clock, stock_source(mapper), mapper.container, SCOPE_SUBTREE,
+                ber.filter_present(b"cn"), mapper.attributes, stamp, ad,
+            )  # fmt: skip
+        # Every holder of OTP state (its ``used`` value is always there), not only those
+        # with tokens: a user whose last token was taken must be read again too.
+        holders = ber.filter_present(d.used.spec.name.encode())
+        if state.container is not None:
+            base, wanted = state.container, holders
+        else:
+            base, wanted = d.base_dn, ber.filter_and(self.user_filter, holders)
+        attributes = ("cn", d.profile.id_attribute, d.tokens.spec.name)
+        return LiveIndex(
+            pool, self.clock, assigned_source(state), base, SCOPE_SUBTREE, wanted, attributes,
+            stamp, ad,
+        )  # fmt: skip
+
+    def wrote(self, *which: str) -> None:
+        for name in which:
+            if name in self._made:
+                self._made[name].changed()
+
+    async def warm(self) -> None:
+        """Both indexes read once (at 100,000 tokens that first read takes seconds:
+        docs/DECISIONS.md, "Inventory pages")."""
+        for which in ("stock", "held"):
+            try:
+                await self.live(which).current()
+            except DirectoryError as exc:  # the first view will try again
+                log.warn("reading the {which} index failed: {error}", which=which, error=exc)
+
+    async def holders(self, query: str, exact: bool, most: int) -> tuple[list[Holder], int]:
+        """Tokens users hold whose serial is ``query`` (``exact``) or whose serial or label
+        contains it (at most ``most``), with the user; and how many more there are."""
+        index = await self.live("held").current()
+        if exact:
+            rows = index.find(query)
+            total = len(rows)
+        else:
+            rows, total = index.page("serial", False, query, 0, most)
+        return [Holder(r, await self.user_of(r.holder)) for r in rows], total - len(rows)
+
+    async def user_of(self, entry: str) -> str:
+        """The DN of the user whose state ``entry`` holds ("" when there is none): the
+        entry itself, or in the container layout the user with the state entry's id."""
+        mapper = self.gateway.store.mapper
+        if mapper.container is None:
+            return entry
+        key = entry.lower()
+        if key in self._users:
+            return self._users[key]
+        try:
+            entry_id = mapper.entry_id_of_rdn(entry.split(",", 1)[0].split("=", 1)[1])
+        except (IndexError, ValueError):
+            return ""
+        d = mapper.config
+        id_attribute = d.profile.id_attribute
+        wanted = ber.filter_and(self.user_filter, ber.filter_equal(id_attribute.encode(), entry_id))
+        conn = await self.gateway.read_pool.connection()
+        found = await conn.search(d.base_dn, wanted, [id_attribute], size_limit=2)
+        dn = found[0].dn if len(found) == 1 else ""
+        if len(self._users) > 10_000:
+            self._users.clear()
+        self._users[key] = dn
+        return dn
