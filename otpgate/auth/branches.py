@@ -75,10 +75,11 @@ async def proof_login(auth: Authenticator, request: Proof) -> AuthResult:
     if ready.refusal is not None:
         return _refused(ready.refusal, user.dn)
     now, settings, entry_id = auth.clock.seconds(), auth.settings, user.entry_id
+    pin = request.channel.pin  # the proof covers the user's PIN followed by the code
 
     def change(state: OtpState) -> StateChange[tuple[Any, Any, str]]:
         pending = auth.unrecorded.count(entry_id, now)
-        return verify_proof(state, request.check, now, settings, pending)
+        return verify_proof(state, request.check, now, settings, pending, pin)
 
     (match, value, why), user = await auth.spend(user, change, now)
     if match is None or value is None:

@@ -31,7 +31,7 @@ from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_typed
 from otpgate.auth.lockout import UnrecordedFailures, is_locked
 from otpgate.auth.oob import only_sent_codes
 from otpgate.auth.password import bind_password, password_only
-from otpgate.auth.policy import Decision, Policy
+from otpgate.auth.policy import Decision, Policy, channel_refusal
 from otpgate.auth.requests import (
     Appended,
     AuthRequest,
@@ -205,6 +205,11 @@ class Authenticator:
         if isinstance(request, Proof):
             return await proof_login(self, request)
         if isinstance(request, Sasl):
+            if request.channel.restricted:  # the listener's rules: on the named account
+                named = await self.store.resolve(request.name)
+                named, why = await self.channel_rule(request, named)
+                if why is not None:
+                    return _refused(f"SASL {request.mechanism}: {why}", named.dn)
             return await sasl_login(self.policy, self.store, request)
         if isinstance(request, FirstEnrollment):
             return await first_enrollment(self, request, check_password)
@@ -227,9 +232,11 @@ class Authenticator:
         lockout.  ``code_only``: no password will be checked (an exempt DN cannot skip the
         lookup); ``require_otp``: exemptions do not apply."""
         policy = self.policy
+        channel = request.channel
         if (
             not code_only
             and not require_otp
+            and not channel.restricted
             and policy.is_exempt(request.name)
             and not policy.config.admin_groups
         ):
@@ -238,6 +245,12 @@ class Authenticator:
             note(trace, "policy", None, "exempt DN: its password alone, without a lookup")
             return Ready(None, Decision(False, "exempt account"))
         user = await self._resolve(request, fresh)
+        if channel.restricted:
+            # The channel's access rules, before anything else is looked at or spent (an
+            # exempt DN too: on such a channel it was looked up like any user).
+            user, refusal = await self.channel_rule(request, user)
+            if refusal is not None:
+                return noted(trace, Ready(user, Decision(True, "policy"), None, refusal))
         now = self.clock.seconds()
         if user.expires_at is not None and user.expires_at <= now:
             # AD refuses the password bind of an expired account, but CHAP, MS-CHAPv2 and
@@ -247,11 +260,15 @@ class Authenticator:
         if not decision.needs_otp:
             return noted(trace, Ready(user, decision))
         state = self.store.decode(user)
+        no_pin = channel.pin and channel.require_pin
         if user.from_cache and (
-            not state.tokens or is_locked(state.used, now) or suspension_refusal(state, now)
+            not state.tokens
+            or is_locked(state.used, now)
+            or suspension_refusal(state, now)
+            or (no_pin and state.pin is None)
         ):
             # A refusal is made on what the directory holds now: a cached entry may predate
-            # an enrollment, an unlock or a resume.
+            # an enrollment, an unlock, a resume or a new PIN.
             user = await self._resolve(request, True)
             decision = self._decide(user, request, require_otp)
             if not decision.needs_otp:
@@ -264,6 +281,9 @@ class Authenticator:
             return noted(trace, Ready(user, decision, state, suspended))
         if is_locked(state.used, now):
             return noted(trace, Ready(user, decision, state, "locked out"))
+        if no_pin and state.pin is None:
+            why = f"no PIN set ({channel.kind} {channel.name or channel.front_end} requires one)"
+            return noted(trace, Ready(user, decision, state, why))
         return noted(trace, Ready(user, decision, state))
 
     async def _resolve(self, request: Login, fresh: bool) -> UserEntry:
@@ -272,6 +292,17 @@ class Authenticator:
         if request.authorize is not None:
             self._resolved[id(request)] = user
         return user
+
+    async def channel_rule(self, request: Login, user: UserEntry) -> tuple[UserEntry, str | None]:
+        """The channel's allow/deny groups on ``user`` (``policy.channel_refusal``): an entry
+        from the cache is trusted to allow (it is at most ``state_cache_seconds`` old), a
+        refusal is made on a fresh read."""
+        channel = request.channel
+        refusal = channel_refusal(channel, user.groups, user.unknown_groups)
+        if refusal is not None and user.from_cache:
+            user = await self.store.resolve(request.name, fresh=True)
+            refusal = channel_refusal(channel, user.groups, user.unknown_groups)
+        return user, refusal
 
     def _decide(self, user: UserEntry, request: Login, require_otp: bool) -> Decision:
         if require_otp:
@@ -292,22 +323,24 @@ class Authenticator:
         if cache is not None and result.ok and result.dn and result.password_length is not None:
             now = self.clock.seconds()
             cache.remember(
-                request.name, request.client, request.typed, result.password_length, result.dn, now
-            )
+                request.name, request.client, request.typed, result.password_length, result.dn,
+                now, request.channel.name,
+            )  # fmt: skip
         return result
 
     async def _cached_rebind(
         self, cache: BindCache, request: Appended, check_password: PasswordCheck | None
     ) -> AuthResult | None:
         now = self.clock.seconds()
-        cached = cache.lookup(request.name, request.client, request.typed, now)
+        scope = request.channel.name
+        cached = cache.lookup(request.name, request.client, request.typed, now, scope)
         if cached is None or check_password is None:
             return None
         password = request.typed[: cached.password_length].encode()
         code, _message = await check_password(cached.dn, password)
         if code == SUCCESS:
             return AuthResult(True, "bind cache", cached.dn, password_length=cached.password_length)
-        cache.forget(request.name, request.client)
+        cache.forget(request.name, request.client, scope)
         return None
 
     async def _login(
@@ -345,9 +378,11 @@ class Authenticator:
                 )
         retransmission = self._retransmission(request)
 
+        pin = code_only and request.channel.pin  # the code comes after the user's PIN
+
         def change(state: OtpState) -> StateChange[Verdict]:
             pending = self.unrecorded.count(entry_id, now)
-            return verify_typed(state, typed, now, settings, pending, retransmission)
+            return verify_typed(state, typed, now, settings, pending, retransmission, pin)
 
         verdict, user = await self.spend(user, change, now)
         if verdict.match is None:
