@@ -208,6 +208,7 @@ def verify_proof(
         return StateChange((None, None, "locked out"))
     prefix = state.pin.pin if pin and state.pin is not None else ""
     what = "PIN+OTP" if prefix else "OTP"
+    article = "a" if prefix else "an"
     hit: tuple[Match, Any] | None = None
     for candidate in candidate_codes(state.tokens, state.secrets, state.used, now, config.otp):
         value = proof(prefix + candidate.code)
@@ -225,7 +226,7 @@ def verify_proof(
             return StateChange((None, None, f"proof: {inactive_reason(token, why)}"))
     spent = last_codes(state.tokens, state.secrets, state.used, now, config.otp)
     if [code for code in spent if proof(prefix + code) is not None]:
-        return StateChange((None, None, f"proof of an {what} already used"))
+        return StateChange((None, None, f"proof of {article} {what} already used"))
     used = record_failure(used, now, config.lockout)
     why = f"no valid {what} matches the proof" + (" (now locked out)" if used.locked_until else "")
     return StateChange((None, None, why), used=used)
