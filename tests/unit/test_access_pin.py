@@ -446,3 +446,14 @@ def test_pin_forms_in_the_portal() -> None:
     assert 'action="/helpdesk/pin"' in desk and 'id="hd-pin-clear"' in desk
     protected = render.helpdesk_user("uid=a,dc=x", with_pin, "c", 0.0, False, "an administrator")
     assert "/helpdesk/pin" not in protected.html
+
+
+def test_metrics_reason_classes_of_the_new_refusals() -> None:
+    from otpgate.web.metrics import reason_class
+
+    assert reason_class(f"not allowed on NAS vpn: not a member of {VPN}") == "not_allowed"
+    assert reason_class("SASL EXTERNAL: not allowed on listener app: member of x") == "not_allowed"
+    assert reason_class("wrong PIN or OTP (now locked out)") == "wrong_otp"
+    assert reason_class("no valid PIN+OTP matches the proof") == "wrong_otp"
+    assert reason_class("proof of a PIN+OTP already used") == "replayed"
+    assert reason_class("no PIN set (NAS vpn requires one)") == "no_pin"
