@@ -374,6 +374,30 @@ async def test_require_pin_refuses_a_user_without_one_and_sees_a_new_pin_at_once
     assert (await otp_only(w, "lea", PIN + hotp(key, 1), strict)).ok
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_suspended_tokens_code_after_the_right_pin_is_no_guess() -> None:
+    """As without a PIN: a right code of a suspended token is refused and not counted (the
+    holder of a lost phone must not lock its owner out) -- but only after the right PIN;
+    after a wrong one it is a guess at the PIN, and counts."""
+    from otpgate.admin.suspend import suspend_change
+
+    w = World(config())
+    w.directory.add_user("max", PW)
+    lost = await w.oath("max")
+    await w.oath("max")  # a second device that still works
+    await set_pin(w, "max")
+    user = await w.store.resolve("max", fresh=True)
+    first = w.store.decode(user).tokens[0].id
+    now = w.clock.seconds()
+    await w.store.update(user, lambda s: suspend_change(s, first, 0, now))
+    refused = await otp_only(w, "max", PIN + hotp(lost, 0), nas())
+    assert not refused.ok and "suspended token" in refused.reason
+    assert w.store.decode(await w.store.resolve("max", fresh=True)).used.failures == 0
+    guess = await otp_only(w, "max", "1212" + hotp(lost, 0), nas())
+    assert not guess.ok and guess.reason == "wrong PIN or OTP"
+    assert w.store.decode(await w.store.resolve("max", fresh=True)).used.failures == 1
+
+
 # -- configuration ----------------------------------------------------------------------------
 
 
