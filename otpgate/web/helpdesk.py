@@ -32,7 +32,7 @@ from otpgate.outofband.scratchmail import (
     outcome_text,
     scratch_mail,
 )
-from otpgate.web import render, render_suspend
+from otpgate.web import render, render_pin, render_suspend
 from otpgate.web.base import MATCHES, SIZE_LIMIT_EXCEEDED, Reply
 from otpgate.web.selfservice import SelfService
 from otpgate.web.sessions import Session
@@ -79,6 +79,8 @@ class HelpDesk(SelfService):
                         user.dn, state, session.csrf, self.now()
                     ),
                 )
+                pin = render_pin.helpdesk_pin(user.dn, state, session.csrf, protected is not None)
+                found = render.Markup(found.html + pin.html)
                 self.audit(session, client, "view", "looked at the user", user=query, dn=user.dn)
             except (UserNotFound, AmbiguousUser):
                 try:

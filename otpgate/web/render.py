@@ -234,7 +234,6 @@ def my_devices(
             f'<form method="post" action="/scratch">{csrf_field(csrf)}'
             '<button id="scratch" type="submit">Print a new scratch list</button></form>'
         )
-        parts.append(pin_section(state, csrf))
         if channels:
             parts.append(
                 "<h2>Codes by e-mail or SMS</h2><p>Have a code sent to the address or number "
@@ -243,44 +242,6 @@ def my_devices(
                 + sent_buttons(csrf, "/enroll-sent", "enroll", channels)
             )
     return "".join(parts)
-
-
-def pin_state(state: OtpState) -> str:
-    verifier = state.used.pin
-    return "none" if verifier is None else f"set {when(verifier.set_at)}"
-
-
-def pin_form(csrf: str, action: str, user: str | None = None) -> str:
-    """A new PIN, typed twice (never shown again, never pre-filled)."""
-    target = "" if user is None else f'<input type="hidden" name="user" value="{h(user)}">'
-    prefix = "hd-" if user is not None else ""
-    return (
-        f'<form method="post" action="{h(action)}" autocomplete="off">{csrf_field(csrf)}{target}'
-        f'<label for="{prefix}pin">New PIN (4 to 16 digits)</label>'
-        f'<input type="password" id="{prefix}pin" name="pin" inputmode="numeric" '
-        'minlength="4" maxlength="16" pattern="[0-9]{4,16}" autocomplete="new-password" required>'
-        f'<label for="{prefix}pin2">The same PIN again</label>'
-        f'<input type="password" id="{prefix}pin2" name="pin2" inputmode="numeric" '
-        'minlength="4" maxlength="16" pattern="[0-9]{4,16}" autocomplete="new-password" required>'
-        f'<p><button id="{prefix}set-pin" type="submit">Set PIN</button></p></form>'
-    )
-
-
-def pin_section(state: OtpState, csrf: str) -> str:
-    """The user's own PIN: for VPN and other logins where only a code is typed."""
-    clear = ""
-    if state.used.pin is not None:
-        clear = (
-            f'<form method="post" action="/pin/clear" data-confirm="Remove your PIN?">'
-            f'{csrf_field(csrf)}<button id="clear-pin" type="submit">Remove PIN</button></form>'
-        )
-    return (
-        "<h2>PIN</h2><p>Where you type only a code (some VPN and network logins), type this "
-        "PIN first, then the code, with nothing in between. Some of those logins require one. "
-        f'PIN: <span id="pin-state">{h(pin_state(state))}</span></p>'
-        + pin_form(csrf, "/pin")
-        + clear
-    )
 
 
 def sent_buttons(
@@ -462,10 +423,6 @@ def helpdesk_user(
         )
         + "</p>"
         + assign
-        + f'<h3>PIN</h3><p>PIN: <span id="pin-state">{h(pin_state(state))}</span> '
-        + action("pin-clear", "Clear PIN", "Remove this user's PIN?")
-        + "</p>"
-        + pin_form(csrf, "/helpdesk/pin", dn)
     )
     if channels:
         html += "<p>" + sent_buttons(csrf, "/helpdesk/enroll-sent", "hd-enroll", channels, dn)

@@ -19,7 +19,7 @@ from otpgate.dn import normalise_dn
 from otpgate.errors import DirectoryError, PolicyError
 from otpgate.otp.scratch import format_for_print, generate_scratch_list
 from otpgate.tokens import TokenType
-from otpgate.web import render, render_tokens
+from otpgate.web import render, render_pin, render_tokens
 from otpgate.web.base import CODE_NEEDED, CODE_NEEDED_OR_SEND, FAILED, WEB, Reply
 from otpgate.web.codestep import SignInCodes
 from otpgate.web.sessions import PendingEnrollment, Session
@@ -181,6 +181,8 @@ class SelfService(SignInCodes):
             hardware=hardware,
             actions=lambda token: render_tokens.device_actions(token, csrf, form),
         )
+        if not enroll_only:
+            body += render_pin.my_pin(state, csrf)
         return self._page("My devices", body, session, status)
 
     async def post_enroll(self, form: dict[str, str], session: Session, client: str) -> Reply:

@@ -456,20 +456,21 @@ def test_radius_channels_describe_the_nas() -> None:
 def test_pin_forms_in_the_portal() -> None:
     from otpgate.directory.records import OtpState
     from otpgate.tokens import UsedState
-    from otpgate.web import render
+    from otpgate.web import render_pin
 
-    none = render.my_devices(OtpState(), 'c"s', False)
+    none = render_pin.my_pin(OtpState(), 'c"s')
     assert 'action="/pin"' in none and 'id="clear-pin"' not in none
     assert 'id="pin-state">none<' in none and 'value="c&quot;s"' in none
+    assert 'type="password"' in none and 'name="pin2"' in none
     _record, verifier = new_pin(PIN, 86400.0)
     with_pin = OtpState(used=UsedState(pin=verifier))
-    mine = render.my_devices(with_pin, "c", False)
+    mine = render_pin.my_pin(with_pin, "c")
     assert 'id="clear-pin"' in mine and "set 1970-01-02 00:00:00 UTC" in mine and PIN not in mine
-    assert 'action="/pin"' not in render.my_devices(OtpState(), "c", True)  # enroll-only
-    desk = render.helpdesk_user("uid=a,dc=x", with_pin, "c", 0.0, False).html
+    desk = render_pin.helpdesk_pin("uid=a,dc=x", with_pin, "c", protected=False).html
     assert 'action="/helpdesk/pin"' in desk and 'id="hd-pin-clear"' in desk
-    protected = render.helpdesk_user("uid=a,dc=x", with_pin, "c", 0.0, False, "an administrator")
-    assert "/helpdesk/pin" not in protected.html
+    assert 'name="user" value="uid=a,dc=x"' in desk
+    protected = render_pin.helpdesk_pin("uid=a,dc=x", with_pin, "c", protected=True).html
+    assert "/helpdesk/pin" not in protected and "set 1970" in protected
 
 
 def test_metrics_reason_classes_of_the_new_refusals() -> None:
