@@ -3,8 +3,9 @@
 1. admission: names over ``max_name_length`` are refused before anything parses them;
    credentials over a plain transport where the channel needs TLS; proof kinds the
    channel does not allow;
-2. the prologue: resolve the name to one entry (keyed by its immutable id) -> policy -> a
-   fresh read when a cached entry could mislead -> decode -> expiry, suspension and lockout;
+2. the prologue: resolve the name to one entry (keyed by its immutable id) -> the channel's
+   access rules (``access.py``) -> policy -> a fresh read when a cached entry could mislead
+   -> decode -> expiry, suspension, lockout and a PIN the channel requires;
 3. verify the code and record its use with a compare-and-swap write (``spend``), before
    anything else happens;
 4. only then check the static password (a simple bind upstream).
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 from twisted.logger import Logger
 
 from otpgate.audit import AuditTrail
+from otpgate.auth.access import channel_rule, sasl_refusal
 from otpgate.auth.authorize import authorized
 from otpgate.auth.bindcache import BindCache
 from otpgate.auth.branches import first_enrollment, proof_login
@@ -31,7 +33,7 @@ from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_typed
 from otpgate.auth.lockout import UnrecordedFailures, is_locked
 from otpgate.auth.oob import only_sent_codes
 from otpgate.auth.password import bind_password, password_only
-from otpgate.auth.policy import Decision, Policy, channel_refusal
+from otpgate.auth.policy import Decision, Policy
 from otpgate.auth.requests import (
     Appended,
     AuthRequest,
@@ -205,11 +207,10 @@ class Authenticator:
         if isinstance(request, Proof):
             return await proof_login(self, request)
         if isinstance(request, Sasl):
-            if request.channel.restricted:  # the listener's rules: on the named account
-                named = await self.store.resolve(request.name)
-                named, why = await self.channel_rule(request, named)
-                if why is not None:
-                    return _refused(f"SASL {request.mechanism}: {why}", named.dn)
+            if request.channel.restricted:  # the listener's rules, on the account named
+                refused = await sasl_refusal(self.store, request)
+                if refused is not None:
+                    return refused
             return await sasl_login(self.policy, self.store, request)
         if isinstance(request, FirstEnrollment):
             return await first_enrollment(self, request, check_password)
@@ -248,7 +249,7 @@ class Authenticator:
         if channel.restricted:
             # The channel's access rules, before anything else is looked at or spent (an
             # exempt DN too: on such a channel it was looked up like any user).
-            user, refusal = await self.channel_rule(request, user)
+            user, refusal = await channel_rule(request, user, lambda: self._resolve(request, True))
             if refusal is not None:
                 return noted(trace, Ready(user, Decision(True, "policy"), None, refusal))
         now = self.clock.seconds()
@@ -292,17 +293,6 @@ class Authenticator:
         if request.authorize is not None:
             self._resolved[id(request)] = user
         return user
-
-    async def channel_rule(self, request: Login, user: UserEntry) -> tuple[UserEntry, str | None]:
-        """The channel's allow/deny groups on ``user`` (``policy.channel_refusal``): an entry
-        from the cache is trusted to allow (it is at most ``state_cache_seconds`` old), a
-        refusal is made on a fresh read."""
-        channel = request.channel
-        refusal = channel_refusal(channel, user.groups, user.unknown_groups)
-        if refusal is not None and user.from_cache:
-            user = await self.store.resolve(request.name, fresh=True)
-            refusal = channel_refusal(channel, user.groups, user.unknown_groups)
-        return user, refusal
 
     def _decide(self, user: UserEntry, request: Login, require_otp: bool) -> Decision:
         if require_otp:
