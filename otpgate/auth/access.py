@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from otpgate.auth.policy import channel_refusal
-from otpgate.auth.requests import AuthResult, Login, Sasl
+from otpgate.auth.requests import AuthResult, Channel, Login, Sasl
 from otpgate.directory.records import UserEntry
 from otpgate.directory.store import OtpStore
 
@@ -25,6 +25,16 @@ async def channel_rule(
         user = await reread()
         refusal = channel_refusal(channel, user.groups, user.unknown_groups)
     return user, refusal
+
+
+def pin_refusal(channel: Channel) -> str:
+    """Why a user without a PIN is refused on a channel with ``require_pin``."""
+    return f"no PIN set ({channel.kind} {channel.name or channel.front_end} requires one)"
+
+
+def pin_required(channel: Channel) -> str:
+    """What the decision refuses a user without a PIN with ("": no PIN required here)."""
+    return pin_refusal(channel) if channel.pin and channel.require_pin else ""
 
 
 async def sasl_refusal(store: OtpStore, request: Sasl) -> AuthResult | None:

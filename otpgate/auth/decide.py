@@ -75,6 +75,7 @@ def verify_typed(
     pending: int = 0,
     retransmission: Retransmission | None = None,
     pin: bool = False,
+    pin_required: str = "",
 ) -> StateChange[Verdict]:
     """A typed code: the first (password, code) candidate that matches spends its code; a
     miss counts towards lockout, unless the code is one already spent (no guess).
@@ -85,15 +86,19 @@ def verify_typed(
     window (``retransmit.py``).  Suspended tokens and expired temporary lists match nothing;
     a code right for one of them is refused, not counted (``suspension.py``).  ``pin``: the
     code alone arrived (no password) on a channel where a user who has a PIN types it first
-    (``verify_pin_typed``)."""
+    (``verify_pin_typed``); ``pin_required``: the refusal for a user without a PIN there
+    (nothing counted; the prologue saw a cached entry that still had one)."""
     used = without_stale(with_unrecorded(state.used, pending, now, config.lockout), now)
     suspended = refusal(state, now)
     if suspended is not None:
         return StateChange(Verdict(None, "", suspended))
     if is_locked(used, now):
         return StateChange(Verdict(None, "", "locked out"))
-    if pin and state.pin is not None and isinstance(typed, tuple) and not typed[0]:
-        return verify_pin_typed(state, used, typed[1], now, config, retransmission)
+    if pin and isinstance(typed, tuple) and not typed[0]:
+        if state.pin is not None:
+            return verify_pin_typed(state, used, typed[1], now, config, retransmission)
+        if pin_required:
+            return StateChange(Verdict(None, "", pin_required))
     candidates = candidates_of(typed, state, config.otp.otp_delimiter)
     if not candidates:
         # Nothing that looks like password + code: no OTP check, nothing forwarded.
@@ -195,17 +200,21 @@ def verify_proof(
     config: AuthSettings,
     pending: int = 0,
     pin: bool = False,
+    pin_required: str = "",
 ) -> StateChange[tuple[Match | None, Any, str]]:
     """A proof computed from the code (CHAP, MS-CHAPv2): every candidate code of the window
     is tried (no early exit), the first match is spent.  ``pin``: the channel's proofs
     cover the PIN followed by the code, for a user who has a PIN (each candidate is the
-    PIN + a code of the window: a wrong PIN fails like a wrong code, and counts the same)."""
+    PIN + a code of the window: a wrong PIN fails like a wrong code, and counts the same);
+    ``pin_required``: the refusal for a user without a PIN (nothing counted)."""
     used = without_stale(with_unrecorded(state.used, pending, now, config.lockout), now)
     suspended = refusal(state, now)
     if suspended is not None:
         return StateChange((None, None, suspended))
     if is_locked(used, now):
         return StateChange((None, None, "locked out"))
+    if pin and pin_required and state.pin is None:
+        return StateChange((None, None, pin_required))
     prefix = state.pin.pin if pin and state.pin is not None else ""
     what = "PIN+OTP" if prefix else "OTP"
     article = "a" if prefix else "an"

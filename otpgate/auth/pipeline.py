@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from twisted.logger import Logger
 
 from otpgate.audit import AuditTrail
-from otpgate.auth.access import channel_rule, sasl_refusal
+from otpgate.auth.access import channel_rule, pin_refusal, pin_required, sasl_refusal
 from otpgate.auth.authorize import authorized
 from otpgate.auth.bindcache import BindCache
 from otpgate.auth.branches import first_enrollment, proof_login
@@ -283,8 +283,7 @@ class Authenticator:
         if is_locked(state.used, now):
             return noted(trace, Ready(user, decision, state, "locked out"))
         if no_pin and state.pin is None:
-            why = f"no PIN set ({channel.kind} {channel.name or channel.front_end} requires one)"
-            return noted(trace, Ready(user, decision, state, why))
+            return noted(trace, Ready(user, decision, state, pin_refusal(channel)))
         return noted(trace, Ready(user, decision, state))
 
     async def _resolve(self, request: Login, fresh: bool) -> UserEntry:
@@ -369,10 +368,13 @@ class Authenticator:
         retransmission = self._retransmission(request)
 
         pin = code_only and request.channel.pin  # the code comes after the user's PIN
+        required = pin_required(request.channel)
 
         def change(state: OtpState) -> StateChange[Verdict]:
             pending = self.unrecorded.count(entry_id, now)
-            return verify_typed(state, typed, now, settings, pending, retransmission, pin)
+            return verify_typed(
+                state, typed, now, settings, pending, retransmission, pin, required
+            )
 
         verdict, user = await self.spend(user, change, now)
         if verdict.match is None:

@@ -276,6 +276,15 @@ async def test_pin_before_the_code_in_otp_only_chap_and_mschapv2(backend, tmp_pa
         assert replies(out) == ["Access-Accept"], out + err
         assert "MS-CHAP2-Success" in out
         assert not [e for e in events if PIN in repr(e.get("reason"))]  # never audited
+        # otpgate show says it is set (never what it is); --clear removes it.
+        assert main(["show", name, "--config", str(cli_config)]) == 0
+        shown = capsys.readouterr().out
+        assert "PIN: set " in shown and PIN not in shown.replace(name, "")
+        assert main(["pin", name, "--clear", "--config", str(cli_config)]) == 0
+        assert "PIN cleared" in capsys.readouterr().out
+        _c, out, err = await radius.radclient(pap(name, PIN + hotp(key, 3)))
+        assert replies(out) == ["Access-Reject"], out + err
+        assert rejects(events)[-1] == "no PIN set (NAS vpn requires one)"
     finally:
         if fr is not None:
             fr.stop()

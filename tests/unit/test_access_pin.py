@@ -372,6 +372,17 @@ async def test_require_pin_refuses_a_user_without_one_and_sees_a_new_pin_at_once
     other = w.other_gateway()
     await set_pin(other, "lea")  # set elsewhere; this gateway's cache still shows none
     assert (await otp_only(w, "lea", PIN + hotp(key, 1), strict)).ok
+    # Cleared elsewhere while this gateway's cached entry still has it: the decision on the
+    # fresh state refuses as "no PIN", counting nothing (the code is no guess).
+    cached = await other.store.resolve("lea", fresh=True)
+    await other.store.update(cached, clear_pin_change)
+    assert (await w.store.resolve("lea")).from_cache
+    for login in (otp_only(w, "lea", PIN + hotp(key, 2), strict),
+                  chap(w, "lea", PIN + hotp(key, 2), chap_nas(require_pin=True))):
+        refused = await login
+        assert not refused.ok and refused.reason == "no PIN set (NAS vpn requires one)"
+    state = w.store.decode(await w.store.resolve("lea", fresh=True))
+    assert state.used.failures == 0
 
 
 @pytest_twisted.ensureDeferred
