@@ -112,7 +112,7 @@ def test_the_store_resolves_every_rule_group() -> None:
     )
     groups, cautious = membership_groups(cfg)
     assert {VPN, CONTRACTORS, "cn=app,dc=x", "cn=admins,dc=x"} <= set(groups)
-    assert VPN not in cautious and CONTRACTORS not in cautious  # rules use unreadable_groups
+    assert VPN not in cautious and CONTRACTORS not in cautious  # rules use unknown_groups
 
 
 # -- the policy step in the pipeline -----------------------------------------------------------
