@@ -121,6 +121,24 @@ def auth_settings(config: Config) -> AuthSettings:
     )
 
 
+def membership_groups(config: Config) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(groups, cautious): every group a login or the portal asks about, whose membership
+    the store resolves with each entry (``engine.memberships``), and those a user counts as
+    a member of when it cannot be read (they add a requirement: required and admin groups).
+    The RADIUS reply rules' groups and the NASes' and listeners' allow/deny groups are asked
+    about too; the access rules refuse a user whose membership cannot be read
+    (``UserEntry.unknown_groups``, ``policy.channel_refusal``)."""
+    policy = config.policy
+    cautious = (*policy.require_otp_groups, *policy.admin_groups)
+    rules: list[str] = []
+    for client in config.radius.clients:
+        rules += (*client.allow_groups, *client.deny_groups)
+    for listener in config.ldap_proxy.listener_rules:
+        rules += (*listener.allow_groups, *listener.deny_groups)
+    groups = (*cautious, *config.web.helpdesk_groups, *config.radius.reply_groups, *rules)
+    return groups, cautious
+
+
 def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
     """Build a Config from a parsed TOML document; relative paths are relative to ``base``."""
     top = Section(doc, "")

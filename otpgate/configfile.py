@@ -94,6 +94,16 @@ class Section:
     def networks(self, name: str) -> tuple[Network, ...]:
         return tuple(network(self, name, n) for n in self.strings(name))
 
+    def dns(self, name: str) -> tuple[str, ...]:
+        """A list of DNs (groups), each checked to be one (RFC 4514)."""
+        from otpgate.dn import dn_key
+
+        values = self.strings(name)
+        for value in values:
+            if not value or dn_key(value) is None:
+                raise ConfigError(f"{self.key(name)}: {value!r} is not a DN")
+        return values
+
     def check(self, name: str, value: T, checker: Callable[[T], object]) -> T:
         try:
             checker(value)

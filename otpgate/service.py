@@ -16,7 +16,7 @@ from twisted.runner.procmon import ProcessMonitor
 from otpgate import ber
 from otpgate.audit import AuditTrail
 from otpgate.auth.pipeline import Authenticator
-from otpgate.config import Config, auth_settings
+from otpgate.config import Config, auth_settings, membership_groups
 from otpgate.directory.connection import LdapConnection, TlsSettings
 from otpgate.directory.discovery import confirm_pdc_on, pdc_emulator_url
 from otpgate.directory.ldapdata import SCOPE_BASE
@@ -80,11 +80,7 @@ class Gateway:
             verify=self._check_pdc if discover else None,
             recheck=d.pdc_check_seconds if discover else 0.0,
         )
-        policy = config.policy
-        cautious = (*policy.require_otp_groups, *policy.admin_groups)
-        groups = (*cautious, *config.web.helpdesk_groups)
-        # RADIUS reply rules: their groups and attributes come with every resolved entry.
-        groups = (*groups, *config.radius.reply_groups)
+        groups, cautious = membership_groups(config)
         # Unpinned on OpenLDAP: OTP state is refused if the servers replicate multi-provider.
         self.replication_guard = ReplicationGuard(d, self.write_pool, reactor)
         # State in the users' own entries on OpenLDAP: refused unless the access rules prove
@@ -160,8 +156,8 @@ class Gateway:
         finally:
             conn.close()
 
-    def ldap_proxy_factory(self, tls_listener: bool = False) -> ProxyFactory:
-        return ProxyFactory(self, tls_listener=tls_listener)
+    def ldap_proxy_factory(self, tls_listener: bool = False, listener: str = "") -> ProxyFactory:
+        return ProxyFactory(self, tls_listener=tls_listener, listener=listener)
 
     def close(self) -> None:
         self.audit.stop()

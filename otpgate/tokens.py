@@ -25,6 +25,7 @@ from typing import Any
 
 from otpgate.otp.oath import MAX_COUNTER, Algorithm, check_digits, check_period
 from otpgate.otp.scratch import ScratchList
+from otpgate.pin import PinVerifier
 
 
 class TokenType(StrEnum):
@@ -391,6 +392,9 @@ class UsedState:
     """Unix times of failed proofs of possession (claiming an inventory token, resynchronising
     one) in the last day: unlike ``failures``, a successful login does not clear them, so the
     daily cap (``admin/claim.py``) bounds the guesses at a token one does not hold."""
+    pin: PinVerifier | None = None
+    """The user's PIN, as a keyed digest (``otpgate/pin.py``); its key and the PIN are in
+    the seed.  None: no PIN set."""
 
     def use_of(self, token_id: str) -> TokenUse:
         return self.tokens.get(token_id, TokenUse())
@@ -424,6 +428,8 @@ class UsedState:
             doc["st"] = {k: v.to_list() for k, v in sorted(self.suspensions.items())}
         if self.proof_failures:
             doc["pf"] = list(self.proof_failures)
+        if self.pin is not None:
+            doc["pn"] = self.pin.to_dict()
         return doc
 
     @classmethod
@@ -444,6 +450,7 @@ class UsedState:
                 for k, v in (_opt(doc, "st", dict, "used") or {}).items()
             },
             proof_failures=_sends(_opt(doc, "pf", list, "used") or []),
+            pin=PinVerifier.from_dict(doc["pn"]) if doc.get("pn") is not None else None,
         )
 
 

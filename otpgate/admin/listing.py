@@ -112,6 +112,8 @@ class UserSummary:
     """Codes sent to the user by e-mail or SMS in the hour before the summary was made."""
     suspension: Suspension | None = None
     """All of the user's OTP is suspended (while it lasts)."""
+    pin_set: int | None = None
+    """When the user's PIN was set (Unix time); None: no PIN (read from the use state)."""
 
     def locked(self, now: float) -> bool:
         return self.locked_until > now
@@ -131,6 +133,8 @@ class UserSummary:
             "tokens": [t.to_dict() for t in self.tokens],
             "sends_last_hour": self.sends_last_hour,
             "suspended": _suspension_doc(self.suspension),
+            "pin": self.pin_set is not None,
+            "pin_set": self.pin_set or None,
         }
 
 
@@ -191,6 +195,7 @@ def summarise(
             )
         )
     used = state.used
+    pin = None if used.pin is None else used.pin.set_at
     return UserSummary(
         user,
         dn,
@@ -198,7 +203,8 @@ def summarise(
         used.failures,
         used.locked_until,
         len(recent_sends(used, now)),
-        user_suspension(used, now),
+        suspension=user_suspension(used, now),
+        pin_set=pin,
     )
 
 
@@ -299,6 +305,8 @@ def show_text(summary: UserSummary, now: float) -> str:
     head = f"{printable(summary.user)} ({printable(summary.dn)})\nlockout: {summary.lockout(now)}\n"
     if summary.suspension is not None:
         head += f"all OTP {describe(summary.suspension)}: every token is refused\n"
+    pin = "none" if summary.pin_set is None else f"set {when(summary.pin_set)}"
+    head += f"PIN: {pin}\n"
     if not summary.tokens:
         return head + "no tokens"
     lines = [table(TOKEN_HEADERS, [token_cells(r, now) for r in summary.tokens])]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from otpgate.auth.access import pin_required
 from otpgate.auth.decide import verify_proof
 from otpgate.auth.password import bind_password
 from otpgate.auth.policy import password_only_enrollment
@@ -75,10 +76,12 @@ async def proof_login(auth: Authenticator, request: Proof) -> AuthResult:
     if ready.refusal is not None:
         return _refused(ready.refusal, user.dn)
     now, settings, entry_id = auth.clock.seconds(), auth.settings, user.entry_id
+    pin = request.channel.pin  # the proof covers the user's PIN followed by the code
+    required = pin_required(request.channel)
 
     def change(state: OtpState) -> StateChange[tuple[Any, Any, str]]:
         pending = auth.unrecorded.count(entry_id, now)
-        return verify_proof(state, request.check, now, settings, pending)
+        return verify_proof(state, request.check, now, settings, pending, pin, required)
 
     (match, value, why), user = await auth.spend(user, change, now)
     if match is None or value is None:

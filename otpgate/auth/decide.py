@@ -26,6 +26,8 @@ from otpgate.auth.verify import (
     verify_code,
 )
 from otpgate.directory.records import OtpState, StateChange
+from otpgate.pin import looks_like_pin, pin_matches
+from otpgate.tokens import UsedState
 
 RETRANSMISSION = "retransmission of a request already accepted"
 """The ``why`` of a Verdict that accepts a NAS's retransmission (``retransmit.py``)."""
@@ -72,6 +74,8 @@ def verify_typed(
     config: AuthSettings,
     pending: int = 0,
     retransmission: Retransmission | None = None,
+    pin: bool = False,
+    pin_required: str = "",
 ) -> StateChange[Verdict]:
     """A typed code: the first (password, code) candidate that matches spends its code; a
     miss counts towards lockout, unless the code is one already spent (no guess).
@@ -80,13 +84,21 @@ def verify_typed(
     ``[radius] failover_replay_seconds``): an accept records the request; a spent code is
     accepted again, writing nothing, when it is this very request, accepted within the
     window (``retransmit.py``).  Suspended tokens and expired temporary lists match nothing;
-    a code right for one of them is refused, not counted (``suspension.py``)."""
+    a code right for one of them is refused, not counted (``suspension.py``).  ``pin``: the
+    code alone arrived (no password) on a channel where a user who has a PIN types it first
+    (``verify_pin_typed``); ``pin_required``: the refusal for a user without a PIN there
+    (nothing counted; the prologue saw a cached entry that still had one)."""
     used = without_stale(with_unrecorded(state.used, pending, now, config.lockout), now)
     suspended = refusal(state, now)
     if suspended is not None:
         return StateChange(Verdict(None, "", suspended))
     if is_locked(used, now):
         return StateChange(Verdict(None, "", "locked out"))
+    if pin and isinstance(typed, tuple) and not typed[0]:
+        if state.pin is not None:
+            return verify_pin_typed(state, used, typed[1], now, config, retransmission)
+        if pin_required:
+            return StateChange(Verdict(None, "", pin_required))
     candidates = candidates_of(typed, state, config.otp.otp_delimiter)
     if not candidates:
         # Nothing that looks like password + code: no OTP check, nothing forwarded.
@@ -124,20 +136,91 @@ def verify_typed(
     return StateChange(Verdict(None, "", why), used=used)
 
 
+def verify_pin_typed(
+    state: OtpState,
+    used: UsedState,
+    typed: str,
+    now: float,
+    config: AuthSettings,
+    retransmission: Retransmission | None = None,
+) -> StateChange[Verdict]:
+    """The PIN followed by the code, from a user who has a PIN (RADIUS otp-only).  Split
+    by the code lengths of the user's tokens; a candidate is accepted only when both its
+    PIN and its code are right.  Both are checked for every candidate, so a wrong PIN and a
+    wrong code take the same path and the same write: one failure towards lockout, the
+    code left unspent (no separate answer, nor timing, for the PIN).  A spent code after
+    the right PIN is no guess ("OTP already used"); after a wrong PIN it is one."""
+    otp = config.otp
+    pairs = [
+        (prefix, code)
+        for prefix, code in split_candidates(typed, state.tokens)
+        if looks_like_pin(prefix)
+    ]
+    hit: tuple[Match, str] | None = None
+    right_pin: list[tuple[str, str]] = []
+    for prefix, code in pairs:
+        pin_ok = pin_matches(state.pin, state.used.pin, prefix)
+        match = verify_code(state.tokens, state.secrets, state.used, code, now, otp)
+        if pin_ok:
+            right_pin.append(("", code))
+            if match is not None and hit is None:
+                hit = (match, code)
+    if hit is not None:
+        match, code = hit
+        warn = config.scratch_warning and low_scratch_claim(match, otp.scratch_low_threshold)
+        if warn:
+            match = replace(match, use=replace(match.use, warned=True))
+        spent = record_success(used, match.token.id, match.use)
+        if retransmission is not None:
+            spent = remember(spent, retransmission, match.token.id, code, now)
+        return StateChange(Verdict(match, "", "ok", warn), used=spent)
+    if retransmission is not None and right_pin:
+        again = recognise(state, right_pin, retransmission, now)
+        if again is not None and inactive(state.used, again[0].token, now) is None:
+            return StateChange(Verdict(again[0], again[1], RETRANSMISSION))
+    for _none, code in right_pin:
+        found = inactive_match(state.tokens, state.secrets, state.used, code, now, otp)
+        if found is not None:  # the right PIN and a code of a token not usable now: no guess
+            return StateChange(Verdict(None, "", inactive_reason(*found)))
+    if any(
+        is_replay(state.tokens, state.secrets, state.used, code, now, otp)
+        for _none, code in right_pin
+    ):
+        return StateChange(Verdict(None, "", "OTP already used"))
+    used = record_failure(used, now, config.lockout)
+    used = count_miss(state, used, now, otp.sent_code_lifetime)
+    why = "wrong PIN or OTP" + (" (now locked out)" if used.locked_until else "")
+    return StateChange(Verdict(None, "", why), used=used)
+
+
 def verify_proof(
-    state: OtpState, proof: ProofCheck, now: float, config: AuthSettings, pending: int = 0
+    state: OtpState,
+    proof: ProofCheck,
+    now: float,
+    config: AuthSettings,
+    pending: int = 0,
+    pin: bool = False,
+    pin_required: str = "",
 ) -> StateChange[tuple[Match | None, Any, str]]:
     """A proof computed from the code (CHAP, MS-CHAPv2): every candidate code of the window
-    is tried (no early exit), the first match is spent."""
+    is tried (no early exit), the first match is spent.  ``pin``: the channel's proofs
+    cover the PIN followed by the code, for a user who has a PIN (each candidate is the
+    PIN + a code of the window: a wrong PIN fails like a wrong code, and counts the same);
+    ``pin_required``: the refusal for a user without a PIN (nothing counted)."""
     used = without_stale(with_unrecorded(state.used, pending, now, config.lockout), now)
     suspended = refusal(state, now)
     if suspended is not None:
         return StateChange((None, None, suspended))
     if is_locked(used, now):
         return StateChange((None, None, "locked out"))
+    if pin and pin_required and state.pin is None:
+        return StateChange((None, None, pin_required))
+    prefix = state.pin.pin if pin and state.pin is not None else ""
+    what = "PIN+OTP" if prefix else "OTP"
+    article = "a" if prefix else "an"
     hit: tuple[Match, Any] | None = None
     for candidate in candidate_codes(state.tokens, state.secrets, state.used, now, config.otp):
-        value = proof(candidate.code)
+        value = proof(prefix + candidate.code)
         if value is not None and hit is None:
             hit = (candidate.match, value)
     if hit is not None:
@@ -148,11 +231,11 @@ def verify_proof(
     for candidate in inactive_candidates(state.tokens, state.secrets, state.used, now, config.otp):
         token = candidate.match.token
         why = inactive(state.used, token, now)
-        if why is not None and proof(candidate.code) is not None:  # refused, and no guess
+        if why is not None and proof(prefix + candidate.code) is not None:  # refused, no guess
             return StateChange((None, None, f"proof: {inactive_reason(token, why)}"))
     spent = last_codes(state.tokens, state.secrets, state.used, now, config.otp)
-    if [code for code in spent if proof(code) is not None]:
-        return StateChange((None, None, "proof of an OTP already used"))
+    if [code for code in spent if proof(prefix + code) is not None]:
+        return StateChange((None, None, f"proof of {article} {what} already used"))
     used = record_failure(used, now, config.lockout)
-    why = "no valid OTP matches the proof" + (" (now locked out)" if used.locked_until else "")
+    why = f"no valid {what} matches the proof" + (" (now locked out)" if used.locked_until else "")
     return StateChange((None, None, why), used=used)

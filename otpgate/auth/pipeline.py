@@ -3,8 +3,9 @@
 1. admission: names over ``max_name_length`` are refused before anything parses them;
    credentials over a plain transport where the channel needs TLS; proof kinds the
    channel does not allow;
-2. the prologue: resolve the name to one entry (keyed by its immutable id) -> policy -> a
-   fresh read when a cached entry could mislead -> decode -> expiry, suspension and lockout;
+2. the prologue: resolve the name to one entry (keyed by its immutable id) -> the channel's
+   access rules (``access.py``) -> policy -> a fresh read when a cached entry could mislead
+   -> decode -> expiry, suspension, lockout and a PIN the channel requires;
 3. verify the code and record its use with a compare-and-swap write (``spend``), before
    anything else happens;
 4. only then check the static password (a simple bind upstream).
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 from twisted.logger import Logger
 
 from otpgate.audit import AuditTrail
+from otpgate.auth.access import channel_rule, pin_refusal, pin_required, sasl_refusal
 from otpgate.auth.authorize import authorized
 from otpgate.auth.bindcache import BindCache
 from otpgate.auth.branches import first_enrollment, proof_login
@@ -205,6 +207,10 @@ class Authenticator:
         if isinstance(request, Proof):
             return await proof_login(self, request)
         if isinstance(request, Sasl):
+            if request.channel.restricted:  # the listener's rules, on the account named
+                refused = await sasl_refusal(self.store, request)
+                if refused is not None:
+                    return refused
             return await sasl_login(self.policy, self.store, request)
         if isinstance(request, FirstEnrollment):
             return await first_enrollment(self, request, check_password)
@@ -227,9 +233,11 @@ class Authenticator:
         lockout.  ``code_only``: no password will be checked (an exempt DN cannot skip the
         lookup); ``require_otp``: exemptions do not apply."""
         policy = self.policy
+        channel = request.channel
         if (
             not code_only
             and not require_otp
+            and not channel.restricted
             and policy.is_exempt(request.name)
             and not policy.config.admin_groups
         ):
@@ -238,6 +246,12 @@ class Authenticator:
             note(trace, "policy", None, "exempt DN: its password alone, without a lookup")
             return Ready(None, Decision(False, "exempt account"))
         user = await self._resolve(request, fresh)
+        if channel.restricted:
+            # The channel's access rules, before anything else is looked at or spent (an
+            # exempt DN too: on such a channel it was looked up like any user).
+            user, refusal = await channel_rule(request, user, lambda: self._resolve(request, True))
+            if refusal is not None:
+                return noted(trace, Ready(user, Decision(True, "policy"), None, refusal))
         now = self.clock.seconds()
         if user.expires_at is not None and user.expires_at <= now:
             # AD refuses the password bind of an expired account, but CHAP, MS-CHAPv2 and
@@ -247,11 +261,15 @@ class Authenticator:
         if not decision.needs_otp:
             return noted(trace, Ready(user, decision))
         state = self.store.decode(user)
+        no_pin = channel.pin and channel.require_pin
         if user.from_cache and (
-            not state.tokens or is_locked(state.used, now) or suspension_refusal(state, now)
+            not state.tokens
+            or is_locked(state.used, now)
+            or suspension_refusal(state, now)
+            or (no_pin and state.pin is None)
         ):
             # A refusal is made on what the directory holds now: a cached entry may predate
-            # an enrollment, an unlock or a resume.
+            # an enrollment, an unlock, a resume or a new PIN.
             user = await self._resolve(request, True)
             decision = self._decide(user, request, require_otp)
             if not decision.needs_otp:
@@ -264,6 +282,8 @@ class Authenticator:
             return noted(trace, Ready(user, decision, state, suspended))
         if is_locked(state.used, now):
             return noted(trace, Ready(user, decision, state, "locked out"))
+        if no_pin and state.pin is None:
+            return noted(trace, Ready(user, decision, state, pin_refusal(channel)))
         return noted(trace, Ready(user, decision, state))
 
     async def _resolve(self, request: Login, fresh: bool) -> UserEntry:
@@ -292,22 +312,24 @@ class Authenticator:
         if cache is not None and result.ok and result.dn and result.password_length is not None:
             now = self.clock.seconds()
             cache.remember(
-                request.name, request.client, request.typed, result.password_length, result.dn, now
-            )
+                request.name, request.client, request.typed, result.password_length, result.dn,
+                now, request.channel.name,
+            )  # fmt: skip
         return result
 
     async def _cached_rebind(
         self, cache: BindCache, request: Appended, check_password: PasswordCheck | None
     ) -> AuthResult | None:
         now = self.clock.seconds()
-        cached = cache.lookup(request.name, request.client, request.typed, now)
+        scope = request.channel.name
+        cached = cache.lookup(request.name, request.client, request.typed, now, scope)
         if cached is None or check_password is None:
             return None
         password = request.typed[: cached.password_length].encode()
         code, _message = await check_password(cached.dn, password)
         if code == SUCCESS:
             return AuthResult(True, "bind cache", cached.dn, password_length=cached.password_length)
-        cache.forget(request.name, request.client)
+        cache.forget(request.name, request.client, scope)
         return None
 
     async def _login(
@@ -345,9 +367,14 @@ class Authenticator:
                 )
         retransmission = self._retransmission(request)
 
+        pin = code_only and request.channel.pin  # the code comes after the user's PIN
+        required = pin_required(request.channel)
+
         def change(state: OtpState) -> StateChange[Verdict]:
             pending = self.unrecorded.count(entry_id, now)
-            return verify_typed(state, typed, now, settings, pending, retransmission)
+            return verify_typed(
+                state, typed, now, settings, pending, retransmission, pin, required
+            )
 
         verdict, user = await self.spend(user, change, now)
         if verdict.match is None:

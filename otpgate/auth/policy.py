@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from otpgate.auth.config import PolicyConfig
+from otpgate.auth.requests import Channel
 from otpgate.configfile import Network
 from otpgate.dn import MAX_MEMO_DN, dn_key, normalise_dn
 
@@ -56,6 +57,34 @@ class Policy:
 
     def _trusted(self, client_ip: str) -> bool:
         return in_networks(client_ip, self.config.trusted_networks)
+
+
+def channel_refusal(
+    channel: Channel, groups: tuple[str, ...], unreadable: tuple[str, ...] = ()
+) -> str | None:
+    """Why the channel's access rules refuse a user with these ``groups`` (None: allowed).
+
+    Deny wins over allow.  A group whose membership could not be read (``unreadable``)
+    counts as one the user is in for a deny rule and as one she is not in for an allow
+    rule: both refuse (fail closed)."""
+    if not channel.restricted:
+        return None
+    mine = {normalise_dn(g) for g in groups}
+    unknown = {normalise_dn(g) for g in unreadable}
+    where = f"not allowed on {channel.kind} {channel.name or channel.front_end}"
+    for group in channel.deny_groups:
+        key = normalise_dn(group)
+        if key in unknown:
+            return f"{where}: membership of {group} cannot be read"
+        if key in mine:
+            return f"{where}: member of {group}"
+    if channel.allow_groups and not any(
+        (key := normalise_dn(g)) in mine and key not in unknown for g in channel.allow_groups
+    ):
+        unread = [g for g in channel.allow_groups if normalise_dn(g) in unknown]
+        why = f" (membership of {' and '.join(unread)} cannot be read)" if unread else ""
+        return f"{where}: not a member of {' or '.join(channel.allow_groups)}{why}"
+    return None
 
 
 def in_networks(address: str | None, networks: tuple[Network, ...]) -> bool:

@@ -50,6 +50,28 @@ class Channel:
     challenges: bool = False
     """The front end can ask for a code after the password (RADIUS Access-Challenge): a
     password alone from a user whose only factors are sent codes sends one."""
+    allow_groups: tuple[str, ...] = ()
+    """Only members of one of these groups may log in here (empty: anyone); a policy step
+    right after the entry is resolved (``policy.channel_refusal``)."""
+    deny_groups: tuple[str, ...] = ()
+    """Members of any of these groups may not log in here (deny wins over allow)."""
+    pin: bool = False
+    """Logins here carry no password (RADIUS otp-only, CHAP, MS-CHAPv2): a user who has a
+    PIN types it before the code, and the proof covers both."""
+    require_pin: bool = False
+    """A user without a PIN is refused here (with ``pin``)."""
+
+    @property
+    def restricted(self) -> bool:
+        """The channel has access rules (its logins are looked up and checked)."""
+        return bool(self.allow_groups or self.deny_groups)
+
+    @property
+    def kind(self) -> str:
+        """What the channel's name names, for audit reasons: a NAS or a listener."""
+        if self.front_end.startswith("radius"):
+            return "NAS"
+        return "listener" if self.front_end == "ldap" else self.front_end
 
 
 @dataclass(frozen=True)

@@ -395,6 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub, _common)
 
+    pn = sub.add_parser("pin", help="set or clear a user's PIN (RADIUS logins without a password)")
+    pn.add_argument("user")
+    what = pn.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--set",
+        action="store_true",
+        help="set a new PIN, 4-16 digits, read from standard input (asked twice on a terminal)",
+    )
+    what.add_argument("--clear", action="store_true", help="remove the user's PIN")
+    _common(pn)
+    pn.set_defaults(func=Command("users", "cmd_pin"))
+
     rk = sub.add_parser("rekey", help="re-encrypt every stored value under the current key")
     rk.add_argument("--dry-run", action="store_true", help="count, change nothing")
     rk.add_argument(

@@ -1,10 +1,11 @@
 """Commands on one user's OTP state: enroll (``--type email|sms``: ``sentcodes.py``), show,
-list, revoke/reset, resync, unlock and scratch (``--mail``: ``scratchmail.py``).  The state
+list, revoke/reset, resync, unlock, scratch (``--mail``: ``scratchmail.py``) and pin.  The state
 changes themselves are ``otpgate.admin``'s (enrollment, manage)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -259,4 +260,37 @@ def cmd_scratch(args: argparse.Namespace) -> int:
             f"the new list is active, but the card {args.card} could not be written "
             f"({card_error}); the codes are printed above"
         )
+    return 0
+
+
+def _read_pin() -> str:
+    """The new PIN: asked twice (no echo) on a terminal, else one line of standard input."""
+    import otpgate.cli
+    from otpgate.admin.pin import PinRefused, valid_pin
+
+    try:
+        if sys.stdin.isatty():
+            return valid_pin(otpgate.cli.prompt_secret("New PIN: "),
+                             otpgate.cli.prompt_secret("Repeat the PIN: "))  # fmt: skip
+        return valid_pin(sys.stdin.readline().rstrip("\r\n"))
+    except PinRefused as exc:
+        raise UsageError(f"{exc}; nothing was changed") from None
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from otpgate.admin.pin import clear_pin_change, set_pin_change
+
+    pin = _read_pin() if args.set else None
+    with admin(args) as ctx:
+        user = ctx.store.resolve(args.user)
+        now = time.time()
+        if pin is not None:
+            had, user = ctx.store.update(user, lambda s: set_pin_change(s, pin, now))
+            done = "new PIN set (the old one no longer works)" if had else "PIN set"
+            text = f"{args.user}: {done}"
+        else:
+            had, user = ctx.store.update(user, clear_pin_change)
+            text = f"{args.user}: PIN {'cleared' if had else 'was not set'}"
+    doc = {"user": args.user, "dn": user.dn, "pin": bool(args.set), "had_pin": had}
+    emit(args, doc, text)
     return 0

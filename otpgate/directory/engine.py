@@ -141,7 +141,9 @@ def memberships(
     each group's ``member``/``uniqueMember`` values.  Where a membership cannot be read (a
     group that is gone, a ``tokenGroups`` the account may not read), the user counts as a
     member of the ``cautious`` groups (lower case: those whose membership *adds* a
-    requirement, such as an OTP) and of no other.  ``known`` caches what does not change:
+    requirement, such as an OTP) and of no other; all of them are listed in
+    ``unknown_groups``, for rules that must not take either answer (a channel's
+    allow and deny groups refuse such a user).  ``known`` caches what does not change:
     group SIDs (AD), groups seen to exist (OpenLDAP)."""
     if not groups:
         return user
@@ -255,10 +257,12 @@ def update(
         changes = mapper.plan(user, state, planned)
         code, message = yield Modify(user.state_dn, tuple(changes))
         if code == SUCCESS:
+            pin = state.pin if planned.pin is None else (planned.pin if planned.pin.pin else None)
             written = OtpState(
                 tokens=state.tokens if planned.tokens is None else planned.tokens,
                 secrets=state.secrets if planned.secrets is None else planned.secrets,
                 used=state.used if planned.used is None else planned.used,
+                pin=pin,
             )
             after = mapper.after(user, changes, written)
             return Outcome(planned.result, after, reread_any, conflicts)

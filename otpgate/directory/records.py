@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from otpgate.pin import PinRecord
 from otpgate.tokens import Secret, Token, UsedState
 
 T = TypeVar("T")
@@ -71,6 +72,8 @@ class OtpState:
     tokens: tuple[Token, ...] = ()
     secrets: dict[str, Secret] = field(default_factory=dict, repr=False)
     used: UsedState = field(default_factory=UsedState)
+    pin: PinRecord | None = field(default=None, repr=False)
+    """The PIN and its key, from the seed (None: no PIN, or decoded without the seed)."""
 
     def token(self, token_id: str) -> Token | None:
         return next((t for t in self.tokens if t.id == token_id), None)
@@ -84,10 +87,15 @@ class StateChange(Generic[T]):
     used: UsedState | None = None
     tokens: tuple[Token, ...] | None = None
     secrets: dict[str, Secret] | None = field(default=None, repr=False)
+    pin: PinRecord | None = field(default=None, repr=False)
+    """A new PIN record for the seed (``pin.NO_PIN``: remove it); its verifier goes in
+    ``used``, written in the same Modify."""
 
     @property
     def writes(self) -> bool:
-        return not (self.used is None and self.tokens is None and self.secrets is None)
+        return not (
+            self.used is None and self.tokens is None and self.secrets is None and self.pin is None
+        )
 
 
 @dataclass(frozen=True)

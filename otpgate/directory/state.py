@@ -22,7 +22,8 @@ Integrity: every value is an authenticated envelope bound to the user's entry id
 attribute and the purpose (``codec.py``); the only plain value accepted is
 ``INITIAL_USED``, read as "nothing used yet", and only while the user has no token and no
 seed.  A state whose parts do not belong together (use state or secrets of tokens that are
-not there, tokens without their secret) is refused as tampered.
+not there, tokens without their secret, a PIN in the seed that the use state's PIN digest
+does not confirm, or a digest without its PIN) is refused as tampered.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from otpgate.errors import (
     TamperedState,
     UserNotFound,
 )
+from otpgate.pin import PinRecord, consistent
 from otpgate.tokens import (
     MAX_SENDS_KEPT,
     Token,
@@ -332,11 +334,9 @@ class StateMapper:
                 f"{who}: its own entry holds otpgate values but [directory].state_dn has no "
                 "state entry for it: refusing (run `otpgate migrate-state`)"
             )
-        secret_map = (
-            secrets_from_dict(self.seed_codec.decode(user.seed, eid, who))
-            if with_secrets and user.seed
-            else {}
-        )
+        seed_doc = self.seed_codec.decode(user.seed, eid, who) if with_secrets and user.seed else {}
+        secret_map = secrets_from_dict(seed_doc) if seed_doc else {}
+        pin = PinRecord.from_dict(seed_doc["pin"]) if seed_doc.get("pin") is not None else None
         tokens = tuple(Token.from_dict(self.tokens_codec.decode(v, eid, who)) for v in user.tokens)
         placeholder = bool(user.used) and all(v == INITIAL_USED for v in user.used)
         used = UsedState() if placeholder else self._decode_used(user)
@@ -354,7 +354,13 @@ class StateMapper:
                 raise TamperedState(
                     f"{who}: the stored secrets do not match the stored tokens; refusing them"
                 )
-            state = OtpState(tokens=tokens, secrets=secret_map, used=used)
+            if not consistent(pin, used.pin):
+                # A seed written back from before the PIN was set or changed (or a use
+                # state from another time): the two must belong together.
+                raise TamperedState(
+                    f"{who}: the PIN in the seed does not match the use state's; refusing them"
+                )
+            state = OtpState(tokens=tokens, secrets=secret_map, used=used, pin=pin)
             object.__setattr__(user, "decoded", state)  # a memo on an immutable entry
             return state
         return OtpState(tokens=tokens, secrets=secret_map, used=used)
@@ -401,6 +407,7 @@ class StateMapper:
                 proof_failures=tuple(
                     sorted({*merged.proof_failures, *state.proof_failures})
                 )[-MAX_SENDS_KEPT:],
+                pin=merged.pin if merged.pin is not None else state.pin,
             )
         return merged
 
@@ -468,12 +475,17 @@ class StateMapper:
                 Modification.ADD, used_name, (self.used_codec.encode(used.to_dict(), eid, who),)
             )
         )
-        if change.secrets is not None:
+        if change.secrets is not None or change.pin is not None:
             name = self.config.seed.spec.name
+            secrets = change.secrets if change.secrets is not None else state.secrets
+            pin = state.pin if change.pin is None else (change.pin if change.pin.pin else None)
             if user.seed is not None:
                 changes.append(Modification(Modification.DELETE, name, (user.seed,)))
-            if change.secrets:
-                raw = self.seed_codec.encode(secrets_to_dict(change.secrets), eid, who)
+            if secrets or pin is not None:
+                doc = secrets_to_dict(secrets)
+                if pin is not None:
+                    doc["pin"] = pin.to_dict()
+                raw = self.seed_codec.encode(doc, eid, who)
                 changes.append(Modification(Modification.ADD, name, (raw,)))
         if change.tokens is not None:
             name = self.config.tokens.spec.name

@@ -31,6 +31,19 @@ def bind_cache_limit(value: float) -> None:
 
 
 @dataclass(frozen=True)
+class ListenerRules:
+    """Access rules of one listener (``[ldap_proxy.listener_rules."<listen string>"]``): an
+    application behind its own port, used only by some groups."""
+
+    listen: str
+    """The listener, exactly as written in ``[ldap_proxy] listen``."""
+    name: str = ""
+    """Shown in audit reasons (default: the listen string)."""
+    allow_groups: tuple[str, ...] = ()
+    deny_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LdapProxyConfig:
     listen: tuple[str, ...] = ()
     """Twisted endpoint strings, e.g. "tcp:389:interface=0.0.0.0" or "ssl:636:..."."""
@@ -54,6 +67,12 @@ class LdapProxyConfig:
     proxy_protocol_from: tuple[Network, ...] = ()
     """Load balancers (addresses or networks) whose connections start with a PROXY v1/v2
     header naming the client (proxyheader.py); from anyone else a header is refused."""
+    listener_rules: tuple[ListenerRules, ...] = ()
+    """Per-listener access rules (allow/deny groups), keyed by the listen string."""
+
+    def rules_for(self, listen: str) -> ListenerRules:
+        """The rules of the listener ``listen`` (none: anyone may bind through it)."""
+        return next((r for r in self.listener_rules if r.listen == listen), ListenerRules(listen))
 
 
 DEPRECATED_DELIMITER = (
@@ -93,9 +112,36 @@ def parse_ldap_proxy(sec: Section, base: Path) -> LdapProxyConfig:
         require_tls_for_binds=_require_tls_for_binds(sec, listen, has_cert),
         max_queued_requests=sec.value(cls, "max_queued_requests", int, positive),
         proxy_protocol_from=_proxy_protocol_from(sec, listen),
+        listener_rules=_listener_rules(sec, listen),
     )
     sec.done()
     return result
+
+
+def _listener_rules(sec: Section, listen: tuple[str, ...]) -> tuple[ListenerRules, ...]:
+    """``[ldap_proxy.listener_rules."tcp:10389"]`` tables, one per restricted listener."""
+    tables = sec.sub("listener_rules")
+    rules = []
+    for description in tables.doc:
+        if description not in listen:
+            raise ConfigError(
+                f'{tables.key(description)}: "{description}" is not one of '
+                f"{sec.key('listen')} (name the listener exactly as it is written there)"
+            )
+        table = Section(tables.sub(description).doc, f'{tables.path}."{description}"')
+        cls = ListenerRules
+        rule = ListenerRules(
+            listen=description,
+            name=table.value(cls, "name", str),
+            allow_groups=table.dns("allow_groups"),
+            deny_groups=table.dns("deny_groups"),
+        )
+        table.done()
+        if not (rule.allow_groups or rule.deny_groups):
+            raise ConfigError(f"{table.key('allow_groups')}: give allow_groups or deny_groups")
+        rules.append(rule)
+    tables.done()
+    return tuple(rules)
 
 
 def _require_tls_for_binds(sec: Section, listen: tuple[str, ...], has_cert: bool) -> bool:

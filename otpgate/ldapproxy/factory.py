@@ -38,15 +38,26 @@ def server_tls_options(config: LdapProxyConfig) -> Any:
 
 
 class ProxyFactory(protocol.Factory):
-    def __init__(self, gateway: Gateway, *, tls_listener: bool = False) -> None:
+    def __init__(self, gateway: Gateway, *, tls_listener: bool = False, listener: str = "") -> None:
+        """``listener``: its listen string (``[ldap_proxy] listen``), which names it in the
+        audit and selects its access rules (``listener_rules``)."""
         self.gateway = gateway
         self.clock = gateway.reactor
         self.config = gateway.config.ldap_proxy
         self.tls_options = server_tls_options(self.config)
         self.is_tls_listener = tls_listener
         require = self.config.require_tls_for_binds
+        rules = self.config.rules_for(listener)
         self.channels: dict[bool, Channel] = {  # by "the connection is TLS"
-            tls: Channel("ldap", tls=tls, require_tls=require) for tls in (False, True)
+            tls: Channel(
+                "ldap",
+                name=rules.name or listener,
+                tls=tls,
+                require_tls=require,
+                allow_groups=rules.allow_groups,
+                deny_groups=rules.deny_groups,
+            )
+            for tls in (False, True)
         }
         directory = gateway.config.directory
         self._urls = [LdapUrl.parse(u) for u in directory.urls]

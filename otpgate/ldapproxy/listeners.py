@@ -72,7 +72,9 @@ def proxy_listeners(gateway: Any, reactor: Any, shared: bool) -> list[service.Se
     balancers = config.proxy_protocol_from
     services: list[service.Service] = []
     for description in config.listen:
-        factory = gateway.ldap_proxy_factory(tls_listener=description.startswith("ssl:"))
+        factory = gateway.ldap_proxy_factory(
+            tls_listener=description.startswith("ssl:"), listener=description
+        )
         if shared or balancers:
             listener = ReusePortListener(
                 reactor, description, factory, factory.tls_options, reuse_port=shared

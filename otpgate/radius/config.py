@@ -36,6 +36,18 @@ class RadiusClient:
     """``reply`` and ``reply_match``: the attributes its Access-Accepts carry (reply.py)."""
     accept_message: str = ""
     """Reply-Message of every Access-Accept ("": none), for NASes that show one."""
+    allow_groups: tuple[str, ...] = ()
+    """Only members of one of these groups may log in through this NAS (empty: anyone)."""
+    deny_groups: tuple[str, ...] = ()
+    """Members of any of these groups may not (deny wins over allow)."""
+    require_pin: bool = False
+    """Logins without a password (otp-only, CHAP, MS-CHAPv2) need the user's PIN before the
+    code; a user without a PIN is refused."""
+
+    @property
+    def pin_logins(self) -> bool:
+        """Whether some login through this NAS carries no password (a PIN applies)."""
+        return self.mode == "otp-only" or self.allow_chap or self.allow_mschapv2
 
 
 @dataclass(frozen=True)
@@ -115,9 +127,17 @@ def _client(
         require_message_authenticator=sec.value(cls, "require_message_authenticator", bool),
         reply=parse_rules(sec, dictionary),
         accept_message=sec.value(cls, "accept_message", str),
+        allow_groups=sec.dns("allow_groups"),
+        deny_groups=sec.dns("deny_groups"),
+        require_pin=sec.value(cls, "require_pin", bool),
     )
     if len(client.accept_message.encode()) > 253:
         raise ConfigError(f"{sec.key('accept_message')}: at most 253 octets of UTF-8")
+    if client.require_pin and not client.pin_logins:
+        raise ConfigError(
+            f"{sec.key('require_pin')}: a PIN goes before the code where no password arrives "
+            '(mode = "otp-only", allow_chap, allow_mschapv2); this client has none of them'
+        )
     sec.done()
     return client
 

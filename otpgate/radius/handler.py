@@ -168,8 +168,17 @@ class AccessHandler:
             # PAP append and challenge mode have the password and can answer with an
             # Access-Challenge: there a code may be sent after the password is checked.
             challenges = front_end == FRONT_END and client.mode in CHALLENGING_MODES
+            # No password arrives in otp-only mode, CHAP or MS-CHAPv2: a PIN goes first.
+            pin = front_end != FRONT_END or client.mode == "otp-only"
             channel = self._channels[key] = Channel(
-                front_end, name=name, proofs=proofs, challenges=challenges
+                front_end,
+                name=name,
+                proofs=proofs,
+                challenges=challenges,
+                allow_groups=client.allow_groups,
+                deny_groups=client.deny_groups,
+                pin=pin,
+                require_pin=pin and client.require_pin,
             )
         return channel
 

@@ -11,6 +11,7 @@ from typing import Any
 from otpgate import ber
 from otpgate.admin.inventory import assign_token
 from otpgate.admin.manage import reset_change, revoke_change, unlock_change
+from otpgate.admin.pin import PinRefused, clear_pin_change, set_pin_change, valid_pin
 from otpgate.directory.ldapdata import SCOPE_BASE
 from otpgate.directory.records import OtpState, StateChange, UserEntry
 from otpgate.errors import (
@@ -31,7 +32,7 @@ from otpgate.outofband.scratchmail import (
     outcome_text,
     scratch_mail,
 )
-from otpgate.web import render, render_suspend
+from otpgate.web import render, render_pin, render_suspend
 from otpgate.web.base import MATCHES, SIZE_LIMIT_EXCEEDED, Reply
 from otpgate.web.selfservice import SelfService
 from otpgate.web.sessions import Session
@@ -78,6 +79,8 @@ class HelpDesk(SelfService):
                         user.dn, state, session.csrf, self.now()
                     ),
                 )
+                pin = render_pin.helpdesk_pin(user.dn, state, session.csrf, protected is not None)
+                found = render.Markup(found.html + pin.html)
                 self.audit(session, client, "view", "looked at the user", user=query, dn=user.dn)
             except (UserNotFound, AmbiguousUser):
                 try:
@@ -193,6 +196,23 @@ class HelpDesk(SelfService):
 
     async def hd_unlock(self, form: dict[str, str], session: Session, client: str) -> Reply:
         return await self._hd_change(form, session, client, "unlock", "unlock", unlock_change)
+
+    async def hd_pin(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        """Set a user's PIN (the user tells it to the agent, or changes it afterwards)."""
+        try:
+            pin = valid_pin(form.get("pin", ""), form.get("pin2", ""))
+        except PinRefused as exc:
+            target = form.get("user", "")
+            return await self.get_helpdesk(None, session, client, target, error=f"{exc}.")
+        now = self.now()
+        return await self._hd_change(
+            form, session, client, "pin-set", "set PIN", lambda s: set_pin_change(s, pin, now)
+        )
+
+    async def hd_pin_clear(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        return await self._hd_change(
+            form, session, client, "pin-clear", "clear PIN", clear_pin_change
+        )
 
     async def hd_scratch(self, form: dict[str, str], session: Session, client: str) -> Reply:
         user = await self._hd_target(form, session, client, "scratch")

@@ -64,6 +64,10 @@ WEB_ACTIONS = (
     "resync",
     "resync-reject",
     "rename",
+    "pin-set",
+    "pin-clear",
+    "helpdesk-pin-set",
+    "helpdesk-pin-clear",
 )
 SEND_CHANNELS = ("email", "sms")
 SEND_OUTCOMES = ("sent", "failed", "refused", "limited", "repeat")
@@ -73,12 +77,15 @@ REASON_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("directory", ("directory unavailable", "DirectoryError", "ConcurrentUpdate")),
     ("tampered", ("TamperedState", "StateNotMigrated", "CodecError", "not an otpgate state")),
     ("unknown_user", ("UserNotFound", "AmbiguousUser")),
-    ("wrong_otp", ("wrong OTP", "no valid OTP", "wrong confirmation code")),
+    ("not_allowed", ("not allowed on",)),
+    ("wrong_otp", ("wrong OTP", "no valid OTP", "wrong confirmation code", "wrong PIN or OTP",
+                   "no valid PIN+OTP")),
     ("replayed", ("already used",)),
     ("locked_out", ("locked out",)),
     ("suspended", ("suspended", "temporary list", "every token expired")),
     ("account", ("expired",)),
     ("no_token", ("no token enrolled", "has a token")),
+    ("no_pin", ("no PIN set",)),
     ("wrong_password", ("wrong password", "bind refused")),
     ("otp_required", ("no one-time code", "no OTP needed")),
     ("malformed", ("no password", "empty password", "malformed", "unknown, used or expired")),

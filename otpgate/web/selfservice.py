@@ -11,6 +11,7 @@ import segno
 
 from otpgate.admin.enrollment import enroll_change, new_oath_token, otpauth_uri
 from otpgate.admin.manage import revoke_change, scratch_change
+from otpgate.admin.pin import PinRefused, clear_pin_change, set_pin_change, valid_pin
 from otpgate.auth.requests import FirstEnrollment, Separate
 from otpgate.auth.verify import confirm_new_device
 from otpgate.directory.records import OtpState, StateChange, UserEntry
@@ -18,7 +19,7 @@ from otpgate.dn import normalise_dn
 from otpgate.errors import DirectoryError, PolicyError
 from otpgate.otp.scratch import format_for_print, generate_scratch_list
 from otpgate.tokens import TokenType
-from otpgate.web import render, render_tokens
+from otpgate.web import render, render_pin, render_tokens
 from otpgate.web.base import CODE_NEEDED, CODE_NEEDED_OR_SEND, FAILED, WEB, Reply
 from otpgate.web.codestep import SignInCodes
 from otpgate.web.sessions import PendingEnrollment, Session
@@ -180,6 +181,8 @@ class SelfService(SignInCodes):
             hardware=hardware,
             actions=lambda token: render_tokens.device_actions(token, csrf, form),
         )
+        if not enroll_only:
+            body += render_pin.my_pin(state, csrf)
         return self._page("My devices", body, session, status)
 
     async def post_enroll(self, form: dict[str, str], session: Session, client: str) -> Reply:
@@ -287,6 +290,24 @@ class SelfService(SignInCodes):
         return await self.get_me(
             None, session, client, notice=f"Revoked {', '.join(t.id for t in removed)}."
         )
+
+    async def post_pin(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        """A new PIN for the signed-in user (typed twice; never shown, logged or audited)."""
+        try:
+            pin = valid_pin(form.get("pin", ""), form.get("pin2", ""))
+            now = self.now()
+            user, _state = await self._state(session.dn)
+            had, _u = await self.gateway.store.update(user, lambda s: set_pin_change(s, pin, now))
+        except PinRefused as exc:
+            return await self.get_me(None, session, client, error=f"PIN not set: {exc}.")
+        self.audit(session, client, "pin-set", "changed own PIN" if had else "set own PIN")
+        return await self.get_me(None, session, client, notice="Your PIN is set.")
+
+    async def post_pin_clear(self, form: dict[str, str], session: Session, client: str) -> Reply:
+        user, _state = await self._state(session.dn)
+        had, _u = await self.gateway.store.update(user, clear_pin_change)
+        self.audit(session, client, "pin-clear", "removed own PIN" if had else "no PIN to remove")
+        return await self.get_me(None, session, client, notice="You have no PIN now.")
 
     async def _new_scratch(self, dn: str) -> tuple[list[str], str]:
         codes, scratch = generate_scratch_list()

@@ -308,3 +308,69 @@ async def test_switching_to_the_container_fails_closed_until_migrated(site, tmp_
         assert await proxy.ldap3_bind(dn, PW + hotp(key, 1)) == (True, 0)
     finally:
         await proxy.stop()
+
+
+@pytest.mark.parametrize("layout", ["user-entry", "container"])
+@pytest_twisted.ensureDeferred
+async def test_the_user_cannot_remove_or_set_her_pin(site, tmp_path, layout):
+    """The insider's own account on a NAS with ``require_pin``: she has a PIN (set by the
+    help desk) and wants logins with the code alone, or a PIN of her choosing.  With the
+    password she writes her own state values: in the container she cannot write at all; in
+    her own entry, a seed without the PIN (her seed from before it was set), no seed, or a
+    plain seed with her own PIN: each leaves the state refused as tampered, so no code works
+    (fail closed).  Writing back both the old seed and the old use state does remove the PIN
+    in that layout (a NAS with ``require_pin`` then refuses her; one without takes the code
+    alone): it is the rollback the layout allows anyway (above), which is why the state
+    belongs in the container."""
+    from otpgate.admin.pin import set_pin_change
+    from otpgate.auth.requests import Channel, CodeOnly
+
+    user_layout = layout == "user-entry"
+    proxy = await started(site, tmp_path, USER_LAYOUT if user_layout else container(site))
+    try:
+        gw = proxy.gateway
+        name, dn = site.new_user("pinatk")
+        key = await enroll(proxy, name)
+        config = gw.config
+        seed, used = config.directory.seed.spec.name, config.directory.used.spec.name
+        holder = site.state_holder(dn, config)
+        seed_before = site.state_values(dn, seed, config)
+        used_before = site.state_values(dn, used, config)
+        user = await gw.store.resolve(name, fresh=True)
+        await gw.store.update(user, lambda s: set_pin_change(s, "4711", time.time()))
+        nas = Channel("radius", name="vpn", pin=True, require_pin=True)
+        counter = iter(range(100))
+
+        async def login(pin: str) -> Any:
+            code = hotp(key, next(counter))
+            request = CodeOnly(name=name, client="127.0.0.1", channel=nas, code=pin + code)
+            return await gw.authenticator.login(request)
+
+        assert not (await login("")).ok  # the code alone: no
+        attacker = as_user(site, dn)
+        try:
+            if not user_layout:
+                assert write(attacker, holder, seed, seed_before) == INSUFFICIENT_ACCESS
+                assert write(attacker, holder, seed, []) == INSUFFICIENT_ACCESS
+                assert write(attacker, holder, used, used_before) == INSUFFICIENT_ACCESS
+                assert not (await login("")).ok
+                assert (await login("4711")).ok
+                return
+            plain = json.dumps({"v": 1, "s": {}, "pin": {"p": "1111", "k": "A" * 43}}).encode()
+            for forged in (seed_before, [], [plain]):
+                assert write(attacker, dn, seed, forged) == 0, attacker.result
+                for pin in ("", "1111", "4711"):
+                    refused = await login(pin)
+                    assert not refused.ok, (forged, pin)
+                    assert "TamperedState" in refused.reason or "CodecError" in refused.reason
+            assert write(attacker, dn, seed, seed_before) == 0
+            assert write(attacker, dn, used, used_before) == 0
+        finally:
+            attacker.unbind()
+        refused = await login("")  # both rolled back (the replayable layout, measured) ...
+        assert not refused.ok and refused.reason == "no PIN set (NAS vpn requires one)"
+        lax = Channel("radius", name="lax", pin=True)  # ... a NAS without require_pin
+        request = CodeOnly(name=name, client="127.0.0.1", channel=lax, code=hotp(key, 0))
+        assert (await gw.authenticator.login(request)).ok  # (no code was ever spent)
+    finally:
+        await proxy.stop()

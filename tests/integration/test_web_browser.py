@@ -122,8 +122,10 @@ def test_enroll_phone_end_to_end(backend: Any, tmp_path: Path) -> None:
         assert page.locator("#codes li").count() == 10
         shoot(page, backend, "scratch")
         page.goto(portal.url + "/me")
-        totp_row = page.locator("#devices tr[data-token]", has_text="authenticator app")
-        token_id = totp_row.first.get_attribute("data-token")
+        # Revoke the scratch list (revoking the device this session signed in with would
+        # end the session: docs/WEB.md).
+        list_row = page.locator("#devices tr[data-token]", has_text="scratch list")
+        token_id = list_row.first.get_attribute("data-token")
         page.click(f"#revoke-{token_id}")
         assert "Revoked" in page.inner_text("#notice")
         assert page.locator(f"tr[data-token='{token_id}']").count() == 0

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from otpgate.config import Config
+from otpgate.config import Config, membership_groups
 from otpgate.directory.engine import Add, Delete, Modify, Op, Search
 from otpgate.directory.ldapdata import Modification, SearchEntry
 from otpgate.directory.store import OtpStore
@@ -159,9 +159,7 @@ class MemoryStore(OtpStore):
 
     def __init__(self, config: Config, keyring: Keyring, directory: MemoryDirectory, clock: Any):
         pool: Any = _NoPool()
-        policy = config.policy
-        cautious = (*policy.require_otp_groups, *policy.admin_groups)
-        groups = (*cautious, *config.web.helpdesk_groups, *config.radius.reply_groups)
+        groups, cautious = membership_groups(config)
         super().__init__(
             config.directory, keyring, pool, pool, clock, groups, cautious,
             attributes=config.radius.reply_attributes,
