@@ -222,9 +222,23 @@ def stock_source(mapper: InventoryMapper) -> Source:
     def values(found: SearchEntry) -> list[bytes]:
         return [*found.attributes.get(name, []), b"cn=" + (found.first("cn") or b"")]
 
+    parents: dict[str, bool] = {}
+    """Whether a DN's part after the first RDN names the container (as the server writes
+    it: one string for every entry, so DNs are parsed once, not once per entry)."""
+
+    def in_container(dn: str, serial: str) -> bool:
+        rdn, _sep, parent = dn.partition(",")
+        if rdn.lower() != f"cn={serial.lower()}":
+            return False
+        if parent not in parents:
+            if len(parents) > 64:
+                parents.clear()
+            parents[parent] = same_dn(parent, mapper.container)
+        return parents[parent]
+
     def rows(found: SearchEntry) -> tuple[Row, ...]:
         serial = (found.first("cn") or b"").decode("utf-8", "replace")
-        if not SERIAL.fullmatch(serial) or not same_dn(found.dn, mapper.dn(serial)):
+        if not SERIAL.fullmatch(serial) or not in_container(found.dn, serial):
             return ()  # not an inventory entry otpgate made (a sub-container, a stray entry)
         try:
             item = mapper.item(found)
