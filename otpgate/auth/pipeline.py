@@ -38,6 +38,7 @@ from otpgate.auth.requests import (
     Appended,
     AuthRequest,
     AuthResult,
+    Channel,
     CodeOnly,
     CodeSender,
     FirstEnrollment,
@@ -74,6 +75,13 @@ _WITH_PASSWORD = (Separate, PasswordStep, FirstEnrollment)
 
 def _refused(why: str, dn: str | None = None) -> AuthResult:
     return AuthResult(False, why, dn)
+
+
+def cache_scope(channel: Channel) -> str:
+    """Where a cached bind may be repeated: the channel's name *and* its access rules, so
+    that a rebind accepted on one listener is never repeated on another with other rules
+    (listener names are labels an admin may give twice)."""
+    return "\x00".join((channel.name, *channel.allow_groups, "|", *channel.deny_groups))
 
 
 class Authenticator:
@@ -313,7 +321,7 @@ class Authenticator:
             now = self.clock.seconds()
             cache.remember(
                 request.name, request.client, request.typed, result.password_length, result.dn,
-                now, request.channel.name,
+                now, cache_scope(request.channel),
             )  # fmt: skip
         return result
 
@@ -321,7 +329,7 @@ class Authenticator:
         self, cache: BindCache, request: Appended, check_password: PasswordCheck | None
     ) -> AuthResult | None:
         now = self.clock.seconds()
-        scope = request.channel.name
+        scope = cache_scope(request.channel)
         cached = cache.lookup(request.name, request.client, request.typed, now, scope)
         if cached is None or check_password is None:
             return None

@@ -123,6 +123,8 @@ AD_SELF_WRITABLE = frozenset(
     telexNumber thumbnailPhoto userCert userCertificate userSMIMECertificate userSharedFolder
     userSharedFolderOther x121Address
     url wWWHomePage
+    msPKI-CredentialRoamingTokens msPKIAccountCredentials msPKIDPAPIMasterKeys
+    msPKIRoamingTimeStamp
     """.split()  # noqa: SIM905 - a list of names, as the schema spells them
 )
 """Attributes every AD user may write in their own entry: the members of the

@@ -493,3 +493,22 @@ def test_metrics_reason_classes_of_the_new_refusals() -> None:
     assert reason_class("no valid PIN+OTP matches the proof") == "wrong_otp"
     assert reason_class("proof of a PIN+OTP already used") == "replayed"
     assert reason_class("no PIN set (NAS vpn requires one)") == "no_pin"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_bind_cache_never_carries_a_bind_to_a_listener_with_other_rules() -> None:
+    """Listener names are labels: one given twice, or equal to another listener's listen
+    string, must not let a rebind accepted on an open listener skip a restricted one."""
+    app = "cn=app-users,ou=groups,dc=x"
+    w = World(config(ldap_proxy={"bind_cache_seconds": 5, "require_tls_for_binds": False}))
+    w.directory.add_user("frank", PW)
+    w.directory.add_group(app, [])
+    key = await w.oath("frank")
+    typed = PW + hotp(key, 0)
+    open_listener = Channel("ldap", name="app")
+    restricted = Channel("ldap", name="app", allow_groups=(app,))
+    assert (await appended_on(w, "frank", typed, open_listener, rebind=True)).ok
+    refused = await appended_on(w, "frank", typed, restricted, rebind=True)
+    assert not refused.ok and refused.reason != "bind cache"
+    again = await appended_on(w, "frank", typed, open_listener, rebind=True)
+    assert again.ok and again.reason == "bind cache"
