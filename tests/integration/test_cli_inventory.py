@@ -74,7 +74,7 @@ def test_import_checks_every_inventory_entry_past_the_size_limit(
     from tests.integration.backends import Backend
     from tests.servers import Slapd
 
-    with Slapd(tmp_path / "slapd") as server:  # its own: its limits are changed below
+    with Slapd(tmp_path / "slapd", paged_limit=False) as server:  # its own: limits change
         backend = Backend("slapd-stock", "openldap", server, tmp_path / "keyring.json")
         from otpgate.vault import keygen
 

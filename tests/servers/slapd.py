@@ -118,6 +118,7 @@ class Slapd:
         acl: Literal["shipped", "self-write"] = "shipped",
         global_config: str = "",
         acl_prefix: str = "",
+        paged_limit: bool = True,
         admin_password: str | None = None,
         service_password: str | None = None,
         populate: bool = True,
@@ -145,6 +146,10 @@ class Slapd:
         self.global_config = global_config
         """slapd.conf lines for the global section (e.g. authz-regexp, sasl-secprops)."""
         self.acl_prefix = acl_prefix
+        self.paged_limit = paged_limit
+        """The service account may read past slapd's default size limit with paged searches
+        (``size.prtotal=unlimited``), as docs/WEB.md asks of sites with large inventories or
+        many users; False: slapd's defaults."""
         """Access rules put before the project's ACLs (slapd stops at the first match)."""
         self.config_read = config_read
         self.host = LOOPBACK
@@ -348,6 +353,11 @@ class Slapd:
             fh.write(self.admin_password)  # ldap tools' -y uses the file's exact bytes
         self.conf_file.write_text(self._config())
 
+    def _limits(self) -> str:
+        if not self.paged_limit:
+            return ""
+        return f'limits dn.exact="{self.service_dn}" size.prtotal=unlimited\n'
+
     def _acl(self) -> str:
         if self.acl == "self-write":
             service = f'dn.exact="{self.service_dn}"'
@@ -420,7 +430,7 @@ index uid,cn eq
 index entryUUID eq
 index member eq
 index entryCSN eq
-
+{self._limits()}
 {self._acl()}
 {self.extra_config}
 """
