@@ -259,7 +259,7 @@ def test_import_inventory_rename_assign_delete(backend, tmp_path, capsys):
     assert out["skipped"][0]["row"] == 3
 
     cli("rename", f"{prefix}-1", "key fob 1")
-    labels = {t["serial"]: t["label"] for t in cli.json("inventory")["tokens"]}
+    labels = {t["serial"]: t.get("label", "") for t in cli.json("inventory")["tokens"]}
     assert labels[f"{prefix}-1"] == "key fob 1"
 
     name, _dn = backend.new_user("cli")
