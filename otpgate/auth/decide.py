@@ -118,22 +118,7 @@ def verify_typed(
         again = recognise(state, candidates, retransmission, now)
         if again is not None and inactive(state.used, again[0].token, now) is None:
             return StateChange(Verdict(again[0], again[1], RETRANSMISSION))
-    for _pw, code in candidates:
-        found = inactive_match(state.tokens, state.secrets, state.used, code, now, otp)
-        if found is not None:
-            # Right, but for a token that may not be used now: refused, and no guess (the
-            # holder of a lost device must not lock its owner out of her temporary list).
-            return StateChange(Verdict(None, "", inactive_reason(*found)))
-    if any(
-        is_replay(state.tokens, state.secrets, state.used, code, now, otp)
-        for _pw, code in candidates
-    ):
-        # A spent code sent again (e.g. retried after an outage): refused, not a guess.
-        return StateChange(Verdict(None, "", "OTP already used"))
-    used = record_failure(used, now, config.lockout)
-    used = count_miss(state, used, now, otp.sent_code_lifetime)
-    why = "wrong OTP" + (" (now locked out)" if used.locked_until else "")
-    return StateChange(Verdict(None, "", why), used=used)
+    return _no_match(state, used, [code for _pw, code in candidates], now, config, "wrong OTP")
 
 
 def verify_pin_typed(
@@ -178,19 +163,8 @@ def verify_pin_typed(
         again = recognise(state, right_pin, retransmission, now)
         if again is not None and inactive(state.used, again[0].token, now) is None:
             return StateChange(Verdict(again[0], again[1], RETRANSMISSION))
-    for _none, code in right_pin:
-        found = inactive_match(state.tokens, state.secrets, state.used, code, now, otp)
-        if found is not None:  # the right PIN and a code of a token not usable now: no guess
-            return StateChange(Verdict(None, "", inactive_reason(*found)))
-    if any(
-        is_replay(state.tokens, state.secrets, state.used, code, now, otp)
-        for _none, code in right_pin
-    ):
-        return StateChange(Verdict(None, "", "OTP already used"))
-    used = record_failure(used, now, config.lockout)
-    used = count_miss(state, used, now, otp.sent_code_lifetime)
-    why = "wrong PIN or OTP" + (" (now locked out)" if used.locked_until else "")
-    return StateChange(Verdict(None, "", why), used=used)
+    codes = [code for _none, code in right_pin]
+    return _no_match(state, used, codes, now, config, "wrong PIN or OTP")
 
 
 def verify_proof(
@@ -239,3 +213,24 @@ def verify_proof(
     used = record_failure(used, now, config.lockout)
     why = f"no valid {what} matches the proof" + (" (now locked out)" if used.locked_until else "")
     return StateChange((None, None, why), used=used)
+
+
+def _no_match(
+    state: OtpState, used: UsedState, codes: list[str], now: float, config: AuthSettings,
+    wrong: str,
+) -> StateChange[Verdict]:
+    """No code matched: a right code of a token not usable now is refused as such and a
+    spent code as "already used" (neither is a guess: the holder of a lost device must not
+    lock its owner out of her temporary list, a retry after an outage is no guess); anything
+    else counts towards lockout and against outstanding sent codes, refused as ``wrong``."""
+    otp = config.otp
+    for code in codes:
+        found = inactive_match(state.tokens, state.secrets, state.used, code, now, otp)
+        if found is not None:
+            return StateChange(Verdict(None, "", inactive_reason(*found)))
+    if any(is_replay(state.tokens, state.secrets, state.used, code, now, otp) for code in codes):
+        return StateChange(Verdict(None, "", "OTP already used"))
+    used = record_failure(used, now, config.lockout)
+    used = count_miss(state, used, now, otp.sent_code_lifetime)
+    why = wrong + (" (now locked out)" if used.locked_until else "")
+    return StateChange(Verdict(None, "", why), used=used)
