@@ -26,6 +26,7 @@ from otpgate.auth.config import (
     parse_otp,
     parse_policy,
 )
+from otpgate.auth.exemptconfig import check_scopes
 from otpgate.auth.settings import AuthSettings
 from otpgate.configfile import (
     ListenAddress,
@@ -135,7 +136,12 @@ def membership_groups(config: Config) -> tuple[tuple[str, ...], tuple[str, ...]]
         rules += (*client.allow_groups, *client.deny_groups)
     for listener in config.ldap_proxy.listener_rules:
         rules += (*listener.allow_groups, *listener.deny_groups)
-    groups = (*cautious, *config.web.helpdesk_groups, *config.radius.reply_groups, *rules)
+    # Exemption and grace groups: a membership that cannot be read exempts nobody.
+    exempting = [e.value for e in policy.exemptions if e.kind == "group"]
+    exempting += [g.group for g in policy.graces]
+    groups = (
+        *cautious, *config.web.helpdesk_groups, *config.radius.reply_groups, *rules, *exempting
+    )
     return groups, cautious
 
 
@@ -163,6 +169,8 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
     )
     top.done()
     check_reply_sources(config.radius, directory)
+    nas_names = tuple(c.name or str(c.network) for c in config.radius.clients)
+    check_scopes(config.policy.exemptions, config.ldap_proxy.listen, nas_names)
     if config.delivery is not None:
         lifetime = config.delivery.codes.lifetime
         config = replace(config, otp=replace(config.otp, sent_code_lifetime=lifetime))

@@ -25,6 +25,7 @@ from otpgate.directory.replication_guard import ReplicationGuard
 from otpgate.directory.state_acl_guard import StateAclGuard
 from otpgate.directory.store import OtpStore
 from otpgate.dn import same_dn
+from otpgate.enforcement import warnings as enforcement_warnings
 from otpgate.ldapproxy.factory import ProxyFactory
 from otpgate.ldapproxy.listeners import proxy_listeners
 from otpgate.logs import LogFile, ReopenOnHangup, close_log_file, open_log_file
@@ -221,6 +222,8 @@ def make_service(
     keyring = Keyring.load(config.keyring)
     for line in config.deprecations:
         log.warn("config: {deprecation}", deprecation=line)
+    for line in enforcement_warnings(config):
+        log.warn("config: {warning}", warning=line)
     gateway = Gateway(config, keyring, reactor)
     top = LoggingService(config, gateway)
     hangup: service.IService = ReopenOnHangup(reactor, top.reopen_logs)

@@ -38,6 +38,7 @@ from otpgate.directory.config import MappedAttribute
 from otpgate.directory.ldapdata import SCOPE_BASE, SUCCESS, LdapUrl, Modification, SearchEntry
 from otpgate.directory.records import UserEntry
 from otpgate.directory.sync import SyncConnection, SyncStore, connect
+from otpgate.enforcement import warnings as enforcement_warnings
 from otpgate.errors import DirectoryError
 
 SD_FLAGS_DACL = 0x04
@@ -99,6 +100,7 @@ class Doctor:
         self.checks.extend(checks)
 
     def run(self) -> list[Check]:
+        self.enforcement()
         self.servers()
         connects = [c for c in self.checks if c.area.startswith("connect")]
         if all(c.status is Status.FAIL for c in connects):
@@ -108,6 +110,15 @@ class Doctor:
         self.access(ad_schema)
         self.inventory()
         return self.checks
+
+    def enforcement(self) -> None:
+        """Report-only ways in and exemptions that end: warnings, never hidden."""
+        found = enforcement_warnings(self.config)
+        for line in found:
+            fix = "set enforce = true (or remove the key) once the census shows nobody left"
+            self.add(Check("enforcement", Status.WARN, line, fix if "REPORT-ONLY" in line else ""))
+        if not found:
+            self.add(Check("enforcement", Status.OK, "every listener and NAS enforces"))
 
     # -- servers ---------------------------------------------------------------------------
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from otpgate.auth.exemptconfig import parse_exemptions, parse_graces
+from otpgate.auth.exemptions import Exemption, Grace
 from otpgate.configfile import Network, Section, non_negative, positive
 from otpgate.errors import ConfigError
 from otpgate.otp.oath import (
@@ -64,6 +66,11 @@ class LockoutConfig:
 class PolicyConfig:
     exempt_dns: tuple[str, ...] = ()
     exempt_subtrees: tuple[str, ...] = ()
+    exemptions: tuple[Exemption, ...] = ()
+    """``[[policy.exempt]]``: patterns, groups, networks per listener/NAS, expiry dates
+    (``exemptions.py``); ``exempt_dns``/``exempt_subtrees`` are the same without them."""
+    graces: tuple[Grace, ...] = ()
+    """``[[policy.grace]]``: members of a group without a token need no code until a date."""
     require_otp_groups: tuple[str, ...] = ()
     """Empty: every non-exempt user needs an OTP."""
     trusted_networks: tuple[Network, ...] = ()
@@ -129,6 +136,8 @@ def parse_policy(sec: Section) -> PolicyConfig:
     result = PolicyConfig(
         exempt_dns=sec.strings("exempt_dns"),
         exempt_subtrees=sec.strings("exempt_subtrees"),
+        exemptions=parse_exemptions(sec),
+        graces=parse_graces(sec),
         require_otp_groups=sec.strings("require_otp_groups"),
         trusted_networks=sec.networks("trusted_networks"),
         admin_groups=sec.strings("admin_groups"),

@@ -9,15 +9,16 @@ from otpgate.directory.records import UserEntry
 
 
 async def password_only(
-    name: str, password: str, check_password: PasswordCheck | None
+    name: str, password: str, check_password: PasswordCheck | None, exempt: str
 ) -> AuthResult:
-    """An exempt DN's password alone, bound as the name given (no lookup was made)."""
+    """An exempt DN's password alone, bound as the name given (no lookup was made);
+    ``exempt``: the exemption's reason ("exempt: subtree ...")."""
     if check_password is None or not password:
         return AuthResult(False, "no password", name)
     code, message = await check_password(name, password.encode("utf-8"))
     if code == SUCCESS:
-        return AuthResult(True, "exempt account: password accepted", name)
-    return AuthResult(False, f"exempt account: bind refused ({code}) {message}".rstrip(), name)
+        return AuthResult(True, f"{exempt}: password accepted", name)
+    return AuthResult(False, f"{exempt}: bind refused ({code}) {message}".rstrip(), name)
 
 
 async def bind_password(

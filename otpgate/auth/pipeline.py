@@ -33,7 +33,16 @@ from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_typed
 from otpgate.auth.lockout import UnrecordedFailures, is_locked
 from otpgate.auth.oob import only_sent_codes
 from otpgate.auth.password import bind_password, password_only
-from otpgate.auth.policy import Decision, Policy
+from otpgate.auth.policy import REQUIRED, Decision, Policy
+from otpgate.auth.reportonly import (
+    audit_reason,
+    code_given,
+    password_alone,
+    report_only,
+    tentative,
+    waivable,
+    whole,
+)
 from otpgate.auth.requests import (
     Appended,
     AuthRequest,
@@ -78,10 +87,12 @@ def _refused(why: str, dn: str | None = None) -> AuthResult:
 
 
 def cache_scope(channel: Channel) -> str:
-    """Where a cached bind may be repeated: the channel's name *and* its access rules, so
-    that a rebind accepted on one listener is never repeated on another with other rules
-    (listener names are labels an admin may give twice)."""
-    return "\x00".join((channel.name, *channel.allow_groups, "|", *channel.deny_groups))
+    """Where a cached bind may be repeated: the channel's name, listener, enforcement *and*
+    access rules, so that a rebind accepted on one listener is never repeated on another
+    with other rules (listener names are labels an admin may give twice; exemptions name
+    listeners by their listen strings)."""
+    rules = (*channel.allow_groups, "|", *channel.deny_groups)
+    return "\x00".join((channel.name, channel.where, str(channel.enforce), *rules))
 
 
 class Authenticator:
@@ -110,6 +121,9 @@ class Authenticator:
         self._resolved: dict[int, UserEntry] = {}
         """The entry each login in progress resolved, by ``id(request)``, for requests with an
         ``authorize`` (dropped when the login ends)."""
+        self._found: dict[int, Ready] = {}
+        """What each login in progress found in its prologue, by ``id(request)``: the policy
+        decision and whether the user holds a token, for the audit (the census reads them)."""
 
     # -- the door ----------------------------------------------------------------------------
 
@@ -132,13 +146,14 @@ class Authenticator:
             result = AuthResult(False, f"{type(exc).__name__}: {exc}")
         finally:
             self._resolved.pop(id(request), None)
-        self._record(request, result)
+            found = self._found.pop(id(request), None)
+        self._record(request, result, found)
         self._warn(result)
         outcome = "accepted: " if result.ok else "rejected: "
         note(trace, "pipeline", result.ok, outcome + result.reason)
         return result
 
-    def _record(self, request: AuthRequest, result: AuthResult) -> None:
+    def _record(self, request: AuthRequest, result: AuthResult, found: Ready | None) -> None:
         challenge = (
             (result.ok and result.needs_otp)
             or bool(result.challenge)
@@ -151,6 +166,14 @@ class Authenticator:
         extra: dict[str, Any] = {} if result.sent is None else {"send": result.sent.audit}
         if request.login_id:
             extra["login_id"] = request.login_id
+        channel = request.channel
+        if channel.name:
+            extra["channel"] = channel.name
+        if found is not None:
+            extra.update(policy_facts(found))
+        if not channel.enforce:
+            extra["report_only"] = True
+            reason = audit_reason(reason)
         self.audit.record(
             outcome=outcome,
             front_end=request.channel.front_end,
@@ -219,7 +242,7 @@ class Authenticator:
                 refused = await sasl_refusal(self.store, request)
                 if refused is not None:
                     return refused
-            return await sasl_login(self.policy, self.store, request)
+            return await sasl_login(self.policy, self.store, request, self.clock.seconds())
         if isinstance(request, FirstEnrollment):
             return await first_enrollment(self, request, check_password)
         if isinstance(request, Unusable):
@@ -237,22 +260,33 @@ class Authenticator:
         require_otp: bool = False,
         fresh: bool = False,
     ) -> Ready:
-        """resolve -> policy -> fresh read if the cache could mislead -> decode -> expiry and
-        lockout.  ``code_only``: no password will be checked (an exempt DN cannot skip the
-        lookup); ``require_otp``: exemptions do not apply."""
+        """resolve -> policy -> fresh read if the cache could mislead -> decode -> expiry,
+        grace and lockout.  ``code_only``: no password will be checked (an exempt DN cannot
+        skip the lookup); ``require_otp``: exemptions do not apply."""
+        ready = await self._prologue(request, trace, code_only, require_otp, fresh)
+        self._found[id(request)] = ready
+        return ready
+
+    async def _prologue(
+        self, request: Login, trace: Trace, code_only: bool, require_otp: bool, fresh: bool
+    ) -> Ready:
         policy = self.policy
         channel = request.channel
         if (
             not code_only
             and not require_otp
             and not channel.restricted
-            and policy.is_exempt(request.name)
             and not policy.config.admin_groups
+            and (
+                exempt := policy.exempt_by_name(
+                    request.name, channel, request.client, self.clock.seconds()
+                )
+            )
         ):
             # An exempt DN (service account, possibly no user entry at all): its password
             # bind is all there is; with admin groups configured it is looked up first.
             note(trace, "policy", None, "exempt DN: its password alone, without a lookup")
-            return Ready(None, Decision(False, "exempt account"))
+            return Ready(None, Decision(False, exempt.reason()))
         user = await self._resolve(request, fresh)
         if channel.restricted:
             # The channel's access rules, before anything else is looked at or spent (an
@@ -284,7 +318,10 @@ class Authenticator:
                 return noted(trace, Ready(user, decision))
             state = self.store.decode(user)
         if not state.tokens:
-            return noted(trace, Ready(user, decision, state, "no token enrolled"))
+            grace, ended = policy.grace(user.groups, now)
+            if grace is not None:
+                return noted(trace, Ready(user, grace, state))
+            return noted(trace, Ready(user, decision, state, "no token enrolled" + ended))
         suspended = suspension_refusal(state, now)  # no working factor: refused (fail closed)
         if suspended is not None:
             return noted(trace, Ready(user, decision, state, suspended))
@@ -304,7 +341,8 @@ class Authenticator:
     def _decide(self, user: UserEntry, request: Login, require_otp: bool) -> Decision:
         if require_otp:
             return Decision(True, "OTP required by the front end")
-        return self.policy.decide(user.dn, user.groups, request.client)
+        now = self.clock.seconds()
+        return self.policy.decide(user.dn, user.groups, request.client, request.channel, now)
 
     # -- password + code, the code alone -----------------------------------------------------
 
@@ -353,17 +391,21 @@ class Authenticator:
         code_only = isinstance(request, CodeOnly)
         ready = await self.prologue(request, trace, code_only=code_only, require_otp=require_otp)
         user, decision = ready.user, ready.decision
-        password = typed if isinstance(typed, str) else typed[0]
+        password = whole(typed)
         if user is None:
-            return await password_only(request.name, password, check_password)
+            return await password_only(request.name, password, check_password, decision.reason)
         if not decision.needs_otp:
             if code_only:
                 return AuthResult(True, f"no OTP needed: {decision.reason}", user.dn)
             return await bind_password(
                 user, password, check_password, f"no OTP needed: {decision.reason}"
             )
+        reporting = report_only(request, require_otp) and not code_only
         if ready.refusal is not None or ready.state is None:
-            return _refused(ready.refusal or "no state", user.dn)
+            refusal = ready.refusal or "no state"
+            if reporting and waivable(refusal) and not code_given(typed):
+                return await password_alone(user, password, check_password, f"refuse: {refusal}")
+            return _refused(refusal, user.dn)
         now, settings, entry_id = self.clock.seconds(), self.settings, user.entry_id
         if isinstance(request, Appended):
             wanted = wanted_send(self, request, ready.state, now)
@@ -384,7 +426,17 @@ class Authenticator:
                 state, typed, now, settings, pending, retransmission, pin, required
             )
 
-        verdict, user = await self.spend(user, change, now)
+        if reporting and not code_given(typed):
+            verdict, user = await self.spend(user, tentative(change), now)
+            if verdict.match is None:
+                why = "refuse: no valid code"
+                alone = await password_alone(user, password, check_password, why)
+                if alone.ok:
+                    return alone
+                # Neither: decided as under enforcement, the miss counted.
+                verdict, user = await self.spend(user, change, now)
+        else:
+            verdict, user = await self.spend(user, change, now)
         if verdict.match is None:
             note(trace, "otp", False, verdict.why)
             return _refused(verdict.why, user.dn)
@@ -458,11 +510,16 @@ class Authenticator:
         locked-out user or one without a token is refused before the password is tried."""
         ready = await self.prologue(request)
         user, decision = ready.user, ready.decision
+        password = request.password
         if user is None:
-            return await password_only(request.name, request.password, check_password)
+            return await password_only(request.name, password, check_password, decision.reason)
         if not decision.needs_otp:
             why = f"no OTP needed: {decision.reason}"
-            return await bind_password(user, request.password, check_password, why)
+            return await bind_password(user, password, check_password, why)
+        if report_only(request) and (ready.refusal is None or waivable(ready.refusal)):
+            # Accepted on the password, as before: no challenge, no code sent.
+            would = f"refuse: {ready.refusal}" if ready.refusal else "ask for a code"
+            return await password_alone(user, password, check_password, would)
         if ready.refusal is not None:
             return _refused(ready.refusal, user.dn)
         if ready.state is not None and only_sent_codes(ready.state, self.clock.seconds()):
@@ -473,3 +530,18 @@ class Authenticator:
         why = "password accepted, OTP next"
         done = await bind_password(user, request.password, check_password, why)
         return replace(done, needs_otp=done.ok)
+
+
+def policy_facts(found: Ready) -> dict[str, Any]:
+    """The audit's ``policy`` (what the policy requires of this user here: "otp", or why
+    nothing) and ``enrolled`` (whether she holds a token, when the state was read)."""
+    decision = found.decision
+    facts: dict[str, Any] = {}
+    if decision.needs_otp:
+        ended = decision.reason.startswith(f"{REQUIRED} (")
+        facts["policy"] = "otp" + decision.reason[len(REQUIRED) :] if ended else "otp"
+    else:
+        facts["policy"] = decision.reason
+    if found.state is not None:
+        facts["enrolled"] = bool(found.state.tokens)
+    return facts

@@ -1,15 +1,21 @@
-"""Who needs an OTP: exempt accounts, required groups, trusted networks, admins."""
+"""Who needs an OTP: exemptions, the grace for users not yet enrolled, required groups,
+trusted networks, admins.  The pipeline's policy step asks ``decide`` with the entry it
+resolved, the channel and the time; ``exemptions.py`` holds the matching."""
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
-from functools import lru_cache
 
 from otpgate.auth.config import PolicyConfig
+from otpgate.auth.exemptions import Exemption, Exemptions, first_active, grace_for, in_networks
 from otpgate.auth.requests import Channel
 from otpgate.configfile import Network
-from otpgate.dn import MAX_MEMO_DN, dn_key, normalise_dn
+from otpgate.dn import normalise_dn
+
+__all__ = ["Decision", "Policy", "channel_refusal", "in_networks", "password_only_enrollment"]
+
+REQUIRED = "policy"
+"""The reason of a decision that a code is needed, with nothing more to say."""
 
 
 @dataclass(frozen=True)
@@ -18,45 +24,65 @@ class Decision:
     reason: str
 
 
+def legacy_exemptions(config: PolicyConfig) -> tuple[Exemption, ...]:
+    """``exempt_dns`` and ``exempt_subtrees``: exemptions without scope or end."""
+    return (
+        *(Exemption("dn", d) for d in config.exempt_dns),
+        *(Exemption("subtree", d) for d in config.exempt_subtrees),
+        *config.exemptions,
+    )
+
+
 class Policy:
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
-        self._exempt = {normalise_dn(d) for d in config.exempt_dns}
-        self._subtrees = tuple(key for d in config.exempt_subtrees if (key := dn_key(d)))
+        self.exemptions = Exemptions(legacy_exemptions(config))
         self._required = {normalise_dn(g) for g in config.require_otp_groups}
         self._admins = {normalise_dn(g) for g in config.admin_groups}
-        # Asked for every login with the same few thousand DNs: remembered per policy.
-        self._exempt_memo = lru_cache(maxsize=4096)(self._is_exempt)
 
-    def is_exempt(self, dn: str) -> bool:
-        """``dn`` is an exempt DN, or lies below an exempt subtree (compared RDN by RDN)."""
-        if not self._exempt and not self._subtrees:
-            return False
-        return self._exempt_memo(dn) if len(dn) <= MAX_MEMO_DN else self._is_exempt(dn)
+    def exempt_by_name(
+        self, name: str, channel: Channel, client: str | None, now: float
+    ) -> Exemption | None:
+        """The exemption of the DN ``name`` (by DN, subtree or pattern) that holds for this
+        login now, decided without a lookup (None: none does)."""
+        if not self.exemptions.by_name:
+            return None
+        return first_active(self.exemptions.named(name), channel, client, now)[0]
 
-    def _is_exempt(self, dn: str) -> bool:
-        key = dn_key(dn)
-        if key is None:
-            return False
-        if ",".join(key) in self._exempt:
-            return True
-        return any(len(key) > len(sub) and key[-len(sub) :] == sub for sub in self._subtrees)
-
-    def decide(self, dn: str, groups: tuple[str, ...], client_ip: str | None) -> Decision:
+    def decide(
+        self,
+        dn: str,
+        groups: tuple[str, ...],
+        client: str | None,
+        channel: Channel,
+        now: float,
+    ) -> Decision:
         groups_norm = {normalise_dn(g) for g in groups}
         is_admin = bool(self._admins & groups_norm)
         if is_admin and self.config.admins_always_need_otp:
             return Decision(True, "administrator")
-        if self.is_exempt(dn):
-            return Decision(False, "exempt account")
-        if client_ip is not None and self._trusted(client_ip):
+        ended: Exemption | None = None
+        if self.exemptions:
+            candidates = self.exemptions.matching(dn, groups_norm)
+            exemption, ended = first_active(candidates, channel, client, now)
+            if exemption is not None:
+                return Decision(False, exemption.reason())
+        if client is not None and in_networks(client, self.config.trusted_networks):
             return Decision(False, "trusted network")
         if self._required and not (self._required & groups_norm):
             return Decision(False, "not in a group that requires an OTP")
-        return Decision(True, "policy")
+        return Decision(True, f"{REQUIRED} ({ended.ended()})" if ended else REQUIRED)
 
-    def _trusted(self, client_ip: str) -> bool:
-        return in_networks(client_ip, self.config.trusted_networks)
+    def grace(self, groups: tuple[str, ...], now: float) -> tuple[Decision | None, str]:
+        """For a user who holds no token: (no code needed while a grace of one of her groups
+        lasts, else None; what to add to the refusal when her grace has ended)."""
+        if not self.config.graces:
+            return None, ""
+        mine = {normalise_dn(g) for g in groups}
+        grace, ended = grace_for(self.config.graces, mine, now)
+        if grace is not None:
+            return Decision(False, grace.reason()), ""
+        return None, f" ({ended.ended()})" if ended else ""
 
 
 def channel_refusal(
@@ -85,17 +111,6 @@ def channel_refusal(
         why = f" (membership of {' and '.join(unread)} cannot be read)" if unread else ""
         return f"{where}: not a member of {' or '.join(channel.allow_groups)}{why}"
     return None
-
-
-def in_networks(address: str | None, networks: tuple[Network, ...]) -> bool:
-    """Whether ``address`` (an IP address as text) lies in one of ``networks``."""
-    if address is None or not networks:
-        return False
-    try:
-        addr = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(addr in net for net in networks)
 
 
 def password_only_enrollment(

@@ -60,6 +60,12 @@ class Channel:
     PIN types it before the code, and the proof covers both."""
     require_pin: bool = False
     """A user without a PIN is refused here (with ``pin``)."""
+    where: str = ""
+    """What the configuration calls this way in: an LDAP listener's listen string, a NAS's
+    name (or its network): exemptions name listeners and NASes by it."""
+    enforce: bool = True
+    """False: report-only (``enforce = false``): a login that would be refused only for want
+    of a code is accepted on its password and audited with what enforcement would do."""
 
     @property
     def restricted(self) -> bool:

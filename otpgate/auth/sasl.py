@@ -25,18 +25,21 @@ from otpgate.errors import DirectoryError
 SASL_BIND_IN_PROGRESS = 14
 
 
-async def sasl_login(policy: Policy, store: OtpStore, request: Sasl) -> AuthResult:
-    """The pipeline's branch for ``Sasl`` (its door audits the result)."""
+async def sasl_login(policy: Policy, store: OtpStore, request: Sasl, now: float) -> AuthResult:
+    """The pipeline's branch for ``Sasl`` (its door audits the result).  Only exemptions by
+    name (DN, subtree, pattern) that hold now on this channel and from this client count:
+    a group exemption would need the entry of a name SASL has not proved yet."""
     mech = f"SASL {request.mechanism}"
     if not policy.config.allow_sasl_for_exempt:
         return AuthResult(False, f"{mech}: SASL is off (allow_sasl_for_exempt)")
-    if not request.name or not policy.is_exempt(request.name):
+    name, channel = request.name, request.channel
+    if not name or not policy.exempt_by_name(name, channel, request.client, now):
         return AuthResult(False, f"{mech}: not an exempt account")
     if policy.config.admin_groups:
         # An exempt account that is also an administrator needs a code, which SASL cannot
         # carry: looked up first, like an exempt password bind with admin groups set.
         user = await store.resolve(request.name)
-        decision = policy.decide(user.dn, user.groups, request.client)
+        decision = policy.decide(user.dn, user.groups, request.client, request.channel, now)
         if decision.needs_otp:
             return AuthResult(False, f"{mech}: {decision.reason} needs a code", user.dn)
     code = await request.forward()

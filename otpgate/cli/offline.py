@@ -10,6 +10,7 @@ from pathlib import Path
 
 from otpgate.cli.base import UsageError, decode_base32
 from otpgate.config import load_config
+from otpgate.enforcement import warnings as enforcement_warnings
 from otpgate.otp.oath import Algorithm, check_digits, check_period, hotp, time_step
 from otpgate.vault import keygen, make_current
 
@@ -69,6 +70,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config))
     for line in config.deprecations:
         print(f"{args.config}: deprecated: {line}", file=sys.stderr)
+    for line in enforcement_warnings(config):
+        print(f"{args.config}: {line}", file=sys.stderr)
     print(
         f"{args.config}: OK (profile {config.directory.profile.name}, "
         f"{len(config.directory.urls)} directory URL(s))"

@@ -41,6 +41,8 @@ class ListenerRules:
     """Shown in audit reasons (default: the listen string)."""
     allow_groups: tuple[str, ...] = ()
     deny_groups: tuple[str, ...] = ()
+    enforce: bool = True
+    """False: report-only (``auth/reportonly.py``); default ``[ldap_proxy] enforce``."""
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,16 @@ class LdapProxyConfig:
     """Load balancers (addresses or networks) whose connections start with a PROXY v1/v2
     header naming the client (proxyheader.py); from anyone else a header is refused."""
     listener_rules: tuple[ListenerRules, ...] = ()
-    """Per-listener access rules (allow/deny groups), keyed by the listen string."""
+    """Per-listener access rules (allow/deny groups, enforce), keyed by the listen string."""
+    enforce: bool = True
+    """False: every listener without its own ``enforce`` is in report-only mode."""
 
     def rules_for(self, listen: str) -> ListenerRules:
         """The rules of the listener ``listen`` (none: anyone may bind through it)."""
-        return next((r for r in self.listener_rules if r.listen == listen), ListenerRules(listen))
+        return next(
+            (r for r in self.listener_rules if r.listen == listen),
+            ListenerRules(listen, enforce=self.enforce),
+        )
 
 
 DEPRECATED_DELIMITER = (
@@ -97,6 +104,7 @@ def parse_ldap_proxy(sec: Section, base: Path) -> LdapProxyConfig:
     if any(e.startswith("ssl:") for e in listen) and not has_cert:
         raise ConfigError(f"{sec.key('listen')}: an ssl: listener needs cert_file and key_file")
     cls = LdapProxyConfig
+    enforce = sec.value(cls, "enforce", bool)
     result = LdapProxyConfig(
         listen=listen,
         cert_file=cert_file,
@@ -112,13 +120,16 @@ def parse_ldap_proxy(sec: Section, base: Path) -> LdapProxyConfig:
         require_tls_for_binds=_require_tls_for_binds(sec, listen, has_cert),
         max_queued_requests=sec.value(cls, "max_queued_requests", int, positive),
         proxy_protocol_from=_proxy_protocol_from(sec, listen),
-        listener_rules=_listener_rules(sec, listen),
+        listener_rules=_listener_rules(sec, listen, enforce),
+        enforce=enforce,
     )
     sec.done()
     return result
 
 
-def _listener_rules(sec: Section, listen: tuple[str, ...]) -> tuple[ListenerRules, ...]:
+def _listener_rules(
+    sec: Section, listen: tuple[str, ...], enforce: bool
+) -> tuple[ListenerRules, ...]:
     """``[ldap_proxy.listener_rules."tcp:10389"]`` tables, one per restricted listener."""
     tables = sec.sub("listener_rules")
     rules = []
@@ -135,10 +146,13 @@ def _listener_rules(sec: Section, listen: tuple[str, ...]) -> tuple[ListenerRule
             name=table.value(cls, "name", str),
             allow_groups=table.dns("allow_groups"),
             deny_groups=table.dns("deny_groups"),
+            enforce=table.get("enforce", bool, enforce),
         )
         table.done()
-        if not (rule.allow_groups or rule.deny_groups):
-            raise ConfigError(f"{table.key('allow_groups')}: give allow_groups or deny_groups")
+        if not (rule.allow_groups or rule.deny_groups or table.given("enforce")):
+            raise ConfigError(
+                f"{table.key('allow_groups')}: give allow_groups, deny_groups or enforce"
+            )
         rules.append(rule)
     tables.done()
     return tuple(rules)

@@ -56,6 +56,8 @@ class ProxyFactory(protocol.Factory):
                 require_tls=require,
                 allow_groups=rules.allow_groups,
                 deny_groups=rules.deny_groups,
+                where=listener,
+                enforce=rules.enforce,
             )
             for tls in (False, True)
         }

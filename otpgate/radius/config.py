@@ -43,6 +43,8 @@ class RadiusClient:
     require_pin: bool = False
     """Logins without a password (otp-only, CHAP, MS-CHAPv2) need the user's PIN before the
     code; a user without a PIN is refused."""
+    enforce: bool = True
+    """False: report-only (``auth/reportonly.py``); default ``[radius] enforce``."""
 
     @property
     def pin_logins(self) -> bool:
@@ -78,6 +80,8 @@ class RadiusConfig:
     """Seconds during which the identical Access-Request (a NAS failing over from another
     gateway) is accepted again after its login (0: off; at most 30).  See docs/RADIUS.md."""
     dictionaries: tuple[Path, ...] = ()
+    enforce: bool = True
+    """False: every NAS without its own ``enforce`` is in report-only mode."""
     """RADIUS dictionary files read after otpgate's own (FreeRADIUS syntax), for the
     attributes of other vendors in reply rules."""
 
@@ -109,7 +113,10 @@ def parse_radius_listen(spec: str) -> tuple[str, int]:
 
 
 def _client(
-    sec: Section, base: Path, dictionary: Callable[[], Dictionary] = load_dictionary
+    sec: Section,
+    base: Path,
+    dictionary: Callable[[], Dictionary] = load_dictionary,
+    enforce: bool = True,
 ) -> RadiusClient:
     shared = secret(sec, "secret", base)
     if not shared:
@@ -130,6 +137,7 @@ def _client(
         allow_groups=sec.dns("allow_groups"),
         deny_groups=sec.dns("deny_groups"),
         require_pin=sec.value(cls, "require_pin", bool),
+        enforce=sec.get("enforce", bool, enforce),
     )
     if len(client.accept_message.encode()) > 253:
         raise ConfigError(f"{sec.key('accept_message')}: at most 253 octets of UTF-8")
@@ -165,11 +173,12 @@ def parse_radius(sec: Section, base: Path) -> RadiusConfig:
     clients: list[RadiusClient] = []
     dictionaries = tuple(base / name for name in sec.strings("dictionaries"))
     dictionary = _dictionary_loader(sec.key("dictionaries"), dictionaries)
+    enforce = sec.value(RadiusConfig, "enforce", bool)
     for i, raw in enumerate(clients_raw):
         if not isinstance(raw, dict):
             raise ConfigError(f"{sec.key('clients')}[{i}]: expected a table")
         csec = Section(raw, f"{sec.path}.clients[{i}]")
-        clients.append(_client(csec, base, dictionary))
+        clients.append(_client(csec, base, dictionary, enforce))
         for j, other in enumerate(clients[:-1]):
             if other.network == clients[-1].network:
                 raise ConfigError(f"{csec.key('address')}: {other.network} is already clients[{j}]")
@@ -196,6 +205,7 @@ def parse_radius(sec: Section, base: Path) -> RadiusConfig:
         bind_connections=sec.value(cls, "bind_connections", int, non_negative),
         failover_replay_seconds=sec.value(cls, "failover_replay_seconds", float, non_negative),
         dictionaries=dictionaries,
+        enforce=enforce,
     )
     if result.failover_replay_seconds > MAX_FAILOVER_REPLAY_SECONDS:
         raise ConfigError(

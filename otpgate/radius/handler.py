@@ -179,6 +179,8 @@ class AccessHandler:
                 deny_groups=client.deny_groups,
                 pin=pin,
                 require_pin=pin and client.require_pin,
+                where=name,
+                enforce=client.enforce,
             )
         return channel
 

@@ -271,8 +271,19 @@ class Metrics:
         radius: RadiusCounters | None = None,
         peers: PeerStats | None = None,
         ldap_proxy: Counter[str] | None = None,
+        ways: Iterable[tuple[str, str, bool]] = (),
     ) -> None:
+        """``ways``: (front end, listener or NAS, enforced) of every way in."""
         self.registry = CollectorRegistry()
+        enforced = Gauge(
+            "otpgate_enforced",
+            "1 where a second factor is enforced, 0 where the listener or NAS is in "
+            "report-only mode (enforce = false: a correct password alone is accepted)",
+            ["front_end", "where"],
+            registry=self.registry,
+        )
+        for front_end, where, on in ways:
+            enforced.labels(front_end, where).set(1 if on else 0)
         self.counts = AuthCounts()
         """This process's audit events (the extra processes count their own)."""
         self.sessions = Gauge(

@@ -16,6 +16,7 @@ from twisted.web import server
 from otpgate.config import Config
 from otpgate.configfile import parse_listen
 from otpgate.directory.store import InventoryStore
+from otpgate.enforcement import ways_in
 from otpgate.errors import ConfigError
 from otpgate.procstats import PeerStats
 from otpgate.vault import Keyring
@@ -75,7 +76,8 @@ def web_services(
         return []
     radius = gateway.radius_counters if config.radius.listen else None
     proxy = getattr(gateway, "ldap_proxy_counters", None) if config.ldap_proxy.listen else None
-    metrics = Metrics(gateway.directory_stats, radius, peers, proxy)
+    ways = [(w.front_end, w.where, w.enforced) for w in ways_in(config)]
+    metrics = Metrics(gateway.directory_stats, radius, peers, proxy, ways)
     inventory = None
     if config.directory.inventory_dn:
         inventory = InventoryStore(

@@ -437,7 +437,7 @@ def test_listener_rules_config() -> None:
         config(ldap_proxy={"listen": listen, "listener_rules": {"tcp:1": {"allow_groups": [VPN]}}})
     with pytest.raises(ConfigError, match=r'listener_rules."tcp:10389:interface=127.0.0.1"\].deny'):
         config(ldap_proxy={"listen": listen, "listener_rules": {listen[0]: {"deny": [VPN]}}})
-    with pytest.raises(ConfigError, match="give allow_groups or deny_groups"):
+    with pytest.raises(ConfigError, match="give allow_groups, deny_groups or enforce"):
         config(ldap_proxy={"listen": listen, "listener_rules": {listen[0]: {"name": "x"}}})
 
 
