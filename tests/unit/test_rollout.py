@@ -320,3 +320,48 @@ async def test_the_bind_cache_never_carries_a_report_only_bind_to_an_enforcing_l
     same_name = Channel("ldap", name="apps", where="tcp:20389")  # an admin's second "apps"
     assert (await login(w, PW + hotp(key, 0), REPORT, rebind=True)).ok
     assert not (await login(w, PW + hotp(key, 0), same_name, rebind=True)).ok
+
+
+# -- saying where enforcement is off -------------------------------------------------------------
+
+
+def test_enforcement_warnings_and_the_metrics_gauge() -> None:
+    from otpgate.enforcement import warnings, ways_in
+    from otpgate.web.metrics import Metrics
+
+    listen = ["tcp:10389:interface=127.0.0.1", "tcp:20389:interface=127.0.0.1"]
+    soon = datetime.date.fromtimestamp(START + 3 * DAY).isoformat()
+    cfg = config(
+        ldap_proxy={"listen": listen, "listener_rules": {listen[1]: {"enforce": False}}},
+        radius={
+            "listen": ["127.0.0.1:0"],
+            "enforce": False,
+            "clients": [
+                {"address": "127.0.0.1", "secret": "x" * 16, "name": "vpn"},
+                {"address": "127.0.0.2", "secret": "x" * 16, "mode": "otp-only", "name": "otp"},
+                {"address": "127.0.0.3", "secret": "x" * 16, "name": "wifi", "enforce": True},
+            ],
+        },
+        policy={
+            "exempt": [
+                {"dn": "uid=a,dc=x", "until": "2020-01-01"},
+                {"dn": "uid=b,dc=x", "until": soon},
+            ],
+            "grace": [{"group": "cn=staff,dc=x", "until": "2020-01-01"}],
+        },
+    )
+    lines = warnings(cfg, START)
+    assert lines[0].startswith(f"REPORT-ONLY: LDAP listener {listen[1]}: enforce = false")
+    assert lines[1].startswith("REPORT-ONLY: RADIUS client vpn")
+    assert "otp-only mode carries no password" in lines[2]
+    assert not any("wifi" in line or listen[0] in line for line in lines)
+    assert "policy.exempt[0] (dn uid=a,dc=x) ended 2020-01-01" in lines[3]
+    assert lines[4] == f"policy.exempt[1] (dn uid=b,dc=x) ends {soon}"
+    assert lines[5].startswith("policy.grace[0] (cn=staff,dc=x) ended 2020-01-01")
+    ways = [(w.front_end, w.where, w.enforced) for w in ways_in(cfg)]
+    text = Metrics(ways=ways).text().decode()
+    assert f'otpgate_enforced{{front_end="ldap",where="{listen[0]}"}} 1.0' in text
+    assert f'otpgate_enforced{{front_end="ldap",where="{listen[1]}"}} 0.0' in text
+    assert 'otpgate_enforced{front_end="radius",where="vpn"} 0.0' in text
+    assert 'otpgate_enforced{front_end="radius",where="wifi"} 1.0' in text
+    assert warnings(config(), START) == []
