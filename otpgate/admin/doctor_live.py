@@ -100,16 +100,19 @@ class Doctor:
         self.checks.extend(checks)
 
     def run(self) -> list[Check]:
-        self.enforcement()
+        self.directory_checks()
+        self.enforcement()  # last: the directory's own checks keep their places
+        return self.checks
+
+    def directory_checks(self) -> None:
         self.servers()
         connects = [c for c in self.checks if c.area.startswith("connect")]
         if all(c.status is Status.FAIL for c in connects):
-            return self.checks  # nothing answered: every other check would fail the same way
+            return  # nothing answered: every other check would fail the same way
         self.write_server()
         ad_schema = self.schema()
         self.access(ad_schema)
         self.inventory()
-        return self.checks
 
     def enforcement(self) -> None:
         """Report-only ways in and exemptions that end: warnings, never hidden."""
