@@ -319,8 +319,12 @@ class Authenticator:
             state = self.store.decode(user)
         if not state.tokens:
             grace, ended = policy.grace(user.groups, now)
-            if grace is not None:
+            if grace is not None and not user.used:
                 return noted(trace, Ready(user, grace, state))
+            if grace is not None:
+                # The use state outlives a reset or a revocation: she had OTP, and the
+                # grace is for users not yet enrolled, not a way around a lost device.
+                ended = " (grace does not apply: her tokens were reset)"
             return noted(trace, Ready(user, decision, state, "no token enrolled" + ended))
         suspended = suspension_refusal(state, now)  # no working factor: refused (fail closed)
         if suspended is not None:

@@ -314,6 +314,40 @@ async def test_grace_until_a_date_then_refused_saying_so() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_grace_is_for_users_never_enrolled_not_after_a_reset() -> None:
+    """A phished password of a grace-group member whose tokens were reset (a lost phone) or
+    revoked must not pass alone: the grace is for users who never had OTP."""
+    from otpgate.admin.manage import reset_change
+
+    w = world(policy={"grace": [{"group": "cn=staff,dc=x", "until": TOMORROW}]})
+    carol = w.directory.add_user("carol", PW)
+    w.directory.add_group("cn=staff,dc=x", [carol])
+    key = await w.oath("carol")
+    assert not (await login(w, PW, LISTENER, name="carol")).ok  # enrolled: the code is needed
+    assert (await login(w, PW + hotp(key, 0), LISTENER, name="carol")).ok
+    await w.store.update(await w.store.resolve("carol", fresh=True), reset_change)
+    refused = await login(w, PW, LISTENER, name="carol")
+    assert not refused.ok
+    assert w.events[-1]["reason"].startswith("no token enrolled (grace does not apply")
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_the_grace_ends_a_new_user_may_still_enroll_with_her_password() -> None:
+    """The refusal after the grace names it; the portal's password-only first enrollment,
+    where allowed, still takes a user who never had OTP."""
+    from tests.logins import first_enrollment
+
+    end = datetime.date.fromtimestamp(START).isoformat()
+    w = world(policy={"grace": [{"group": "cn=staff,dc=x", "until": end}]},
+              web={"password_only_enrollment_networks": ["192.0.2.0/24"]})
+    carol = w.directory.add_user("carol", PW)
+    w.directory.add_group("cn=staff,dc=x", [carol])
+    w.clock.advance(DAY)
+    enroll = first_enrollment("carol", PW, "192.0.2.9", "192.0.2.9")
+    assert (await w.auth.login(enroll, w.directory.check_password)).ok
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_bind_cache_never_carries_a_report_only_bind_to_an_enforcing_listener() -> None:
     w = world(ldap_proxy={"bind_cache_seconds": 60})
     key = await w.oath("alice")
