@@ -54,6 +54,25 @@ def test_example_parses_apart_from_files():
     assert config.delivery.sms_email is not None
 
 
+def test_the_examples_commented_rollout_blocks_parse():
+    """The exemption and grace blocks the example shows commented out are valid as shown."""
+    text = EXAMPLE.read_text()
+    start, end = text.index("# [[policy.exempt]]"), text.index("\n[ldap_proxy]")
+    lines = text[start:end].splitlines()
+    block = "\n".join(ln[2:] for ln in lines if ln.startswith(("# [[", "# ")) and (
+        ln.startswith("# [[") or " = " in ln.split("#", 2)[1]))
+    doc = tomllib.loads(EXAMPLE.read_text())
+    doc["directory"].pop("ca_file")
+    doc["directory"].pop("bind_password_file")
+    doc["directory"]["bind_password"] = "x"
+    doc.pop("radius")
+    doc.pop("delivery")
+    doc["policy"].update(tomllib.loads(block)["policy"])
+    policy = parse(doc).policy
+    assert [e.kind for e in policy.exemptions] == ["pattern", "group"]
+    assert [g.group for g in policy.graces] == ["CN=Staff,OU=Groups,DC=example,DC=com"]
+
+
 def test_minimal_defaults():
     config = parse(MINIMAL)
     d = config.directory
