@@ -209,3 +209,36 @@ async def test_a_pattern_exemption_and_one_that_ends(backend, tmp_path):
         assert await ways.bind(ways.enforced, svc2, PW) == 0
     finally:
         await ways.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_grace_for_a_group_until_a_date_and_never_after_a_reset(backend, tmp_path):
+    """Members of a grace group who never enrolled bind with the password alone through the
+    enforcing listener until the date; a member whose tokens were reset (a lost phone) needs
+    her code again: with a phished password, the reset does not put her back in the grace."""
+    from otpgate.admin.manage import reset_change
+    from tests.integration.test_radius_access_pin import new_group
+
+    newbie_name, newbie = backend.new_user("grn")
+    lost_name, lost = backend.new_user("grl")
+    group = new_group(backend, "grace", [newbie, lost])
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
+    ways = Listeners(backend, tmp_path, policy={"grace": [{"group": group, "until": today}]})
+    clock = ShiftedClock()
+    ways.gateway.authenticator.clock = clock
+    try:
+        assert await ways.bind(ways.enforced, newbie, PW) == 0
+        assert ways.events[-1]["policy"].startswith("grace: not yet enrolled")
+        key = await ways.enroll(lost_name)
+        assert await ways.bind(ways.enforced, lost, PW) == 49  # enrolled: the code is needed
+        assert await ways.bind(ways.enforced, lost, PW + hotp(key, 0)) == 0
+        user = await ways.gateway.store.resolve(lost_name, fresh=True)
+        await ways.gateway.store.update(user, reset_change)
+        assert await ways.bind(ways.enforced, lost, PW) == 49
+        assert ways.events[-1]["reason"].startswith("no token enrolled (grace does not apply")
+        clock.offset = DAY  # tomorrow: the grace is over for the newcomer too
+        assert await ways.bind(ways.enforced, newbie, PW) == 49
+        assert ways.events[-1]["reason"] == f"no token enrolled (grace for {group} ended {today})"
+        assert newbie_name  # never enrolled
+    finally:
+        await ways.stop()
