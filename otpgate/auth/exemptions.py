@@ -215,4 +215,6 @@ def in_networks(address: str | None, networks: tuple[Network, ...]) -> bool:
         addr = ipaddress.ip_address(address)
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # a dual-stack socket's IPv4 peer is that IPv4 address
     return any(addr in net for net in networks)

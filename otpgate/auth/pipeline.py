@@ -40,7 +40,6 @@ from otpgate.auth.reportonly import (
     password_alone,
     report_only,
     tentative,
-    waivable,
     whole,
 )
 from otpgate.auth.requests import (
@@ -325,14 +324,16 @@ class Authenticator:
                 # The use state outlives a reset or a revocation: she had OTP, and the
                 # grace is for users not yet enrolled, not a way around a lost device.
                 ended = " (grace does not apply: her tokens were reset)"
-            return noted(trace, Ready(user, decision, state, "no token enrolled" + ended))
+            no_token = "no token enrolled" + ended
+            return noted(trace, Ready(user, decision, state, no_token, waivable=True))
         suspended = suspension_refusal(state, now)  # no working factor: refused (fail closed)
         if suspended is not None:
-            return noted(trace, Ready(user, decision, state, suspended))
+            return noted(trace, Ready(user, decision, state, suspended, waivable=True))
         if is_locked(state.used, now):
-            return noted(trace, Ready(user, decision, state, "locked out"))
+            return noted(trace, Ready(user, decision, state, "locked out", waivable=True))
         if no_pin and state.pin is None:
-            return noted(trace, Ready(user, decision, state, pin_refusal(channel)))
+            refusal = pin_refusal(channel)
+            return noted(trace, Ready(user, decision, state, refusal, waivable=True))
         return noted(trace, Ready(user, decision, state))
 
     async def _resolve(self, request: Login, fresh: bool) -> UserEntry:
@@ -407,7 +408,7 @@ class Authenticator:
         reporting = report_only(request, require_otp) and not code_only
         if ready.refusal is not None or ready.state is None:
             refusal = ready.refusal or "no state"
-            if reporting and waivable(refusal) and not code_given(typed):
+            if reporting and ready.waivable and not code_given(typed):
                 return await password_alone(user, password, check_password, f"refuse: {refusal}")
             return _refused(refusal, user.dn)
         now, settings, entry_id = self.clock.seconds(), self.settings, user.entry_id
@@ -520,7 +521,7 @@ class Authenticator:
         if not decision.needs_otp:
             why = f"no OTP needed: {decision.reason}"
             return await bind_password(user, password, check_password, why)
-        if report_only(request) and (ready.refusal is None or waivable(ready.refusal)):
+        if report_only(request) and (ready.refusal is None or ready.waivable):
             # Accepted on the password, as before: no challenge, no code sent.
             would = f"refuse: {ready.refusal}" if ready.refusal else "ask for a code"
             return await password_alone(user, password, check_password, would)

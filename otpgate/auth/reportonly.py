@@ -13,8 +13,10 @@ decided, since nothing says whether a code was appended:
 3. that bind fails too: the login is decided as under enforcement (the code verified
    again, a miss counted towards lockout), so guessing codes costs what it always costs.
 
-What is waived is every refusal that is not the password's: no token, lockout, suspension,
-a missing PIN, the channel's group rules.  An account that has expired is still refused.
+What is waived is a refusal about the second factor alone (``Ready.waivable``, set by the
+prologue where it refuses): no token, lockout, suspension, a missing PIN.  Everything else
+stays refused: the channel's access rules (who may use this listener or NAS at all, and a
+membership that cannot be read), an account that has expired.
 Logins that carry no password (RADIUS otp-only, CHAP, MS-CHAPv2, the portal) have nothing
 to accept alone and are always enforced.
 """
@@ -30,17 +32,10 @@ from otpgate.directory.records import OtpState, StateChange, UserEntry
 
 REPORT_ONLY = "report-only"
 
-NOT_WAIVED = ("expired",)
-"""Refusals report-only mode keeps: the account's own state, which AD would refuse anyway."""
-
 
 def report_only(request: AuthRequest, require_otp: bool = False) -> bool:
     """Whether ``request`` is decided in report-only mode."""
     return not request.channel.enforce and not require_otp
-
-
-def waivable(refusal: str) -> bool:
-    return refusal not in NOT_WAIVED
 
 
 def code_given(typed: Typed) -> bool:

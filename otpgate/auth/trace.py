@@ -19,6 +19,10 @@ class Ready:
     decision: Decision
     state: OtpState | None = None
     refusal: str | None = None
+    waivable: bool = False
+    """Report-only mode may accept the password alone despite ``refusal``: set only where
+    the refusal is about the second factor (no token, suspension, lockout, a missing PIN),
+    never for the channel's access rules or the account's own state."""
 
 
 def note(trace: Trace, name: str, ok: bool | None, detail: str) -> None:

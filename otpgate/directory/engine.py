@@ -30,6 +30,7 @@ from otpgate.directory.records import (
     UserEntry,
 )
 from otpgate.directory.state import ANY_ENTRY, StateMapper, escape_filter_value
+from otpgate.dn import normalise_dn
 from otpgate.errors import CodecError, ConcurrentUpdate, DirectoryError, WriteRefused
 
 T = TypeVar("T")
@@ -180,7 +181,12 @@ def memberships(
         if answer or (answer is None and g.lower() in cautious)
     ]
     unknown = tuple(g for g, answer in answers.items() if answer is None)
-    return replace(user, groups=(*user.groups, *member), unknown_groups=unknown)
+    # The entry's own memberOf values count only for groups that add a requirement: where
+    # a site's schema and rules let users write memberOf, a value she wrote herself must
+    # not grant anything (an exemption, a grace, a listener's allow rule).
+    asked = {normalise_dn(g) for g in groups if g.lower() not in cautious}
+    kept = tuple(g for g in user.groups if normalise_dn(g) not in asked)
+    return replace(user, groups=(*kept, *member), unknown_groups=unknown)
 
 
 def _group_fact(group: str, attribute: str, known: dict[str, bytes]) -> Step[bytes | None]:

@@ -182,6 +182,22 @@ def parse_radius(sec: Section, base: Path) -> RadiusConfig:
         for j, other in enumerate(clients[:-1]):
             if other.network == clients[-1].network:
                 raise ConfigError(f"{csec.key('address')}: {other.network} is already clients[{j}]")
+            # A NAS is named by its name, or its network where it has none: exemptions, app
+            # passwords, the audit and /metrics tell NASes apart by it.
+            mine, theirs = clients[-1], other
+            if (mine.name or str(mine.network)) == (theirs.name or str(theirs.network)):
+                key = csec.key("name") if mine.name else csec.key("address")
+                raise ConfigError(
+                    f"{key}: {mine.name or str(mine.network)!r} already names clients[{j}] "
+                    "(each NAS needs a name of its own)"
+                )
+            if (mine.name and mine.name == str(theirs.network)) or (
+                theirs.name and theirs.name == str(mine.network)
+            ):
+                raise ConfigError(
+                    f"{csec.key('name')}: a NAS named like another's network "
+                    f"(clients[{j}]) would be taken for it; choose another name"
+                )
     listen = sec.strings("listen")
     for spec in listen:
         sec.check("listen", spec, parse_radius_listen)

@@ -348,6 +348,63 @@ async def test_after_the_grace_ends_a_new_user_may_still_enroll_with_her_passwor
 
 
 @pytest_twisted.ensureDeferred
+async def test_report_only_never_waives_the_channels_access_rules() -> None:
+    """Who may use a listener at all is not the second factor: a user outside its allowed
+    groups, or in a denied one, is refused on a report-only listener as on any other."""
+    listen = "tcp:10389:interface=127.0.0.1"
+    rules = {"allow_groups": ("cn=vpn,dc=x",), "deny_groups": ("cn=contractors,dc=x",)}
+    w = world(ldap_proxy={"listen": [listen], "listener_rules": {
+        listen: {k: list(v) for k, v in rules.items()} | {"enforce": False}}})
+    mallory = w.directory.add_user("mallory", PW)
+    w.directory.add_group("cn=vpn,dc=x", [mallory])
+    w.directory.add_group("cn=contractors,dc=x", [mallory])
+    report = Channel("ldap", name="apps", where="tcp:10389", enforce=False, **rules)
+    outside = await login(w, PW, report)  # alice: in no allowed group
+    assert not outside.ok and outside.reason.startswith("not allowed on"), outside
+    denied = await login(w, PW, report, name="mallory")
+    assert not denied.ok and "member of cn=contractors" in denied.reason, denied
+    open_report = Channel("ldap", name="apps", where="tcp:10389", enforce=False)
+    assert (await login(w, PW, open_report, name="mallory")).ok  # no rules: report-only
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_memberof_value_the_user_wrote_herself_grants_nothing() -> None:
+    """Where users may write memberOf (a plain attribute, `by self write`), a value naming
+    an exemption, grace or allow group does not make her a member: the group's own member
+    values decide.  For groups that add a requirement memberOf still counts (fail closed)."""
+    printers, staff = "cn=printers,ou=groups,dc=x", "cn=staff,dc=x"
+    w = world(policy={"exempt": [{"group": printers}],
+                      "grace": [{"group": staff, "until": TOMORROW}],
+                      "require_otp_groups": ["cn=vpn,dc=x"]})
+    w.directory.add_group(printers, [])
+    w.directory.add_group(staff, [])
+    w.directory.add_group("cn=vpn,dc=x", [])
+    w.directory.add_user("eve", PW, memberOf=[printers, staff, "cn=vpn,dc=x"])
+    refused = await login(w, PW, LISTENER, name="eve")
+    assert not refused.ok and w.events[-1]["policy"] == "otp", w.events[-1]
+    assert w.events[-1]["reason"] == "no token enrolled"
+
+
+def test_nas_names_are_unique_and_never_another_nas_network() -> None:
+    """Exemptions, the audit and /metrics tell NASes apart by name (or network): two NASes
+    named alike, or one named like another's network, would share an exemption."""
+    def nas(name: str, address: str) -> dict[str, Any]:
+        return {"name": name, "address": address, "secret": "s" * 16}
+
+    with pytest.raises(ConfigError, match=r"radius\.clients\[1\]\.name: 'vpn' already names"):
+        config(radius={"clients": [nas("vpn", "10.0.0.1"), nas("vpn", "10.0.0.2")]})
+    with pytest.raises(ConfigError, match=r"radius\.clients\[1\]\.name: a NAS named like"):
+        config(radius={"clients": [nas("a", "10.0.0.1/32"), nas("10.0.0.1/32", "10.0.0.2")]})
+
+
+def test_an_ipv4_mapped_address_is_its_ipv4_address_for_networks() -> None:
+    from otpgate.auth.exemptions import in_networks
+
+    assert in_networks("::ffff:10.0.0.1", (net("10.0.0.0/8"),))
+    assert not in_networks("::ffff:10.0.0.1", (net("::ffff:0:0/96"),))
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_bind_cache_never_carries_a_report_only_bind_to_an_enforcing_listener() -> None:
     w = world(ldap_proxy={"bind_cache_seconds": 60})
     key = await w.oath("alice")
