@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from otpgate.auditconfig import LoggingConfig, parse_logging
+from otpgate.auth.appconfig import AppPasswordConfig, check_app_places, parse_app_passwords
 from otpgate.auth.config import (
     LockoutConfig,
     OtpConfig,
@@ -102,6 +103,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     delivery: DeliveryConfig | None = None
     """``[delivery]``: e-mail and SMS gateways; None: nothing is ever sent."""
+    app_passwords: AppPasswordConfig = field(default_factory=AppPasswordConfig)
     deprecations: tuple[str, ...] = ()
     """Keys that still work but have moved: one line each, to show the operator."""
 
@@ -119,6 +121,7 @@ def auth_settings(config: Config) -> AuthSettings:
         enrollment_until=config.web.password_only_enrollment_until,
         scratch_warning=config.delivery is not None and config.delivery.scratch_warning,
         codes=config.delivery.codes if config.delivery is not None else None,
+        app_passwords=config.app_passwords,
     )
 
 
@@ -165,12 +168,15 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
         logging=parse_logging(top.sub("logging"), base),
         web=parse_web(top.sub("web"), base),
         delivery=parse_delivery(top.sub("delivery"), base),
+        app_passwords=parse_app_passwords(top.sub("app_passwords")),
         deprecations=(DEPRECATED_DELIMITER,) if delimiter is not None else (),
     )
     top.done()
     check_reply_sources(config.radius, directory)
     nas_names = tuple(c.name or str(c.network) for c in config.radius.clients)
     check_scopes(config.policy.exemptions, config.ldap_proxy.listen, nas_names)
+    modes = {c.name or str(c.network): c.mode for c in config.radius.clients}
+    check_app_places(config.app_passwords, config.ldap_proxy.listen, nas_names, modes)
     if config.delivery is not None:
         lifetime = config.delivery.codes.lifetime
         config = replace(config, otp=replace(config.otp, sent_code_lifetime=lifetime))

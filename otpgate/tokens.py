@@ -372,6 +372,31 @@ class Suspension:
 
 
 @dataclass(frozen=True)
+class AppUse:
+    """When and from where an app password was last used (``otpgate/apppass.py``), and
+    where: the listener's listen string or the NAS's name."""
+
+    at: int
+    client: str = ""
+    where: str = ""
+
+    def to_list(self) -> list[Any]:
+        return [self.at, self.client, self.where]
+
+    @classmethod
+    def from_list(cls, doc: Any, what: str) -> AppUse:
+        if (
+            not isinstance(doc, list)
+            or len(doc) != 3
+            or not isinstance(doc[0], int)
+            or isinstance(doc[0], bool)
+            or not all(isinstance(v, str) for v in doc[1:])
+        ):
+            raise ValueError(f"{what}: expected [time, client, where]")
+        return cls(doc[0], doc[1], doc[2])
+
+
+@dataclass(frozen=True)
 class UsedState:
     """The one-time-use cache and lockout state of one user."""
 
@@ -395,6 +420,12 @@ class UsedState:
     pin: PinVerifier | None = None
     """The user's PIN, as a keyed digest (``otpgate/pin.py``); its key and the PIN are in
     the seed.  None: no PIN set."""
+    apps: Mapping[str, AppUse] = field(default_factory=dict)
+    """The last use of each app password, by its id."""
+    app_failures: int = 0
+    """Wrong app passwords since the last right one: they lock app-password logins out
+    (``app_locked_until``), never the codes."""
+    app_locked_until: int = 0
 
     def use_of(self, token_id: str) -> TokenUse:
         return self.tokens.get(token_id, TokenUse())
@@ -430,6 +461,12 @@ class UsedState:
             doc["pf"] = list(self.proof_failures)
         if self.pin is not None:
             doc["pn"] = self.pin.to_dict()
+        if self.apps:
+            doc["ap"] = {k: v.to_list() for k, v in sorted(self.apps.items())}
+        if self.app_failures:
+            doc["af"] = self.app_failures
+        if self.app_locked_until:
+            doc["al"] = self.app_locked_until
         return doc
 
     @classmethod
@@ -451,6 +488,12 @@ class UsedState:
             },
             proof_failures=_sends(_opt(doc, "pf", list, "used") or []),
             pin=PinVerifier.from_dict(doc["pn"]) if doc.get("pn") is not None else None,
+            apps={
+                str(k): AppUse.from_list(v, f"used.ap.{k}")
+                for k, v in (_opt(doc, "ap", dict, "used") or {}).items()
+            },
+            app_failures=_opt(doc, "af", int, "used") or 0,
+            app_locked_until=_opt(doc, "al", int, "used") or 0,
         )
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from otpgate.admin.inventory import HARDWARE
+from otpgate.apppass import is_app_record
 from otpgate.directory.inventory import SERIAL, InventoryMapper
 from otpgate.directory.ldapdata import SearchEntry
 from otpgate.directory.state import StateMapper
@@ -271,11 +272,12 @@ def assigned_source(mapper: StateMapper) -> Source:
                 entry_id = mapper.entry_id_of_rdn((found.first("cn") or b"").decode("ascii"))
             else:
                 entry_id = found.first(mapper.config.profile.id_attribute) or b""
-            tokens = [
-                Token.from_dict(codec.decode(v, entry_id, found.dn))
+            docs = [
+                codec.decode(v, entry_id, found.dn)
                 for v in found.attributes.get(name, [])
                 if codec.is_envelope(v)
             ]
+            tokens = [Token.from_dict(d) for d in docs if not is_app_record(d)]
         except (*_UNREADABLE, UnicodeDecodeError):
             return ()  # `otpgate show` and the help desk report such a user
         return tuple(

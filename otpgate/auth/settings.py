@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from otpgate.auth.appconfig import AppPasswordConfig
 from otpgate.auth.config import CodeRules, LockoutConfig, OtpConfig, PolicyConfig
 from otpgate.configfile import Network
 
@@ -33,3 +34,5 @@ class AuthSettings:
     is claimed for one warning in the write that spends its code."""
     codes: CodeRules | None = None
     """``[delivery]``: the rules of codes sent by e-mail or SMS; None: none are sent."""
+    app_passwords: AppPasswordConfig = field(default_factory=AppPasswordConfig)
+    """``[app_passwords]``: where app passwords are taken (none: the feature is off)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from otpgate.apppass import AppPassword
 from otpgate.pin import PinRecord
 from otpgate.tokens import Secret, Token, UsedState
 
@@ -74,6 +75,10 @@ class OtpState:
     used: UsedState = field(default_factory=UsedState)
     pin: PinRecord | None = field(default=None, repr=False)
     """The PIN and its key, from the seed (None: no PIN, or decoded without the seed)."""
+    apps: tuple[AppPassword, ...] = ()
+    """App passwords (values of the token list that are not tokens: ``apppass.py``)."""
+    app_key: bytes = field(default=b"", repr=False)
+    """The key of the app passwords' hashes, from the seed (b"": none, or not decrypted)."""
 
     def token(self, token_id: str) -> Token | None:
         return next((t for t in self.tokens if t.id == token_id), None)
@@ -90,11 +95,20 @@ class StateChange(Generic[T]):
     pin: PinRecord | None = field(default=None, repr=False)
     """A new PIN record for the seed (``pin.NO_PIN``: remove it); its verifier goes in
     ``used``, written in the same Modify."""
+    apps: tuple[AppPassword, ...] | None = None
+    """The app passwords, all of them (written with the tokens, in the same attribute)."""
+    app_key: bytes | None = field(default=None, repr=False)
+    """A new key of the app passwords' hashes for the seed (b"": remove it)."""
 
     @property
     def writes(self) -> bool:
         return not (
-            self.used is None and self.tokens is None and self.secrets is None and self.pin is None
+            self.used is None
+            and self.tokens is None
+            and self.secrets is None
+            and self.pin is None
+            and self.apps is None
+            and self.app_key is None
         )
 
 

@@ -33,6 +33,8 @@ import re
 import uuid
 from dataclasses import replace
 
+from otpgate.apppass import KEY_BYTES as APP_KEY_BYTES
+from otpgate.apppass import AppPassword, is_app_record
 from otpgate.codec import AttributeCodec, Purpose
 from otpgate.directory.config import DirectoryConfig
 from otpgate.directory.ldapdata import SCOPE_BASE, SCOPE_SUBTREE, Modification, SearchEntry
@@ -61,6 +63,8 @@ from otpgate.tokens import (
     TokenType,
     TokenUse,
     UsedState,
+    b64d,
+    b64e,
     secrets_from_dict,
     secrets_to_dict,
 )
@@ -337,11 +341,18 @@ class StateMapper:
         seed_doc = self.seed_codec.decode(user.seed, eid, who) if with_secrets and user.seed else {}
         secret_map = secrets_from_dict(seed_doc) if seed_doc else {}
         pin = PinRecord.from_dict(seed_doc["pin"]) if seed_doc.get("pin") is not None else None
-        tokens = tuple(Token.from_dict(self.tokens_codec.decode(v, eid, who)) for v in user.tokens)
+        docs = [self.tokens_codec.decode(v, eid, who) for v in user.tokens]
+        tokens = tuple(Token.from_dict(d) for d in docs if not is_app_record(d))
+        apps = tuple(AppPassword.from_dict(d) for d in docs if is_app_record(d))
+        app_key = b64d(seed_doc["ak"], "seed.ak") if seed_doc.get("ak") is not None else b""
         placeholder = bool(user.used) and all(v == INITIAL_USED for v in user.used)
         used = UsedState() if placeholder else self._decode_used(user)
         ids = {t.id for t in tokens}
-        if placeholder and (tokens or user.seed is not None):
+        if len({a.id for a in apps} | ids) != len(apps) + len(ids):
+            raise TamperedState(f"{who}: two stored records share an id; refusing them")
+        if set(used.apps) - {a.id for a in apps}:
+            raise TamperedState(f"{who}: use state of app passwords not stored; refusing it")
+        if placeholder and (tokens or apps or user.seed is not None):
             raise TamperedState(
                 f"{who}: the use state was reset to its first value while tokens are stored "
                 "(written outside otpgate); refusing it (an admin can `otpgate reset` the user)"
@@ -360,10 +371,14 @@ class StateMapper:
                 raise TamperedState(
                     f"{who}: the PIN in the seed does not match the use state's; refusing them"
                 )
-            state = OtpState(tokens=tokens, secrets=secret_map, used=used, pin=pin)
+            if apps and len(app_key) != APP_KEY_BYTES:
+                raise TamperedState(
+                    f"{who}: app passwords are stored without their key; refusing them"
+                )
+            state = OtpState(tokens, secret_map, used, pin, apps, app_key)
             object.__setattr__(user, "decoded", state)  # a memo on an immutable entry
             return state
-        return OtpState(tokens=tokens, secrets=secret_map, used=used)
+        return OtpState(tokens=tokens, secrets=secret_map, used=used, apps=apps)
 
     def _decode_used(self, user: UserEntry) -> UsedState:
         states = [
@@ -408,6 +423,13 @@ class StateMapper:
                     sorted({*merged.proof_failures, *state.proof_failures})
                 )[-MAX_SENDS_KEPT:],
                 pin=merged.pin if merged.pin is not None else state.pin,
+                apps={
+                    k: max((u for u in (merged.apps.get(k), state.apps.get(k)) if u),
+                           key=lambda u: u.at)
+                    for k in {*merged.apps, *state.apps}
+                },
+                app_failures=max(merged.app_failures, state.app_failures),
+                app_locked_until=max(merged.app_locked_until, state.app_locked_until),
             )
         return merged
 
@@ -475,23 +497,30 @@ class StateMapper:
                 Modification.ADD, used_name, (self.used_codec.encode(used.to_dict(), eid, who),)
             )
         )
-        if change.secrets is not None or change.pin is not None:
+        if change.secrets is not None or change.pin is not None or change.app_key is not None:
             name = self.config.seed.spec.name
             secrets = change.secrets if change.secrets is not None else state.secrets
             pin = state.pin if change.pin is None else (change.pin if change.pin.pin else None)
+            app_key = state.app_key if change.app_key is None else change.app_key
             if user.seed is not None:
                 changes.append(Modification(Modification.DELETE, name, (user.seed,)))
-            if secrets or pin is not None:
+            if secrets or pin is not None or app_key:
                 doc = secrets_to_dict(secrets)
                 if pin is not None:
                     doc["pin"] = pin.to_dict()
+                if app_key:
+                    doc["ak"] = b64e(app_key)
                 raw = self.seed_codec.encode(doc, eid, who)
                 changes.append(Modification(Modification.ADD, name, (raw,)))
-        if change.tokens is not None:
+        if change.tokens is not None or change.apps is not None:
+            # Tokens and app passwords are values of one attribute: rewritten together.
             name = self.config.tokens.spec.name
+            tokens = change.tokens if change.tokens is not None else state.tokens
+            apps = change.apps if change.apps is not None else state.apps
             if user.tokens:
                 changes.append(Modification(Modification.DELETE, name, user.tokens))
-            if change.tokens:
-                raws = tuple(self.tokens_codec.encode(t.to_dict(), eid, who) for t in change.tokens)
+            docs = [t.to_dict() for t in tokens] + [a.to_dict() for a in apps]
+            if docs:
+                raws = tuple(self.tokens_codec.encode(d, eid, who) for d in docs)
                 changes.append(Modification(Modification.ADD, name, raws))
         return changes
