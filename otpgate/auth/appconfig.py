@@ -1,0 +1,71 @@
+"""``[app_passwords]``: where app passwords may be used, and how many a user may hold.
+
+Off unless the admin names the LDAP listeners or RADIUS clients that take them: an app
+password is a static secret in place of password + code, so each place that accepts one is
+a decision (docs/APP-PASSWORDS.md).  A user's app password is scoped to some of these;
+one the admin removes from here stops working everywhere it was scoped to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otpgate.apppass import MAX_PER_USER
+from otpgate.configfile import Section
+from otpgate.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AppPasswordConfig:
+    listeners: tuple[str, ...] = ()
+    """LDAP listeners (as in ``[ldap_proxy] listen``) that take app passwords."""
+    nas: tuple[str, ...] = ()
+    """RADIUS clients (their name, or network where they have none) that take them."""
+    max_per_user: int = 5
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listeners or self.nas)
+
+    def allows(self, front_end: str, where: str) -> bool:
+        places = {"ldap": self.listeners, "radius": self.nas}.get(front_end, ())
+        return where in places
+
+
+def parse_app_passwords(sec: Section) -> AppPasswordConfig:
+    def bounded(value: int) -> None:
+        if not 1 <= value <= MAX_PER_USER:
+            raise ValueError(f"{value} is not between 1 and {MAX_PER_USER}")
+
+    config = AppPasswordConfig(
+        listeners=sec.strings("listeners"),
+        nas=sec.strings("nas"),
+        max_per_user=sec.value(AppPasswordConfig, "max_per_user", int, bounded),
+    )
+    sec.done()
+    return config
+
+
+def check_app_places(
+    config: AppPasswordConfig, listen: tuple[str, ...], nas: tuple[str, ...], modes: dict[str, str]
+) -> None:
+    """Each place named exists, and each NAS gets a password to compare (append or challenge
+    mode: an otp-only NAS sends the code alone)."""
+    for name in config.listeners:
+        if name not in listen:
+            raise ConfigError(
+                f"[app_passwords].listeners: {name!r} is not one of [ldap_proxy].listen "
+                "(name the listener exactly as it is written there)"
+            )
+    for name in config.nas:
+        if name not in nas:
+            known = ", ".join(repr(n) for n in nas) or "none"
+            raise ConfigError(
+                f"[app_passwords].nas: {name!r} is not the name of one of the "
+                f"[[radius.clients]] (their name, or network where they have none: {known})"
+            )
+        if modes.get(name) == "otp-only":
+            raise ConfigError(
+                f"[app_passwords].nas: {name!r} is in otp-only mode, where the NAS checks the "
+                "password itself and sends only the code: app passwords cannot work there"
+            )
