@@ -25,7 +25,8 @@ def record_success(used: UsedState, token_id: str, use: TokenUse) -> UsedState:
 
 
 def unlock(used: UsedState) -> UsedState:
-    return replace(used, failures=0, locked_until=0)
+    """Clear the lockout of the codes and that of the app passwords."""
+    return replace(used, failures=0, locked_until=0, app_failures=0, app_locked_until=0)
 
 
 class UnrecordedFailures:

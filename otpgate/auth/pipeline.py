@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from otpgate.audit import AuditTrail
 from otpgate.auth.access import channel_rule, pin_refusal, pin_required, sasl_refusal
+from otpgate.auth.applogin import app_login, app_secret
 from otpgate.auth.authorize import authorized
 from otpgate.auth.bindcache import BindCache
 from otpgate.auth.branches import first_enrollment, proof_login
@@ -120,6 +121,8 @@ class Authenticator:
         self._resolved: dict[int, UserEntry] = {}
         """The entry each login in progress resolved, by ``id(request)``, for requests with an
         ``authorize`` (dropped when the login ends)."""
+        self.unrecorded_apps = UnrecordedFailures(settings.lockout)
+        """Failed app passwords whose write had an unknown outcome (their own lockout)."""
         self._found: dict[int, Ready] = {}
         """What each login in progress found in its prologue, by ``id(request)``: the policy
         decision and whether the user holds a token, for the audit (the census reads them)."""
@@ -222,6 +225,11 @@ class Authenticator:
         refusal = self._admission(request)
         if refusal is not None:
             return refusal
+        secret = app_secret(request, self.settings.app_passwords)
+        if secret is not None and isinstance(request, Appended | PasswordStep):
+            done = await app_login(self, request, secret, trace)
+            if done is not None:
+                return done
         if isinstance(request, Appended):
             return await self._appended(request, check_password, trace)
         if isinstance(request, Separate):
@@ -335,6 +343,13 @@ class Authenticator:
             refusal = pin_refusal(channel)
             return noted(trace, Ready(user, decision, state, refusal, waivable=True))
         return noted(trace, Ready(user, decision, state))
+
+    def found(self, request: Login, ready: Ready) -> None:
+        """What a branch that does not run the prologue found (for the audit)."""
+        self._found[id(request)] = ready
+
+    async def resolve(self, request: Login, fresh: bool) -> UserEntry:
+        return await self._resolve(request, fresh)
 
     async def _resolve(self, request: Login, fresh: bool) -> UserEntry:
         """The request's entry; kept for its ``authorize`` (``authorize.py``) when it has one."""

@@ -1,0 +1,137 @@
+"""Creating, listing and revoking app passwords (pure state changes, shared by the CLI, the
+portal and the help desk; each runs inside the state engine's compare-and-swap).
+
+A new app password is generated before the change runs, so a compare-and-swap retried on a
+fresh read stores the same secret that is shown.  The secret is shown once and never
+stored: only its keyed hash is (``apppass.py``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from otpgate.apppass import AppPassword, Scope, check_name, digest, generate, new_key
+from otpgate.auth.appconfig import AppPasswordConfig
+from otpgate.directory.records import OtpState, StateChange
+from otpgate.errors import NoSuchToken, PolicyError
+from otpgate.tokens import AppUse, new_token_id
+
+
+@dataclass(frozen=True)
+class Created:
+    app: AppPassword
+    secret: str
+    """The app password itself: shown once to whoever created it, never stored."""
+
+
+def scope_for(
+    places: AppPasswordConfig,
+    listeners: Sequence[str] = (),
+    nas: Sequence[str] = (),
+    networks: Sequence[str] = (),
+    expires: str | int | None = None,
+    now: float = 0.0,
+) -> Scope:
+    """A scope from what a person chose, checked against ``[app_passwords]``; PolicyError
+    (naming what is wrong) otherwise.  ``expires``: a date (through that day, UTC), or a
+    Unix time."""
+    if not places.enabled:
+        raise PolicyError("app passwords are off: [app_passwords] names no listener or NAS")
+    for name in listeners:
+        if name not in places.listeners:
+            raise PolicyError(f"listener {name!r} does not take app passwords")
+    for name in nas:
+        if name not in places.nas:
+            raise PolicyError(f"NAS {name!r} does not take app passwords")
+    nets = []
+    for text in networks:
+        try:
+            nets.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError as exc:
+            raise PolicyError(f"network {text!r}: {exc}") from exc
+    end = 0
+    if isinstance(expires, int):
+        end = expires
+    elif expires:
+        try:
+            day = datetime.date.fromisoformat(expires.strip())
+        except ValueError as exc:
+            raise PolicyError(f"expiry {expires!r}: a date such as 2027-03-31") from exc
+        end = int(datetime.datetime.combine(day, datetime.time(), datetime.UTC).timestamp())
+        end += 86400
+    if end and end <= now:
+        raise PolicyError("the expiry date has passed")
+    try:
+        return Scope(tuple(listeners), tuple(nas), tuple(nets), end)
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from exc
+
+
+def create_change(
+    name: str, scope: Scope, now: float, max_per_user: int
+) -> tuple[str, Callable[[OtpState], StateChange[Created]]]:
+    """(the secret, the change that stores its record); the user's hash key is made with her
+    first app password."""
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from exc
+    secret = generate()
+    ident = new_token_id()
+    fresh_key = new_key()
+
+    def change(state: OtpState) -> StateChange[Created]:
+        if len(state.apps) >= max_per_user:
+            raise PolicyError(
+                f"the user already has {len(state.apps)} app passwords, the maximum is "
+                f"{max_per_user} ([app_passwords].max_per_user): revoke one first"
+            )
+        if any(a.name == name for a in state.apps):
+            raise PolicyError(f"the user already has an app password named {name!r}")
+        taken = {t.id for t in state.tokens} | {a.id for a in state.apps}
+        if ident in taken:
+            raise PolicyError("an id clash; try again")
+        key = state.app_key or fresh_key
+        app = AppPassword(ident, name, scope, int(now), digest(key, secret))
+        return StateChange(
+            Created(app, secret), apps=(*state.apps, app), app_key=None if state.app_key else key
+        )
+
+    return secret, change
+
+
+def find_app(state: OtpState, ref: str) -> AppPassword:
+    """The app password named or numbered ``ref``."""
+    hits = [a for a in state.apps if ref in (a.id, a.name)]
+    if len(hits) != 1:
+        raise NoSuchToken(f"the user has no app password {ref!r}")
+    return hits[0]
+
+
+def revoke_change(state: OtpState, ref: str | None) -> StateChange[tuple[AppPassword, ...]]:
+    """Remove one app password (``ref``: id or name), or all of them (None), and their last
+    use.  The use state is rewritten too, so a login holding an older read loses its
+    compare-and-swap and sees the revocation."""
+    gone = state.apps if ref is None else (find_app(state, ref),)
+    ids = {a.id for a in gone}
+    used = replace(state.used, apps={k: v for k, v in state.used.apps.items() if k not in ids})
+    kept = tuple(a for a in state.apps if a.id not in ids)
+    return StateChange(gone, used=used, apps=kept, app_key=b"" if not kept else None)
+
+
+def listing(state: OtpState, now: float) -> list[dict[str, Any]]:
+    """Each app password for people: name, scope, created, expiry, last use (no hash)."""
+    rows = []
+    for app in state.apps:
+        use: AppUse | None = state.used.apps.get(app.id)
+        row = app.shown()
+        row["expired"] = app.expired(now)
+        row["last_used"] = use.at if use else None
+        row["last_from"] = use.client if use else ""
+        row["last_where"] = use.where if use else ""
+        rows.append(row)
+    return rows

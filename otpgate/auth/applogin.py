@@ -1,0 +1,163 @@
+"""The app-password branch of the pipeline: a secret of the app-password form
+(``apppass.FORM``) from a user who holds app passwords, on a bind or a RADIUS password.
+
+It replaces password + code on the listeners and NASes of its scope, so nothing is bound
+upstream: the user's directory password is neither needed nor sent.  What the directory
+would have refused at a bind is therefore read from the entry the pipeline resolved, fresh
+for every such login (no cache outlives a disabled account or a revocation): a disabled AD
+account is no user (the profile's filter), an expired one is refused (``accountExpires``),
+like every way in.  Decided inside the state engine's compare-and-swap on what the
+directory holds, like a code: the last use is written with each login, so a revocation
+made through any gateway is seen by the next login everywhere.
+
+Order (``decide_app``): the user's suspension; the app-password lockout (its own, apart
+from the codes'); the match (a miss counts towards that lockout); the match's end date;
+its scope (``[app_passwords]`` must still take the place, and the app password must name
+it, and the client's network if it names any).  Out of scope is refused as a wrong password
+would be, audited as such, and not counted: it is no guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from otpgate.apppass import AppPassword, looks_like_app_password, matching
+from otpgate.auth.access import channel_rule
+from otpgate.auth.appconfig import AppPasswordConfig
+from otpgate.auth.config import LockoutConfig
+from otpgate.auth.policy import Decision
+from otpgate.auth.requests import (
+    Appended,
+    AuthRequest,
+    AuthResult,
+    Channel,
+    PasswordStep,
+    Trace,
+)
+from otpgate.auth.suspension import until_text, user_suspension
+from otpgate.auth.trace import Ready, note
+from otpgate.directory.records import OtpState, StateChange
+from otpgate.errors import DirectoryUnavailable
+from otpgate.tokens import AppUse
+
+if TYPE_CHECKING:
+    from otpgate.auth.pipeline import Authenticator
+
+APP_PASSWORD = "app password"  # noqa: S105 - a policy name, no secret
+"""The policy the audit records for these logins (``policy_facts``)."""
+LOCKED = "app passwords locked out"
+WRONG = "wrong app password"
+MAX_CLIENT = 64
+MAX_WHERE = 256
+
+
+@dataclass(frozen=True)
+class AppVerdict:
+    app: AppPassword | None
+    why: str
+
+    @property
+    def ok(self) -> bool:
+        return self.app is not None and self.why == "accepted"
+
+
+def app_secret(request: AuthRequest, settings: AppPasswordConfig) -> str | None:
+    """The secret of ``request`` if it is an app-password login (the feature on, a bind or
+    a RADIUS password of the app-password form)."""
+    if not settings.enabled:
+        return None
+    if isinstance(request, Appended):
+        secret = request.typed
+    elif isinstance(request, PasswordStep):
+        secret = request.password
+    else:
+        return None
+    return secret if looks_like_app_password(secret) else None
+
+
+def decide_app(
+    state: OtpState,
+    typed: str,
+    channel: Channel,
+    client: str | None,
+    now: float,
+    places: AppPasswordConfig,
+    rules: LockoutConfig,
+) -> StateChange[AppVerdict]:
+    """What an app-password login writes (pure): see the module's order."""
+    used = state.used
+    held = user_suspension(used, now)
+    if held is not None:  # the help desk's "suspend all of her OTP" holds app passwords too
+        return StateChange(AppVerdict(None, f"suspended for the user ({until_text(held)})"))
+    if used.app_locked_until > now:
+        return StateChange(AppVerdict(None, LOCKED))
+    app = matching(state.apps, state.app_key, typed)
+    if app is None:
+        failures = used.app_failures + 1
+        if failures >= rules.max_failures:
+            locked = int(now) + 60 * rules.duration_minutes
+            after = replace(used, app_failures=0, app_locked_until=locked)
+            return StateChange(AppVerdict(None, f"{WRONG} (now locked out)"), used=after)
+        return StateChange(AppVerdict(None, WRONG), used=replace(used, app_failures=failures))
+    if app.expired(now):
+        return StateChange(AppVerdict(app, f"app password {app.name!r} expired"))
+    where = channel.where
+    if not places.allows(channel.front_end, where) or not app.scope.covers(
+        channel.front_end, where, client
+    ):
+        return StateChange(AppVerdict(app, f"app password {app.name!r} out of scope"))
+    use = AppUse(int(now), (client or "")[:MAX_CLIENT], where[:MAX_WHERE])
+    after = replace(used, apps={**used.apps, app.id: use}, app_failures=0, app_locked_until=0)
+    return StateChange(AppVerdict(app, "accepted"), used=after)
+
+
+async def app_login(
+    auth: Authenticator, request: Appended | PasswordStep, secret: str, trace: Trace
+) -> AuthResult | None:
+    """The login, or None when the user holds no app password (then the secret is taken as
+    what it would otherwise be: password + code)."""
+    user = await auth.resolve(request, fresh=True)
+    if request.channel.restricted:
+        user, refusal = await channel_rule(request, user, lambda: auth.resolve(request, True))
+        if refusal is not None:
+            auth.found(request, Ready(user, Decision(True, APP_PASSWORD), None, refusal))
+            return AuthResult(False, refusal, user.dn)
+    now = auth.clock.seconds()
+    state = auth.store.decode(user)
+    if not state.apps:
+        return None
+    auth.found(request, Ready(user, Decision(False, APP_PASSWORD), state))
+    if user.expires_at is not None and user.expires_at <= now:
+        return AuthResult(False, "expired", user.dn)
+    places, rules = auth.settings.app_passwords, auth.settings.lockout
+    pending = auth.unrecorded_apps.count(user.entry_id, now)
+
+    def change(current: OtpState) -> StateChange[AppVerdict]:
+        if pending:
+            failures = current.used.app_failures + pending
+            current = replace(current, used=replace(current.used, app_failures=failures))
+        return decide_app(current, secret, request.channel, request.client, now, places, rules)
+
+    planned: list[StateChange[AppVerdict]] = []
+
+    def remembered(current: OtpState) -> StateChange[AppVerdict]:
+        planned.append(change(current))
+        return planned[-1]
+
+    try:
+        verdict, user = await auth.store.update(user, remembered)
+    except DirectoryUnavailable:
+        # A failure whose write has an unknown outcome still counts (on this gateway).
+        if planned and planned[-1].result.app is None and planned[-1].used is not None:
+            auth.unrecorded_apps.add(user.entry_id, now)
+        raise
+    if planned and planned[-1].writes:
+        auth.unrecorded_apps.recorded(user.entry_id)
+    app_id = verdict.app.id if verdict.app is not None else None
+    if not verdict.ok or verdict.app is None:
+        note(trace, "app password", False, verdict.why)
+        return AuthResult(False, verdict.why, user.dn, app_id)
+    name = verdict.app.name
+    note(trace, "app password", True, f"{name!r} accepted, nothing bound upstream")
+    return AuthResult(True, f"app password {name!r} accepted", user.dn, app_id)

@@ -1,0 +1,205 @@
+"""App passwords in the one pipeline (in memory, ``twisted.internet.task.Clock``): scope by
+listener, NAS and network, end dates, revocation seen at once, a lockout of their own,
+nothing bound upstream, and what is stored (no clear copy)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from otpgate.admin.apppasswords import create_change, listing, revoke_change, scope_for
+from otpgate.admin.manage import unlock_change
+from otpgate.apppass import FORM, SECRET_BITS, looks_like_app_password
+from otpgate.auth.requests import Appended, Channel, PasswordStep
+from otpgate.errors import PolicyError, TamperedState
+from otpgate.otp.oath import hotp
+from tests.unit.test_pipeline import PW, START, World, config
+
+MAIL = "tcp:10389:interface=127.0.0.1"
+VPN = "tcp:20389:interface=127.0.0.1"
+OTHER = "tcp:30389:interface=127.0.0.1"
+LISTEN = [MAIL, VPN, OTHER]
+DAY = 86400.0
+
+
+def world(**app_passwords: Any) -> World:
+    places = {"listeners": [MAIL, VPN], "nas": ["wifi"], **app_passwords}
+    cfg = config(
+        ldap_proxy={"listen": LISTEN},
+        radius={"clients": [{"name": "wifi", "address": "192.0.2.0/24", "secret": "s" * 16}]},
+        app_passwords=places,
+    )
+    w = World(cfg)
+    w.events: list[dict[str, Any]] = []  # type: ignore[misc]
+    w.auth.audit.observers.append(w.events.append)
+    w.directory.add_user("alice", PW)
+    return w
+
+
+def ldap(where: str, enforce: bool = True) -> Channel:
+    return Channel("ldap", name=where, where=where, enforce=enforce)
+
+
+async def create(w: World, name: str = "mail", **scope: Any) -> str:
+    chosen = scope_for(w.config.app_passwords, **{"listeners": [MAIL], **scope}, now=START)
+    limit = w.config.app_passwords.max_per_user
+    secret, change = create_change(name, chosen, w.clock.seconds(), limit)
+    user = await w.store.resolve("alice", fresh=True)
+    await w.store.update(user, change)
+    return secret
+
+
+def never_bound(*_args: Any) -> Any:
+    raise AssertionError("an app-password login binds nothing upstream")
+
+
+async def login(w: World, secret: str, channel: Channel, client: str = "192.0.2.7",
+                check: Any = never_bound) -> Any:
+    request = Appended(name="alice", typed=secret, client=client, channel=channel)
+    return await w.auth.login(request, check)
+
+
+def test_the_form_and_the_entropy() -> None:
+    from otpgate.apppass import generate
+
+    secret = generate()
+    assert SECRET_BITS >= 128 and FORM.fullmatch(secret) and looks_like_app_password(secret)
+    assert not looks_like_app_password(PW + "123456")
+    assert not looks_like_app_password(secret.replace("-", ""))  # the dashes tell it apart
+
+
+@pytest_twisted.ensureDeferred
+async def test_accepted_in_scope_only_and_nothing_bound() -> None:
+    w = world()
+    secret = await create(w)
+    ok = await login(w, secret, ldap(MAIL))
+    assert ok.ok and ok.reason == "app password 'mail' accepted"
+    event = w.events[-1]
+    assert event["policy"] == "app password" and event["token"] == ok.token_id
+    assert (await login(w, secret.upper(), ldap(MAIL))).ok  # typed in capitals
+    for where in (VPN, OTHER):  # taken by the gateway, but not in this one's scope; not taken
+        out = await login(w, secret, ldap(where))
+        assert not out.ok and out.reason == "app password 'mail' out of scope"
+    user = await w.store.resolve("alice", fresh=True)
+    assert w.store.decode(user).used.app_failures == 0  # out of scope is no guess
+    rows = listing(w.store.decode(user), w.clock.seconds())
+    assert rows[0]["last_where"] == MAIL and rows[0]["last_from"] == "192.0.2.7"
+
+
+@pytest_twisted.ensureDeferred
+async def test_radius_scope_by_nas_and_network_and_no_challenge() -> None:
+    w = world()
+    secret = await create(w, "phone", listeners=[], nas=["wifi"], networks=["192.0.2.0/28"])
+    wifi = Channel("radius", name="wifi", where="wifi")
+    step = PasswordStep(name="alice", password=secret, client="192.0.2.7", channel=wifi)
+    done = await w.auth.login(step, never_bound)
+    assert done.ok and not done.needs_otp  # no Access-Challenge: the app password is all
+    far = PasswordStep(name="alice", password=secret, client="192.0.2.99", channel=wifi)
+    assert not (await w.auth.login(far, never_bound)).ok
+    assert not (await login(w, secret, ldap(MAIL))).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_end_date_and_a_revocation_hold_at_once_on_every_gateway() -> None:
+    w = world()
+    secret = await create(w, expires="2023-11-15")  # START is 2023-11-14 22:13 UTC
+    other = w.other_gateway()
+    assert (await login(other, secret, ldap(MAIL))).ok
+    w.clock.advance(DAY * 2)
+    gone = await login(w, secret, ldap(MAIL))
+    assert not gone.ok and gone.reason == "app password 'mail' expired"
+    second = await create(w, "second")
+    assert (await login(other, second, ldap(MAIL))).ok  # the other gateway has it cached
+    user = await w.store.resolve("alice", fresh=True)
+    await w.store.update(user, lambda s: revoke_change(s, "second"))
+    refused = await login(other, second, ldap(MAIL))
+    assert not refused.ok and refused.reason == "wrong app password"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lockout_of_their_own_that_leaves_the_codes_working() -> None:
+    w = world()
+    secret = await create(w)
+    key = await w.oath("alice")
+    wrong = "aaaa-bbbb-cccc-dddd-eeee-ffff-gggg"
+    for _ in range(w.config.lockout.max_failures):
+        assert not (await login(w, wrong, ldap(MAIL))).ok
+    assert w.events[-1]["reason"] == "wrong app password (now locked out)"
+    locked = await login(w, secret, ldap(MAIL))
+    assert not locked.ok and locked.reason == "app passwords locked out"
+    otp = await login(w, PW + hotp(key, 0), ldap(MAIL), check=w.directory.check_password)
+    assert otp.ok, otp  # the codes are not locked
+    user = await w.store.resolve("alice", fresh=True)
+    await w.store.update(user, unlock_change)  # the help desk's unlock clears both
+    assert (await login(w, secret, ldap(MAIL))).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_app_passwords_or_with_the_feature_off_the_secret_is_what_it_was() -> None:
+    w = world()
+    key = await w.oath("alice")
+    lookalike = "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23"
+    refused = await login(w, lookalike, ldap(MAIL), check=w.directory.check_password)
+    assert not refused.ok and "app password" not in refused.reason  # a password + code
+    assert key
+    off = World(config(ldap_proxy={"listen": LISTEN}))
+    off.directory.add_user("alice", PW)
+    scope = scope_for(world().config.app_passwords, listeners=[MAIL], now=START)
+    secret, change = create_change("mail", scope, START, 5)
+    await off.store.update(await off.store.resolve("alice", fresh=True), change)
+    stays = await off.auth.login(
+        Appended(name="alice", typed=secret, client="192.0.2.7", channel=ldap(MAIL)),
+        off.directory.check_password,
+    )
+    assert not stays.ok and "app password" not in stays.reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_suspension_expiry_and_report_only() -> None:
+    from otpgate.admin.suspend import suspend_change
+
+    w = world()
+    secret = await create(w)
+    assert (await login(w, secret, ldap(MAIL, enforce=False))).ok  # checked as anywhere
+    wrong = await login(w, "aaaa-bbbb-cccc-dddd-eeee-ffff-gggg", ldap(MAIL, enforce=False))
+    assert not wrong.ok
+    user = await w.store.resolve("alice", fresh=True)
+    await w.store.update(user, lambda s: suspend_change(s, None, 0, START))
+    held = await login(w, secret, ldap(MAIL))
+    assert not held.ok and held.reason.startswith("suspended for the user")
+
+
+@pytest_twisted.ensureDeferred
+async def test_stored_without_a_clear_copy_and_limits() -> None:
+    w = world(max_per_user=2)
+    secret = await create(w)
+    user = await w.store.resolve("alice", fresh=True)
+    raw = b"".join(user.tokens) + (user.seed or b"") + b"".join(user.used)
+    assert secret.encode() not in raw and secret.replace("-", "").encode() not in raw
+    await create(w, "two")
+    with pytest.raises(PolicyError, match="maximum is 2"):
+        await create(w, "three")
+    with pytest.raises(PolicyError, match="does not take app passwords"):
+        scope_for(w.config.app_passwords, listeners=[OTHER])
+    with pytest.raises(PolicyError, match="at least one"):
+        scope_for(w.config.app_passwords)
+
+
+@pytest_twisted.ensureDeferred
+async def test_records_without_their_key_are_refused() -> None:
+    import dataclasses
+
+    w = world()
+    await create(w)
+    user = await w.store.resolve("alice", fresh=True)
+    state = w.store.decode(user)
+    # The seed written back from before the first app password: records, no key.
+    mapper = w.store.mapper
+    doc = {"v": 1, "s": {}}
+    old_seed = mapper.seed_codec.encode(doc, user.entry_id, user.dn)
+    stale = dataclasses.replace(user, seed=old_seed, decoded=None)
+    with pytest.raises(TamperedState, match="without their key"):
+        mapper.decode(stale)
+    assert state.apps
