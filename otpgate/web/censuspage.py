@@ -76,7 +76,9 @@ class Progress:
         self.done, self.total = done, total
 
 
-def snapshot(census: Census, files: tuple[tuple[str, int], ...], seconds: float, today: date) -> Snapshot:
+def snapshot(
+    census: Census, files: tuple[tuple[str, int], ...], seconds: float, today: date
+) -> Snapshot:
     """What a view shows of ``census`` (rows, counts per filter, the suggestion), computed
     once per scan rather than per view."""
     rows = tuple(census.rows())
@@ -167,8 +169,7 @@ class CensusCache:
         self._running = None
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
-            if not waiter.called:
-                waiter.callback(None)
+            _fire(waiter)
 
     async def view(self, wait: float = WAIT_SECONDS) -> Snapshot | None:
         """The latest result (None while the first scan is still running after ``wait``
@@ -177,11 +178,16 @@ class CensusCache:
         if self.latest is None and self._running is not None and wait > 0:
             waiter: defer.Deferred[None] = defer.Deferred()
             self._waiters.append(waiter)
-            timer = self.clock.callLater(wait, lambda: waiter.called or waiter.callback(None))
+            timer = self.clock.callLater(wait, _fire, waiter)
             await waiter
             if timer.active():
                 timer.cancel()
         return self.latest
+
+
+def _fire(waiter: defer.Deferred[None]) -> None:
+    if not waiter.called:
+        waiter.callback(None)
 
 
 def _arg(request: Any, name: str) -> str:

@@ -42,12 +42,15 @@ def no_audit_file() -> str:
     )
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
+def _size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def scanning(done: int, total: int) -> str:
-    part = f" ({_megabytes(done)} of {_megabytes(total)})" if total else ""
+    part = f" ({_size(done)} of {_size(total)})" if total else ""
     return (
         f'<p class="notice" id="census-scanning" data-reload="{RELOAD_SECONDS}">'
         f"Scanning the audit trail{h(part)}… This page shows the census once it is done. "
@@ -80,7 +83,7 @@ def _clients(row: AccountRow) -> str:
 
 
 def _row(row: AccountRow) -> str:
-    find = f'/helpdesk?{urlencode({"q": row.dn or row.user})}'
+    find = f"/helpdesk?{urlencode({'q': row.dn or row.account})}"
     account = f'<a href="{h(find)}">{h(row.account)}</a>'
     if row.dn and row.user and row.user != row.dn:
         account += f'<br><span class="hint">typed: {h(row.user)}</span>'
@@ -155,7 +158,7 @@ def _source(snap: Snapshot, now: float, scanning: bool) -> str:
     again = " A new scan is under way." if scanning else ""
     return (
         f'<p id="census-source">{snap.events} audit events from {len(snap.files)} file(s), '
-        f"{h(_megabytes(size))}: {h(names)}{h(malformed)}.</p>"
+        f"{h(_size(size))}: {h(names)}{h(malformed)}.</p>"
         f'<p id="census-computed">Computed at <span id="census-when">'
         f"{h(when(snap.computed_at))}</span> ({age} s ago, in {snap.seconds:.1f} s).{again}</p>"
     )
@@ -169,11 +172,7 @@ def census_page(snap: Snapshot, only: str, now: float, scanning: bool = False) -
         )
     keep = FILTERS.get(only)
     rows = [r for r in snap.rows if keep is None or keep(r)]
-    html = (
-        _source(snap, now, scanning)
-        + _filters(snap.counts, only)
-        + census_table(rows)
-    )
+    html = _source(snap, now, scanning) + _filters(snap.counts, only) + census_table(rows)
     if only in ("all", "service"):
         html += "<h2>Suggested exemptions</h2>" + suggestion_block(snap.suggestion)
     return html + (

@@ -9,6 +9,7 @@ import gzip
 import json
 import re
 from datetime import date
+from html import unescape
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -77,7 +78,7 @@ def snap(computed_at: float = DAY + 86400) -> Snapshot:
 
 
 def rows_of(html: str) -> list[str]:
-    return re.findall(r'<tr data-account="([^"]*)"', html)
+    return [unescape(a) for a in re.findall(r'<tr data-account="([^"]*)"', html)]
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ def test_the_page_lists_every_account_with_its_verdict_and_the_filters_with_coun
         assert link.group(1) == ("/helpdesk/census" if key == "all"
                                  else f"/helpdesk/census?only={key}")
     assert 'id="filter-all" href="/helpdesk/census" aria-current="page"' in html
-    assert "audit.log.1.gz, audit.log" in html and "0.0 MB" not in html
+    assert "2 file(s), 7.0 kB: audit.log.1.gz, audit.log." in html
     assert "Computed at <span id=\"census-when\">2025-12-08 00:00:00 UTC</span> (12 s ago" in html
     # The suggestion: the service, scoped to its address, in a <pre>.
     pre = re.search(r'<pre id="census-suggestion">(.*?)</pre>', html, re.S)
