@@ -75,37 +75,40 @@ def _token(enrolled: bool | None) -> str:
 
 
 def _clients(row: AccountRow) -> str:
-    shown = ", ".join(row.clients)
+    shown = [f'<span class="nowrap">{h(c)}</span>' for c in row.clients]
     if row.clients_more or row.client_count > len(row.clients):
         total = f"{row.client_count}+" if row.clients_more else str(row.client_count)
-        shown += f" … ({total} addresses)"
-    return h(shown or "-")
+        shown.append(f'<span class="hint">… {h(total)} addresses</span>')
+    return "<br>".join(shown) or "-"
 
 
 def _row(row: AccountRow) -> str:
     find = f"/helpdesk?{urlencode({'q': row.dn or row.account})}"
     account = f'<a href="{h(find)}">{h(row.account)}</a>'
-    if row.dn and row.user and row.user != row.dn:
+    if row.dn and row.user and row.user.lower() not in row.dn.lower():
         account += f'<br><span class="hint">typed: {h(row.user)}</span>'
     ways = ", ".join(row.front_ends)
     if row.channels:
         ways += f" ({', '.join(row.channels)})"
-    refused = f"{row.refused}" + (f" (+{row.would_refuse} would be)" if row.would_refuse else "")
+    refused = str(row.refused)
+    if row.would_refuse:
+        refused += f'<br><span class="hint">{row.would_refuse} would be</span>'
     return (
         f'<tr data-account="{h(row.account)}" data-verdict="{h(row.verdict)}">'
-        f'<td data-label="account">{account}</td>'
+        f'<td class="account" data-label="account">{account}</td>'
+        f'<td class="verdict" data-label="verdict"><strong>{h(row.verdict)}</strong>'
+        f'<br><span class="hint">{h(row.why)}</span></td>'
         f'<td data-label="binds">{row.binds}</td>'
-        f'<td data-label="accepted">{row.accepted}</td>'
-        f'<td data-label="refused">{h(refused)}</td>'
         f'<td data-label="codes">{row.codes}</td>'
+        f'<td data-label="token">{_token(row.enrolled)}</td>'
+        f'<td data-label="accepted">{row.accepted}</td>'
+        f'<td data-label="refused">{refused}</td>'
         f'<td data-label="clients">{_clients(row)}</td>'
         f'<td data-label="ways in">{h(ways or "-")}</td>'
-        f'<td data-label="token">{_token(row.enrolled)}</td>'
         f'<td data-label="policy">{h(row.policy or "-")}</td>'
         f'<td data-label="first seen">{when_html(row.first_seen)}</td>'
         f'<td data-label="last seen">{when_html(row.last_seen)}</td>'
-        f'<td data-label="verdict"><strong>{h(row.verdict)}</strong>'
-        f'<br><span class="hint">{h(row.why)}</span></td></tr>'
+        "</tr>"
     )
 
 
@@ -113,8 +116,8 @@ def census_table(rows: Sequence[AccountRow]) -> str:
     if not rows:
         return '<p id="census-empty">No account matches.</p>'
     heads = (
-        "account", "binds", "accepted", "refused", "codes", "clients", "ways in", "token",
-        "policy", "first seen", "last seen", "verdict",
+        "account", "verdict", "binds", "codes", "token", "accepted", "refused", "clients",
+        "ways in", "policy", "first seen", "last seen",
     )  # fmt: skip
     head = "".join(f'<th scope="col">{h(t)}</th>' for t in heads)
     shown = rows[:MAX_ROWS]
