@@ -103,7 +103,7 @@ def _safe(block: _Block, others: list[AccountRow]) -> bool:
 
 def _blocks(rows: list[AccountRow]) -> list[_Block]:
     services = [
-        r for r in rows if r.verdict == SERVICE and requires_code(r.policy) and r.dn is not None
+        r for r in rows if r.verdict == SERVICE and requires_code(r.policy) and dn_key(r.dn or "")
     ]
     others = [r for r in rows if r.verdict != SERVICE]
     patterns, rest = _pattern_groups(services)
