@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 
 from otpgate.auth.exemptconfig import parse_exemptions
 from otpgate.auth.policy import Policy
@@ -152,3 +153,40 @@ def test_missing_file_is_a_clear_error(logs: Path) -> None:
     done = census(str(cut), check=False)
     assert done.returncode == 2 and "cut.log.gz" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- the audit file a real gateway writes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["slapd-stock"], indirect=True)
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+@pytest_twisted.ensureDeferred
+async def test_the_audit_file_of_a_real_gateway(backend, tmp_path, as_json):
+    from otpgate.otp.oath import hotp
+    from tests.integration.test_rollout_report_only import PW, Listeners
+
+    path = tmp_path / "audit.log"
+    logging = {"file": str(path), "json": as_json, "flush_seconds": 0}
+    ways = Listeners(backend, tmp_path, logging=logging)
+    ways.gateway.audit.start()
+    try:
+        _n, svc = backend.new_user("svccensus")
+        name, person = backend.new_user("percensus")
+        key = await ways.enroll(name)
+        for _ in range(12):  # no token: the report-only listener takes the password alone
+            assert await ways.bind(ways.report, svc, PW) == 0
+        assert await ways.bind(ways.enforced, person, PW + hotp(key, 0)) == 0
+        assert await ways.bind(ways.enforced, person, PW) == 49  # no code: refused
+        assert await ways.bind(ways.enforced, svc, "wrong") == 49
+    finally:
+        await ways.stop()
+    doc = json.loads(census(str(path), "--json").stdout)
+    assert (doc["events"], doc["malformed"]) == (15, 0)
+    rows = {r["dn"]: r for r in doc["accounts"]}
+    s, p = rows[svc], rows[person]
+    assert (s["binds"], s["accepted"], s["refused"], s["would_refuse"]) == (13, 12, 1, 12)
+    assert s["enrolled"] is False and s["policy"] == "otp" and s["codes"] == 0
+    assert s["clients"] == ["127.0.0.1"] and "rollout" in s["channels"]
+    assert s["verdict"] == NO_TOKEN  # twelve binds in a second or two: no rhythm to judge
+    assert (p["codes"], p["accepted"], p["refused"], p["enrolled"]) == (1, 1, 1, True)
+    assert p["verdict"] == READY
