@@ -32,8 +32,8 @@ near 0; a Poisson arrival's are 1; a person's, with nights and weekends between,
 AROUND_THE_CLOCK_HOURS = 16
 """Active in at least this many distinct hours of day (UTC): more than any working day."""
 NIGHT_HOURS = frozenset(range(5))
-"""00:00-05:00 UTC: an account active only then is a nightly job (one bind a night is not
-steady, the day between makes the intervals uneven)."""
+"""00:00-05:00 UTC: an account active only then is a nightly job (one that binds a few times
+a night is not steady: the day between makes its intervals uneven)."""
 MIN_INTERVAL = 1.0
 """Binds less than this many seconds apart are one burst (a client's connection pool binding
 twice); they do not count as intervals, so bursts do not hide a steady timer."""

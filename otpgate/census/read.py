@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,10 @@ PROGRESS_LINES = 65536
 """Lines between two progress reports."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
+
+
+class Unreadable(OSError):
+    """A file of the scan could not be read (its name and why); ``OSError`` like opening."""
 _ROTATED = re.compile(r"\.(?P<n>\d+)(?:\.gz)?|-(?P<date>\d{8,14})(?:\.gz)?")
 _TEXT_MARK = "[otpgate.audit] auth "
 _PAIR = re.compile(
@@ -165,33 +170,47 @@ def scan(
 ) -> Census:
     """Feed every audit event of ``paths`` (in order) to ``census`` (a new one by default).
     ``progress`` is called now and then with the bytes read so far and the bytes of all
-    the files on disk (compressed bytes for gzip).  OSError for a file that cannot be read."""
+    the files on disk (compressed bytes for gzip).  ``Unreadable`` (an OSError) names a
+    file that cannot be read, or a gzip file that is cut short or corrupt."""
     census = census if census is not None else Census()
     files = list(paths)
     total = sum(p.stat().st_size for p in files)
     done = 0
-    feed, loads = census.feed, json.loads
     for path in files:
-        with _opened(path) as (raw, text):
-            count = 0
-            for line in bounded_lines(text):
-                count += 1
-                if progress is not None and count % PROGRESS_LINES == 0:
-                    progress(done + raw.tell(), total)
-                if line.startswith('{"time": ') and '"event": "auth"' in line:
-                    try:  # the common case first: the gateway's own JSON lines
-                        event = loads(line)
-                    except ValueError:
-                        census.malformed += 1
-                        continue
-                    feed(event)
-                    continue
-                parsed = parse_line(line)
-                if parsed is MALFORMED:
-                    census.malformed += 1
-                elif isinstance(parsed, dict):
-                    feed(parsed)
-            done += path.stat().st_size
+
+        def report(at: int, before: int = done) -> None:
+            if progress is not None:
+                progress(before + at, total)
+
+        try:
+            _scan_one(path, census, report)
+        except (OSError, EOFError, zlib.error) as exc:  # EOFError: a gzip file cut short
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise Unreadable(f"{path}: {why or type(exc).__name__}") from exc
+        done += path.stat().st_size
         if progress is not None:
             progress(done, total)
     return census
+
+
+def _scan_one(path: Path, census: Census, progress: Callable[[int], None]) -> None:
+    feed, loads = census.feed, json.loads
+    with _opened(path) as (raw, text):
+        count = 0
+        for line in bounded_lines(text):
+            count += 1
+            if count % PROGRESS_LINES == 0:
+                progress(raw.tell())
+            if line.startswith('{"time": ') and '"event": "auth"' in line:
+                try:  # the common case first: the gateway's own JSON lines
+                    event = loads(line)
+                except ValueError:
+                    census.malformed += 1
+                    continue
+                feed(event)
+                continue
+            parsed = parse_line(line)
+            if parsed is MALFORMED:
+                census.malformed += 1
+            elif isinstance(parsed, dict):
+                feed(parsed)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from otpgate.auth.exemptions import Exemption, Exemptions, pattern_rdns
 from otpgate.census.model import SERVICE, AccountRow, requires_code
 from otpgate.dn import dn_key
+from otpgate.tokens import UNSAFE_TEXT
 
 PREFIX = 3
 """Characters a group's first RDN values must share: "svc-" groups, "a" or "jo" do not."""
@@ -102,7 +103,7 @@ def _safe(block: _Block, others: list[AccountRow]) -> bool:
 
 def _blocks(rows: list[AccountRow]) -> list[_Block]:
     services = [
-        r for r in rows if r.verdict == SERVICE and requires_code(r.policy) and r.dn is not None
+        r for r in rows if r.verdict == SERVICE and requires_code(r.policy) and dn_key(r.dn or "")
     ]
     others = [r for r in rows if r.verdict != SERVICE]
     patterns, rest = _pattern_groups(services)
@@ -118,8 +119,9 @@ def _blocks(rows: list[AccountRow]) -> list[_Block]:
 
 
 def _toml(text: str) -> str:
-    """A TOML basic string (JSON's escapes are TOML's)."""
-    return json.dumps(text, ensure_ascii=False)
+    """A TOML basic string (JSON's escapes are TOML's), with every character that could
+    mislead a terminal (``UNSAFE_TEXT``) escaped as ``\\uNNNN``."""
+    return UNSAFE_TEXT.sub(lambda m: f"\\u{ord(m[0]):04x}", json.dumps(text, ensure_ascii=False))
 
 
 def suggestion(rows: list[AccountRow], today: datetime.date) -> str:
@@ -146,7 +148,7 @@ def suggestion(rows: list[AccountRow], today: datetime.date) -> str:
         )
         out.append("")
         if block.kind == "pattern":
-            names = ", ".join(r.dn or "" for r in block.rows)
+            names = ", ".join(_toml(r.dn or "") for r in block.rows)
             out.append(f"# {block.value} covers what the census saw of: {names}")
         table = [
             "[[policy.exempt]]",
