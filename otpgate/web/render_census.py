@@ -142,7 +142,7 @@ def suggestion_block(text: str) -> str:
         )
     return (
         "<p>Accounts that look like services and must type a code today, as "
-        "<code>[[policy.exempt]]</code> blocks to review and paste into the configuration: "
+        "<code>[[policy.exempt]]</code> blocks to check and paste into the configuration: "
         "each is limited to the addresses it was seen from, with an end date to uncomment. "
         "A person wrongly listed here would lose the second factor: check each one.</p>"
         f'<pre id="census-suggestion">{h(text)}</pre>'
@@ -179,9 +179,10 @@ def census_page(snap: Snapshot, only: str, now: float, scanning: bool = False) -
     if only in ("all", "service"):
         html += "<h2>Suggested exemptions</h2>" + suggestion_block(snap.suggestion)
     return html + (
-        '<p class="hint" id="census-rules">Looks like a service: never typed a code, from at '
-        "most a few fixed addresses, at a steady rate or around the clock. Person without "
-        "token: holds no token and never typed a code. Person ready: holds a token or typed "
-        "a code. Would be refused: refused on a report-only listener or NAS, or a code is "
-        "required and the account holds no token.</p>"
+        '<p class="hint" id="census-rules">Looks like a service: many binds, never a code, '
+        "from at most a few fixed addresses, at a steady rate, around the clock or only at "
+        "night (00:00-05:00 UTC). Person without token: holds no token (or it is not known) "
+        "and never typed a code. Person ready: holds a token or typed a code. Would be "
+        "refused: a report-only listener or NAS said so, or a code is required and the "
+        "account holds no token.</p>"
     )
