@@ -446,4 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--client", help="client IP address the policy should assume")
     _common(ta)
     ta.set_defaults(func=Command("diagnose", "cmd_test_auth"))
+
+    from otpgate.cli.census import add_parser as add_census  # needs no config, no directory
+
+    add_census(sub)
     return parser

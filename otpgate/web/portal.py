@@ -15,6 +15,7 @@ from twisted.web import server
 from otpgate.auth.policy import in_networks
 from otpgate.web import health, render
 from otpgate.web.base import Reply
+from otpgate.web.censuspage import CensusPages
 from otpgate.web.codestep import CODE_STEP_POSTS
 from otpgate.web.importpages import IMPORT_UPLOAD, TEMPLATE_PATHS, ImportPages
 from otpgate.web.metrics import CONTENT_TYPE
@@ -27,7 +28,7 @@ ENROLL_ONLY_POSTS = (b"/signout", b"/enroll", b"/enroll/confirm", b"/enroll/canc
 """What a password-only (first enrollment) session may do."""
 
 
-class Portal(SentTokenPages, SuspendPages, TokenPages, ImportPages):
+class Portal(SentTokenPages, SuspendPages, TokenPages, ImportPages, CensusPages):
     def render(self, request: Any) -> Any:
         d = defer.ensureDeferred(self._handle(request))
         d.addErrback(self._crashed, request)
@@ -74,6 +75,7 @@ class Portal(SentTokenPages, SuspendPages, TokenPages, ImportPages):
                 b"/helpdesk": self.get_helpdesk,
                 b"/helpdesk/inventory": self.get_inventory,
                 b"/helpdesk/inventory/token": self.get_inventory_token,
+                b"/helpdesk/census": self.get_census,
                 **{template: self.get_template for template in TEMPLATE_PATHS},
             }
             handler = gets.get(path)

@@ -55,6 +55,7 @@ def page(
         if helpdesk:
             links += ' | <a href="/helpdesk">Help desk</a>'
             links += ' | <a id="nav-inventory" href="/helpdesk/inventory">Inventory</a>'
+            links += ' | <a id="nav-census" href="/helpdesk/census">Census</a>'
         nav = (
             f'<nav>{links} | signed in as <span id="who">{h(who)}</span> '
             f'<form class="inline" method="post" action="/signout">{csrf_field(csrf)}'

@@ -30,3 +30,12 @@ document.addEventListener("DOMContentLoaded", function () {
     otpgateShowCodes(form);
   }
 });
+
+// A page still being computed (the help desk's census): reload it after the seconds it names.
+document.addEventListener("DOMContentLoaded", function () {
+  var waiting = document.querySelector("[data-reload]");
+  if (waiting) {
+    var seconds = parseInt(waiting.getAttribute("data-reload"), 10) || 2;
+    window.setTimeout(function () { window.location.reload(); }, seconds * 1000);
+  }
+});
