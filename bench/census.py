@@ -82,9 +82,9 @@ def generate(directory: Path, lines: int) -> list[Path]:
             name += ".gz"
         path = directory / name
         out: IO[str] = (
-            gzip.open(path, "wt", compresslevel=6, encoding="utf-8")
+            gzip.open(path, "wt", compresslevel=6, encoding="utf-8")  # noqa: SIM115 - closed below
             if name.endswith(".gz")
-            else open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+            else open(path, "w", encoding="utf-8")  # noqa: SIM115
         )
         chunk: list[str] = []
         for _ in range(per_part):
