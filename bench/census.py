@@ -2,10 +2,10 @@
 """``otpgate census`` over a large audit log: lines per second, CPU per line and peak memory,
 for 1M and 10M lines (memory must not grow with the log).
 
-Generates JSON audit lines as the gateway writes them (~290 bytes each, every field set) into a temporary
-directory, rotated logrotate-style: ``audit.log.9.gz`` ... ``audit.log.7.gz`` (gzip, level
-6 as logrotate's gzip), ``audit.log.6`` ... ``audit.log.1`` and ``audit.log``, one tenth of
-the lines each.  The mix: ~2,000 accounts; a few services binding every few seconds from
+Generates JSON audit lines as the gateway writes them (~290 bytes each, every field set)
+into a temporary directory, rotated logrotate-style: ``audit.log.9.gz`` ... ``audit.log.7.gz``
+(gzip, level 6 as logrotate's gzip), ``audit.log.6`` ... ``audit.log.1`` and ``audit.log``, one
+tenth of the lines each.  The mix: ~2,000 accounts; a few services binding every few seconds from
 one or two hosts (about a third of the lines), people in office hours from varied addresses,
 most typing codes, some not enrolled on a report-only listener.
 
