@@ -41,8 +41,10 @@ twice); they do not count as intervals, so bursts do not hide a steady timer."""
 # -- the bounds on one account's memory ------------------------------------------------------
 
 CLIENT_SLOTS = 16
-"""Source addresses counted per account (space-saving: when full, a new address takes the
-least frequent one's slot); more than this is shown as "16+"."""
+"""Source addresses counted per account; more distinct ones are shown as "16+".  When the
+slots are full, every ``CLIENT_SLOTS`` new addresses take one off every count and free the
+slots that reach zero (Misra-Gries, batched): an address behind more than 1/16 of the
+binds keeps its slot, at a constant cost per bind."""
 SHOWN_CLIENTS = 8
 """Addresses listed per account, most frequent first."""
 NAME_SLOTS = 8
@@ -140,8 +142,8 @@ class Account:
 
     __slots__ = (
         "accepted", "binds", "channels", "clients", "codes", "distinct", "dn", "enrolled",
-        "first", "front_ends", "hours", "last", "m2", "mean", "n", "policy", "refused",
-        "user", "would_refuse",
+        "first", "front_ends", "hours", "last", "m2", "mean", "missed", "n", "policy",
+        "refused", "user", "would_refuse",
     )  # fmt: skip
 
     def __init__(self, dn: str | None, user: str | None, t: float) -> None:
@@ -149,7 +151,7 @@ class Account:
         self.user = user
         self.binds = self.accepted = self.refused = self.would_refuse = self.codes = 0
         self.clients: dict[str, int] = {}
-        self.distinct = 0
+        self.distinct = self.missed = 0
         self.front_ends: list[str] = []
         self.channels: list[str] = []
         self.enrolled: bool | None = None
@@ -166,10 +168,16 @@ class Account:
         elif len(clients) < CLIENT_SLOTS:
             clients[client] = 1
             self.distinct += 1
-        else:  # space-saving: the newcomer inherits the least frequent slot's count
-            least = min(clients, key=clients.__getitem__)
-            clients[client] = clients.pop(least) + 1
+        else:  # full: Misra-Gries, its decrements batched (one pass per CLIENT_SLOTS misses)
             self.distinct += 1
+            self.missed += 1
+            if self.missed >= CLIENT_SLOTS:
+                self.missed = 0
+                for address, count in list(clients.items()):
+                    if count > 1:
+                        clients[address] = count - 1
+                    else:
+                        del clients[address]
 
     def see_time(self, t: float) -> None:
         self.hours |= 1 << int(t // 3600 % 24)

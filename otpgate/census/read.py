@@ -32,6 +32,10 @@ PROGRESS_LINES = 65536
 """Lines between two progress reports."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_DECODER: Any = json.JSONDecoder()
+_SCAN_ONCE: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once
+"""json.loads's C scanner, called directly (each line is one value; json.loads would check
+its type, match leading and trailing blanks and wrap it, a fifth of the scan's time)."""
 
 
 class Unreadable(OSError):
@@ -194,20 +198,30 @@ def scan(
 
 
 def _scan_one(path: Path, census: Census, progress: Callable[[int], None]) -> None:
-    feed, loads = census.feed, json.loads
+    feed, scan_once = census.feed, _SCAN_ONCE
     with _opened(path) as (raw, text):
+        readline = text.readline
         count = 0
-        for line in bounded_lines(text):
+        while line := readline(MAX_LINE):  # bounded_lines, inlined: this loop is the scan
             count += 1
             if count % PROGRESS_LINES == 0:
                 progress(raw.tell())
-            if line.startswith('{"time": ') and '"event": "auth"' in line:
-                try:  # the common case first: the gateway's own JSON lines
-                    event = loads(line)
-                except ValueError:
+            if line[-1:] != "\n" and len(line) == MAX_LINE:
+                while (rest := readline(MAX_LINE)) and not rest.endswith("\n"):
+                    pass
+                census.malformed += 1
+                continue
+            if line[:1] == "{":
+                # JSON lines, the common case: the C scanner without json.loads's wrapping
+                try:
+                    event, end = scan_once(line, 0)
+                except (ValueError, StopIteration):
                     census.malformed += 1
                     continue
-                feed(event)
+                if not isinstance(event, dict) or line[end:].strip():
+                    census.malformed += 1
+                elif event.get("event") == "auth":
+                    feed(event)
                 continue
             parsed = parse_line(line)
             if parsed is MALFORMED:

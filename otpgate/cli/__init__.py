@@ -13,8 +13,9 @@ group of commands, imported only when one of its commands runs: ``offline`` (cod
 check-config), ``users`` (enroll, show, list, revoke, reset, resync, unlock, scratch;
 with ``sentcodes`` for e-mail/SMS tokens and ``scratchmail`` for ``scratch --mail``),
 ``suspend`` (suspend, resume, lost),
-``inventory`` (import, assign, rename, delete, inventory), ``keys`` (rekey) and
-``diagnose`` (doctor, test-auth).  What the commands do is ``otpgate.admin``'s; they parse
+``inventory`` (import, assign, rename, delete, inventory), ``keys`` (rekey),
+``diagnose`` (doctor, test-auth) and ``census`` (census: audit files only, no config).
+What the commands do is ``otpgate.admin``'s (``otpgate.census``'s for the census); they parse
 their arguments, call it and print.
 """
 

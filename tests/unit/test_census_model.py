@@ -166,7 +166,7 @@ def test_a_million_events_keep_constant_state() -> None:
         })  # fmt: skip
     (account,) = c.accounts.values()
     assert isinstance(account, Account)
-    assert len(account.clients) == CLIENT_SLOTS
+    assert len(account.clients) <= CLIENT_SLOTS and account.row().clients_more
     assert len(account.front_ends) == NAME_SLOTS and len(account.channels) == NAME_SLOTS
     assert isinstance(account.hours, int) and account.hours < 1 << 24
     assert account.n == 999_999 and abs(account.mean - 7.0) < 1e-6
@@ -250,3 +250,13 @@ def test_suggestion_escapes_what_a_dn_may_hold() -> None:
     assert "\u202e" not in text
     (exempt,) = tomllib.loads(text)["policy"]["exempt"]
     assert exempt["dn"] == odd + "\u202e"
+
+
+def test_the_frequent_address_keeps_its_slot_among_many() -> None:
+    c = Census()
+    rnd = random.Random(5)
+    for i in range(20_000):
+        client = "10.0.0.1" if i % 3 == 0 else f"10.{rnd.randint(0, 255)}.{rnd.randint(0, 255)}.1"
+        c.feed(event(T0 + i, "roamer", "uid=roamer,dc=x", client=client))
+    (row,) = c.rows()
+    assert row.clients[0] == "10.0.0.1" and row.clients_more

@@ -102,12 +102,14 @@ def test_scan_counts_reports_progress_and_skips_noise(tmp_path: Path) -> None:
     lines = [json_line(T0 + i, f"u{i % 3}") for i in range(200)]
     lines.insert(50, "2026-12-07T10:00:00+0000 [-] twistd noise\n")
     lines.insert(60, '{"time": 1, "event": "auth", broken\n')
+    lines.insert(65, '{"time": 1, "event": "auth", "outcome": "accept", "user": "x"} tail\n')
+    lines.insert(66, '{"time": 1, "event": "other"}\n')
     lines.insert(70, "x" * (MAX_LINE * 3) + "\n")  # over-long: skipped, never held whole
     lines.insert(80, text_line({"outcome": "accept", "user": "u9", "dn": None}))
     path.write_text("".join(lines))
     seen: list[tuple[int, int]] = []
     census = scan([path], progress=lambda done, total: seen.append((done, total)))
-    assert census.events == 201 and census.malformed == 2
+    assert census.events == 201 and census.malformed == 3
     assert {r.user for r in census.rows()} == {"u0", "u1", "u2", "u9"}
     assert seen[-1] == (path.stat().st_size, path.stat().st_size)
 
