@@ -37,7 +37,7 @@ def bounded(field: str, value: Any) -> Any:
         return f"{value[:limit]}...(+{len(value) - limit} characters)"
     return value
 _TEXT = " ".join(f"{k}={{{k}!r}}" for k in FIELDS)
-OPTIONAL = ("login_id", "channel", "policy", "enrolled", "report_only")
+OPTIONAL = ("login_id", "channel", "where", "policy", "enrolled", "report_only")
 """Fields only some events have, shown after the others when present (RADIUS: the id its
 Access-Accept carries as Class, which joins the NAS's accounting records to the login)."""
 

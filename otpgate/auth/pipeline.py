@@ -171,6 +171,8 @@ class Authenticator:
         channel = request.channel
         if channel.name:
             extra["channel"] = channel.name
+        if channel.where:
+            extra["where"] = channel.where  # as exemptions and app passwords name it
         if found is not None:
             extra.update(policy_facts(found))
         if not channel.enforce:

@@ -6,6 +6,12 @@ Memory grows with the number of accounts, never with the number of lines: an acc
 counts, a bounded counter of its source addresses, a 24-bit mask of the hours of day it was
 active, the running mean and variance of the intervals between its binds (Welford) and its
 first and last time.  A log of a year of binds from 2,000 accounts takes what a day takes.
+
+The audit records what clients sent, and anyone can type any account's name: the rhythm,
+the sources and the count a verdict rests on are taken from *accepted* logins only (which
+needed the account's password), and an account that holds a token or typed a code is never
+called a service.  Refused logins are counted and shown, and keep an account out of the
+suggestion (``suggest.py``).
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ MAX_ACCOUNTS = 200_000
 make the census as large as the log; events of further accounts are counted as untracked."""
 
 _NIGHT_MASK = sum(1 << h for h in NIGHT_HOURS)
+LOGIN_OUTCOMES = frozenset({"accept", "reject", "challenge"})
+"""The outcomes of login events; the portal's own actions have others."""
 
 
 def _iso(t: float | None) -> str | None:
@@ -90,6 +98,10 @@ class AccountRow:
     """More distinct addresses than ``client_count`` were seen (shown "16+")."""
     front_ends: tuple[str, ...]
     channels: tuple[str, ...]
+    listeners: tuple[str, ...]
+    """LDAP listeners (listen strings) of its accepted logins, as exemptions name them."""
+    nas: tuple[str, ...]
+    """RADIUS clients (names, or networks) of its accepted logins."""
     enrolled: bool | None
     """Whether the account held a token when last looked at (None: never read)."""
     policy: str
@@ -119,6 +131,8 @@ class AccountRow:
             "clients_more": self.clients_more,
             "front_ends": list(self.front_ends),
             "channels": list(self.channels),
+            "listeners": list(self.listeners),
+            "nas": list(self.nas),
             "enrolled": self.enrolled,
             "policy": self.policy,
             "first_seen": _iso(self.first_seen),
@@ -142,8 +156,8 @@ class Account:
 
     __slots__ = (
         "accepted", "binds", "channels", "clients", "codes", "distinct", "dn", "enrolled",
-        "first", "front_ends", "hours", "last", "m2", "mean", "missed", "n", "policy",
-        "refused", "user", "would_refuse",
+        "first", "front_ends", "hours", "last", "last_ok", "listeners", "m2", "mean", "missed",
+        "n", "nas", "policy", "refused", "user", "would_refuse",
     )  # fmt: skip
 
     def __init__(self, dn: str | None, user: str | None, t: float) -> None:
@@ -154,9 +168,12 @@ class Account:
         self.distinct = self.missed = 0
         self.front_ends: list[str] = []
         self.channels: list[str] = []
+        self.listeners: list[str] = []
+        self.nas: list[str] = []
         self.enrolled: bool | None = None
         self.policy = ""
         self.first = self.last = t
+        self.last_ok: float | None = None
         self.hours = 0
         self.n = 0
         self.mean = self.m2 = 0.0
@@ -180,17 +197,23 @@ class Account:
                         del clients[address]
 
     def see_time(self, t: float) -> None:
+        if t > self.last:
+            self.last = t
+        elif t < self.first:
+            self.first = t
+
+    def see_rhythm(self, t: float) -> None:
+        """An accepted login's time: the hours and intervals the verdict reads."""
         self.hours |= 1 << int(t // 3600 % 24)
-        gap = t - self.last
+        last, self.last_ok = self.last_ok, t if self.last_ok is None else max(self.last_ok, t)
+        if last is None:
+            return
+        gap = t - last
         if gap >= MIN_INTERVAL:
             self.n += 1
             delta = gap - self.mean
             self.mean += delta / self.n
             self.m2 += delta * (gap - self.mean)
-        if t > self.last:
-            self.last = t
-        elif t < self.first:
-            self.first = t
 
     @property
     def cv(self) -> float | None:
@@ -202,9 +225,11 @@ class Account:
     def verdict(self) -> tuple[str, str]:
         hours = bin(self.hours).count("1")
         sources = f"{self.distinct} source" + ("" if self.distinct == 1 else "s")
-        if self.codes == 0 and self.distinct <= SERVICE_MAX_CLIENTS and (
-            self.binds >= SERVICE_MIN_BINDS
-        ):
+        if self.codes:
+            return READY, f"typed a code {_times(self.codes)}"
+        if self.enrolled:
+            return READY, "holds a token, has not typed a code yet"
+        if self.distinct <= SERVICE_MAX_CLIENTS and self.accepted >= SERVICE_MIN_BINDS:
             cv = self.cv
             rhythm = ""
             if cv is not None and cv <= STEADY_CV:
@@ -214,11 +239,7 @@ class Account:
             elif self.hours & ~_NIGHT_MASK == 0:
                 rhythm = "only between 00:00 and 05:00 UTC"
             if rhythm:
-                return SERVICE, f"{self.binds} binds, no code, {sources}, {rhythm}"
-        if self.codes:
-            return READY, f"typed a code {self.codes} times"
-        if self.enrolled:
-            return READY, "holds a token, has not typed a code yet"
+                return SERVICE, f"{self.accepted} accepted binds, no code, {sources}, {rhythm}"
         if self.enrolled is None:
             return NO_TOKEN, f"never typed a code, token unknown, {sources}"
         return NO_TOKEN, f"no token, never typed a code, {sources}"
@@ -241,6 +262,8 @@ class Account:
             clients_more=more,
             front_ends=tuple(self.front_ends),
             channels=tuple(self.channels),
+            listeners=tuple(self.listeners),
+            nas=tuple(self.nas),
             enrolled=self.enrolled,
             policy=self.policy,
             first_seen=self.first,
@@ -248,6 +271,10 @@ class Account:
             verdict=verdict,
             why=why,
         )
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
 
 
 def _duration(seconds: float) -> str:
@@ -268,7 +295,10 @@ class Census:
 
     def __init__(self) -> None:
         self.events = 0
-        """Audit events counted (``malformed`` lines and other events not among them)."""
+        """Login events counted (``malformed`` lines and other events not among them)."""
+        self.other = 0
+        """Audit events that are no login (the portal's actions: enroll, revoke, a page
+        viewed): not counted for any account."""
         self.malformed = 0
         """Lines or events that looked like audit events but could not be read."""
         self.untracked = 0
@@ -288,6 +318,9 @@ class Census:
             return
         if not isinstance(outcome, str) or t != t:  # NaN
             self.malformed += 1
+            return
+        if outcome not in LOGIN_OUTCOMES:
+            self.other += 1
             return
         self.events += 1
         account = self.accounts.get(key)
@@ -311,10 +344,20 @@ class Census:
                 account.would_refuse += 1
         if event.get("token") is not None:
             account.codes += 1
-        client = event.get("client")
-        if isinstance(client, str) and client:
-            account.see_client(client)
         front_end = event.get("front_end")
+        if outcome == "accept":
+            # What a verdict rests on needed the account's password: anyone can send
+            # refused logins in its name, from any address, at any rhythm.
+            client = event.get("client")
+            if isinstance(client, str) and client:
+                account.see_client(client)
+            account.see_rhythm(t)
+            where = event.get("where")
+            if isinstance(where, str) and where:
+                if front_end == "ldap" and where not in account.listeners:
+                    _add_name(account.listeners, where)
+                elif front_end == "radius" and where not in account.nas:
+                    _add_name(account.nas, where)
         if front_end not in account.front_ends:
             _add_name(account.front_ends, front_end)
         channel = event.get("channel")

@@ -1,9 +1,12 @@
 """The census's suggestion: ``[[policy.exempt]]`` tables, ready to paste into the config, for
 the accounts that look like services and still need a code.  Pure.
 
-Each table is scoped to the addresses the account was seen binding from (``networks``, one
-host each), says in its ``note`` what was seen and when, and carries a commented ``until``
-90 days on: an exemption is a decision to make, and to revisit.  Services under the same
+Each table is scoped to the addresses the account was seen logging in from (``networks``, one
+host each) and to the listeners and NASes it used (``listeners``, ``nas``), says in its
+``note`` what was seen and when, and carries a commented ``until`` 90 days on: an exemption
+is a decision to make, and to revisit.  An account with refused logins is not suggested but
+named in a comment: anyone can send logins in any account's name, and a service whose
+password is right is not refused.  Services under the same
 parent whose first RDN values share a prefix of at least ``PREFIX`` characters become one
 ``pattern`` (``uid=svc-*,ou=services,...``), unless that pattern would also cover an account
 the census saw that is not a service.
@@ -101,10 +104,14 @@ def _safe(block: _Block, others: list[AccountRow]) -> bool:
     return not any(row.dn and exemptions.named(row.dn) for row in others)
 
 
-def _blocks(rows: list[AccountRow]) -> list[_Block]:
-    services = [
+def _candidates(rows: list[AccountRow]) -> list[AccountRow]:
+    return [
         r for r in rows if r.verdict == SERVICE and requires_code(r.policy) and dn_key(r.dn or "")
     ]
+
+
+def _blocks(rows: list[AccountRow]) -> list[_Block]:
+    services = [r for r in _candidates(rows) if not r.refused]
     others = [r for r in rows if r.verdict != SERVICE]
     patterns, rest = _pattern_groups(services)
     blocks: list[_Block] = []
@@ -124,16 +131,25 @@ def _toml(text: str) -> str:
     return UNSAFE_TEXT.sub(lambda m: f"\\u{ord(m[0]):04x}", json.dumps(text, ensure_ascii=False))
 
 
+def _places(rows: Iterable[AccountRow], field: str) -> list[str]:
+    found: list[str] = []
+    for row in rows:
+        found += [p for p in getattr(row, field) if p not in found]
+    return found
+
+
 def suggestion(rows: list[AccountRow], today: datetime.date) -> str:
     """TOML to paste into the config for the services that need a code ("" if none)."""
     blocks = _blocks(rows)
-    if not blocks:
+    doubtful = [r for r in _candidates(rows) if r.refused]
+    if not blocks and not doubtful:
         return ""
     until = today + datetime.timedelta(days=UNTIL_DAYS)
     out = [
         f"# otpgate census {today.isoformat()}: accounts that look like services and need a "
         "code here;",
-        "# each exemption holds only from the addresses they were seen binding from.",
+        "# each exemption holds only from the addresses and on the listeners/NASes they were",
+        "# seen using. Verdicts rest on accepted logins; refused ones anyone can send.",
     ]
     for block in blocks:
         binds = sum(r.binds for r in block.rows)
@@ -154,11 +170,21 @@ def suggestion(rows: list[AccountRow], today: datetime.date) -> str:
             "[[policy.exempt]]",
             f"{block.kind} = {_toml(block.value)}",
             "networks = [" + ", ".join(_toml(n) for n in networks) + "]",
-            f"note = {_toml(note)}",
         ]
+        for field in ("listeners", "nas"):
+            places = _places(block.rows, field)
+            if places:
+                table.append(f"{field} = [" + ", ".join(_toml(p) for p in places) + "]")
+        table.append(f"note = {_toml(note)}")
         if not networks:  # an exemption from anywhere is not suggested: left commented out
             out.append("# no source address was logged: give networks before using this")
             table = ["# " + line for line in table]
         out += table
         out.append(f"# until = {until.isoformat()}")
+    for row in doubtful:
+        out.append("")
+        out.append(
+            f"# not suggested: {_toml(row.dn or '')} looks like a service but had "
+            f"{row.refused} refused logins (anyone can send logins in its name): look first"
+        )
     return "\n".join(out) + "\n"

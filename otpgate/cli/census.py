@@ -26,10 +26,11 @@ PROGRESS_BYTES = 50 * 1024 * 1024
 POLICY_WIDTH = 32
 """Characters of the policy shown in the table (JSON and CSV have all of it)."""
 
-COLUMNS = ("account", "binds", "codes", "clients", "front ends", "token", "policy",
+COLUMNS = ("account", "binds", "refused", "codes", "clients", "front ends", "token", "policy",
            "first seen", "last seen", "verdict")  # fmt: skip
 CSV_FIELDS = ("account", "dn", "user", "binds", "accepted", "refused", "would_refuse", "codes",
-              "client_count", "clients_more", "clients", "front_ends", "channels", "enrolled",
+              "client_count", "clients_more", "clients", "front_ends", "channels", "listeners",
+              "nas", "enrolled",
               "policy", "first_seen", "last_seen", "verdict", "why")  # fmt: skip
 
 
@@ -122,12 +123,13 @@ def table(rows: list[AccountRow]) -> str:
     for r in rows:
         policy = r.policy if len(r.policy) <= POLICY_WIDTH else r.policy[: POLICY_WIDTH - 3] + "..."
         lines.append([
-            r.account, str(r.binds), str(r.codes), r.clients_text, ",".join(r.front_ends),
+            r.account, str(r.binds), str(r.refused), str(r.codes), r.clients_text,
+            ",".join(r.front_ends),
             _token(r), policy or "-", _when(r.first_seen), _when(r.last_seen), r.verdict,
         ])  # fmt: skip
     lines = [[printable(cell) for cell in line] for line in lines]
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
-    numeric = {1, 2, 3}
+    numeric = {1, 2, 3, 4}
     return "\n".join(
         "  ".join(
             cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])

@@ -120,7 +120,7 @@ def test_json_over_the_rotated_files(logs: Path) -> None:
 def test_table_csv_and_only(logs: Path) -> None:
     table = census(str(logs / "audit.log"), "--rotated").stdout
     header, *lines = table.splitlines()
-    assert header.split()[:3] == ["account", "binds", "codes"]
+    assert header.split()[:4] == ["account", "binds", "refused", "codes"]
     assert lines[0].startswith(BACKUP) and lines[0].endswith(SERVICE)
     assert "[[policy.exempt]]" in table  # the suggestion follows the table
     rows = list(csv.DictReader(io.StringIO(census(str(logs / "audit.log"), "--rotated",

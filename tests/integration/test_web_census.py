@@ -59,7 +59,7 @@ def write_trail(log: Path) -> int:
             events.append(_event(start + day * 86400 + hour * 3600, "bob", BOB,
                                  f"203.0.113.{day}", **would))
     events.append(_event(start + 3600, EVIL, None, "<img src=x onerror=alert(2)>",
-                         outcome="reject", reason="no such user"))
+                         outcome="accept", reason="no such user"))
     events.sort(key=lambda e: e["time"])
     lines = [json.dumps(e) + "\n" for e in events]
     half = len(lines) // 2

@@ -60,7 +60,7 @@ def events() -> list[dict[str, Any]]:
                            report_only=True, reason="report-only: would refuse: no token enrolled"))
     for i in range(2):
         found.append(event(DAY + 11 * 3600 + i, EVIL_USER, EVIL_DN, EVIL_CLIENT,
-                           outcome="reject", reason="bad"))
+                           outcome="accept" if i else "reject", reason="bad"))
     return found
 
 
