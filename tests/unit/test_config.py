@@ -57,7 +57,8 @@ def test_example_parses_apart_from_files():
 def test_the_examples_commented_rollout_blocks_parse():
     """The exemption and grace blocks the example shows commented out are valid as shown."""
     text = EXAMPLE.read_text()
-    start, end = text.index("# [[policy.exempt]]"), text.index("\n[ldap_proxy]")
+    start = text.index("# [[policy.exempt]]")
+    end = text.index("\n[", start)  # the next table
     lines = text[start:end].splitlines()
     block = "\n".join(ln[2:] for ln in lines if ln.startswith(("# [[", "# ")) and (
         ln.startswith("# [[") or " = " in ln.split("#", 2)[1]))
