@@ -87,11 +87,11 @@ class FakeRequest:
         self.content = io.BytesIO(body)
         self.requestHeaders = Headers({b"cookie": [cookie.encode()]})
 
-    def getHeader(self, name: bytes) -> bytes | None:  # noqa: N802 - Twisted's name
+    def getHeader(self, name: bytes) -> bytes | None:
         values = self.requestHeaders.getRawHeaders(name)
         return values[0] if values else None
 
-    def getClientAddress(self) -> Any:  # noqa: N802 - Twisted's name
+    def getClientAddress(self) -> Any:
         return SimpleNamespace(host=HERE)
 
 
