@@ -207,15 +207,15 @@ def created(secret: str, name: str, scope: str) -> str:
     groups = secret.split("-")
     shown = '<span class="dash">-</span>'.join(f"<span>{h(g)}</span>" for g in groups)
     return (
-        f'<p class="notice" id="notice" role="status">App password {h(name)} created: '
+        f'<p class="notice" id="notice" role="status">App password "{h(name)}" created: '
         f"it works for {h(scope)}.</p>"
         '<p class="error" id="app-warning">Copy it into the application now. It will not be '
         "shown again: if you lose it, revoke it and make a new one.</p>"
         f'<p><code class="app-secret" id="app-secret">{shown}</code></p>'
         '<p><button type="button" id="app-copy" data-copy="app-secret" hidden>Copy</button> '
         '<span id="app-copied" class="hint" role="status"></span></p>'
-        "<p>Type it where the application asks for your password (with or without the "
-        'dashes, in any case).</p><p><a id="app-done" href="/app-passwords">Done</a></p>'
+        "<p>Type it where the application asks for your password, with its dashes (capitals "
+        'or not).</p><p><a id="app-done" href="/app-passwords">Done</a></p>'
     )
 
 

@@ -303,3 +303,26 @@ def test_cli_parts() -> None:
     (line,) = rows_text([row])
     assert "a1 'mail': ldap x" in line and f"on {MAIL} from 192.0.2.7" in line
     assert listing.__name__ == "listing"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_help_desk_cannot_revoke_a_protected_users_app_passwords() -> None:
+    w = make_world()
+    portal = portal_for(w)
+    session = await signed_in(w, portal)
+    made = await portal.post_app_create(dict(CREATE), session, HERE)
+    secret = secret_in(made.body.decode())
+
+    async def protected(dn: str) -> str:
+        return "an administrator"
+
+    portal.rights.protected = protected  # type: ignore[method-assign]
+    agent = portal.sessions.new("desk", "uid=desk", w.clock.seconds(), helpdesk=True,
+                                otp_verified=True)  # fmt: skip
+    page = (await portal.get_helpdesk(None, agent, HERE, "alice")).body.decode()
+    assert "<h3>App passwords</h3>" in page and "hd-app-revoke" not in page  # read only
+    for post in (portal.hd_app_revoke_all, portal.hd_app_revoke):
+        refused = await post({"user": "alice", "token": "mail <script>"}, agent, HERE)
+        assert refused.status == 403
+    assert w.store.decode(await w.store.resolve("alice", fresh=True)).apps
+    assert (await login(w, secret, ldap(MAIL))).ok
