@@ -93,6 +93,8 @@ class AuthCounts:
         self.web_actions: Counter[str] = Counter()
         self.sends: Counter[tuple[str, str]] = Counter()
         """(channel, outcome) of codes sent by e-mail/SMS"""
+        self.apps: Counter[tuple[str, str]] = Counter()
+        """(front end, outcome) of logins with an app password (also in ``auth``)"""
 
     @property
     def total(self) -> int:
@@ -106,11 +108,17 @@ class AuthCounts:
             "lockouts": self.lockouts,
             "web_actions": dict(self.web_actions),
             "sends": [[c, o, n] for (c, o), n in self.sends.items()],
+            "apps": [[f, o, n] for (f, o), n in self.apps.items()],
         }
 
     def add(self, doc: Mapping[str, Any]) -> None:
         """Add another process's ``to_dict`` (ValueError if it is not one)."""
-        pairs = (("auth", self.auth), ("rejections", self.rejections), ("sends", self.sends))
+        pairs = (
+            ("auth", self.auth),
+            ("rejections", self.rejections),
+            ("sends", self.sends),
+            ("apps", self.apps),
+        )
         for name, target in pairs:
             rows = doc.get(name, [])
             if not isinstance(rows, list):

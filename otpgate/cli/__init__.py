@@ -12,7 +12,7 @@ Layout: ``base`` (the parser, printing, errors, prompts, :class:`Admin`) and one
 group of commands, imported only when one of its commands runs: ``offline`` (code, keygen,
 check-config), ``users`` (enroll, show, list, revoke, reset, resync, unlock, scratch;
 with ``sentcodes`` for e-mail/SMS tokens and ``scratchmail`` for ``scratch --mail``),
-``suspend`` (suspend, resume, lost),
+``suspend`` (suspend, resume, lost), ``apppasswords`` (app-password),
 ``inventory`` (import, assign, rename, delete, inventory), ``keys`` (rekey),
 ``diagnose`` (doctor, test-auth) and ``census`` (census: audit files only, no config).
 What the commands do is ``otpgate.admin``'s (``otpgate.census``'s for the census); they parse

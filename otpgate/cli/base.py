@@ -395,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub, _common)
 
+    from otpgate.cli.apppasswords import add_parsers as add_app_passwords
+
+    add_app_passwords(sub, _common)
+
     pn = sub.add_parser("pin", help="set or clear a user's PIN (RADIUS logins without a password)")
     pn.add_argument("user")
     what = pn.add_mutually_exclusive_group(required=True)

@@ -24,7 +24,7 @@ from otpgate.otp.oath import Algorithm
 
 if TYPE_CHECKING:
     from otpgate.admin.listing import UserSummary
-    from otpgate.directory.records import UserEntry
+    from otpgate.directory.records import OtpState, UserEntry
     from otpgate.tokens import Token
 
 
@@ -105,7 +105,7 @@ def _enroll(
     return enrolled, gone, user, uri
 
 
-def _summary(ctx: Admin, name: str, now: float) -> UserSummary:
+def _summary(ctx: Admin, name: str, now: float) -> tuple[UserSummary, OtpState]:
     from otpgate.admin.listing import summarise
     from otpgate.admin.sentcodes import shown_destination
     from otpgate.auth.oob import sent_tokens
@@ -119,16 +119,23 @@ def _summary(ctx: Admin, name: str, now: float) -> UserSummary:
     delivery = ctx.config.delivery
     prefixes = delivery.sms_country_prefixes if delivery is not None else ()
     shown = {t.id: shown_destination(t, values[t.attribute], prefixes) for t in sent}
-    return summarise(name, user.dn, state, now, ctx.config.otp.sent_code_lifetime, shown)
+    lifetime = ctx.config.otp.sent_code_lifetime
+    return summarise(name, user.dn, state, now, lifetime, shown), state
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from otpgate.admin.apppasswords import listing
     from otpgate.admin.listing import show_text
+    from otpgate.cli.apppasswords import rows_text
 
     now = time.time()
     with admin(args) as ctx:
-        summary = _summary(ctx, args.user, now)
-    emit(args, summary.to_dict(now), show_text(summary, now))
+        summary, state = _summary(ctx, args.user, now)
+    apps = listing(state, now)
+    text = show_text(summary, now)
+    if apps:
+        text += "\napp passwords:\n" + "\n".join(rows_text(apps))
+    emit(args, {**summary.to_dict(now), "app_passwords": apps}, text)
     return 0
 
 

@@ -216,7 +216,11 @@ class PortalBase(resource.Resource):
     def _page(self, title: str, body: str, session: Session | None, status: int = 200) -> Reply:
         if session is None:
             return Reply(render.page(title, body), status)
-        return Reply(render.page(title, body, session.name, session.csrf, session.helpdesk), status)
+        apps = (
+            self.config.app_passwords.enabled and session.otp_verified and not session.enroll_only
+        )
+        page = render.page(title, body, session.name, session.csrf, session.helpdesk, apps)
+        return Reply(page, status)
 
     def audit(
         self,

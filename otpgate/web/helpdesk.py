@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from otpgate import ber
+from otpgate.admin.apppasswords import listing
 from otpgate.admin.inventory import assign_token
 from otpgate.admin.manage import reset_change, revoke_change, unlock_change
 from otpgate.admin.pin import PinRefused, clear_pin_change, set_pin_change, valid_pin
@@ -32,7 +33,7 @@ from otpgate.outofband.scratchmail import (
     outcome_text,
     scratch_mail,
 )
-from otpgate.web import render, render_pin, render_suspend
+from otpgate.web import render, render_apps, render_pin, render_suspend
 from otpgate.web.base import MATCHES, SIZE_LIMIT_EXCEEDED, Reply
 from otpgate.web.selfservice import SelfService
 from otpgate.web.sessions import Session
@@ -80,7 +81,8 @@ class HelpDesk(SelfService):
                     ),
                 )
                 pin = render_pin.helpdesk_pin(user.dn, state, session.csrf, protected is not None)
-                found = render.Markup(found.html + pin.html)
+                found = render.Markup(found.html + pin.html + self._hd_apps(user.dn, state,
+                                      session.csrf, protected is not None))  # fmt: skip
                 self.audit(session, client, "view", "looked at the user", user=query, dn=user.dn)
             except (UserNotFound, AmbiguousUser):
                 try:
@@ -91,6 +93,15 @@ class HelpDesk(SelfService):
                 error = error or f"{query}: {exc}"
         body = render.helpdesk(session.csrf, query, found, notice, error)
         return self._page("Help desk", body, session)
+
+    def _hd_apps(self, dn: str, state: OtpState, csrf: str, read_only: bool) -> str:
+        """The user's app passwords, where the feature is on or the user holds some."""
+        settings = self.config.app_passwords
+        if not settings.enabled and not state.apps:
+            return ""
+        places = render_apps.places_of(settings, self.config.ldap_proxy.listener_rules)
+        rows = listing(state, self.now())
+        return render_apps.helpdesk_apps(dn, rows, places, csrf, read_only).html
 
     async def _protected(self, user: UserEntry) -> str | None:
         return await self.rights.protected(user.dn)

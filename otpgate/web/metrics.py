@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from otpgate.auth.applogin import APP_PASSWORD
 from otpgate.procstats import PeerStats, ProcessTotals
 from otpgate.stats import LATENCY_BUCKETS, AuthCounts, DirectoryStats, RadiusCounters
 
@@ -68,6 +69,9 @@ WEB_ACTIONS = (
     "pin-clear",
     "helpdesk-pin-set",
     "helpdesk-pin-clear",
+    "app-password-create",
+    "app-password-revoke",
+    "helpdesk-app-password-revoke",
 )
 SEND_CHANNELS = ("email", "sms")
 SEND_OUTCOMES = ("sent", "failed", "refused", "limited", "repeat")
@@ -123,6 +127,8 @@ def count_event(counts: AuthCounts, event: dict[str, Any]) -> None:
     front_end = label(event.get("front_end"), FRONT_ENDS)
     if outcome in AUTH_OUTCOMES:
         counts.auth[(front_end, outcome)] += 1
+        if event.get("policy") == APP_PASSWORD:
+            counts.apps[(front_end, outcome)] += 1
         if outcome == "reject":
             counts.rejections[(front_end, reason_class(event.get("reason")))] += 1
     else:
@@ -209,6 +215,13 @@ class GatewayCollector(Collector):
             "(" + ", ".join(c for c, _ in REASON_CLASSES) + ", other)",
             ["front_end", "reason"],
             sorted(counts.rejections.items()),
+        )
+        yield _counters(
+            "otpgate_app_password_logins",
+            "Logins with an app password (audit policy \"app password\"), by front end and "
+            "outcome; also counted in otpgate_authentications",
+            ["front_end", "outcome"],
+            sorted(counts.apps.items()),
         )
         yield CounterMetricFamily("otpgate_lockouts", "Users locked out", value=counts.lockouts)
         yield _counters(

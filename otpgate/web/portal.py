@@ -14,6 +14,7 @@ from twisted.web import server
 
 from otpgate.auth.policy import in_networks
 from otpgate.web import health, render
+from otpgate.web.apppages import AppPasswordPages
 from otpgate.web.base import Reply
 from otpgate.web.censuspage import CensusPages
 from otpgate.web.codestep import CODE_STEP_POSTS
@@ -28,7 +29,7 @@ ENROLL_ONLY_POSTS = (b"/signout", b"/enroll", b"/enroll/confirm", b"/enroll/canc
 """What a password-only (first enrollment) session may do."""
 
 
-class Portal(SentTokenPages, SuspendPages, TokenPages, ImportPages, CensusPages):
+class Portal(AppPasswordPages, SentTokenPages, SuspendPages, TokenPages, ImportPages, CensusPages):
     def render(self, request: Any) -> Any:
         d = defer.ensureDeferred(self._handle(request))
         d.addErrback(self._crashed, request)
@@ -72,6 +73,7 @@ class Portal(SentTokenPages, SuspendPages, TokenPages, ImportPages, CensusPages)
                 b"/": self.get_root,
                 b"/signin": self.get_signin,
                 b"/me": self.get_me,
+                b"/app-passwords": self.get_app_passwords,
                 b"/helpdesk": self.get_helpdesk,
                 b"/helpdesk/inventory": self.get_inventory,
                 b"/helpdesk/inventory/token": self.get_inventory_token,
@@ -116,6 +118,9 @@ class Portal(SentTokenPages, SuspendPages, TokenPages, ImportPages, CensusPages)
             b"/claim": self.post_claim,
             b"/resync": self.post_resync,
             b"/rename": self.post_rename,
+            b"/app-passwords/create": self.post_app_create,
+            b"/app-passwords/revoke": self.post_app_revoke,
+            b"/app-passwords/revoke-all": self.post_app_revoke_all,
             b"/helpdesk/revoke": self.hd_revoke,
             b"/helpdesk/reset": self.hd_reset,
             b"/helpdesk/unlock": self.hd_unlock,
@@ -130,6 +135,8 @@ class Portal(SentTokenPages, SuspendPages, TokenPages, ImportPages, CensusPages)
             b"/helpdesk/enroll-sent": self.hd_enroll_sent,
             b"/helpdesk/enroll-sent/confirm": self.hd_enroll_sent_confirm,
             b"/helpdesk/enroll-sent/cancel": self.hd_enroll_sent_cancel,
+            b"/helpdesk/app-passwords/revoke": self.hd_app_revoke,
+            b"/helpdesk/app-passwords/revoke-all": self.hd_app_revoke_all,
             b"/helpdesk/inventory/add": self.inv_add,
             b"/helpdesk/inventory/rename": self.inv_rename,
             b"/helpdesk/inventory/delete": self.inv_delete,

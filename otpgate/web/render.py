@@ -47,11 +47,19 @@ def when_html(unix: int | float) -> str:
 
 
 def page(
-    title: str, body: str, who: str | None = None, csrf: str | None = None, helpdesk: bool = False
+    title: str,
+    body: str,
+    who: str | None = None,
+    csrf: str | None = None,
+    helpdesk: bool = False,
+    apps: bool = False,
 ) -> bytes:
+    """``apps``: the session may manage app passwords (a link to their page)."""
     nav = ""
     if who is not None and csrf is not None:
         links = '<a href="/me">My devices</a>'
+        if apps:
+            links += ' | <a id="nav-apps" href="/app-passwords">App passwords</a>'
         if helpdesk:
             links += ' | <a href="/helpdesk">Help desk</a>'
             links += ' | <a id="nav-inventory" href="/helpdesk/inventory">Inventory</a>'

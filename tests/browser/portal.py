@@ -29,10 +29,15 @@ CHROMIUM_ARGS = [
 ]
 
 
+def toml_key(key: str) -> str:
+    """A bare key, or a quoted one (a listen string as a key of ``listener_rules``)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
 def toml_value(value: Any) -> str:
     """TOML basic strings, numbers, booleans and arrays look like JSON; tables are inline."""
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(value)

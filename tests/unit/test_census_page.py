@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from otpgate.auditconfig import LoggingConfig
+from otpgate.auth.appconfig import AppPasswordConfig
 from otpgate.census import FILTERS, NO_TOKEN, READY, SERVICE, Census
 from otpgate.web import render_census
 from otpgate.web.censuspage import (
@@ -286,7 +287,9 @@ def pages(log_file: Path | None, threads: Any = None) -> CensusPages:
     made = CensusPages.__new__(CensusPages)
     clock = Clock()
     made.clock = clock
-    made.config = SimpleNamespace(logging=LoggingConfig(file=log_file))  # type: ignore[assignment]
+    made.config = SimpleNamespace(  # type: ignore[assignment]
+        logging=LoggingConfig(file=log_file), app_passwords=AppPasswordConfig()
+    )
     made.gateway = SimpleNamespace(reactor=clock, audit=Audit())
     if threads is not None:
         made.__dict__["_census_cache"] = CensusCache(clock, threads, log_file or Path("/x"))

@@ -39,3 +39,21 @@ document.addEventListener("DOMContentLoaded", function () {
     window.setTimeout(function () { window.location.reload(); }, seconds * 1000);
   }
 });
+
+// App passwords: the new one's copy button (shown only where the browser can copy).
+document.addEventListener("DOMContentLoaded", function () {
+  var button = document.querySelector("button[data-copy]");
+  if (!button || !navigator.clipboard) {
+    return;
+  }
+  button.hidden = false;
+  button.addEventListener("click", function () {
+    var source = document.getElementById(button.getAttribute("data-copy"));
+    var said = document.getElementById("app-copied");
+    navigator.clipboard.writeText(source.textContent.trim()).then(function () {
+      if (said) { said.textContent = "Copied."; }
+    }, function () {
+      if (said) { said.textContent = "Copy it by hand: select it and copy."; }
+    });
+  });
+});
