@@ -82,6 +82,7 @@ REASON_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tampered", ("TamperedState", "StateNotMigrated", "CodecError", "not an otpgate state")),
     ("unknown_user", ("UserNotFound", "AmbiguousUser")),
     ("not_allowed", ("not allowed on",)),
+    ("app_password", ("wrong app password", "app passwords locked out", "app password '")),
     ("wrong_otp", ("wrong OTP", "no valid OTP", "wrong confirmation code", "wrong PIN or OTP",
                    "no valid PIN+OTP")),
     ("replayed", ("already used",)),

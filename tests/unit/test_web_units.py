@@ -286,6 +286,10 @@ def test_reason_classes():
     assert reason_class("TamperedState: use state of tokens that are not stored") == "tampered"
     assert reason_class("StateNotMigrated: run `otpgate migrate-state`") == "tampered"
     assert reason_class("expired") == "account"
+    assert reason_class("wrong app password (now locked out)") == "app_password"
+    assert reason_class("app passwords locked out") == "app_password"
+    assert reason_class("app password 'mail' expired") == "app_password"
+    assert reason_class("app password 'mail' out of scope") == "app_password"
 
 
 # -- the request body cap (bodycap.py) --------------------------------------------------------
