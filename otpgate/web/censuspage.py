@@ -2,15 +2,19 @@
 trail (``[logging] file`` and its rotated siblings) by ``otpgate.census``, the code of
 ``otpgate census``.
 
-The scan reads files of possibly millions of lines: it runs in the reactor's thread pool
-(never on the reactor's thread), one scan at a time, and its result is kept for a while
-(``CensusCache``): views within that time are served from memory.  The first view of the
+The scan reads files of possibly millions of lines: it runs in a child process
+(``censusworker.py``: never on the reactor's thread, nor holding the interpreter lock the
+reactor needs), one scan at a time, and its result is kept for a while (``CensusCache``):
+views within that time are served from memory.  The first view of the
 portal waits a moment for the first scan, then shows "scanning…" with its progress; a view
 of a result that has aged starts the next scan and is shown the previous result meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -18,11 +22,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+import otpgate
 from otpgate.census import FILTERS, AccountRow, Census, rotated_siblings, scan
-from otpgate.web import render, render_census
+from otpgate.web import censusworker, render, render_census
 from otpgate.web.base import Reply
 from otpgate.web.helpdesk import HelpDesk
 from otpgate.web.sessions import Session
@@ -47,7 +52,7 @@ TITLE = "Census"
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One scan's result, computed in the thread; nothing in it changes afterwards."""
+    """One scan's result, computed by the worker; nothing in it changes afterwards."""
 
     rows: tuple[AccountRow, ...] = ()
     counts: Mapping[str, int] | None = None
@@ -65,8 +70,8 @@ class Snapshot:
 
 
 class Progress:
-    """Bytes read so far of the scan under way; written by the scan's thread, read by views
-    (two plain attributes: each assignment is atomic)."""
+    """Bytes read so far of the scan under way (from the worker's progress lines), read by
+    views."""
 
     def __init__(self) -> None:
         self.done = 0
@@ -89,7 +94,7 @@ def snapshot(
 
 
 def scan_trail(log_file: Path, today_unix: float, progress: Progress) -> Snapshot:
-    """The census of ``log_file`` and its rotated siblings (in a thread: blocking I/O)."""
+    """The census of ``log_file`` and its rotated siblings (in the worker: blocking I/O)."""
     started = time.monotonic()
     try:
         paths = rotated_siblings(log_file)
@@ -104,17 +109,68 @@ def scan_trail(log_file: Path, today_unix: float, progress: Progress) -> Snapsho
     return snapshot(census, files, time.monotonic() - started, today)
 
 
-def reactor_threads(reactor: Any) -> Callable[[Callable[[], T]], defer.Deferred[T]]:
-    """Run a function in ``reactor``'s thread pool (inline where there is none: a test's
-    fake clock)."""
+Scanner = Callable[[Path, float, "Progress"], defer.Deferred[Snapshot]]
+"""Runs ``scan_trail(log_file, today, progress)`` somewhere, for its Snapshot."""
 
-    def run(work: Callable[[], T]) -> defer.Deferred[T]:
-        pool = getattr(reactor, "getThreadPool", None)
-        if pool is None:
-            return defer.maybeDeferred(work)
-        return threads.deferToThreadPool(reactor, pool(), work)
+MAX_ANSWER = 64 * 1024 * 1024
+"""Bytes of a worker's answer kept at most (its rows are those a view can show)."""
+
+
+class _Worker(protocol.ProcessProtocol):
+    def __init__(self, progress: Progress, done: defer.Deferred[Snapshot]) -> None:
+        self.progress = progress
+        self.done = done
+        self.out: list[bytes] = []
+        self.size = 0
+        self.err = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > MAX_ANSWER:
+            self.transport.signalProcess("KILL")  # type: ignore[union-attr]
+            return
+        self.out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.err = (self.err + data)[-65536:]
+        *lines, self.err = self.err.split(b"\n")
+        for line in lines:
+            words = line.split()
+            if len(words) == 3 and words[0] == b"progress":
+                with contextlib.suppress(ValueError):
+                    self.progress.update(int(words[1]), int(words[2]))
+            elif line.strip():
+                log.warn("census worker: {line}", line=line.decode("utf-8", "replace")[:500])
+
+    def processEnded(self, reason: Any) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        if code != 0 or self.size > MAX_ANSWER:
+            self.done.errback(RuntimeError(f"the census worker ended with {code}"))
+            return
+        try:
+            self.done.callback(censusworker.decode(b"".join(self.out).decode("utf-8")))
+        except (ValueError, TypeError, KeyError) as exc:
+            self.done.errback(exc)
+
+
+def child_process(reactor: Any) -> Scanner:
+    """Scans in a child process of the same Python and otpgate (``censusworker.py``)."""
+
+    def run(log_file: Path, today: float, progress: Progress) -> defer.Deferred[Snapshot]:
+        done: defer.Deferred[Snapshot] = defer.Deferred()
+        package = str(Path(otpgate.__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package, env.get("PYTHONPATH")]))
+        args = [sys.executable, "-m", "otpgate.web.censusworker", str(log_file), repr(today)]
+        reactor.spawnProcess(_Worker(progress, done), sys.executable, args, env=env)
+        return done
 
     return run
+
+
+def in_process(log_file: Path, today: float, progress: Progress) -> defer.Deferred[Snapshot]:
+    """Scans at once, on the caller's thread (tests)."""
+    return defer.maybeDeferred(scan_trail, log_file, today, progress)
 
 
 class CensusCache:
@@ -123,7 +179,7 @@ class CensusCache:
     def __init__(
         self,
         clock: Any,
-        run: Callable[[Callable[[], Snapshot]], defer.Deferred[Snapshot]],
+        run: Scanner,
         log_file: Path,
         keep_seconds: float = CACHE_SECONDS,
     ) -> None:
@@ -155,7 +211,7 @@ class CensusCache:
         self.scans += 1
         self.progress = progress = Progress()
         today = float(self.clock.seconds())
-        running = self.run(lambda: scan_trail(self.log_file, today, progress))
+        running = self.run(self.log_file, today, progress)
         self._running = running
         running.addErrback(self._failed)
         running.addCallback(self._done)
@@ -207,7 +263,7 @@ class CensusPages(HelpDesk):
             return None
         made: CensusCache | None = self.__dict__.get("_census_cache")
         if made is None:
-            made = CensusCache(self.clock, reactor_threads(self.gateway.reactor), log_file)
+            made = CensusCache(self.clock, child_process(self.gateway.reactor), log_file)
             self.__dict__["_census_cache"] = made
         return made
 

@@ -112,7 +112,9 @@ def _row(row: AccountRow) -> str:
     )
 
 
-def census_table(rows: Sequence[AccountRow]) -> str:
+def census_table(rows: Sequence[AccountRow], total: int | None = None) -> str:
+    """The first ``MAX_ROWS`` of ``rows``; ``total``: how many match in all (the scan keeps
+    only the rows a view can show)."""
     if not rows:
         return '<p id="census-empty">No account matches.</p>'
     heads = (
@@ -122,9 +124,10 @@ def census_table(rows: Sequence[AccountRow]) -> str:
     head = "".join(f'<th scope="col">{h(t)}</th>' for t in heads)
     shown = rows[:MAX_ROWS]
     more = ""
-    if len(rows) > MAX_ROWS:
+    total = max(len(rows), total or 0)
+    if total > MAX_ROWS:
         more = (
-            f'<p id="census-more">… and {len(rows) - MAX_ROWS} more accounts: '
+            f'<p id="census-more">… and {total - MAX_ROWS} more accounts: '
             "<code>otpgate census --rotated --csv FILE</code> lists them all.</p>"
         )
     body = "".join(_row(r) for r in shown)
@@ -175,7 +178,8 @@ def census_page(snap: Snapshot, only: str, now: float, scanning: bool = False) -
         )
     keep = FILTERS.get(only)
     rows = [r for r in snap.rows if keep is None or keep(r)]
-    html = _source(snap, now, scanning) + _filters(snap.counts, only) + census_table(rows)
+    total = (snap.counts or {}).get(only if only in FILTERS else "all")
+    html = _source(snap, now, scanning) + _filters(snap.counts, only) + census_table(rows, total)
     if only in ("all", "service"):
         html += "<h2>Suggested exemptions</h2>" + suggestion_block(snap.suggestion)
     return html + (

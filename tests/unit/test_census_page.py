@@ -165,14 +165,14 @@ def test_no_match_many_rows_scanning_and_error_pages():
 
 
 class Threads:
-    """Stands in for the thread pool: work runs when the test says so."""
+    """Stands in for the worker process: the scan runs when the test says so."""
 
     def __init__(self) -> None:
         self.pending: list[tuple[Any, defer.Deferred[Snapshot]]] = []
 
-    def __call__(self, work: Any) -> defer.Deferred[Snapshot]:
+    def __call__(self, log_file: Path, today: float, progress: Any) -> defer.Deferred[Snapshot]:
         d: defer.Deferred[Snapshot] = defer.Deferred()
-        self.pending.append((work, d))
+        self.pending.append((lambda: scan_trail(log_file, today, progress), d))
         return d
 
     def finish(self, result: Snapshot | None = None) -> None:
@@ -333,3 +333,37 @@ def test_the_handler_shows_scanning_then_the_filtered_census_and_audits_each_vie
         "looked at the census (service)", "looked at the census (service)",
         "looked at the census (all)"]
     assert all(e["outcome"] == "view" and e["front_end"] == "web" for e in audit)
+
+
+def test_the_worker_answer_round_trips_and_keeps_only_what_a_view_shows(tmp_path: Path):
+    """The child process's JSON is the same Snapshot (rows a view can show, every count);
+    the page says how many more there are."""
+    from otpgate.web import censusworker
+
+    s = snap()
+    back = censusworker.decode(censusworker.encode(s))
+    assert back == s
+    many = tuple(s.rows) * 700
+    kept = censusworker.shown_rows(many, 1000)
+    assert len(kept) < len(many) and kept[:1000] == many[:1000]
+    trimmed = Snapshot(**{**s.__dict__, "rows": kept, "counts": {**(s.counts or {}), "all": len(many)}})
+    page = render_census.census_page(trimmed, "all", s.computed_at)
+    assert f"… and {len(many) - 1000} more accounts" in page
+
+
+def test_the_worker_process_scans_a_trail(tmp_path: Path):
+    """``python -m otpgate.web.censusworker`` as the portal runs it: JSON out, progress lines
+    on standard error."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "audit.log"
+    log.write_text("".join(json.dumps(e) + "\n" for e in events()))
+    done = subprocess.run(
+        [sys.executable, "-m", "otpgate.web.censusworker", str(log), repr(DAY)],
+        capture_output=True, check=True, timeout=60,
+    )
+    from otpgate.web import censusworker
+
+    found = censusworker.decode(done.stdout.decode())
+    assert found.error is None and found.events == len(events()) and found.rows
