@@ -269,6 +269,8 @@ def update(
                 secrets=state.secrets if planned.secrets is None else planned.secrets,
                 used=state.used if planned.used is None else planned.used,
                 pin=pin,
+                apps=state.apps if planned.apps is None else planned.apps,
+                app_key=state.app_key if planned.app_key is None else planned.app_key,
             )
             after = mapper.after(user, changes, written)
             return Outcome(planned.result, after, reread_any, conflicts)
