@@ -9,13 +9,14 @@ an HOTP token and an app password scoped to that listener.  The same load client
   otp  binds with password + HOTP code (``--mode hotp``): the gateway binds the password
        upstream and spends the code (a compare-and-swap write of the use state)
   app  binds with the app password (``--mode plain``, the app password as the password):
-       the gateway reads the entry fresh, hashes the secret (PBKDF2, apppass.ITERATIONS
-       rounds) and writes the last use (compare-and-swap); nothing is bound upstream
+       the gateway reads the entry (cached, as for every login), hashes the secret
+       (PBKDF2, apppass.ITERATIONS rounds) and writes the last use (compare-and-swap);
+       nothing is bound upstream
 
 HOTP stands for the codes: the load client has no TOTP mode, and a TOTP code differs from an
 HOTP code by the window of steps tried (an HMAC each), not by any directory work.  Every user
-is cold in the sense that matters: the app path reads the entry fresh on every login, the OTP
-path writes on every login; users are many more than the binds in flight.
+writes its use state on every login, on both paths; users are many more than the binds in
+flight.
 
 The targets take turns (--rounds, the order swapped each round) so a slow spell of this
 shared machine falls on both.  Each row: binds/s, p50/p99, and CPU µs per bind of the gateway,

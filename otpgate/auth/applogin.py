@@ -3,12 +3,15 @@
 
 It replaces password + code on the listeners and NASes of its scope, so nothing is bound
 upstream: the user's directory password is neither needed nor sent.  What the directory
-would have refused at a bind is therefore read from the entry the pipeline resolved, fresh
-for every such login (no cache outlives a disabled account or a revocation): a disabled AD
-account is no user (the profile's filter), an expired one is refused (``accountExpires``),
-like every way in.  Decided inside the state engine's compare-and-swap on what the
-directory holds, like a code: the last use is written with each login, so a revocation
-made through any gateway is seen by the next login everywhere.
+would have refused at a bind is therefore read from the entry the pipeline resolved: a
+disabled AD account is no user (the profile's filter), an expired one is refused
+(``accountExpires``), like every way in.  The entry may come from the gateway's cache, as
+for every login (at most ``state_cache_seconds`` old, 10 s by default): a disabled account
+is refused within that.  The decision is made inside the state engine's compare-and-swap,
+like a code's, and every accepted login writes its last use: a revocation made through any
+gateway rewrites the use state, so a login holding an older read loses its
+compare-and-swap and is decided again on what the directory holds — at once.  A refusal
+that writes nothing is decided on a fresh read too (``engine.update``).
 
 Order (``decide_app``): the user's suspension; the app-password lockout (its own, apart
 from the codes'); the match (a miss counts towards that lockout); the match's end date;
@@ -117,7 +120,7 @@ async def app_login(
 ) -> AuthResult | None:
     """The login, or None when the user holds no app password (then the secret is taken as
     what it would otherwise be: password + code)."""
-    user = await auth.resolve(request, fresh=True)
+    user = await auth.resolve(request, fresh=False)
     if request.channel.restricted:
         user, refusal = await channel_rule(request, user, lambda: auth.resolve(request, True))
         if refusal is not None:
@@ -125,6 +128,11 @@ async def app_login(
             return AuthResult(False, refusal, user.dn)
     now = auth.clock.seconds()
     state = auth.store.decode(user)
+    if not state.apps and user.from_cache:
+        # Created meanwhile on another gateway?  Never take an app password for a password
+        # + code on an old read: it would be bound upstream as a password.
+        user = await auth.resolve(request, fresh=True)
+        state = auth.store.decode(user)
     if not state.apps:
         return None
     auth.found(request, Ready(user, Decision(False, APP_PASSWORD), state))

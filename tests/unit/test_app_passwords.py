@@ -203,3 +203,32 @@ async def test_records_without_their_key_are_refused() -> None:
     with pytest.raises(TamperedState, match="without their key"):
         mapper.decode(stale)
     assert state.apps
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_account_gone_from_the_directory_is_refused_once_the_cache_has_aged() -> None:
+    """No bind is made, so a disabled account (on AD: no longer a user, the profile's filter)
+    is seen through the entry: from the cache for at most state_cache_seconds, like every
+    login that binds nothing (CHAP, otp-only), then refused."""
+    w = world()
+    secret = await create(w)
+    assert (await login(w, secret, ldap(MAIL))).ok  # the entry is cached now
+    dn = (await w.store.resolve("alice", fresh=True)).dn
+    w.directory.entries.pop(dn.lower())  # disabled: no longer found as a user
+    w.clock.advance(w.config.directory.state_cache_seconds + 1)
+    gone = await login(w, secret, ldap(MAIL))
+    assert not gone.ok and "UserNotFound" in gone.reason, gone
+
+
+@pytest_twisted.ensureDeferred
+async def test_created_on_another_gateway_is_never_bound_upstream_as_a_password() -> None:
+    """This gateway's cached entry predates the app password: it reads again rather than take
+    the secret for a password + code (which would be bound upstream)."""
+    w = world()
+    key = await w.oath("alice")
+    assert (await login(w, PW + hotp(key, 0), ldap(MAIL), check=w.directory.check_password)).ok
+    other = w.other_gateway()
+    scope = scope_for(w.config.app_passwords, listeners=[MAIL], now=START)
+    secret, change = create_change("mail", scope, START, 5)
+    await other.store.update(await other.store.resolve("alice", fresh=True), change)
+    assert (await login(w, secret, ldap(MAIL))).ok  # never_bound: nothing went upstream
