@@ -158,6 +158,10 @@ class AppPassword:
     created: int
     hash: bytes = field(repr=False)
     iterations: int = ITERATIONS
+    by: str = ""
+    """The token whose code opened the portal session that created it ("": the CLI): it
+    goes with that token (revoked, reset or declared lost) and is held while that token is
+    suspended, so an app password a thief made on a stolen phone ends with the phone."""
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -184,11 +188,14 @@ class AppPassword:
             doc["nets"] = list(self.scope.networks)
         if self.scope.expires:
             doc["exp"] = self.scope.expires
+        if self.by:
+            doc["by"] = self.by
         return doc
 
     def shown(self) -> dict[str, Any]:
         """For output (``--json``, the portal): without the hash."""
-        doc = {k: v for k, v in self.to_dict().items() if k not in ("h", "i", "type")}
+        doc = {k: v for k, v in self.to_dict().items() if k not in ("h", "i", "type", "by")}
+        doc["created_by"] = self.by
         doc["scope"] = self.scope.text()
         return doc
 
@@ -204,9 +211,12 @@ class AppPassword:
             _strings(doc, "nets", what),
             _int(doc, "exp", what, 0),
         )
+        by = doc.get("by", "")
+        if not isinstance(by, str):
+            raise ValueError(f"{what}.by: expected text")
         return cls(
             ident, name, scope, _int(doc, "created", what), _b64d(doc.get("h"), f"{what}.h"),
-            _int(doc, "i", what),
+            _int(doc, "i", what), by,
         )  # fmt: skip
 
 

@@ -176,7 +176,10 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
     nas_names = tuple(c.name or str(c.network) for c in config.radius.clients)
     check_scopes(config.policy.exemptions, config.ldap_proxy.listen, nas_names)
     modes = {c.name or str(c.network): c.mode for c in config.radius.clients}
-    check_app_places(config.app_passwords, config.ldap_proxy.listen, nas_names, modes)
+    check_app_places(
+        config.app_passwords, config.ldap_proxy.listen, nas_names, modes,
+        config.ldap_proxy.require_tls_for_binds,
+    )  # fmt: skip
     if config.delivery is not None:
         lifetime = config.delivery.codes.lifetime
         config = replace(config, otp=replace(config.otp, sent_code_lifetime=lifetime))

@@ -11,20 +11,22 @@ from __future__ import annotations
 import datetime
 import ipaddress
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from otpgate.apppass import AppPassword, Scope, check_name, digest, generate, new_key
 from otpgate.auth.appconfig import AppPasswordConfig
 from otpgate.directory.records import OtpState, StateChange
 from otpgate.errors import NoSuchToken, PolicyError
-from otpgate.tokens import AppUse, new_token_id
+from otpgate.tokens import AppUse, TokenType, new_token_id
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Created:
     app: AppPassword
-    secret: str
+    secret: str = field(repr=False)
     """The app password itself: shown once to whoever created it, never stored."""
 
 
@@ -65,6 +67,13 @@ def scope_for(
         end += 86400
     if end and end <= now:
         raise PolicyError("the expiry date has passed")
+    if nets and nas:
+        # A RADIUS request comes from the NAS, not from the user's device: a network would
+        # name the NAS's address, always or never matching wherever the user is.
+        raise PolicyError(
+            "source networks apply to LDAP listeners only (a RADIUS login comes from the "
+            "NAS's address): make one app password for the NASes, another for the listeners"
+        )
     try:
         return Scope(tuple(listeners), tuple(nas), tuple(nets), end)
     except ValueError as exc:
@@ -72,10 +81,12 @@ def scope_for(
 
 
 def create_change(
-    name: str, scope: Scope, now: float, max_per_user: int
+    name: str, scope: Scope, now: float, max_per_user: int, by: str = ""
 ) -> tuple[str, Callable[[OtpState], StateChange[Created]]]:
     """(the secret, the change that stores its record); the user's hash key is made with her
-    first app password."""
+    first app password.  ``by``: the token whose code opened the portal session asking (the
+    app password ends with it); a session opened with a code sent by e-mail may not create
+    one (the mailbox the code went to may be what the app password is for)."""
     try:
         check_name(name)
     except ValueError as exc:
@@ -95,8 +106,18 @@ def create_change(
         taken = {t.id for t in state.tokens} | {a.id for a in state.apps}
         if ident in taken:
             raise PolicyError("an id clash; try again")
+        if by:
+            token = state.token(by)
+            if token is None:
+                raise PolicyError("the token this session was opened with is gone: sign in again")
+            if token.type is TokenType.EMAIL:
+                raise PolicyError(
+                    "a session opened with a code sent by e-mail cannot create app passwords "
+                    "(whoever reads that mailbox, e.g. with an app password, would get more): "
+                    "sign in with another token"
+                )
         key = state.app_key or fresh_key
-        app = AppPassword(ident, name, scope, int(now), digest(key, secret))
+        app = AppPassword(ident, name, scope, int(now), digest(key, secret), by=by)
         return StateChange(
             Created(app, secret), apps=(*state.apps, app), app_key=None if state.app_key else key
         )
@@ -110,6 +131,22 @@ def find_app(state: OtpState, ref: str) -> AppPassword:
     if len(hits) != 1:
         raise NoSuchToken(f"the user has no app password {ref!r}")
     return hits[0]
+
+
+def dropping_apps(state: OtpState, change: StateChange[T], ids: set[str]) -> StateChange[T]:
+    """``change`` that also removes the app passwords ``ids`` and their last use (and the
+    hash key with the last of them)."""
+    if not ids:
+        return change
+    used = change.used if change.used is not None else state.used
+    used = replace(used, apps={k: v for k, v in used.apps.items() if k not in ids})
+    kept = tuple(a for a in state.apps if a.id not in ids)
+    return replace(change, used=used, apps=kept, app_key=b"" if not kept else change.app_key)
+
+
+def made_with(state: OtpState, token_ids: set[str]) -> set[str]:
+    """The app passwords created in portal sessions opened with one of ``token_ids``."""
+    return {a.id for a in state.apps if a.by and a.by in token_ids}
 
 
 def revoke_change(state: OtpState, ref: str | None) -> StateChange[tuple[AppPassword, ...]]:

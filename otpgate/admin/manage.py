@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import replace
 
+from otpgate.admin.apppasswords import dropping_apps, made_with
 from otpgate.auth.lockout import unlock
 from otpgate.directory.records import OtpState, StateChange
 from otpgate.errors import NoSuchToken, PolicyError
@@ -47,12 +48,15 @@ def find_token(
 def _without(
     state: OtpState, ids: set[str], result: tuple[Token, ...]
 ) -> StateChange[tuple[Token, ...]]:
-    return StateChange(
+    """The tokens ``ids`` removed, and the app passwords created in portal sessions opened
+    with their codes (a thief's app password goes with the stolen phone)."""
+    change = StateChange(
         result,
         used=state.used.without(ids),
         tokens=tuple(t for t in state.tokens if t.id not in ids),
         secrets={k: v for k, v in state.secrets.items() if k not in ids},
     )
+    return dropping_apps(state, change, made_with(state, ids))
 
 
 def revoke_change(state: OtpState, ref: str | None) -> StateChange[tuple[Token, ...]]:
@@ -62,7 +66,9 @@ def revoke_change(state: OtpState, ref: str | None) -> StateChange[tuple[Token, 
 
 
 def reset_change(state: OtpState) -> StateChange[tuple[Token, ...]]:
-    """Remove every token (lost phone, left the company); lockout state is kept."""
+    """Remove every token (lost phone, left the company); lockout state is kept, and so are
+    the app passwords made with the CLI (those made in portal sessions go with their
+    tokens)."""
     return _without(state, {t.id for t in state.tokens}, state.tokens)
 
 

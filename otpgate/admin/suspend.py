@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, replace
 
+from otpgate.admin.apppasswords import dropping_apps, made_with
 from otpgate.admin.manage import find_token
 from otpgate.auth.suspension import ended, iso
 from otpgate.directory.records import OtpState, StateChange
@@ -122,6 +123,8 @@ class Lost:
     """The temporary scratch list, expiring at ``temporary.expires``."""
     replaced: tuple[str, ...]
     """Ids of earlier temporary lists, gone."""
+    apps: tuple[str, ...] = ()
+    """Ids of the app passwords created in portal sessions the device opened, revoked."""
 
 
 def lost_change(
@@ -151,5 +154,8 @@ def lost_change(
     used = used.without(earlier)
     used = replace(used, suspensions={**used.suspensions, token.id: held})
     kept = tuple(t for t in state.tokens if t.id not in earlier)
-    result = Lost(token, temporary, tuple(sorted(earlier)))
-    return StateChange(result, used=used, tokens=(*kept, temporary))
+    # The app passwords made in sessions the lost device opened may be the finder's.
+    apps = made_with(state, {token.id, *earlier})
+    result = Lost(token, temporary, tuple(sorted(earlier)), tuple(sorted(apps)))
+    change = StateChange(result, used=used, tokens=(*kept, temporary))
+    return dropping_apps(state, change, apps)

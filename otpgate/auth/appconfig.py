@@ -8,10 +8,11 @@ one the admin removes from here stops working everywhere it was scoped to.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from otpgate.apppass import MAX_PER_USER
-from otpgate.configfile import Section
+from otpgate.configfile import Section, parse_listen
 from otpgate.errors import ConfigError
 
 
@@ -32,6 +33,13 @@ class AppPasswordConfig:
         return where in places
 
 
+def _loopback(interface: str) -> bool:
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
 def parse_app_passwords(sec: Section) -> AppPasswordConfig:
     def bounded(value: int) -> None:
         if not 1 <= value <= MAX_PER_USER:
@@ -47,15 +55,29 @@ def parse_app_passwords(sec: Section) -> AppPasswordConfig:
 
 
 def check_app_places(
-    config: AppPasswordConfig, listen: tuple[str, ...], nas: tuple[str, ...], modes: dict[str, str]
+    config: AppPasswordConfig,
+    listen: tuple[str, ...],
+    nas: tuple[str, ...],
+    modes: dict[str, str],
+    require_tls: bool = True,
 ) -> None:
     """Each place named exists, and each NAS gets a password to compare (append or challenge
-    mode: an otp-only NAS sends the code alone)."""
+    mode: an otp-only NAS sends the code alone).  An app password is a static secret that
+    works again and again: it never crosses the network in clear, so a listener that takes
+    them needs TLS for binds (``ssl:``, or ``require_tls_for_binds``) unless it listens on
+    loopback only."""
     for name in config.listeners:
         if name not in listen:
             raise ConfigError(
                 f"[app_passwords].listeners: {name!r} is not one of [ldap_proxy].listen "
                 "(name the listener exactly as it is written there)"
+            )
+        address = parse_listen(name)
+        if not (address.tls or require_tls or _loopback(address.interface)):
+            raise ConfigError(
+                f"[app_passwords].listeners: {name!r} would take app passwords in clear "
+                "([ldap_proxy].require_tls_for_binds is false and it is no ssl: listener "
+                "on loopback): a static secret seen once works again"
             )
     for name in config.nas:
         if name not in nas:

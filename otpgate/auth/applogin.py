@@ -95,7 +95,12 @@ def decide_app(
         return StateChange(AppVerdict(None, f"suspended for the user ({until_text(held)})"))
     if used.app_locked_until > now:
         return StateChange(AppVerdict(None, LOCKED))
+    taken_here = places.allows(channel.front_end, channel.where)
     app = matching(state.apps, state.app_key, typed)
+    if app is None and not taken_here:
+        # No app password works here: a miss is no guess at one, and counting it would let
+        # anyone who knows a name lock her app passwords from anywhere.
+        return StateChange(AppVerdict(None, f"{WRONG} (not taken here)"))
     if app is None:
         failures = used.app_failures + 1
         if failures >= rules.max_failures:
@@ -105,10 +110,13 @@ def decide_app(
         return StateChange(AppVerdict(None, WRONG), used=replace(used, app_failures=failures))
     if app.expired(now):
         return StateChange(AppVerdict(app, f"app password {app.name!r} expired"))
+    held_with = used.suspensions.get(app.by) if app.by else None
+    if held_with is not None and held_with.active(now):
+        # Made in a session the token opened: a suspended (say, missing) phone holds it.
+        why = f"app password {app.name!r} suspended with token {app.by}"
+        return StateChange(AppVerdict(app, why))
     where = channel.where
-    if not places.allows(channel.front_end, where) or not app.scope.covers(
-        channel.front_end, where, client
-    ):
+    if not taken_here or not app.scope.covers(channel.front_end, where, client):
         return StateChange(AppVerdict(app, f"app password {app.name!r} out of scope"))
     use = AppUse(int(now), (client or "")[:MAX_CLIENT], where[:MAX_WHERE])
     after = replace(used, apps={**used.apps, app.id: use}, app_failures=0, app_locked_until=0)
@@ -138,6 +146,8 @@ async def app_login(
     auth.found(request, Ready(user, Decision(False, APP_PASSWORD), state))
     if user.expires_at is not None and user.expires_at <= now:
         return AuthResult(False, "expired", user.dn)
+    if user.disabled:  # a site's own user filter may not exclude disabled accounts
+        return AuthResult(False, "account disabled", user.dn)
     places, rules = auth.settings.app_passwords, auth.settings.lockout
     pending = auth.unrecorded_apps.count(user.entry_id, now)
 

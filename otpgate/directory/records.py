@@ -41,6 +41,8 @@ class UserEntry:
     """Object classes of the entry holding the values."""
     expires_at: float | None = None
     """Unix time the account expires (AD accountExpires); None: never."""
+    disabled: bool = False
+    """AD's ACCOUNTDISABLE flag or an OpenLDAP ppolicy lock (``state.py``)."""
     unmigrated: bool = False
     """Container layout: the user's own entry still holds otpgate values (a state kept there
     before ``state_dn`` was set), and no state entry exists: refused until migrated."""

@@ -93,6 +93,23 @@ def _account_expiry(raw: bytes | None) -> float | None:
     return value / 1e7 - FILETIME_UNIX_OFFSET
 
 
+ACCOUNTDISABLE = 0x2
+
+
+def _disabled(found: SearchEntry) -> bool:
+    """AD's ACCOUNTDISABLE flag, or an OpenLDAP ppolicy lock (any ``pwdAccountLockedTime``:
+    the lock lasts until an admin or the lockout duration lifts it, and a login that binds
+    nothing cannot tell which, so it counts as disabled)."""
+    flags = found.first("userAccountControl")
+    if flags is not None:
+        try:
+            if int(flags) & ACCOUNTDISABLE:
+                return True
+        except ValueError:
+            return True  # unreadable: fail closed
+    return bool(found.first("pwdAccountLockedTime"))
+
+
 def escape_filter_value(value: str) -> str:
     """RFC 4515 escaping of an assertion value."""
     return "".join(f"\\{ord(c):02x}" if c in "*()\\\x00" else c for c in value)
@@ -129,8 +146,13 @@ class StateMapper:
             "objectClass",
         )
         identity: tuple[str, ...] = (config.profile.id_attribute, "memberOf", "objectClass")
+        # Whether the account is disabled, for logins that bind nothing as the user (app
+        # passwords): AD's ACCOUNTDISABLE flag (a site's own user filter may not exclude
+        # it), OpenLDAP ppolicy's lock.
         if config.profile.server == "ad":
-            identity = (*identity, "accountExpires")
+            identity = (*identity, "accountExpires", "userAccountControl")
+        else:
+            identity = (*identity, "pwdAccountLockedTime")
         # In the container layout the user's own values are read too, only to see whether a
         # state kept there before still waits to be migrated (``otpgate migrate-state``).
         self.user_attributes = (*identity, *self.state_attributes[:3])
@@ -230,6 +252,7 @@ class StateMapper:
             v.decode("utf-8", "replace").lower() for v in found.attributes.get("memberof", [])
         )
         expires_at = _account_expiry(found.first("accountExpires"))
+        disabled = _disabled(found)
         extra = tuple((a, tuple(found.attributes.get(a, ()))) for a in self.extra)
         if self.container is not None:
             return UserEntry(
@@ -240,6 +263,7 @@ class StateMapper:
                 state_dn=self.state_dn_of(id_value),
                 state_exists=False,
                 expires_at=expires_at,
+                disabled=disabled,
                 unmigrated=bool(self.own_values(found)),
                 attributes=extra,
             )
@@ -249,6 +273,7 @@ class StateMapper:
             groups=groups,
             object_classes=classes,
             expires_at=expires_at,
+            disabled=disabled,
             attributes=extra,
         )
         return self._with_values(
@@ -350,8 +375,15 @@ class StateMapper:
         ids = {t.id for t in tokens}
         if len({a.id for a in apps} | ids) != len(apps) + len(ids):
             raise TamperedState(f"{who}: two stored records share an id; refusing them")
-        if set(used.apps) - {a.id for a in apps}:
-            raise TamperedState(f"{who}: use state of app passwords not stored; refusing it")
+        app_ids = {a.id for a in apps}
+        if set(used.apps) - app_ids:
+            if len(user.used) < 2:
+                raise TamperedState(f"{who}: use state of app passwords not stored; refusing it")
+            # Two values merged (a revocation raced with a login on another provider): the
+            # last use of a revoked app password is dropped, not taken as tampering.
+            used = dataclasses.replace(
+                used, apps={k: v for k, v in used.apps.items() if k in app_ids}
+            )
         if placeholder and (tokens or apps or user.seed is not None):
             raise TamperedState(
                 f"{who}: the use state was reset to its first value while tokens are stored "

@@ -346,14 +346,18 @@ class LdapProxyProtocol(protocol.Protocol):
         self._refused_bind = False
         await self._bind(pdu, header)
         if self._refused_bind and self._upstream_identity and not self._closing:
-            mid = header.message_id
-            answer, answer_header = await self._own_request(
-                mid, ber.bind_request(mid, b"", b""), ber.BIND_RESPONSE
-            )
-            if ber.result_code(answer, answer_header) != SUCCESS:
-                self._close("identity_reset_failed", "the upstream refused an anonymous bind")
-                return
-            self._upstream_identity = False
+            await self._anonymous_upstream(header.message_id)
+
+    async def _anonymous_upstream(self, mid: int) -> bool:
+        """Bind the upstream connection anonymously (False: refused, the connection closed)."""
+        answer, answer_header = await self._own_request(
+            mid, ber.bind_request(mid, b"", b""), ber.BIND_RESPONSE
+        )
+        if ber.result_code(answer, answer_header) != SUCCESS:
+            self._close("identity_reset_failed", "the upstream refused an anonymous bind")
+            return False
+        self._upstream_identity = False
+        return True
 
     async def _bind(self, pdu: bytes, header: ber.Header) -> None:
         mid = header.message_id
@@ -382,7 +386,10 @@ class LdapProxyProtocol(protocol.Protocol):
         except UnicodeDecodeError:
             secret = ""  # refused by the pipeline as a missing password, never forwarded
 
+        bound_here: list[bool] = []
+
         async def check_password(dn: str, password: bytes) -> tuple[int, str]:
+            bound_here.append(True)
             return await self._upstream_bind(mid, dn.encode(), password)
 
         # A name with an empty password is an unauthenticated bind (RFC 4513 §5.1.2): the
@@ -391,6 +398,12 @@ class LdapProxyProtocol(protocol.Protocol):
             name=name, client=self.peer_host, channel=self._channel(), typed=secret, rebind=True
         )
         result = await self.factory.gateway.authenticator.login(login, check_password)
+        # Accepted with nothing bound upstream as the user (an app password): the connection
+        # must not go on as whoever bound on it before.  Her requests run anonymously
+        # (docs/APP-PASSWORDS.md).
+        reset = result.ok and not bound_here and self._upstream_identity and not self._closing
+        if reset and not await self._anonymous_upstream(mid):
+            return
         if result.ok:
             self._bound = True
             self._answer(mid, ber.BIND_RESPONSE, SUCCESS)

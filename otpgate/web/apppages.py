@@ -111,7 +111,9 @@ class AppPasswordPages(HelpDesk):
         except PolicyError as exc:
             return await again(_field_of(str(exc)), str(exc))
         try:
-            _secret, change = create_change(name, scope, now, settings.max_per_user)
+            _secret, change = create_change(
+                name, scope, now, settings.max_per_user, by=session.token
+            )
         except PolicyError as exc:
             return await again("app-name", str(exc))
         try:

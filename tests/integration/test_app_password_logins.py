@@ -422,3 +422,40 @@ async def test_a_revoked_record_written_back_beside_a_kept_one(site, tmp_path, l
         assert await ways.bind(ways.mail, dn, kept) == 0
     finally:
         await ways.stop()
+
+
+@pytest.mark.parametrize("backend", ["slapd-stock"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_after_an_app_password_bind_the_connection_is_no_longer_the_previous_identity(
+    backend, tmp_path
+):
+    """One LDAP connection: the service account binds (bound upstream as itself), then a
+    user binds with her app password (nothing bound upstream as her): her requests must not
+    run as the service account.  The proxy binds the upstream connection anonymously first.
+    Who Am I? through the proxy says so (slapd; Samba has no Who Am I?)."""
+    from twisted.internet import threads
+
+    server = backend.server
+    ways = AppListeners(backend, tmp_path, policy={"exempt_dns": [server.admin_dn]})
+    try:
+        name, dn = backend.new_user("idn")
+        secret, _ = await ways.create(name, "mail")
+
+        def one_connection() -> tuple[str, str]:
+            port = int(ways.mail.split(":")[1])
+            conn = ldap3.Connection(ldap3.Server("127.0.0.1", port=port), user=server.admin_dn,
+                                    password=server.admin_password, auto_bind=True)
+            try:
+                first = conn.extend.standard.who_am_i() or ""
+                assert conn.rebind(user=dn, password=secret)
+                second = conn.extend.standard.who_am_i() or ""
+            finally:
+                conn.unbind()
+            return str(first), str(second)
+
+        first, second = await threads.deferToThread(one_connection)
+        assert server.admin_dn.lower() in first.lower()
+        assert second == "", second  # anonymous upstream, never the service account
+        assert ways.events[-1]["reason"] == "app password 'mail' accepted"
+    finally:
+        await ways.stop()

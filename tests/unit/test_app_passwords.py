@@ -15,6 +15,7 @@ from otpgate.apppass import FORM, SECRET_BITS, looks_like_app_password
 from otpgate.auth.requests import Appended, Channel, PasswordStep
 from otpgate.errors import PolicyError, TamperedState
 from otpgate.otp.oath import hotp
+from otpgate.tokens import AppUse
 from tests.unit.test_pipeline import PW, START, World, config
 
 MAIL = "tcp:10389:interface=127.0.0.1"
@@ -89,16 +90,20 @@ async def test_accepted_in_scope_only_and_nothing_bound() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_radius_scope_by_nas_and_network_and_no_challenge() -> None:
+async def test_radius_scope_by_nas_and_ldap_scope_by_network_and_no_challenge() -> None:
     w = world()
-    secret = await create(w, "phone", listeners=[], nas=["wifi"], networks=["192.0.2.0/28"])
+    secret = await create(w, "phone", listeners=[], nas=["wifi"])
     wifi = Channel("radius", name="wifi", where="wifi")
     step = PasswordStep(name="alice", password=secret, client="192.0.2.7", channel=wifi)
     done = await w.auth.login(step, never_bound)
     assert done.ok and not done.needs_otp  # no Access-Challenge: the app password is all
-    far = PasswordStep(name="alice", password=secret, client="192.0.2.99", channel=wifi)
-    assert not (await w.auth.login(far, never_bound)).ok
     assert not (await login(w, secret, ldap(MAIL))).ok
+    mail = await create(w, "mail", networks=["192.0.2.0/28"])
+    assert (await login(w, mail, ldap(MAIL), client="192.0.2.7")).ok
+    assert not (await login(w, mail, ldap(MAIL), client="192.0.2.99")).ok
+    # A RADIUS request comes from the NAS, not the device: no network for a NAS scope.
+    with pytest.raises(PolicyError, match="LDAP listeners only"):
+        scope_for(w.config.app_passwords, nas=["wifi"], networks=["192.0.2.0/28"])
 
 
 @pytest_twisted.ensureDeferred
@@ -232,3 +237,118 @@ async def test_created_on_another_gateway_is_never_bound_upstream_as_a_password(
     secret, change = create_change("mail", scope, START, 5)
     await other.store.update(await other.store.resolve("alice", fresh=True), change)
     assert (await login(w, secret, ldap(MAIL))).ok  # never_bound: nothing went upstream
+
+
+# -- what the attacks found -------------------------------------------------------------------
+
+
+async def portal_create(w: World, name: str, by: str) -> str:
+    scope = scope_for(w.config.app_passwords, listeners=[MAIL], now=START)
+    secret, change = create_change(name, scope, w.clock.seconds(), 5, by=by)
+    await w.store.update(await w.store.resolve("alice", fresh=True), change)
+    return secret
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_thiefs_app_password_goes_with_the_lost_phone() -> None:
+    """A thief with the phone and a phished password signs in to the portal and makes an app
+    password: the help desk's suspension of the phone holds it, declaring the phone lost or
+    revoking it removes it; one made with the CLI stays."""
+    from otpgate.admin.manage import revoke_change as revoke_token
+    from otpgate.admin.suspend import lost_change, suspend_change
+    from otpgate.otp.scratch import generate_scratch_list
+
+    w = world()
+    await w.oath("alice")
+    phone = w.store.decode(await w.store.resolve("alice", fresh=True)).tokens[0].id
+    thiefs = await portal_create(w, "thief", by=phone)
+    cli = await create(w, "cli")
+    assert (await login(w, thiefs, ldap(MAIL))).ok
+    user = await w.store.resolve("alice", fresh=True)
+    await w.store.update(user, lambda s: suspend_change(s, phone, 0, START))
+    held = await login(w, thiefs, ldap(MAIL))
+    assert not held.ok and held.reason == f"app password 'thief' suspended with token {phone}"
+    _codes, scratch = generate_scratch_list(5, 8)
+    user = await w.store.resolve("alice", fresh=True)
+    lost, _user = await w.store.update(
+        user, lambda s: lost_change(s, phone, scratch, int(START + DAY), START))
+    state = w.store.decode(await w.store.resolve("alice", fresh=True))
+    assert [a.name for a in state.apps] == ["cli"] and len(lost.apps) == 1
+    assert not (await login(w, thiefs, ldap(MAIL))).ok
+    assert (await login(w, cli, ldap(MAIL))).ok
+    again = await portal_create(w, "again", by=state.tokens[0].id)
+    user = await w.store.resolve("alice", fresh=True)
+    await w.store.update(user, lambda s: revoke_token(s, state.tokens[0].id))
+    assert not (await login(w, again, ldap(MAIL))).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_opened_with_an_emailed_code_makes_no_app_password() -> None:
+    from otpgate.tokens import Token, TokenType
+
+    w = world()
+    mail = Token(id="m1", type=TokenType.EMAIL, created=0, attribute="mail", bound=b"x" * 32)
+    await w.enroll("alice", mail, None)
+    with pytest.raises(PolicyError, match="sent by e-mail"):
+        await portal_create(w, "imap", by="m1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_misses_where_no_app_password_works_lock_nothing() -> None:
+    """Anyone who knows a name could otherwise lock her app passwords from any listener."""
+    w = world()
+    secret = await create(w)
+    wrong = "aaaa-bbbb-cccc-dddd-eeee-ffff-gggg"
+    for _ in range(w.config.lockout.max_failures * 2):
+        miss = await login(w, wrong, ldap(OTHER))
+        assert not miss.ok and miss.reason == "wrong app password (not taken here)"
+    assert (await login(w, secret, ldap(MAIL))).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_disabled_account_refuses_its_app_passwords_whatever_the_user_filter() -> None:
+    w = world()
+    secret = await create(w)
+    dn = (await w.store.resolve("alice", fresh=True)).dn
+    w.directory.entries[dn.lower()][1]["pwdaccountlockedtime"] = [b"000001010000Z"]
+    w.clock.advance(w.config.directory.state_cache_seconds + 1)
+    locked = await login(w, secret, ldap(MAIL))
+    assert not locked.ok and locked.reason == "account disabled"
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_merged_use_values_naming_a_revoked_app_password_are_no_tampering() -> None:
+    """A revocation raced with a login on another provider: the merged use state names the
+    revoked one; the user's logins go on (its last use is dropped)."""
+    import dataclasses
+
+    w = world()
+    await create(w, "one")
+    await create(w, "two")
+    user = await w.store.resolve("alice", fresh=True)
+    before = user.used
+    await w.store.update(user, lambda s: revoke_change(s, "one"))
+    after = await w.store.resolve("alice", fresh=True)
+    state = w.store.decode(after)
+    with_use = dataclasses.replace(
+        state.used, apps={"x" * 8: AppUse(1, "", "")})
+    mapper = w.store.mapper
+    extra = mapper.used_codec.encode(with_use.to_dict(), after.entry_id, after.dn)
+    merged = dataclasses.replace(after, used=(*after.used, extra), decoded=None)
+    assert [a.name for a in mapper.decode(merged).apps] == ["two"]
+    single = dataclasses.replace(after, used=(extra,), decoded=None)
+    with pytest.raises(TamperedState):
+        mapper.decode(single)
+    assert before
+
+
+def test_a_listener_that_takes_app_passwords_in_clear_is_refused() -> None:
+    from otpgate.errors import ConfigError
+
+    plain = "tcp:10389:interface=0.0.0.0"
+    with pytest.raises(ConfigError, match="in clear"):
+        config(ldap_proxy={"listen": [plain], "require_tls_for_binds": False},
+               app_passwords={"listeners": [plain]})
+    loop = "tcp:10389:interface=127.0.0.1"
+    config(ldap_proxy={"listen": [loop], "require_tls_for_binds": False},
+           app_passwords={"listeners": [loop]})
