@@ -117,6 +117,8 @@ def cmd_lost(args: argparse.Namespace) -> int:
     ]
     if done.replaced:
         lines.append("earlier temporary list(s) no longer work: " + ", ".join(done.replaced))
+    if done.apps:
+        lines.append("app passwords made in its sessions, revoked: " + ", ".join(done.apps))
     doc = {
         "user": args.user,
         "dn": user.dn,
@@ -125,6 +127,7 @@ def cmd_lost(args: argparse.Namespace) -> int:
         "expires": until,
         "codes": codes,
         "replaced": list(done.replaced),
+        "revoked_app_passwords": list(done.apps),
     }
     emit(args, doc, "\n".join(lines))
     return 0

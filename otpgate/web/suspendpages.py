@@ -86,7 +86,8 @@ class SuspendPages(HelpDesk):
             client,
             "helpdesk-lost",
             f"lost {done.lost.id}: suspended until resumed; temporary list "
-            f"{done.temporary.id} until {iso(until)}",
+            f"{done.temporary.id} until {iso(until)}"
+            + (f"; app passwords revoked: {', '.join(done.apps)}" if done.apps else ""),
             user=target,
             dn=user.dn,
             token=done.lost.id,
