@@ -125,7 +125,10 @@ def take_change(token_id: str) -> Callable[[OtpState], StateChange[Taken]]:
             raise PolicyError(f"token {token_id} has no stored secret")
         gone = revoke_change(state, token.id)
         last = state.used.use_of(token.id).last
-        return StateChange((token, secret, last), gone.used, gone.tokens, gone.secrets)
+        return StateChange(  # the app passwords made with it go too
+            (token, secret, last), gone.used, gone.tokens, gone.secrets,
+            apps=gone.apps, app_key=gone.app_key,
+        )  # fmt: skip
 
     return change
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import replace
 
-from otpgate.admin.apppasswords import dropping_apps, made_with
+from otpgate.admin.apppasswords import dropping_apps
 from otpgate.auth.lockout import unlock
 from otpgate.directory.records import OtpState, StateChange
 from otpgate.errors import NoSuchToken, PolicyError
@@ -56,7 +56,9 @@ def _without(
         tokens=tuple(t for t in state.tokens if t.id not in ids),
         secrets={k: v for k, v in state.secrets.items() if k not in ids},
     )
-    return dropping_apps(state, change, made_with(state, ids))
+    kept = {t.id for t in state.tokens} - ids
+    ended = {a.id for a in state.apps if a.by and a.by not in kept}  # theirs, and orphans
+    return dropping_apps(state, change, ended)
 
 
 def revoke_change(state: OtpState, ref: str | None) -> StateChange[tuple[Token, ...]]:

@@ -110,6 +110,10 @@ def decide_app(
         return StateChange(AppVerdict(None, WRONG), used=replace(used, app_failures=failures))
     if app.expired(now):
         return StateChange(AppVerdict(app, f"app password {app.name!r} expired"))
+    if app.by and state.token(app.by) is None:
+        # The token whose session made it is gone (revoked, replaced, re-enrolled, handed
+        # back): whatever route removed it, the app password ends with it.
+        return StateChange(AppVerdict(app, f"app password {app.name!r} ended with token {app.by}"))
     held_with = used.suspensions.get(app.by) if app.by else None
     if held_with is not None and held_with.active(now):
         # Made in a session the token opened: a suspended (say, missing) phone holds it.

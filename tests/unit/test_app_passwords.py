@@ -352,3 +352,28 @@ def test_a_listener_that_takes_app_passwords_in_clear_is_refused() -> None:
     loop = "tcp:10389:interface=127.0.0.1"
     config(ldap_proxy={"listen": [loop], "require_tls_for_binds": False},
            app_passwords={"listeners": [loop]})
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_app_password_ends_with_its_token_whatever_route_removed_it() -> None:
+    """Signed in with a scratch code, an app password is made; printing a new list replaces
+    the old one (not a revocation): the app password ends with it all the same, and a reset
+    afterwards clears it."""
+    from otpgate.admin.manage import reset_change, scratch_change
+    from otpgate.otp.scratch import generate_scratch_list
+
+    w = world()
+    _codes, first = generate_scratch_list(5, 8)
+    user = await w.store.resolve("alice", fresh=True)
+    await w.store.update(user, lambda s: scratch_change(s, first, START))
+    old_list = w.store.decode(await w.store.resolve("alice", fresh=True)).tokens[0].id
+    thiefs = await portal_create(w, "thief", by=old_list)
+    assert (await login(w, thiefs, ldap(MAIL))).ok
+    _codes, second = generate_scratch_list(5, 8)
+    user = await w.store.resolve("alice", fresh=True)
+    await w.store.update(user, lambda s: scratch_change(s, second, START))
+    gone = await login(w, thiefs, ldap(MAIL))
+    assert not gone.ok and gone.reason == f"app password 'thief' ended with token {old_list}"
+    user = await w.store.resolve("alice", fresh=True)
+    await w.store.update(user, reset_change)
+    assert not w.store.decode(await w.store.resolve("alice", fresh=True)).apps
