@@ -22,8 +22,6 @@ each hash.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -33,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from otpgate.tokens import check_label
+from otpgate.tokens import b64d, b64e, check_label
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 """RFC 4648 base32, lower case: no 0/1/8/9, nothing to confuse with O, I, B, g."""
@@ -69,19 +67,6 @@ def digest(key: bytes, typed: str, iterations: int = ITERATIONS) -> bytes:
 
 def new_key() -> bytes:
     return secrets.token_bytes(KEY_BYTES)
-
-
-def _b64e(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64d(text: Any, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise ValueError(f"{what}: expected text")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"{what}: not base64url") from exc
 
 
 def _strings(doc: Mapping[str, Any], key: str, what: str) -> tuple[str, ...]:
@@ -179,7 +164,7 @@ class AppPassword:
             "id": self.id,
             "name": self.name,
             "created": self.created,
-            "h": _b64e(self.hash),
+            "h": b64e(self.hash),
             "i": self.iterations,
             "ldap": list(self.scope.listeners),
             "radius": list(self.scope.nas),
@@ -211,11 +196,13 @@ class AppPassword:
             _strings(doc, "nets", what),
             _int(doc, "exp", what, 0),
         )
-        by = doc.get("by", "")
+        by, hashed = doc.get("by", ""), doc.get("h")
         if not isinstance(by, str):
             raise ValueError(f"{what}.by: expected text")
+        if not isinstance(hashed, str):
+            raise ValueError(f"{what}.h: expected text")
         return cls(
-            ident, name, scope, _int(doc, "created", what), _b64d(doc.get("h"), f"{what}.h"),
+            ident, name, scope, _int(doc, "created", what), b64d(hashed, f"{what}.h"),
             _int(doc, "i", what), by,
         )  # fmt: skip
 
