@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from otpgate.configfile import client_address
 from otpgate.tokens import b64d, b64e, check_label
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
@@ -122,15 +123,10 @@ class Scope:
 
 
 def in_networks(client: str | None, networks: Sequence[str]) -> bool:
-    if not client:
-        return False
-    try:
-        address = ipaddress.ip_address(client.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in ipaddress.ip_network(n, strict=False) for n in networks)
+    address = client_address(client, zone=True) if client else None
+    return address is not None and any(
+        address in ipaddress.ip_network(n, strict=False) for n in networks
+    )
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,20 @@ from otpgate.errors import ConfigError
 
 T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def client_address(text: str, zone: bool = False) -> Address | None:
+    """A client's address given as text (None: it is none); an IPv4-mapped IPv6 address
+    is its IPv4 address (a dual-stack socket's IPv4 peer).  ``zone``: a ``%zone`` suffix is
+    dropped; without it such a text is no address."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0] if zone else text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def default_of(cls: type, name: str) -> Any:

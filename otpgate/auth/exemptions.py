@@ -11,13 +11,12 @@ decision says which exemption ended (the audit shows it).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 from otpgate.auth.requests import Channel
-from otpgate.configfile import Network
+from otpgate.configfile import Network, client_address
 from otpgate.dn import MAX_MEMO_DN, dn_key, normalise_dn
 
 KINDS = ("dn", "subtree", "pattern", "group")
@@ -211,10 +210,5 @@ def in_networks(address: str | None, networks: tuple[Network, ...]) -> bool:
     """Whether ``address`` (an IP address as text) lies in one of ``networks``."""
     if address is None or not networks:
         return False
-    try:
-        addr = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped  # a dual-stack socket's IPv4 peer is that IPv4 address
-    return any(addr in net for net in networks)
+    addr = client_address(address)
+    return addr is not None and any(addr in net for net in networks)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 
+from otpgate.configfile import client_address
 from otpgate.radius.config import RadiusClient
 
 _CACHE_SIZE = 4096
@@ -29,12 +29,9 @@ class ClientTable:
         return found
 
     def _lookup(self, address: str) -> RadiusClient | None:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
+        ip = client_address(address, zone=True)
+        if ip is None:
             return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         for client in self.clients:
             if ip.version == client.network.version and ip in client.network:
                 return client
