@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from otpgate.apppass import MAX_PER_USER
+from otpgate.auth.exemptconfig import check_places
 from otpgate.configfile import Section, parse_listen
 from otpgate.errors import ConfigError
 
@@ -66,12 +67,8 @@ def check_app_places(
     works again and again: it never crosses the network in clear, so a listener that takes
     them needs TLS for binds (``ssl:``, or ``require_tls_for_binds``) unless it listens on
     loopback only."""
+    check_places("[app_passwords]", config.listeners, config.nas, listen, nas)
     for name in config.listeners:
-        if name not in listen:
-            raise ConfigError(
-                f"[app_passwords].listeners: {name!r} is not one of [ldap_proxy].listen "
-                "(name the listener exactly as it is written there)"
-            )
         address = parse_listen(name)
         if not (address.tls or require_tls or _loopback(address.interface)):
             raise ConfigError(
@@ -80,12 +77,6 @@ def check_app_places(
                 "on loopback): a static secret seen once works again"
             )
     for name in config.nas:
-        if name not in nas:
-            known = ", ".join(repr(n) for n in nas) or "none"
-            raise ConfigError(
-                f"[app_passwords].nas: {name!r} is not the name of one of the "
-                f"[[radius.clients]] (their name, or network where they have none: {known})"
-            )
         if modes.get(name) == "otp-only":
             raise ConfigError(
                 f"[app_passwords].nas: {name!r} is in otp-only mode, where the NAS checks the "

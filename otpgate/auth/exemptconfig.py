@@ -115,16 +115,28 @@ def check_scopes(
     """Every listener and NAS an exemption names exists (``[ldap_proxy] listen``, the
     ``[[radius.clients]]`` names or networks): a typo would silently exempt nobody."""
     for i, exemption in enumerate(exemptions):
-        for name in exemption.listeners:
-            if name not in listen:
-                raise ConfigError(
-                    f"policy.exempt[{i}].listeners: {name!r} is not one of [ldap_proxy].listen "
-                    "(name the listener exactly as it is written there)"
-                )
-        for name in exemption.nas:
-            if name not in nas:
-                known = ", ".join(repr(n) for n in nas) or "none"
-                raise ConfigError(
-                    f"policy.exempt[{i}].nas: {name!r} is not the name of one of the "
-                    f"[[radius.clients]] (their name, or network where they have none: {known})"
-                )
+        check_places(f"policy.exempt[{i}]", exemption.listeners, exemption.nas, listen, nas)
+
+
+def check_places(
+    key: str,
+    listeners: tuple[str, ...],
+    nas: tuple[str, ...],
+    listen: tuple[str, ...],
+    known: tuple[str, ...],
+) -> None:
+    """``listeners`` and ``nas`` (the keys of the table ``key``) name only listeners of
+    ``[ldap_proxy] listen`` and NASes by their name (or network where they have none)."""
+    for name in listeners:
+        if name not in listen:
+            raise ConfigError(
+                f"{key}.listeners: {name!r} is not one of [ldap_proxy].listen "
+                "(name the listener exactly as it is written there)"
+            )
+    for name in nas:
+        if name not in known:
+            names = ", ".join(repr(n) for n in known) or "none"
+            raise ConfigError(
+                f"{key}.nas: {name!r} is not the name of one of the "
+                f"[[radius.clients]] (their name, or network where they have none: {names})"
+            )
