@@ -41,8 +41,7 @@ from otpgate.auth.requests import (
 from otpgate.auth.suspension import until_text, user_suspension
 from otpgate.auth.trace import Ready, note
 from otpgate.directory.records import OtpState, StateChange
-from otpgate.errors import DirectoryUnavailable
-from otpgate.tokens import AppUse
+from otpgate.tokens import AppUse, UsedState
 
 if TYPE_CHECKING:
     from otpgate.auth.pipeline import Authenticator
@@ -63,6 +62,11 @@ class AppVerdict:
     @property
     def ok(self) -> bool:
         return self.app is not None and self.why == "accepted"
+
+
+def app_failure(used: UsedState) -> bool:
+    """Whether a use state written by an app-password login records a wrong one."""
+    return used.app_failures != 0 or bool(used.app_locked_until)
 
 
 def app_secret(request: AuthRequest, settings: AppPasswordConfig) -> str | None:
@@ -161,21 +165,8 @@ async def app_login(
             current = replace(current, used=replace(current.used, app_failures=failures))
         return decide_app(current, secret, request.channel, request.client, now, places, rules)
 
-    planned: list[StateChange[AppVerdict]] = []
-
-    def remembered(current: OtpState) -> StateChange[AppVerdict]:
-        planned.append(change(current))
-        return planned[-1]
-
-    try:
-        verdict, user = await auth.store.update(user, remembered)
-    except DirectoryUnavailable:
-        # A failure whose write has an unknown outcome still counts (on this gateway).
-        if planned and planned[-1].result.app is None and planned[-1].used is not None:
-            auth.unrecorded_apps.add(user.entry_id, now)
-        raise
-    if planned and planned[-1].writes:
-        auth.unrecorded_apps.recorded(user.entry_id)
+    # A failure whose write has an unknown outcome still counts (on this gateway).
+    verdict, user = await auth.spend(user, change, now, auth.unrecorded_apps, app_failure)
     app_id = verdict.app.id if verdict.app is not None else None
     if not verdict.ok or verdict.app is None:
         note(trace, "app password", False, verdict.why)

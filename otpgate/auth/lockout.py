@@ -24,6 +24,11 @@ def record_success(used: UsedState, token_id: str, use: TokenUse) -> UsedState:
     return replace(used, tokens={**used.tokens, token_id: use}, failures=0, locked_until=0)
 
 
+def counts_a_failure(used: UsedState) -> bool:
+    """Whether a use state written by a login records a failed code."""
+    return used.failures != 0 or bool(used.locked_until)
+
+
 def unlock(used: UsedState) -> UsedState:
     """Clear the lockout of the codes and that of the app passwords."""
     return replace(used, failures=0, locked_until=0, app_failures=0, app_locked_until=0)

@@ -31,7 +31,7 @@ from otpgate.auth.authorize import authorized
 from otpgate.auth.bindcache import BindCache
 from otpgate.auth.branches import first_enrollment, proof_login
 from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_typed
-from otpgate.auth.lockout import UnrecordedFailures, is_locked
+from otpgate.auth.lockout import UnrecordedFailures, counts_a_failure, is_locked
 from otpgate.auth.oob import only_sent_codes
 from otpgate.auth.password import bind_password, password_only
 from otpgate.auth.policy import REQUIRED, Decision, Policy
@@ -72,6 +72,7 @@ from otpgate.directory.ldapdata import SUCCESS
 from otpgate.directory.records import OtpState, StateChange, UserEntry
 from otpgate.directory.store import OtpStore
 from otpgate.errors import CodecError, DirectoryError, DirectoryUnavailable
+from otpgate.tokens import UsedState
 
 V = TypeVar("V")
 
@@ -500,11 +501,18 @@ class Authenticator:
         return Retransmission(identity, window)
 
     async def spend(
-        self, user: UserEntry, change: Callable[[OtpState], StateChange[V]], now: float
+        self,
+        user: UserEntry,
+        change: Callable[[OtpState], StateChange[V]],
+        now: float,
+        unrecorded: UnrecordedFailures | None = None,
+        failed: Callable[[UsedState], bool] = counts_a_failure,
     ) -> tuple[V, UserEntry]:
         """The engine's compare-and-swap of ``change``: the one way a login writes state.  A
-        failure whose write has an unknown outcome (the connection died during the Modify)
-        is kept as unrecorded, and counts in the user's next decision on this gateway."""
+        failure (``failed`` on the use state it writes) whose write has an unknown outcome
+        (the connection died during the Modify) is kept as unrecorded (in ``unrecorded``, by
+        default the codes'), and counts in the user's next decision on this gateway."""
+        unrecorded = self.unrecorded if unrecorded is None else unrecorded
         planned: list[StateChange[V]] = []
 
         def remembered(state: OtpState) -> StateChange[V]:
@@ -515,11 +523,11 @@ class Authenticator:
             result, user = await self.store.update(user, remembered)
         except DirectoryUnavailable:
             used = planned[-1].used if planned else None
-            if used is not None and (used.failures != 0 or used.locked_until):
-                self.unrecorded.add(user.entry_id, now)
+            if used is not None and failed(used):
+                unrecorded.add(user.entry_id, now)
             raise
         if planned and planned[-1].writes:
-            self.unrecorded.recorded(user.entry_id)
+            unrecorded.recorded(user.entry_id)
         return result, user
 
     # -- the first step of a challenge --------------------------------------------------------

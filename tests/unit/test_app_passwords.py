@@ -377,3 +377,20 @@ async def test_an_app_password_ends_with_its_token_whatever_route_removed_it() -
     user = await w.store.resolve("alice", fresh=True)
     await w.store.update(user, reset_change)
     assert not w.store.decode(await w.store.resolve("alice", fresh=True)).apps
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_app_password_whose_write_was_cut_still_counts() -> None:
+    """Someone who cuts exactly the failure writes (they can tell them apart on the wire)
+    still meets the app-password lockout on this gateway."""
+    w = world()
+    await create(w)
+    wrong = "aaaa-bbbb-cccc-dddd-eeee-ffff-gggg"
+    w.directory.cut = lambda op: type(op).__name__ == "Modify"
+    cut = await login(w, wrong, ldap(MAIL))
+    assert not cut.ok and cut.unavailable
+    w.directory.cut = None
+    for _ in range(w.config.lockout.max_failures - 2):
+        assert (await login(w, wrong, ldap(MAIL))).reason == "wrong app password"
+    last = await login(w, wrong, ldap(MAIL))
+    assert last.reason == "wrong app password (now locked out)", last
