@@ -24,7 +24,6 @@ from twisted.internet import reactor
 
 from otpgate.admin.apppasswords import create_change, revoke_change, scope_for
 from otpgate.admin.enrollment import enroll_change, new_oath_token
-from otpgate.ldapproxy.listeners import proxy_listeners
 from otpgate.otp.oath import hotp, totp
 from otpgate.radius.service import build_server
 from otpgate.service import Gateway
@@ -42,9 +41,8 @@ from tests.integration.test_attack_state import (  # noqa: F401 - fixtures used 
 )
 from tests.integration.test_radius import Radius, client_table, pap, replies
 from tests.integration.test_radius_access_pin import pyrad_from
-from tests.integration.test_rollout_report_only import Listeners, ShiftedClock
+from tests.integration.test_rollout_report_only import Listeners, ShiftedClock, proxy_section
 from tests.netutil import free_port
-from tests.servers import make_server_tls
 
 PW = USER_PASSWORD
 DAY = 86400.0
@@ -58,25 +56,12 @@ class AppListeners(Listeners):
 
     def __init__(self, backend: Backend, tmp_path: Any, directory: dict[str, Any] | None = None,
                  **sections: Any) -> None:
-        self.backend = backend
         self.mail = f"tcp:{free_port()}:interface=127.0.0.1"
         self.vpn = f"tcp:{free_port()}:interface=127.0.0.1"
-        tls = make_server_tls(tmp_path / "proxy-tls")
-        proxy = {
-            "listen": [self.mail, self.vpn],
-            "cert_file": str(tls.cert_file),
-            "key_file": str(tls.key_file),
-            "require_tls_for_binds": False,
-        }
+        proxy = proxy_section(tmp_path, [self.mail, self.vpn])
         places = {"listeners": [self.mail, self.vpn]}
-        self.config = backend.config(directory, ldap_proxy=proxy, app_passwords=places,
-                                     **sections)
-        self.gateway = Gateway(self.config, Keyring.load(backend.keyring), reactor)
-        self.services = proxy_listeners(self.gateway, reactor, shared=False)
-        for service in self.services:
-            service.startService()
-        self.events: list[dict[str, Any]] = []
-        self.gateway.audit.observers.append(self.events.append)
+        self.start(backend, backend.config(directory, ldap_proxy=proxy, app_passwords=places,
+                                           **sections))  # fmt: skip
 
     async def create(self, name: str, app: str, listeners: list[str] | None = None,
                      gateway: Gateway | None = None, **scope: Any) -> tuple[str, str]:

@@ -49,20 +49,30 @@ class ShiftedClock:
         return reactor.seconds() + self.offset
 
 
+def proxy_section(tmp_path: Any, listen: list[str], **more: Any) -> dict[str, Any]:
+    """``[ldap_proxy]`` with plain loopback listeners ``listen`` (and a certificate)."""
+    tls = make_server_tls(tmp_path / "proxy-tls")
+    return {
+        "listen": listen,
+        "cert_file": str(tls.cert_file),
+        "key_file": str(tls.key_file),
+        "require_tls_for_binds": False,
+        **more,
+    }
+
+
 class Listeners:
     def __init__(self, backend: Any, tmp_path: Any, **sections: Any) -> None:
-        self.backend = backend
         self.report = f"tcp:{free_port()}:interface=127.0.0.1"
         self.enforced = f"tcp:{free_port()}:interface=127.0.0.1"
-        tls = make_server_tls(tmp_path / "proxy-tls")
-        proxy = {
-            "listen": [self.report, self.enforced],
-            "cert_file": str(tls.cert_file),
-            "key_file": str(tls.key_file),
-            "require_tls_for_binds": False,
-            "listener_rules": {self.report: {"name": "rollout", "enforce": False}},
-        }
-        self.config = backend.config(ldap_proxy=proxy, **sections)
+        rules = {self.report: {"name": "rollout", "enforce": False}}
+        proxy = proxy_section(tmp_path, [self.report, self.enforced], listener_rules=rules)
+        self.start(backend, backend.config(ldap_proxy=proxy, **sections))
+
+    def start(self, backend: Any, config: Any) -> None:
+        """A gateway of ``config`` with its LDAP listeners running; its audit events kept."""
+        self.backend = backend
+        self.config = config
         self.gateway = Gateway(self.config, Keyring.load(backend.keyring), reactor)
         self.services = proxy_listeners(self.gateway, reactor, shared=False)
         for service in self.services:

@@ -24,6 +24,7 @@ from otpgate.web.portal import Portal
 from otpgate.web.sessions import Session
 from tests.unit.test_app_passwords import LISTEN, MAIL, VPN, ldap, login
 from tests.unit.test_pipeline import PW, World, config
+from tests.unit.test_session_after_helpdesk import portal_for
 
 HERE = "198.51.100.4"
 
@@ -43,17 +44,6 @@ def make_world(apps: bool = True) -> World:
     w.auth.audit.observers.append(w.events.append)  # type: ignore[attr-defined]
     w.directory.add_user("alice", PW)
     return w
-
-
-def portal_for(world: World) -> Portal:
-    gateway: Any = SimpleNamespace(
-        authenticator=world.auth, store=world.store, read_pool=object(), code_sender=None,
-        reactor=world.clock, check_password=world.directory.check_password,
-        config=world.config, audit=world.auth.audit, replication_guard=None,
-        state_acl_guard=None,
-    )  # fmt: skip
-    gateway.write_pool = gateway.read_pool
-    return Portal(gateway, world.config, world.clock, Metrics(), https=True)
 
 
 async def signed_in(world: World, portal: Portal) -> Session:
