@@ -22,6 +22,8 @@ their arguments, call it and print.
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 
@@ -65,8 +67,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except (UsageError, ConfigError, VaultError) as exc:
         return fail(args, exc, 2)
+    except BrokenPipeError as exc:
+        if not _reader_gone():  # a directory connection, not our output
+            return fail(args, exc, 1)
+        # ``otpgate census ... | head``: the reader has what it wanted.  Point the output at
+        # /dev/null so the interpreter's last flush does not fail again, and exit as a
+        # process killed by SIGPIPE would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except (OtpgateError, OSError) as exc:  # the directory or the data say no
         return fail(args, exc, 1)
     except KeyboardInterrupt:
         print(f"otpgate {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _reader_gone() -> bool:
+    """Whether standard output is a pipe nobody reads any more (POLLERR on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError):
+        return False

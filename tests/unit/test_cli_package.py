@@ -52,3 +52,23 @@ def test_the_prompt_is_replaceable_on_the_package(monkeypatch, tmp_path, capsys)
     code = main(["import", str(pskc), "--format", "pskc", "--password", "--config", config])
     assert asked == ["PSKC password: "]
     assert code in (1, 2) and capsys.readouterr().err.startswith("otpgate import: ")
+
+
+def test_output_into_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """``otpgate census ... | head -1``: the closed pipe ends the command with SIGPIPE's
+    status and nothing on standard error (no traceback, no error line)."""
+    log = tmp_path / "audit.log"
+    line = '{"time": %d, "event": "auth", "outcome": "accept", "front_end": "ldap", ' \
+           '"user": "u%d", "dn": "uid=u%d,dc=x", "client": "127.0.0.1", "reason": "ok"}\n'
+    log.write_text("".join(line % (1796637600 + i, i, i) for i in range(5000)))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "otpgate.cli", "census", str(log)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO,
+    )  # fmt: skip
+    assert child.stdout is not None and child.stderr is not None
+    assert child.stdout.readline().startswith(b"account")
+    child.stdout.close()
+    errors = child.stderr.read()
+    assert child.wait(timeout=60) == 141
+    assert errors == b""
