@@ -44,7 +44,8 @@ async def first_enrollment(
     user = ready.user
     if user is None:  # not reached: require_otp always looks the name up
         return _refused("no entry")
-    if ready.refusal is not None and not ready.refusal.startswith("no token enrolled"):
+    no_token = ready.state is not None and not ready.state.tokens  # the refusal this branch is for
+    if ready.refusal is not None and not no_token:
         return _refused(f"password-only enrollment: {ready.refusal}", user.dn)
     if ready.state is not None and ready.state.tokens:
         why = "no one-time code, and the user has a token: a code is required"
