@@ -29,6 +29,7 @@ from otpgate.apppass import AppPassword, looks_like_app_password, matching
 from otpgate.auth.access import channel_rule
 from otpgate.auth.appconfig import AppPasswordConfig
 from otpgate.auth.config import LockoutConfig
+from otpgate.auth.lockout import APPS, is_locked, record_failure, with_unrecorded
 from otpgate.auth.policy import Decision
 from otpgate.auth.requests import (
     Appended,
@@ -41,7 +42,7 @@ from otpgate.auth.requests import (
 from otpgate.auth.suspension import until_text, user_suspension
 from otpgate.auth.trace import Ready, note
 from otpgate.directory.records import OtpState, StateChange
-from otpgate.tokens import AppUse, UsedState
+from otpgate.tokens import AppUse
 
 if TYPE_CHECKING:
     from otpgate.auth.pipeline import Authenticator
@@ -62,11 +63,6 @@ class AppVerdict:
     @property
     def ok(self) -> bool:
         return self.app is not None and self.why == "accepted"
-
-
-def app_failure(used: UsedState) -> bool:
-    """Whether a use state written by an app-password login records a wrong one."""
-    return used.app_failures != 0 or bool(used.app_locked_until)
 
 
 def app_secret(request: AuthRequest, settings: AppPasswordConfig) -> str | None:
@@ -91,13 +87,16 @@ def decide_app(
     now: float,
     places: AppPasswordConfig,
     rules: LockoutConfig,
+    pending: int = 0,
 ) -> StateChange[AppVerdict]:
-    """What an app-password login writes (pure): see the module's order."""
-    used = state.used
+    """What an app-password login writes (pure): see the module's order.  ``pending``:
+    wrong ones this gateway decided but could not write (``UnrecordedFailures``): they
+    count, as a code's do."""
+    used = with_unrecorded(state.used, pending, now, rules, APPS)
     held = user_suspension(used, now)
     if held is not None:  # the help desk's "suspend all of her OTP" holds app passwords too
         return StateChange(AppVerdict(None, f"suspended for the user ({until_text(held)})"))
-    if used.app_locked_until > now:
+    if is_locked(used, now, APPS):
         return StateChange(AppVerdict(None, LOCKED))
     taken_here = places.allows(channel.front_end, channel.where)
     app = matching(state.apps, state.app_key, typed)
@@ -106,12 +105,9 @@ def decide_app(
         # anyone who knows a name lock her app passwords from anywhere.
         return StateChange(AppVerdict(None, f"{WRONG} (not taken here)"))
     if app is None:
-        failures = used.app_failures + 1
-        if failures >= rules.max_failures:
-            locked = int(now) + 60 * rules.duration_minutes
-            after = replace(used, app_failures=0, app_locked_until=locked)
-            return StateChange(AppVerdict(None, f"{WRONG} (now locked out)"), used=after)
-        return StateChange(AppVerdict(None, WRONG), used=replace(used, app_failures=failures))
+        after = record_failure(used, now, rules, APPS)
+        why = f"{WRONG} (now locked out)" if is_locked(after, now, APPS) else WRONG
+        return StateChange(AppVerdict(None, why), used=after)
     if app.expired(now):
         return StateChange(AppVerdict(app, f"app password {app.name!r} expired"))
     if app.by and state.token(app.by) is None:
@@ -127,7 +123,7 @@ def decide_app(
     if not taken_here or not app.scope.covers(channel.front_end, where, client):
         return StateChange(AppVerdict(app, f"app password {app.name!r} out of scope"))
     use = AppUse(int(now), (client or "")[:MAX_CLIENT], where[:MAX_WHERE])
-    after = replace(used, apps={**used.apps, app.id: use}, app_failures=0, app_locked_until=0)
+    after = APPS.set(replace(used, apps={**used.apps, app.id: use}), 0, 0)
     return StateChange(AppVerdict(app, "accepted"), used=after)
 
 
@@ -160,13 +156,11 @@ async def app_login(
     pending = auth.unrecorded_apps.count(user.entry_id, now)
 
     def change(current: OtpState) -> StateChange[AppVerdict]:
-        if pending:
-            failures = current.used.app_failures + pending
-            current = replace(current, used=replace(current.used, app_failures=failures))
-        return decide_app(current, secret, request.channel, request.client, now, places, rules)
+        channel, client = request.channel, request.client
+        return decide_app(current, secret, channel, client, now, places, rules, pending)
 
     # A failure whose write has an unknown outcome still counts (on this gateway).
-    verdict, user = await auth.spend(user, change, now, auth.unrecorded_apps, app_failure)
+    verdict, user = await auth.spend(user, change, now, auth.unrecorded_apps)
     app_id = verdict.app.id if verdict.app is not None else None
     if not verdict.ok or verdict.app is None:
         note(trace, "app password", False, verdict.why)

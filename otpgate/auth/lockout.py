@@ -3,35 +3,58 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from otpgate.auth.config import LockoutConfig
 from otpgate.tokens import TokenUse, UsedState
 
 
-def is_locked(used: UsedState, now: float) -> bool:
-    return used.locked_until > now
+@dataclass(frozen=True)
+class Counter:
+    """One lockout the use state keeps: the codes' (``failures``/``locked_until``) or the app
+    passwords' (``app_failures``/``app_locked_until``); wrong ones of either kind never lock
+    the other."""
+
+    apps: bool
+
+    def failures(self, used: UsedState) -> int:
+        return used.app_failures if self.apps else used.failures
+
+    def locked_until(self, used: UsedState) -> int:
+        return used.app_locked_until if self.apps else used.locked_until
+
+    def set(self, used: UsedState, failures: int, locked_until: int) -> UsedState:
+        if self.apps:
+            return replace(used, app_failures=failures, app_locked_until=locked_until)
+        return replace(used, failures=failures, locked_until=locked_until)
 
 
-def record_failure(used: UsedState, now: float, rules: LockoutConfig) -> UsedState:
-    failures = used.failures + 1
-    if failures >= rules.max_failures:
-        return replace(used, failures=0, locked_until=int(now) + 60 * rules.duration_minutes)
-    return replace(used, failures=failures)
+CODES = Counter(apps=False)
+APPS = Counter(apps=True)
+
+
+def is_locked(used: UsedState, now: float, counter: Counter = CODES) -> bool:
+    return counter.locked_until(used) > now
+
+
+def record_failure(
+    used: UsedState, now: float, rules: LockoutConfig, counter: Counter = CODES
+) -> UsedState:
+    return with_unrecorded(used, 1, now, rules, counter)
 
 
 def record_success(used: UsedState, token_id: str, use: TokenUse) -> UsedState:
     return replace(used, tokens={**used.tokens, token_id: use}, failures=0, locked_until=0)
 
 
-def counts_a_failure(used: UsedState) -> bool:
-    """Whether a use state written by a login records a failed code."""
-    return used.failures != 0 or bool(used.locked_until)
+def counts_a_failure(used: UsedState, counter: Counter = CODES) -> bool:
+    """Whether a use state written by a login records a failure (one of ``counter``'s)."""
+    return counter.failures(used) != 0 or bool(counter.locked_until(used))
 
 
 def unlock(used: UsedState) -> UsedState:
     """Clear the lockout of the codes and that of the app passwords."""
-    return replace(used, failures=0, locked_until=0, app_failures=0, app_locked_until=0)
+    return APPS.set(CODES.set(used, 0, 0), 0, 0)
 
 
 class UnrecordedFailures:
@@ -42,7 +65,11 @@ class UnrecordedFailures:
     lockout.  Folded into the user's next write of this gateway; forgotten after the
     lockout duration.  Keyed by the entry's immutable id; bounded."""
 
-    def __init__(self, rules: LockoutConfig, max_entries: int = 100_000) -> None:
+    def __init__(
+        self, rules: LockoutConfig, max_entries: int = 100_000, counter: Counter = CODES
+    ) -> None:
+        self.counter = counter
+        """The lockout these failures count towards."""
         self.window = 60.0 * rules.duration_minutes
         self.max_entries = max_entries
         self._by_entry: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
@@ -69,10 +96,14 @@ class UnrecordedFailures:
         self._by_entry.pop(entry_id, None)
 
 
-def with_unrecorded(used: UsedState, pending: int, now: float, rules: LockoutConfig) -> UsedState:
-    """``used`` with ``pending`` unrecorded failures added (locked if they reach the limit)."""
+def with_unrecorded(
+    used: UsedState, pending: int, now: float, rules: LockoutConfig, counter: Counter = CODES
+) -> UsedState:
+    """``used`` with ``pending`` failures added to ``counter`` (locked if they reach the
+    limit)."""
     if pending <= 0:
         return used
-    if used.failures + pending >= rules.max_failures:
-        return replace(used, failures=0, locked_until=int(now) + 60 * rules.duration_minutes)
-    return replace(used, failures=used.failures + pending)
+    failures = counter.failures(used) + pending
+    if failures >= rules.max_failures:
+        return counter.set(used, 0, int(now) + 60 * rules.duration_minutes)
+    return counter.set(used, failures, counter.locked_until(used))

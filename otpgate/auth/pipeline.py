@@ -31,7 +31,7 @@ from otpgate.auth.authorize import authorized
 from otpgate.auth.bindcache import BindCache
 from otpgate.auth.branches import first_enrollment, proof_login
 from otpgate.auth.decide import RETRANSMISSION, Typed, Verdict, verify_typed
-from otpgate.auth.lockout import UnrecordedFailures, counts_a_failure, is_locked
+from otpgate.auth.lockout import APPS, UnrecordedFailures, counts_a_failure, is_locked
 from otpgate.auth.oob import only_sent_codes
 from otpgate.auth.password import bind_password, password_only
 from otpgate.auth.policy import REQUIRED, Decision, Policy
@@ -72,7 +72,6 @@ from otpgate.directory.ldapdata import SUCCESS
 from otpgate.directory.records import OtpState, StateChange, UserEntry
 from otpgate.directory.store import OtpStore
 from otpgate.errors import CodecError, DirectoryError, DirectoryUnavailable
-from otpgate.tokens import UsedState
 
 V = TypeVar("V")
 
@@ -122,7 +121,7 @@ class Authenticator:
         self._resolved: dict[int, UserEntry] = {}
         """The entry each login in progress resolved, by ``id(request)``, for requests with an
         ``authorize`` (dropped when the login ends)."""
-        self.unrecorded_apps = UnrecordedFailures(settings.lockout)
+        self.unrecorded_apps = UnrecordedFailures(settings.lockout, counter=APPS)
         """Failed app passwords whose write had an unknown outcome (their own lockout)."""
         self._found: dict[int, Ready] = {}
         """What each login in progress found in its prologue, by ``id(request)``: the policy
@@ -506,12 +505,11 @@ class Authenticator:
         change: Callable[[OtpState], StateChange[V]],
         now: float,
         unrecorded: UnrecordedFailures | None = None,
-        failed: Callable[[UsedState], bool] = counts_a_failure,
     ) -> tuple[V, UserEntry]:
         """The engine's compare-and-swap of ``change``: the one way a login writes state.  A
-        failure (``failed`` on the use state it writes) whose write has an unknown outcome
-        (the connection died during the Modify) is kept as unrecorded (in ``unrecorded``, by
-        default the codes'), and counts in the user's next decision on this gateway."""
+        failure whose write has an unknown outcome (the connection died during the Modify)
+        is kept as unrecorded (in ``unrecorded``, by default the codes'; a failure of its
+        counter), and counts in the user's next decision on this gateway."""
         unrecorded = self.unrecorded if unrecorded is None else unrecorded
         planned: list[StateChange[V]] = []
 
@@ -523,7 +521,7 @@ class Authenticator:
             result, user = await self.store.update(user, remembered)
         except DirectoryUnavailable:
             used = planned[-1].used if planned else None
-            if used is not None and failed(used):
+            if used is not None and counts_a_failure(used, unrecorded.counter):
                 unrecorded.add(user.entry_id, now)
             raise
         if planned and planned[-1].writes:

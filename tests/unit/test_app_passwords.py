@@ -394,3 +394,18 @@ async def test_a_wrong_app_password_whose_write_was_cut_still_counts() -> None:
         assert (await login(w, wrong, ldap(MAIL))).reason == "wrong app password"
     last = await login(w, wrong, ldap(MAIL))
     assert last.reason == "wrong app password (now locked out)", last
+
+
+@pytest_twisted.ensureDeferred
+async def test_cut_failure_writes_up_to_the_limit_lock_before_the_match() -> None:
+    """As for codes: once the wrong app passwords this gateway could not write reach the
+    limit, the next login is locked out, even with the right app password."""
+    w = world()
+    secret = await create(w)
+    wrong = "aaaa-bbbb-cccc-dddd-eeee-ffff-gggg"
+    w.directory.cut = lambda op: type(op).__name__ == "Modify"
+    for _ in range(w.config.lockout.max_failures):
+        assert (await login(w, wrong, ldap(MAIL))).unavailable
+    w.directory.cut = None
+    locked = await login(w, secret, ldap(MAIL))
+    assert not locked.ok and locked.reason == "app passwords locked out", locked
