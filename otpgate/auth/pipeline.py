@@ -296,11 +296,11 @@ class Authenticator:
             # bind is all there is; with admin groups configured it is looked up first.
             note(trace, "policy", None, "exempt DN: its password alone, without a lookup")
             return Ready(None, Decision(False, exempt.reason()))
-        user = await self._resolve(request, fresh)
+        user = await self.resolve(request, fresh)
         if channel.restricted:
             # The channel's access rules, before anything else is looked at or spent (an
             # exempt DN too: on such a channel it was looked up like any user).
-            user, refusal = await channel_rule(request, user, lambda: self._resolve(request, True))
+            user, refusal = await channel_rule(request, user, lambda: self.resolve(request, True))
             if refusal is not None:
                 return noted(trace, Ready(user, Decision(True, "policy"), None, refusal))
         now = self.clock.seconds()
@@ -321,7 +321,7 @@ class Authenticator:
         ):
             # A refusal is made on what the directory holds now: a cached entry may predate
             # an enrollment, an unlock, a resume or a new PIN.
-            user = await self._resolve(request, True)
+            user = await self.resolve(request, True)
             decision = self._decide(user, request, require_otp)
             if not decision.needs_otp:
                 return noted(trace, Ready(user, decision))
@@ -351,9 +351,6 @@ class Authenticator:
         self._found[id(request)] = ready
 
     async def resolve(self, request: Login, fresh: bool) -> UserEntry:
-        return await self._resolve(request, fresh)
-
-    async def _resolve(self, request: Login, fresh: bool) -> UserEntry:
         """The request's entry; kept for its ``authorize`` (``authorize.py``) when it has one."""
         user = await self.store.resolve(request.name, fresh=fresh)
         if request.authorize is not None:
