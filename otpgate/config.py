@@ -173,9 +173,9 @@ def parse_config(doc: Mapping[str, Any], base: Path) -> Config:
     )
     top.done()
     check_reply_sources(config.radius, directory)
-    nas_names = tuple(c.name or str(c.network) for c in config.radius.clients)
+    nas_names = tuple(c.nas_name for c in config.radius.clients)
     check_scopes(config.policy.exemptions, config.ldap_proxy.listen, nas_names)
-    modes = {c.name or str(c.network): c.mode for c in config.radius.clients}
+    modes = {c.nas_name: c.mode for c in config.radius.clients}
     check_app_places(
         config.app_passwords, config.ldap_proxy.listen, nas_names, modes,
         config.ldap_proxy.require_tls_for_binds,

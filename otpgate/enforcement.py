@@ -38,7 +38,7 @@ def ways_in(config: Config) -> list[Way]:
             note = "otp-only mode carries no password: its codes are checked all the same"
         elif not client.enforce and (client.allow_chap or client.allow_mschapv2):
             note = "CHAP and MS-CHAPv2 logins carry no password: their codes are still checked"
-        ways.append(Way("radius", client.name or str(client.network), client.enforce, note))
+        ways.append(Way("radius", client.nas_name, client.enforce, note))
     return ways
 
 

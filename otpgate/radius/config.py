@@ -47,6 +47,12 @@ class RadiusClient:
     """False: report-only (``auth/reportonly.py``); default ``[radius] enforce``."""
 
     @property
+    def nas_name(self) -> str:
+        """The name exemptions, app passwords, the audit and /metrics know the NAS by: its
+        name, or its network where it has none."""
+        return self.name or str(self.network)
+
+    @property
     def pin_logins(self) -> bool:
         """Whether some login through this NAS carries no password (a PIN applies)."""
         return self.mode == "otp-only" or self.allow_chap or self.allow_mschapv2
@@ -185,10 +191,10 @@ def parse_radius(sec: Section, base: Path) -> RadiusConfig:
             # A NAS is named by its name, or its network where it has none: exemptions, app
             # passwords, the audit and /metrics tell NASes apart by it.
             mine, theirs = clients[-1], other
-            if (mine.name or str(mine.network)) == (theirs.name or str(theirs.network)):
+            if mine.nas_name == theirs.nas_name:
                 key = csec.key("name") if mine.name else csec.key("address")
                 raise ConfigError(
-                    f"{key}: {mine.name or str(mine.network)!r} already names clients[{j}] "
+                    f"{key}: {mine.nas_name!r} already names clients[{j}] "
                     "(each NAS needs a name of its own)"
                 )
             if (mine.name and mine.name == str(theirs.network)) or (

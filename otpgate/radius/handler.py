@@ -164,7 +164,7 @@ class AccessHandler:
                 for kind, on in (("chap", client.allow_chap), ("mschapv2", client.allow_mschapv2))
                 if on
             )
-            name = client.name or str(client.network)
+            name = client.nas_name
             # PAP append and challenge mode have the password and can answer with an
             # Access-Challenge: there a code may be sent after the password is checked.
             challenges = front_end == FRONT_END and client.mode in CHALLENGING_MODES
@@ -188,7 +188,7 @@ class AccessHandler:
         self, login: Login, client: RadiusClient, source: str, why: str, grant: Grant
     ) -> Outcome:
         """A request with nothing to log in with: the pipeline refuses and audits it."""
-        nas = client.name or client.network
+        nas = client.nas_name
         await self.authenticator.login(
             Unusable(
                 name=login.name,
