@@ -87,8 +87,7 @@ def cmd_app_password(args: argparse.Namespace) -> int:
     with admin(args) as ctx:
         settings = ctx.config.app_passwords
         if args.name is not None:
-            rules = ctx.config.ldap_proxy.listener_rules
-            names = {r.listen: r.name for r in rules if r.name}
+            names = ctx.config.ldap_proxy.listener_names
             listeners = [listener_named(n, settings.listeners, names) for n in args.listener]
             scope = scope_for(settings, listeners, args.nas, args.network, args.expires, now)
             secret, change = create_change(args.name, scope, now, settings.max_per_user)

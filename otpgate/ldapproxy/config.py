@@ -74,6 +74,11 @@ class LdapProxyConfig:
     enforce: bool = True
     """False: every listener without its own ``enforce`` is in report-only mode."""
 
+    @property
+    def listener_names(self) -> dict[str, str]:
+        """The names ``listener_rules`` give their listeners, by listen string."""
+        return {r.listen: r.name for r in self.listener_rules if r.name}
+
     def rules_for(self, listen: str) -> ListenerRules:
         """The rules of the listener ``listen`` (none: anyone may bind through it)."""
         return next(

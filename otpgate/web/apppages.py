@@ -21,7 +21,7 @@ from otpgate.errors import CodecError, DirectoryError, NoSuchToken, PolicyError
 from otpgate.web import render, render_apps
 from otpgate.web.base import Reply
 from otpgate.web.helpdesk import HelpDesk
-from otpgate.web.render_apps import MAX_NETWORKS_TEXT, Places, places_of, scope_text
+from otpgate.web.render_apps import MAX_NETWORKS_TEXT, scope_text
 from otpgate.web.render_forms import NO_FORM, FormState
 from otpgate.web.sessions import Session
 
@@ -51,16 +51,13 @@ def create_fields(form: dict[str, str]) -> tuple[str, list[str], list[str], list
 
 
 class AppPasswordPages(HelpDesk):
-    def app_places(self) -> Places:
-        return places_of(self.config.app_passwords, self.config.ldap_proxy.listener_rules)
-
     def _apps_refused(self, session: Session | None) -> Reply | None:
         """The answer when this session may not see the page (None: it may)."""
         if session is None:
             return self._redirect("/signin")
         if not self.config.app_passwords.enabled:
             return Reply(render.page("Not found", "<p>No such page.</p>"), 404)
-        if not session.otp_verified or session.enroll_only:
+        if not self.manages_apps(session):
             body = render.message("Sign in with a code to manage app passwords.")
             return self._page("Refused", body, session, 403)
         return None

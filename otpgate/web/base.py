@@ -216,11 +216,16 @@ class PortalBase(resource.Resource):
     def _page(self, title: str, body: str, session: Session | None, status: int = 200) -> Reply:
         if session is None:
             return Reply(render.page(title, body), status)
-        apps = (
-            self.config.app_passwords.enabled and session.otp_verified and not session.enroll_only
-        )
+        apps = self.manages_apps(session)
         page = render.page(title, body, session.name, session.csrf, session.helpdesk, apps)
         return Reply(page, status)
+
+    def manages_apps(self, session: Session) -> bool:
+        """Whether ``session`` may manage app passwords: the feature is on, and the sign-in
+        verified a code (an app password replaces password + code, so only someone who
+        showed both makes one)."""
+        enabled = self.config.app_passwords.enabled
+        return enabled and session.otp_verified and not session.enroll_only
 
     def audit(
         self,

@@ -99,9 +99,13 @@ class HelpDesk(SelfService):
         settings = self.config.app_passwords
         if not settings.enabled and not state.apps:
             return ""
-        places = render_apps.places_of(settings, self.config.ldap_proxy.listener_rules)
         rows = listing(state, self.now())
-        return render_apps.helpdesk_apps(dn, rows, places, csrf, read_only).html
+        return render_apps.helpdesk_apps(dn, rows, self.app_places(), csrf, read_only).html
+
+    def app_places(self) -> render_apps.Places:
+        """Where app passwords may work, with the names shown for the places."""
+        names = self.config.ldap_proxy.listener_names
+        return render_apps.places_of(self.config.app_passwords, names)
 
     async def _protected(self, user: UserEntry) -> str | None:
         return await self.rights.protected(user.dn)

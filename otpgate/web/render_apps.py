@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from otpgate.auth.appconfig import AppPasswordConfig
-from otpgate.ldapproxy.config import ListenerRules
 from otpgate.web.render import Markup, csrf_field, field, h, message, when, when_html
 from otpgate.web.render_forms import NO_FORM, FormState
 
@@ -44,9 +43,8 @@ class Places:
         return f"RADIUS {where}" if where in self.nas else where
 
 
-def places_of(config: AppPasswordConfig, rules: Sequence[ListenerRules] = ()) -> Places:
-    """``rules``: ``[ldap_proxy] listener_rules``, whose names stand for their listeners."""
-    names = {r.listen: r.name for r in rules if r.name}
+def places_of(config: AppPasswordConfig, names: Mapping[str, str]) -> Places:
+    """``names``: the ``[ldap_proxy] listener_rules`` names of listeners (shown for them)."""
     return Places(tuple((w, names.get(w) or w) for w in config.listeners), config.nas)
 
 
