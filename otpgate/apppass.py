@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from otpgate.configfile import client_address
+from otpgate.configfile import Network, in_networks
 from otpgate.tokens import b64d, b64e, check_label
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
@@ -100,12 +100,15 @@ class Scope:
     nas: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
     expires: int = 0
+    parsed: tuple[Network, ...] = field(default=(), init=False, repr=False, compare=False)
+    """``networks`` as networks (parsed once, when the record is read)."""
 
     def __post_init__(self) -> None:
         if not self.listeners and not self.nas:
             raise ValueError("scope: at least one LDAP listener or RADIUS client")
-        for text in self.networks:
-            ipaddress.ip_network(text, strict=False)  # ValueError names the text
+        # ValueError names a text that is no network
+        parsed = tuple(ipaddress.ip_network(text, strict=False) for text in self.networks)
+        object.__setattr__(self, "parsed", parsed)
 
     def covers(self, front_end: str, where: str, client: str | None) -> bool:
         """Whether a login on ``where`` (a listen string or a NAS name) from ``client`` is
@@ -113,20 +116,13 @@ class Scope:
         places = {"ldap": self.listeners, "radius": self.nas}.get(front_end, ())
         if where not in places:
             return False
-        return not self.networks or in_networks(client, self.networks)
+        return not self.networks or in_networks(client, self.parsed, zone=True)
 
     def text(self) -> str:
         parts = [f"ldap {w}" for w in self.listeners] + [f"radius {n}" for n in self.nas]
         if self.networks:
             parts.append("from " + ", ".join(self.networks))
         return "; ".join(parts)
-
-
-def in_networks(client: str | None, networks: Sequence[str]) -> bool:
-    address = client_address(client, zone=True) if client else None
-    return address is not None and any(
-        address in ipaddress.ip_network(n, strict=False) for n in networks
-    )
 
 
 @dataclass(frozen=True)

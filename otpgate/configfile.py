@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +35,13 @@ def client_address(text: str, zone: bool = False) -> Address | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def in_networks(address: str | None, networks: Iterable[Network], zone: bool = False) -> bool:
+    """Whether ``address`` (an IP address as text, as ``client_address`` reads it) lies in
+    one of ``networks``."""
+    addr = client_address(address, zone) if address is not None else None
+    return addr is not None and any(addr in net for net in networks)
 
 
 def default_of(cls: type, name: str) -> Any:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from otpgate.auth.requests import Channel
-from otpgate.configfile import Network, client_address
+from otpgate.configfile import Network, in_networks
 from otpgate.dn import MAX_MEMO_DN, dn_key, normalise_dn
 
 KINDS = ("dn", "subtree", "pattern", "group")
@@ -204,11 +204,3 @@ def grace_for(
             return grace, None
         ended = ended or grace
     return None, ended
-
-
-def in_networks(address: str | None, networks: tuple[Network, ...]) -> bool:
-    """Whether ``address`` (an IP address as text) lies in one of ``networks``."""
-    if address is None or not networks:
-        return False
-    addr = client_address(address)
-    return addr is not None and any(addr in net for net in networks)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from otpgate.auth.config import PolicyConfig
-from otpgate.auth.exemptions import Exemption, Exemptions, first_active, grace_for, in_networks
+from otpgate.auth.exemptions import Exemption, Exemptions, first_active, grace_for
 from otpgate.auth.requests import Channel
-from otpgate.configfile import Network
+from otpgate.configfile import Network, in_networks
 from otpgate.dn import normalise_dn
 
 __all__ = ["Decision", "Policy", "channel_refusal", "in_networks", "password_only_enrollment"]

@@ -398,7 +398,7 @@ def test_nas_names_are_unique_and_never_another_nas_network() -> None:
 
 
 def test_an_ipv4_mapped_address_is_its_ipv4_address_for_networks() -> None:
-    from otpgate.auth.exemptions import in_networks
+    from otpgate.configfile import in_networks
 
     assert in_networks("::ffff:10.0.0.1", (net("10.0.0.0/8"),))
     assert not in_networks("::ffff:10.0.0.1", (net("::ffff:0:0/96"),))
