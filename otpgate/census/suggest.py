@@ -15,13 +15,13 @@ the census saw that is not a service.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from otpgate.auth.exemptions import Exemption, Exemptions, pattern_rdns
 from otpgate.census.model import SERVICE, AccountRow, requires_code
+from otpgate.configfile import client_address
 from otpgate.dn import dn_key
 from otpgate.tokens import UNSAFE_TEXT
 
@@ -45,9 +45,9 @@ def _networks(rows: Iterable[AccountRow]) -> list[str]:
     found: list[str] = []
     for row in rows:
         for client in row.clients:
-            try:
-                address = ipaddress.ip_address(client)
-            except ValueError:
+            # as exemptions read a client: an IPv4-mapped address is its IPv4 address
+            address = client_address(client)
+            if address is None:
                 continue
             net = f"{address}/{address.max_prefixlen}"
             if net not in found:

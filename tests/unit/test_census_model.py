@@ -212,6 +212,17 @@ def test_suggestion_groups_services_by_pattern_scoped_to_their_sources() -> None
     assert needs_code(policy, f"uid=alice,{PEOPLE}", "192.0.2.10")
 
 
+def test_a_service_seen_through_a_dual_stack_listener_gets_its_ipv4_network() -> None:
+    """A dual-stack socket logs an IPv4 client as ``::ffff:a.b.c.d``; exemptions match such
+    a client as its IPv4 address, so that is the network suggested."""
+    c = Census()
+    service(c, "ldapsync", client="::ffff:192.0.2.20", parent="ou=apps,dc=example,dc=org")
+    text = c.suggestion(TODAY)
+    assert 'networks = ["192.0.2.20/32"]' in text, text
+    dn = "uid=ldapsync,ou=apps,dc=example,dc=org"
+    assert not needs_code(parsed(text), dn, "::ffff:192.0.2.20")
+
+
 def test_no_pattern_that_would_cover_a_person() -> None:
     c = Census()
     service(c, "svc-backup")
