@@ -101,19 +101,6 @@ def open_lines(path: Path) -> Iterator[IO[str]]:
         yield text
 
 
-def bounded_lines(text: IO[str]) -> Iterator[str]:
-    """Lines of at most ``MAX_LINE`` characters; a longer one comes as one ``""`` (its
-    characters are read and dropped, never held)."""
-    readline = text.readline
-    while line := readline(MAX_LINE):
-        if len(line) == MAX_LINE and not line.endswith("\n"):
-            while (rest := readline(MAX_LINE)) and not rest.endswith("\n"):
-                pass
-            yield ""
-            continue
-        yield line
-
-
 def _stamp_time(stamp: str) -> float:
     """``2026-12-07T10:00:00Z`` as Unix time (ValueError otherwise)."""
     if len(stamp) != 20 or stamp[4] != "-" or stamp[10] != "T" or stamp[19] != "Z":
@@ -160,8 +147,6 @@ def parse_line(line: str) -> dict[str, Any] | str | None:
         if not isinstance(event, dict):
             return MALFORMED
         return event if event.get("event") == "auth" else None
-    if not line:
-        return MALFORMED  # what bounded_lines makes of an over-long line
     if "[otpgate.audit" in line and " auth " in line:
         return parse_text(line)
     return None
@@ -202,7 +187,7 @@ def _scan_one(path: Path, census: Census, progress: Callable[[int], None]) -> No
     with _opened(path) as (raw, text):
         readline = text.readline
         count = 0
-        while line := readline(MAX_LINE):  # bounded_lines, inlined: this loop is the scan
+        while line := readline(MAX_LINE):  # lines of at most MAX_LINE characters
             count += 1
             if count % PROGRESS_LINES == 0:
                 progress(raw.tell())

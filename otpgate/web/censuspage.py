@@ -40,10 +40,9 @@ CACHE_SECONDS = 60.0
 how" over days of traffic, so a minute-old answer is fresh enough, and agents reloading the
 page do not make the gateway read its whole audit trail each time."""
 COST_FACTOR = 10.0
-"""...and at least this many times as long as the scan took: a scan holds a core (and the
-interpreter lock, in turns with the reactor), so repeated views spend at most about a tenth
-of the gateway's time on the census, however large the trail (a 30-second scan is repeated
-at most every 5 minutes)."""
+"""...and at least this many times as long as the scan took: a scan holds a core (in the
+worker process), so repeated views spend at most about a tenth of the machine's time on the
+census, however large the trail (a 30-second scan is repeated at most every 5 minutes)."""
 WAIT_SECONDS = 2.0
 """How long a view waits for the scan it started before answering "scanning…": small
 trails are shown at once, a large one never holds the page for long."""
