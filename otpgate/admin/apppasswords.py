@@ -154,10 +154,7 @@ def revoke_change(state: OtpState, ref: str | None) -> StateChange[tuple[AppPass
     use.  The use state is rewritten too, so a login holding an older read loses its
     compare-and-swap and sees the revocation."""
     gone = state.apps if ref is None else (find_app(state, ref),)
-    ids = {a.id for a in gone}
-    used = replace(state.used, apps={k: v for k, v in state.used.apps.items() if k not in ids})
-    kept = tuple(a for a in state.apps if a.id not in ids)
-    return StateChange(gone, used=used, apps=kept, app_key=b"" if not kept else None)
+    return dropping_apps(state, StateChange(gone), {a.id for a in gone})
 
 
 def listing(state: OtpState, now: float) -> list[dict[str, Any]]:
