@@ -91,6 +91,12 @@ def check_name(name: str) -> str:
     return check_label(name)
 
 
+def among(front_end: str, where: str, listeners: Sequence[str], nas: Sequence[str]) -> bool:
+    """Whether the place ``where`` of a ``front_end`` login is one of ``listeners`` (LDAP
+    listen strings) or ``nas`` (RADIUS client names)."""
+    return where in {"ldap": listeners, "radius": nas}.get(front_end, ())
+
+
 @dataclass(frozen=True)
 class Scope:
     """Where an app password works: LDAP listeners (listen strings) and RADIUS clients (NAS
@@ -113,8 +119,7 @@ class Scope:
     def covers(self, front_end: str, where: str, client: str | None) -> bool:
         """Whether a login on ``where`` (a listen string or a NAS name) from ``client`` is
         inside this scope (the end date is checked apart: it has its own reason)."""
-        places = {"ldap": self.listeners, "radius": self.nas}.get(front_end, ())
-        if where not in places:
+        if not among(front_end, where, self.listeners, self.nas):
             return False
         return not self.networks or in_networks(client, self.parsed, zone=True)
 

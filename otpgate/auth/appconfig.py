@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from otpgate.apppass import MAX_PER_USER
+from otpgate.apppass import MAX_PER_USER, among
 from otpgate.auth.exemptconfig import check_places
 from otpgate.configfile import Section, parse_listen
 from otpgate.errors import ConfigError
@@ -30,8 +30,7 @@ class AppPasswordConfig:
         return bool(self.listeners or self.nas)
 
     def allows(self, front_end: str, where: str) -> bool:
-        places = {"ldap": self.listeners, "radius": self.nas}.get(front_end, ())
-        return where in places
+        return among(front_end, where, self.listeners, self.nas)
 
 
 def _loopback(interface: str) -> bool:
