@@ -84,6 +84,11 @@ def csrf_field(csrf: str) -> str:
     return f'<input type="hidden" name="csrf" value="{h(csrf)}">'
 
 
+def target_field(user: str | None) -> str:
+    """The help desk's target user of a form ("" on the user's own pages)."""
+    return "" if user is None else f'<input type="hidden" name="user" value="{h(user)}">'
+
+
 def message(text: str | None, kind: str = "error") -> str:
     if not text:
         return ""
@@ -258,7 +263,7 @@ def sent_buttons(
     csrf: str, action: str, prefix: str, channels: Sequence[str], user: str | None = None
 ) -> str:
     """One form, a button per channel (``kind``), to start enrolling an e-mail/SMS token."""
-    target = "" if user is None else f'<input type="hidden" name="user" value="{h(user)}">'
+    target = target_field(user)
     buttons = " ".join(
         f'<button type="submit" name="kind" value="{h(c)}" id="{h(prefix)}-{h(c)}">'
         f"Add {h(CHANNEL_LABELS.get(c, c))} token</button>"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from otpgate.auth.appconfig import AppPasswordConfig
-from otpgate.web.render import Markup, csrf_field, field, h, message, when, when_html
+from otpgate.web.render import Markup, csrf_field, field, h, message, target_field, when, when_html
 from otpgate.web.render_forms import NO_FORM, FormState
 
 PAGE = "/app-passwords"
@@ -68,7 +68,7 @@ def _last_use(row: Mapping[str, Any], places: Places) -> str:
 
 
 def _revoke(action: str, csrf: str, ident: str, user: str | None, button_id: str) -> str:
-    target = "" if user is None else f'<input type="hidden" name="user" value="{h(user)}">'
+    target = target_field(user)
     return (
         f'<form class="inline" method="post" action="{h(action)}" '
         'data-confirm="Revoke this app password? Applications using it stop working.">'
@@ -118,7 +118,7 @@ def apps_table(
 
 
 def revoke_all(action: str, csrf: str, user: str | None = None, button_id: str = "") -> str:
-    target = "" if user is None else f'<input type="hidden" name="user" value="{h(user)}">'
+    target = target_field(user)
     return (
         f'<form method="post" action="{h(action)}" '
         'data-confirm="Revoke every app password? Every application using one stops working.">'

@@ -5,7 +5,7 @@ rendered, nor filled in again."""
 from __future__ import annotations
 
 from otpgate.directory.records import OtpState
-from otpgate.web.render import Markup, csrf_field, field, h, when
+from otpgate.web.render import Markup, csrf_field, field, h, target_field, when
 
 _PIN_INPUT = {
     "inputmode": "numeric",
@@ -25,7 +25,7 @@ def pin_state(state: OtpState) -> str:
 
 def pin_form(csrf: str, action: str, user: str | None = None) -> str:
     """A new PIN, typed twice; ``user``: the help desk's target."""
-    target = "" if user is None else f'<input type="hidden" name="user" value="{h(user)}">'
+    target = target_field(user)
     prefix = "hd-" if user is not None else ""
     return (
         f'<form method="post" action="{h(action)}" autocomplete="off">{csrf_field(csrf)}{target}'
