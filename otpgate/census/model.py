@@ -112,6 +112,14 @@ class AccountRow:
     why: str
 
     @property
+    def token_text(self) -> str:
+        """Whether it holds a token: "yes", "no", or "?" when no login looked (a typed code
+        says yes)."""
+        if self.enrolled is None:
+            return "yes" if self.codes else "?"
+        return "yes" if self.enrolled else "no"
+
+    @property
     def clients_text(self) -> str:
         return f"{self.client_count}+" if self.clients_more else str(self.client_count)
 

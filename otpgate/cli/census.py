@@ -111,12 +111,6 @@ def _when(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def _token(row: AccountRow) -> str:
-    if row.enrolled is None:
-        return "yes" if row.codes else "?"
-    return "yes" if row.enrolled else "no"
-
-
 def table(rows: list[AccountRow]) -> str:
     """Aligned columns, one account a line (times UTC)."""
     lines = [list(COLUMNS)]
@@ -125,7 +119,7 @@ def table(rows: list[AccountRow]) -> str:
         lines.append([
             r.account, str(r.binds), str(r.refused), str(r.codes), r.clients_text,
             ",".join(r.front_ends),
-            _token(r), policy or "-", _when(r.first_seen), _when(r.last_seen), r.verdict,
+            r.token_text, policy or "-", _when(r.first_seen), _when(r.last_seen), r.verdict,
         ])  # fmt: skip
     lines = [[printable(cell) for cell in line] for line in lines]
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]

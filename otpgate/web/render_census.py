@@ -70,15 +70,10 @@ def _filters(counts: Mapping[str, int] | None, only: str) -> str:
     return f'<ul id="census-filters" class="filters">{"".join(links)}</ul>'
 
 
-def _token(enrolled: bool | None) -> str:
-    return {True: "yes", False: "no", None: "?"}[enrolled]
-
-
 def _clients(row: AccountRow) -> str:
     shown = [f'<span class="nowrap">{h(c)}</span>' for c in row.clients]
     if row.clients_more or row.client_count > len(row.clients):
-        total = f"{row.client_count}+" if row.clients_more else str(row.client_count)
-        shown.append(f'<span class="hint">… {h(total)} addresses</span>')
+        shown.append(f'<span class="hint">… {h(row.clients_text)} addresses</span>')
     return "<br>".join(shown) or "-"
 
 
@@ -100,7 +95,7 @@ def _row(row: AccountRow) -> str:
         f'<br><span class="hint">{h(row.why)}</span></td>'
         f'<td data-label="binds">{row.binds}</td>'
         f'<td data-label="codes">{row.codes}</td>'
-        f'<td data-label="token">{_token(row.enrolled)}</td>'
+        f'<td data-label="token">{row.token_text}</td>'
         f'<td data-label="accepted">{row.accepted}</td>'
         f'<td data-label="refused">{refused}</td>'
         f'<td data-label="clients">{_clients(row)}</td>'

@@ -325,3 +325,12 @@ def test_portal_actions_are_no_logins() -> None:
     c.feed(event(T0, "helpdesk", f"uid=helpdesk,{PEOPLE}", outcome="view"))
     c.feed(event(T0, "alice", f"uid=alice,{PEOPLE}", outcome="enroll"))
     assert c.events == 0 and c.other == 2 and not c.rows()
+
+
+def test_token_shown_the_same_in_the_table_and_the_page() -> None:
+    c = Census()
+    c.feed(event(T0, "carol", "uid=carol,dc=x", token="t-1"))  # typed a code, never looked at
+    c.feed(event(T0, "dave", "uid=dave,dc=x"))
+    c.feed(event(T0, "erin", "uid=erin,dc=x", enrolled=False))
+    rows = by_account(c)
+    assert [rows[u].token_text for u in ("carol", "dave", "erin")] == ["yes", "?", "no"]
