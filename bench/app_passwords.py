@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,6 +51,7 @@ from bench.fixtures import (  # noqa: E402
     add_otpgate_users,
     combine_rounds,
     directory_sections,
+    each_user,
     enroll,
     free_tcp_port,
     ldap_load,
@@ -85,37 +87,19 @@ def create_app_passwords(config: Path, users_file: Path, out: Path) -> None:
 
 
 def _create(config_path: Path, users: list[dict], out: Path) -> None:
-    from twisted.internet import defer, task
-
     from otpgate.admin.apppasswords import create_change, scope_for
-    from otpgate.config import load_config
-    from otpgate.service import Gateway
-    from otpgate.vault import Keyring
 
-    async def run(reactor) -> None:
-        config = load_config(config_path)
-        places = config.app_passwords
-        gw = Gateway(config, Keyring.load(config.keyring), reactor)
-        rows: list[dict] = []
+    rows: list[dict] = []
 
-        async def one(u: dict) -> None:
-            now = reactor.seconds()
-            scope = scope_for(places, listeners=list(places.listeners), now=now)
-            secret, change = create_change("bench", scope, now, places.max_per_user)
-            entry = await gw.store.resolve(u["dn"], fresh=True)
-            await gw.store.update(entry, change)
-            rows.append({"name": u["name"], "dn": u["dn"], "password": secret})
+    async def one(gw: Any, config: Any, u: dict) -> None:
+        places, now = config.app_passwords, time.time()
+        scope = scope_for(places, listeners=list(places.listeners), now=now)
+        secret, change = create_change("bench", scope, now, places.max_per_user)
+        entry = await gw.store.resolve(u["dn"], fresh=True)
+        await gw.store.update(entry, change)
+        rows.append({"name": u["name"], "dn": u["dn"], "password": secret})
 
-        try:
-            for i in range(0, len(users), 32):
-                await defer.gatherResults(
-                    [defer.ensureDeferred(one(u)) for u in users[i : i + 32]], consumeErrors=True
-                )
-        finally:
-            gw.close()
-        out.write_text(json.dumps(rows))
-
-    task.react(lambda reactor: defer.ensureDeferred(run(reactor)))  # exits the process
+    each_user(config_path, users, one, lambda: out.write_text(json.dumps(rows)))
 
 
 def start_gateway(work: Path, config: Path, port: int) -> subprocess.Popen[bytes]:

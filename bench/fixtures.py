@@ -20,8 +20,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "bench"
@@ -151,34 +152,50 @@ def enroll(config: Path, users_file: Path, kind: str = "hotp") -> None:
     )
 
 
-def _enroll(config_path: Path, users: list[dict], kind: str) -> None:
+def each_user(
+    config_path: Path,
+    users: list[dict],
+    one: Callable[[Any, Any, dict], Awaitable[None]],
+    then: Callable[[], None] | None = None,
+) -> None:
+    """``one(gateway, config, user)`` for every user, 32 at a time over the pool's
+    connections, then ``then()``; under the Twisted reactor (task.react exits the process
+    it runs in: call this in a subprocess)."""
     from twisted.internet import defer, task
 
-    from otpgate.admin.enrollment import enroll_change, new_oath_token
     from otpgate.config import load_config
     from otpgate.service import Gateway
-    from otpgate.tokens import TokenType
     from otpgate.vault import Keyring
 
     async def run(reactor) -> None:
         config = load_config(config_path)
         gw = Gateway(config, Keyring.load(config.keyring), reactor)
-        async def one(u: dict) -> None:
-            entry = await gw.store.resolve(u["dn"])
-            token, secret = new_oath_token(
-                config.otp, TokenType(kind), key=bytes.fromhex(u["secret_hex"])
-            )
-            await gw.store.update(entry, lambda s, t=token, k=secret: enroll_change(s, t, k, 5))
-
         try:
-            for i in range(0, len(users), 32):  # 32 at a time over the pool's connections
+            for i in range(0, len(users), 32):
                 await defer.gatherResults(
-                    [defer.ensureDeferred(one(u)) for u in users[i : i + 32]], consumeErrors=True
+                    [defer.ensureDeferred(one(gw, config, u)) for u in users[i : i + 32]],
+                    consumeErrors=True,
                 )
         finally:
             gw.close()
+        if then is not None:
+            then()
 
     task.react(lambda reactor: defer.ensureDeferred(run(reactor)))  # exits the process
+
+
+def _enroll(config_path: Path, users: list[dict], kind: str) -> None:
+    from otpgate.admin.enrollment import enroll_change, new_oath_token
+    from otpgate.tokens import TokenType
+
+    async def one(gw: Any, config: Any, u: dict) -> None:
+        entry = await gw.store.resolve(u["dn"])
+        token, secret = new_oath_token(
+            config.otp, TokenType(kind), key=bytes.fromhex(u["secret_hex"])
+        )
+        await gw.store.update(entry, lambda s, t=token, k=secret: enroll_change(s, t, k, 5))
+
+    each_user(config_path, users, one)
 
 
 def ldap_load(
