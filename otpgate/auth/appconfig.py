@@ -8,12 +8,11 @@ one the admin removes from here stops working everywhere it was scoped to.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from otpgate.apppass import MAX_PER_USER, among
 from otpgate.auth.exemptconfig import check_places
-from otpgate.configfile import Section, parse_listen
+from otpgate.configfile import Section, is_loopback_host, parse_listen
 from otpgate.errors import ConfigError
 
 
@@ -31,13 +30,6 @@ class AppPasswordConfig:
 
     def allows(self, front_end: str, where: str) -> bool:
         return among(front_end, where, self.listeners, self.nas)
-
-
-def _loopback(interface: str) -> bool:
-    try:
-        return ipaddress.ip_address(interface).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_app_passwords(sec: Section) -> AppPasswordConfig:
@@ -69,7 +61,7 @@ def check_app_places(
     check_places("[app_passwords]", config.listeners, config.nas, listen, nas)
     for name in config.listeners:
         address = parse_listen(name)
-        if not (address.tls or require_tls or _loopback(address.interface)):
+        if not (address.tls or require_tls or is_loopback_host(address.interface)):
             raise ConfigError(
                 f"[app_passwords].listeners: {name!r} would take app passwords in clear "
                 "([ldap_proxy].require_tls_for_binds is false and it is no ssl: listener "
