@@ -23,6 +23,15 @@ from otpgate.tokens import AppUse, TokenType, new_token_id
 T = TypeVar("T")
 
 
+class Refused(PolicyError):
+    """What a person asked for, refused, and which part of it: ``about`` is "name",
+    "networks", "expires" or "where" (the places, or the session asking)."""
+
+    def __init__(self, message: str, about: str = "where") -> None:
+        super().__init__(message)
+        self.about = about
+
+
 @dataclass(frozen=True)
 class Created:
     app: AppPassword
@@ -38,23 +47,23 @@ def scope_for(
     expires: str | int | None = None,
     now: float = 0.0,
 ) -> Scope:
-    """A scope from what a person chose, checked against ``[app_passwords]``; PolicyError
+    """A scope from what a person chose, checked against ``[app_passwords]``; ``Refused``
     (naming what is wrong) otherwise.  ``expires``: a date (through that day, UTC), or a
     Unix time."""
     if not places.enabled:
-        raise PolicyError("app passwords are off: [app_passwords] names no listener or NAS")
+        raise Refused("app passwords are off: [app_passwords] names no listener or NAS")
     for name in listeners:
         if name not in places.listeners:
-            raise PolicyError(f"listener {name!r} does not take app passwords")
+            raise Refused(f"listener {name!r} does not take app passwords")
     for name in nas:
         if name not in places.nas:
-            raise PolicyError(f"NAS {name!r} does not take app passwords")
+            raise Refused(f"NAS {name!r} does not take app passwords")
     nets = []
     for text in networks:
         try:
             nets.append(str(ipaddress.ip_network(text.strip(), strict=False)))
         except ValueError as exc:
-            raise PolicyError(f"network {text!r}: {exc}") from exc
+            raise Refused(f"network {text!r}: {exc}", "networks") from exc
     end = 0
     if isinstance(expires, int):
         end = expires
@@ -62,22 +71,22 @@ def scope_for(
         try:
             day = datetime.date.fromisoformat(expires.strip())
         except ValueError as exc:
-            raise PolicyError(f"expiry {expires!r}: a date such as 2027-03-31") from exc
+            raise Refused(f"expiry {expires!r}: a date such as 2027-03-31", "expires") from exc
         end = int(datetime.datetime.combine(day, datetime.time(), datetime.UTC).timestamp())
         end += 86400
     if end and end <= now:
-        raise PolicyError("the expiry date has passed")
+        raise Refused("the expiry date has passed", "expires")
     if nets and nas:
         # A RADIUS request comes from the NAS, not from the user's device: a network would
         # name the NAS's address, always or never matching wherever the user is.
-        raise PolicyError(
+        raise Refused(
             "source networks apply to LDAP listeners only (a RADIUS login comes from the "
             "NAS's address): make one app password for the NASes, another for the listeners"
         )
     try:
         return Scope(tuple(listeners), tuple(nas), tuple(nets), end)
     except ValueError as exc:
-        raise PolicyError(str(exc)) from exc
+        raise Refused(str(exc)) from exc
 
 
 def create_change(
@@ -90,28 +99,28 @@ def create_change(
     try:
         check_name(name)
     except ValueError as exc:
-        raise PolicyError(str(exc)) from exc
+        raise Refused(str(exc), "name") from exc
     secret = generate()
     ident = new_token_id()
     fresh_key = new_key()
 
     def change(state: OtpState) -> StateChange[Created]:
         if len(state.apps) >= max_per_user:
-            raise PolicyError(
+            raise Refused(
                 f"the user already has {len(state.apps)} app passwords, the maximum is "
                 f"{max_per_user} ([app_passwords].max_per_user): revoke one first"
             )
         if any(a.name == name for a in state.apps):
-            raise PolicyError(f"the user already has an app password named {name!r}")
+            raise Refused(f"the user already has an app password named {name!r}", "name")
         taken = {t.id for t in state.tokens} | {a.id for a in state.apps}
         if ident in taken:
-            raise PolicyError("an id clash; try again")
+            raise Refused("an id clash; try again")
         if by:
             token = state.token(by)
             if token is None:
-                raise PolicyError("the token this session was opened with is gone: sign in again")
+                raise Refused("the token this session was opened with is gone: sign in again")
             if token.type is TokenType.EMAIL:
-                raise PolicyError(
+                raise Refused(
                     "a session opened with a code sent by e-mail cannot create app passwords "
                     "(whoever reads that mailbox, e.g. with an app password, would get more): "
                     "sign in with another token"

@@ -30,13 +30,13 @@ MAX_NETWORKS = 16
 MAX_REF = 64
 
 
-def _field_of(problem: str) -> str:
-    """Which field of the create form a refusal of ``scope_for`` is about."""
-    if problem.startswith("network"):
-        return "app-networks"
-    if "expiry" in problem:
-        return "app-expires"
-    return "app-where"
+FIELDS = {"name": "app-name", "networks": "app-networks", "expires": "app-expires"}
+"""The create form's field of each part a refusal can be about (else the places)."""
+
+
+def _field_of(refusal: PolicyError) -> str:
+    """Which field of the create form ``refusal`` is about."""
+    return FIELDS.get(getattr(refusal, "about", ""), "app-where")
 
 
 def create_fields(form: dict[str, str]) -> tuple[str, list[str], list[str], list[str], str]:
@@ -105,20 +105,13 @@ class AppPasswordPages(HelpDesk):
             return await again("app-networks", f"at most {MAX_NETWORKS} networks")
         try:
             scope = scope_for(settings, listeners, nas, networks, expires or None, now)
-        except PolicyError as exc:
-            return await again(_field_of(str(exc)), str(exc))
-        try:
             _secret, change = create_change(
                 name, scope, now, settings.max_per_user, by=session.token
             )
-        except PolicyError as exc:
-            return await again("app-name", str(exc))
-        try:
             user, _state = await self._state(session.dn)
             done, _u = await self.gateway.store.update(user, change)
         except PolicyError as exc:
-            ident = "app-name" if "named" in str(exc) else "app-where"
-            return await again(ident, str(exc))
+            return await again(_field_of(exc), str(exc))
         except (DirectoryError, CodecError) as exc:
             return await self.get_app_passwords(None, session, client, error=str(exc), status=503)
         app = done.app
