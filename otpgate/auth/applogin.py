@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from otpgate.apppass import AppPassword, looks_like_app_password, matching
-from otpgate.auth.access import channel_rule
 from otpgate.auth.appconfig import AppPasswordConfig
 from otpgate.auth.config import LockoutConfig
 from otpgate.auth.lockout import APPS, is_locked, record_failure, with_unrecorded
@@ -132,12 +131,10 @@ async def app_login(
 ) -> AuthResult | None:
     """The login, or None when the user holds no app password (then the secret is taken as
     what it would otherwise be: password + code)."""
-    user = await auth.resolve(request, fresh=False)
-    if request.channel.restricted:
-        user, refusal = await channel_rule(request, user, lambda: auth.resolve(request, True))
-        if refusal is not None:
-            auth.found(request, Ready(user, Decision(True, APP_PASSWORD), None, refusal))
-            return AuthResult(False, refusal, user.dn)
+    user, refusal = await auth.admitted(request, fresh=False)
+    if refusal is not None:
+        auth.found(request, Ready(user, Decision(True, APP_PASSWORD), None, refusal))
+        return AuthResult(False, refusal, user.dn)
     now = auth.clock.seconds()
     state = auth.store.decode(user)
     if not state.apps and user.from_cache:

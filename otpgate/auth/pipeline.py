@@ -296,13 +296,10 @@ class Authenticator:
             # bind is all there is; with admin groups configured it is looked up first.
             note(trace, "policy", None, "exempt DN: its password alone, without a lookup")
             return Ready(None, Decision(False, exempt.reason()))
-        user = await self.resolve(request, fresh)
-        if channel.restricted:
-            # The channel's access rules, before anything else is looked at or spent (an
-            # exempt DN too: on such a channel it was looked up like any user).
-            user, refusal = await channel_rule(request, user, lambda: self.resolve(request, True))
-            if refusal is not None:
-                return noted(trace, Ready(user, Decision(True, "policy"), None, refusal))
+        # An exempt DN too is looked up like any user on a restricted channel.
+        user, refusal = await self.admitted(request, fresh)
+        if refusal is not None:
+            return noted(trace, Ready(user, Decision(True, "policy"), None, refusal))
         now = self.clock.seconds()
         if user.expires_at is not None and user.expires_at <= now:
             # AD refuses the password bind of an expired account, but CHAP, MS-CHAPv2 and
@@ -349,6 +346,14 @@ class Authenticator:
     def found(self, request: Login, ready: Ready) -> None:
         """What a branch that does not run the prologue found (for the audit)."""
         self._found[id(request)] = ready
+
+    async def admitted(self, request: Login, fresh: bool) -> tuple[UserEntry, str | None]:
+        """The request's entry, and the refusal of the channel's access rules (None: she may
+        log in here): checked before anything else is looked at or spent."""
+        user = await self.resolve(request, fresh)
+        if not request.channel.restricted:
+            return user, None
+        return await channel_rule(request, user, lambda: self.resolve(request, True))
 
     async def resolve(self, request: Login, fresh: bool) -> UserEntry:
         """The request's entry; kept for its ``authorize`` (``authorize.py``) when it has one."""
